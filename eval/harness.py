@@ -1,0 +1,390 @@
+"""The evaluation harness: run BM25, dense, dense + reranker at several depths, hybrid RRF and a reranked
+given run over one dataset, score them with trec_eval semantics and test each against a baseline.
+
+Dense search and reranking go through `twostage.Engine` (and its reranker), over a collection built once per
+dataset and bi-encoder and reused afterwards; see `eval.systems` for how each system runs and is timed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from eval.datasets import Dataset
+from reranker.cross_encoder import DEFAULT_RERANKER
+from eval.errors import EvalInputError
+from eval.metrics import DEFAULT_MEASURES, evaluate, parse_measure
+from eval.significance import Comparison, compare
+from eval.systems import SystemRun, bm25_system, dense_system, hybrid_system, ranked_lists, rerank_system, \
+    with_first_stage
+from eval.timing import StageTimings
+from eval.trec import Run, read_run
+
+DEFAULT_DEPTHS = (10, 20, 50, 100)
+FIRST_STAGE_DEPTH = 1000
+FIRST_STAGES = ("bm25", "dense", "hybrid", "run")
+RERANKABLE = ("dense", "run")
+_SYSTEM_RE = re.compile(r"^(bm25|dense|hybrid|run)(?:\+rerank(?:@(\d+))?)?$")
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how; every field has the documented default of `twostage eval`."""
+
+    model: str | None = None  # bi-encoder; None = the default all-MiniLM-L6-v2
+    reranker: Any = DEFAULT_RERANKER  # spec string, a Reranker, or None; the default falls back to MaxSim offline
+    systems: Sequence[str] | None = None  # None = all that apply
+    depths: Sequence[int] = DEFAULT_DEPTHS
+    first_stage_depth: int = FIRST_STAGE_DEPTH
+    rerank_run: str | Path | None = None
+    rrf_k: float = 60.0
+    baseline: str = "dense"
+    index_dir: str | Path | None = None  # None = <cache>/collections/<dataset>-<hash>
+    index_type: str = "auto"
+    max_queries: int | None = None
+    rel_threshold: int | None = None  # None = 2 for msmarco-dl* datasets, else 1
+    measures: Sequence[str] = DEFAULT_MEASURES
+    bm25_k1: float = 0.9
+    bm25_b: float = 0.4
+    bm25_stemmer: str | None = "english"
+    batch_size: int = 32
+    n_resamples: int = 10000
+    progress: bool = False
+    encoder: Any = field(default=None, repr=False)  # an already loaded BiEncoder to reuse (tests)
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """One system: a first stage (bm25, dense, hybrid, run), reranked at `depth` unless it is None."""
+
+    first_stage: str
+    depth: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.first_stage if self.depth is None else f"{self.first_stage}+rerank@{self.depth}"
+
+
+@dataclass
+class SystemResult:
+    """A system's run, mean and per-query scores, per-query stage timings and tests against the baseline."""
+
+    name: str
+    first_stage: str
+    depth: int | None
+    run: Run
+    metrics: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    timings: StageTimings | None
+    vs_baseline: dict[str, Comparison] = field(default_factory=dict)
+
+
+@dataclass
+class EvalReport:
+    """Everything one evaluation produced; `eval.report` turns it into a table, JSON, runs, CSV and plots."""
+
+    dataset: str
+    dataset_source: str
+    n_queries: int
+    n_documents: int | None
+    rel_threshold: int
+    measures: list[str]
+    depths: list[int]
+    baseline: str
+    systems: list[SystemResult]
+    models: dict[str, Any]
+    config: dict[str, Any]
+    indexing: dict[str, Any]
+    notices: list[str]
+    versions: dict[str, str]
+    elapsed_s: float
+    created_at: str
+
+    def system(self, name: str) -> SystemResult:
+        """The result of system `name` (KeyError if it was not run)."""
+        for result in self.systems:
+            if result.name == name:
+                return result
+        raise KeyError(name)
+
+
+def default_rel_threshold(dataset_name: str) -> int:
+    """TREC DL convention: label >= 2 is relevant on msmarco-dl* datasets; label >= 1 elsewhere."""
+    return 2 if dataset_name.lower().startswith("msmarco-dl") else 1
+
+
+def resolve_systems(requested: Sequence[str] | None, depths: Sequence[int], *, have_run: bool,
+                    have_reranker: bool) -> list[SystemSpec]:
+    """Parse `--systems` names (bm25, dense, hybrid, run, dense+rerank@20, or dense+rerank for every depth);
+    None gives every system that applies, in the table's order."""
+    depths = sorted(set(int(d) for d in depths))
+    if requested is None:
+        stages = ["bm25", "dense", "hybrid"] + (["run"] if have_run else [])
+        specs = [SystemSpec(s) for s in stages]
+        if have_reranker:
+            specs += [SystemSpec(s, d) for s in RERANKABLE if s != "run" or have_run for d in depths]
+        return _table_order(specs)
+    specs: list[SystemSpec] = []
+    for name in requested:
+        match = _SYSTEM_RE.match(name.strip().lower())
+        if not match:
+            raise EvalInputError(f"unknown system {name!r}; expected bm25, dense, hybrid, run, dense+rerank[@D] "
+                                 "or run+rerank[@D]")
+        stage, is_rerank = match.group(1), "+rerank" in name
+        if stage == "run" and not have_run:
+            raise EvalInputError(f"system {name!r} needs --rerank-run FILE")
+        if is_rerank:
+            if stage not in RERANKABLE:
+                raise EvalInputError(f"system {name!r}: only dense and run (--rerank-run) candidates are reranked")
+            if not have_reranker:
+                raise EvalInputError(f"system {name!r} needs a reranker, but --no-rerank was given")
+            specs += [SystemSpec(stage, int(match.group(2)))] if match.group(2) else [SystemSpec(stage, d)
+                                                                                     for d in depths]
+        else:
+            specs.append(SystemSpec(stage))
+    for spec in specs:
+        if spec.depth is not None and spec.depth < 1:
+            raise EvalInputError(f"system {spec.name!r}: the rerank depth must be a positive integer")
+    return _table_order(list(dict.fromkeys(specs)))
+
+
+def _table_order(specs: list[SystemSpec]) -> list[SystemSpec]:
+    """bm25, dense, dense+rerank@d ascending, hybrid, run, run+rerank@d ascending."""
+    rank = {"bm25": 0, "dense": 1, "hybrid": 2, "run": 3}
+    return sorted(specs, key=lambda s: (rank[s.first_stage] + (0.5 if s.first_stage == "dense" and s.depth
+                                                                  else 0), s.depth or 0))
+
+
+def _documents(dataset: Dataset) -> list:
+    """The dataset's corpus as `indexes.documents.Document`s (title None where the source has none)."""
+    from indexes.documents import Document
+
+    return [Document(d["id"], d["text"], d["title"] or None) for d in dataset.iter_corpus()]
+
+
+def default_index_dir(dataset: Dataset, encoder: Any) -> Path:
+    """`$TWOSTAGE_CACHE_DIR` (else ~/.cache/twostage) `/collections/<dataset>-<hash of source and model>`."""
+    root = os.environ.get("TWOSTAGE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "twostage")
+    key = hashlib.sha256(f"{dataset.source}|{encoder.fingerprint}".encode("utf-8")).hexdigest()[:12]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.name) or "dataset"
+    return Path(root) / "collections" / f"{slug}-{key}"
+
+
+def open_collection(path: Path, docs: list, encoder: Any, config: EvalConfig, log: Callable[[str], None]):
+    """An engine over exactly `docs` at `path`: resumed when already built (unchanged documents skipped),
+    rebuilt when it holds documents the corpus no longer has. Returns (engine, indexing info)."""
+    from twostage.engine import Engine
+
+    engine = Engine.create(path, encoder=encoder, reranker=config.reranker, index_type=config.index_type)
+    if len(engine.collection) > len(docs):
+        log(f"{path} holds {len(engine.collection)} documents for a corpus of {len(docs)}: rebuilding it")
+        engine.close()
+        engine = Engine.create(path, encoder=encoder, reranker=config.reranker, index_type=config.index_type,
+                               overwrite=True)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(docs), desc="indexing", unit="doc", disable=not config.progress, leave=False) as bar:
+        report = engine.add(docs, progress=bar.update)
+    if len(engine.collection) != len(docs):
+        engine.close()
+        raise EvalInputError(f"{path}: the collection holds {len(engine.collection)} documents after indexing "
+                             f"{len(docs)}; delete it and run again")
+    info = {"path": str(path), "documents": len(docs), "added": report.added, "replaced": report.replaced,
+            "unchanged": report.unchanged, "truncated": report.truncated, "seconds": round(report.seconds, 3),
+            "factory": engine.collection.index.factory}
+    return engine, info
+
+
+def _versions() -> dict[str, str]:
+    """Versions of Python, the platform and every library that changes a score or a timing."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": str(os.cpu_count())}
+    for package in ("twostage", "torch", "transformers", "sentence-transformers", "faiss-cpu", "bm25s",
+                    "PyStemmer", "numpy", "scipy"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        import torch
+
+        out["torch_threads"] = str(torch.get_num_threads())
+    except ImportError:
+        pass
+    return out
+
+
+def _select_queries(dataset: Dataset, max_queries: int | None) -> list[str]:
+    qids = list(dataset.queries)
+    if max_queries is not None:
+        if max_queries < 1:
+            raise EvalInputError(f"--max-queries must be a positive integer, not {max_queries}")
+        qids = qids[:max_queries]
+    if not qids:
+        raise EvalInputError(f"dataset {dataset.name} has no judged queries")
+    return qids
+
+
+def _given_run(path: str | Path, qids: list[str], notices: list[str]) -> Run:
+    """The `--rerank-run` file, restricted to the evaluated queries (the others are noted, not an error)."""
+    run = read_run(path, on_duplicate="max")
+    extra = [q for q in run if q not in set(qids)]
+    if extra:
+        notices.append(f"{path}: {len(extra)} queries of the run are not evaluated and are ignored")
+    missing = [q for q in qids if q not in run]
+    if missing:
+        notices.append(f"{path}: {len(missing)} evaluated queries have no results in the run (they score 0)")
+    return {q: run.get(q, {}) for q in qids}
+
+
+def _run_texts(engine: Any, candidates: dict[str, list[tuple[str, float]]], depth: int, path: Any) -> dict:
+    """Texts of each query's top `depth` run documents, from the collection's document store."""
+    texts = {}
+    for qid, ranked_docs in candidates.items():
+        ids = [docid for docid, _ in ranked_docs[:depth]]
+        docs = engine.get(ids)
+        missing = [docid for docid, doc in zip(ids, docs) if doc is None]
+        if missing:
+            raise EvalInputError(f"{path}: {len(missing)} documents of query {qid} are not in the dataset's corpus "
+                                 f"(e.g. {missing[:3]}); the reranker needs their text")
+        texts[qid] = [doc.text_for_encoding() for doc in docs]
+    return texts
+
+
+def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str], None] | None = None) -> EvalReport:
+    """Run every selected system on `dataset`, evaluate it, and test it against the baseline (see module doc)."""
+    log = log or (lambda message: None)
+    started = time.perf_counter()
+    notices: list[str] = []
+    qids = _select_queries(dataset, config.max_queries)
+    queries = {q: dataset.queries[q] for q in qids}
+    qrels = {q: dataset.qrels[q] for q in qids}
+    rel = config.rel_threshold if config.rel_threshold is not None else default_rel_threshold(dataset.name)
+    measures = [str(parse_measure(m)) for m in config.measures]
+    depths = sorted(set(int(d) for d in config.depths))
+    if not depths or depths[0] < 1:
+        raise EvalInputError(f"rerank depths must be positive integers, got {list(config.depths)}")
+    specs = resolve_systems(config.systems, depths, have_run=config.rerank_run is not None,
+                            have_reranker=config.reranker is not None)
+    depths = sorted({s.depth for s in specs if s.depth is not None}) or depths
+    if any(s.first_stage == "dense" and s.depth and s.depth > config.first_stage_depth for s in specs):
+        raise EvalInputError(f"a rerank depth exceeds the first-stage depth {config.first_stage_depth}")
+    stages = {s.first_stage for s in specs}
+    need_engine = bool(stages & {"dense", "hybrid"}) or any(s.depth for s in specs)
+    need_bm25 = bool(stages & {"bm25", "hybrid"})
+    given = _given_run(config.rerank_run, qids, notices) if "run" in stages else None
+
+    docs = _documents(dataset) if need_engine or need_bm25 else []
+    models: dict[str, Any] = {}
+    indexing: dict[str, Any] = {}
+    engine = None
+    if need_engine:
+        from retriever.biencoder import BiEncoder
+        from retriever.models import DEFAULT_BI_ENCODER
+
+        encoder = config.encoder or BiEncoder(config.model or DEFAULT_BI_ENCODER, batch_size=config.batch_size)
+        models["bi_encoder"] = {"name": encoder.name, "source": str(encoder.source), "origin": encoder.origin,
+                                "fingerprint": encoder.fingerprint}
+        path = Path(config.index_dir) if config.index_dir else default_index_dir(dataset, encoder)
+        log(f"collection: {path}")
+        engine, indexing = open_collection(path, docs, encoder, config, log)
+    try:
+        reranker = None
+        if engine is not None and any(s.depth for s in specs):
+            reranker = engine.reranker
+            notices.extend(engine.notices)
+            for notice in engine.notices:
+                log(notice)
+            models["reranker"] = {"spec": getattr(config.reranker, "name", config.reranker),
+                                  "name": getattr(reranker, "name", None)}
+        runs = _run_systems(specs, queries, docs, engine, reranker, given, config, log)
+    finally:
+        if engine is not None:
+            engine.close()
+    if need_bm25:
+        models["bm25"] = {"library": "bm25s", "k1": config.bm25_k1, "b": config.bm25_b, "method": "lucene",
+                          "stemmer": config.bm25_stemmer, "stopwords": "en"}
+
+    baseline = config.baseline
+    names = [s.name for s in specs]
+    if baseline not in names:
+        if config.baseline != EvalConfig.baseline:
+            raise EvalInputError(f"baseline {baseline!r} is not among the systems evaluated ({', '.join(names)})")
+        notices.append(f"baseline {baseline!r} was not evaluated; comparing against {names[0]!r} instead")
+        baseline = names[0]
+    results = []
+    for spec in specs:
+        system = runs[spec.name]
+        result = evaluate(system.run, qrels, measures, rel_threshold=rel, complete=True)
+        results.append(SystemResult(spec.name, spec.first_stage, spec.depth, system.run, result.aggregate,
+                                    result.per_query, system.timings))
+    base = next(r for r in results if r.name == baseline)
+    for result in results:
+        if result is not base:
+            result.vs_baseline = {m: compare(base.per_query, result.per_query, m, n_resamples=config.n_resamples)
+                                  for m in measures}
+    config_record = {f.name: getattr(config, f.name) for f in fields(config) if f.name != "encoder"}
+    config_record.update(reranker=getattr(config.reranker, "name", config.reranker), depths=depths,
+                         systems=names, rerank_run=None if config.rerank_run is None else str(config.rerank_run),
+                         index_dir=indexing.get("path"), measures=measures, rel_threshold=rel, baseline=baseline,
+                         significance={"measure_in_table": "nDCG@10", "tests": ["paired randomization (two-sided)",
+                                                                                "paired t-test (two-sided)"],
+                                       "n_resamples": config.n_resamples, "seed": 0})
+    return EvalReport(
+        dataset=dataset.name, dataset_source=dataset.source, n_queries=len(qids),
+        n_documents=len(docs) if docs else None, rel_threshold=rel, measures=measures, depths=depths,
+        baseline=baseline, systems=results, models=models, config=config_record, indexing=indexing,
+        notices=notices, versions=_versions(), elapsed_s=time.perf_counter() - started,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def _run_systems(specs: list[SystemSpec], queries: dict[str, str], docs: list, engine: Any, reranker: Any,
+                 given: Run | None, config: EvalConfig, log: Callable[[str], None]) -> dict[str, SystemRun]:
+    """Produce the run (and timings) of every system in `specs`, computing each shared stage once."""
+    qids = list(queries)
+    stages = {s.first_stage for s in specs}
+    depth = config.first_stage_depth
+    out: dict[str, SystemRun] = {}
+    bm25 = dense = None
+    if stages & {"bm25", "hybrid"}:
+        from retriever.bm25 import BM25Retriever
+
+        log(f"bm25: indexing {len(docs)} documents")
+        retriever = BM25Retriever.build(docs, k1=config.bm25_k1, b=config.bm25_b, stemmer=config.bm25_stemmer)
+        bm25 = bm25_system(retriever, queries, depth, progress=config.progress)
+        out["bm25"] = bm25
+    dense_depths = [s.depth for s in specs if s.first_stage == "dense" and s.depth]
+    if stages & {"dense", "hybrid"}:
+        log("dense: searching")
+        candidates = dense_system(engine, queries, depth, max(dense_depths, default=0), progress=config.progress)
+        dense = candidates.system
+        out["dense"] = dense
+        if dense_depths:
+            log(f"dense+rerank: reranking the top {max(dense_depths)} with {getattr(reranker, 'name', reranker)}")
+            reranked = rerank_system(reranker, queries, candidates.ranked, candidates.texts, dense_depths,
+                                     progress=config.progress, label="dense+rerank")
+            for d, system in reranked.items():
+                out[f"dense+rerank@{d}"] = with_first_stage(dense, system)
+    if "hybrid" in stages:
+        out["hybrid"] = hybrid_system(bm25, dense, config.rrf_k, depth)
+    if given is not None:
+        out["run"] = SystemRun(given, None)
+        run_depths = [s.depth for s in specs if s.first_stage == "run" and s.depth]
+        if run_depths:
+            log(f"run+rerank: reranking the top {max(run_depths)} of {config.rerank_run}")
+            candidates = ranked_lists(given, qids)
+            texts = _run_texts(engine, candidates, max(run_depths), config.rerank_run)
+            reranked = rerank_system(reranker, queries, candidates, texts, run_depths, progress=config.progress,
+                                     label="run+rerank")
+            for d, system in reranked.items():
+                out[f"run+rerank@{d}"] = system
+    return out

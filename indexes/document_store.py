@@ -1,0 +1,319 @@
+"""The document store: one SQLite file (WAL, synchronous=FULL) holding every document, its metadata and its embedding.
+
+It is the collection's source of truth: the FAISS index can always be rebuilt from it. Internal ids come from
+``AUTOINCREMENT`` and are never reused, so a stale vector can never alias a newer document.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .documents import Document, text_hash
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    internal_id  INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_id       TEXT NOT NULL UNIQUE,
+    text         TEXT NOT NULL,
+    title        TEXT,
+    metadata     TEXT NOT NULL DEFAULT '{}',
+    content_hash TEXT NOT NULL,
+    embedding    BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+#: ids per ``IN (...)`` query, under SQLite's oldest variable limit (999)
+CHUNK = 900
+
+
+@dataclass
+class UpsertResult:
+    """What an upsert did: ``new_ids`` are the fresh internal ids, aligned with the documents given."""
+
+    added: list[int] = field(default_factory=list)  #: internal ids of documents whose doc_id was new
+    replaced: dict[str, int] = field(default_factory=dict)  #: doc_id -> the internal id its old version had
+    new_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+
+def content_hash(doc: Document) -> str:
+    """Hash of everything stored for a document except its embedding: equal hash = nothing to re-index."""
+    payload = json.dumps([doc.title, doc.text, doc.metadata], sort_keys=True, ensure_ascii=False, default=str)
+    return text_hash(payload)
+
+
+class DocumentStore:
+    """Documents and embeddings in SQLite. Every write method commits its own transaction (or joins an open one)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._con = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+        self._lock = threading.RLock()
+        self._depth = 0
+        mode = self._con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"{self.path}: cannot switch SQLite to WAL mode (got {mode!r})")
+        self._con.execute("PRAGMA synchronous=FULL")
+        with self.transaction():
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self._con.execute(statement)
+
+    # ------------------------------------------------------------------ transactions
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE ... COMMIT``; nested uses join the outermost. Rolls back on an exception."""
+        with self._lock:
+            if self._depth == 0:
+                self._con.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield self._con
+            except BaseException:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._con.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if self._depth == 0:
+                self._con.execute("COMMIT")
+
+    def _bump_generation(self) -> None:
+        self._con.execute(
+            "INSERT INTO meta(key, value) VALUES ('generation', '1') "
+            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
+
+    @property
+    def generation(self) -> int:
+        """Counter bumped in the same transaction as every change: tells a stale FAISS file from a current one."""
+        return int(self.get_meta("generation", 0))
+
+    # ------------------------------------------------------------------ meta
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            row = self._con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON-serialisable value under ``key``."""
+        with self.transaction():
+            self._con.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    # ------------------------------------------------------------------ writes
+    def upsert(self, docs: Sequence[Document], embeddings: np.ndarray) -> UpsertResult:
+        """Insert documents with their embeddings in one transaction; an existing doc_id is replaced (fresh internal id)."""
+        docs = list(docs)
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2 or len(embeddings) != len(docs):
+            raise ValueError(f"expected embeddings of shape ({len(docs)}, dim), got {embeddings.shape}")
+        rows = [_row(doc) for doc in docs]
+        doc_ids = [row[0] for row in rows]
+        if len(set(doc_ids)) != len(doc_ids):
+            dup = next(d for d in doc_ids if doc_ids.count(d) > 1)
+            raise ValueError(f"document id {dup!r} appears twice in one upsert")
+        if not docs:
+            return UpsertResult()
+        with self.transaction():
+            dimension = self.get_meta("dimension")
+            if dimension is None:
+                self.set_meta("dimension", int(embeddings.shape[1]))
+            elif dimension != embeddings.shape[1]:
+                raise ValueError(f"embeddings have dimension {embeddings.shape[1]}, the store holds {dimension}")
+            existing = self._internal_ids_of(doc_ids)
+            self._con.executemany("DELETE FROM docs WHERE internal_id = ?", [(i,) for i in existing.values()])
+            new_ids = np.empty(len(docs), dtype=np.int64)
+            for n, (row, vector) in enumerate(zip(rows, embeddings)):
+                cursor = self._con.execute(
+                    "INSERT INTO docs(doc_id, text, title, metadata, content_hash, embedding) VALUES (?, ?, ?, ?, ?, ?)",
+                    (*row, vector.tobytes()),
+                )
+                new_ids[n] = cursor.lastrowid
+            self._bump_generation()
+        added = [int(i) for d, i in zip(doc_ids, new_ids) if d not in existing]
+        return UpsertResult(added=added, replaced=existing, new_ids=new_ids)
+
+    def delete(self, doc_ids: Sequence[str]) -> tuple[list[int], list[str]]:
+        """Delete by doc_id in one transaction; returns (deleted internal ids, doc_ids that were not there)."""
+        unique = list(dict.fromkeys(str(d) for d in doc_ids))
+        with self.transaction():
+            existing = self._internal_ids_of(unique)
+            if existing:
+                self._con.executemany("DELETE FROM docs WHERE internal_id = ?", [(i,) for i in existing.values()])
+                self._bump_generation()
+        return [existing[d] for d in unique if d in existing], [d for d in unique if d not in existing]
+
+    # ------------------------------------------------------------------ reads
+    def _internal_ids_of(self, doc_ids: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        with self._lock:
+            for chunk in _chunks(list(doc_ids)):
+                marks = ",".join("?" * len(chunk))
+                found.update(self._con.execute(f"SELECT doc_id, internal_id FROM docs WHERE doc_id IN ({marks})", chunk))
+        return found
+
+    def _select(self, columns: str, key: str, values: Sequence[Any]) -> dict[Any, tuple]:
+        """Rows keyed by ``key`` for the given values, fetched in chunks."""
+        rows: dict[Any, tuple] = {}
+        with self._lock:
+            for chunk in _chunks(list(values)):
+                marks = ",".join("?" * len(chunk))
+                for row in self._con.execute(f"SELECT {key}, {columns} FROM docs WHERE {key} IN ({marks})", chunk):
+                    rows[row[0]] = row[1:]
+        return rows
+
+    def get(self, doc_ids: Sequence[str]) -> list[Document | None]:
+        """Documents in the order asked; None where a doc_id is not stored."""
+        rows = self._select("doc_id, text, title, metadata", "doc_id", [str(d) for d in doc_ids])
+        return [_document(rows[str(d)]) if str(d) in rows else None for d in doc_ids]
+
+    def get_by_internal(self, internal_ids: Sequence[int]) -> list[Document | None]:
+        """Documents by internal id in the order asked; None where an id is not (or no longer) stored."""
+        ids = [int(i) for i in internal_ids]
+        rows = self._select("doc_id, text, title, metadata", "internal_id", ids)
+        return [_document(rows[i]) if i in rows else None for i in ids]
+
+    def doc_ids(self, internal_ids: Sequence[int]) -> dict[int, str]:
+        """internal id -> doc_id for the ids still stored (deleted ones are simply absent)."""
+        rows = self._select("doc_id", "internal_id", [int(i) for i in internal_ids])
+        return {i: row[0] for i, row in rows.items()}
+
+    def hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        """doc_id -> :func:`content_hash` for the stored ones, to skip unchanged documents on a re-run."""
+        rows = self._select("content_hash", "doc_id", [str(d) for d in doc_ids])
+        return {d: row[0] for d, row in rows.items()}
+
+    def embeddings(self, internal_ids: Sequence[int]) -> np.ndarray:
+        """Stored vectors for the given internal ids, in order (KeyError for an id not stored)."""
+        ids = [int(i) for i in internal_ids]
+        rows = self._select("embedding", "internal_id", ids)
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise KeyError(f"internal ids not stored: {missing[:5]}")
+        dimension = int(self.get_meta("dimension", 0))
+        if not ids:
+            return np.empty((0, dimension), dtype=np.float32)
+        return np.frombuffer(b"".join(rows[i][0] for i in ids), dtype=np.float32).reshape(len(ids), -1).copy()
+
+    def iter_embeddings(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All ``(internal_ids, vectors)`` in id order, ``batch`` at a time, without holding a read open between batches."""
+        last = -1
+        while True:
+            with self._lock:
+                rows = self._con.execute(
+                    "SELECT internal_id, embedding FROM docs WHERE internal_id > ? ORDER BY internal_id LIMIT ?",
+                    (last, batch),
+                ).fetchall()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1).copy()
+            yield ids, vectors
+            last = int(ids[-1])
+
+    def filter_ids(self, filter: Mapping[str, Any]) -> np.ndarray:
+        """Internal ids whose metadata matches every ``key=value``; "2020" matches 2020 and "true" matches true."""
+        clauses, params = [], []
+        for key, value in filter.items():
+            clause, values = _match_clause(str(key), value)
+            clauses.append(clause)
+            params.extend(values)
+        where = " AND ".join(f"({c})" for c in clauses) or "1"
+        with self._lock:
+            rows = self._con.execute(f"SELECT internal_id FROM docs WHERE {where} ORDER BY internal_id", params).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._con.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file (best effort) and close the connection."""
+        with self._lock:
+            try:
+                self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self._con.close()
+
+
+def _row(doc: Document) -> tuple[str, str, str | None, str, str]:
+    if not isinstance(doc.id, str) or not doc.id:
+        raise ValueError(f"document id must be a non-empty string (got {doc.id!r})")
+    if not isinstance(doc.text, str):
+        raise ValueError(f"document {doc.id!r}: text must be a string")
+    try:
+        metadata = json.dumps(doc.metadata or {}, ensure_ascii=False, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"document {doc.id!r}: metadata is not JSON-serialisable ({err})") from None
+    return doc.id, doc.text, doc.title, metadata, content_hash(doc)
+
+
+def _document(row: tuple) -> Document:
+    doc_id, text, title, metadata = row
+    return Document(id=doc_id, text=text, title=title, metadata=json.loads(metadata))
+
+
+def _chunks(values: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(values), CHUNK):
+        yield values[start : start + CHUNK]
+
+
+def _json_path(key: str) -> str:
+    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _match_clause(key: str, value: Any) -> tuple[str, list[Any]]:
+    """SQL for "metadata[key] equals value", comparing text with text and numbers with numbers."""
+    path = _json_path(key)
+    typ, val = "json_type(metadata, ?)", "json_extract(metadata, ?)"
+    if value is None:
+        return f"{typ} = 'null'", [path]
+    if isinstance(value, bool):
+        return f"{typ} = ?", [path, "true" if value else "false"]
+    if isinstance(value, (int, float)):
+        return (
+            f"({typ} IN ('integer', 'real') AND {val} = ?) OR ({typ} = 'text' AND {val} = ?)",
+            [path, path, value, path, path, _number_text(value)],
+        )
+    if isinstance(value, str):
+        parts, params = [f"({typ} = 'text' AND {val} = ?)"], [path, path, value]
+        number = _parse_number(value)
+        if number is not None:
+            parts.append(f"({typ} IN ('integer', 'real') AND {val} = ?)")
+            params += [path, path, number]
+        if value.strip().lower() in ("true", "false"):
+            parts.append(f"{typ} = ?")
+            params += [path, value.strip().lower()]
+        return " OR ".join(parts), params
+    # lists / dicts: compare the minified JSON text SQLite itself produces
+    return f"{typ} IN ('array', 'object') AND {val} = json(?)", [path, path, json.dumps(value)]
+
+
+def _parse_number(text: str) -> int | float | None:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _number_text(value: int | float) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)

@@ -1,0 +1,87 @@
+"""The one small base class every second stage implements: score (query, text) pairs, then sort."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+
+class RerankerLoadError(RuntimeError):
+    """A reranker model that cannot be loaded; the message says why and what to pass instead.
+
+    ``reason`` is the short why (e.g. "not available offline"), for one-line notices built around it.
+    """
+
+    def __init__(self, message: str, *, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+@dataclass
+class Candidate:
+    """A first-stage candidate handed to a reranker."""
+
+    doc_id: str
+    text: str
+    score: float = 0.0
+
+
+@dataclass
+class Reranked:
+    """One reranked candidate: its position in the input list and its second-stage score (raw, higher is better)."""
+
+    index: int
+    doc_id: str
+    score: float
+
+
+class Reranker(ABC):
+    """Scores (query, passage) pairs. Subclasses implement :meth:`score`; sorting and the ``rank`` format live here."""
+
+    name: str = "reranker"
+    #: passages cut at the model's length limit since this reranker was created (reported, never hidden)
+    truncated: int = 0
+
+    @abstractmethod
+    def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        """One raw relevance score per text, higher is more relevant."""
+
+    def score_batch(self, queries: Sequence[str], texts_per_query: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Scores for several queries at once; subclasses override to batch across queries."""
+        return [self.score(q, t) for q, t in zip(queries, texts_per_query)]
+
+    def rerank(self, query: str, candidates: Sequence[Candidate], top_n: int | None = None) -> list[Reranked]:
+        """Candidates sorted by second-stage score (stable on ties: first-stage order wins)."""
+        if not candidates:
+            return []
+        scores = self.score(query, [c.text for c in candidates])
+        return _sorted(candidates, scores, top_n)
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_k: int | None = None,
+        return_documents: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Same shape as sentence-transformers' ``CrossEncoder.rank``: ``[{"corpus_id", "score", "text"}]``."""
+        scores = self.score(query, list(documents)) if documents else np.zeros(0)
+        order = np.argsort(-scores, kind="stable")
+        if top_k is not None:
+            order = order[:top_k]
+        out = []
+        for i in order:
+            row: dict[str, Any] = {"corpus_id": int(i), "score": float(scores[i])}
+            if return_documents:
+                row["text"] = documents[i]
+            out.append(row)
+        return out
+
+
+def _sorted(candidates: Sequence[Candidate], scores: np.ndarray, top_n: int | None) -> list[Reranked]:
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    if top_n is not None:
+        order = order[:top_n]
+    return [Reranked(int(i), candidates[i].doc_id, float(scores[i])) for i in order]

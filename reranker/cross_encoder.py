@@ -1,0 +1,123 @@
+"""Second stage with a sentence-transformers cross-encoder: raw logits, length-sorted batches, truncation counted."""
+from __future__ import annotations
+
+import threading
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+
+from .base import Reranker
+from .resolve import load_cross_encoder
+
+DEFAULT_RERANKER = "cross-encoder/ms-marco-MiniLM-L6-v2"
+
+
+class CrossEncoderReranker(Reranker):
+    """Scores (query, passage) pairs jointly with a ``CrossEncoder``; scores are raw logits unless ``activation="sigmoid"``.
+
+    Loading tries a local directory, the local HF cache, then the hub if reachable; failures raise ``RerankerLoadError``.
+    Tokenisation is the library's (``truncation="longest_first"`` at the model's max length), so scores match
+    ``CrossEncoder.predict(pairs, activation_fn=Identity())``.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = DEFAULT_RERANKER,
+        *,
+        device: str = "cpu",
+        batch_size: int = 32,
+        max_length: int | None = None,
+        activation: Literal["none", "sigmoid"] = "none",
+    ):
+        if activation not in ("none", "sigmoid"):
+            raise ValueError(f"activation must be 'none' or 'sigmoid', got {activation!r}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.name = str(model_name_or_path)
+        self.batch_size = batch_size
+        self.activation = activation
+        self.truncated = 0
+        self.cross_encoder = load_cross_encoder(self.name, device=device, max_length=max_length)
+        self.model = self.cross_encoder.model.eval()
+        self.tokenizer = self.cross_encoder.tokenizer
+        self.max_length = _effective_max_length(self.tokenizer, self.model, max_length)
+        self.device = next(self.model.parameters()).device
+        self._lock = threading.Lock()
+
+    def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        """One float32 score per text, in input order."""
+        return self.score_batch([query], [texts])[0]
+
+    def score_batch(self, queries: Sequence[str], texts_per_query: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Scores for several queries in one length-sorted pass over all their pairs (batches concurrent queries)."""
+        if len(queries) != len(texts_per_query):
+            raise ValueError("score_batch needs one list of texts per query")
+        pair_queries = [q for q, texts in zip(queries, texts_per_query) for _ in texts]
+        pair_texts = [t for texts in texts_per_query for t in texts]
+        flat = self._score_pairs(pair_queries, pair_texts)
+        ends = np.cumsum([len(texts) for texts in texts_per_query])
+        return list(np.split(flat, ends[:-1])) if len(ends) else []
+
+    def _score_pairs(self, queries: list[str], texts: list[str]) -> np.ndarray:
+        """Tokenise all pairs once, run them longest first in ``batch_size`` batches, scores back in input order."""
+        scores = np.zeros(len(texts), dtype=np.float32)
+        if not texts:
+            return scores
+        with self._lock:
+            features, truncated = self._tokenize(queries, texts)
+            self.truncated += truncated
+            order = np.argsort([-len(ids) for ids in features["input_ids"]], kind="stable")
+            with torch.inference_mode():
+                for start in range(0, len(order), self.batch_size):
+                    rows = order[start : start + self.batch_size]
+                    logits = self.model(**self._pad(features, rows)).logits.float()[:, 0]
+                    if self.activation == "sigmoid":
+                        logits = torch.sigmoid(logits)
+                    scores[rows] = logits.cpu().numpy()
+        return scores
+
+    def _tokenize(self, queries: list[str], texts: list[str]) -> tuple[dict[str, list[list[int]]], int]:
+        """Token ids for every pair, cut to ``max_length`` like the library does; also how many pairs were cut.
+
+        Pairs are tokenised once without truncation; only the over-long ones are tokenised again with truncation.
+        """
+        full = self.tokenizer(queries, texts, truncation=False, padding=False, verbose=False)
+        features = {key: list(full[key]) for key in ("input_ids", "token_type_ids", "attention_mask") if key in full}
+        too_long = [i for i, ids in enumerate(features["input_ids"]) if len(ids) > self.max_length]
+        if too_long:
+            cut = self.tokenizer(
+                [queries[i] for i in too_long],
+                [texts[i] for i in too_long],
+                truncation="longest_first",
+                max_length=self.max_length,
+                padding=False,
+            )
+            for key, rows in features.items():
+                for i, row in zip(too_long, cut[key]):
+                    rows[i] = row
+        return features, len(too_long)
+
+    def _pad(self, features: dict[str, list[list[int]]], rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """Pad the selected rows to their longest member (on the tokenizer's padding side) as model-ready tensors."""
+        width = max(len(features["input_ids"][i]) for i in rows)
+        pad_values = {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": self.tokenizer.pad_token_type_id}
+        left = self.tokenizer.padding_side == "left"
+        batch: dict[str, Any] = {}
+        for key, all_rows in features.items():
+            fill = pad_values.get(key, 0)
+            padded = []
+            for i in rows:
+                row = all_rows[i]
+                pad = [fill] * (width - len(row))
+                padded.append(pad + row if left else row + pad)
+            batch[key] = torch.tensor(padded, dtype=torch.long, device=self.device)
+        return batch
+
+
+def _effective_max_length(tokenizer: Any, model: Any, requested: int | None) -> int:
+    """The token limit pairs are cut at: the smallest of the request, the tokenizer's limit and the position table."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    limits = [requested, getattr(tokenizer, "model_max_length", None), positions]
+    usable = [int(limit) for limit in limits if limit is not None and 0 < limit < 1_000_000]
+    return min(usable) if usable else 512

@@ -1,0 +1,145 @@
+"""Second stage without a second model: ColBERT-style late interaction (MaxSim) over the bi-encoder's token embeddings.
+
+score(q, d) = sum over query tokens i of max over passage tokens j of cos(q_i, d_j). Tokens are the bi-encoder's
+contextual output vectors, L2-normalised. Padding is always excluded; so are the tokenizer's special tokens
+([CLS], [SEP], ...) on both sides: they carry no term of their own, and in a mean-pooled bi-encoder that was never
+trained for late interaction their vectors mostly add a near-constant offset. (A text with no other token, e.g. an
+empty one, keeps its special tokens so it still has a score.) Passage vectors are rounded to float16 on every path,
+so scores from a precomputed token store equal scores computed on the fly.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import Candidate, Reranked, Reranker, _sorted
+
+#: doc_id -> that passage's token vectors as stored by :meth:`MaxSimReranker.passage_token_embeddings`, or None
+TokenStore = Callable[[str], "np.ndarray | None"]
+
+_CHUNK = 256  # passages scored per padded matmul
+
+
+class MaxSimReranker(Reranker):
+    """Late-interaction reranker over the first stage's own bi-encoder (a ``SentenceTransformer`` or an object whose
+    ``.model`` is one); optional ``token_store`` supplies precomputed passage token vectors by doc id."""
+
+    name = "maxsim"
+
+    def __init__(self, encoder: Any, *, token_store: TokenStore | None = None, batch_size: int = 32):
+        self.model = _sentence_transformer(encoder)
+        self.token_store = token_store
+        self.batch_size = batch_size
+        self.truncated = 0
+        self.max_length = int(getattr(self.model, "max_seq_length", None) or 512)
+        self._special_ids = torch.tensor(sorted(set(self.model.tokenizer.all_special_ids)), dtype=torch.long)
+
+    @property
+    def device(self) -> torch.device:
+        """Where scoring runs: the bi-encoder's device."""
+        return self.model.device
+
+    def passage_token_embeddings(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Per passage, unit-length content-token vectors as float16 ``(n_tokens, dim)``: what a token store keeps."""
+        vectors, _ = self._encode(texts)
+        return [v.half().cpu().numpy() for v in vectors]
+
+    def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        """MaxSim of ``query`` against each text (encoded now), float32, in input order."""
+        return self.score_batch([query], [texts])[0]
+
+    def score_batch(self, queries: Sequence[str], texts_per_query: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Scores for several queries: all queries in one encode call, all passages in another."""
+        if len(queries) != len(texts_per_query):
+            raise ValueError("score_batch needs one list of texts per query")
+        query_vectors, _ = self._encode(queries)
+        passages = self._passages([t for texts in texts_per_query for t in texts], None)
+        out, start = [], 0
+        for q, texts in zip(query_vectors, texts_per_query):
+            out.append(_maxsim(q, passages[start : start + len(texts)]))
+            start += len(texts)
+        return out
+
+    def rerank(self, query: str, candidates: Sequence[Candidate], top_n: int | None = None) -> list[Reranked]:
+        """Like :meth:`Reranker.rerank`, but passages found in ``token_store`` (by doc id) are not re-encoded."""
+        if not candidates:
+            return []
+        query_vectors, _ = self._encode([query])
+        passages = self._passages([c.text for c in candidates], [c.doc_id for c in candidates])
+        return _sorted(candidates, _maxsim(query_vectors[0], passages), top_n)
+
+    def _passages(self, texts: list[str], doc_ids: list[str] | None) -> list[torch.Tensor]:
+        """Passage token matrices (float32 from float16), from the store when it has them, else encoded in one batch."""
+        stored: list[np.ndarray | None] = [None] * len(texts)
+        if self.token_store is not None and doc_ids is not None:
+            stored = [self._lookup(doc_id) for doc_id in doc_ids]
+        missing = [i for i, array in enumerate(stored) if array is None]
+        passages: list[torch.Tensor | None] = [
+            None if array is None else _from_half(torch.from_numpy(np.asarray(array, dtype=np.float16)), self.device)
+            for array in stored
+        ]
+        if missing:
+            vectors, hit_limit = self._encode([texts[i] for i in missing])
+            self.truncated += hit_limit
+            for i, v in zip(missing, vectors):
+                passages[i] = _from_half(v.half(), self.device)
+        return passages  # type: ignore[return-value]
+
+    def _lookup(self, doc_id: str) -> np.ndarray | None:
+        """The store's vectors for ``doc_id``; None (encode instead) when absent or empty."""
+        try:
+            array = self.token_store(doc_id)  # type: ignore[misc]
+        except KeyError:
+            return None
+        return None if array is None or len(array) == 0 else array
+
+    def _encode(self, texts: Sequence[str]) -> tuple[list[torch.Tensor], int]:
+        """Unit-length content-token vectors (float32) per text, and how many texts reached the length limit."""
+        if not texts:
+            return [], 0
+        outputs = self.model.encode(list(texts), output_value=None, batch_size=self.batch_size, show_progress_bar=False)
+        vectors, hit_limit = [], 0
+        for out in outputs:
+            attended = out["attention_mask"].bool()
+            keep = attended & ~torch.isin(out["input_ids"], self._special_ids.to(out["input_ids"].device))
+            if not keep.any():
+                keep = attended
+            hit_limit += int(attended.sum()) >= self.max_length
+            vectors.append(F.normalize(out["token_embeddings"][keep].float(), dim=-1))
+        return vectors, hit_limit
+
+
+def _from_half(vectors: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """float16 token vectors -> float32, re-normalised: the one path both stored and fresh passages take."""
+    return F.normalize(vectors.to(device=device, dtype=torch.float32), dim=-1)
+
+
+def _maxsim(query: torch.Tensor, passages: list[torch.Tensor]) -> np.ndarray:
+    """sum_i max_j q_i . d_j for one query ``(m, dim)`` against each passage ``(n_k, dim)``; padding never wins."""
+    scores = np.zeros(len(passages), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(passages), _CHUNK):
+            part = passages[start : start + _CHUNK]
+            docs = torch.nn.utils.rnn.pad_sequence(part, batch_first=True)  # (p, t, dim)
+            lengths = torch.tensor([len(d) for d in part], device=docs.device)
+            pad = torch.arange(docs.shape[1], device=docs.device)[None, :] >= lengths[:, None]  # (p, t)
+            sims = torch.matmul(docs, query.to(docs.device).T)  # (p, t, m)
+            sims.masked_fill_(pad[:, :, None], float("-inf"))
+            scores[start : start + len(part)] = sims.max(dim=1).values.sum(dim=1).cpu().numpy()
+    return scores
+
+
+def _sentence_transformer(encoder: Any) -> Any:
+    """The ``SentenceTransformer`` inside ``encoder`` (itself, or its ``.model``)."""
+    from sentence_transformers import SentenceTransformer
+
+    if isinstance(encoder, SentenceTransformer):
+        return encoder
+    inner = getattr(encoder, "model", None)
+    if isinstance(inner, SentenceTransformer):
+        return inner
+    kind = type(encoder).__name__
+    raise TypeError(f"MaxSimReranker needs a SentenceTransformer or an object whose .model is one, got {kind}")

@@ -1,0 +1,120 @@
+"""Find and load a sentence-transformers ``CrossEncoder``: local directory, then the local HF cache, then the hub if reachable.
+
+Every failure becomes one ``RerankerLoadError`` line saying what failed and what to pass instead, never a traceback,
+and an offline machine gets its answer in about two seconds instead of minutes of download retries.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .base import RerankerLoadError
+from .hub import hub_offline_env, hub_reachable
+
+INSTEAD = "pass --reranker PATH (a local cross-encoder directory), --reranker maxsim, or --no-rerank"
+NOT_LOCAL = "not found locally (no such directory, not in the Hugging Face cache)"
+#: the ``RerankerLoadError.reason`` when the model would have to be downloaded and cannot be
+OFFLINE = "not available offline"
+
+
+def load_cross_encoder(name_or_path: str, *, device: str = "cpu", max_length: int | None = None) -> Any:
+    """Load ``name_or_path`` as a single-score ``CrossEncoder`` or raise ``RerankerLoadError``."""
+    spec = str(name_or_path)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            _fail(spec, "it is a file, not a cross-encoder directory", "not a directory")
+        if not (path / "config.json").is_file():
+            _fail(spec, "not a cross-encoder directory (no config.json)", "not a model directory")
+        _check_architectures(spec, _saved_architectures(path / "config.json"))
+        model = _try_load(str(path), device, max_length, local_files_only=True)
+        if isinstance(model, Exception):
+            reason = f"not a valid cross-encoder directory ({_one_line(model)})"
+            _fail(spec, reason, reason)
+        return _checked(spec, model)
+    if _looks_like_path(spec):
+        _fail(spec, "no such directory", "no such directory")
+
+    if _in_hf_cache(spec):
+        model = _try_load(spec, device, max_length, local_files_only=True)
+        if isinstance(model, Exception):
+            reason = f"its copy in the local Hugging Face cache cannot be loaded ({_one_line(model)})"
+            _fail(spec, reason, reason)
+        return _checked(spec, model)
+
+    if hub_offline_env():
+        _fail(spec, f"{NOT_LOCAL} and offline mode is set (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE)", OFFLINE)
+    if not hub_reachable():
+        _fail(spec, f"{NOT_LOCAL} and the Hugging Face hub is unreachable", OFFLINE)
+    model = _try_load(spec, device, max_length, local_files_only=False)
+    if isinstance(model, Exception):
+        reason = f"download from the Hugging Face hub failed ({_one_line(model)})"
+        _fail(spec, reason, reason)
+    return _checked(spec, model)
+
+
+def _try_load(source: str, device: str, max_length: int | None, *, local_files_only: bool) -> Any:
+    """The loaded CrossEncoder, or the exception the library raised (returned, so callers phrase the message)."""
+    try:
+        from sentence_transformers import CrossEncoder
+
+        return CrossEncoder(source, device=device, max_length=max_length, local_files_only=local_files_only)
+    except Exception as exc:  # the library raises OSError, ValueError, KeyError, safetensors errors, ...
+        return exc
+
+
+def _checked(spec: str, model: Any) -> Any:
+    """Reject models this reranker cannot score with: it reads one logit from a sequence-classification head."""
+    hf_model = model.model
+    _check_architectures(spec, [type(hf_model).__name__, *(getattr(hf_model.config, "architectures", None) or [])])
+    labels = int(getattr(hf_model.config, "num_labels", 1))
+    if labels != 1:
+        reason = f"the model has {labels} output labels; only single-score cross-encoders (num_labels=1) are supported"
+        _fail(spec, reason, reason)
+    return model
+
+
+def _saved_architectures(config_path: Path) -> list[str]:
+    """``architectures`` from a config.json ([] when absent or unreadable; loading then reports the real problem)."""
+    try:
+        architectures = json.loads(config_path.read_text(encoding="utf-8")).get("architectures")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [str(name) for name in architectures] if isinstance(architectures, list) else []
+
+
+def _check_architectures(spec: str, architectures: list[str]) -> None:
+    """Refuse non-cross-encoders, e.g. a bi-encoder directory, which the library would give an untrained random head."""
+    if not all(name.endswith("ForSequenceClassification") for name in architectures):
+        saved_as = ", ".join(dict.fromkeys(architectures))
+        reason = f"not a cross-encoder (saved as {saved_as}; expected a *ForSequenceClassification model)"
+        _fail(spec, reason, reason)
+
+
+def _fail(spec: str, detail: str, reason: str) -> NoReturn:
+    raise RerankerLoadError(f"reranker: cannot load {spec}: {detail}; {INSTEAD}", reason=reason)
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A spec that can only be a filesystem path (a hub id is ``name`` or ``org/name``)."""
+    return spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1 or os.path.isabs(spec)
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    """True when the local Hugging Face cache holds this repo's ``config.json`` (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # an id the hub would reject (bad characters, ...) is simply not cached
+        return False
+    return isinstance(found, str)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The library's reason on one line: exception type and first non-empty message line, capped at 200 chars."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

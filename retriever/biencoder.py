@@ -1,0 +1,226 @@
+"""The first-stage encoder: a SentenceTransformer resolved offline-first, with an embedding cache and truncation counts."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Sequence
+
+import numpy as np
+
+from indexes.documents import text_hash
+from retriever.cache import EmbeddingCache
+from retriever.models import DEFAULT_BI_ENCODER, ModelLoadError, model_fingerprint, resolve_model
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+# Texts encoded per call to SentenceTransformer.encode, in batches: the unit of cache writes and progress updates.
+_CHUNK_BATCHES = 16
+_TOKENIZE_CHUNK = 2048
+
+
+@dataclass
+class EncodeResult:
+    """Document embeddings in input order plus how many inputs were truncated and how many came from the cache."""
+
+    embeddings: np.ndarray  # float32, shape (n, dimension)
+    truncated: int
+    cache_hits: int
+
+
+def _load_sentence_transformer(source: str, *, local: bool, device: str, what: str) -> SentenceTransformer:
+    """Load a SentenceTransformer, turning any failure into a one-line ModelLoadError."""
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(source, device=device, local_files_only=local)
+    except Exception as exc:  # noqa: BLE001 - every load failure reads the same to the user
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ModelLoadError(f"could not load bi-encoder {what}: {type(exc).__name__}: {reason}") from None
+
+
+def _check_texts(texts: Sequence[str], what: str) -> list[str]:
+    """A list copy of ``texts``, refusing a bare string (a classic one-character-per-item bug)."""
+    if isinstance(texts, str):
+        raise TypeError(f"{what} takes a sequence of strings, not a single string")
+    return list(texts)
+
+
+class BiEncoder:
+    """Sentence-transformers bi-encoder for queries and documents; documents go through the embedding cache."""
+
+    def __init__(
+        self,
+        model_name_or_path: str | os.PathLike[str] = DEFAULT_BI_ENCODER,
+        *,
+        device: str = "cpu",
+        batch_size: int = 32,
+        normalize: bool = True,
+        cache: EmbeddingCache | None | Literal["default"] = "default",
+        show_progress: bool = False,
+        query_prompt: str | None = None,
+        document_prompt: str | None = None,
+    ):
+        resolved = resolve_model(model_name_or_path, kind="bi-encoder")
+        self.name = resolved.name
+        self.source = resolved.source
+        self.origin = resolved.origin
+        self.model = _load_sentence_transformer(
+            resolved.source,
+            local=resolved.origin != "hub",
+            device=device,
+            what=f"{resolved.name!r} from {resolved.source} ({resolved.origin})",
+        )
+        dimension = self.model.get_embedding_dimension()
+        if not dimension:
+            raise ModelLoadError(f"bi-encoder {resolved.name!r} does not produce fixed-size sentence embeddings")
+        self.dimension: int = int(dimension)
+        self.fingerprint = model_fingerprint(resolved.source if os.path.isdir(resolved.source) else self.model)
+        self.device = device
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.show_progress = show_progress
+        self.cache: EmbeddingCache | None = EmbeddingCache() if cache == "default" else cache
+        # Same fallbacks as SentenceTransformer.encode_query / encode_document, made explicit so they key the cache.
+        prompts = self.model.prompts
+        self.query_prompt: str = query_prompt if query_prompt is not None else prompts.get("query", "")
+        doc_default = next((prompts[k] for k in ("document", "passage", "corpus") if k in prompts), "")
+        self.document_prompt: str = document_prompt if document_prompt is not None else doc_default
+
+    def __repr__(self) -> str:
+        return f"BiEncoder({self.name!r}, origin={self.origin!r}, dimension={self.dimension}, device={self.device!r})"
+
+    @property
+    def max_seq_length(self) -> int | None:
+        """Tokens per input the model sees; longer inputs are truncated. Settable."""
+        return self.model.max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self.model.max_seq_length = value
+
+    @property
+    def cache_key(self) -> str:
+        """Cache namespace for document vectors: the model fingerprint plus every setting that changes a vector."""
+        settings = f"{self.fingerprint}|normalize={self.normalize}|prompt={self.document_prompt!r}|max_len={self.max_seq_length}"
+        return hashlib.sha256(settings.encode("utf-8")).hexdigest()
+
+    def count_truncated(self, texts: Sequence[str], prompt: str | None = None) -> int:
+        """How many texts (with ``prompt`` prepended) tokenise to more than ``max_seq_length`` tokens."""
+        limit = self.max_seq_length
+        if not limit or not texts:
+            return 0
+        prefix = self.document_prompt if prompt is None else prompt
+        tokenizer = self.model.tokenizer
+        total = 0
+        for start in range(0, len(texts), _TOKENIZE_CHUNK):
+            chunk = [prefix + t for t in texts[start : start + _TOKENIZE_CHUNK]]
+            ids = tokenizer(
+                chunk,
+                add_special_tokens=True,
+                truncation=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                verbose=False,
+            )["input_ids"]
+            total += sum(len(x) > limit for x in ids)
+        return total
+
+    def encode_documents(self, texts: Sequence[str], *, show_progress: bool | None = None) -> EncodeResult:
+        """Embed documents: cache hits are reused, misses are encoded longest-first in chunks and written back."""
+        texts = _check_texts(texts, "encode_documents")
+        show = self.show_progress if show_progress is None else show_progress
+        embeddings = np.empty((len(texts), self.dimension), dtype=np.float32)
+        hashes = [text_hash(t) for t in texts]
+        key = self.cache_key
+        cached = self.cache.get_many(key, hashes) if self.cache is not None else {}
+        hits = 0
+        first_index: dict[str, int] = {}  # one encode per distinct missing text
+        for i, h in enumerate(hashes):
+            vector = cached.get(h)
+            if vector is not None and vector.shape == (self.dimension,):
+                embeddings[i] = vector
+                hits += 1
+            else:
+                first_index.setdefault(h, i)
+
+        todo = sorted(first_index.values(), key=lambda i: -len(texts[i]))  # longest first, as ST sorts
+        self._encode_in_chunks(texts, hashes, todo, embeddings, key, show)
+        for i, h in enumerate(hashes):  # duplicates of freshly encoded texts
+            if h in first_index and first_index[h] != i:
+                embeddings[i] = embeddings[first_index[h]]
+        return EncodeResult(embeddings=embeddings, truncated=self.count_truncated(texts), cache_hits=hits)
+
+    def _encode_in_chunks(
+        self,
+        texts: list[str],
+        hashes: list[str],
+        todo: list[int],
+        out: np.ndarray,
+        key: str,
+        show: bool,
+    ) -> None:
+        """Encode ``texts[todo]`` (already length-sorted) chunk by chunk into ``out``, caching each chunk."""
+        if not todo:
+            return
+        from tqdm.auto import tqdm
+
+        chunk_size = self.batch_size * _CHUNK_BATCHES
+        with tqdm(total=len(todo), desc="Encoding documents", unit="doc", disable=not show) as bar:
+            for start in range(0, len(todo), chunk_size):
+                idx = todo[start : start + chunk_size]
+                # SentenceTransformer re-sorts each call by length; the chunk is already sorted, so that is a no-op order.
+                vectors = self.model.encode_document(
+                    [texts[i] for i in idx],
+                    prompt=self.document_prompt,
+                    batch_size=self.batch_size,
+                    normalize_embeddings=self.normalize,
+                    show_progress_bar=False,
+                    convert_to_numpy=True,
+                )
+                vectors = np.asarray(vectors, dtype=np.float32)
+                out[idx] = vectors
+                if self.cache is not None:
+                    self.cache.put_many(key, [hashes[i] for i in idx], vectors)
+                bar.update(len(idx))
+
+    def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """Embed queries (with ``query_prompt``) as a float32 (n, dimension) array; never cached."""
+        queries = _check_texts(queries, "encode_queries")
+        if not queries:
+            return np.empty((0, self.dimension), dtype=np.float32)
+        vectors = self.model.encode_query(
+            queries,
+            prompt=self.query_prompt,
+            batch_size=self.batch_size,
+            normalize_embeddings=self.normalize,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def token_embeddings(self, texts: Sequence[str], *, is_query: bool = False, normalize: bool = True) -> list[np.ndarray]:
+        """Per-text float32 token vectors (n_tokens, dimension) for late-interaction (MaxSim) scoring.
+
+        Padding is removed; [CLS]/[SEP] (and any prompt tokens) are kept, as sentence-transformers returns them and
+        ColBERT-style MaxSim keeps its marker tokens. Vectors are L2-normalised per token when ``normalize``.
+        """
+        texts = _check_texts(texts, "token_embeddings")
+        if not texts:
+            return []
+        encode = self.model.encode_query if is_query else self.model.encode_document
+        outputs = encode(
+            texts,
+            prompt=self.query_prompt if is_query else self.document_prompt,
+            batch_size=self.batch_size,
+            output_value="token_embeddings",
+            show_progress_bar=False,
+        )
+        result = []
+        for tokens in outputs:
+            array = tokens.detach().float().cpu().numpy()
+            if normalize:
+                array = array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+            result.append(array.astype(np.float32, copy=False))
+        return result

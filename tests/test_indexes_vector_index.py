@@ -1,0 +1,165 @@
+"""VectorIndex on random unit vectors: add/search/remove/save/load on every index type, filters, lazy training."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from indexes.errors import CollectionError
+from indexes.vector_index import VectorIndex, resolve_factory
+
+DIM = 32
+N = 5000
+
+
+def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    """Ids deliberately not 0..n-1 (sparse, large) to catch any position/id mix-up."""
+    return np.arange(N, dtype=np.int64) * 7 + 1_000_000, unit_vectors(N)
+
+
+# (index type, exact search?)  IVF16 uses nprobe 16 = every list, PQ is exhaustive: complete result sets.
+TYPES = [
+    ("flat", True),
+    ("hnsw", False),
+    ("IVF16,PQ8", False),
+    ("IVF16,Flat", True),
+    ("ivfpq", True),  # nlist 1265 needs 49k vectors to train: 5000 stay in the exact buffer
+    ("PQ8", False),  # no selector support in FAISS: exercises the post-filter fallback
+    ("HNSW16,Flat", False),
+]
+
+
+@pytest.mark.parametrize("index_type, exact", TYPES, ids=[t for t, _ in TYPES])
+def test_add_search_remove_save_load(tmp_path, data, index_type, exact):
+    ids, vectors = data
+    index = VectorIndex.create(DIM, index_type)
+    index.add(ids[:1000], vectors[:1000])
+    index.add(ids[1000:], vectors[1000:])
+    assert len(index) == N and index.dimension == DIM
+    assert index.is_trained == (index_type != "ivfpq")
+
+    queries = vectors[:50]
+    _, found = index.search(queries, 10)
+    recall_at_10 = np.mean([ids[q] in found[q] for q in range(50)])
+    assert recall_at_10 >= (1.0 if exact else 0.8)
+
+    dead = ids[::3]
+    assert index.remove(dead) == len(dead)
+    assert index.remove(dead[:5]) == 0  # already gone
+    live = np.setdiff1d(ids, dead)
+    assert len(index) == len(live)
+
+    # k far beyond the size: clamped, every live id once, never a deleted one
+    scores, found = index.search(queries[:3], 10 * N)
+    assert found.shape == (3, len(live))
+    for row, score_row in zip(found, scores):
+        got = row[row >= 0]
+        assert not np.isin(got, dead).any()
+        assert len(set(got.tolist())) == len(got)
+        assert len(got) >= (len(live) if exact else 0.99 * len(live))
+        assert np.all(np.diff(score_row[row >= 0]) <= 1e-6)  # best first
+    for hits in index.search_lists(queries, 20):
+        assert len(hits) == 20 and not np.isin([i for i, _ in hits], dead).any()
+
+    # a metadata-style filter: only allowed ids come back (deleted ones stay out even when allowed)
+    allowed = ids[:300]
+    for hits in index.search_lists(queries[:5], 50, allowed_ids=allowed):
+        got = [i for i, _ in hits]
+        assert set(got) <= set(allowed.tolist()) - set(dead.tolist())
+        assert len(got) >= (50 if exact else 40)
+
+    path = tmp_path / "vectors.faiss"
+    index.save(path, generation=7)
+    loaded = VectorIndex.load(path)
+    assert (loaded.generation, len(loaded), loaded.factory, loaded.is_trained) == (7, len(index), index.factory, index.is_trained)
+    assert loaded.tombstone_count == index.tombstone_count
+    if exact:
+        np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
+    _, found = loaded.search(queries[:3], 10 * N)
+    assert not np.isin(found, dead).any()
+
+
+def test_auto_resolution():
+    assert resolve_factory(384, "auto") == "Flat"
+    assert resolve_factory(384, "auto", 99_999) == "Flat"
+    assert resolve_factory(384, "auto", 100_000) == "HNSW32"
+    assert resolve_factory(384, "auto", 4_000_000) == "IVF8000,PQ64"
+    assert resolve_factory(768, "ivfpq", 1_000_000) == "IVF4000,PQ64"
+    assert resolve_factory(32, "ivfpq", 10_000) == "IVF400,PQ16"
+    assert resolve_factory(32, "IVF16,PQ8") == "IVF16,PQ8"
+    hnsw = VectorIndex.create(16, "auto", expected_size=500_000)
+    assert (hnsw.index_type, hnsw.factory, hnsw.ef_search) == ("auto", "HNSW32", 128)
+    with pytest.raises(ValueError, match="unknown index type 'Nope7'"):
+        VectorIndex.create(16, "Nope7")
+
+
+def test_hnsw_tombstones_and_compact(tmp_path, data):
+    ids, vectors = data[0][:2000], data[1][:2000]
+    index = VectorIndex.create(DIM, "hnsw")
+    index.add(ids, vectors)
+    index.remove(ids[:500])
+    assert index.uses_tombstones and index.tombstone_count == 500
+    assert index.tombstone_ratio == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="cannot be added again"):
+        index.add(ids[:1], vectors[:1])
+    index.save(tmp_path / "v.faiss")
+    sidecar = json.loads((tmp_path / "v.faiss.json").read_text())
+    assert len(sidecar["tombstones"]) == 500
+    assert VectorIndex.load(tmp_path / "v.faiss").tombstone_count == 500
+
+    index.compact([(ids[500:1000], vectors[500:1000]), (ids[1000:], vectors[1000:])])
+    assert index.tombstone_count == 0 and len(index) == 1500
+    _, found = index.search(vectors[:10], 3000)
+    assert not np.isin(found, ids[:500]).any()
+    index.add(ids[:1], vectors[:1])  # allowed again once compacted away
+    assert len(index) == 1501
+
+
+def test_lazy_training_and_retrain(data):
+    ids, vectors = data
+    index = VectorIndex.create(DIM, "IVF16,Flat")
+    assert index.min_train == 624 and not index.is_trained
+    index.add(ids[:300], vectors[:300])
+    assert not index.is_trained
+    hits = index.search_lists(vectors[:3], 1)
+    assert [h[0][0] for h in hits] == ids[:3].tolist()  # exact while buffered
+    index.remove(ids[:10])
+    index.add(ids[300:700], vectors[300:700])
+    assert index.is_trained and len(index) == 690
+
+    small = VectorIndex.create(DIM, "IVF16,Flat")
+    small.add(ids[:300], vectors[:300])
+    small.retrain([(ids[:300], vectors[:300])])  # below min_train, above FAISS's hard minimum
+    assert small.is_trained and len(small) == 300
+    with pytest.raises(ValueError, match="too few"):
+        VectorIndex.create(DIM, "IVF16,Flat").retrain([(ids[:100], vectors[:100])])
+
+
+def test_edge_cases(tmp_path):
+    index = VectorIndex.create(DIM, "flat")
+    scores, found = index.search(unit_vectors(2), 5)
+    assert scores.shape == found.shape == (2, 0)
+    assert index.search_lists(unit_vectors(2), 5) == [[], []]
+    index.add(np.array([5, 9]), unit_vectors(2))
+    assert index.search_lists(unit_vectors(1, seed=3), 10, allowed_ids=np.array([42])) == [[]]
+    with pytest.raises(ValueError, match="shape"):
+        index.add(np.array([1]), unit_vectors(1, dim=8))
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(unit_vectors(1), 0)
+    with pytest.raises(ValueError, match="non-negative"):
+        index.add(np.array([-1]), unit_vectors(1))
+    (tmp_path / "bad.faiss").write_bytes(b"garbage")
+    (tmp_path / "bad.faiss.json").write_text(json.dumps({"dimension": DIM, "factory": "Flat", "ntotal": 0}))
+    with pytest.raises(CollectionError, match="cannot read FAISS index"):
+        VectorIndex.load(tmp_path / "bad.faiss")
+    index.save(tmp_path / "v.faiss")
+    (tmp_path / "v.faiss.json").write_text(json.dumps({"dimension": DIM, "factory": "Flat", "ntotal": 99}))
+    with pytest.raises(CollectionError, match="does not match"):
+        VectorIndex.load(tmp_path / "v.faiss")

@@ -1,0 +1,150 @@
+"""Loading rerankers offline: fast, one-line RerankerLoadErrors, and the MaxSim fallback for the implicit default only."""
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+
+import pytest
+from sentence_transformers import SentenceTransformer
+
+import reranker.resolve
+from reranker import (
+    DEFAULT_RERANKER,
+    CrossEncoderReranker,
+    MaxSimReranker,
+    RerankerLoadError,
+    load_reranker,
+)
+from reranker.hub import hub_reachable
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """Offline, with an empty Hugging Face cache, whatever the machine's environment holds."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_bi_encoder_dir):
+    return SentenceTransformer(str(tiny_bi_encoder_dir), device="cpu")
+
+
+def assert_says_what_to_do(error: RerankerLoadError) -> None:
+    message = str(error)
+    assert "\n" not in message and message.startswith("reranker: ")
+    assert "--reranker PATH" in message and "--reranker maxsim" in message and "--no-rerank" in message
+
+
+def test_default_by_name_offline_fails_fast_with_advice():
+    start = time.perf_counter()
+    with pytest.raises(RerankerLoadError) as info:
+        CrossEncoderReranker()
+    assert time.perf_counter() - start < 3
+    assert_says_what_to_do(info.value)
+    assert DEFAULT_RERANKER in str(info.value) and "offline" in str(info.value)
+    assert info.value.reason == "not available offline"
+
+
+def test_unreachable_hub_without_offline_env_fails_fast(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(reranker.resolve, "hub_reachable", lambda: False)
+    start = time.perf_counter()
+    with pytest.raises(RerankerLoadError, match="hub is unreachable") as info:
+        CrossEncoderReranker("some-org/some-reranker")
+    assert time.perf_counter() - start < 3
+    assert_says_what_to_do(info.value)
+
+
+def test_hub_check_is_bounded_even_when_connect_hangs(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    def hang(*args, **kwargs):
+        time.sleep(1.5)
+        raise OSError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    start = time.perf_counter()
+    assert hub_reachable(timeout=0.2) is False
+    assert time.perf_counter() - start < 1
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert hub_reachable() is False  # offline mode: no connection attempted at all
+
+
+def test_directory_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(RerankerLoadError, match="no config.json") as info:
+        CrossEncoderReranker(str(tmp_path))
+    assert_says_what_to_do(info.value)
+
+
+def test_directory_with_a_broken_model(tmp_path, tiny_cross_encoder_dir):
+    broken = shutil.copytree(tiny_cross_encoder_dir, tmp_path / "broken")
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(RerankerLoadError, match="not a valid cross-encoder directory") as info:
+        CrossEncoderReranker(str(broken))
+    assert_says_what_to_do(info.value)
+
+
+def test_bi_encoder_directory_is_not_a_cross_encoder(tiny_bi_encoder_dir):
+    with pytest.raises(RerankerLoadError, match="not a cross-encoder .saved as BertModel") as info:
+        CrossEncoderReranker(str(tiny_bi_encoder_dir))
+    assert_says_what_to_do(info.value)
+
+
+def test_missing_paths(tmp_path):
+    for spec in (str(tmp_path / "nope"), "./nope/either", "~/no/such/reranker"):
+        with pytest.raises(RerankerLoadError, match="no such directory"):
+            CrossEncoderReranker(spec)
+    with pytest.raises(RerankerLoadError, match="is a file"):
+        CrossEncoderReranker(__file__)
+
+
+def test_model_in_the_local_hf_cache_loads_without_network(tmp_path, tiny_cross_encoder_dir):
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hf-cache" / "models--some-org--tiny-reranker"
+    shutil.copytree(tiny_cross_encoder_dir, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    assert huggingface_hub.constants.HF_HUB_CACHE == str(tmp_path / "hf-cache")
+    from_cache = CrossEncoderReranker("some-org/tiny-reranker")
+    from_dir = CrossEncoderReranker(str(tiny_cross_encoder_dir))
+    texts = ["berlin has a population of 3 million", "paris museum"]
+    assert from_cache.score("berlin people", texts).tolist() == from_dir.score("berlin people", texts).tolist()
+
+
+def test_load_reranker_specs(tiny_cross_encoder_dir, encoder):
+    assert load_reranker(None, explicit=False) == (None, None)
+    assert load_reranker("none", explicit=True) == (None, None)
+    maxsim, notice = load_reranker("maxsim", encoder=encoder, explicit=True)
+    assert isinstance(maxsim, MaxSimReranker) and notice is None
+    cross, notice = load_reranker(str(tiny_cross_encoder_dir), explicit=True, batch_size=8)
+    assert isinstance(cross, CrossEncoderReranker) and cross.batch_size == 8 and notice is None
+    with pytest.raises(RerankerLoadError, match="maxsim needs"):
+        load_reranker("maxsim", explicit=True)
+
+
+def test_implicit_default_falls_back_to_maxsim_with_a_notice(encoder):
+    start = time.perf_counter()
+    fallback, notice = load_reranker(DEFAULT_RERANKER, encoder=encoder, explicit=False)
+    assert time.perf_counter() - start < 3
+    assert isinstance(fallback, MaxSimReranker)
+    assert notice == (
+        f"reranker: {DEFAULT_RERANKER} is not available offline; using late-interaction MaxSim over the "
+        "bi-encoder instead (pass --reranker PATH to use a cross-encoder)"
+    )
+
+
+def test_explicit_or_non_default_spec_raises(encoder, tmp_path):
+    with pytest.raises(RerankerLoadError) as info:
+        load_reranker(DEFAULT_RERANKER, encoder=encoder, explicit=True)
+    assert_says_what_to_do(info.value)
+    with pytest.raises(RerankerLoadError):
+        load_reranker(str(tmp_path / "missing"), encoder=encoder, explicit=False)
+    with pytest.raises(RerankerLoadError):
+        load_reranker(DEFAULT_RERANKER, encoder=None, explicit=False)  # nothing to fall back on

@@ -1,0 +1,102 @@
+"""MaxSimReranker: exact late-interaction arithmetic on a tiny bi-encoder, token store parity, and one real-model ranking."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from reranker import Candidate, MaxSimReranker
+
+QUERY = "how many people live in berlin"
+PASSAGES = [
+    "berlin has a population of about 3 million people",
+    "the museum island in berlin is famous for its art",
+    "paris is the capital of france",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_bi_encoder_dir):
+    return SentenceTransformer(str(tiny_bi_encoder_dir), device="cpu")
+
+
+def content_token_vectors(model: SentenceTransformer, text: str) -> np.ndarray:
+    """Independent reference: the bi-encoder's token outputs without [CLS]/[SEP]/padding, L2-normalised, via fp16."""
+    out = model.encode([text], output_value=None, show_progress_bar=False)[0]
+    ids = out["input_ids"].numpy()
+    keep = out["attention_mask"].numpy().astype(bool) & ~np.isin(ids, model.tokenizer.all_special_ids)
+    vectors = out["token_embeddings"].numpy()[keep].astype(np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors.astype(np.float16).astype(np.float64)  # passages are stored as float16
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_scores_equal_direct_numpy_maxsim(tiny):
+    q = content_token_vectors(tiny, QUERY)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    expected = []
+    for passage in PASSAGES:
+        d = content_token_vectors(tiny, passage)
+        expected.append((q @ d.T).max(axis=1).sum())
+    assert len(q) == 6  # six content tokens, specials excluded
+    scores = MaxSimReranker(tiny).score(QUERY, PASSAGES)
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_accepts_an_object_with_a_model_attribute(tiny):
+    class BiEncoder:
+        model = tiny
+
+    wrapped = MaxSimReranker(BiEncoder()).score(QUERY, PASSAGES)
+    np.testing.assert_array_equal(wrapped, MaxSimReranker(tiny).score(QUERY, PASSAGES))
+    with pytest.raises(TypeError):
+        MaxSimReranker(object())
+
+
+def test_token_store_gives_the_same_scores_as_on_the_fly(tiny):
+    plain = MaxSimReranker(tiny)
+    stored = dict(zip(["d0", "d1", "d2"], plain.passage_token_embeddings(PASSAGES)))
+    assert all(a.dtype == np.float16 and a.ndim == 2 and a.shape[1] == 32 for a in stored.values())
+    lookups: list[str] = []
+
+    def store(doc_id: str) -> np.ndarray | None:
+        lookups.append(doc_id)
+        return stored.get(doc_id)
+
+    with_store = MaxSimReranker(tiny, token_store=store)
+    candidates = [Candidate(f"d{i}", text) for i, text in enumerate(PASSAGES)] + [Candidate("new", "berlin river")]
+    ranked = with_store.rerank(QUERY, candidates)
+    fresh = plain.rerank(QUERY, candidates)
+    assert lookups == ["d0", "d1", "d2", "new"]  # "new" is missing from the store and encoded on the fly
+    assert [(r.index, r.doc_id) for r in ranked] == [(r.index, r.doc_id) for r in fresh]
+    assert [r.score for r in ranked] == [r.score for r in fresh]
+    assert [r.doc_id for r in with_store.rerank(QUERY, candidates, top_n=2)] == [r.doc_id for r in ranked[:2]]
+
+
+def test_score_batch_equals_per_query_score_and_truncation_is_counted(tiny):
+    reranker = MaxSimReranker(tiny)
+    queries = [QUERY, "famous museum in paris"]
+    batched = reranker.score_batch(queries, [PASSAGES, PASSAGES[1:]])
+    for query, texts, scores in zip(queries, [PASSAGES, PASSAGES[1:]], batched):
+        np.testing.assert_allclose(scores, reranker.score(query, texts), atol=1e-5)
+    assert reranker.truncated == 0
+    reranker.score(QUERY, [" ".join(["berlin river"] * 100)])  # 200 tokens > max_seq_length 128
+    assert reranker.truncated == 1
+    assert reranker.score(QUERY, [""]).shape == (1,)  # an empty passage still gets a (finite) score
+    assert np.isfinite(reranker.score("", PASSAGES)).all()
+
+
+def test_real_minilm_prefers_the_passages_that_answer(minilm_path):
+    model = SentenceTransformer(str(minilm_path), device="cpu")
+    passages = [
+        "Berlin is well known for its museums.",
+        "Berlin had a population of 3,520,031 registered inhabitants in 2019.",
+        "Paris is the capital of France and has many museums and galleries.",
+        "In 2019 about 3.6 million people lived in Berlin, the most populous city of Germany.",
+        "Munich has a population of around 1.5 million people.",
+        "The Museum Island in Berlin holds five world-famous museums.",
+    ]
+    scores = MaxSimReranker(model).score("How many people live in Berlin?", passages)
+    answers, others = scores[[1, 3]], scores[[0, 2, 4, 5]]
+    assert answers.min() > others.max(), scores

@@ -1,0 +1,62 @@
+"""Plain, JSON-serialisable results of a search: hits with both stage scores and ranks, and per-stage timings."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Hit:
+    """One result. ``retrieval_*`` come from the first stage; ``rerank_*`` are None when the second stage was skipped."""
+
+    doc_id: str
+    text: str
+    retrieval_score: float
+    retrieval_rank: int
+    rerank_score: float | None = None
+    rerank_rank: int | None = None
+    title: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def score(self) -> float:
+        """The score that decided the final order."""
+        return self.rerank_score if self.rerank_score is not None else self.retrieval_score
+
+    @property
+    def rank(self) -> int:
+        return self.rerank_rank if self.rerank_rank is not None else self.retrieval_rank
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage for one query (batched stages are split evenly over the batch's queries)."""
+
+    encode_s: float = 0.0
+    search_s: float = 0.0
+    rerank_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.encode_s + self.search_s + self.rerank_s
+
+
+@dataclass
+class SearchResult:
+    """Hits for one query, best first, with what produced them."""
+
+    query: str
+    hits: list[Hit]
+    timings: Timings
+    candidates: int
+    reranker: str | None = None
+    notices: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["timings"]["total_s"] = self.timings.total_s
+        return out
+
+    def run(self) -> dict[str, float]:
+        """This result as one query's row of a TREC run (doc id → final score)."""
+        return {h.doc_id: h.score for h in self.hits}

@@ -1,0 +1,612 @@
+"""The HTTP API and search page of ``twostage serve``: FastAPI on uvicorn, one engine worker behind a micro-batcher.
+
+Endpoints (schema at ``/openapi.json``, browsable at ``/docs``)::
+
+    GET    /                     the search page
+    GET    /health               liveness, document count, read-only flag, defaults and limits (never protected)
+    GET    /stats                collection size, models, backend, index type, query counts, latency percentiles
+    POST   /search               one query          (fields = the options of ``twostage search``)
+    POST   /search/batch         several queries    (= ``twostage search --queries``)
+    GET    /documents/{id}       one stored document
+    POST   /documents            add or replace documents             (token)
+    DELETE /documents/{id}       delete one document                  (token)
+
+Errors are JSON ``{"error": "<one line for a person>", "detail": <more, or null>}``:
+400 bad JSON / bad body encoding / engine usage error, 401 no token, 403 wrong token or read-only,
+404 unknown document or route, 405 wrong method, 413 body, batch or add too large, 422 wrong field types,
+missing fields, empty query or a value over its limit. A filter on a metadata key that no document has
+matches nothing (200 with no hits), like a key whose value no document has.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt, StrictStr, WithJsonSchema
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .batcher import Batcher
+from .errors import UsageError
+
+log = logging.getLogger("twostage.server")
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass
+class ServerConfig:
+    """Access control, abuse limits (documented defaults) and the search defaults of a server."""
+
+    #: bearer token for writes (and reads with ``protect_reads``); None → the server is read-only
+    token: str | None = None
+    #: require the token for searches, document reads and stats too (``/health`` and ``/`` stay open)
+    protect_reads: bool = False
+    max_query_chars: int = 1000
+    max_k: int = 1000
+    max_top_n: int = 100
+    #: queries per ``/search/batch`` request
+    max_batch: int = 64
+    max_body_bytes: int = 1_000_000
+    max_docs_per_add: int = 1000
+    #: how long the worker waits for more searches to batch with the first one
+    batch_window_ms: float = 5.0
+    #: queries per encoder/rerank pass
+    max_batch_queries: int = 32
+    #: search defaults for fields a request leaves out (the CLI's --k, --top, --no-rerank)
+    k: int = 100
+    top_n: int = 10
+    rerank: bool = True
+    #: searches kept for the latency percentiles of ``/stats``
+    latency_window: int = 1000
+
+    @property
+    def read_only(self) -> bool:
+        return not self.token
+
+    def limits(self) -> dict[str, int]:
+        keys = ("max_query_chars", "max_k", "max_top_n", "max_batch", "max_body_bytes", "max_docs_per_add")
+        return {key: getattr(self, key) for key in keys}
+
+
+class ApiError(Exception):
+    """An error reply: status, a one-line message and optional detail."""
+
+    def __init__(self, status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None):
+        super().__init__(error)
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+
+
+# --------------------------------------------------------------------------- request and response models
+def _utf8(value: str) -> str:
+    """Reject strings JSON can carry but UTF-8 cannot (lone surrogates such as ``"\\ud800"``)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text contains invalid Unicode (a lone surrogate); send valid UTF-8") from None
+    return value
+
+
+def _int64(value: int) -> int:
+    if not -(2**63) <= value < 2**63:
+        raise ValueError("integer out of the 64-bit range")
+    return value
+
+
+def _scalar(value: Any) -> str | int | float | bool:
+    """A metadata value: a string, a 64-bit integer, a finite number or a boolean."""
+    if isinstance(value, str):
+        return _utf8(value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return _int64(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    raise ValueError("must be a string, a finite number or a boolean")
+
+
+Text = Annotated[StrictStr, AfterValidator(_utf8)]
+Scalar = Annotated[
+    Any,
+    PlainValidator(_scalar),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class SearchOptions(_Strict):
+    k: StrictInt | None = Field(None, description="first-stage candidate depth (CLI --k); omitted → server default")
+    top_n: StrictInt | None = Field(None, description="results returned (CLI --top); omitted → server default")
+    rerank: StrictBool | None = Field(None, description="run the second stage (CLI --no-rerank is false)")
+    filter: dict[Text, Scalar | None] | None = Field(
+        None,
+        description="metadata KEY → VALUE, all must match (CLI --filter KEY=VALUE; \"2020\" matches 2020, null matches null); "
+        "an unknown key matches nothing",
+    )
+
+
+class SearchRequest(SearchOptions):
+    query: Text = Field(..., description="the query text (CLI QUERY)")
+
+
+class BatchSearchRequest(SearchOptions):
+    queries: list[Text] = Field(..., description="the queries (CLI --queries FILE)")
+
+
+class HitOut(BaseModel):
+    doc_id: str
+    title: str | None
+    text: str
+    metadata: dict[str, Any]
+    rank: int = Field(..., description="final rank (rerank rank when reranked, else first-stage rank)")
+    score: float = Field(..., description="the score that decided the final order")
+    retrieval_score: float
+    retrieval_rank: int
+    rerank_score: float | None
+    rerank_rank: int | None
+
+
+class TimingsOut(BaseModel):
+    encode_s: float
+    search_s: float
+    rerank_s: float
+    total_s: float
+
+
+class SearchResponse(BaseModel):
+    query: str
+    hits: list[HitOut]
+    timings: TimingsOut = Field(..., description="seconds per stage for this query (batched stages split evenly)")
+    candidates: int
+    reranker: str | None
+    notices: list[str]
+    k: int
+    top_n: int
+    rerank: bool
+    filter: dict[str, Any] | None
+    latency_ms: float = Field(..., description="time in the server, queueing and batching included")
+
+
+class BatchSearchResponse(BaseModel):
+    results: list[SearchResponse]
+    latency_ms: float
+
+
+class DocumentIn(_Strict):
+    id: Text = Field(..., min_length=1, max_length=512)
+    text: Text = Field(..., min_length=1)
+    title: Text | None = None
+    metadata: dict[Text, Scalar | None] = Field(default_factory=dict)
+
+
+class AddRequest(_Strict):
+    documents: list[DocumentIn] = Field(..., min_length=1)
+
+
+class DocumentOut(BaseModel):
+    id: str
+    text: str
+    title: str | None
+    metadata: dict[str, Any]
+
+
+class AddResponse(BaseModel):
+    added: int
+    replaced: int
+    unchanged: int
+    truncated: int
+    seconds: float
+    documents: int = Field(..., description="documents in the collection afterwards")
+
+
+class DeleteResponse(BaseModel):
+    deleted: str
+    documents: int
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: Any = None
+
+
+# --------------------------------------------------------------------------- statistics
+class QueryStats:
+    """Counters and a rolling window of search latencies (seconds), safe to update from the event loop."""
+
+    def __init__(self, window: int):
+        self.latencies: deque[float] = deque(maxlen=window)
+        self.counts = {"search_requests": 0, "batch_requests": 0, "queries": 0, "adds": 0, "deletes": 0,
+                       "client_errors": 0, "server_errors": 0}
+        self.started = time.time()
+
+    def record(self, seconds: float, queries: int, batch: bool) -> None:
+        self.latencies.append(seconds)
+        self.counts["batch_requests" if batch else "search_requests"] += 1
+        self.counts["queries"] += queries
+
+    def to_dict(self) -> dict[str, Any]:
+        lat = np.asarray(self.latencies, dtype=float) * 1000
+        pct = {f"p{p}": round(float(np.percentile(lat, p)), 3) if len(lat) else None for p in (50, 95, 99)}
+        return {
+            "counts": dict(self.counts),
+            "latency_ms": {"window": len(lat), "mean": round(float(lat.mean()), 3) if len(lat) else None, **pct},
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+
+
+# --------------------------------------------------------------------------- the app
+def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
+    """An app serving ``engine``: an Engine, or (better) a zero-argument factory that opens one.
+
+    The engine is opened now, inside the worker thread that will own it (its SQLite connection is
+    single-thread), so that errors surface before the server starts listening. ``app.state.batcher``
+    holds the worker; the app's shutdown closes it.
+    """
+    config = config or ServerConfig()
+    factory: Callable[[], Any] = engine if callable(engine) else (lambda: engine)
+    batcher = Batcher(
+        factory, window_s=config.batch_window_ms / 1000, max_batch_queries=config.max_batch_queries, on_open=_warm_up
+    )
+    batcher.start()
+    stats = QueryStats(config.latency_window)
+
+    async def lifespan(app: FastAPI):
+        yield
+        await asyncio.to_thread(batcher.close)
+
+    app = FastAPI(
+        title="twostage",
+        summary="Two-stage retrieve-and-rerank search: bi-encoder + FAISS, then a cross-encoder.",
+        description=__doc__.split("\n\n", 1)[1] + "\n\nLimits: " + json.dumps(config.limits()),
+        version=_version(),
+        lifespan=lifespan,
+        responses={status: {"model": ErrorOut} for status in (400, 401, 403, 413, 422)},
+    )
+    app.state.batcher, app.state.config, app.state.stats = batcher, config, stats
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    _install_error_handlers(app, stats)
+    bearer = HTTPBearer(auto_error=False, description="the server's token (twostage serve --token)")
+
+    def check_token(credentials: HTTPAuthorizationCredentials | None) -> None:
+        if credentials is None:
+            raise ApiError(401, "this needs the server's token: send 'Authorization: Bearer TOKEN'",
+                           headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(credentials.credentials.encode(), str(config.token).encode()):
+            raise ApiError(403, "wrong token")
+
+    def read_access(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if config.protect_reads and config.token:
+            check_token(credentials)
+
+    def write_access(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if config.read_only:
+            raise ApiError(403, "the server is read-only: start it with --token (or TWOSTAGE_TOKEN) to allow writes")
+        check_token(credentials)
+
+    reads = [Depends(read_access)]
+    writes = [Depends(write_access)]
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness and what the page needs to know; never behind the token."""
+        return {
+            "status": "ok" if batcher.alive else "down",
+            "documents": batcher.documents,
+            "read_only": config.read_only,
+            "reads_protected": bool(config.protect_reads and config.token),
+            "defaults": {"k": config.k, "top_n": config.top_n, "rerank": config.rerank},
+            "limits": config.limits(),
+        }
+
+    @app.get("/stats", dependencies=reads)
+    async def get_stats() -> dict[str, Any]:
+        """Collection size, models, backend, index type, query counts and latency percentiles."""
+        info = await _await(batcher.call(_engine_info))
+        return {**info, **stats.to_dict(), "batching": batcher.stats_dict(), "read_only": config.read_only}
+
+    @app.post("/search", response_model=SearchResponse, dependencies=reads)
+    async def search(req: SearchRequest) -> dict[str, Any]:
+        """One query through both stages."""
+        started = time.perf_counter()
+        opts = _options(req, config, [req.query])
+        results = await _await(batcher.search([req.query], **opts))
+        elapsed = time.perf_counter() - started
+        stats.record(elapsed, 1, batch=False)
+        return _result(results[0], opts, elapsed)
+
+    @app.post("/search/batch", response_model=BatchSearchResponse, dependencies=reads)
+    async def search_batch(req: BatchSearchRequest) -> dict[str, Any]:
+        """Several queries with the same options, answered in one batched pass."""
+        if not req.queries:
+            raise ApiError(422, "queries is empty; give at least one query")
+        if len(req.queries) > config.max_batch:
+            raise ApiError(413, f"{len(req.queries)} queries in one batch; the limit is {config.max_batch} (max_batch)")
+        started = time.perf_counter()
+        opts = _options(req, config, req.queries)
+        results = await _await(batcher.search(req.queries, **opts))
+        elapsed = time.perf_counter() - started
+        stats.record(elapsed, len(req.queries), batch=True)
+        return {"results": [_result(r, opts, elapsed) for r in results], "latency_ms": elapsed * 1000}
+
+    @app.get("/documents/{doc_id:path}", response_model=DocumentOut, dependencies=reads, responses={404: {"model": ErrorOut}})
+    async def get_document(doc_id: str) -> dict[str, Any]:
+        """A stored document by id."""
+        doc = (await _await(batcher.call(lambda engine: engine.get([doc_id]))))[0]
+        if doc is None:
+            raise ApiError(404, f"no document with id {doc_id!r}")
+        return {"id": doc.id, "text": doc.text, "title": doc.title, "metadata": dict(doc.metadata)}
+
+    @app.post("/documents", response_model=AddResponse, dependencies=writes)
+    async def add_documents(req: AddRequest) -> dict[str, Any]:
+        """Add documents, or replace those whose id exists; searchable as soon as this returns."""
+        if len(req.documents) > config.max_docs_per_add:
+            raise ApiError(413, f"{len(req.documents)} documents in one call; the limit is "
+                                f"{config.max_docs_per_add} (max_docs_per_add): split them over several calls")
+        docs = [d.model_dump() for d in req.documents]
+        report = await _await(batcher.call(lambda engine: engine.add(docs), write=True))
+        stats.counts["adds"] += 1
+        return {**{k: getattr(report, k) for k in ("added", "replaced", "unchanged", "truncated", "seconds")},
+                "documents": batcher.documents}
+
+    @app.delete("/documents/{doc_id:path}", response_model=DeleteResponse, dependencies=writes,
+                responses={404: {"model": ErrorOut}})
+    async def delete_document(doc_id: str) -> dict[str, Any]:
+        """Delete a document; it never comes back in results."""
+        report = await _await(batcher.call(lambda engine: engine.delete([doc_id]), write=True))
+        if not report.deleted:
+            raise ApiError(404, f"no document with id {doc_id!r}")
+        stats.counts["deletes"] += 1
+        return {"deleted": doc_id, "documents": batcher.documents}
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _options(req: SearchOptions, config: ServerConfig, queries: list[str]) -> dict[str, Any]:
+    """The request's search options with server defaults filled in, checked against the limits."""
+    for i, query in enumerate(queries):
+        where = "query" if len(queries) == 1 else f"queries[{i}]"
+        if not query.strip():
+            raise ApiError(422, f"{where} is empty; give some words to search for")
+        if len(query) > config.max_query_chars:
+            raise ApiError(422, f"{where} has {len(query)} characters; the limit is {config.max_query_chars} (max_query_chars)")
+    k = config.k if req.k is None else req.k
+    top_n = config.top_n if req.top_n is None else req.top_n
+    for name, value, limit in (("k", k, config.max_k), ("top_n", top_n, config.max_top_n)):
+        if value < 1:
+            raise ApiError(422, f"{name} must be a positive integer (got {value})")
+        if value > limit:
+            raise ApiError(422, f"{name}={value} is over the limit of {limit} (max_{name})")
+    rerank = config.rerank if req.rerank is None else req.rerank
+    return {"k": k, "top_n": top_n, "rerank": rerank, "filter": req.filter or None}
+
+
+def _result(result: Any, opts: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    out = result.to_dict()
+    for hit, raw in zip(result.hits, out["hits"]):
+        raw["rank"], raw["score"] = hit.rank, hit.score
+    if opts["filter"] and not result.hits:
+        out["notices"].append("no document matches the filter")
+    return {**out, **opts, "latency_ms": elapsed * 1000}
+
+
+async def _await(future: Any) -> Any:
+    return await asyncio.wrap_future(future)
+
+
+def _warm_up(engine: Any) -> None:
+    """Load the reranker (printing any fallback notice at start-up) and run the encoder once."""
+    _ = engine.reranker
+    engine.encoder.encode_queries(["warm up"])
+
+
+def _engine_info(engine: Any) -> dict[str, Any]:
+    info = engine.info()
+    reranker = engine.reranker
+    return {
+        "documents": len(engine.collection),
+        "index_type": info.get("index_type"),
+        "backend": "torch",
+        "models": {
+            "bi_encoder": engine.encoder.name,
+            "reranker": getattr(reranker, "name", None),
+        },
+        "notices": list(engine.notices),
+        "collection": {k: v for k, v in info.items() if k not in ("bi_encoder", "reranker")},
+    }
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# --------------------------------------------------------------------------- errors
+def _install_error_handlers(app: FastAPI, stats: QueryStats) -> None:
+    def reply(status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
+        stats.counts["server_errors" if status >= 500 else "client_errors"] += 1
+        return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError) -> JSONResponse:
+        return reply(err.status, err.error, err.detail, err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        errors = [_clean(e) for e in err.errors()]
+        if any(e["type"] == "json_invalid" for e in errors):
+            return reply(400, "the body is not valid JSON", errors)
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        return reply(422, f"{where}: {first['msg']}", errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        message = err.detail if isinstance(err.detail, str) else "request failed"
+        if err.status_code == 400 and "parsing the body" in message:
+            message = "the body could not be read as JSON (is it valid UTF-8?)"
+        return reply(err.status_code, message, None, getattr(err, "headers", None))
+
+    async def usage_error(request: Request, err: Exception) -> JSONResponse:
+        return reply(400, str(err))
+
+    for error in _request_errors():
+        app.add_exception_handler(error, usage_error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return reply(500, "internal error; see the server log", type(err).__name__)
+
+
+def _request_errors() -> tuple[type[Exception], ...]:
+    """Engine errors that mean "this request cannot be served as given": answered with 400."""
+    from indexes.errors import CorpusError
+
+    return (UsageError, CorpusError)
+
+
+def _clean(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error without its (possibly huge or unserialisable) input."""
+    return {"loc": [p if isinstance(p, (str, int)) else str(p) for p in error.get("loc", ())],
+            "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))}
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 before any endpoint reads it.
+
+    The rest of an oversized body is read and dropped (up to ``drain_factor`` times the limit) before
+    answering, so that the client sees the 413 instead of a connection reset.
+    """
+
+    def __init__(self, app: Any, max_bytes: int, drain_factor: int = 8):
+        self.app, self.max_bytes, self.drain_bytes = app, max_bytes, max(max_bytes * drain_factor, 1 << 20)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and not declared.isdigit():
+            await _send_error(send, 400, "invalid Content-Length header")
+            return
+        if declared is not None and int(declared) > self.max_bytes:
+            if int(declared) <= self.drain_bytes:
+                await _drain(receive, self.drain_bytes)
+            await _send_error(send, 413, self._message(int(declared)))
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                if more:
+                    size += await _drain(receive, self.drain_bytes - size)
+                await _send_error(send, 413, self._message(size))
+                return
+            if not more:
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _message(self, size: int) -> str:
+        return f"request body of {size} bytes is over the limit of {self.max_bytes} bytes (max_body_bytes)"
+
+
+async def _drain(receive: Callable, budget: int) -> int:
+    """Read and drop the rest of a request body, at most ``budget`` bytes; returns the bytes read."""
+    read = 0
+    while read <= budget:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        read += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return read
+
+
+async def _send_error(send: Callable, status: int, error: str) -> None:
+    body = json.dumps({"error": error, "detail": None}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# --------------------------------------------------------------------------- running
+class ServerThread:
+    """Run an app on uvicorn in a background thread (tests, notebooks); ``port=0`` picks a free port."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        import socket
+
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.app, self.host, self.port = app, host, self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        self.sock.close()
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+__all__ = ["ApiError", "ServerConfig", "ServerThread", "create_app"]

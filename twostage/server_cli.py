@@ -1,0 +1,133 @@
+"""``twostage serve``: arguments and start-up of the HTTP server."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .server import ServerConfig
+
+TOKEN_ENV = "TWOSTAGE_TOKEN"
+
+# (flag, ServerConfig field, help) for each abuse limit; defaults come from ServerConfig
+_LIMITS = (
+    ("--max-query-chars", "max_query_chars", "longest query accepted"),
+    ("--max-k", "max_k", "largest candidate depth k a request may ask for"),
+    ("--max-top-n", "max_top_n", "largest top_n a request may ask for"),
+    ("--max-batch", "max_batch", "most queries in one /search/batch request"),
+    ("--max-body-bytes", "max_body_bytes", "largest request body"),
+    ("--max-docs-per-add", "max_docs_per_add", "most documents in one POST /documents"),
+)
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``twostage serve`` (search options mirror ``twostage search`` and set the server defaults)."""
+    from .server import ServerConfig
+
+    defaults = ServerConfig()
+    p.add_argument("directory", help="collection directory (built by 'twostage index')")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
+    p.add_argument(
+        "--token",
+        default=None,
+        help=f"token required to add or delete documents (default: ${TOKEN_ENV}; "
+        "prefer the variable, a flag is visible to other users in the process list). Without one the server is read-only",
+    )
+    p.add_argument("--protect-reads", action="store_true", help="require the token for searches and reads too")
+    p.add_argument("--k", type=int, default=defaults.k, help=f"default first-stage candidate depth (default {defaults.k})")
+    p.add_argument("--top", type=int, default=defaults.top_n, dest="top_n", help=f"default number of results (default {defaults.top_n})")
+    p.add_argument("--no-rerank", action="store_true", help="serve without a second stage")
+    p.add_argument(
+        "--reranker",
+        default=None,
+        help="cross-encoder hub id or local directory, or 'maxsim'; default cross-encoder/ms-marco-MiniLM-L6-v2, "
+        "falling back to maxsim when offline",
+    )
+    limits = p.add_argument_group("limits against abuse (each answered with a 4xx error)")
+    for flag, field, text in _LIMITS:
+        limits.add_argument(flag, type=int, default=getattr(defaults, field), dest=field,
+                            help=f"{text} (default {getattr(defaults, field)})")
+    limits.add_argument("--max-connections", type=int, default=256,
+                        help="concurrent connections before new ones get 503 (default 256)")
+    batching = p.add_argument_group("batching")
+    batching.add_argument("--batch-window-ms", type=float, default=defaults.batch_window_ms,
+                          help=f"how long to wait for more queries to batch together (default {defaults.batch_window_ms:g})")
+    batching.add_argument("--max-batch-queries", type=int, default=defaults.max_batch_queries,
+                          help=f"queries per encoder/rerank pass (default {defaults.max_batch_queries})")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default info)")
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The ServerConfig for parsed ``serve`` arguments (token from the flag, else the environment)."""
+    from .server import ServerConfig
+
+    values = {field: getattr(args, field) for _, field, _ in _LIMITS}
+    for name, value in [*values.items(), ("max_connections", args.max_connections), ("k", args.k), ("top_n", args.top_n), ("max_batch_queries", args.max_batch_queries)]:
+        if value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+    if args.batch_window_ms < 0:
+        raise UsageError("--batch-window-ms must not be negative")
+    return ServerConfig(
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        protect_reads=args.protect_reads,
+        batch_window_ms=args.batch_window_ms,
+        max_batch_queries=args.max_batch_queries,
+        k=args.k,
+        top_n=args.top_n,
+        rerank=not args.no_rerank,
+        **values,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Open the collection (in the engine worker), say how it is served, then run uvicorn until interrupted."""
+    import uvicorn
+    from indexes.collection import Collection
+
+    from .cli import reranker_spec
+    from .engine import Engine
+    from .server import create_app
+
+    config = server_config(args)
+    if config.protect_reads and config.read_only:
+        raise UsageError(f"--protect-reads needs a token (--token or ${TOKEN_ENV})")
+    if not Collection.exists(args.directory):
+        raise UsageError(f"{args.directory} holds no collection; build one with 'twostage index CORPUS --index {args.directory}'")
+    spec = reranker_spec(args)
+    app = create_app(lambda: Engine.open(args.directory, reranker=spec), config)
+    engine = app.state.batcher.engine
+    for notice in engine.notices:
+        print(notice, file=sys.stderr)
+    reranker = getattr(engine.reranker, "name", None) if spec else None
+    print(f"twostage serve: {app.state.batcher.documents} documents in {args.directory}; "
+          f"bi-encoder {engine.encoder.name}, reranker {reranker or 'none (first stage only)'}", file=sys.stderr)
+    if config.read_only:
+        print(f"read-only: no token set, so adding and deleting documents is refused (set --token or ${TOKEN_ENV})",
+              file=sys.stderr)
+    else:
+        print("writes need the token" + (", and so do reads" if config.protect_reads else "; reads are open"), file=sys.stderr)
+    if not _is_loopback(args.host):
+        print(f"note: listening on {args.host}, reachable from other machines", file=sys.stderr)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    where = f"http://{host}:{args.port}/" if args.port else f"http://{host}:<port in the Uvicorn line below>/"
+    print(f"search page: {where}  (API schema at /docs)", file=sys.stderr)
+    sys.stderr.flush()
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=10, limit_concurrency=args.max_connections)
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
