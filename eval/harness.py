@@ -134,7 +134,8 @@ def resolve_systems(requested: Sequence[str] | None, depths: Sequence[int], *, h
         return _table_order(specs)
     specs: list[SystemSpec] = []
     for name in requested:
-        match = _SYSTEM_RE.match(name.strip().lower())
+        name = name.strip().lower()
+        match = _SYSTEM_RE.match(name)
         if not match:
             raise EvalInputError(f"unknown system {name!r}; expected bm25, dense, hybrid, run, dense+rerank[@D] "
                                  "or run+rerank[@D]")

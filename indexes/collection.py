@@ -22,6 +22,7 @@ import numpy as np
 
 from .atomic import atomic_write_json, is_temp_file
 from .document_store import DocumentStore, UpsertResult
+from .token_store import TokenStore
 from .documents import Document
 from .errors import CollectionError
 from .vector_index import VectorIndex, resolve_factory
@@ -110,6 +111,10 @@ class Collection:
         self._lock = threading.RLock()
         self._closed = False
         self._count = store.count()  # kept in step by upsert/delete so len() needs no COUNT(*)
+        #: per-passage token vectors for MaxSim (``create(store_tokens=True)``), kept in step by upsert/delete
+        self.token_store: TokenStore | None = None
+        if manifest.extra.get("token_store"):
+            self.token_store = TokenStore(store, encoding=manifest.extra["token_store"]["encoding"])
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -130,6 +135,7 @@ class Collection:
         expected_size: int | None = None,
         extra: dict[str, Any] | None = None,
         overwrite: bool = False,
+        store_tokens: bool | str = False,
     ) -> "Collection":
         """A new, empty collection. Refuses a directory holding other files, and an existing collection unless overwrite."""
         path = Path(path)
@@ -167,6 +173,8 @@ class Collection:
             updated_at=now,
             extra=dict(extra or {}),
         )
+        if store_tokens:  # True, or the encoding: "int8" (default) or "float16"
+            manifest.extra["token_store"] = {"encoding": "int8" if store_tokens is True else str(store_tokens)}
         store.set_meta("dimension", dimension)
         index.save(path / VECTORS, generation=store.generation)
         collection = cls(path, manifest, store, index)
@@ -227,8 +235,13 @@ class Collection:
         return manifest
 
     # ------------------------------------------------------------------ writes
-    def upsert(self, docs: Sequence[Document], embeddings: np.ndarray) -> UpsertResult:
-        """Store documents and their vectors (committed to SQLite at once); an existing id is replaced."""
+    def upsert(
+        self, docs: Sequence[Document], embeddings: np.ndarray, tokens: Sequence[np.ndarray] | None = None
+    ) -> UpsertResult:
+        """Store documents and their vectors (committed to SQLite at once); an existing id is replaced.
+
+        With a token store, ``tokens`` (one array per document) are written in the same transaction; without them the
+        documents' old tokens are dropped, so MaxSim encodes them on the fly rather than reading stale ones."""
         docs = list(docs)
         embeddings = self._check_vectors(embeddings, "embeddings")
         if len(embeddings) != len(docs):
@@ -237,8 +250,15 @@ class Collection:
             raise ValueError("embeddings contain NaN or infinite values")
         if not docs:
             return UpsertResult()
+        if tokens is not None and len(tokens) != len(docs):
+            raise ValueError(f"{len(docs)} documents but {len(tokens)} token arrays")
         with self._lock:
-            result = self.store.upsert(docs, embeddings)
+            with self.store.transaction():
+                result = self.store.upsert(docs, embeddings)
+                if self.token_store is not None and tokens is not None:
+                    self.token_store.put_many([d.id for d in docs], tokens)
+                elif self.token_store is not None:
+                    self.token_store.delete([d.id for d in docs])
             self._count += len(result.added)
             try:
                 if result.replaced:
@@ -252,7 +272,10 @@ class Collection:
     def delete(self, doc_ids: Sequence[str]) -> DeleteResult:
         """Delete documents by id (committed to SQLite at once); unknown ids are reported in ``missing``."""
         with self._lock:
-            internal_ids, missing = self.store.delete(doc_ids)
+            with self.store.transaction():
+                internal_ids, missing = self.store.delete(doc_ids)
+                if self.token_store is not None:
+                    self.token_store.delete(doc_ids)
             self._count -= len(internal_ids)
             try:
                 self.index.remove(np.asarray(internal_ids, dtype=np.int64))
@@ -385,7 +408,20 @@ class Collection:
                 "documents_bytes": sum(v for k, v in files.items() if k.startswith(DOCUMENTS)),
                 "disk_bytes": sum(files.values()),
                 "extra": dict(m.extra),
+                **self._token_stats(),
             }
+
+    def _token_stats(self) -> dict[str, Any]:
+        """Token store size for ``stats()``: passages with tokens and mean stored bytes per passage."""
+        if self.token_store is None:
+            return {}
+        tokens = self.token_store.stats()
+        return {
+            "token_encoding": self.token_store.encoding,
+            "token_passages": tokens.passages,
+            "tokens_per_passage": round(tokens.tokens_per_passage, 1),
+            "token_bytes_per_passage": round(tokens.bytes_per_passage, 1),
+        }
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:

@@ -88,6 +88,12 @@ class DocumentStore:
             if self._depth == 0:
                 self._con.execute("COMMIT")
 
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection under the store's lock, for plain reads of other tables in this file (the token store)."""
+        with self._lock:
+            yield self._con
+
     def _bump_generation(self) -> None:
         self._con.execute(
             "INSERT INTO meta(key, value) VALUES ('generation', '1') "

@@ -52,6 +52,12 @@ class Reranker(ABC):
         """Scores for several queries at once; subclasses override to batch across queries."""
         return [self.score(q, t) for q, t in zip(queries, texts_per_query)]
 
+    def score_candidates(
+        self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]]
+    ) -> list[np.ndarray]:
+        """:meth:`score_batch` over the candidates' texts; rerankers that can use doc ids (MaxSim's token store) override."""
+        return self.score_batch(queries, [[c.text for c in candidates] for candidates in candidates_per_query])
+
     def rerank(self, query: str, candidates: Sequence[Candidate], top_n: int | None = None) -> list[Reranked]:
         """Candidates sorted by second-stage score (stable on ties: first-stage order wins)."""
         if not candidates:

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from .base import Candidate, Reranked, Reranker, _sorted
 
-#: doc_id -> that passage's token vectors as stored by :meth:`MaxSimReranker.passage_token_embeddings`, or None
+#: doc_id -> that passage's token vectors (float16 as :meth:`MaxSimReranker.passage_token_embeddings` makes them, or
+#: float32 from a compressed store), or None
 TokenStore = Callable[[str], "np.ndarray | None"]
 
 _CHUNK = 256  # passages scored per padded matmul
@@ -67,9 +68,22 @@ class MaxSimReranker(Reranker):
         """Like :meth:`Reranker.rerank`, but passages found in ``token_store`` (by doc id) are not re-encoded."""
         if not candidates:
             return []
-        query_vectors, _ = self._encode([query])
-        passages = self._passages([c.text for c in candidates], [c.doc_id for c in candidates])
-        return _sorted(candidates, _maxsim(query_vectors[0], passages), top_n)
+        return _sorted(candidates, self.score_candidates([query], [candidates])[0], top_n)
+
+    def score_candidates(
+        self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]]
+    ) -> list[np.ndarray]:
+        """Like :meth:`score_batch`, but passages found in ``token_store`` (by doc id) are not re-encoded."""
+        if len(queries) != len(candidates_per_query):
+            raise ValueError("score_candidates needs one list of candidates per query")
+        query_vectors, _ = self._encode(queries)
+        flat = [c for candidates in candidates_per_query for c in candidates]
+        passages = self._passages([c.text for c in flat], [c.doc_id for c in flat])
+        out, start = [], 0
+        for q, candidates in zip(query_vectors, candidates_per_query):
+            out.append(_maxsim(q, passages[start : start + len(candidates)]))
+            start += len(candidates)
+        return out
 
     def _passages(self, texts: list[str], doc_ids: list[str] | None) -> list[torch.Tensor]:
         """Passage token matrices (float32 from float16), from the store when it has them, else encoded in one batch."""
@@ -78,7 +92,7 @@ class MaxSimReranker(Reranker):
             stored = [self._lookup(doc_id) for doc_id in doc_ids]
         missing = [i for i, array in enumerate(stored) if array is None]
         passages: list[torch.Tensor | None] = [
-            None if array is None else _from_half(torch.from_numpy(np.asarray(array, dtype=np.float16)), self.device)
+            None if array is None else _from_half(torch.from_numpy(np.asarray(array)), self.device)
             for array in stored
         ]
         if missing:
@@ -101,19 +115,44 @@ class MaxSimReranker(Reranker):
         if not texts:
             return [], 0
         outputs = self.model.encode(list(texts), output_value=None, batch_size=self.batch_size, show_progress_bar=False)
-        vectors, hit_limit = [], 0
-        for out in outputs:
-            attended = out["attention_mask"].bool()
-            keep = attended & ~torch.isin(out["input_ids"], self._special_ids.to(out["input_ids"].device))
-            if not keep.any():
-                keep = attended
-            hit_limit += int(attended.sum()) >= self.max_length
-            vectors.append(F.normalize(out["token_embeddings"][keep].float(), dim=-1))
-        return vectors, hit_limit
+        return _content_tokens(outputs, self._special_ids, self.max_length)
+
+
+def encode_with_tokens(encoder: Any, texts: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Document vectors as ``encoder.encode_documents`` makes them, and the passages' MaxSim token vectors (float16),
+    from one forward pass: what indexing with a token store needs. ``encoder`` is the collection's ``BiEncoder``.
+
+    A model with a document prompt takes two passes, as MaxSim encodes passages without the prompt."""
+    texts = list(texts)
+    reranker = MaxSimReranker(encoder, batch_size=encoder.batch_size)
+    if encoder.document_prompt:
+        return encoder.encode_documents(texts).embeddings, reranker.passage_token_embeddings(texts)
+    if not texts:
+        return np.empty((0, encoder.dimension), dtype=np.float32), []
+    outputs = reranker.model.encode(texts, output_value=None, batch_size=encoder.batch_size, show_progress_bar=False)
+    vectors = torch.stack([out["sentence_embedding"].float() for out in outputs])
+    if encoder.normalize:
+        vectors = F.normalize(vectors, dim=-1)
+    tokens, _ = _content_tokens(outputs, reranker._special_ids, reranker.max_length)
+    return vectors.cpu().numpy().astype(np.float32), [t.half().cpu().numpy() for t in tokens]
+
+
+def _content_tokens(outputs: list[dict], special_ids: torch.Tensor, max_length: int) -> tuple[list[torch.Tensor], int]:
+    """Unit-length content-token vectors (float32) per ``encode(output_value=None)`` output, and how many texts
+    reached the length limit."""
+    vectors, hit_limit = [], 0
+    for out in outputs:
+        attended = out["attention_mask"].bool()
+        keep = attended & ~torch.isin(out["input_ids"], special_ids.to(out["input_ids"].device))
+        if not keep.any():
+            keep = attended
+        hit_limit += int(attended.sum()) >= max_length
+        vectors.append(F.normalize(out["token_embeddings"][keep].float(), dim=-1))
+    return vectors, hit_limit
 
 
 def _from_half(vectors: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """float16 token vectors -> float32, re-normalised: the one path both stored and fresh passages take."""
+    """float16 (or dequantized float32) token vectors -> float32, re-normalised: the path stored and fresh passages take."""
     return F.normalize(vectors.to(device=device, dtype=torch.float32), dim=-1)
 
 

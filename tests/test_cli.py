@@ -1,6 +1,8 @@
-"""The ``twostage`` command line, run as a user runs it: a real subprocess on real files."""
+"""The ``twostage`` command line on real files: in-process through ``main(argv)``, and once as a real subprocess."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -10,18 +12,31 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLES
+from twostage.cli import main
 
 
-def twostage(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, "-m", "twostage.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=timeout,
+def twostage(*args: str) -> subprocess.CompletedProcess:
+    """Run the CLI in this process (a subprocess per call would re-import torch each time), capturing its output."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse errors
+            code = exit_.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    """The real entry point, as a user runs it: a bad corpus is one line on stderr and exit status 2."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": \n', encoding="utf-8")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "twostage.cli", "index", str(bad), "--index", str(tmp_path / "c"), "--quiet"],
+        capture_output=True, text=True, env=env, timeout=300,
     )
+    assert done.returncode == 2, done.stderr
+    assert "bad.jsonl, line 2" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.fixture(scope="module")

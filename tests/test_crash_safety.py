@@ -12,14 +12,14 @@ from pathlib import Path
 
 from indexes.collection import Collection
 
-N_DOCS = 2000
+N_DOCS = 1500
 
 
 def _write_corpus(path: Path, prefix: str, n: int) -> None:
     words = "river city music protein galaxy bread election piano glacier vaccine orbit violin harbor".split()
     with path.open("w", encoding="utf-8") as out:
         for i in range(n):
-            text = " ".join(words[(i * 7 + j) % len(words)] for j in range(40)) + f" number {i}"
+            text = " ".join(words[(i * 7 + j) % len(words)] for j in range(12)) + f" number {i}"
             out.write(json.dumps({"id": f"{prefix}{i}", "text": text}) + "\n")
 
 

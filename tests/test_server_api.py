@@ -433,3 +433,72 @@ def test_serve_refuses_bad_setups(tmp_path: Path) -> None:
     assert main(["serve", str(tmp_path / "nothing-here")]) == 2
     assert main(["serve", str(tmp_path), "--protect-reads"]) == 2
     assert main(["serve", str(tmp_path), "--max-k", "0"]) == 2
+
+
+# --------------------------------------------------------------------------- the batcher, without models
+class _RecordingEngine:
+    """Stands in for Engine: records each call and the thread it ran on."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.collection: list[str] = []
+        self.calls: list[tuple[str, Any]] = []
+        self.threads: set[int] = set()
+        self._thread_id = threading.get_ident
+
+    def search_many(self, queries: list[str], k: int, top_n: int, rerank: bool, filter: Any) -> list[tuple]:
+        self.threads.add(self._thread_id())
+        if "boom" in queries:
+            raise ValueError("boom")
+        time.sleep(0.02)
+        self.calls.append(("search", (tuple(queries), k)))
+        return [(q, k, len(self.collection)) for q in queries]
+
+    def add(self, ids: list[str]) -> int:
+        self.threads.add(self._thread_id())
+        self.calls.append(("add", tuple(ids)))
+        self.collection.extend(ids)
+        return len(self.collection)
+
+    def close(self) -> None:
+        self.calls.append(("close", None))
+
+
+def test_batcher_batches_by_key_and_orders_writes() -> None:
+    from concurrent.futures import wait
+
+    from twostage.batcher import Batcher, WorkerStopped
+
+    engine = _RecordingEngine()
+    batcher = Batcher(lambda: engine, window_s=0.2, max_batch_queries=8)
+    batcher.start()
+    first = [batcher.search([f"q{i}"], k=5, top_n=1, rerank=True) for i in range(3)]
+    other_k = batcher.search(["other"], k=7, top_n=1, rerank=True)
+    write = batcher.call(lambda e: e.add(["a", "b"]), write=True)
+    after = batcher.search(["after"], k=5, top_n=1, rerank=True)
+    bad = [batcher.search(["boom"], k=9, top_n=1, rerank=True), batcher.search(["fine"], k=9, top_n=1, rerank=True)]
+    wait([*first, other_k, write, after, *bad], timeout=30)
+    assert [f.result()[0] for f in first] == [("q0", 5, 0), ("q1", 5, 0), ("q2", 5, 0)]  # one pass, before the add
+    assert other_k.result() == [("other", 7, 0)] and write.result() == 2
+    assert after.result() == [("after", 5, 2)]  # queued after the write: sees it
+    with pytest.raises(ValueError):
+        bad[0].result()
+    assert bad[1].result() == [("fine", 9, 2)]  # a failing neighbour does not fail it
+    assert engine.calls[:3] == [("search", (("q0", "q1", "q2"), 5)), ("search", (("other",), 7)), ("add", ("a", "b"))]
+    stats = batcher.stats_dict()
+    assert stats["max_batch_size"] == 3 and stats["writes"] == 1
+    batcher.close()
+    assert engine.calls[-1] == ("close", None) and len(engine.threads) == 1
+    with pytest.raises(WorkerStopped):
+        batcher.search(["late"], k=5, top_n=1, rerank=True).result()
+
+
+def test_batcher_reports_open_errors() -> None:
+    from twostage.batcher import Batcher
+
+    def fail() -> None:
+        raise FileNotFoundError("no collection here")
+
+    with pytest.raises(FileNotFoundError):
+        Batcher(fail).start()

@@ -52,6 +52,10 @@ class _CallJob:
 _STOP = object()
 
 
+class WorkerStopped(RuntimeError):
+    """The engine worker is not running (the server is shutting down, or opening the engine failed)."""
+
+
 @dataclass
 class BatcherStats:
     """What the worker did: passes through ``search_many`` and how many queries each carried."""
@@ -143,7 +147,7 @@ class Batcher:
 
     def _put(self, job: Any) -> None:
         if self._thread is None or not self._thread.is_alive():
-            job.future.set_exception(RuntimeError("the engine worker is not running"))
+            job.future.set_exception(WorkerStopped("the engine worker is not running"))
             return
         self._queue.put(job)
 

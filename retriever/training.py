@@ -1,0 +1,80 @@
+"""Fine-tune the first-stage bi-encoder on sentence-transformers' SentenceTransformerTrainer.
+
+Contrastive (MultipleNegativesRankingLoss: in-batch negatives plus one mined hard negative per query) or distillation
+(MarginMSELoss on teacher score margins). The trainer plumbing (best checkpoint, resume, time budget) is shared
+with the cross-encoder trainer in ``reranker.training``. A collection is re-encoded with the result by
+``twostage index CORPUS --index NEW_DIR --model OUT_DIR``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from reranker.training import PRIMARY_METRIC, RankingEvaluator, TrainOutcome, TrainSettings, _callbacks, \
+    run_trainer, training_arguments
+
+LOSSES = ("mnrl", "margin-mse")
+
+
+def load_student(base: str) -> Any:
+    """The bi-encoder to fine-tune, resolved offline-first like the engine's (the packaged all-MiniLM-L6-v2 default)."""
+    from sentence_transformers import SentenceTransformer
+
+    from retriever.models import resolve_model
+
+    resolved = resolve_model(base, kind="bi-encoder")
+    return SentenceTransformer(resolved.source, device="cpu", local_files_only=resolved.origin != "hub")
+
+
+def bi_encoder_scores(model: Any, query: str, texts: list[str]) -> np.ndarray:
+    """Cosine similarity of the query's and each text's normalised embeddings: the first stage's score."""
+    if not texts:
+        return np.zeros(0, dtype=np.float32)
+    q = model.encode_query([query], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    d = model.encode_document(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
+                              batch_size=32)
+    return (np.asarray(d) @ np.asarray(q)[0]).astype(np.float32)
+
+
+def make_loss(model: Any, name: str) -> Any:
+    """MultipleNegativesRankingLoss ("mnrl") or MarginMSELoss ("margin-mse") for ``model``."""
+    from sentence_transformers.sentence_transformer import losses
+
+    if name == "mnrl":
+        return losses.MultipleNegativesRankingLoss(model)
+    if name == "margin-mse":
+        return losses.MarginMSELoss(model)
+    raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}")
+
+
+def train_bi_encoder(
+    model: Any,
+    train_dataset: Any,
+    loss_name: str,
+    evaluator: RankingEvaluator,
+    out_dir: Path,
+    settings: TrainSettings,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> TrainOutcome:
+    """Fine-tune ``model``, keep the best checkpoint by the evaluator's nDCG@10, save it to ``out_dir``
+    (loadable by ``SentenceTransformer(out_dir)`` and ``twostage index --model out_dir``)."""
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    extra = {"batch_sampler": BatchSamplers.NO_DUPLICATES} if loss_name == "mnrl" else {}
+    args = training_arguments(SentenceTransformerTrainingArguments, out_dir, settings,
+                              f"{evaluator.name}_{PRIMARY_METRIC}", extra=extra)
+    budget_cls, log_cls = _callbacks()
+    budget = budget_cls(settings.time_budget_s)
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=make_loss(model, loss_name),
+        evaluator=evaluator.as_st_evaluator(), callbacks=[budget, log_cls(out_dir / "train_log.jsonl", log)],
+    )
+    outcome = run_trainer(trainer, out_dir, settings, budget)
+    trainer.model.save(str(out_dir))
+    return outcome

@@ -1,0 +1,124 @@
+"""``twostage train reranker|retriever``: arguments and dispatch to ``twostage.training``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import UsageError
+
+EXAMPLE = """example (distil late interaction into a cross-encoder, test on held-out TREC DL 2020):
+  twostage index ../shared/data/msmarco-dl20/corpus.jsonl --index runs/dl20
+  twostage train reranker --collection runs/dl20 --queries ../shared/data/msmarco-dev-queries/queries.tsv \\
+      --out runs/ce-distilled --test-dataset msmarco-dl20 --time-budget 40m
+"""
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``train reranker`` and ``train retriever`` (same options; the defaults differ by loss)."""
+    parser.description = "Fine-tune a cross-encoder reranker or the first-stage bi-encoder."
+    sub = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
+    for what, help_text in (("reranker", "fine-tune a cross-encoder (output loads with CrossEncoder(DIR) and "
+                                         "--reranker DIR)"),
+                            ("retriever", "fine-tune the bi-encoder (re-index with twostage index --model DIR)")):
+        p = sub.add_parser(what, help=help_text, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+        _options(p, what)
+
+
+def _options(p: argparse.ArgumentParser, what: str) -> None:
+    data = p.add_argument_group("data")
+    data.add_argument("--collection", required=True, type=Path, metavar="DIR",
+                      help="twostage collection whose dense top-k gives candidates and mined negatives")
+    data.add_argument("--queries", required=True, metavar="FILE|DATASET",
+                      help="training queries: a qid<TAB>text file or a dataset folder / name")
+    data.add_argument("--qrels", default=None, metavar="FILE",
+                      help="TREC qrels of the training queries (with --teacher none, a dataset's own qrels are used)")
+    data.add_argument("--teacher", default="maxsim",
+                      help="ranker whose scores the student learns: 'maxsim' (late interaction over the collection's "
+                           "bi-encoder, default), a cross-encoder directory / id, or 'none' (judgments only)")
+    data.add_argument("--exclude", action="append", default=[], metavar="DATASET|FILE",
+                      help="never train on these queries (by id or text; repeatable); --test-dataset is always excluded")
+    data.add_argument("--max-queries", type=int, default=2000, help="training queries used (default 2000)")
+    data.add_argument("--val-queries", type=int, default=100,
+                      help="queries held out for validation and best-checkpoint selection (default 100)")
+    data.add_argument("--depth", type=int, default=30, help="dense candidates mined per query (default 30)")
+    data.add_argument("--val-depth", type=int, default=20, help="candidates per validation query (default 20)")
+    data.add_argument("--unjudged", choices=("skip", "negative"), default="skip",
+                      help="with judgments only: drop unjudged candidates (default) or treat them as non-relevant")
+
+    recipe = p.add_argument_group("recipe")
+    recipe.add_argument("--base", default=None, metavar="MODEL",
+                        help="starting weights (default all-MiniLM-L6-v2; a bi-encoder gets a fresh one-logit head)")
+    losses = ("margin-mse", "listwise-kl", "bce") if what == "reranker" else ("mnrl", "margin-mse")
+    recipe.add_argument("--loss", choices=losses, default=losses[0], help=f"default {losses[0]}")
+    recipe.add_argument("--negatives", type=int, default=3, help="negatives per margin-MSE row (default 3)")
+    recipe.add_argument("--list-size", type=int, default=8, help="documents per listwise-kl list (default 8)")
+    recipe.add_argument("--temperature", type=float, default=1.0,
+                        help="listwise-kl: teacher scores are divided by this before the softmax (default 1)")
+    recipe.add_argument("--lr", type=float, default=5e-5 if what == "reranker" else 2e-5,
+                        help="learning rate of the body (default %(default)s)")
+    recipe.add_argument("--head-lr", type=float, default=1e-3 if what == "reranker" else None,
+                        help="learning rate of the fresh classification head (default %(default)s)")
+    recipe.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps (default 0.1)")
+    recipe.add_argument("--batch-size", type=int, default=16, help="rows per step (default 16)")
+    recipe.add_argument("--epochs", type=float, default=1.0, help="passes over the rows (default 1)")
+    recipe.add_argument("--max-length", type=int, default=256, help="cross-encoder token limit (default 256)")
+    recipe.add_argument("--seed", type=int, default=12)
+
+    run = p.add_argument_group("run")
+    run.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (model + report)")
+    run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    run.add_argument("--time-budget", default="45m",
+                     help="stop training after this long, e.g. 900, 45m, 1.5h; 'none' for no limit (default 45m)")
+    run.add_argument("--eval-steps", type=int, default=100,
+                     help="validate and checkpoint every N steps (default 100)")
+    run.add_argument("--no-resume", action="store_true", help="ignore checkpoints in DIR and start over")
+    run.add_argument("--test-dataset", default=None, metavar="DATASET",
+                     help="held-out dataset evaluated after training with the harness (e.g. msmarco-dl20)")
+    run.add_argument("--test-depths", default="20,50,100", help="rerank depths on the test set (default 20,50,100)")
+    run.add_argument("--no-test-before", action="store_true", help="skip the test of the untrained model")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def options_from_args(args: argparse.Namespace):
+    """Command-line arguments → ``TrainOptions``."""
+    from reranker.training import TrainSettings
+
+    from .training import TrainOptions, parse_duration
+
+    budget = None if str(args.time_budget).lower() == "none" else parse_duration(args.time_budget)
+    for name in ("max_queries", "val_queries", "depth", "val_depth", "batch_size", "eval_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
+    try:
+        depths = tuple(int(d) for d in args.test_depths.split(",") if d.strip())
+    except ValueError:
+        raise UsageError(f"--test-depths {args.test_depths!r}: expected comma-separated integers") from None
+    settings = TrainSettings(
+        learning_rate=args.lr, head_learning_rate=args.head_lr, warmup_ratio=args.warmup,
+        batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps, time_budget_s=budget,
+        eval_steps=args.eval_steps, seed=args.seed, resume=not args.no_resume, progress=not args.quiet,
+    )
+    teacher = None if str(args.teacher).lower() == "none" else args.teacher
+    return TrainOptions(
+        kind=args.what, out=args.out, collection=args.collection, queries=args.queries, base=args.base,
+        qrels=args.qrels, teacher=teacher, exclude=list(args.exclude), max_queries=args.max_queries,
+        val_queries=args.val_queries, depth=args.depth, val_depth=args.val_depth, loss=args.loss,
+        negatives=args.negatives, list_size=args.list_size, temperature=args.temperature,
+        unjudged=args.unjudged, max_length=args.max_length, settings=settings, test_dataset=args.test_dataset,
+        test_depths=depths, test_before=not args.no_test_before,
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train, print where the model and report went; user errors become one line (handled by the main CLI)."""
+    from .training import train
+
+    opts = options_from_args(args)
+    if not Path(opts.collection).exists():
+        raise UsageError(f"--collection {opts.collection}: no such collection (build one with twostage index)")
+    report = train(opts)
+    val = report["validation"]
+    after = val.get("after") or {}
+    print(f"{opts.out}: {report['training']['steps']} steps, validation nDCG@10 "
+          f"{val['before']['ndcg@10']:.4f} -> {after.get('ndcg@10', float('nan')):.4f}; report {opts.out / 'report.md'}")
+    return 0
