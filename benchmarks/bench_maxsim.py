@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA, help=f"dataset folder (default {DATA})")
     parser.add_argument("--cache", type=Path, default=CACHE, help=f"where the collection is built once (default {CACHE})")
     parser.add_argument("--model", default=None, help="bi-encoder (default: the packaged all-MiniLM-L6-v2)")
-    parser.add_argument("--index-sample", type=int, default=1000, help="passages for the index-time comparison")
+    parser.add_argument("--index-sample", type=int, default=500, help="passages for the index-time comparison")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier timings on a shared CPU)")
     parser.add_argument("--queries", type=int, default=None, help="only the first N queries (a quick look)")
     parser.add_argument("--build-only", action="store_true", help="build the cached collection and stop")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where maxsim.json / maxsim.md go")
@@ -205,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_dir():
         print(f"skipped: {args.data} is not present (the msmarco-dl20 data lives in ../shared/data)")
         return 0
+    import torch
+
+    torch.set_num_threads(args.threads)
     model = args.model or default_model()
     dataset = load_folder(args.data)
     docs = documents(dataset)
@@ -237,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         "queries": len(queries),
         "passages": len(docs),
         "model": Path(model).name if os.path.isdir(model) else model,
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), torch threads "
-        f"{__import__('torch').get_num_threads()}",
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.1f} at the end",
         "rows": rows,
         "storage": [storage(int8, encoder.dimension), storage(fp16, encoder.dimension)],
         "index_cost": cost,

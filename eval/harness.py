@@ -2,7 +2,8 @@
 given run over one dataset, score them with trec_eval semantics and test each against a baseline.
 
 Dense search and reranking go through `twostage.Engine` (and its reranker), over a collection built once per
-dataset and bi-encoder and reused afterwards; see `eval.systems` for how each system runs and is timed.
+dataset and bi-encoder and reused afterwards; reranking a given run alone needs no collection (its texts come
+from the corpus). See `eval.systems` for how each system runs and is timed.
 """
 from __future__ import annotations
 
@@ -164,11 +165,27 @@ def _table_order(specs: list[SystemSpec]) -> list[SystemSpec]:
                                                                   else 0), s.depth or 0))
 
 
-def _documents(dataset: Dataset) -> list:
-    """The dataset's corpus as `indexes.documents.Document`s (title None where the source has none)."""
+def _documents(dataset: Dataset, keep: set[str] | None = None) -> list:
+    """The dataset's corpus (or its documents in `keep`) as `indexes.documents.Document`s (title None if absent)."""
     from indexes.documents import Document
 
-    return [Document(d["id"], d["text"], d["title"] or None) for d in dataset.iter_corpus()]
+    return [Document(d["id"], d["text"], d["title"] or None) for d in dataset.iter_corpus()
+            if keep is None or d["id"] in keep]
+
+
+def _second_stage(engine: Any, encoder: Any, spec: Any) -> tuple[Any, list[str]]:
+    """The engine's reranker (loaded on first use), or, without a collection, the same `load_reranker` call;
+    with the one-line notice of an offline fallback to MaxSim, if any."""
+    if engine is not None:
+        reranker = engine.reranker
+        return reranker, list(engine.notices)
+    from reranker.base import Reranker
+    from reranker.loading import load_reranker
+
+    if isinstance(spec, Reranker):
+        return spec, []
+    reranker, notice = load_reranker(spec, encoder=encoder, explicit=spec not in (DEFAULT_RERANKER, "default"))
+    return reranker, [notice] if notice else []
 
 
 def default_index_dir(dataset: Dataset, encoder: Any) -> Path:
@@ -247,17 +264,17 @@ def _given_run(path: str | Path, qids: list[str], notices: list[str]) -> Run:
     return {q: run.get(q, {}) for q in qids}
 
 
-def _run_texts(engine: Any, candidates: dict[str, list[tuple[str, float]]], depth: int, path: Any) -> dict:
-    """Texts of each query's top `depth` run documents, from the collection's document store."""
+def _run_texts(docs: list, candidates: dict[str, list[tuple[str, float]]], depth: int, path: Any) -> dict:
+    """Texts of each query's top `depth` run documents, from the dataset's corpus (as the collection stores them)."""
+    by_id = {doc.id: doc for doc in docs}
     texts = {}
     for qid, ranked_docs in candidates.items():
         ids = [docid for docid, _ in ranked_docs[:depth]]
-        docs = engine.get(ids)
-        missing = [docid for docid, doc in zip(ids, docs) if doc is None]
+        missing = [docid for docid in ids if docid not in by_id]
         if missing:
             raise EvalInputError(f"{path}: {len(missing)} documents of query {qid} are not in the dataset's corpus "
                                  f"(e.g. {missing[:3]}); the reranker needs their text")
-        texts[qid] = [doc.text_for_encoding() for doc in docs]
+        texts[qid] = [by_id[docid].text_for_encoding() for docid in ids]
     return texts
 
 
@@ -280,30 +297,36 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
     if any(s.first_stage == "dense" and s.depth and s.depth > config.first_stage_depth for s in specs):
         raise EvalInputError(f"a rerank depth exceeds the first-stage depth {config.first_stage_depth}")
     stages = {s.first_stage for s in specs}
-    need_engine = bool(stages & {"dense", "hybrid"}) or any(s.depth for s in specs)
+    need_collection = bool(stages & {"dense", "hybrid"})
+    need_reranker = any(s.depth for s in specs)
     need_bm25 = bool(stages & {"bm25", "hybrid"})
     given = _given_run(config.rerank_run, qids, notices) if "run" in stages else None
 
-    docs = _documents(dataset) if need_engine or need_bm25 else []
+    if need_collection or need_bm25:
+        docs = _documents(dataset)
+    elif given is not None and need_reranker:  # only the given run's candidates need their text
+        docs = _documents(dataset, keep={d for qid in qids for d in given[qid]})
+    else:
+        docs = []
     models: dict[str, Any] = {}
     indexing: dict[str, Any] = {}
-    engine = None
-    if need_engine:
+    engine = encoder = reranker = None
+    if need_collection or need_reranker:
         from retriever.biencoder import BiEncoder
         from retriever.models import DEFAULT_BI_ENCODER
 
         encoder = config.encoder or BiEncoder(config.model or DEFAULT_BI_ENCODER, batch_size=config.batch_size)
         models["bi_encoder"] = {"name": encoder.name, "source": str(encoder.source), "origin": encoder.origin,
                                 "fingerprint": encoder.fingerprint}
+    if need_collection:
         path = Path(config.index_dir) if config.index_dir else default_index_dir(dataset, encoder)
         log(f"collection: {path}")
         engine, indexing = open_collection(path, docs, encoder, config, log)
     try:
-        reranker = None
-        if engine is not None and any(s.depth for s in specs):
-            reranker = engine.reranker
-            notices.extend(engine.notices)
-            for notice in engine.notices:
+        if need_reranker:
+            reranker, reranker_notices = _second_stage(engine, encoder, config.reranker)
+            notices.extend(reranker_notices)
+            for notice in reranker_notices:
                 log(notice)
             models["reranker"] = {"spec": getattr(config.reranker, "name", config.reranker),
                                   "name": getattr(reranker, "name", None)}
@@ -342,7 +365,8 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
                                        "n_resamples": config.n_resamples, "seed": 0})
     return EvalReport(
         dataset=dataset.name, dataset_source=dataset.source, n_queries=len(qids),
-        n_documents=len(docs) if docs else None, rel_threshold=rel, measures=measures, depths=depths,
+        n_documents=len(docs) if need_collection or need_bm25 else None, rel_threshold=rel, measures=measures,
+        depths=depths,
         baseline=baseline, systems=results, models=models, config=config_record, indexing=indexing,
         notices=notices, versions=_versions(), elapsed_s=time.perf_counter() - started,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -383,7 +407,7 @@ def _run_systems(specs: list[SystemSpec], queries: dict[str, str], docs: list, e
         if run_depths:
             log(f"run+rerank: reranking the top {max(run_depths)} of {config.rerank_run}")
             candidates = ranked_lists(given, qids)
-            texts = _run_texts(engine, candidates, max(run_depths), config.rerank_run)
+            texts = _run_texts(docs, candidates, max(run_depths), config.rerank_run)
             reranked = rerank_system(reranker, queries, candidates, texts, run_depths, progress=config.progress,
                                      label="run+rerank")
             for d, system in reranked.items():

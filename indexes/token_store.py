@@ -110,7 +110,11 @@ class TokenStore:
     # ------------------------------------------------------------------ reads
     def get(self, doc_id: str) -> np.ndarray | None:
         """The doc's token vectors ``(n_tokens, dim)`` (float16 as stored, float32 from int8), or None if none stored."""
-        return self.get_many([doc_id])[0]
+        with self.documents.reading() as con:
+            row = con.execute(
+                "SELECT encoding, n_tokens, dim, scales, vectors FROM tokens WHERE doc_id = ?", (str(doc_id),)
+            ).fetchone()
+        return None if row is None else _decode(*row)
 
     def get_many(self, doc_ids: Sequence[str]) -> list[np.ndarray | None]:
         """Token vectors per doc id, in the order asked (None where none are stored); one query per 900 ids."""

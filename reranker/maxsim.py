@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .base import Candidate, Reranked, Reranker, _sorted
 
 #: doc_id -> that passage's token vectors (float16 as :meth:`MaxSimReranker.passage_token_embeddings` makes them, or
-#: float32 from a compressed store), or None
+#: float32 from a compressed store such as ``indexes.token_store.TokenStore.get``), or None
 TokenStore = Callable[[str], "np.ndarray | None"]
 
 _CHUNK = 256  # passages scored per padded matmul
@@ -90,11 +90,14 @@ class MaxSimReranker(Reranker):
         stored: list[np.ndarray | None] = [None] * len(texts)
         if self.token_store is not None and doc_ids is not None:
             stored = [self._lookup(doc_id) for doc_id in doc_ids]
+        found = [i for i, array in enumerate(stored) if array is not None]
         missing = [i for i, array in enumerate(stored) if array is None]
-        passages: list[torch.Tensor | None] = [
-            None if array is None else _from_half(torch.from_numpy(np.asarray(array)), self.device)
-            for array in stored
-        ]
+        passages: list[torch.Tensor | None] = [None] * len(texts)
+        if found:  # one conversion for all stored passages
+            flat = torch.from_numpy(np.concatenate([np.asarray(stored[i]) for i in found]))
+            parts = torch.split(_from_half(flat, self.device), [len(stored[i]) for i in found])  # type: ignore[arg-type]
+            for i, part in zip(found, parts):
+                passages[i] = part
         if missing:
             vectors, hit_limit = self._encode([texts[i] for i in missing])
             self.truncated += hit_limit

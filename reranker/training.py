@@ -35,7 +35,7 @@ class TrainSettings:
     """Optimiser, schedule and stopping rules shared by the cross-encoder and bi-encoder trainers."""
 
     learning_rate: float = 5e-5
-    head_learning_rate: float | None = 1e-3  # a fresh classification head learns faster than the body
+    head_learning_rate: float | None = 1e-3  # the fresh head (and [CLS] pooler) learn faster than the body
     warmup_ratio: float = 0.1
     batch_size: int = 16
     epochs: float = 1.0
@@ -304,7 +304,8 @@ def train_cross_encoder(
     st_evaluator = evaluator.as_st_evaluator()
     extra: dict[str, Any] = {}
     if settings.head_learning_rate:
-        extra["learning_rate_mapping"] = {r".*classifier\..*": settings.head_learning_rate}
+        # the pooler on [CLS] was never trained by a mean-pooling bi-encoder, and the classifier is new: both fast
+        extra["learning_rate_mapping"] = {r"(classifier|pooler)\.": settings.head_learning_rate}
     args = training_arguments(CrossEncoderTrainingArguments, out_dir, settings,
                               f"{evaluator.name}_{PRIMARY_METRIC}", extra=extra)
     budget_cls, log_cls = _callbacks()

@@ -255,3 +255,13 @@ def test_cli_dataset_mode_rejects_a_rerank_system_without_reranker(dataset_dir, 
 
     code = main(["eval", str(dataset_dir), "--no-rerank", "--systems", "dense+rerank@10", "--out", str(tmp_path)])
     assert code == 2 and "--no-rerank" in capsys.readouterr().err
+
+
+def test_reranking_a_given_run_alone_needs_no_collection(dataset_dir, config, tmp_path):
+    alone = EvalConfig(**{**config.__dict__, "systems": ["run", "run+rerank@5"], "index_dir": tmp_path / "unused"})
+    report = run_evaluation(load_dataset(dataset_dir), alone)
+    assert [r.name for r in report.systems] == ["run", "run+rerank@5"] and report.baseline == "run"
+    assert report.indexing == {} and not (tmp_path / "unused").exists()
+    assert report.system("run+rerank@5").metrics == pytest.approx(
+        evaluate(report.system("run+rerank@5").run, load_dataset(dataset_dir).qrels, report.measures,
+                 complete=True).aggregate)

@@ -49,10 +49,15 @@ def judged_lists(lists: Sequence[ScoredList], qrels: dict[str, dict[str, int]], 
     return out
 
 
-def teacher_qrels(lists: Sequence[ScoredList], grades: Sequence[tuple[int, int]] = ((1, 3), (3, 2), (10, 1))
+#: (last teacher rank, grade) of the pseudo-judgments; MRR counts grade >= TEACHER_REL_THRESHOLD (the teacher's top 3)
+TEACHER_GRADES = ((1, 3), (3, 2), (5, 1))
+TEACHER_REL_THRESHOLD = 2
+
+
+def teacher_qrels(lists: Sequence[ScoredList], grades: Sequence[tuple[int, int]] = TEACHER_GRADES
                   ) -> dict[str, dict[str, int]]:
-    """Graded pseudo-judgments from the teacher's order: its top 1 → 3, ranks 2-3 → 2, ranks 4-10 → 1, the rest 0.
-    Validation nDCG@10 against them measures how well a student reproduces the teacher's top of the list."""
+    """Graded pseudo-judgments from the teacher's order: its top 1 → 3, ranks 2-3 → 2, ranks 4-5 → 1, the rest 0.
+    Validation nDCG@10 against them measures how well a student reproduces the top of the teacher's list."""
     qrels: dict[str, dict[str, int]] = {}
     for item in lists:
         order = sorted(range(len(item.doc_ids)), key=lambda i: -item.scores[i])

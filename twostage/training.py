@@ -21,7 +21,8 @@ from typing import Any, Callable, Sequence
 from reranker.training import ScoredList, TrainOutcome, TrainSettings
 
 from .errors import UsageError
-from .train_data import exclude_overlap, judged_lists, split_by_query, teacher_qrels, with_scores
+from .train_data import TEACHER_REL_THRESHOLD, exclude_overlap, judged_lists, split_by_query, teacher_qrels, \
+    with_scores
 
 DATA_VERSION = 1
 Log = Callable[[str], None]
@@ -135,14 +136,18 @@ def mine(engine: Any, queries: dict[str, str], depth: int, log: Log, progress: b
 
 
 def load_teacher(spec: str, engine: Any, lists: Sequence[ScoredList], log: Log, progress: bool) -> Any:
-    """The teacher ranker: "maxsim" (late interaction over the collection's bi-encoder, with the candidates' token
-    vectors computed once) or any reranker ``--reranker`` accepts."""
+    """The teacher ranker: "maxsim" (late interaction over the collection's bi-encoder, reading the collection's stored
+    token vectors, or computing the candidates' once) or any reranker ``--reranker`` accepts."""
     from reranker.loading import load_reranker
     from reranker.maxsim import MaxSimReranker
 
     if spec.strip().lower() != "maxsim":
         reranker, _ = load_reranker(spec, encoder=engine.encoder, explicit=True)
         return reranker
+    stored = getattr(engine.collection, "token_store", None)
+    if stored is not None:
+        log("teacher maxsim: passage token vectors from the collection's token store")
+        return MaxSimReranker(engine.encoder, token_store=stored.get, batch_size=32)
     texts: dict[str, str] = {}
     for item in lists:
         texts.update(zip(item.doc_ids, item.texts))
@@ -161,19 +166,23 @@ def load_teacher(spec: str, engine: Any, lists: Sequence[ScoredList], log: Log, 
     return teacher
 
 
-def teacher_scores(teacher: Any, lists: Sequence[ScoredList], progress: bool) -> list[list[float]]:
-    """The teacher's score for every candidate of every list, in list order."""
+def teacher_scores(teacher: Any, lists: Sequence[ScoredList], progress: bool, chunk: int = 32) -> list[list[float]]:
+    """The teacher's score for every candidate of every list, in list order (``chunk`` queries per call)."""
     from tqdm.auto import tqdm
 
     from reranker.base import Candidate
 
-    scores = []
-    for item in tqdm(lists, desc="teacher", unit="query", disable=not progress, file=sys.stderr):
-        ranked = teacher.rerank(item.query, [Candidate(d, t) for d, t in zip(item.doc_ids, item.texts)])
-        row = [0.0] * len(item.doc_ids)
-        for r in ranked:
-            row[r.index] = float(r.score)
-        scores.append(row)
+    scores: list[list[float]] = []
+    with tqdm(total=len(lists), desc="teacher", unit="query", disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(lists), chunk):
+            part = lists[start:start + chunk]
+            candidates = [[Candidate(d, t) for d, t in zip(x.doc_ids, x.texts)] for x in part]
+            if hasattr(teacher, "score_candidates"):
+                rows = teacher.score_candidates([x.query for x in part], candidates)
+            else:
+                rows = teacher.score_batch([x.query for x in part], [x.texts for x in part])
+            scores.extend([float(v) for v in row] for row in rows)
+            bar.update(len(part))
     return scores
 
 
@@ -284,7 +293,7 @@ def prepare_data(opts: TrainOptions, log: Log) -> PreparedData:
     info.update(labels=labels, depth=opts.depth, val_depth=opts.val_depth, train_queries=len(train),
                 val_queries=len(val), mined_candidates=sum(len(x.doc_ids) for x in lists),
                 prepare_seconds=round(time.monotonic() - started, 1))
-    info["val_qrels"] = "teacher's order (top1=3, 2-3=2, 4-10=1, rest 0)" if teacher is not None and not qrels \
+    info["val_qrels"] = "teacher's order (top1=3, 2-3=2, 4-5=1, rest 0)" if teacher is not None and not qrels \
         else "judgments"
     return PreparedData(train, val, val_qrels, info)
 
@@ -346,18 +355,19 @@ def train(opts: TrainOptions, log: Log | None = None) -> dict[str, Any]:
     dataset = Dataset.from_dict(rows)
     log(f"{n_rows} training rows ({loss}) from {len(data.train)} queries; {len(data.val)} validation queries")
 
+    rel = opts.rel_threshold or (TEACHER_REL_THRESHOLD if data.info["val_qrels"] != "judgments" else 1)
     if opts.kind == "reranker":
         from reranker.training import RankingEvaluator, cross_encoder_scores, load_student, train_cross_encoder
 
         model = load_student(base, max_length=opts.max_length)
-        evaluator = RankingEvaluator(data.val, data.val_qrels, cross_encoder_scores)
+        evaluator = RankingEvaluator(data.val, data.val_qrels, cross_encoder_scores, rel_threshold=rel)
         trainer_fn = train_cross_encoder
     else:
         from reranker.training import RankingEvaluator
         from retriever.training import bi_encoder_scores, load_student, train_bi_encoder
 
         model = load_student(base)
-        evaluator = RankingEvaluator(data.val, data.val_qrels, bi_encoder_scores)
+        evaluator = RankingEvaluator(data.val, data.val_qrels, bi_encoder_scores, rel_threshold=rel)
         trainer_fn = train_bi_encoder
 
     before_dir = None

@@ -1,0 +1,62 @@
+"""Regression: `twostage eval msmarco-dl20` reproduces the checked-in scores of eval/expected/msmarco-dl20.yaml.
+
+The default test runs the part of the recorded configuration that fits in CI time on 2 CPU cores: BM25 over the
+whole 15.5k-passage corpus, the published BM25 run, and that run's top 20 reranked by MaxSim over
+all-MiniLM-L6-v2 (about a minute). Dense-indexing the whole corpus takes several minutes on 2 cores, so the dense
+systems are checked only with TWOSTAGE_FULL_REGRESSION=1. Skipped without ../shared/data.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from conftest import shared_dataset
+from eval.datasets import load_dataset
+from eval.harness import run_evaluation
+from eval.regression import check_report, config_from_expected, load_expected
+
+FULL = os.environ.get("TWOSTAGE_FULL_REGRESSION") == "1"
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict:
+    return load_expected("msmarco-dl20")
+
+
+@pytest.fixture(scope="module")
+def dl20():
+    return load_dataset(shared_dataset("msmarco-dl20"))
+
+
+def test_expected_file_is_complete(expected):
+    assert expected["dataset"] == "msmarco-dl20" and expected["rel_threshold"] == 2
+    assert 0 < expected["tolerance"] <= 0.005
+    assert set(expected["ci_systems"]) <= set(expected["systems"])
+    for scores in expected["systems"].values():
+        assert set(scores) == {"nDCG@10", "MRR@10", "R@100", "R@1000", "MAP"}
+
+
+def _check(dl20, expected, systems, minilm, tmp_path) -> float:
+    config = config_from_expected(expected, systems=systems, encoder=minilm, index_dir=tmp_path / "collection",
+                                  rerank_run=dl20.runs[expected["config"]["rerank_run"]], n_resamples=1000)
+    started = time.perf_counter()
+    report = run_evaluation(dl20, config)
+    elapsed = time.perf_counter() - started
+    assert [r.name for r in report.systems] == systems
+    problems = check_report(report, expected)
+    assert not problems, "\n".join(problems)
+    return elapsed
+
+
+def test_ci_configuration_reproduces_expected_scores(dl20, expected, minilm, tmp_path):
+    elapsed = _check(dl20, expected, expected["ci_systems"], minilm, tmp_path)
+    print(f"msmarco-dl20 {expected['ci_systems']}: {elapsed:.0f}s")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FULL, reason="dense-indexes the whole corpus (minutes on 2 cores); set TWOSTAGE_FULL_REGRESSION=1")
+def test_full_configuration_reproduces_expected_scores(dl20, expected, minilm, tmp_path):
+    elapsed = _check(dl20, expected, list(expected["systems"]), minilm, tmp_path)
+    print(f"msmarco-dl20, every system: {elapsed:.0f}s")
