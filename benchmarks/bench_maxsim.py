@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": str(args.data),
         "queries": len(queries),
         "passages": len(docs),
-        "model": Path(model).name if os.path.isdir(model) else model,
+        "model": args.model or "sentence-transformers/all-MiniLM-L6-v2 (the packaged copy)",
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
         f"load average {os.getloadavg()[0]:.1f} at the end",
         "rows": rows,

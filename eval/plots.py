@@ -26,9 +26,20 @@ def _subtitle(report: EvalReport) -> str:
             f"reranker {reranker}")
 
 
-def _significant(result: SystemResult, measure: str, alpha: float = 0.05) -> bool:
-    test = result.vs_baseline.get(measure)
-    return test is not None and test.p_randomization < alpha
+def _gain_is_significant(first: SystemResult | None, result: SystemResult, measure: str, alpha: float = 0.05) -> bool:
+    """Whether reranking changed `measure` significantly against the first stage it reranked (randomization test)."""
+    from eval.significance import compare
+
+    if first is None or result is first:
+        return False
+    return compare(first.per_query, result.per_query, measure, n_resamples=5000).p_randomization < alpha
+
+
+def _family_label(report: EvalReport, family: str) -> str:
+    if family != "run":
+        return family
+    run = report.config.get("rerank_run")
+    return f"run {Path(run).name}" if run else "given run"
 
 
 def plot_quality_vs_depth(report: EvalReport, path: Path) -> bool:
@@ -40,39 +51,47 @@ def plot_quality_vs_depth(report: EvalReport, path: Path) -> bool:
     plt = _pyplot()
     depths = sorted({r.depth for r in report.systems if r.depth})
     positions = {0: 0, **{d: i + 1 for i, d in enumerate(depths)}}
-    fig, axes = plt.subplots(1, len(PLOT_MEASURES), figsize=(12, 5), sharex=True)
+    fig, axes = plt.subplots(1, len(PLOT_MEASURES), figsize=(12, 5.5), sharex=True)
     for ax, measure in zip(axes, PLOT_MEASURES):
         for name in ("bm25", "hybrid"):
             if name in by_name:
                 value = by_name[name].metrics[measure]
                 ax.axhline(value, color=COLORS[name], linestyle="--", linewidth=1.4, label=f"{name} ({value:.3f})")
+        values = {(f, r.depth or 0): r.metrics[measure] for f in families for r in report.systems
+                  if r.first_stage == f}
         for family in families:
-            label = "run (given)" if family == "run" else family
+            label = _family_label(report, family)
             first = by_name.get(family)
-            points = [(positions[r.depth], r.metrics[measure], r) for r in report.systems
-                      if r.first_stage == family and r.depth]
+            points = [(positions[r.depth], r) for r in report.systems if r.first_stage == family and r.depth]
             if first is not None:
                 base = first.metrics[measure]
                 ax.axhline(base, color=COLORS[family], linestyle="--", linewidth=1.4,
-                           label=f"{label} first stage ({base:.3f})")
-                points.insert(0, (0, base, first))
-            xs, ys = [p[0] for p in points], [p[1] for p in points]
-            ax.plot(xs, ys, color=RERANK_COLORS[family], marker="o", linewidth=2, label=f"{label} + reranker")
-            for x, y, result in points:
-                filled = _significant(result, measure)
-                ax.plot(x, y, "o", markersize=8, color=RERANK_COLORS[family] if result.depth else COLORS[family],
-                        markerfacecolor=None if filled or not result.depth else "white")
-                ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+                           label=f"{label}, first stage ({base:.3f})")
+                points.insert(0, (0, first))
+            color = RERANK_COLORS[family]
+            ax.plot([x for x, _ in points], [r.metrics[measure] for _, r in points], color=color, linewidth=2,
+                    label=f"{label} + reranker")
+            for x, result in points:
+                y = result.metrics[measure]
+                # label above the point unless another family's point at this depth is higher
+                above = all(v <= y for (f, d), v in values.items() if d == (result.depth or 0) and f != family)
+                filled = result.depth is None or _gain_is_significant(first, result, measure)
+                ax.plot(x, y, "o", markersize=8, color=color if result.depth else COLORS[family],
+                        markerfacecolor=None if filled else "white")
+                ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 9 if above else -15),
+                            ha="center", fontsize=8, color=color)
         ax.set_xticks(list(positions.values()))
         ax.set_xticklabels(["0\n(first stage)"] + [str(d) for d in depths])
         ax.set_xlabel("rerank depth (top-d candidates scored by the reranker)")
         ax.set_ylabel(measure)
         ax.set_title(measure)
         ax.grid(True, alpha=0.3)
+        ax.margins(y=0.12)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
-    fig.suptitle(f"{report.dataset}: quality against rerank depth\n{_subtitle(report)}; hollow marker: "
-                 f"p >= 0.05 against {report.baseline} (randomization test)", fontsize=11)
+    fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False)
+    fig.suptitle(f"{report.dataset}: quality against rerank depth\n{_subtitle(report)}\nfilled marker: "
+                 "significant change from its own first stage (paired randomization test, p < 0.05); "
+                 "hollow: not significant", fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

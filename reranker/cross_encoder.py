@@ -7,6 +7,9 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
+from retriever.backends import configure_threads, resolve_backend
+
+from .backends import cross_encoder_runtime
 from .base import Reranker
 from .resolve import load_cross_encoder
 
@@ -18,7 +21,8 @@ class CrossEncoderReranker(Reranker):
 
     Loading tries a local directory, the local HF cache, then the hub if reachable; failures raise ``RerankerLoadError``.
     Tokenisation is the library's (``truncation="longest_first"`` at the model's max length), so scores match
-    ``CrossEncoder.predict(pairs, activation_fn=Identity())``.
+    ``CrossEncoder.predict(pairs, activation_fn=Identity())``. ``backend`` (see ``retriever.backends``) runs the same
+    model through ONNX Runtime or OpenVINO instead of torch; "auto" picks the default.
     """
 
     def __init__(
@@ -29,6 +33,7 @@ class CrossEncoderReranker(Reranker):
         batch_size: int = 32,
         max_length: int | None = None,
         activation: Literal["none", "sigmoid"] = "none",
+        backend: str | None = "torch",
     ):
         if activation not in ("none", "sigmoid"):
             raise ValueError(f"activation must be 'none' or 'sigmoid', got {activation!r}")
@@ -43,6 +48,9 @@ class CrossEncoderReranker(Reranker):
         self.tokenizer = self.cross_encoder.tokenizer
         self.max_length = _effective_max_length(self.tokenizer, self.model, max_length)
         self.device = next(self.model.parameters()).device
+        self.backend = resolve_backend(backend, str(self.device))
+        configure_threads()
+        self.runtime = cross_encoder_runtime(self.cross_encoder, self.backend, self.max_length)
         self._lock = threading.Lock()
 
     def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
@@ -68,14 +76,20 @@ class CrossEncoderReranker(Reranker):
             features, truncated = self._tokenize(queries, texts)
             self.truncated += truncated
             order = np.argsort([-len(ids) for ids in features["input_ids"]], kind="stable")
-            with torch.inference_mode():
-                for start in range(0, len(order), self.batch_size):
-                    rows = order[start : start + self.batch_size]
-                    logits = self.model(**self._pad(features, rows)).logits.float()[:, 0]
-                    if self.activation == "sigmoid":
-                        logits = torch.sigmoid(logits)
-                    scores[rows] = logits.cpu().numpy()
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                scores[rows] = self._logits(self._pad(features, rows))
+        if self.activation == "sigmoid":
+            scores = (1.0 / (1.0 + np.exp(-scores.astype(np.float64)))).astype(np.float32)
         return scores
+
+    def _logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """First logit per row, from the exported runtime or from torch."""
+        if self.runtime is not None:
+            return self.runtime(batch)[:, 0]
+        with torch.inference_mode():
+            tensors = {key: torch.from_numpy(array).to(self.device) for key, array in batch.items()}
+            return self.model(**tensors).logits.float()[:, 0].cpu().numpy()
 
     def _tokenize(self, queries: list[str], texts: list[str]) -> tuple[dict[str, list[list[int]]], int]:
         """Token ids for every pair, cut to ``max_length`` like the library does; also how many pairs were cut.
@@ -98,20 +112,21 @@ class CrossEncoderReranker(Reranker):
                     rows[i] = row
         return features, len(too_long)
 
-    def _pad(self, features: dict[str, list[list[int]]], rows: np.ndarray) -> dict[str, torch.Tensor]:
-        """Pad the selected rows to their longest member (on the tokenizer's padding side) as model-ready tensors."""
+    def _pad(self, features: dict[str, list[list[int]]], rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Pad the selected rows to their longest member (on the tokenizer's padding side) as int64 arrays."""
         width = max(len(features["input_ids"][i]) for i in rows)
         pad_values = {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": self.tokenizer.pad_token_type_id}
         left = self.tokenizer.padding_side == "left"
         batch: dict[str, Any] = {}
         for key, all_rows in features.items():
-            fill = pad_values.get(key, 0)
-            padded = []
-            for i in rows:
+            array = np.full((len(rows), width), pad_values.get(key, 0), dtype=np.int64)
+            for j, i in enumerate(rows):
                 row = all_rows[i]
-                pad = [fill] * (width - len(row))
-                padded.append(pad + row if left else row + pad)
-            batch[key] = torch.tensor(padded, dtype=torch.long, device=self.device)
+                if left:
+                    array[j, width - len(row) :] = row
+                else:
+                    array[j, : len(row)] = row
+            batch[key] = array
         return batch
 
 

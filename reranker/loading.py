@@ -18,10 +18,12 @@ def load_reranker(
     batch_size: int = 32,
     max_length: int | None = None,
     token_store: TokenStore | None = None,
+    backend: str | None = "torch",
 ) -> tuple[Reranker | None, str | None]:
     """``(reranker or None, one-line notice or None)`` for ``spec``: None/"none" (no second stage), "maxsim", or a
     cross-encoder directory / hub id.
 
+    ``backend`` runs a cross-encoder on torch, ONNX Runtime or OpenVINO (MaxSim follows the bi-encoder's backend).
     Only when ``spec`` is the default cross-encoder, the user did not ask for it (``explicit=False``) and it cannot be
     loaded, this falls back to MaxSim over ``encoder`` and says so in the notice; otherwise it raises RerankerLoadError.
     """
@@ -35,7 +37,8 @@ def load_reranker(
             )
         return MaxSimReranker(encoder, token_store=token_store, batch_size=batch_size), None
     try:
-        return CrossEncoderReranker(spec, device=device, batch_size=batch_size, max_length=max_length), None
+        reranker = CrossEncoderReranker(spec, device=device, batch_size=batch_size, max_length=max_length, backend=backend)
+        return reranker, None
     except RerankerLoadError as error:
         if explicit or spec != DEFAULT_RERANKER or encoder is None:
             raise

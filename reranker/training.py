@@ -34,14 +34,14 @@ class ScoredList:
 class TrainSettings:
     """Optimiser, schedule and stopping rules shared by the cross-encoder and bi-encoder trainers."""
 
-    learning_rate: float = 5e-5
-    head_learning_rate: float | None = 1e-3  # the fresh head (and [CLS] pooler) learn faster than the body
+    learning_rate: float = 1e-4
+    head_learning_rate: float | None = 2e-3  # the fresh head (and [CLS] pooler) learn faster than the body
     warmup_ratio: float = 0.1
     batch_size: int = 16
     epochs: float = 1.0
     max_steps: int | None = None
-    time_budget_s: float | None = None
-    eval_steps: int = 100
+    time_budget_s: float | None = 2400.0
+    eval_steps: int = 40
     logging_steps: int = 10
     save_total_limit: int = 2
     seed: int = 12

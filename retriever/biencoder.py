@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import numpy as np
 
 from indexes.documents import text_hash
+from retriever.backends import Runtime, configure_threads, resolve_backend, use_backend
 from retriever.cache import EmbeddingCache
 from retriever.models import DEFAULT_BI_ENCODER, ModelLoadError, model_fingerprint, resolve_model
 
@@ -61,7 +62,10 @@ class BiEncoder:
         show_progress: bool = False,
         query_prompt: str | None = None,
         document_prompt: str | None = None,
+        backend: str | None = "torch",
     ):
+        self.backend = resolve_backend(backend, device)
+        configure_threads()
         resolved = resolve_model(model_name_or_path, kind="bi-encoder")
         self.name = resolved.name
         self.source = resolved.source
@@ -77,6 +81,8 @@ class BiEncoder:
             raise ModelLoadError(f"bi-encoder {resolved.name!r} does not produce fixed-size sentence embeddings")
         self.dimension: int = int(dimension)
         self.fingerprint = model_fingerprint(resolved.source if os.path.isdir(resolved.source) else self.model)
+        # Non-torch backends swap the transformer for an exported copy; pooling, prompts and normalising stay ST's.
+        self.runtime: Runtime | None = use_backend(self.model, self.backend, self.fingerprint)
         self.device = device
         self.batch_size = batch_size
         self.normalize = normalize
@@ -89,7 +95,15 @@ class BiEncoder:
         self.document_prompt: str = document_prompt if document_prompt is not None else doc_default
 
     def __repr__(self) -> str:
-        return f"BiEncoder({self.name!r}, origin={self.origin!r}, dimension={self.dimension}, device={self.device!r})"
+        return (
+            f"BiEncoder({self.name!r}, origin={self.origin!r}, dimension={self.dimension}, device={self.device!r}, "
+            f"backend={self.backend_tag!r})"
+        )
+
+    @property
+    def backend_tag(self) -> str:
+        """The backend with its compute precision (``torch``, ``onnx-int8/int8``, ``openvino/bf16``, ...)."""
+        return self.runtime.tag if self.runtime is not None else "torch"
 
     @property
     def max_seq_length(self) -> int | None:
@@ -104,6 +118,8 @@ class BiEncoder:
     def cache_key(self) -> str:
         """Cache namespace for document vectors: the model fingerprint plus every setting that changes a vector."""
         settings = f"{self.fingerprint}|normalize={self.normalize}|prompt={self.document_prompt!r}|max_len={self.max_seq_length}"
+        if self.runtime is not None:  # each backend/precision caches its own vectors; torch keeps its old keys
+            settings += f"|backend={self.runtime.tag}"
         return hashlib.sha256(settings.encode("utf-8")).hexdigest()
 
     def count_truncated(self, texts: Sequence[str], prompt: str | None = None) -> int:

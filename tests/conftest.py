@@ -11,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite compares against torch outputs; tests/test_backends.py covers the other backends explicitly.
+os.environ.setdefault("TWOSTAGE_BACKEND", "torch")
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

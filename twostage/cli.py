@@ -96,6 +96,19 @@ def _corpus_options(p: argparse.ArgumentParser) -> None:
 def _encode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="documents per encoder batch (default 32)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _backend_option(p)
+
+
+def _backend_option(p: argparse.ArgumentParser) -> None:
+    from retriever.backends import BACKENDS
+
+    p.add_argument(
+        "--backend",
+        choices=("auto", *BACKENDS),
+        default=None,
+        help="inference backend for both models (default auto: openvino when installed, else onnx, else torch; "
+        "a collection built with an int8 backend is always searched with it)",
+    )
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:
@@ -115,6 +128,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="only documents whose metadata KEY equals VALUE (repeatable; all must match)",
     )
+    _backend_option(p)
 
 
 def _eval_options(p: argparse.ArgumentParser) -> None:
@@ -196,6 +210,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         reranker=None,
         store_tokens=args.store_tokens,
+        backend=args.backend,
     )
     with engine:
         report = _add_with_progress(engine, args)
@@ -206,21 +221,23 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_add(args: argparse.Namespace) -> int:
     from .engine import Engine
 
-    with Engine.open(args.directory, reranker=None, batch_size=args.batch_size) as engine:
+    with Engine.open(args.directory, reranker=None, batch_size=args.batch_size, backend=args.backend) as engine:
         report = _add_with_progress(engine, args)
         _print_add_report(report, args.directory, engine)
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from .engine import Engine
+    from indexes.collection import Collection
 
-    with Engine.open(args.directory, reranker=None) as engine:
-        report = engine.delete(args.ids)
-        print(f"{args.directory}: deleted {len(report.deleted)} document(s); {len(engine.collection)} remain")
-        if report.missing:
-            print(f"not found (nothing to delete): {', '.join(report.missing)}", file=sys.stderr)
-    return 0 if not report.missing else 1
+    # Deleting needs no model: open the collection alone, so it works even where the bi-encoder cannot load.
+    with Collection.open(args.directory) as collection:
+        result = collection.delete([str(i) for i in args.ids])
+        collection.commit()
+        print(f"{args.directory}: deleted {len(result.deleted)} document(s); {len(collection)} remain")
+    if result.missing:
+        print(f"not found (nothing to delete): {', '.join(result.missing)}", file=sys.stderr)
+    return 0 if not result.missing else 1
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -254,7 +271,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.run and not args.queries:
         raise UsageError("--run needs --queries FILE (batch mode)")
     filters = parse_filters(args.filter)
-    with Engine.open(args.directory, reranker=reranker_spec(args)) as engine:
+    with Engine.open(args.directory, reranker=reranker_spec(args), backend=args.backend) as engine:
         if args.queries:
             return _search_batch(engine, args, filters)
         result = engine.search(args.query, k=args.k, top_n=args.top_n, rerank=not args.no_rerank, filter=filters)
@@ -342,8 +359,17 @@ COMMANDS = {
 }
 
 
+def _quiet_model_loading() -> None:
+    """transformers draws a progress bar for every model it loads; the CLI shows its own progress instead."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("index", "add", "search", "serve", "train") or (args.command == "eval" and not args.run):
+        _quiet_model_loading()
     try:
         return COMMANDS[args.command](args)
     except _user_errors() as err:

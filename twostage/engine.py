@@ -13,6 +13,7 @@ from reranker.cross_encoder import DEFAULT_RERANKER
 from reranker.loading import load_reranker
 from reranker.maxsim import encode_with_tokens
 from retriever.biencoder import BiEncoder, EncodeResult
+from retriever.backends import compatible_query_backend, resolve_backend
 from retriever.models import DEFAULT_BI_ENCODER
 
 from .errors import UsageError
@@ -68,9 +69,12 @@ class Engine:
         reranker: Reranker | str | None = DEFAULT_RERANKER,
         *,
         reranker_explicit: bool = False,
+        backend: str | None = None,
     ):
         self.collection = collection
         self.encoder = encoder
+        #: the cross-encoder's backend (the bi-encoder's is ``encoder.backend``, fixed by the collection's vectors)
+        self.backend = resolve_backend(backend)
         self._reranker_spec = reranker
         self._reranker_explicit = reranker_explicit
         self._reranker: Reranker | None = reranker if isinstance(reranker, Reranker) else None
@@ -90,15 +94,16 @@ class Engine:
         batch_size: int = 32,
         encoder: BiEncoder | None = None,
         store_tokens: bool | str = False,
+        backend: str | None = None,
     ) -> "Engine":
         """A new, empty collection at ``path`` (or the existing one there, resumed, when built by the same model).
 
         ``store_tokens`` (True, "int8" or "float16") also stores each passage's token vectors at index time, so the
-        MaxSim reranker encodes no passage at query time."""
-        encoder = encoder or BiEncoder(model, batch_size=batch_size)
+        MaxSim reranker encodes no passage at query time. ``backend`` (torch, onnx, onnx-int8, openvino, openvino-int8;
+        None = the default) runs both stages and is recorded in the manifest."""
         path = Path(path)
         if Collection.exists(path) and not overwrite:
-            engine = cls.open(path, reranker=reranker, encoder=encoder)
+            engine = cls.open(path, reranker=reranker, model=model, encoder=encoder, batch_size=batch_size, backend=backend)
             if store_tokens and engine.collection.token_store is None:
                 engine.close()
                 raise UsageError(
@@ -106,6 +111,7 @@ class Engine:
                     "re-index with --overwrite to store tokens (or drop --store-tokens)"
                 )
             return engine
+        encoder = encoder or BiEncoder(model, batch_size=batch_size, backend=resolve_backend(backend))
         collection = Collection.create(
             path,
             model_name=encoder.name,
@@ -115,8 +121,9 @@ class Engine:
             index_type=index_type,
             overwrite=overwrite,
             store_tokens=store_tokens,
+            extra={"backend": encoder.backend},
         )
-        return cls(collection, encoder, reranker, reranker_explicit=_explicit(reranker))
+        return cls(collection, encoder, reranker, reranker_explicit=_explicit(reranker), backend=backend)
 
     @classmethod
     def open(
@@ -127,11 +134,22 @@ class Engine:
         model: str | None = None,
         encoder: BiEncoder | None = None,
         batch_size: int = 32,
+        backend: str | None = None,
     ) -> "Engine":
-        """Open an existing collection with the bi-encoder that built it; a different bi-encoder is refused."""
+        """Open an existing collection with the bi-encoder that built it; a different bi-encoder is refused.
+
+        Queries are encoded with ``compatible_query_backend(<the collection's backend>, backend)``."""
         collection = Collection.open(path)
         manifest = collection.manifest
-        encoder = encoder or BiEncoder(model or manifest.model_name, batch_size=batch_size)
+        stored_backend = manifest.extra.get("backend")
+        query_backend = compatible_query_backend(stored_backend, backend)
+        encoder = encoder or BiEncoder(model or manifest.model_name, batch_size=batch_size, backend=query_backend)
+        if compatible_query_backend(stored_backend, encoder.backend) != encoder.backend:
+            collection.close()
+            raise UsageError(
+                f"collection {path} was built with the {stored_backend} backend; its vectors can only be searched "
+                f"with that backend, not {encoder.backend}"
+            )
         if encoder.fingerprint != manifest.model_fingerprint:
             collection.close()
             raise UsageError(
@@ -140,7 +158,7 @@ class Engine:
                 f"(fingerprint {encoder.fingerprint[:12]}) was given: its vectors are not comparable. "
                 f"Search with the same model, or re-index into a new directory."
             )
-        return cls(collection, encoder, reranker, reranker_explicit=_explicit(reranker))
+        return cls(collection, encoder, reranker, reranker_explicit=_explicit(reranker), backend=backend)
 
     def close(self) -> None:
         self.collection.close()
@@ -160,6 +178,7 @@ class Engine:
                 self._reranker_spec,
                 encoder=self.encoder,
                 explicit=self._reranker_explicit,
+                backend=self.backend,
                 token_store=self.collection.token_store.get if self.collection.token_store is not None else None,
             )
             if notice:
@@ -297,7 +316,12 @@ class Engine:
     def info(self) -> dict[str, Any]:
         """Manifest, counts and models, for ``twostage info`` and the server's ``/stats``."""
         stats = dict(self.collection.stats())
-        stats["bi_encoder"] = {"name": self.encoder.name, "origin": self.encoder.origin, "source": str(self.encoder.source)}
+        stats["bi_encoder"] = {
+            "name": self.encoder.name,
+            "origin": self.encoder.origin,
+            "source": str(self.encoder.source),
+            "backend": self.encoder.backend_tag,
+        }
         spec = self._reranker_spec
         stats["reranker"] = getattr(spec, "name", spec) if spec is not None else None
         return stats

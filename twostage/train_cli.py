@@ -38,9 +38,9 @@ def _options(p: argparse.ArgumentParser, what: str) -> None:
     data.add_argument("--exclude", action="append", default=[], metavar="DATASET|FILE",
                       help="never train on these queries (by id or text; repeatable); --test-dataset is always excluded")
     data.add_argument("--max-queries", type=int, default=2000, help="training queries used (default 2000)")
-    data.add_argument("--val-queries", type=int, default=100,
-                      help="queries held out for validation and best-checkpoint selection (default 100)")
-    data.add_argument("--depth", type=int, default=30, help="dense candidates mined per query (default 30)")
+    data.add_argument("--val-queries", type=int, default=50,
+                      help="queries held out for validation and best-checkpoint selection (default 50)")
+    data.add_argument("--depth", type=int, default=20, help="dense candidates mined per query (default 20)")
     data.add_argument("--val-depth", type=int, default=20, help="candidates per validation query (default 20)")
     data.add_argument("--unjudged", choices=("skip", "negative"), default="skip",
                       help="with judgments only: drop unjudged candidates (default) or treat them as non-relevant")
@@ -54,23 +54,23 @@ def _options(p: argparse.ArgumentParser, what: str) -> None:
     recipe.add_argument("--list-size", type=int, default=8, help="documents per listwise-kl list (default 8)")
     recipe.add_argument("--temperature", type=float, default=1.0,
                         help="listwise-kl: teacher scores are divided by this before the softmax (default 1)")
-    recipe.add_argument("--lr", type=float, default=5e-5 if what == "reranker" else 2e-5,
+    recipe.add_argument("--lr", type=float, default=1e-4 if what == "reranker" else 5e-5,
                         help="learning rate of the body (default %(default)s)")
-    recipe.add_argument("--head-lr", type=float, default=1e-3 if what == "reranker" else None,
-                        help="learning rate of the fresh classification head (default %(default)s)")
+    recipe.add_argument("--head-lr", type=float, default=2e-3 if what == "reranker" else None,
+                        help="learning rate of the fresh classification head and the [CLS] pooler (default %(default)s)")
     recipe.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps (default 0.1)")
     recipe.add_argument("--batch-size", type=int, default=16, help="rows per step (default 16)")
     recipe.add_argument("--epochs", type=float, default=1.0, help="passes over the rows (default 1)")
-    recipe.add_argument("--max-length", type=int, default=256, help="cross-encoder token limit (default 256)")
+    recipe.add_argument("--max-length", type=int, default=128, help="cross-encoder token limit (default 128)")
     recipe.add_argument("--seed", type=int, default=12)
 
     run = p.add_argument_group("run")
     run.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (model + report)")
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
-    run.add_argument("--time-budget", default="45m",
-                     help="stop training after this long, e.g. 900, 45m, 1.5h; 'none' for no limit (default 45m)")
-    run.add_argument("--eval-steps", type=int, default=100,
-                     help="validate and checkpoint every N steps (default 100)")
+    run.add_argument("--time-budget", default="40m",
+                     help="stop training after this long, e.g. 900, 45m, 1.5h; 'none' for no limit (default 40m)")
+    run.add_argument("--eval-steps", type=int, default=40,
+                     help="validate and checkpoint every N steps (default 40)")
     run.add_argument("--no-resume", action="store_true", help="ignore checkpoints in DIR and start over")
     run.add_argument("--test-dataset", default=None, metavar="DATASET",
                      help="held-out dataset evaluated after training with the harness (e.g. msmarco-dl20)")

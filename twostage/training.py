@@ -41,8 +41,8 @@ class TrainOptions:
     teacher: str | None = "maxsim"  # "maxsim", a cross-encoder directory / id, or None (judgments only)
     exclude: list[str] = field(default_factory=list)  # datasets / query files never trained on (besides the test set)
     max_queries: int | None = 2000  # training queries used (after exclusion and before the split)
-    val_queries: int = 100
-    depth: int = 30  # dense candidates mined per query
+    val_queries: int = 50
+    depth: int = 20  # dense candidates mined per query
     val_depth: int = 20  # candidates per validation query that the student reorders
     loss: str | None = None  # None: margin-mse (reranker) / mnrl (retriever)
     negatives: int = 3
@@ -50,7 +50,7 @@ class TrainOptions:
     temperature: float = 1.0
     label_scale: float = 0.2  # bi-encoder margin-MSE: teacher (MaxSim) margins times this ~ cosine margins
     unjudged: str = "skip"
-    max_length: int = 256
+    max_length: int = 128
     settings: TrainSettings = field(default_factory=TrainSettings)
     test_dataset: str | None = None
     test_depths: tuple[int, ...] = (20, 50, 100)
@@ -356,6 +356,9 @@ def train(opts: TrainOptions, log: Log | None = None) -> dict[str, Any]:
     log(f"{n_rows} training rows ({loss}) from {len(data.train)} queries; {len(data.val)} validation queries")
 
     rel = opts.rel_threshold or (TEACHER_REL_THRESHOLD if data.info["val_qrels"] != "judgments" else 1)
+    from transformers import set_seed
+
+    set_seed(opts.settings.seed)  # the fresh head's initial weights, so runs with one seed start alike
     if opts.kind == "reranker":
         from reranker.training import RankingEvaluator, cross_encoder_scores, load_student, train_cross_encoder
 
