@@ -84,7 +84,7 @@ def expected_from_results(results: dict[str, Any], *, ci_systems: list[str],
         "ci_systems": ci_systems,
         "systems": {name: {m: round(system["metrics"][m], 4) for m in REGRESSION_MEASURES}
                     for name, system in results["systems"].items()},
-        "versions": {k: v for k, v in results["versions"].items() if k not in ("platform", "cpus", "torch_threads")},
+        "versions": {k: v for k, v in results["versions"].items() if k not in ("platform", "cpus", "torch_threads", "load_average_1_5_15min")},
     }
 
 

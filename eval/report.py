@@ -60,9 +60,10 @@ def format_report_table(report: EvalReport) -> str:
     notes = [f"p: paired two-sided randomization test ({report.config.get('significance', {}).get('n_resamples')}"
              f" resamples) and paired t-test on {SIGNIFICANCE_MEASURE} against {report.baseline}, "
              f"{report.n_queries} queries.",
-             "latency: per query, one at a time, encode + search + rerank (median and p95, "
-             f"{report.versions.get('cpus', '?')} CPUs, device cpu unless stated); MRR, R and MAP count "
-             f"label >= {report.rel_threshold}."]
+             "latency: per query, one at a time, encode + search + rerank: median and p95 on "
+             f"{report.versions.get('cpus', '?')} CPUs (load average at the end "
+             f"{report.versions.get('load_average_1_5_15min', '?')}).",
+             f"MRR, R and MAP count label >= {report.rel_threshold}; nDCG uses the graded labels."]
     if any(r.first_stage == "run" and r.depth for r in report.systems):
         notes.append("run+rerank latency is the reranker's only (the given run's first stage was not timed).")
     if any(r.depth for r in report.systems):

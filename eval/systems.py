@@ -95,23 +95,30 @@ def merge_at_depth(candidates: Sequence[tuple[str, float]], scores: Sequence[flo
 
 def rerank_system(reranker, queries: Queries, candidates: Ranked, texts: Mapping[str, Sequence[str]],
                   depths: Sequence[int], *, progress: bool = False, label: str = "rerank") -> dict[int, SystemRun]:
-    """Rerank each query's top max(`depths`) once (see the module docstring); one run per depth, "rerank" timed."""
+    """Rerank each query's top max(`depths`) once (see the module docstring); one run per depth, "rerank" timed.
+
+    Scores come from `score_candidates`, as in `Engine.search`: by doc id and text, so MaxSim reads a
+    collection's stored token vectors where it has them.
+    """
+    from reranker.base import Candidate
+
     depths = sorted(set(depths))
     qids = list(queries)
     first = next((q for q in qids if texts[q]), None)
-    if first is not None:
-        reranker.score(queries[first], list(texts[first][:2]))  # warm-up
+    if first is not None:  # warm-up
+        warm = [Candidate(docid, text, score) for (docid, score), text in zip(candidates[first], texts[first][:2])]
+        reranker.score_candidates([queries[first]], [warm])
     runs: dict[int, Run] = {d: {} for d in depths}
     timings = {d: StageTimings() for d in depths}
     for qid in _progress(qids, label, progress):
-        query_texts = list(texts[qid])
+        pool = [Candidate(docid, text, score) for (docid, score), text in zip(candidates[qid], texts[qid])]
         scores: list[float] = []
         elapsed, done = 0.0, 0
         for depth in depths:
-            part = query_texts[done:depth]
+            part = pool[done:depth]
             if part:
                 start = time.perf_counter()
-                scores.extend(float(s) for s in reranker.score(queries[qid], part))
+                scores.extend(float(s) for s in reranker.score_candidates([queries[qid]], [part])[0])
                 elapsed += time.perf_counter() - start
                 done += len(part)
             timings[depth].add("rerank", elapsed)

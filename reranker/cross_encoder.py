@@ -7,7 +7,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from retriever.backends import configure_threads, resolve_backend
+from retriever.backends import configure_threads, physical_cores, resolve_backend
+from retriever.runtime_encode import batch_count
 
 from .backends import cross_encoder_runtime
 from .base import Reranker
@@ -76,17 +77,21 @@ class CrossEncoderReranker(Reranker):
             features, truncated = self._tokenize(queries, texts)
             self.truncated += truncated
             order = np.argsort([-len(ids) for ids in features["input_ids"]], kind="stable")
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                scores[rows] = self._logits(self._pad(features, rows))
+            if self.runtime is not None:  # batches pipelined through the runtime (one stream per core on OpenVINO)
+                batches = np.array_split(order, batch_count(len(order), self.batch_size, physical_cores()))
+                outputs = self.runtime.map(self._pad(features, rows) for rows in batches)
+                for rows, logits in zip(batches, outputs):
+                    scores[rows] = logits[:, 0]
+            else:
+                for start in range(0, len(order), self.batch_size):
+                    rows = order[start : start + self.batch_size]
+                    scores[rows] = self._logits(self._pad(features, rows))
         if self.activation == "sigmoid":
             scores = (1.0 / (1.0 + np.exp(-scores.astype(np.float64)))).astype(np.float32)
         return scores
 
     def _logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        """First logit per row, from the exported runtime or from torch."""
-        if self.runtime is not None:
-            return self.runtime(batch)[:, 0]
+        """First logit per row from the torch model."""
         with torch.inference_mode():
             tensors = {key: torch.from_numpy(array).to(self.device) for key, array in batch.items()}
             return self.model(**tensors).logits.float()[:, 0].cpu().numpy()

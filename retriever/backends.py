@@ -17,7 +17,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -145,14 +145,25 @@ class Runtime:
     input_names: tuple[str, ...]
     precision: str
     run: Callable[[dict[str, np.ndarray]], np.ndarray] = field(repr=False)
+    #: many batches at once, pipelined where the runtime can (OpenVINO: one stream per core); None = one by one
+    run_many: Callable[[Iterable[dict[str, np.ndarray]]], list[np.ndarray]] | None = field(default=None, repr=False)
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.run(self._feed(inputs)), dtype=np.float32)
+
+    def map(self, batches: Iterable[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
+        """Outputs for a stream of batches, in order: for throughput (documents), where one call is for latency."""
+        if self.run_many is None:
+            return [self(batch) for batch in batches]
+        return [np.asarray(out, dtype=np.float32) for out in self.run_many(self._feed(b) for b in batches)]
+
+    def _feed(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The runtime's inputs as contiguous int64 (token types default to zeros: single-segment text)."""
         ids = inputs["input_ids"]
-        feed = {
+        return {
             name: np.ascontiguousarray(inputs[name], dtype=np.int64) if name in inputs else np.zeros_like(ids, np.int64)
             for name in self.input_names
         }
-        return np.asarray(self.run(feed), dtype=np.float32)
 
     @property
     def tag(self) -> str:
@@ -209,7 +220,34 @@ def _openvino(path: Path, backend: str, cores: int) -> Runtime:
             request = local.request = compiled.create_infer_request()
         return request.infer(feed)[0]
 
-    return Runtime(backend, path, names, precision, run)
+    return Runtime(backend, path, names, precision, run, _openvino_pipeline(path, config))
+
+
+def _openvino_pipeline(path: Path, config: dict[str, Any]) -> Callable[[Iterable[dict[str, np.ndarray]]], list[np.ndarray]]:
+    """Batches through a THROUGHPUT-compiled copy: one single-threaded stream per core, requests in flight together.
+
+    On a few cores this beats one multi-threaded request per batch (no per-operator thread barriers), and the next
+    batch is tokenised while the current ones run. Compiled on first use; one caller at a time.
+    """
+    import openvino as ov
+
+    state: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def run_many(feeds: Iterable[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        with lock:
+            if "queue" not in state:
+                compiled = _OV_CORE.compile_model(str(path), "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
+                state["queue"] = ov.AsyncInferQueue(compiled, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            queue, results = state["queue"], {}
+            queue.set_callback(lambda request, index: results.__setitem__(index, request.get_output_tensor(0).data.copy()))
+            count = 0
+            for count, feed in enumerate(feeds, start=1):
+                queue.start_async(feed, count - 1)
+            queue.wait_all()
+            return [results[i] for i in range(count)]
+
+    return run_many
 
 
 # --------------------------------------------------------------------------- sentence-transformers

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import numpy as np
 
 from indexes.documents import text_hash
+from retriever import runtime_encode
 from retriever.backends import Runtime, configure_threads, resolve_backend, use_backend
 from retriever.cache import EmbeddingCache
 from retriever.models import DEFAULT_BI_ENCODER, ModelLoadError, model_fingerprint, resolve_model
@@ -162,11 +163,17 @@ class BiEncoder:
                 first_index.setdefault(h, i)
 
         todo = sorted(first_index.values(), key=lambda i: -len(texts[i]))  # longest first, as ST sorts
-        self._encode_in_chunks(texts, hashes, todo, embeddings, key, show)
+        cut = self._encode_in_chunks(texts, hashes, todo, embeddings, key, show)
         for i, h in enumerate(hashes):  # duplicates of freshly encoded texts
             if h in first_index and first_index[h] != i:
                 embeddings[i] = embeddings[first_index[h]]
-        return EncodeResult(embeddings=embeddings, truncated=self.count_truncated(texts), cache_hits=hits)
+        if cut is None:
+            truncated = self.count_truncated(texts)
+        else:  # encoded texts were counted while tokenising; only cache hits need a tokeniser pass
+            cut_hashes = {hashes[i] for i in cut}
+            hit_texts = [t for t, h in zip(texts, hashes) if h not in first_index]
+            truncated = sum(h in cut_hashes for h in hashes) + self.count_truncated(hit_texts)
+        return EncodeResult(embeddings=embeddings, truncated=truncated, cache_hits=hits)
 
     def _encode_in_chunks(
         self,
@@ -176,30 +183,47 @@ class BiEncoder:
         out: np.ndarray,
         key: str,
         show: bool,
-    ) -> None:
-        """Encode ``texts[todo]`` (already length-sorted) chunk by chunk into ``out``, caching each chunk."""
+    ) -> list[int] | None:
+        """Encode ``texts[todo]`` (already length-sorted) chunk by chunk into ``out``, caching each chunk.
+
+        On an exported runtime (and a transformer + pooling model) texts skip ST's loop: see ``runtime_encode``; the
+        positions it found cut at the length limit are returned. None means "not counted" (the torch path)."""
+        fast = self.runtime is not None and runtime_encode.supports(self.model, self.document_prompt)
+        cut: list[int] | None = [] if fast else None
         if not todo:
-            return
+            return cut
         from tqdm.auto import tqdm
 
         chunk_size = self.batch_size * _CHUNK_BATCHES
         with tqdm(total=len(todo), desc="Encoding documents", unit="doc", disable=not show) as bar:
             for start in range(0, len(todo), chunk_size):
                 idx = todo[start : start + chunk_size]
-                # SentenceTransformer re-sorts each call by length; the chunk is already sorted, so that is a no-op order.
-                vectors = self.model.encode_document(
-                    [texts[i] for i in idx],
-                    prompt=self.document_prompt,
-                    batch_size=self.batch_size,
-                    normalize_embeddings=self.normalize,
-                    show_progress_bar=False,
-                    convert_to_numpy=True,
-                )
+                if fast:
+                    vectors, chunk_cut = runtime_encode.encode(
+                        self.model,
+                        self.runtime,
+                        [texts[i] for i in idx],
+                        prompt=self.document_prompt,
+                        batch_size=self.batch_size,
+                        normalize=self.normalize,
+                    )
+                    cut.extend(idx[j] for j in chunk_cut)
+                else:
+                    # SentenceTransformer re-sorts each call by length; the chunk is already sorted: a no-op order.
+                    vectors = self.model.encode_document(
+                        [texts[i] for i in idx],
+                        prompt=self.document_prompt,
+                        batch_size=self.batch_size,
+                        normalize_embeddings=self.normalize,
+                        show_progress_bar=False,
+                        convert_to_numpy=True,
+                    )
                 vectors = np.asarray(vectors, dtype=np.float32)
                 out[idx] = vectors
                 if self.cache is not None:
                     self.cache.put_many(key, [hashes[i] for i in idx], vectors)
                 bar.update(len(idx))
+        return cut
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         """Embed queries (with ``query_prompt``) as a float32 (n, dimension) array; never cached."""

@@ -210,19 +210,30 @@ def _fuse(source: Path, target: Path, config: Any) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence library warnings that only concern their own tooling (pre-processing advice, unused config keys)."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def _quantize_dynamic(source: Path, target: Path) -> None:
     """Dynamic int8: weights quantised per output channel now, activations per batch at run time (u8 x s8 = VNNI)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(source),
-        str(target),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        # fused contrib ops (Attention, SkipLayerNormalization) have no shape inference; their outputs are float
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    with _quiet():
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            # fused contrib ops (Attention, SkipLayerNormalization) have no shape inference; their outputs are float
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
 
 
 def _to_openvino(model: Any, task: str, sample: Inputs) -> Any:
@@ -231,7 +242,7 @@ def _to_openvino(model: Any, task: str, sample: Inputs) -> Any:
     import torch
 
     example = {name: torch.from_numpy(array) for name, array in sample.items()}
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _quiet():
         warnings.simplefilter("ignore")
         return ov.convert_model(_exportable(model, task, tuple(sample)), example_input=example)
 

@@ -153,3 +153,15 @@ def test_missing_dependency_names_the_extra(tiny_bi_encoder_dir, tiny_cross_enco
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(RerankerLoadError, match=r'pip install "twostage\[onnx\]"'):
         CrossEncoderReranker(str(tiny_cross_encoder_dir), backend="onnx-int8")
+
+
+def test_runtime_path_counts_truncation_like_torch(tiny_bi_encoder_dir):
+    """Documents on an exported runtime are tokenised once; cut texts are still counted, and vectors match torch."""
+    _needs("onnx")
+    texts = [" ".join(DOCS)] * 2 + DOCS  # two texts over the limit, one of them a duplicate
+    reference = BiEncoder(str(tiny_bi_encoder_dir), cache=None)
+    encoder = BiEncoder(str(tiny_bi_encoder_dir), cache=None, backend="onnx")
+    reference.max_seq_length = encoder.max_seq_length = 16
+    expected, got = reference.encode_documents(texts), encoder.encode_documents(texts)
+    assert got.truncated == expected.truncated == 2 + sum(reference.count_truncated([d]) for d in DOCS)
+    assert np.allclose(got.embeddings, expected.embeddings, atol=1e-4)
