@@ -1,7 +1,7 @@
 """Collect the measured result of ``twostage train`` on msmarco-dl20 into benchmarks/results/training.json.
 
-    python benchmarks/training_results.py --maxsim-eval runs/eval-maxsim/results.json \\
-        --model runs/ce-margin --model runs/ce-listwise --model runs/bi-mnrl
+    python benchmarks/training_results.py --maxsim-eval runs/eval-msmarco-dl20/results.json \\
+        --model ce-margin-74=runs/ce-margin-step74-report.json --model ce-margin-87=runs/ce-margin --model runs/bi-mnrl
 
 Reads the harness report of dense + MaxSim (``twostage eval msmarco-dl20 --reranker maxsim``) and each trained
 model's ``report.json`` (its ``test`` section is the same harness on the same 54 held-out queries), and writes one
@@ -20,14 +20,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def harness_rows(path: Path) -> list[dict]:
     """Rows for dense and dense+rerank@d from a harness results.json (``twostage eval --out``)."""
     report = json.loads(path.read_text())
+    keep = ("dense", "dense+rerank@20", "dense+rerank@50", "dense+rerank@100")
     return [{"system": name.replace("rerank", "MaxSim"), "nDCG@10": system["metrics"]["nDCG@10"],
-             "MRR@10": system["metrics"]["MRR@10"]} for name, system in report["systems"].items()]
+             "MRR@10": system["metrics"]["MRR@10"]} for name, system in report["systems"].items() if name in keep]
 
 
-def model_rows(path: Path) -> tuple[list[dict], dict]:
-    """Rows for a trained model's test section, and a summary of how it was trained."""
-    report = json.loads((path / "report.json").read_text())
-    label = path.name
+def model_rows(spec: str) -> tuple[list[dict], dict]:
+    """Rows for a trained model's test section (``LABEL=REPORT.json`` or a model directory), and a summary of how it
+    was trained."""
+    label, _, where = spec.rpartition("=")
+    path = Path(where)
+    report = json.loads((path / "report.json" if path.is_dir() else path).read_text())
+    label = label or path.name
     rows = []
     for system, values in (report.get("test", {}).get("after") or {}).items():
         if report["kind"] == "reranker" and system == "dense":
@@ -49,7 +53,7 @@ def model_rows(path: Path) -> tuple[list[dict], dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--maxsim-eval", type=Path, required=True)
-    parser.add_argument("--model", type=Path, action="append", default=[])
+    parser.add_argument("--model", action="append", default=[], metavar="[LABEL=]PATH")
     args = parser.parse_args()
     rows = harness_rows(args.maxsim_eval)
     summaries = []

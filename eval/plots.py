@@ -139,8 +139,9 @@ def plot_quality_vs_latency(report: EvalReport, path: Path) -> bool:
         ax.margins(x=0.15, y=0.12)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
+    load = report.versions.get("load_average_1_5_15min", "?").split()[0]
     fig.suptitle(f"{report.dataset}: quality against query latency (one query at a time, "
-                 f"{report.versions.get('cpus', '?')} CPUs)\n{_subtitle(report)}", fontsize=11)
+                 f"{report.versions.get('cpus', '?')} CPUs, load average {load})\n{_subtitle(report)}", fontsize=11)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -65,12 +65,12 @@ def require(backend: str) -> None:
 
 
 def default_backend(device: str = "cpu") -> str:
-    """``$TWOSTAGE_BACKEND`` when set, else the first of PREFERENCE that can run (torch off the CPU)."""
+    """torch off the CPU; else ``$TWOSTAGE_BACKEND`` when set, else the first of PREFERENCE that can run here."""
+    if not str(device).startswith("cpu"):
+        return "torch"
     chosen = (os.environ.get("TWOSTAGE_BACKEND") or "").strip().lower()
     if chosen and chosen != "auto":
         return check_backend(chosen)
-    if not str(device).startswith("cpu"):
-        return "torch"
     return next(name for name in PREFERENCE if not missing_dependencies(name))
 
 
@@ -121,15 +121,17 @@ def physical_cores() -> int:
 
 
 def configure_threads() -> int:
-    """One intra-op thread per physical core for torch (the runtimes get the same count), tokenizers single-threaded.
+    """At most one intra-op thread per physical core for torch (the runtimes get exactly that many), tokenizers
+    single-threaded; returns the core count.
 
-    Tokenisation runs between forward passes, or in other request threads; its own thread pool would only compete
-    with the model's. ``TOKENIZERS_PARALLELISM`` set by the user wins.
+    More threads than cores (hyper-threads, a container seeing the host's cores) only contend; a lower torch setting
+    made on purpose is kept. Tokenisation runs between forward passes or in other request threads, where its own
+    thread pool would compete with the model's; ``TOKENIZERS_PARALLELISM`` set by the user wins.
     """
     import torch
 
     cores = physical_cores()
-    if torch.get_num_threads() != cores:
+    if torch.get_num_threads() > cores:
         torch.set_num_threads(cores)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return cores

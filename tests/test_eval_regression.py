@@ -2,8 +2,9 @@
 
 The default test runs the part of the recorded configuration that fits in CI time on 2 CPU cores: BM25 over the
 whole 15.5k-passage corpus, the published BM25 run, and that run's top 20 reranked by MaxSim over
-all-MiniLM-L6-v2 (about a minute). Dense-indexing the whole corpus takes several minutes on 2 cores, so the dense
-systems are checked only with TWOSTAGE_FULL_REGRESSION=1. Skipped without ../shared/data.
+all-MiniLM-L6-v2 (about 2 CPU-minutes; measured 4.7 min wall on a 2-vCPU VM at load average ~10). Dense-indexing
+the whole corpus took about 11 CPU-minutes there (30 min wall under that load), so the dense systems are checked
+only with TWOSTAGE_FULL_REGRESSION=1. Skipped without ../shared/data.
 """
 from __future__ import annotations
 
