@@ -1,16 +1,26 @@
-"""Second stage of twostage: rerank first-stage candidates with a cross-encoder, or with MaxSim over the bi-encoder."""
-from .base import Candidate, Reranked, Reranker, RerankerLoadError
-from .cross_encoder import DEFAULT_RERANKER, CrossEncoderReranker
-from .loading import load_reranker
-from .maxsim import MaxSimReranker
+"""Second stage of twostage: rerank first-stage candidates with a cross-encoder, or with MaxSim over the bi-encoder.
 
-__all__ = [
-    "Candidate",
-    "CrossEncoderReranker",
-    "DEFAULT_RERANKER",
-    "MaxSimReranker",
-    "Reranked",
-    "Reranker",
-    "RerankerLoadError",
-    "load_reranker",
-]
+Imported on first use, so that catching ``RerankerLoadError`` (the CLI's error path) does not load torch.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "Candidate": ".base",
+    "Reranked": ".base",
+    "Reranker": ".base",
+    "RerankerLoadError": ".base",
+    "CrossEncoderReranker": ".cross_encoder",
+    "DEFAULT_RERANKER": ".cross_encoder",
+    "load_reranker": ".loading",
+    "MaxSimReranker": ".maxsim",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'reranker' has no attribute {name!r}")

@@ -1,35 +1,34 @@
 """First stage of twostage: model resolution, bi-encoder with embedding cache, dense and BM25 retrieval, RRF fusion.
 
-Importing is cheap: torch/sentence-transformers and bm25s load only when a BiEncoder or BM25Retriever is built.
+Importing is cheap: names load on first use, and torch/sentence-transformers and bm25s only when a BiEncoder or
+BM25Retriever is built.
 """
-from retriever.biencoder import BiEncoder, EncodeResult
-from retriever.bm25 import BM25Retriever
-from retriever.cache import EmbeddingCache, default_cache_path
-from retriever.dense import DenseHits, DenseRetriever
-from retriever.fusion import reciprocal_rank_fusion, trec_order
-from retriever.models import (
-    DEFAULT_BI_ENCODER,
-    ModelLoadError,
-    ResolvedModel,
-    hub_reachable,
-    model_fingerprint,
-    resolve_model,
-)
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_BI_ENCODER",
-    "BM25Retriever",
-    "BiEncoder",
-    "DenseHits",
-    "DenseRetriever",
-    "EmbeddingCache",
-    "EncodeResult",
-    "ModelLoadError",
-    "ResolvedModel",
-    "default_cache_path",
-    "hub_reachable",
-    "model_fingerprint",
-    "reciprocal_rank_fusion",
-    "resolve_model",
-    "trec_order",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "BiEncoder": ".biencoder",
+    "EncodeResult": ".biencoder",
+    "BM25Retriever": ".bm25",
+    "EmbeddingCache": ".cache",
+    "default_cache_path": ".cache",
+    "DenseHits": ".dense",
+    "DenseRetriever": ".dense",
+    "reciprocal_rank_fusion": ".fusion",
+    "trec_order": ".fusion",
+    "DEFAULT_BI_ENCODER": ".models",
+    "ModelLoadError": ".models",
+    "ResolvedModel": ".models",
+    "hub_reachable": ".models",
+    "model_fingerprint": ".models",
+    "resolve_model": ".models",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'retriever' has no attribute {name!r}")
