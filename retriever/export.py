@@ -2,8 +2,15 @@
 
 Layout: ``$TWOSTAGE_CACHE_DIR/models/<fingerprint>/<backend>/<task>.onnx`` (or ``.xml`` + ``.bin`` for OpenVINO) and
 ``<task>.json`` describing the build. The JSON is written last, so files without it are an interrupted export and
-are rebuilt. Every step is a library call: ``torch.onnx.export``, ONNX Runtime's transformer optimizer and
-``quantize_dynamic``, ``openvino.convert_model`` and NNCF's ``quantize``.
+are rebuilt. Every step is the library call that sentence-transformers' own export helpers reach through Optimum:
+``torch.onnx.export`` (``backend="onnx"``), ONNX Runtime's transformer optimizer (``export_optimized_onnx_model``),
+its ``quantize_dynamic`` (``export_dynamic_quantized_onnx_model``), ``openvino.convert_model`` (``backend="openvino"``)
+and NNCF's ``quantize`` (``export_static_quantized_openvino_model``).
+
+Why not those helpers themselves: they need Optimum's backends, and neither installs beside sentence-transformers 6
+(measured with pip, 2026-11): ``optimum-onnx`` requires transformers < 5 (sentence-transformers 6 requires >= 5), and
+``optimum-intel[openvino]`` replaces torch with a multi-GB CUDA build and pins transformers 5.5. Calling the same
+libraries directly keeps the dependency set small and the CPU torch build in place.
 """
 from __future__ import annotations
 
