@@ -12,6 +12,8 @@ from eval.errors import EvalInputError
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Register both modes' options on the `eval` subcommand's parser."""
+    from retriever.backends import BACKENDS
+
     parser.description = ("Evaluate retrieval quality on a dataset (BM25, dense, dense + reranker at several "
                           "depths, hybrid RRF, a reranked given run), or score a TREC run like trec_eval.")
     parser.add_argument("dataset", nargs="?", metavar="DATASET",
@@ -50,6 +52,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                        help="output folder (default ./runs/eval-<dataset>)")
     group.add_argument("--max-queries", type=int, default=None, metavar="N", help="evaluate the first N queries only")
     group.add_argument("--batch-size", type=int, default=32, help="documents per encoder batch when indexing")
+    group.add_argument("--backend", default=None, choices=("auto", *BACKENDS),
+                       help="inference backend for both models (default auto: openvino, else onnx, else torch); "
+                            "an int8 backend gets its own collection")
     group.add_argument("--quiet", action="store_true", help="no progress messages")
 
     group = parser.add_argument_group("trec_eval mode")
@@ -157,6 +162,7 @@ def run_dataset_eval(args: argparse.Namespace) -> int:
         rel_threshold=args.rel_threshold,
         measures=measures,
         batch_size=args.batch_size,
+        backend=args.backend,
         progress=not args.quiet and sys.stderr.isatty(),
     )
     log(f"dataset {dataset.name}: {len(dataset.queries)} judged queries ({dataset.source})")

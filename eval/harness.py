@@ -21,6 +21,7 @@ from typing import Any
 
 from eval.datasets import Dataset
 from reranker.cross_encoder import DEFAULT_RERANKER
+from retriever.backends import FLOAT_BACKENDS, resolve_backend
 from eval.errors import EvalInputError
 from eval.metrics import DEFAULT_MEASURES, evaluate, parse_measure
 from eval.significance import Comparison, compare
@@ -57,6 +58,7 @@ class EvalConfig:
     bm25_b: float = 0.4
     bm25_stemmer: str | None = "english"
     batch_size: int = 32
+    backend: str | None = None  # inference backend for both models; None = the default (retriever.backends)
     n_resamples: int = 10000
     progress: bool = False
     encoder: Any = field(default=None, repr=False)  # an already loaded BiEncoder to reuse (tests)
@@ -173,7 +175,7 @@ def _documents(dataset: Dataset, keep: set[str] | None = None) -> list:
             if keep is None or d["id"] in keep]
 
 
-def _second_stage(engine: Any, encoder: Any, spec: Any) -> tuple[Any, list[str]]:
+def _second_stage(engine: Any, encoder: Any, spec: Any, backend: str | None) -> tuple[Any, list[str]]:
     """The engine's reranker (loaded on first use), or, without a collection, the same `load_reranker` call;
     with the one-line notice of an offline fallback to MaxSim, if any."""
     if engine is not None:
@@ -184,14 +186,16 @@ def _second_stage(engine: Any, encoder: Any, spec: Any) -> tuple[Any, list[str]]
 
     if isinstance(spec, Reranker):
         return spec, []
-    reranker, notice = load_reranker(spec, encoder=encoder, explicit=spec not in (DEFAULT_RERANKER, "default"))
+    reranker, notice = load_reranker(spec, encoder=encoder, explicit=spec not in (DEFAULT_RERANKER, "default"),
+                                     backend=resolve_backend(backend))
     return reranker, [notice] if notice else []
 
 
 def default_index_dir(dataset: Dataset, encoder: Any) -> Path:
     """`$TWOSTAGE_CACHE_DIR` (else ~/.cache/twostage) `/collections/<dataset>-<hash of source and model>`."""
     root = os.environ.get("TWOSTAGE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "twostage")
-    key = hashlib.sha256(f"{dataset.source}|{encoder.fingerprint}".encode("utf-8")).hexdigest()[:12]
+    vectors = "" if encoder.backend in FLOAT_BACKENDS else f"|{encoder.backend}"  # int8 vectors need their own
+    key = hashlib.sha256(f"{dataset.source}|{encoder.fingerprint}{vectors}".encode("utf-8")).hexdigest()[:12]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.name) or "dataset"
     return Path(root) / "collections" / f"{slug}-{key}"
 
@@ -201,12 +205,13 @@ def open_collection(path: Path, docs: list, encoder: Any, config: EvalConfig, lo
     rebuilt when it holds documents the corpus no longer has. Returns (engine, indexing info)."""
     from twostage.engine import Engine
 
-    engine = Engine.create(path, encoder=encoder, reranker=config.reranker, index_type=config.index_type)
+    engine = Engine.create(path, encoder=encoder, reranker=config.reranker, index_type=config.index_type,
+                           backend=config.backend)
     if len(engine.collection) > len(docs):
         log(f"{path} holds {len(engine.collection)} documents for a corpus of {len(docs)}: rebuilding it")
         engine.close()
         engine = Engine.create(path, encoder=encoder, reranker=config.reranker, index_type=config.index_type,
-                               overwrite=True)
+                               backend=config.backend, overwrite=True)
     from tqdm.auto import tqdm
 
     with tqdm(total=len(docs), desc="indexing", unit="doc", disable=not config.progress, leave=False) as bar:
@@ -316,16 +321,17 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
         from retriever.biencoder import BiEncoder
         from retriever.models import DEFAULT_BI_ENCODER
 
-        encoder = config.encoder or BiEncoder(config.model or DEFAULT_BI_ENCODER, batch_size=config.batch_size)
+        encoder = config.encoder or BiEncoder(config.model or DEFAULT_BI_ENCODER, batch_size=config.batch_size,
+                                              backend=resolve_backend(config.backend))
         models["bi_encoder"] = {"name": encoder.name, "source": str(encoder.source), "origin": encoder.origin,
-                                "fingerprint": encoder.fingerprint}
+                                "fingerprint": encoder.fingerprint, "backend": encoder.backend_tag}
     if need_collection:
         path = Path(config.index_dir) if config.index_dir else default_index_dir(dataset, encoder)
         log(f"collection: {path}")
         engine, indexing = open_collection(path, docs, encoder, config, log)
     try:
         if need_reranker:
-            reranker, reranker_notices = _second_stage(engine, encoder, config.reranker)
+            reranker, reranker_notices = _second_stage(engine, encoder, config.reranker, config.backend)
             notices.extend(reranker_notices)
             for notice in reranker_notices:
                 log(notice)

@@ -241,12 +241,13 @@ def test_cli_dataset_mode(dataset_dir, minilm_path, tiny_cross_encoder_dir, conf
 
     code = main(["eval", str(dataset_dir), "--model", str(minilm_path), "--reranker", str(tiny_cross_encoder_dir),
                  "--systems", "bm25,dense", "dense+rerank@10", "--index", str(config.index_dir), "--out",
-                 str(tmp_path / "out"), "--max-queries", "4", "--quiet"])
+                 str(tmp_path / "out"), "--max-queries", "4", "--quiet", "--backend", "onnx"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "dense+rerank@10" in captured.out and "p rand" in captured.out
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["dataset"]["queries"] == 4 and list(data["systems"]) == ["bm25", "dense", "dense+rerank@10"]
+    assert data["models"]["bi_encoder"]["backend"] == "onnx/fp32"
     assert (tmp_path / "out" / DEPTH_PLOT).is_file()
 
 
@@ -265,3 +266,18 @@ def test_reranking_a_given_run_alone_needs_no_collection(dataset_dir, config, tm
     assert report.system("run+rerank@5").metrics == pytest.approx(
         evaluate(report.system("run+rerank@5").run, load_dataset(dataset_dir).qrels, report.measures,
                  complete=True).aggregate)
+
+
+def test_int8_backends_get_their_own_default_collection(dataset_dir, monkeypatch, tmp_path):
+    """Float backends share one cached collection (their vectors agree); an int8 model's vectors need their own."""
+    from types import SimpleNamespace
+
+    from eval.harness import default_index_dir
+
+    monkeypatch.setenv("TWOSTAGE_CACHE_DIR", str(tmp_path))
+    dataset = load_dataset(dataset_dir)
+    folder = {b: default_index_dir(dataset, SimpleNamespace(fingerprint="f" * 64, backend=b))
+              for b in ("torch", "onnx", "openvino", "onnx-int8", "openvino-int8")}
+    assert folder["torch"] == folder["onnx"] == folder["openvino"]
+    assert len({folder["torch"], folder["onnx-int8"], folder["openvino-int8"]}) == 3
+    assert all(path.parent == tmp_path / "collections" for path in folder.values())

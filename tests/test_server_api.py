@@ -397,12 +397,13 @@ def _free_port() -> int:
 
 
 def test_twostage_serve_command(collection: Path, tmp_path: Path) -> None:
-    """``twostage serve`` as a user runs it: read-only without a token, 127.0.0.1, stops on Ctrl-C."""
+    """``twostage serve`` as a user runs it: read-only without a token, 127.0.0.1, --backend, stops on Ctrl-C."""
     copy = tmp_path / "copy"
     shutil.copytree(collection, copy)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "TWOSTAGE_TOKEN"} | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "twostage.cli", "serve", str(copy), "--port", str(port), "--k", "15"],
+    proc = subprocess.Popen([sys.executable, "-m", "twostage.cli", "serve", str(copy), "--port", str(port), "--k", "15",
+                             "--backend", "onnx"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -425,6 +426,7 @@ def test_twostage_serve_command(collection: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, output
     assert "read-only" in output and "maxsim" in output.lower()  # offline: the default cross-encoder falls back
     assert f"http://127.0.0.1:{port}" in output
+    assert "onnx/fp32" in output  # --backend reaches the engine (a torch-built collection takes any float backend)
 
 
 def test_serve_refuses_bad_setups(tmp_path: Path) -> None:

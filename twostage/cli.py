@@ -141,6 +141,7 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     from .server_cli import add_serve_arguments
 
     add_serve_arguments(p)
+    _backend_option(p)
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:

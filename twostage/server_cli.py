@@ -101,13 +101,13 @@ def run_serve(args: argparse.Namespace) -> int:
     if not Collection.exists(args.directory):
         raise UsageError(f"{args.directory} holds no collection; build one with 'twostage index CORPUS --index {args.directory}'")
     spec = reranker_spec(args)
-    app = create_app(lambda: Engine.open(args.directory, reranker=spec), config)
+    app = create_app(lambda: Engine.open(args.directory, reranker=spec, backend=getattr(args, "backend", None)), config)
     engine = app.state.batcher.engine
     for notice in engine.notices:
         print(notice, file=sys.stderr)
     reranker = getattr(engine.reranker, "name", None) if spec else None
     print(f"twostage serve: {app.state.batcher.documents} documents in {args.directory}; "
-          f"bi-encoder {engine.encoder.name}, reranker {reranker or 'none (first stage only)'}", file=sys.stderr)
+          f"bi-encoder {engine.encoder.name} ({engine.encoder.backend_tag}), reranker {reranker or 'none (first stage only)'}", file=sys.stderr)
     if config.read_only:
         print(f"read-only: no token set, so adding and deleting documents is refused (set --token or ${TOKEN_ENV})",
               file=sys.stderr)
