@@ -346,9 +346,16 @@ class Collection:
 
     # ------------------------------------------------------------------ reads
     def search(
-        self, query_vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None = None
+        self,
+        query_vectors: np.ndarray,
+        k: int,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
     ) -> list[list[tuple[str, float]]]:
-        """Top-``k`` ``(doc_id, score)`` per query vector, best first; ``filter`` keeps docs whose metadata matches."""
+        """Top-``k`` ``(doc_id, score)`` per query vector, best first; ``filter`` keeps docs whose metadata matches.
+        ``ef_search`` / ``nprobe`` override an HNSW / IVF index's search effort for this call."""
         queries = self._check_vectors(query_vectors, "query vectors")
         if k < 1:
             raise ValueError(f"k must be at least 1 (got {k})")
@@ -360,9 +367,10 @@ class Collection:
                 if len(allowed) <= EXACT_FILTER_MAX:
                     hits = _exact_search(queries, self.store.embeddings(allowed), allowed, k)
                 else:
-                    hits = self.index.search_lists(queries, k, allowed_ids=allowed, exact=self.store.embeddings)
+                    hits = self.index.search_lists(queries, k, allowed_ids=allowed, exact=self.store.embeddings,
+                                                   ef_search=ef_search, nprobe=nprobe)
             else:
-                hits = self.index.search_lists(queries, k, exact=self.store.embeddings)
+                hits = self.index.search_lists(queries, k, exact=self.store.embeddings, ef_search=ef_search, nprobe=nprobe)
             names = self.store.doc_ids({i for row in hits for i, _ in row})
         return [[(names[i], score) for i, score in row if i in names] for row in hits]
 

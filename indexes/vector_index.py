@@ -265,15 +265,27 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ search
     def search(
-        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, exact: ExactVectors | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed_ids: np.ndarray | None = None,
+        exact: ExactVectors | None = None,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product: ``(scores, ids)`` of shape (n, k'), k' = min(k, live vectors); -1 / -inf pad.
 
         With ``exact`` (ids -> stored float vectors), a lossy index fetches ``REFINE_FACTOR * k`` candidates and
-        returns the best ``k`` of them by their exact scores."""
+        returns the best ``k`` of them by their exact scores. ``ef_search`` (HNSW) and ``nprobe`` (IVF) override the
+        index's own settings for this search: more is slower and finds more of the true neighbours."""
         queries = self._as_vectors(queries)
         if k < 1:
             raise ValueError(f"k must be at least 1 (got {k})")
+        for name, value in (("ef_search", ef_search), ("nprobe", nprobe)):
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"{name} must be a positive integer (got {value!r})")
+        effort = (int(ef_search or self.ef_search), min(int(nprobe or self.nprobe), self.nlist))
         allowed = None
         if allowed_ids is not None:
             allowed = np.unique(_as_ids(allowed_ids))
@@ -285,23 +297,32 @@ class VectorIndex:
             return np.full((n, max(k, 0)), -np.inf, dtype=np.float32), np.full((n, max(k, 0)), -1, dtype=np.int64)
         refine = exact is not None and self.is_trained and self.is_lossy
         fetch = min(k * REFINE_FACTOR, len(self) if allowed is None else len(allowed)) if refine else k
-        scores, ids = self._search_target(queries, fetch, allowed)
+        scores, ids = self._search_target(queries, fetch, allowed, effort)
         if refine:
             scores, ids = _rescore(queries, ids, k, exact)  # type: ignore[arg-type]
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return scores, ids
 
     def search_lists(
-        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, exact: ExactVectors | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed_ids: np.ndarray | None = None,
+        exact: ExactVectors | None = None,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
     ) -> list[list[tuple[int, float]]]:
         """:meth:`search` as one ``[(id, score), ...]`` list per query, padding stripped."""
-        scores, ids = self.search(queries, k, allowed_ids, exact)
+        scores, ids = self.search(queries, k, allowed_ids, exact, ef_search=ef_search, nprobe=nprobe)
         return [
             [(int(i), float(s)) for i, s in zip(id_row, score_row) if i >= 0]
             for id_row, score_row in zip(ids, scores)
         ]
 
-    def _search_target(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _search_target(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None, effort: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         target = self._buffer if self._buffer is not None else self._main
         selector = None  # held in this frame (and the cache) so it outlives the search call
         if allowed is not None:
@@ -313,29 +334,32 @@ class VectorIndex:
             selector = self._tombstone_selector[1]
         if selector is not None and self._selectors_supported:
             try:
-                return target.search(queries, k, params=self._params(target, k, selector))
+                return target.search(queries, k, params=self._params(target, k, selector, effort))
             except RuntimeError:  # this index type has no selector support: filter afterwards instead
                 self._selectors_supported = False
         if selector is None:
-            return target.search(queries, k, params=self._params(target, k, None))
-        return self._post_filtered_search(target, queries, k, allowed)
+            return target.search(queries, k, params=self._params(target, k, None, effort))
+        return self._post_filtered_search(target, queries, k, allowed, effort)
 
-    def _params(self, target: faiss.Index, k: int, selector: faiss.IDSelector | None) -> faiss.SearchParameters | None:
-        """Search parameters carrying the selector and this index's efSearch / nprobe (which params would reset)."""
+    def _params(
+        self, target: faiss.Index, k: int, selector: faiss.IDSelector | None, effort: tuple[int, int]
+    ) -> faiss.SearchParameters | None:
+        """Search parameters carrying the selector and ``effort`` = (efSearch, nprobe), which params would reset."""
+        ef_search, nprobe = effort
         if target is self._main and self._is_hnsw:
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=max(int(self.ef_search), k))
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=max(ef_search, k))
         if target is self._main and self._ivf is not None:
-            return faiss.SearchParametersIVF(sel=selector, nprobe=int(self.nprobe))
+            return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
         return faiss.SearchParameters(sel=selector) if selector is not None else None
 
     def _post_filtered_search(
-        self, target: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray | None
+        self, target: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray | None, effort: tuple[int, int]
     ) -> tuple[np.ndarray, np.ndarray]:
         """Oversample without a selector and drop excluded ids, widening until every row has k or all were searched."""
         stored = int(target.ntotal)
         fetch = min(stored, k + len(self._tombstones) if allowed is None else 2 * k)
         while True:
-            scores, ids = target.search(queries, fetch, params=self._params(target, fetch, None))
+            scores, ids = target.search(queries, fetch, params=self._params(target, fetch, None, effort))
             if allowed is None:
                 ok = (ids >= 0) & ~np.isin(ids, self._tombstone_array())
             else:

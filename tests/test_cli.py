@@ -125,3 +125,18 @@ def test_explicit_reranker_that_cannot_load_is_a_clear_error(example_index):
 def test_empty_query_is_refused(example_index):
     done = twostage("search", str(example_index), "  ")
     assert done.returncode == 2 and "empty" in done.stderr
+
+
+def test_search_effort_options(tmp_path):
+    """--ef-search / --nprobe reach the index: an HNSW collection answers with more effort, bad values are refused."""
+    directory = tmp_path / "hnsw-index"
+    assert twostage("index", str(EXAMPLES / "corpus.jsonl"), "--index", str(directory), "--index-type", "hnsw",
+                    "--quiet").returncode == 0
+    query = "How many people live in Berlin?"
+    plain = json.loads(twostage("search", str(directory), query, "--no-rerank", "--json", "--top", "5").stdout)
+    more = twostage("search", str(directory), query, "--no-rerank", "--json", "--top", "5", "--ef-search", "400",
+                    "--nprobe", "8")  # nprobe does not apply to HNSW: accepted, ignored
+    assert more.returncode == 0, more.stderr
+    assert [h["doc_id"] for h in json.loads(more.stdout)["hits"]] == [h["doc_id"] for h in plain["hits"]]
+    refused = twostage("search", str(directory), query, "--no-rerank", "--nprobe", "0")
+    assert refused.returncode == 2 and "nprobe must be a positive integer" in refused.stderr

@@ -215,3 +215,28 @@ def test_exact_rescore_of_lossy_index(data):
     calls.clear()
     flat.search(queries, 10, exact=exact)
     assert calls == []  # exact indexes are never re-scored
+
+
+def test_search_effort_overrides(data):
+    """ef_search / nprobe change one search's effort (more effort, more recall), not the index's own settings."""
+    ids, vectors = data
+    queries = unit_vectors(100, seed=5)
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+
+    def recall(found: np.ndarray) -> float:
+        return float(np.mean([len(set(f) & set(ids[t])) / 10 for f, t in zip(found, truth)]))
+
+    ivf = VectorIndex.create(DIM, "IVF64,Flat")
+    ivf.add(ids, vectors)
+    assert ivf.nprobe == 16
+    one, every = recall(ivf.search(queries, 10, nprobe=1)[1]), recall(ivf.search(queries, 10, nprobe=64)[1])
+    assert one < 0.6 and every == 1.0 and ivf.nprobe == 16
+    assert recall(ivf.search(queries, 10, nprobe=10_000)[1]) == 1.0  # clamped to nlist
+
+    hnsw = VectorIndex.create(DIM, "HNSW4")  # a sparse graph, so that effort shows on 32-d random points
+    hnsw.add(ids, vectors)
+    assert recall(hnsw.search(queries, 10, ef_search=10)[1]) < recall(hnsw.search(queries, 10, ef_search=500)[1])
+    assert hnsw.ef_search == 128
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            ivf.search(queries, 10, nprobe=bad)

@@ -128,6 +128,10 @@ def _search_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="only documents whose metadata KEY equals VALUE (repeatable; all must match)",
     )
+    p.add_argument("--ef-search", type=int, default=None, metavar="N",
+                   help="HNSW: candidates explored per query (default 128, at least --k); more = higher recall, slower")
+    p.add_argument("--nprobe", type=int, default=None, metavar="N",
+                   help="IVF: inverted lists scanned per query (default nlist/64, at least 16); more = higher recall, slower")
     _backend_option(p)
 
 
@@ -275,7 +279,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     with Engine.open(args.directory, reranker=reranker_spec(args), backend=args.backend) as engine:
         if args.queries:
             return _search_batch(engine, args, filters)
-        result = engine.search(args.query, k=args.k, top_n=args.top_n, rerank=not args.no_rerank, filter=filters)
+        result = engine.search(args.query, k=args.k, top_n=args.top_n, rerank=not args.no_rerank, filter=filters,
+                               ef_search=args.ef_search, nprobe=args.nprobe)
         for notice in result.notices:
             print(notice, file=sys.stderr)
         if args.json:
@@ -293,7 +298,8 @@ def _search_batch(engine: Any, args: argparse.Namespace, filters: dict[str, str]
         raise UsageError(f"{args.queries}: no queries found")
     qids = list(queries)
     results = engine.search_many(
-        [queries[q] for q in qids], k=args.k, top_n=args.top_n, rerank=not args.no_rerank, filter=filters
+        [queries[q] for q in qids], k=args.k, top_n=args.top_n, rerank=not args.no_rerank, filter=filters,
+        ef_search=args.ef_search, nprobe=args.nprobe,
     )
     for notice in results[0].notices if results else []:
         print(notice, file=sys.stderr)

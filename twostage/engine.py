@@ -244,9 +244,14 @@ class Engine:
         top_n: int = 10,
         rerank: bool = True,
         filter: Mapping[str, Any] | None = None,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
     ) -> SearchResult:
-        """Top ``top_n`` of ``k`` first-stage candidates, reranked by the second stage unless ``rerank`` is False."""
-        return self.search_many([query], k=k, top_n=top_n, rerank=rerank, filter=filter)[0]
+        """Top ``top_n`` of ``k`` first-stage candidates, reranked by the second stage unless ``rerank`` is False.
+        ``ef_search`` (HNSW) and ``nprobe`` (IVF) trade first-stage speed for recall in this search."""
+        return self.search_many([query], k=k, top_n=top_n, rerank=rerank, filter=filter, ef_search=ef_search,
+                                nprobe=nprobe)[0]
 
     def search_many(
         self,
@@ -255,10 +260,13 @@ class Engine:
         top_n: int = 10,
         rerank: bool = True,
         filter: Mapping[str, Any] | None = None,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
     ) -> list[SearchResult]:
         """Several queries at once: one encoder pass, one index search, one batched rerank pass."""
         queries = list(queries)
-        _check_request(queries, k, top_n)
+        _check_request(queries, k, top_n, ef_search, nprobe)
         notices = []
         size = len(self.collection)
         if k > size:
@@ -268,7 +276,8 @@ class Engine:
         t0 = time.perf_counter()
         vectors = self.encoder.encode_queries(queries)
         t1 = time.perf_counter()
-        candidate_lists = self.collection.search(vectors, min(k, max(size, 1)), filter=dict(filter) if filter else None)
+        candidate_lists = self.collection.search(vectors, min(k, max(size, 1)), filter=dict(filter) if filter else None,
+                                                 ef_search=ef_search, nprobe=nprobe)
         t2 = time.perf_counter()
 
         docs = self._fetch(candidate_lists)
@@ -347,7 +356,7 @@ def _chunks(items: Iterable[Document], size: int) -> Iterator[list[Document]]:
         yield chunk
 
 
-def _check_request(queries: Sequence[str], k: int, top_n: int) -> None:
+def _check_request(queries: Sequence[str], k: int, top_n: int, ef_search: int | None, nprobe: int | None) -> None:
     if not queries:
         raise UsageError("no queries given")
     for i, query in enumerate(queries):
@@ -358,6 +367,9 @@ def _check_request(queries: Sequence[str], k: int, top_n: int) -> None:
         raise UsageError(f"k must be a positive integer (got {k!r})")
     if not isinstance(top_n, int) or top_n < 1:
         raise UsageError(f"top_n must be a positive integer (got {top_n!r})")
+    for name, value in (("ef_search", ef_search), ("nprobe", nprobe)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UsageError(f"{name} must be a positive integer (got {value!r})")
 
 
 def _hit(doc: Document, score: float, rank: int) -> Hit:
