@@ -222,6 +222,20 @@ def synthetic_vectors(n: int, dim: int, seed: int, centers: int = 4096) -> np.nd
     return out
 
 
+def search_variants(index: Any, exact: Callable) -> list[tuple[str, Any, dict]]:
+    """(label suffix, exact-vector lookup or None, search-effort overrides) to time on ``index``: its defaults as a
+    collection searches it, plus 4x the effort (the --ef-search / --nprobe trade-off), plus a lossy index's codes alone."""
+    from indexes.vector_index import REFINE_FACTOR
+
+    if index.is_lossy:
+        rescore = f" + exact re-score of {REFINE_FACTOR}k from SQLite"
+        return [(" codes only", None, {}), (rescore, exact, {}),
+                (f"{rescore}, 4x nprobe", exact, {"nprobe": 4 * index.nprobe})]
+    if index.ef_search and "HNSW" in index.factory:
+        return [("", None, {}), (", 4x efSearch", None, {"ef_search": 4 * index.ef_search})]
+    return [("", None, {})]
+
+
 def bench_vectors(sizes: Sequence[int], n_queries: int, kinds: Sequence[str]) -> dict:
     """Build time, queries/s (one batched search, k=10), recall@10 against exact search, bytes per vector on disk.
 
@@ -267,15 +281,14 @@ def bench_vectors(sizes: Sequence[int], n_queries: int, kinds: Sequence[str]) ->
             with tempfile.TemporaryDirectory() as tmp:
                 index.save(Path(tmp) / "vectors.faiss")
                 size = sum(p.stat().st_size for p in Path(tmp).iterdir())
-            settings = {"efSearch": index.ef_search} if kind == "hnsw" else {"nprobe": index.nprobe} if kind == "ivfpq" else {}
-            variants = [("", None)] + ([(f" + exact re-score of {REFINE_FACTOR}k from SQLite", store.embeddings)]
-                                       if index.is_lossy else [])
-            for suffix, rescore in variants:
-                index.search(queries[:10], 10, exact=rescore)
+            for suffix, rescore, effort in search_variants(index, store.embeddings):
+                index.search(queries[:10], 10, exact=rescore, **effort)
                 started = time.perf_counter()
-                _, ids = index.search(queries, 10, exact=rescore)
+                _, ids = index.search(queries, 10, exact=rescore, **effort)
                 search_s = time.perf_counter() - started
                 recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)]))
+                settings = ({"efSearch": effort.get("ef_search", index.ef_search)} if kind == "hnsw" else
+                            {"nprobe": effort.get("nprobe", index.nprobe)} if kind == "ivfpq" else {})
                 rows[f"twostage {kind} ({index.factory}){suffix}"] = {
                     "build_s": build_s,
                     "qps": n_queries / search_s,
