@@ -478,12 +478,15 @@ def markdown(report: dict) -> str:
         "same run (plain `SentenceTransformer.encode` + `faiss.IndexFlatIP` + `CrossEncoder.predict`, defaults).",
         "",
     ]
-    if "carried_over" in report:
-        c = report["carried_over"]
+    runs: dict[str, list[str]] = {}
+    for section, run in report.get("carried_over", {}).items():
+        runs.setdefault(json.dumps(run, sort_keys=True), []).append(section)
+    for run_key, sections in runs.items():
+        run = json.loads(run_key)
         lines += [
-            f"Sections {', '.join(c['sections'])} are carried over from the full run of {c['date']} (load average "
-            f"{fmt(c['load_average'][0])} at start, {fmt(c['load_average'][1])} at end, {c['minutes']} min); this run "
-            "measured only the others.",
+            f"Sections {', '.join(sections)} are carried over from the run of {run['date']} (load average "
+            f"{fmt(run['load_average'][0])} at start, {fmt(run['load_average'][1])} at end, {run['minutes']} min); "
+            "this run measured the others.",
             "",
         ]
     tags = report.get("backend_tags", {})
@@ -625,22 +628,25 @@ SECTION_KEYS = ("encoding", "reranking", "profile", "latency", "quality", "vecto
 
 
 def carry_over(report: dict, previous_path: Path) -> None:
-    """Sections this run skipped (``--sections``) are copied from the previous report, and named as carried over:
-    each section's ratios were measured side by side within its own run."""
+    """Sections this run skipped (``--sections``) are copied from the previous report, each with the run it was
+    measured in (date, load, duration): a section's ratios were measured side by side within its own run."""
     if not previous_path.is_file():
         return
     previous = json.loads(previous_path.read_text(encoding="utf-8"))
-    carried = [key for key in SECTION_KEYS if key not in report and key in previous]
-    for key in carried:
-        report[key] = previous[key]
+    env = previous.get("environment", {})
+    previous_run = {
+        "date": env.get("date", "an earlier run"),
+        "load_average": [env.get("load_average_start", [None])[0], (previous.get("load_average_end") or [None])[0]],
+        "minutes": round(previous.get("seconds", 0) / 60, 1),
+    }
+    origins = previous.get("carried_over", {})
+    carried = {}
+    for key in SECTION_KEYS:
+        if key not in report and key in previous:
+            report[key] = previous[key]
+            carried[key] = origins.get(key, previous_run)
     if carried:
-        env = previous.get("environment", {})
-        report["carried_over"] = {
-            "sections": carried,
-            "date": env.get("date", "an earlier run"),
-            "load_average": [env.get("load_average_start", [None])[0], (previous.get("load_average_end") or [None])[0]],
-            "minutes": round(previous.get("seconds", 0) / 60, 1),
-        }
+        report["carried_over"] = carried
 
 
 def main(argv: Sequence[str] | None = None) -> int:
