@@ -118,6 +118,14 @@ def test_search_without_rerank_is_first_stage_order(client: httpx.Client) -> Non
     assert hits[0]["doc_id"] == "cities-01"
 
 
+def test_search_effort_is_passed_through(client: httpx.Client) -> None:
+    """ef_search / nprobe, like the CLI's --ef-search / --nprobe: echoed back, same hits on an exact index."""
+    plain = search(client, query=BERLIN, k=20, top_n=5, rerank=False)
+    effort = search(client, query=BERLIN, k=20, top_n=5, rerank=False, ef_search=300, nprobe=4)
+    assert (plain["ef_search"], plain["nprobe"]) == (None, None) and (effort["ef_search"], effort["nprobe"]) == (300, 4)
+    assert [h["doc_id"] for h in effort["hits"]] == [h["doc_id"] for h in plain["hits"]]
+
+
 def test_defaults_fill_omitted_fields(client: httpx.Client) -> None:
     result = search(client, query=BERLIN)
     assert (result["k"], result["top_n"], result["rerank"]) == (30, 10, True)
@@ -223,8 +231,8 @@ def test_read_only_without_a_token(server: ServerThread, client: httpx.Client) -
 # --------------------------------------------------------------------------- limits
 def test_documented_limit_defaults() -> None:
     config = ServerConfig()
-    assert config.limits() == {"max_query_chars": 1000, "max_k": 1000, "max_top_n": 100, "max_batch": 64,
-                               "max_body_bytes": 1_000_000, "max_docs_per_add": 1000}
+    assert config.limits() == {"max_query_chars": 1000, "max_k": 1000, "max_top_n": 100, "max_ef_search": 4096,
+                               "max_nprobe": 4096, "max_batch": 64, "max_body_bytes": 1_000_000, "max_docs_per_add": 1000}
     assert (config.batch_window_ms, config.max_batch_queries, config.read_only) == (5, 32, True)
 
 
@@ -237,6 +245,9 @@ def test_each_limit_has_a_clear_4xx(client: httpx.Client) -> None:
     assert client.post("/search", json={"query": "x" * 1000, "k": 5}).status_code == 200
     check(client.post("/search", json={"query": "a", "k": 1001}), 422, "max_k")
     check(client.post("/search", json={"query": "a", "top_n": 101}), 422, "max_top_n")
+    check(client.post("/search", json={"query": "a", "ef_search": 4097}), 422, "max_ef_search")
+    check(client.post("/search", json={"query": "a", "nprobe": 0}), 422, "nprobe must be a positive integer")
+    check(client.post("/search", json={"query": "a", "nprobe": 4097}), 422, "max_nprobe")
     check(client.post("/search/batch", json={"queries": ["a"] * 65}), 413, "max_batch")
     check(client.post("/search/batch", json={"queries": ["a", "b" * 1001]}), 422, "queries[1]")
     docs = [{"id": f"d{i}", "text": "t"} for i in range(1001)]
@@ -449,7 +460,8 @@ class _RecordingEngine:
         self.threads: set[int] = set()
         self._thread_id = threading.get_ident
 
-    def search_many(self, queries: list[str], k: int, top_n: int, rerank: bool, filter: Any) -> list[tuple]:
+    def search_many(self, queries: list[str], k: int, top_n: int, rerank: bool, filter: Any,
+                    ef_search: int | None = None, nprobe: int | None = None) -> list[tuple]:
         self.threads.add(self._thread_id())
         if "boom" in queries:
             raise ValueError("boom")

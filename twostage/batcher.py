@@ -34,11 +34,14 @@ class _SearchJob:
     rerank: bool
     filter: dict[str, Any] | None
     future: Future
+    ef_search: int | None = None
+    nprobe: int | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
-    def key(self) -> tuple[int, int, bool, str]:
-        return (self.k, self.top_n, self.rerank, json.dumps(self.filter, sort_keys=True))
+    def key(self) -> tuple[int, int, bool, str, int | None, int | None]:
+        """Jobs with equal keys can share one ``search_many`` pass."""
+        return (self.k, self.top_n, self.rerank, json.dumps(self.filter, sort_keys=True), self.ef_search, self.nprobe)
 
 
 @dataclass
@@ -133,9 +136,12 @@ class Batcher:
         top_n: int,
         rerank: bool,
         filter: Mapping[str, Any] | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
     ) -> Future:
         """A future for ``engine.search_many(queries, ...)``, possibly answered in a batch with other callers."""
-        job = _SearchJob(list(queries), k, top_n, rerank, dict(filter) if filter else None, Future())
+        job = _SearchJob(list(queries), k, top_n, rerank, dict(filter) if filter else None, Future(),
+                         ef_search=ef_search, nprobe=nprobe)
         self._put(job)
         return job.future
 
@@ -224,7 +230,8 @@ class Batcher:
         first = jobs[0]
         queries = [q for job in jobs for q in job.queries]
         try:
-            results = self.engine.search_many(queries, k=first.k, top_n=first.top_n, rerank=first.rerank, filter=first.filter)
+            results = self.engine.search_many(queries, k=first.k, top_n=first.top_n, rerank=first.rerank,
+                                              filter=first.filter, ef_search=first.ef_search, nprobe=first.nprobe)
         except Exception as err:
             if len(jobs) == 1:
                 _fail(first.future, err)

@@ -59,6 +59,9 @@ class ServerConfig:
     max_query_chars: int = 1000
     max_k: int = 1000
     max_top_n: int = 100
+    #: largest per-request search effort (HNSW efSearch, IVF nprobe): each costs time linearly
+    max_ef_search: int = 4096
+    max_nprobe: int = 4096
     #: queries per ``/search/batch`` request
     max_batch: int = 64
     max_body_bytes: int = 1_000_000
@@ -79,7 +82,8 @@ class ServerConfig:
         return not self.token
 
     def limits(self) -> dict[str, int]:
-        keys = ("max_query_chars", "max_k", "max_top_n", "max_batch", "max_body_bytes", "max_docs_per_add")
+        keys = ("max_query_chars", "max_k", "max_top_n", "max_ef_search", "max_nprobe", "max_batch", "max_body_bytes",
+                "max_docs_per_add")
         return {key: getattr(self, key) for key in keys}
 
 
@@ -141,6 +145,8 @@ class SearchOptions(_Strict):
         description="metadata KEY → VALUE, all must match (CLI --filter KEY=VALUE; \"2020\" matches 2020, null matches null); "
         "an unknown key matches nothing",
     )
+    ef_search: StrictInt | None = Field(None, description="HNSW search effort (CLI --ef-search); omitted → the index's own")
+    nprobe: StrictInt | None = Field(None, description="IVF lists scanned (CLI --nprobe); omitted → the index's own")
 
 
 class SearchRequest(SearchOptions):
@@ -182,6 +188,8 @@ class SearchResponse(BaseModel):
     top_n: int
     rerank: bool
     filter: dict[str, Any] | None
+    ef_search: int | None
+    nprobe: int | None
     latency_ms: float = Field(..., description="time in the server, queueing and batching included")
 
 
@@ -394,13 +402,18 @@ def _options(req: SearchOptions, config: ServerConfig, queries: list[str]) -> di
             raise ApiError(422, f"{where} has {len(query)} characters; the limit is {config.max_query_chars} (max_query_chars)")
     k = config.k if req.k is None else req.k
     top_n = config.top_n if req.top_n is None else req.top_n
-    for name, value, limit in (("k", k, config.max_k), ("top_n", top_n, config.max_top_n)):
+    limits = [("k", k, config.max_k), ("top_n", top_n, config.max_top_n)]
+    limits += [(name, value, limit) for name, value, limit in
+               (("ef_search", req.ef_search, config.max_ef_search), ("nprobe", req.nprobe, config.max_nprobe))
+               if value is not None]
+    for name, value, limit in limits:
         if value < 1:
             raise ApiError(422, f"{name} must be a positive integer (got {value})")
         if value > limit:
             raise ApiError(422, f"{name}={value} is over the limit of {limit} (max_{name})")
     rerank = config.rerank if req.rerank is None else req.rerank
-    return {"k": k, "top_n": top_n, "rerank": rerank, "filter": req.filter or None}
+    return {"k": k, "top_n": top_n, "rerank": rerank, "filter": req.filter or None, "ef_search": req.ef_search,
+            "nprobe": req.nprobe}
 
 
 def _result(result: Any, opts: dict[str, Any], elapsed: float) -> dict[str, Any]:

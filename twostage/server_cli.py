@@ -19,6 +19,8 @@ _LIMITS = (
     ("--max-query-chars", "max_query_chars", "longest query accepted"),
     ("--max-k", "max_k", "largest candidate depth k a request may ask for"),
     ("--max-top-n", "max_top_n", "largest top_n a request may ask for"),
+    ("--max-ef-search", "max_ef_search", "largest HNSW ef_search a request may ask for"),
+    ("--max-nprobe", "max_nprobe", "largest IVF nprobe a request may ask for"),
     ("--max-batch", "max_batch", "most queries in one /search/batch request"),
     ("--max-body-bytes", "max_body_bytes", "largest request body"),
     ("--max-docs-per-add", "max_docs_per_add", "most documents in one POST /documents"),
