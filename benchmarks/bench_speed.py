@@ -231,7 +231,7 @@ def search_variants(index: Any, exact: Callable) -> list[tuple[str, Any, dict]]:
         rescore = f" + exact re-score of {REFINE_FACTOR}k from SQLite"
         return [(" codes only", None, {}), (rescore, exact, {}),
                 (f"{rescore}, 4x nprobe", exact, {"nprobe": 4 * index.nprobe})]
-    if index.ef_search and "HNSW" in index.factory:
+    if "HNSW" in index.factory:
         return [("", None, {}), (", 4x efSearch", None, {"ef_search": 4 * index.ef_search})]
     return [("", None, {})]
 
