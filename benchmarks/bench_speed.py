@@ -227,7 +227,7 @@ def search_variants(index: Any, exact: Callable) -> list[tuple[str, Any, dict]]:
     collection searches it, plus 4x the effort (the --ef-search / --nprobe trade-off), plus a lossy index's codes alone."""
     from indexes.vector_index import REFINE_FACTOR
 
-    if index.is_lossy and index.is_trained:  # untrained, vectors still sit in the exact buffer
+    if index.is_lossy and index.is_trained:  # untrained, it still searches its exact buffer
         rescore = f" + exact re-score of {REFINE_FACTOR}k from SQLite"
         return [(" codes only", None, {}), (rescore, exact, {}),
                 (f"{rescore}, 4x nprobe", exact, {"nprobe": 4 * index.nprobe})]
