@@ -25,12 +25,12 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from eval.datasets import Dataset, load_folder  # noqa: E402
-from eval.metrics import evaluate  # noqa: E402
-from indexes.documents import Document  # noqa: E402
-from indexes.token_store import TokenStore  # noqa: E402
-from reranker.maxsim import MaxSimReranker  # noqa: E402
-from retriever.biencoder import BiEncoder  # noqa: E402
+from twostage.eval.datasets import Dataset, load_folder  # noqa: E402
+from twostage.eval.metrics import evaluate  # noqa: E402
+from twostage.indexes.documents import Document  # noqa: E402
+from twostage.indexes.token_store import TokenStore  # noqa: E402
+from twostage.reranker.maxsim import MaxSimReranker  # noqa: E402
+from twostage.retriever.biencoder import BiEncoder  # noqa: E402
 from twostage.engine import Engine  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "msmarco-dl20"

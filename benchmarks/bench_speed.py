@@ -70,7 +70,7 @@ def benchmark_cross_encoder(directory: Path) -> Path:
 
 def read_data(limit_queries: int | None) -> dict[str, Any]:
     """Passages, judged queries, qrels and the shipped BM25 top-100 of msmarco-dl20."""
-    from eval.trec import read_qrels, read_queries_tsv, read_run
+    from twostage.eval.trec import read_qrels, read_queries_tsv, read_run
 
     passages: dict[str, str] = {}
     with (DATA / "corpus.jsonl").open(encoding="utf-8") as fh:
@@ -225,7 +225,7 @@ def synthetic_vectors(n: int, dim: int, seed: int, centers: int = 4096) -> np.nd
 def search_variants(index: Any, exact: Callable) -> list[tuple[str, Any, dict]]:
     """(label suffix, exact-vector lookup or None, search-effort overrides) to time on ``index``: its defaults as a
     collection searches it, plus 4x the effort (the --ef-search / --nprobe trade-off), plus a lossy index's codes alone."""
-    from indexes.vector_index import REFINE_FACTOR
+    from twostage.indexes.vector_index import REFINE_FACTOR
 
     if index.is_lossy and index.is_trained:  # untrained, it still searches its exact buffer
         rescore = f" + exact re-score of {REFINE_FACTOR}k from SQLite"
@@ -244,9 +244,9 @@ def bench_vectors(sizes: Sequence[int], n_queries: int, kinds: Sequence[str]) ->
     with the vectors read back from that store."""
     import faiss
 
-    from indexes.document_store import DocumentStore
-    from indexes.documents import Document
-    from indexes.vector_index import REFINE_FACTOR, VectorIndex
+    from twostage.indexes.document_store import DocumentStore
+    from twostage.indexes.documents import Document
+    from twostage.indexes.vector_index import REFINE_FACTOR, VectorIndex
 
     dim = 384
     queries = synthetic_vectors(n_queries, dim, seed=7)
@@ -309,9 +309,9 @@ def bench_vectors(sizes: Sequence[int], n_queries: int, kinds: Sequence[str]) ->
 
 def bench_quality(encoders: dict[str, Any], data: dict, qids: list[str]) -> dict:
     """nDCG@10 / MRR@10 (label >= 2) of BM25 top-100 rescored by the bi-encoder and by MaxSim, per backend."""
-    from eval.metrics import evaluate
-    from reranker.base import Candidate
-    from reranker.maxsim import MaxSimReranker, encode_with_tokens
+    from twostage.eval.metrics import evaluate
+    from twostage.reranker.base import Candidate
+    from twostage.reranker.maxsim import MaxSimReranker, encode_with_tokens
 
     qrels = {q: data["qrels"][q] for q in qids}
     doc_ids = sorted({d for q in qids for d in data["top"][q]})
@@ -348,8 +348,8 @@ def profile(encoder: Any, reranker: Any, texts: list[str], data: dict, qids: lis
     """Where the default backend's time goes: the whole call, tokenisation alone, the model alone (pre-padded batches).
 
     Tokenisation overlaps the model on a pipelined runtime, so the parts can add up to more than the whole."""
-    from retriever import runtime_encode
-    from retriever.backends import physical_cores
+    from twostage.runtime import encode as runtime_encode
+    from twostage.runtime.backends import physical_cores
 
     tokenizer, limit = encoder.model.tokenizer, encoder.max_seq_length
     ids, _ = runtime_encode.token_ids(tokenizer, texts, limit)
@@ -395,7 +395,7 @@ def profile(encoder: Any, reranker: Any, texts: list[str], data: dict, qids: lis
 def environment() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
-    from retriever.backends import physical_cores
+    from twostage.runtime.backends import physical_cores
 
     flags = ""
     try:
@@ -650,7 +650,7 @@ def carry_over(report: dict, previous_path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from retriever.backends import BACKENDS, default_backend, missing_dependencies
+    from twostage.runtime.backends import BACKENDS, default_backend, missing_dependencies
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a few minutes, for a smoke test")
@@ -679,10 +679,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
-    from reranker.cross_encoder import CrossEncoderReranker
-    from retriever.backends import configure_threads
-    from retriever.biencoder import BiEncoder
-    from retriever.cache import EmbeddingCache
+    from twostage.reranker.cross_encoder import CrossEncoderReranker
+    from twostage.runtime.backends import configure_threads
+    from twostage.retriever.biencoder import BiEncoder
+    from twostage.retriever.cache import EmbeddingCache
     from twostage.engine import Engine
 
     configure_threads()

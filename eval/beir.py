@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from eval.errors import EvalInputError
-from eval.textio import open_text
-from eval.trec import Qrels, Queries
+from twostage.eval.errors import EvalInputError
+from twostage.eval.textio import open_text
+from twostage.eval.trec import Qrels, Queries
 
 
 def read_beir_queries(path: str | Path) -> Queries:

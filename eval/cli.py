@@ -7,12 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from eval.errors import EvalInputError
+from twostage.eval.errors import EvalInputError
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Register both modes' options on the `eval` subcommand's parser."""
-    from retriever.backends import BACKENDS
+    from twostage.runtime.backends import BACKENDS
 
     parser.description = ("Evaluate retrieval quality on a dataset (BM25, dense, dense + reranker at several "
                           "depths, hybrid RRF, a reranked given run), or score a TREC run like trec_eval.")
@@ -88,9 +88,9 @@ def _warn(message: str) -> None:
 
 def run_trec_eval(args: argparse.Namespace) -> int:
     """Score `--run` against `--qrels` and print it as trec_eval does (or as JSON)."""
-    from eval.metrics import evaluate
-    from eval.trec import read_qrels, read_run_with_tag
-    from eval.treceval import expand_measures, format_trec_eval, result_to_json
+    from twostage.eval.metrics import evaluate
+    from twostage.eval.trec import read_qrels, read_run_with_tag
+    from twostage.eval.treceval import expand_measures, format_trec_eval, result_to_json
 
     try:
         measures = expand_measures(args.measure)
@@ -132,12 +132,12 @@ def _int_list(text: str, what: str) -> list[int]:
 
 def run_dataset_eval(args: argparse.Namespace) -> int:
     """Evaluate every selected system on DATASET, print the table and write every output under --out."""
-    from eval.datasets import load_dataset
-    from eval.harness import EvalConfig, run_evaluation
-    from eval.metrics import DEFAULT_MEASURES
-    from eval.report import format_report_table, write_report
-    from eval.treceval import expand_measures
-    from reranker.cross_encoder import DEFAULT_RERANKER
+    from twostage.eval.datasets import load_dataset
+    from twostage.eval.harness import EvalConfig, run_evaluation
+    from twostage.eval.metrics import DEFAULT_MEASURES
+    from twostage.eval.report import format_report_table, write_report
+    from twostage.eval.treceval import expand_measures
+    from twostage.reranker.cross_encoder import DEFAULT_RERANKER
 
     if args.no_rerank and args.reranker:
         raise EvalInputError("--reranker and --no-rerank contradict each other")

@@ -5,8 +5,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from eval.errors import EvalInputError
-from eval.textio import open_text
+from twostage.eval.errors import EvalInputError
+from twostage.eval.textio import open_text
 
 
 def iter_jsonl_corpus(path: str | Path) -> Iterator[dict[str, str]]:

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.beir import read_beir_qrels, read_beir_queries
-from eval.corpus import iter_jsonl_corpus, iter_tsv_corpus
-from eval.errors import DatasetError
-from eval.trec import Qrels, Queries, read_qrels, read_queries_tsv
+from twostage.eval.beir import read_beir_qrels, read_beir_queries
+from twostage.eval.corpus import iter_jsonl_corpus, iter_tsv_corpus
+from twostage.eval.errors import DatasetError
+from twostage.eval.trec import Qrels, Queries, read_qrels, read_queries_tsv
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Dataset:
     def iter_corpus(self) -> Iterator[dict[str, str]]:
         """Yield every document as `{"id", "title", "text"}` (title "" where the source has none)."""
         if self.hub_corpus is not None:
-            from eval.hub import iter_hub_corpus
+            from twostage.eval.hub import iter_hub_corpus
 
             return iter_hub_corpus(self.hub_corpus)
         if self.corpus_path is None:
@@ -151,7 +151,7 @@ def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None
     for base in searched:
         if (base / str(name_or_path)).is_dir():
             return load_folder(base / str(name_or_path), split=split)
-    from eval.hub import load_hub_beir
+    from twostage.eval.hub import load_hub_beir
 
     name = str(name_or_path)
     try:

@@ -19,16 +19,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from eval.datasets import Dataset
-from reranker.cross_encoder import DEFAULT_RERANKER
-from retriever.backends import FLOAT_BACKENDS, resolve_backend
-from eval.errors import EvalInputError
-from eval.metrics import DEFAULT_MEASURES, evaluate, parse_measure
-from eval.significance import Comparison, compare
-from eval.systems import SystemRun, bm25_system, dense_system, hybrid_system, ranked_lists, rerank_system, \
+from twostage.eval.datasets import Dataset
+from twostage.reranker.cross_encoder import DEFAULT_RERANKER
+from twostage.runtime.backends import FLOAT_BACKENDS, resolve_backend
+from twostage.eval.errors import EvalInputError
+from twostage.eval.metrics import DEFAULT_MEASURES, evaluate, parse_measure
+from twostage.eval.significance import Comparison, compare
+from twostage.eval.systems import SystemRun, bm25_system, dense_system, hybrid_system, ranked_lists, rerank_system, \
     with_first_stage
-from eval.timing import StageTimings
-from eval.trec import Run, read_run
+from twostage.eval.timing import StageTimings
+from twostage.eval.trec import Run, read_run
 
 DEFAULT_DEPTHS = (10, 20, 50, 100)
 FIRST_STAGE_DEPTH = 1000
@@ -169,7 +169,7 @@ def _table_order(specs: list[SystemSpec]) -> list[SystemSpec]:
 
 def _documents(dataset: Dataset, keep: set[str] | None = None) -> list:
     """The dataset's corpus (or its documents in `keep`) as `indexes.documents.Document`s (title None if absent)."""
-    from indexes.documents import Document
+    from twostage.indexes.documents import Document
 
     return [Document(d["id"], d["text"], d["title"] or None) for d in dataset.iter_corpus()
             if keep is None or d["id"] in keep]
@@ -181,8 +181,8 @@ def _second_stage(engine: Any, encoder: Any, spec: Any, backend: str | None) -> 
     if engine is not None:
         reranker = engine.reranker
         return reranker, list(engine.notices)
-    from reranker.base import Reranker
-    from reranker.loading import load_reranker
+    from twostage.reranker.base import Reranker
+    from twostage.reranker.loading import load_reranker
 
     if isinstance(spec, Reranker):
         return spec, []
@@ -318,8 +318,8 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
     indexing: dict[str, Any] = {}
     engine = encoder = reranker = None
     if need_collection or need_reranker:
-        from retriever.biencoder import BiEncoder
-        from retriever.models import DEFAULT_BI_ENCODER
+        from twostage.retriever.biencoder import BiEncoder
+        from twostage.runtime.models import DEFAULT_BI_ENCODER
 
         encoder = config.encoder or BiEncoder(config.model or DEFAULT_BI_ENCODER, batch_size=config.batch_size,
                                               backend=resolve_backend(config.backend))
@@ -388,7 +388,7 @@ def _run_systems(specs: list[SystemSpec], queries: dict[str, str], docs: list, e
     out: dict[str, SystemRun] = {}
     bm25 = dense = None
     if stages & {"bm25", "hybrid"}:
-        from retriever.bm25 import BM25Retriever
+        from twostage.retriever.bm25 import BM25Retriever
 
         log(f"bm25: indexing {len(docs)} documents")
         retriever = BM25Retriever.build(docs, k1=config.bm25_k1, b=config.bm25_b, stemmer=config.bm25_stemmer)

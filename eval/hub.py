@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlparse
 
-from eval.errors import DatasetError
-from eval.trec import Qrels, Queries
+from twostage.eval.errors import DatasetError
+from twostage.eval.trec import Qrels, Queries
 
 PROBE_TIMEOUT_S = 3.0
 _LOCAL = "pass a local dataset folder (uniform, BEIR or MS MARCO layout) or a name found on the data search path"

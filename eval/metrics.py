@@ -20,8 +20,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from eval.errors import EvalInputError
-from eval.trec import Qrels, Run, ranked
+from twostage.eval.errors import EvalInputError
+from twostage.eval.trec import Qrels, Run, ranked
 
 DEFAULT_MEASURES = ("MRR@10", "nDCG@10", "R@10", "R@100", "R@1000", "MAP")
 

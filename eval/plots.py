@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.harness import EvalReport, SystemResult
+from twostage.eval.harness import EvalReport, SystemResult
 
 PLOT_MEASURES = ("nDCG@10", "MRR@10")
 COLORS = {"bm25": "#7f7f7f", "dense": "#1f77b4", "hybrid": "#2ca02c", "run": "#9467bd"}
@@ -28,7 +28,7 @@ def _subtitle(report: EvalReport) -> str:
 
 def _gain_is_significant(first: SystemResult | None, result: SystemResult, measure: str, alpha: float = 0.05) -> bool:
     """Whether reranking changed `measure` significantly against the first stage it reranked (randomization test)."""
-    from eval.significance import compare
+    from twostage.eval.significance import compare
 
     if first is None or result is first:
         return False
@@ -111,7 +111,7 @@ def plot_quality_vs_latency(report: EvalReport, path: Path) -> bool:
 
     Systems reranking a given run are left out: their first stage was not timed here.
     """
-    from eval.report import latency_ms
+    from twostage.eval.report import latency_ms
 
     timed = [(r, *latency_ms(r)) for r in report.systems if r.first_stage != "run"]
     timed = [(r, median, p95) for r, median, p95 in timed if median is not None and median > 0]

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from eval.harness import EvalConfig, EvalReport
+from twostage.eval.harness import EvalConfig, EvalReport
 
 EXPECTED_DIR = Path(__file__).resolve().parent / "expected"
 DEFAULT_TOLERANCE = 0.002

@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from eval.harness import EvalReport, SystemResult
-from eval.metrics import format_table
-from eval.trec import write_run
+from twostage.eval.harness import EvalReport, SystemResult
+from twostage.eval.metrics import format_table
+from twostage.eval.trec import write_run
 
 TABLE_MEASURES = ("nDCG@10", "MRR@10", "R@100", "R@1000", "MAP")
 SIGNIFICANCE_MEASURE = "nDCG@10"
@@ -143,7 +143,7 @@ def write_per_query_csv(report: EvalReport, path: Path) -> None:
 def write_report(report: EvalReport, out_dir: str | Path, *, runs: bool = True, per_query: bool = True,
                  plots: bool = True) -> dict[str, Path]:
     """Write every output into `out_dir`; returns what was written, by kind."""
-    from eval.plots import plot_quality_vs_depth, plot_quality_vs_latency
+    from twostage.eval.plots import plot_quality_vs_depth, plot_quality_vs_latency
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.metrics import parse_measure
+from twostage.eval.metrics import parse_measure
 
 
 def _differences(a: Sequence[float], b: Sequence[float]) -> np.ndarray:

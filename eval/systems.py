@@ -15,8 +15,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from eval.timing import StageTimings, combine
-from eval.trec import Queries, Run, ranked
+from twostage.eval.timing import StageTimings, combine
+from twostage.eval.trec import Queries, Run, ranked
 
 Ranked = dict[str, list[tuple[str, float]]]  # {qid: [(docid, score), ...] best first}
 
@@ -65,7 +65,7 @@ def bm25_system(retriever, queries: Queries, depth: int, *, progress: bool = Fal
 
 def dense_system(engine, queries: Queries, depth: int, text_depth: int, *, progress: bool = False) -> DenseCandidates:
     """The engine's first stage (`Engine.search`, no rerank) at `depth`; keeps the top `text_depth` texts."""
-    from indexes.documents import Document
+    from twostage.indexes.documents import Document
 
     qids = list(queries)
     k = max(1, min(depth, len(engine.collection)))
@@ -100,7 +100,7 @@ def rerank_system(reranker, queries: Queries, candidates: Ranked, texts: Mapping
     Scores come from `score_candidates`, as in `Engine.search`: by doc id and text, so MaxSim reads a
     collection's stored token vectors where it has them.
     """
-    from reranker.base import Candidate
+    from twostage.reranker.base import Candidate
 
     depths = sorted(set(depths))
     qids = list(queries)
@@ -135,7 +135,7 @@ def with_first_stage(first: SystemRun, reranked: SystemRun) -> SystemRun:
 
 def hybrid_system(bm25: SystemRun, dense: SystemRun, k: float, depth: int) -> SystemRun:
     """Reciprocal rank fusion of the BM25 and dense runs (same query order; top `depth` kept); stage times add up."""
-    from retriever.fusion import reciprocal_rank_fusion
+    from twostage.retriever.fusion import reciprocal_rank_fusion
 
     qids = list(dense.run)
     timings = StageTimings()

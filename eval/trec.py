@@ -9,8 +9,8 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from eval.errors import EvalInputError
-from eval.textio import open_text
+from twostage.eval.errors import EvalInputError
+from twostage.eval.textio import open_text
 
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]

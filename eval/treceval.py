@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eval.metrics import DEFAULT_MEASURES, EvalResult, Measure, parse_measure
+from twostage.eval.metrics import DEFAULT_MEASURES, EvalResult, Measure, parse_measure
 
 #: the cutoffs trec_eval reports for `-m ndcg_cut`, `-m P`, `-m recall` and `-m map_cut`
 TREC_CUTOFFS = (5, 10, 15, 20, 30, 100, 200, 500, 1000)

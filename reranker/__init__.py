@@ -23,4 +23,4 @@ __all__ = list(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module 'reranker' has no attribute {name!r}")
+    raise AttributeError(f"module 'twostage.reranker' has no attribute {name!r}")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from retriever.backends import Runtime, calibration_batches, exported_runtime, require, sample_inputs
-from retriever.calibration import calibration_pairs
-from retriever.models import ModelLoadError, model_fingerprint
+from twostage.runtime.backends import Runtime, calibration_batches, exported_runtime, require, sample_inputs
+from twostage.runtime.calibration import calibration_pairs
+from twostage.runtime.models import ModelLoadError, model_fingerprint
 
 from .base import RerankerLoadError
 

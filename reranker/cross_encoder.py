@@ -7,8 +7,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from retriever.backends import configure_threads, physical_cores, resolve_backend
-from retriever.runtime_encode import batch_count
+from twostage.runtime.backends import configure_threads, physical_cores, resolve_backend
+from twostage.runtime.encode import batch_count
 
 from .backends import cross_encoder_runtime
 from .base import Reranker

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .base import RerankerLoadError
-from .hub import hub_offline_env, hub_reachable
+from twostage.runtime.hub import hub_offline_env, hub_reachable
 
 INSTEAD = "pass --reranker PATH (a local cross-encoder directory), --reranker maxsim, or --no-rerank"
 NOT_LOCAL = "not found locally (no such directory, not in the Hugging Face cache)"

@@ -1,4 +1,4 @@
-"""First stage of twostage: model resolution, bi-encoder with embedding cache, dense and BM25 retrieval, RRF fusion.
+"""First stage of twostage: bi-encoder with embedding cache, dense and BM25 retrieval, RRF fusion.
 
 Importing is cheap: names load on first use, and torch/sentence-transformers and bm25s only when a BiEncoder or
 BM25Retriever is built.
@@ -18,12 +18,6 @@ _EXPORTS = {
     "DenseRetriever": ".dense",
     "reciprocal_rank_fusion": ".fusion",
     "trec_order": ".fusion",
-    "DEFAULT_BI_ENCODER": ".models",
-    "ModelLoadError": ".models",
-    "ResolvedModel": ".models",
-    "hub_reachable": ".models",
-    "model_fingerprint": ".models",
-    "resolve_model": ".models",
 }
 __all__ = list(_EXPORTS)
 
@@ -31,4 +25,4 @@ __all__ = list(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module 'retriever' has no attribute {name!r}")
+    raise AttributeError(f"module 'twostage.retriever' has no attribute {name!r}")

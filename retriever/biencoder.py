@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 
-from indexes.documents import text_hash
-from retriever import runtime_encode
-from retriever.backends import Runtime, configure_threads, resolve_backend, use_backend
-from retriever.cache import EmbeddingCache
-from retriever.models import DEFAULT_BI_ENCODER, ModelLoadError, model_fingerprint, resolve_model
+from twostage.indexes.documents import text_hash
+from twostage.runtime import encode as runtime_encode
+from twostage.runtime.backends import Runtime, configure_threads, resolve_backend, use_backend
+from twostage.retriever.cache import EmbeddingCache
+from twostage.runtime.models import DEFAULT_BI_ENCODER, ModelLoadError, model_fingerprint, resolve_model
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

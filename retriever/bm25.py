@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from indexes.documents import Document
-from retriever.fusion import trec_order
+from twostage.indexes.documents import Document
+from twostage.retriever.fusion import trec_order
 
 _META_FILE = "twostage_bm25.json"
 

@@ -7,7 +7,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from retriever.biencoder import BiEncoder
+from twostage.retriever.biencoder import BiEncoder
 
 Hits = list[list[tuple[str, float]]]
 

@@ -37,7 +37,7 @@ def minilm_path() -> Path:
 @pytest.fixture(scope="session")
 def minilm(minilm_path: Path):
     """One loaded real bi-encoder shared by the suites that only read with it."""
-    from retriever.biencoder import BiEncoder
+    from twostage.retriever.biencoder import BiEncoder
 
     return BiEncoder(str(minilm_path))
 

@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from retriever import export
-from retriever.backends import BACKENDS, compatible_query_backend, default_backend, missing_dependencies
-from retriever.biencoder import BiEncoder
-from retriever.models import ModelLoadError
+from twostage.runtime import export
+from twostage.runtime.backends import BACKENDS, compatible_query_backend, default_backend, missing_dependencies
+from twostage.retriever.biencoder import BiEncoder
+from twostage.runtime.models import ModelLoadError
 
 QUERIES = ["how many people live in berlin", "famous museums in paris", "rivers of germany"]
 DOCS = [
@@ -60,7 +60,7 @@ def test_bi_encoder_ranks_like_torch(backend, tiny_bi_encoder_dir, tiny_torch):
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_cross_encoder_ranks_like_torch(backend, tiny_cross_encoder_dir):
     _needs(backend)
-    from reranker.cross_encoder import CrossEncoderReranker
+    from twostage.reranker.cross_encoder import CrossEncoderReranker
 
     reference = CrossEncoderReranker(str(tiny_cross_encoder_dir)).score_batch(QUERIES, [DOCS] * len(QUERIES))
     reranker = CrossEncoderReranker(str(tiny_cross_encoder_dir), backend=backend)
@@ -144,8 +144,8 @@ def test_default_backend_follows_environment_and_device(monkeypatch):
 
 
 def test_missing_dependency_names_the_extra(tiny_bi_encoder_dir, tiny_cross_encoder_dir, monkeypatch):
-    from reranker.base import RerankerLoadError
-    from reranker.cross_encoder import CrossEncoderReranker
+    from twostage.reranker.base import RerankerLoadError
+    from twostage.reranker.cross_encoder import CrossEncoderReranker
 
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(ModelLoadError, match=r'pip install "twostage\[openvino\]"'):

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from indexes.collection import Collection
+from twostage.indexes.collection import Collection
 
 N_DOCS = 1500
 

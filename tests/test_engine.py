@@ -7,10 +7,10 @@ import time
 import pytest
 
 from conftest import EXAMPLES
-from indexes.documents import Document
-from indexes.readers import read_corpus
-from reranker.cross_encoder import CrossEncoderReranker
-from retriever.biencoder import BiEncoder
+from twostage.indexes.documents import Document
+from twostage.indexes.readers import read_corpus
+from twostage.reranker.cross_encoder import CrossEncoderReranker
+from twostage.retriever.biencoder import BiEncoder
 from twostage import Engine, UsageError
 
 BERLIN = [
@@ -134,7 +134,7 @@ def test_other_bi_encoder_is_refused(tmp_path, minilm, tiny_bi_encoder_dir):
 def test_reindexing_unchanged_corpus_reuses_cached_embeddings(tmp_path, minilm_path):
     """A second ``index`` of the same texts into a new collection is ≥10x faster: embeddings come from the cache."""
     docs = [Document(f"{d.id}-{i}", f"{d.text} (copy {i})", d.title) for i in range(3) for d in read_corpus(EXAMPLES / "corpus.jsonl")]
-    from retriever.cache import EmbeddingCache
+    from twostage.retriever.cache import EmbeddingCache
 
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
     encoder = BiEncoder(str(minilm_path), cache=cache)

@@ -10,7 +10,7 @@ import pytest
 import pytrec_eval
 
 from conftest import EXAMPLES
-from eval.trec import read_qrels, write_run
+from twostage.eval.trec import read_qrels, write_run
 from twostage.cli import main
 
 TREC_MEASURES = ["ndcg_cut_10", "recip_rank", "recall_100", "P_10", "map", "ndcg"]
@@ -35,7 +35,7 @@ def run_file(tmp_path_factory, qrels) -> Path:
 
 
 def pytrec(qrels: dict, run_path: Path, level: int) -> dict[str, dict[str, float]]:
-    from eval.trec import read_run
+    from twostage.eval.trec import read_run
 
     evaluator = pytrec_eval.RelevanceEvaluator(qrels, set(TREC_MEASURES), relevance_level=level)
     return evaluator.evaluate(read_run(run_path))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.datasets import Dataset, dataset_search_path, detect_format, load_dataset
-from eval.errors import DatasetError, EvalInputError
+from twostage.eval.datasets import Dataset, dataset_search_path, detect_format, load_dataset
+from twostage.eval.errors import DatasetError, EvalInputError
 
 SHARED_DATA = Path(os.environ.get("TWOSTAGE_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
@@ -174,8 +174,8 @@ def getaddrinfo(host, *args, **kwargs):
         raise socket.gaierror(-2, "Name or service not known (blocked by the test)")
     return _getaddrinfo(host, *args, **kwargs)
 socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
-from eval.datasets import load_dataset
-from eval.errors import DatasetError
+from twostage.eval.datasets import load_dataset
+from twostage.eval.errors import DatasetError
 start = time.monotonic()
 try:
     load_dataset("BeIR/scifact")

@@ -8,9 +8,9 @@ import ir_measures
 import pytest
 from ir_measures import AP, RR, R, nDCG
 
-from eval.datasets import load_dataset
-from eval.metrics import evaluate
-from eval.trec import read_run
+from twostage.eval.datasets import load_dataset
+from twostage.eval.metrics import evaluate
+from twostage.eval.trec import read_run
 
 SHARED_DATA = Path(os.environ.get("TWOSTAGE_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 DL20 = SHARED_DATA / "msmarco-dl20"

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLES
-from eval.datasets import load_dataset
-from eval.errors import EvalInputError
-from eval.harness import EvalConfig, SystemSpec, default_rel_threshold, resolve_systems, run_evaluation
-from eval.metrics import evaluate
-from eval.report import DEPTH_PLOT, LATENCY_PLOT, format_report_table, write_report
-from eval.significance import compare
-from eval.systems import merge_at_depth
-from eval.trec import ranked, read_run, write_run
+from twostage.eval.datasets import load_dataset
+from twostage.eval.errors import EvalInputError
+from twostage.eval.harness import EvalConfig, SystemSpec, default_rel_threshold, resolve_systems, run_evaluation
+from twostage.eval.metrics import evaluate
+from twostage.eval.report import DEPTH_PLOT, LATENCY_PLOT, format_report_table, write_report
+from twostage.eval.significance import compare
+from twostage.eval.systems import merge_at_depth
+from twostage.eval.trec import ranked, read_run, write_run
 
 DEPTHS = (5, 10, 20)
 ALL_SYSTEMS = ["bm25", "dense", "dense+rerank@5", "dense+rerank@10", "dense+rerank@20", "hybrid", "run",
@@ -174,7 +174,7 @@ def test_reranked_depth_keeps_the_first_stage_order_beneath(report):
 
 
 def test_rerank_run_reranks_the_given_runs_top_d(report, given_run, dataset_dir, tiny_cross_encoder_dir):
-    from reranker.cross_encoder import CrossEncoderReranker
+    from twostage.reranker.cross_encoder import CrossEncoderReranker
 
     dataset = load_dataset(dataset_dir)
     texts = {}
@@ -272,7 +272,7 @@ def test_int8_backends_get_their_own_default_collection(dataset_dir, monkeypatch
     """Float backends share one cached collection (their vectors agree); an int8 model's vectors need their own."""
     from types import SimpleNamespace
 
-    from eval.harness import default_index_dir
+    from twostage.eval.harness import default_index_dir
 
     monkeypatch.setenv("TWOSTAGE_CACHE_DIR", str(tmp_path))
     dataset = load_dataset(dataset_dir)

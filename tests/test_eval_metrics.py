@@ -9,7 +9,7 @@ import pytest
 import pytrec_eval
 from ir_measures import AP, RR, R, P, nDCG
 
-from eval.metrics import DEFAULT_MEASURES, EvalResult, Measure, evaluate, format_table, parse_measure
+from twostage.eval.metrics import DEFAULT_MEASURES, EvalResult, Measure, evaluate, format_table, parse_measure
 
 TOL = 1e-9
 

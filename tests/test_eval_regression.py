@@ -14,9 +14,9 @@ import time
 import pytest
 
 from conftest import shared_dataset
-from eval.datasets import load_dataset
-from eval.harness import run_evaluation
-from eval.regression import check_report, config_from_expected, load_expected
+from twostage.eval.datasets import load_dataset
+from twostage.eval.harness import run_evaluation
+from twostage.eval.regression import check_report, config_from_expected, load_expected
 
 FULL = os.environ.get("TWOSTAGE_FULL_REGRESSION") == "1"
 

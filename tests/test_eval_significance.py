@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from eval.metrics import evaluate
-from eval.significance import Comparison, compare, paired_randomization_test, paired_t_test
+from twostage.eval.metrics import evaluate
+from twostage.eval.significance import Comparison, compare, paired_randomization_test, paired_t_test
 
 
 def test_identical_systems_give_p_one():

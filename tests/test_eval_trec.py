@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.errors import DatasetError, EvalInputError
-from eval.trec import read_qrels, read_queries_tsv, read_run, read_run_with_tag, write_run
+from twostage.eval.errors import DatasetError, EvalInputError
+from twostage.eval.trec import read_qrels, read_queries_tsv, read_run, read_run_with_tag, write_run
 
 
 def write(path: Path, text: str) -> Path:

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from indexes.collection import Collection
-from indexes.document_store import DocumentStore, content_hash
-from indexes.documents import Document
-from indexes.errors import CollectionError
+from twostage.indexes.collection import Collection
+from twostage.indexes.document_store import DocumentStore, content_hash
+from twostage.indexes.documents import Document
+from twostage.indexes.errors import CollectionError
 
 DIM = 16
 
@@ -82,7 +82,7 @@ def test_metadata_filter(tmp_path):
 
 
 def test_filter_on_large_sets_uses_index_selector(tmp_path, monkeypatch):
-    import indexes.collection as module
+    import twostage.indexes.collection as module
 
     monkeypatch.setattr(module, "EXACT_FILTER_MAX", 5)  # force the FAISS IDSelectorBatch path
     vectors = unit_vectors(100)
@@ -224,7 +224,7 @@ def test_document_store_basics(tmp_path):
 
 
 def test_auto_index_grows_with_the_collection(tmp_path, monkeypatch):
-    import indexes.vector_index as vector_index
+    import twostage.indexes.vector_index as vector_index
 
     monkeypatch.setattr(vector_index, "FLAT_BELOW", 50)
     vectors = unit_vectors(60)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from indexes.documents import Document
-from indexes.errors import CorpusError
-from indexes.readers import count_corpus, read_corpus
+from twostage.indexes.documents import Document
+from twostage.indexes.errors import CorpusError
+from twostage.indexes.readers import count_corpus, read_corpus
 
 RECORDS = [
     {"id": "d1", "title": "One", "text": "first text", "lang": "en", "year": 2020},

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from indexes.errors import CollectionError
-from indexes.vector_index import VectorIndex, resolve_factory
+from twostage.indexes.errors import CollectionError
+from twostage.indexes.vector_index import VectorIndex, resolve_factory
 
 DIM = 32
 N = 5000
@@ -177,7 +177,7 @@ def test_is_lossy(factory, lossy):
 def test_exact_rescore_of_lossy_index(data):
     """PQ codes rank approximately; re-scoring REFINE_FACTOR x k candidates with the exact vectors recovers the true
     top-k (nearly) and returns exact inner products, also under a selector and with tombstoned (removed) ids."""
-    from indexes.vector_index import REFINE_FACTOR
+    from twostage.indexes.vector_index import REFINE_FACTOR
 
     ids, vectors = data
     position = {int(i): n for n, i in enumerate(ids)}

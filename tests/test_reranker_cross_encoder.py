@@ -6,7 +6,7 @@ import pytest
 import torch
 from sentence_transformers import CrossEncoder
 
-from reranker import Candidate, CrossEncoderReranker, Reranked
+from twostage.reranker import Candidate, CrossEncoderReranker, Reranked
 
 QUERY = "how many people live in berlin"
 TEXTS = [

@@ -8,15 +8,15 @@ import time
 import pytest
 from sentence_transformers import SentenceTransformer
 
-import reranker.resolve
-from reranker import (
+import twostage.reranker.resolve
+from twostage.reranker import (
     DEFAULT_RERANKER,
     CrossEncoderReranker,
     MaxSimReranker,
     RerankerLoadError,
     load_reranker,
 )
-from reranker.hub import hub_reachable
+from twostage.runtime.hub import hub_reachable
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +52,7 @@ def test_default_by_name_offline_fails_fast_with_advice():
 def test_unreachable_hub_without_offline_env_fails_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(reranker.resolve, "hub_reachable", lambda: False)
+    monkeypatch.setattr(twostage.reranker.resolve, "hub_reachable", lambda: False)
     start = time.perf_counter()
     with pytest.raises(RerankerLoadError, match="hub is unreachable") as info:
         CrossEncoderReranker("some-org/some-reranker")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from reranker import Candidate, MaxSimReranker
+from twostage.reranker import Candidate, MaxSimReranker
 
 QUERY = "how many people live in berlin"
 PASSAGES = [

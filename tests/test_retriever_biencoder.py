@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from retriever.biencoder import BiEncoder, EncodeResult
-from retriever.cache import EmbeddingCache
-from retriever.dense import DenseHits, DenseRetriever
-from retriever.models import DEFAULT_BI_ENCODER, ModelLoadError, model_fingerprint
+from twostage.retriever.biencoder import BiEncoder, EncodeResult
+from twostage.retriever.cache import EmbeddingCache
+from twostage.retriever.dense import DenseHits, DenseRetriever
+from twostage.runtime.models import DEFAULT_BI_ENCODER, ModelLoadError, model_fingerprint
 from retriever_fixtures import packaged_minilm, set_offline
 
 BERLIN = "Berlin is the capital of Germany and has a population of about 3.7 million inhabitants."

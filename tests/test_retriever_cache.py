@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexes.documents import text_hash
-from retriever.cache import EmbeddingCache, default_cache_path
+from twostage.indexes.documents import text_hash
+from twostage.retriever.cache import EmbeddingCache, default_cache_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_put_many_checks_lengths(tmp_path: Path) -> None:
 
 WRITER = """
 import sys, numpy as np
-from retriever.cache import EmbeddingCache
+from twostage.retriever.cache import EmbeddingCache
 cache = EmbeddingCache(sys.argv[1])
 worker = int(sys.argv[2])
 for batch in range(20):

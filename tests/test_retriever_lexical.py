@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from indexes.documents import Document
-from retriever.bm25 import BM25Retriever
-from retriever.fusion import reciprocal_rank_fusion, trec_order
+from twostage.indexes.documents import Document
+from twostage.retriever.bm25 import BM25Retriever
+from twostage.retriever.fusion import reciprocal_rank_fusion, trec_order
 
 DOCS = [
     Document("berlin", "Berlin is the capital of Germany; its population is about 3.7 million inhabitants."),

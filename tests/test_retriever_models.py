@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from retriever.models import DEFAULT_BI_ENCODER, ModelLoadError, hub_reachable, model_fingerprint, resolve_model
+from twostage.runtime.models import DEFAULT_BI_ENCODER, ModelLoadError, hub_reachable, model_fingerprint, resolve_model
 from retriever_fixtures import packaged_minilm, set_offline
 
 

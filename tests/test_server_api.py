@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from conftest import EXAMPLES
-from indexes.readers import read_corpus
-from reranker.cross_encoder import CrossEncoderReranker
+from twostage.indexes.readers import read_corpus
+from twostage.reranker.cross_encoder import CrossEncoderReranker
 from twostage import Engine
 from twostage.server import ServerConfig, ServerThread, create_app
 

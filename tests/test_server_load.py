@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES, REPO
-from indexes.readers import read_corpus
-from reranker.cross_encoder import CrossEncoderReranker
+from twostage.indexes.readers import read_corpus
+from twostage.reranker.cross_encoder import CrossEncoderReranker
 from twostage import Engine
 from twostage.server import ServerConfig, ServerThread, create_app
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexes.collection import Collection
-from indexes.documents import Document
-from indexes.token_store import TokenStore
-from reranker.maxsim import MaxSimReranker, encode_with_tokens
-from retriever.biencoder import BiEncoder
+from twostage.indexes.collection import Collection
+from twostage.indexes.documents import Document
+from twostage.indexes.token_store import TokenStore
+from twostage.reranker.maxsim import MaxSimReranker, encode_with_tokens
+from twostage.retriever.biencoder import BiEncoder
 from twostage import Engine, UsageError
 from twostage.cli import main
 
@@ -118,8 +118,8 @@ def test_tokens_commit_in_the_documents_transaction(tmp_path, monkeypatch):
 
 CRASH_WRITER = """
 import sys, numpy as np
-from indexes.collection import Collection
-from indexes.documents import Document
+from twostage.indexes.collection import Collection
+from twostage.indexes.documents import Document
 c = Collection.open(sys.argv[1])
 for step in range(100000):
     version = float(step % 50 + 1)

@@ -9,9 +9,9 @@ import random
 import numpy as np
 import pytest
 
-from reranker.training import ScoredList, TrainSettings
-from twostage import train_data
-from twostage.training import TrainOptions, parse_duration, train
+from twostage.training.cross_encoder import ScoredList, TrainSettings
+from twostage.training import data as train_data
+from twostage.training.run import TrainOptions, parse_duration, train
 
 TOPICS = ["berlin", "paris", "london", "rome", "madrid", "vienna", "tokyo", "amsterdam", "munich", "hamburg",
           "thames", "seine", "danube", "rhine", "spree", "museum", "opera", "cathedral", "castle", "bridge"]
@@ -103,7 +103,7 @@ def test_teacher_scores_equal_a_direct_maxsim(collection, tiny_bi_encoder_dir):
     from sentence_transformers import SentenceTransformer
 
     from twostage.engine import Engine
-    from twostage.training import load_teacher, mine, teacher_scores
+    from twostage.training.run import load_teacher, mine, teacher_scores
 
     with Engine.open(collection, reranker=None) as engine:
         lists = mine(engine, {"q": "population of berlin"}, 5, quiet, False)
@@ -131,7 +131,7 @@ def test_reranker_distillation_trains_reloads_and_resumes(tmp_path, corpus_and_q
                                                           tiny_cross_encoder_dir):
     from sentence_transformers import CrossEncoder
 
-    from reranker import CrossEncoderReranker, load_reranker
+    from twostage.reranker import CrossEncoderReranker, load_reranker
 
     folder, _ = corpus_and_queries
     opts = options(tmp_path, folder, collection, tiny_cross_encoder_dir, max_steps=8, eval_steps=4)

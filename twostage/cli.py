@@ -12,13 +12,13 @@ from .errors import UsageError
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that carry a message meant for the user: printed as one line, no traceback."""
-    from indexes.errors import CollectionError, CorpusError
-    from reranker.base import RerankerLoadError
-    from retriever.models import ModelLoadError
+    from twostage.indexes.errors import CollectionError, CorpusError
+    from twostage.reranker.base import RerankerLoadError
+    from twostage.runtime.models import ModelLoadError
 
     errors: list[type[BaseException]] = [UsageError, CorpusError, CollectionError, RerankerLoadError, ModelLoadError]
     try:
-        from eval.errors import EvalInputError
+        from twostage.eval.errors import EvalInputError
 
         errors.append(EvalInputError)
     except ImportError:  # pragma: no cover - eval is part of the package
@@ -100,7 +100,7 @@ def _encode_options(p: argparse.ArgumentParser) -> None:
 
 
 def _backend_option(p: argparse.ArgumentParser) -> None:
-    from retriever.backends import BACKENDS
+    from twostage.runtime.backends import BACKENDS
 
     p.add_argument(
         "--backend",
@@ -136,7 +136,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_options(p: argparse.ArgumentParser) -> None:
-    from eval.cli import add_eval_arguments
+    from twostage.eval.cli import add_eval_arguments
 
     add_eval_arguments(p)
 
@@ -167,7 +167,7 @@ def parse_filters(pairs: Sequence[str]) -> dict[str, str] | None:
 
 
 def _read_corpus(args: argparse.Namespace):
-    from indexes.readers import read_corpus
+    from twostage.indexes.readers import read_corpus
 
     return read_corpus(
         args.corpus, id_field=args.id_field, text_field=args.text_field, title_field=args.title_field, split=args.split
@@ -175,7 +175,7 @@ def _read_corpus(args: argparse.Namespace):
 
 
 def _add_with_progress(engine: Any, args: argparse.Namespace) -> Any:
-    from indexes.readers import count_corpus
+    from twostage.indexes.readers import count_corpus
     from tqdm.auto import tqdm
 
     total = count_corpus(args.corpus) if Path(args.corpus).exists() else None
@@ -198,12 +198,12 @@ def _print_add_report(report: Any, directory: str, engine: Any) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from retriever.models import DEFAULT_BI_ENCODER
+    from twostage.runtime.models import DEFAULT_BI_ENCODER
 
     from .engine import Engine
 
     if not args.overwrite and Path(args.directory).exists():
-        from indexes.collection import Collection
+        from twostage.indexes.collection import Collection
 
         if Collection.exists(args.directory):
             print(f"{args.directory} already holds a collection: resuming (unchanged documents are skipped)", file=sys.stderr)
@@ -233,7 +233,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from indexes.collection import Collection
+    from twostage.indexes.collection import Collection
 
     # Deleting needs no model: open the collection alone, so it works even where the bi-encoder cannot load.
     with Collection.open(args.directory) as collection:
@@ -246,7 +246,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from indexes.collection import Collection
+    from twostage.indexes.collection import Collection
 
     with Collection.open(args.directory) as collection:
         stats = collection.stats()
@@ -261,7 +261,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def reranker_spec(args: argparse.Namespace) -> str | None:
     """``--no-rerank`` → None; ``--reranker X`` → X (explicit); nothing → the default cross-encoder."""
-    from reranker.cross_encoder import DEFAULT_RERANKER
+    from twostage.reranker.cross_encoder import DEFAULT_RERANKER
 
     if args.no_rerank:
         return None
@@ -291,7 +291,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _search_batch(engine: Any, args: argparse.Namespace, filters: dict[str, str] | None) -> int:
-    from eval.trec import read_queries_tsv, write_run
+    from twostage.eval.trec import read_queries_tsv, write_run
 
     queries = read_queries_tsv(args.queries)
     if not queries:
@@ -337,7 +337,7 @@ def format_hits(result: Any, snippet_width: int = 72) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from eval.cli import run_eval
+    from twostage.eval.cli import run_eval
 
     return run_eval(args)
 

@@ -6,15 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from indexes.collection import Collection
-from indexes.documents import Document
-from reranker.base import Candidate, Reranker
-from reranker.cross_encoder import DEFAULT_RERANKER
-from reranker.loading import load_reranker
-from reranker.maxsim import encode_with_tokens
-from retriever.biencoder import BiEncoder, EncodeResult
-from retriever.backends import compatible_query_backend, resolve_backend
-from retriever.models import DEFAULT_BI_ENCODER
+from twostage.indexes.collection import Collection
+from twostage.indexes.documents import Document
+from twostage.reranker.base import Candidate, Reranker
+from twostage.reranker.cross_encoder import DEFAULT_RERANKER
+from twostage.reranker.loading import load_reranker
+from twostage.reranker.maxsim import encode_with_tokens
+from twostage.retriever.biencoder import BiEncoder, EncodeResult
+from twostage.runtime.backends import compatible_query_backend, resolve_backend
+from twostage.runtime.models import DEFAULT_BI_ENCODER
 
 from .errors import UsageError
 from .results import Hit, SearchResult, Timings

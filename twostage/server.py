@@ -501,7 +501,7 @@ def _install_error_handlers(app: FastAPI, stats: QueryStats) -> None:
 
 def _request_errors() -> tuple[type[Exception], ...]:
     """Engine errors that mean "this request cannot be served as given": answered with 400."""
-    from indexes.errors import CorpusError
+    from twostage.indexes.errors import CorpusError
 
     return (UsageError, CorpusError)
 

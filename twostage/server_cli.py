@@ -91,7 +91,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
 def run_serve(args: argparse.Namespace) -> int:
     """Open the collection (in the engine worker), say how it is served, then run uvicorn until interrupted."""
     import uvicorn
-    from indexes.collection import Collection
+    from twostage.indexes.collection import Collection
 
     from .cli import reranker_spec
     from .engine import Engine

@@ -81,9 +81,9 @@ def _options(p: argparse.ArgumentParser, what: str) -> None:
 
 def options_from_args(args: argparse.Namespace):
     """Command-line arguments → ``TrainOptions``."""
-    from reranker.training import TrainSettings
+    from twostage.training.cross_encoder import TrainSettings
 
-    from .training import TrainOptions, parse_duration
+    from twostage.training.run import TrainOptions, parse_duration
 
     budget = None if str(args.time_budget).lower() == "none" else parse_duration(args.time_budget)
     for name in ("max_queries", "val_queries", "depth", "val_depth", "batch_size", "eval_steps"):
@@ -111,7 +111,7 @@ def options_from_args(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, print where the model and report went; user errors become one line (handled by the main CLI)."""
-    from .training import train
+    from twostage.training.run import train
 
     opts = options_from_args(args)
     if not Path(opts.collection).exists():

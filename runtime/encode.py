@@ -11,7 +11,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from retriever.backends import Runtime, physical_cores
+from twostage.runtime.backends import Runtime, physical_cores
 
 #: modules that may follow the transformer for this path to apply; anything else goes through ST's own encode
 POOLING_MODULES = {"Pooling", "Dense", "Normalize"}

@@ -7,7 +7,7 @@ import re
 from dataclasses import replace
 from typing import Any, Sequence
 
-from reranker.training import ScoredList
+from twostage.training.cross_encoder import ScoredList
 
 UNJUDGED = ("skip", "negative")
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from reranker.training import PRIMARY_METRIC, RankingEvaluator, TrainOutcome, TrainSettings, _callbacks, \
+from twostage.training.cross_encoder import PRIMARY_METRIC, RankingEvaluator, TrainOutcome, TrainSettings, _callbacks, \
     run_trainer, training_arguments
 
 LOSSES = ("mnrl", "margin-mse")
@@ -22,7 +22,7 @@ def load_student(base: str) -> Any:
     """The bi-encoder to fine-tune, resolved offline-first like the engine's (the packaged all-MiniLM-L6-v2 default)."""
     from sentence_transformers import SentenceTransformer
 
-    from retriever.models import resolve_model
+    from twostage.runtime.models import resolve_model
 
     resolved = resolve_model(base, kind="bi-encoder")
     return SentenceTransformer(resolved.source, device="cpu", local_files_only=resolved.origin != "hub")

@@ -95,7 +95,7 @@ class RankingEvaluator:
 
     def metrics(self, model: Any) -> dict[str, float]:
         """``{"ndcg@10", "mrr@10"}`` of ``model`` on the validation lists."""
-        from eval.metrics import evaluate
+        from twostage.eval.metrics import evaluate
 
         result = evaluate(self.run(model), self.qrels, ("nDCG@10", "MRR@10"), rel_threshold=self.rel_threshold)
         return {"ndcg@10": result.aggregate["nDCG@10"], "mrr@10": result.aggregate["MRR@10"]}
@@ -261,7 +261,7 @@ def load_student(base: str, *, max_length: int | None = 256) -> Any:
     fresh one-logit head on its own weights (e.g. all-MiniLM-L6-v2, which already learned relevance from 1B pairs)."""
     from sentence_transformers import CrossEncoder
 
-    from retriever.models import ModelLoadError, resolve_model
+    from twostage.runtime.models import ModelLoadError, resolve_model
 
     try:
         resolved = resolve_model(base, kind="bi-encoder")

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from retriever.models import ModelLoadError
+from twostage.runtime.models import ModelLoadError
 
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 #: backends whose vectors match torch's within float tolerance (bf16 included): interchangeable for queries
@@ -295,7 +295,7 @@ def use_backend(st_model: Any, backend: str, fingerprint: str) -> Runtime | None
     if backend == "torch":
         return None
     require(backend)
-    from retriever.calibration import calibration_texts
+    from twostage.runtime.calibration import calibration_texts
 
     first = st_model[0]
     hf_model = getattr(first, "auto_model", None)
@@ -317,7 +317,7 @@ def use_backend(st_model: Any, backend: str, fingerprint: str) -> Runtime | None
 
 def exported_runtime(model: Any, *, backend: str, fingerprint: str, task: str, sample: dict, calibration: Callable) -> Runtime:
     """Export (or reuse the cached export of) a transformers model and open it; failures become one ModelLoadError."""
-    from retriever.export import cached_export
+    from twostage.runtime.export import cached_export
 
     try:
         path = cached_export(

@@ -18,10 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from reranker.training import ScoredList, TrainOutcome, TrainSettings
+from twostage.training.cross_encoder import ScoredList, TrainOutcome, TrainSettings
 
-from .errors import UsageError
-from .train_data import TEACHER_REL_THRESHOLD, exclude_overlap, judged_lists, split_by_query, teacher_qrels, \
+from twostage.errors import UsageError
+from .data import TEACHER_REL_THRESHOLD, exclude_overlap, judged_lists, split_by_query, teacher_qrels, \
     with_scores
 
 DATA_VERSION = 1
@@ -71,8 +71,8 @@ class PreparedData:
 # --------------------------------------------------------------------------- queries
 def load_queries(spec: str) -> tuple[dict[str, str], dict[str, dict[str, int]], str]:
     """Queries (and qrels, if any) from a ``qid<TAB>text`` file or a dataset folder / name; plus a description."""
-    from eval.datasets import load_dataset
-    from eval.trec import read_queries_tsv
+    from twostage.eval.datasets import load_dataset
+    from twostage.eval.trec import read_queries_tsv
 
     path = Path(spec).expanduser()
     if path.is_file():
@@ -91,7 +91,7 @@ def held_out_queries(specs: Sequence[str]) -> dict[str, str]:
 
 def select_queries(opts: TrainOptions, log: Log) -> tuple[dict[str, str], dict[str, dict[str, int]], dict[str, Any]]:
     """The training pool: the given queries minus any test query, cut to ``max_queries`` + ``val_queries``."""
-    from eval.trec import read_qrels
+    from twostage.eval.trec import read_qrels
 
     queries, dataset_qrels, source = load_queries(opts.queries)
     qrels = read_qrels(opts.qrels) if opts.qrels else (dataset_qrels if opts.teacher is None else {})
@@ -115,7 +115,7 @@ def select_queries(opts: TrainOptions, log: Log) -> tuple[dict[str, str], dict[s
 # --------------------------------------------------------------------------- mining and teacher scoring
 def mine(engine: Any, queries: dict[str, str], depth: int, log: Log, progress: bool) -> list[ScoredList]:
     """Each query's dense top ``depth`` from the collection (first-stage scores kept as the list's scores)."""
-    from indexes.documents import Document
+    from twostage.indexes.documents import Document
     from tqdm.auto import tqdm
 
     qids = list(queries)
@@ -138,8 +138,8 @@ def mine(engine: Any, queries: dict[str, str], depth: int, log: Log, progress: b
 def load_teacher(spec: str, engine: Any, lists: Sequence[ScoredList], log: Log, progress: bool) -> Any:
     """The teacher ranker: "maxsim" (late interaction over the collection's bi-encoder, reading the collection's stored
     token vectors, or computing the candidates' once) or any reranker ``--reranker`` accepts."""
-    from reranker.loading import load_reranker
-    from reranker.maxsim import MaxSimReranker
+    from twostage.reranker.loading import load_reranker
+    from twostage.reranker.maxsim import MaxSimReranker
 
     if spec.strip().lower() != "maxsim":
         reranker, _ = load_reranker(spec, encoder=engine.encoder, explicit=True)
@@ -170,7 +170,7 @@ def teacher_scores(teacher: Any, lists: Sequence[ScoredList], progress: bool, ch
     """The teacher's score for every candidate of every list, in list order (``chunk`` queries per call)."""
     from tqdm.auto import tqdm
 
-    from reranker.base import Candidate
+    from twostage.reranker.base import Candidate
 
     scores: list[list[float]] = []
     with tqdm(total=len(lists), desc="teacher", unit="query", disable=not progress, file=sys.stderr) as bar:
@@ -229,7 +229,7 @@ def _save_lists(path: Path, key: dict[str, Any], lists: Sequence[ScoredList], te
 
 def _load_lists(path: Path, key: dict[str, Any], engine: Any) -> tuple[list[ScoredList], list[list[float]] | None] | None:
     """Cached lists when they were made with the same settings (texts re-read from the collection), else None."""
-    from indexes.documents import Document
+    from twostage.indexes.documents import Document
 
     if not path.is_file():
         return None
@@ -250,7 +250,7 @@ def _load_lists(path: Path, key: dict[str, Any], engine: Any) -> tuple[list[Scor
 
 def prepare_data(opts: TrainOptions, log: Log) -> PreparedData:
     """Select queries, mine candidates, label them, split by query (cached in ``OUT/data/lists.jsonl``)."""
-    from .engine import Engine
+    from twostage.engine import Engine
 
     started = time.monotonic()
     queries, qrels, info = select_queries(opts, log)
@@ -310,7 +310,7 @@ def _val_qrels(val: Sequence[ScoredList], qrels: dict[str, dict[str, int]]) -> d
 
 # --------------------------------------------------------------------------- training
 def _rows(opts: TrainOptions, lists: Sequence[ScoredList], loss: str) -> dict[str, list[Any]]:
-    from . import train_data
+    from . import data as train_data
 
     seed = opts.settings.seed
     if loss == "margin-mse":
@@ -360,14 +360,14 @@ def train(opts: TrainOptions, log: Log | None = None) -> dict[str, Any]:
 
     set_seed(opts.settings.seed)  # the fresh head's initial weights, so runs with one seed start alike
     if opts.kind == "reranker":
-        from reranker.training import RankingEvaluator, cross_encoder_scores, load_student, train_cross_encoder
+        from twostage.training.cross_encoder import RankingEvaluator, cross_encoder_scores, load_student, train_cross_encoder
 
         model = load_student(base, max_length=opts.max_length)
         evaluator = RankingEvaluator(data.val, data.val_qrels, cross_encoder_scores, rel_threshold=rel)
         trainer_fn = train_cross_encoder
     else:
-        from reranker.training import RankingEvaluator
-        from retriever.training import bi_encoder_scores, load_student, train_bi_encoder
+        from twostage.training.cross_encoder import RankingEvaluator
+        from twostage.training.bi_encoder import bi_encoder_scores, load_student, train_bi_encoder
 
         model = load_student(base)
         evaluator = RankingEvaluator(data.val, data.val_qrels, bi_encoder_scores, rel_threshold=rel)
@@ -400,7 +400,7 @@ def train(opts: TrainOptions, log: Log | None = None) -> dict[str, Any]:
 
 
 def _default_base() -> str:
-    from retriever.models import DEFAULT_BI_ENCODER
+    from twostage.runtime.models import DEFAULT_BI_ENCODER
 
     return DEFAULT_BI_ENCODER
 
@@ -418,8 +418,8 @@ def _after(outcome: TrainOutcome, name: str) -> dict[str, float] | None:
 def evaluate_on_test(opts: TrainOptions, base: str, out: Path, before_dir: Path | None, log: Log) -> dict[str, Any]:
     """nDCG@10 / MRR@10 on the held-out test dataset through ``eval.harness``: dense alone and dense + the model at
     each depth (reranker), or dense with the base and the trained bi-encoder (retriever)."""
-    from eval.datasets import load_dataset
-    from eval.harness import EvalConfig, run_evaluation
+    from twostage.eval.datasets import load_dataset
+    from twostage.eval.harness import EvalConfig, run_evaluation
 
     dataset = load_dataset(opts.test_dataset)
     depths = sorted(set(opts.test_depths))

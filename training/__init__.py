@@ -1,0 +1,1 @@
+"""Training of both stages (cross-encoder and bi-encoder) on sentence-transformers trainers; nothing else imports it."""
