@@ -12,7 +12,7 @@ from twostage.eval.errors import EvalInputError
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Register both modes' options on the `eval` subcommand's parser."""
-    from twostage.runtime.backends import BACKENDS
+    from twostage.runtime.config import add_runtime_arguments
 
     parser.description = ("Evaluate retrieval quality on a dataset (BM25, dense, dense + reranker at several "
                           "depths, hybrid RRF, a reranked given run), or score a TREC run like trec_eval.")
@@ -51,11 +51,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--out", type=Path, default=None, metavar="DIR",
                        help="output folder (default ./runs/eval-<dataset>)")
     group.add_argument("--max-queries", type=int, default=None, metavar="N", help="evaluate the first N queries only")
-    group.add_argument("--batch-size", type=int, default=32, help="documents per encoder batch when indexing")
-    group.add_argument("--backend", default=None, choices=("auto", *BACKENDS),
-                       help="inference backend for both models (default auto: openvino, else onnx, else torch); "
-                            "an int8 backend gets its own collection")
     group.add_argument("--quiet", action="store_true", help="no progress messages")
+
+    add_runtime_arguments(parser)
 
     group = parser.add_argument_group("trec_eval mode")
     group.add_argument("--run", type=Path, default=None, metavar="RUN", help="TREC run file to score")
@@ -138,6 +136,7 @@ def run_dataset_eval(args: argparse.Namespace) -> int:
     from twostage.eval.report import format_report_table, write_report
     from twostage.eval.treceval import expand_measures
     from twostage.reranker.cross_encoder import DEFAULT_RERANKER
+    from twostage.runtime.config import runtime_from_args
 
     if args.no_rerank and args.reranker:
         raise EvalInputError("--reranker and --no-rerank contradict each other")
@@ -161,8 +160,7 @@ def run_dataset_eval(args: argparse.Namespace) -> int:
         max_queries=args.max_queries,
         rel_threshold=args.rel_threshold,
         measures=measures,
-        batch_size=args.batch_size,
-        backend=args.backend,
+        runtime=runtime_from_args(args),
         progress=not args.quiet and sys.stderr.isatty(),
     )
     log(f"dataset {dataset.name}: {len(dataset.queries)} judged queries ({dataset.source})")

@@ -21,12 +21,13 @@ from typing import Any
 
 from twostage.eval.datasets import Dataset
 from twostage.reranker.cross_encoder import DEFAULT_RERANKER
-from twostage.runtime.backends import FLOAT_BACKENDS, resolve_backend
+from twostage.runtime.backends import FLOAT_BACKENDS
+from twostage.runtime.config import RuntimeConfig, cache_root, runtime_config
 from twostage.eval.errors import EvalInputError
 from twostage.eval.metrics import DEFAULT_MEASURES, evaluate, parse_measure
 from twostage.eval.significance import Comparison, compare
-from twostage.eval.systems import SystemRun, bm25_system, dense_system, hybrid_system, ranked_lists, rerank_system, \
-    with_first_stage
+from twostage.eval.systems import SystemRun, bm25_system, dense_system, hybrid_system, lever_system, parse_levers, \
+    ranked_lists, rerank_system, with_first_stage
 from twostage.eval.timing import StageTimings
 from twostage.eval.trec import Run, read_run
 
@@ -57,8 +58,9 @@ class EvalConfig:
     bm25_k1: float = 0.9
     bm25_b: float = 0.4
     bm25_stemmer: str | None = "english"
-    batch_size: int = 32
-    backend: str | None = None  # inference backend for both models; None = the default (retriever.backends)
+    runtime: RuntimeConfig | None = None  # device, backend, batch size, threads; None = RuntimeConfig()
+    batch_size: int | None = None  # shorthand overriding runtime.batch_size
+    backend: str | None = None  # shorthand overriding runtime.backend (None = the device's default)
     n_resamples: int = 10000
     progress: bool = False
     encoder: Any = field(default=None, repr=False)  # an already loaded BiEncoder to reuse (tests)
@@ -70,10 +72,12 @@ class SystemSpec:
 
     first_stage: str
     depth: int | None = None
+    levers: str = ""  # "/"-separated Engine.search lever options, e.g. "prf=3:0.5/fusion=rrf" (eval.systems)
 
     @property
     def name(self) -> str:
-        return self.first_stage if self.depth is None else f"{self.first_stage}+rerank@{self.depth}"
+        base = self.first_stage if self.depth is None else f"{self.first_stage}+rerank@{self.depth}"
+        return f"{base}/{self.levers}" if self.levers else base
 
 
 @dataclass
@@ -137,7 +141,14 @@ def resolve_systems(requested: Sequence[str] | None, depths: Sequence[int], *, h
         return _table_order(specs)
     specs: list[SystemSpec] = []
     for name in requested:
-        name = name.strip().lower()
+        name, _, levers = name.strip().lower().partition("/")
+        if levers:
+            try:
+                parse_levers(levers)
+            except ValueError as err:
+                raise EvalInputError(f"system {name}/{levers}: {err}") from None
+            if not name.startswith("dense"):
+                raise EvalInputError(f"system {name}/{levers}: lever options apply to dense systems only")
         match = _SYSTEM_RE.match(name)
         if not match:
             raise EvalInputError(f"unknown system {name!r}; expected bm25, dense, hybrid, run, dense+rerank[@D] "
@@ -150,10 +161,10 @@ def resolve_systems(requested: Sequence[str] | None, depths: Sequence[int], *, h
                 raise EvalInputError(f"system {name!r}: only dense and run (--rerank-run) candidates are reranked")
             if not have_reranker:
                 raise EvalInputError(f"system {name!r} needs a reranker, but --no-rerank was given")
-            specs += [SystemSpec(stage, int(match.group(2)))] if match.group(2) else [SystemSpec(stage, d)
-                                                                                     for d in depths]
+            specs += [SystemSpec(stage, int(match.group(2)), levers)] if match.group(2) else [
+                SystemSpec(stage, d, levers) for d in depths]
         else:
-            specs.append(SystemSpec(stage))
+            specs.append(SystemSpec(stage, levers=levers))
     for spec in specs:
         if spec.depth is not None and spec.depth < 1:
             raise EvalInputError(f"system {spec.name!r}: the rerank depth must be a positive integer")
@@ -164,7 +175,7 @@ def _table_order(specs: list[SystemSpec]) -> list[SystemSpec]:
     """bm25, dense, dense+rerank@d ascending, hybrid, run, run+rerank@d ascending."""
     rank = {"bm25": 0, "dense": 1, "hybrid": 2, "run": 3}
     return sorted(specs, key=lambda s: (rank[s.first_stage] + (0.5 if s.first_stage == "dense" and s.depth
-                                                                  else 0), s.depth or 0))
+                                                                  else 0), s.depth or 0, s.levers))
 
 
 def _documents(dataset: Dataset, keep: set[str] | None = None) -> list:
@@ -175,7 +186,12 @@ def _documents(dataset: Dataset, keep: set[str] | None = None) -> list:
             if keep is None or d["id"] in keep]
 
 
-def _second_stage(engine: Any, encoder: Any, spec: Any, backend: str | None) -> tuple[Any, list[str]]:
+def _runtime(config: EvalConfig) -> RuntimeConfig:
+    """The one RuntimeConfig every model of this evaluation runs with (the shorthands applied)."""
+    return runtime_config(config.runtime, backend=config.backend, batch_size=config.batch_size)
+
+
+def _second_stage(engine: Any, encoder: Any, spec: Any, runtime: RuntimeConfig) -> tuple[Any, list[str]]:
     """The engine's reranker (loaded on first use), or, without a collection, the same `load_reranker` call;
     with the one-line notice of an offline fallback to MaxSim, if any."""
     if engine is not None:
@@ -186,18 +202,18 @@ def _second_stage(engine: Any, encoder: Any, spec: Any, backend: str | None) -> 
 
     if isinstance(spec, Reranker):
         return spec, []
-    reranker, notice = load_reranker(spec, encoder=encoder, explicit=spec not in (DEFAULT_RERANKER, "default"),
-                                     backend=resolve_backend(backend))
+    device, backend = runtime.placement()
+    reranker, notice = load_reranker(spec, encoder=encoder, device=device, batch_size=runtime.batch_size,
+                                     backend=backend, threads=runtime.threads)
     return reranker, [notice] if notice else []
 
 
 def default_index_dir(dataset: Dataset, encoder: Any) -> Path:
     """`$TWOSTAGE_CACHE_DIR` (else ~/.cache/twostage) `/collections/<dataset>-<hash of source and model>`."""
-    root = os.environ.get("TWOSTAGE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "twostage")
     vectors = "" if encoder.backend in FLOAT_BACKENDS else f"|{encoder.backend}"  # int8 vectors need their own
     key = hashlib.sha256(f"{dataset.source}|{encoder.fingerprint}{vectors}".encode("utf-8")).hexdigest()[:12]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.name) or "dataset"
-    return Path(root) / "collections" / f"{slug}-{key}"
+    return cache_root() / "collections" / f"{slug}-{key}"
 
 
 def open_collection(path: Path, docs: list, encoder: Any, config: EvalConfig, log: Callable[[str], None]):
@@ -206,12 +222,12 @@ def open_collection(path: Path, docs: list, encoder: Any, config: EvalConfig, lo
     from twostage.engine import Engine
 
     engine = Engine.create(path, encoder=encoder, reranker=config.reranker, index_type=config.index_type,
-                           backend=config.backend)
+                           runtime=_runtime(config))
     if len(engine.collection) > len(docs):
         log(f"{path} holds {len(engine.collection)} documents for a corpus of {len(docs)}: rebuilding it")
         engine.close()
         engine = Engine.create(path, encoder=encoder, reranker=config.reranker, index_type=config.index_type,
-                               backend=config.backend, overwrite=True)
+                               runtime=_runtime(config), overwrite=True)
     from tqdm.auto import tqdm
 
     with tqdm(total=len(docs), desc="indexing", unit="doc", disable=not config.progress, leave=False) as bar:
@@ -321,8 +337,10 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
         from twostage.retriever.biencoder import BiEncoder
         from twostage.runtime.models import DEFAULT_BI_ENCODER
 
-        encoder = config.encoder or BiEncoder(config.model or DEFAULT_BI_ENCODER, batch_size=config.batch_size,
-                                              backend=resolve_backend(config.backend))
+        runtime = _runtime(config)
+        device, backend = runtime.placement()
+        encoder = config.encoder or BiEncoder(config.model or DEFAULT_BI_ENCODER, device=device,
+                                              batch_size=runtime.batch_size, backend=backend, threads=runtime.threads)
         models["bi_encoder"] = {"name": encoder.name, "source": str(encoder.source), "origin": encoder.origin,
                                 "fingerprint": encoder.fingerprint, "backend": encoder.backend_tag}
     if need_collection:
@@ -331,7 +349,7 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
         engine, indexing = open_collection(path, docs, encoder, config, log)
     try:
         if need_reranker:
-            reranker, reranker_notices = _second_stage(engine, encoder, config.reranker, config.backend)
+            reranker, reranker_notices = _second_stage(engine, encoder, config.reranker, _runtime(config))
             notices.extend(reranker_notices)
             for notice in reranker_notices:
                 log(notice)
@@ -394,7 +412,7 @@ def _run_systems(specs: list[SystemSpec], queries: dict[str, str], docs: list, e
         retriever = BM25Retriever.build(docs, k1=config.bm25_k1, b=config.bm25_b, stemmer=config.bm25_stemmer)
         bm25 = bm25_system(retriever, queries, depth, progress=config.progress)
         out["bm25"] = bm25
-    dense_depths = [s.depth for s in specs if s.first_stage == "dense" and s.depth]
+    dense_depths = [s.depth for s in specs if s.first_stage == "dense" and s.depth and not s.levers]
     if stages & {"dense", "hybrid"}:
         log("dense: searching")
         candidates = dense_system(engine, queries, depth, max(dense_depths, default=0), progress=config.progress)
@@ -408,6 +426,10 @@ def _run_systems(specs: list[SystemSpec], queries: dict[str, str], docs: list, e
                 out[f"dense+rerank@{d}"] = with_first_stage(dense, system)
     if "hybrid" in stages:
         out["hybrid"] = hybrid_system(bm25, dense, config.rrf_k, depth)
+    for spec in (s for s in specs if s.levers):
+        log(f"{spec.name}: searching through the engine")
+        out[spec.name] = lever_system(engine, queries, spec.depth or depth, spec.depth is not None,
+                                      parse_levers(spec.levers), progress=config.progress, label=spec.name)
     if given is not None:
         out["run"] = SystemRun(given, None)
         run_depths = [s.depth for s in specs if s.first_stage == "run" and s.depth]

@@ -1,59 +1,26 @@
 """Load a BEIR-style dataset from the Hugging Face hub (e.g. `BeIR/scifact` + `BeIR/scifact-qrels`).
 
-Offline it fails within seconds with a `DatasetError` instead of retrying for half a minute: unless the
-`datasets` library is in offline mode (HF_HUB_OFFLINE=1, then only its local cache is used), the hub's host
-(or the HTTPS proxy) is probed first with a short timeout.
+Offline it fails within seconds with a `DatasetError` instead of retrying for half a minute: unless offline mode is
+set (HF_HUB_OFFLINE=1, then only the local cache is used), the runtime's hub probe (`runtime.hub`) is asked first.
 """
 from __future__ import annotations
 
-import os
-import socket
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
-from urllib.parse import urlparse
 
 from twostage.eval.errors import DatasetError
 from twostage.eval.trec import Qrels, Queries
+from twostage.runtime.hub import hub_offline, hub_reachable, hub_unavailable_reason
 
-PROBE_TIMEOUT_S = 3.0
 _LOCAL = "pass a local dataset folder (uniform, BEIR or MS MARCO layout) or a name found on the data search path"
 _ADVICE = _LOCAL + ", or set HF_HUB_OFFLINE=1 to use a copy already in the Hugging Face cache"
 
 
-def _probe_address() -> tuple[str, int]:
-    """Host and port that a hub request would connect to first: the HTTPS proxy if one is set, else the hub."""
-    proxy = next((os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-                  if os.environ.get(v)), None)
-    from huggingface_hub import constants
-
-    url = urlparse(proxy if proxy and "://" in proxy else (f"http://{proxy}" if proxy else constants.ENDPOINT))
-    return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-
-
-def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """True if a TCP connection to the hub (or proxy) opens within `timeout` seconds, name lookup included."""
-    host, port = _probe_address()
-    answer: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            answer.append(True)
-        except OSError:
-            answer.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 1.0)
-    return bool(answer and answer[0])
-
-
 def _offline_mode() -> bool:
+    """Offline as the user set it (read now) or as the ``datasets`` library read it at import."""
     import datasets
-    from huggingface_hub import constants
 
-    return bool(datasets.config.HF_HUB_OFFLINE or constants.HF_HUB_OFFLINE)
+    return hub_offline() or bool(datasets.config.HF_HUB_OFFLINE)
 
 
 def load_hub_beir(name: str, split: str = "test") -> tuple[Queries, Qrels, Any]:
@@ -69,9 +36,8 @@ def load_hub_beir(name: str, split: str = "test") -> tuple[Queries, Qrels, Any]:
                            + _ADVICE) from None
     offline = _offline_mode()
     if not offline and not hub_reachable():
-        host, port = _probe_address()
-        raise DatasetError(f"could not load dataset {name!r} from the Hugging Face hub: offline / unreachable "
-                           f"(no connection to {host}:{port} within {PROBE_TIMEOUT_S:g} s); " + _ADVICE)
+        raise DatasetError(f"could not load dataset {name!r} from the Hugging Face hub: offline / "
+                           f"{hub_unavailable_reason()}; " + _ADVICE)
     qrels_name, qrels_config = (f"{name}-qrels", None) if name.startswith("BeIR/") else (name, "default")
     try:
         corpus = datasets.load_dataset(name, "corpus", split="corpus")

@@ -149,3 +149,39 @@ def hybrid_system(bm25: SystemRun, dense: SystemRun, k: float, depth: int) -> Sy
             timings.add("encode", dense.timings.stages["encode"][i])
             timings.add("search", dense.timings.stages["search"][i] + bm25.timings.stages["search"][i] + fuse_s)
     return SystemRun(run, timings if timings.stages else None)
+
+
+#: the lever options a system name may carry after "/" (``dense+rerank@100/prf=3:0.5/tokens=idf/fusion=rrf``),
+#: as the keyword arguments of ``Engine.search`` they become
+LEVER_OPTIONS = {"prf": "prf", "tokens": "query_tokens", "fusion": "fusion"}
+
+
+def parse_levers(text: str) -> dict[str, str]:
+    """``prf=K:B/tokens=SPEC/fusion=SPEC`` (any subset, "/"-separated) -> ``Engine.search`` keyword arguments;
+    ValueError naming the unknown or malformed part (the values are checked by the engine)."""
+    out: dict[str, str] = {}
+    for part in filter(None, text.split("/")):
+        key, eq, value = part.partition("=")
+        if not eq or key not in LEVER_OPTIONS or not value:
+            raise ValueError(f"lever option {part!r}: expected prf=K[:BETA], tokens=SPEC or fusion=SPEC")
+        out[LEVER_OPTIONS[key]] = value
+    return out
+
+
+def lever_system(engine, queries: Queries, depth: int, rerank: bool, options: Mapping[str, str], *,
+                 progress: bool = False, label: str = "levers") -> SystemRun:
+    """One ``Engine.search`` per query with the lever ``options`` (k = `depth`, all `depth` reranked when `rerank`);
+    the run lists the top `depth` in the engine's order, and the engine's stage timings are kept."""
+    qids = list(queries)
+    k = max(1, min(depth, len(engine.collection)))
+    engine.search(queries[qids[0]], k=k, top_n=k, rerank=rerank, **options)  # warm-up
+    run: Run = {}
+    timings = StageTimings()
+    for qid in _progress(qids, label, progress):
+        result = engine.search(queries[qid], k=k, top_n=k, rerank=rerank, **options)
+        timings.add("encode", result.timings.encode_s)
+        timings.add("search", result.timings.search_s)
+        if rerank:
+            timings.add("rerank", result.timings.rerank_s)
+        run[qid] = {hit.doc_id: float(len(result.hits) - i) for i, hit in enumerate(result.hits)}  # the engine's order
+    return SystemRun(run, timings)

@@ -16,16 +16,18 @@ import threading
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .atomic import atomic_write_json, is_temp_file
 from .document_store import DocumentStore, UpsertResult
+from .token_df import TokenDF
 from .token_store import TokenStore
 from .documents import Document
 from .errors import CollectionError
-from .vector_index import VectorIndex, resolve_factory
+from .protocols import VectorIndexLike
+from .vector_index import resolve_factory, vector_index_class
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class Manifest:
     normalized: bool = True
     index_type: str = "auto"
     factory: str = "Flat"
+    vector_index: str = "faiss"  # the implementation (indexes.vector_index.VECTOR_INDEXES); absent in old manifests
     document_count: int = 0
     vector_count: int = 0
     generation: int = 0
@@ -99,7 +102,7 @@ def _now() -> str:
 class Collection:
     """Documents, their embeddings and a FAISS index over them, in one directory. Use :meth:`create` or :meth:`open`."""
 
-    def __init__(self, path: Path, manifest: Manifest, store: DocumentStore, index: VectorIndex):
+    def __init__(self, path: Path, manifest: Manifest, store: DocumentStore, index: VectorIndexLike):
         self.path = path
         self.manifest = manifest
         self.store = store
@@ -115,6 +118,8 @@ class Collection:
         self.token_store: TokenStore | None = None
         if manifest.extra.get("token_store"):
             self.token_store = TokenStore(store, encoding=manifest.extra["token_store"]["encoding"])
+        #: document frequency per token id (MaxSim's IDF query weights), kept beside the token store by upsert/delete
+        self.token_df: TokenDF | None = TokenDF(store) if self.token_store is not None else None
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -136,6 +141,7 @@ class Collection:
         extra: dict[str, Any] | None = None,
         overwrite: bool = False,
         store_tokens: bool | str = False,
+        vector_index: str = "faiss",
     ) -> "Collection":
         """A new, empty collection. Refuses a directory holding other files, and an existing collection unless overwrite."""
         path = Path(path)
@@ -154,7 +160,7 @@ class Collection:
             for child in path.iterdir():
                 child.unlink()
         try:
-            index = VectorIndex.create(dimension, index_type, expected_size)
+            index = vector_index_class(vector_index).create(dimension, index_type, expected_size)
         except ValueError as err:
             raise CollectionError(str(err)) from None
         path.mkdir(parents=True, exist_ok=True)
@@ -168,6 +174,7 @@ class Collection:
             normalized=normalized,
             index_type=index_type,
             factory=index.factory,
+            vector_index=vector_index,
             generation=store.generation,
             created_at=now,
             updated_at=now,
@@ -191,6 +198,10 @@ class Collection:
         if not manifest_path.is_file():
             raise CollectionError(f"{path} is not a collection: {MANIFEST} is missing")
         manifest = cls._read_manifest(manifest_path)
+        try:
+            index_class = vector_index_class(manifest.vector_index)
+        except CollectionError as err:
+            raise CollectionError(f"{manifest_path}: field 'vector_index': {err}") from None
         if not (path / DOCUMENTS).is_file():
             raise CollectionError(f"{path} is damaged: {DOCUMENTS} is missing")
         for child in path.iterdir():  # temp files an interrupted atomic write left behind
@@ -200,7 +211,7 @@ class Collection:
         generation = store.generation
         reason = None
         try:
-            index = VectorIndex.load(path / VECTORS)
+            index = index_class.load(path / VECTORS)
             if index.dimension != manifest.dimension:
                 reason = f"index dimension {index.dimension} differs from the manifest's {manifest.dimension}"
             elif index.generation != generation or manifest.generation != generation:
@@ -236,12 +247,14 @@ class Collection:
 
     # ------------------------------------------------------------------ writes
     def upsert(
-        self, docs: Sequence[Document], embeddings: np.ndarray, tokens: Sequence[np.ndarray] | None = None
+        self, docs: Sequence[Document], embeddings: np.ndarray, tokens: Sequence[np.ndarray] | None = None,
+        terms: Sequence[np.ndarray] | None = None,
     ) -> UpsertResult:
         """Store documents and their vectors (committed to SQLite at once); an existing id is replaced.
 
         With a token store, ``tokens`` (one array per document) are written in the same transaction; without them the
-        documents' old tokens are dropped, so MaxSim encodes them on the fly rather than reading stale ones."""
+        documents' old tokens are dropped, so MaxSim encodes them on the fly rather than reading stale ones. ``terms``
+        (each document's content token ids) update the token document frequencies in that transaction too."""
         docs = list(docs)
         embeddings = self._check_vectors(embeddings, "embeddings")
         if len(embeddings) != len(docs):
@@ -252,6 +265,8 @@ class Collection:
             return UpsertResult()
         if tokens is not None and len(tokens) != len(docs):
             raise ValueError(f"{len(docs)} documents but {len(tokens)} token arrays")
+        if terms is not None and len(terms) != len(docs):
+            raise ValueError(f"{len(docs)} documents but {len(terms)} token id arrays")
         with self._lock:
             with self.store.transaction():
                 result = self.store.upsert(docs, embeddings)
@@ -259,6 +274,10 @@ class Collection:
                     self.token_store.put_many([d.id for d in docs], tokens)
                 elif self.token_store is not None:
                     self.token_store.delete([d.id for d in docs])
+                if self.token_df is not None and terms is not None:
+                    self.token_df.put_many([d.id for d in docs], terms)
+                elif self.token_df is not None:  # counted again by TokenDF.rebuild when next needed
+                    self.token_df.delete([d.id for d in docs])
             self._count += len(result.added)
             try:
                 if result.replaced:
@@ -276,6 +295,8 @@ class Collection:
                 internal_ids, missing = self.store.delete(doc_ids)
                 if self.token_store is not None:
                     self.token_store.delete(doc_ids)
+                if self.token_df is not None:
+                    self.token_df.delete(doc_ids)
             self._count -= len(internal_ids)
             try:
                 self.index.remove(np.asarray(internal_ids, dtype=np.int64))
@@ -314,7 +335,7 @@ class Collection:
         with self._lock:
             if index_type is not None:
                 try:
-                    factory = VectorIndex.create(self.manifest.dimension, index_type, self.store.count()).factory
+                    factory = vector_index_class(self.manifest.vector_index).create(self.manifest.dimension, index_type, self.store.count()).factory
                 except ValueError as err:
                     raise CollectionError(str(err)) from None
                 self.manifest.index_type = index_type
@@ -326,7 +347,7 @@ class Collection:
 
     def _rebuild_index(self, factory: str) -> None:
         try:
-            index = VectorIndex.create(self.manifest.dimension, factory)
+            index = vector_index_class(self.manifest.vector_index).create(self.manifest.dimension, factory)
         except ValueError as err:
             raise CollectionError(f"{self.path}: {err}") from None
         index.index_type = self.manifest.index_type
@@ -377,6 +398,14 @@ class Collection:
     def get(self, doc_ids: Sequence[str]) -> list[Document | None]:
         """Documents in the order asked; None for an id not in the collection."""
         return self.store.get(list(doc_ids))
+
+    def embeddings_of(self, doc_ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of these documents, in order (KeyError for an id not in the collection)."""
+        return self.store.embeddings_by_doc_id(list(doc_ids))
+
+    def iter_documents(self) -> Iterator[Document]:
+        """Every document, in the order they were stored."""
+        return self.store.iter_documents()
 
     def get_many_by_internal(self, internal_ids: Sequence[int]) -> list[Document | None]:
         return self.store.get_by_internal(list(internal_ids))

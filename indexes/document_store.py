@@ -214,6 +214,29 @@ class DocumentStore:
             return np.empty((0, dimension), dtype=np.float32)
         return np.frombuffer(b"".join(rows[i][0] for i in ids), dtype=np.float32).reshape(len(ids), -1).copy()
 
+    def embeddings_by_doc_id(self, doc_ids: Sequence[str]) -> np.ndarray:
+        """Stored vectors for the given doc ids, in order (KeyError for a doc id not stored)."""
+        found = self._internal_ids_of([str(d) for d in doc_ids])
+        missing = [d for d in doc_ids if str(d) not in found]
+        if missing:
+            raise KeyError(f"doc ids not stored: {missing[:5]}")
+        return self.embeddings([found[str(d)] for d in doc_ids])
+
+    def iter_documents(self, batch: int = 1_000) -> Iterator[Document]:
+        """Every document in internal-id order, ``batch`` rows per read."""
+        last = -1
+        while True:
+            with self._lock:
+                rows = self._con.execute(
+                    "SELECT internal_id, doc_id, text, title, metadata FROM docs WHERE internal_id > ? "
+                    "ORDER BY internal_id LIMIT ?",
+                    (last, batch),
+                ).fetchall()
+            if not rows:
+                return
+            yield from (_document(row[1:]) for row in rows)
+            last = int(rows[-1][0])
+
     def iter_embeddings(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All ``(internal_ids, vectors)`` in id order, ``batch`` at a time, without holding a read open between batches."""
         last = -1

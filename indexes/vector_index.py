@@ -490,3 +490,18 @@ def _faiss_reason(err: BaseException) -> str:
     """The useful tail of a FAISS C++ error ("Error in <signature> at <file>:<line>: Error: 'x' failed")."""
     text = " ".join(str(err).split())
     return text.rsplit("Error: ", 1)[-1] if "Error: " in text else text.rsplit(": ", 1)[-1] or type(err).__name__
+
+
+#: vector index implementations by the name a collection's manifest records (``vector_index``); FAISS is the one
+#: shipped. Another implementation (see ``indexes.protocols.VectorIndexLike``) registers here under its own name.
+VECTOR_INDEXES: dict[str, type[VectorIndex]] = {"faiss": VectorIndex}
+
+
+def vector_index_class(name: str) -> type[VectorIndex]:
+    """The implementation a manifest names; an unknown name is a CollectionError listing the known ones."""
+    try:
+        return VECTOR_INDEXES[name]
+    except KeyError:
+        raise CollectionError(
+            f"unknown vector index {name!r} (this version has {', '.join(sorted(VECTOR_INDEXES))})"
+        ) from None

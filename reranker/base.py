@@ -70,9 +70,10 @@ class Reranker(ABC):
         query: str,
         documents: Sequence[str],
         top_k: int | None = None,
-        return_documents: bool = True,
+        return_documents: bool = False,
     ) -> list[dict[str, Any]]:
-        """Same shape as sentence-transformers' ``CrossEncoder.rank``: ``[{"corpus_id", "score", "text"}]``."""
+        """Same shape and defaults as sentence-transformers' ``CrossEncoder.rank``: ``[{"corpus_id", "score"}]``, plus
+        ``"text"`` with ``return_documents=True``; scores are raw (the library's with ``activation_fn=Identity()``)."""
         scores = self.score(query, list(documents)) if documents else np.zeros(0)
         order = np.argsort(-scores, kind="stable")
         if top_k is not None:

@@ -35,6 +35,7 @@ class CrossEncoderReranker(Reranker):
         max_length: int | None = None,
         activation: Literal["none", "sigmoid"] = "none",
         backend: str | None = "torch",
+        threads: int | None = None,
     ):
         if activation not in ("none", "sigmoid"):
             raise ValueError(f"activation must be 'none' or 'sigmoid', got {activation!r}")
@@ -50,7 +51,7 @@ class CrossEncoderReranker(Reranker):
         self.max_length = _effective_max_length(self.tokenizer, self.model, max_length)
         self.device = next(self.model.parameters()).device
         self.backend = resolve_backend(backend, str(self.device))
-        configure_threads()
+        configure_threads(threads)
         self.runtime = cross_encoder_runtime(self.cross_encoder, self.backend, self.max_length)
         self._lock = threading.Lock()
 

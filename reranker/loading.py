@@ -1,50 +1,140 @@
-"""Turn the user's ``--reranker`` choice into a reranker, falling back to MaxSim only for the implicit default."""
+"""Turn a reranker spec string into a reranker through a registry of kinds, falling back to MaxSim only for the
+implicit default.
+
+Specs: ``none`` (no second stage), ``maxsim`` (late interaction over the collection's bi-encoder),
+``cross-encoder:NAME|PATH``, and a bare hub id or directory, which is a cross-encoder too. A new kind is one
+:func:`register_reranker` call; ``--reranker KIND:ARG`` then reaches it from the CLI, the server and eval.
+"""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from .base import Reranker, RerankerLoadError
 from .cross_encoder import DEFAULT_RERANKER, CrossEncoderReranker
 from .maxsim import MaxSimReranker, TokenStore
 from .resolve import OFFLINE
 
+#: the spec of the implicit default: the default cross-encoder, or MaxSim when that cannot be loaded
+DEFAULT_SPEC = "default"
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What a reranker kind may need besides its argument: the collection's bi-encoder and token store, and how
+    models run (from the engine's RuntimeConfig)."""
+
+    encoder: Any = None
+    token_store: TokenStore | None = None
+    device: str = "cpu"
+    batch_size: int = 32
+    max_length: int | None = None
+    backend: str | None = "torch"
+    threads: int | None = None
+
+
+#: builds a reranker (None: no second stage) from the spec's argument (the text after ``KIND:``, may be empty)
+RerankerFactory = Callable[[str, LoadContext], "Reranker | None"]
+_KINDS: dict[str, RerankerFactory] = {}
+
+
+def register_reranker(kind: str, factory: RerankerFactory) -> None:
+    """Make ``KIND`` and ``KIND:ARG`` specs build ``factory(ARG, context)``; registering a kind again replaces it."""
+    _KINDS[kind.strip().lower()] = factory
+
+
+def reranker_kinds() -> list[str]:
+    """The registered kinds, for help texts and error messages."""
+    return sorted(_KINDS)
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``(kind, argument)`` of a spec: ``KIND`` or ``KIND:ARG`` for a registered kind, else a cross-encoder name/path."""
+    text = spec.strip()
+    if text.lower() == DEFAULT_SPEC:
+        return "cross-encoder", DEFAULT_RERANKER
+    kind, sep, arg = text.partition(":")
+    if kind.strip().lower() in _KINDS:
+        return kind.strip().lower(), arg.strip() if sep else ""
+    return "cross-encoder", text
+
+
+def is_implicit_default(spec: Any) -> bool:
+    """The one rule on fallbacks: only the default the user did not choose (``default`` or the default
+    cross-encoder's id, as the CLI fills it in) may fall back to MaxSim; anything the user named may not."""
+    return isinstance(spec, str) and spec.strip() in (DEFAULT_SPEC, DEFAULT_RERANKER)
+
 
 def load_reranker(
     spec: str | None,
     *,
     encoder: Any = None,
-    explicit: bool,
+    explicit: bool | None = None,
     device: str = "cpu",
     batch_size: int = 32,
     max_length: int | None = None,
     token_store: TokenStore | None = None,
     backend: str | None = "torch",
+    threads: int | None = None,
 ) -> tuple[Reranker | None, str | None]:
-    """``(reranker or None, one-line notice or None)`` for ``spec``: None/"none" (no second stage), "maxsim", or a
-    cross-encoder directory / hub id.
+    """``(reranker or None, one-line notice or None)`` for ``spec`` (None: no second stage).
 
-    ``backend`` runs a cross-encoder on torch, ONNX Runtime or OpenVINO (MaxSim follows the bi-encoder's backend).
-    Only when ``spec`` is the default cross-encoder, the user did not ask for it (``explicit=False``) and it cannot be
-    loaded, this falls back to MaxSim over ``encoder`` and says so in the notice; otherwise it raises RerankerLoadError.
-    """
-    if spec is None or spec.strip().lower() == "none":
+    ``backend``/``device``/``threads`` run a cross-encoder (MaxSim follows the bi-encoder). Only when ``spec`` is the
+    implicit default (``explicit`` None: decided by :func:`is_implicit_default`) and the default cross-encoder cannot
+    be loaded, this falls back to MaxSim over ``encoder`` and says so in the notice; otherwise RerankerLoadError."""
+    if spec is None:
         return None, None
-    if spec.strip().lower() == "maxsim":
-        if encoder is None:
-            raise RerankerLoadError(
-                "reranker: --reranker maxsim needs the collection's bi-encoder, and none was given",
-                reason="no bi-encoder for maxsim",
-            )
-        return MaxSimReranker(encoder, token_store=token_store, batch_size=batch_size), None
+    context = LoadContext(encoder, token_store, device, batch_size, max_length, backend, threads)
+    kind, arg = parse_spec(spec)
     try:
-        reranker = CrossEncoderReranker(spec, device=device, batch_size=batch_size, max_length=max_length, backend=backend)
-        return reranker, None
+        return _KINDS[kind](arg, context), None
     except RerankerLoadError as error:
-        if explicit or spec != DEFAULT_RERANKER or encoder is None:
+        implicit = is_implicit_default(spec) if explicit is None else not explicit
+        if not implicit or (kind, arg) != ("cross-encoder", DEFAULT_RERANKER) or encoder is None:
             raise
         why = "is not available offline" if error.reason == OFFLINE else f"cannot be loaded ({error.reason})"
         notice = (
-            f"reranker: {spec} {why}; using late-interaction MaxSim over the bi-encoder instead "
+            f"reranker: {DEFAULT_RERANKER} {why}; using late-interaction MaxSim over the bi-encoder instead "
             "(pass --reranker PATH to use a cross-encoder)"
         )
-        return MaxSimReranker(encoder, token_store=token_store, batch_size=batch_size), notice
+        return _maxsim("", context), notice
+
+
+def _none(arg: str, context: LoadContext) -> None:
+    """``none``: no second stage."""
+    _no_argument("none", arg)
+    return None
+
+
+def _maxsim(arg: str, context: LoadContext) -> MaxSimReranker:
+    """``maxsim``: late interaction over the collection's bi-encoder, reading its token store when there is one."""
+    _no_argument("maxsim", arg)
+    if context.encoder is None:
+        raise RerankerLoadError(
+            "reranker: --reranker maxsim needs the collection's bi-encoder, and none was given",
+            reason="no bi-encoder for maxsim",
+        )
+    return MaxSimReranker(context.encoder, token_store=context.token_store, batch_size=context.batch_size)
+
+
+def _cross_encoder(arg: str, context: LoadContext) -> CrossEncoderReranker:
+    """``cross-encoder:NAME|PATH`` (or the bare name/path)."""
+    if not arg:
+        raise RerankerLoadError(
+            "reranker: an empty cross-encoder name; pass --reranker cross-encoder:NAME|PATH, maxsim or none",
+            reason="empty name",
+        )
+    return CrossEncoderReranker(
+        arg, device=context.device, batch_size=context.batch_size, max_length=context.max_length,
+        backend=context.backend, threads=context.threads,
+    )
+
+
+def _no_argument(kind: str, arg: str) -> None:
+    if arg:
+        raise RerankerLoadError(f"reranker: {kind} takes no argument (got {kind}:{arg})", reason="bad spec")
+
+
+register_reranker("none", _none)
+register_reranker("maxsim", _maxsim)
+register_reranker("cross-encoder", _cross_encoder)

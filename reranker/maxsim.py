@@ -9,6 +9,8 @@ so scores from a precomputed token store equal scores computed on the fly.
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -21,7 +23,39 @@ from .base import Candidate, Reranked, Reranker, _sorted
 #: float32 from a compressed store such as ``indexes.token_store.TokenStore.get``), or None
 TokenStore = Callable[[str], "np.ndarray | None"]
 
+#: token ids -> one positive weight per id (``indexes.token_df.TokenDF.idf`` over a collection)
+TokenWeights = Callable[[np.ndarray], np.ndarray]
+
 _CHUNK = 256  # passages scored per padded matmul
+WEIGHTINGS = ("idf",)
+
+
+@dataclass(frozen=True)
+class QueryTokens:
+    """Which query tokens MaxSim sums over and with what weight: ``weighting`` None (each counts 1) or "idf" (each
+    content token's IDF in the collection, scaled to mean 1), and whether [CLS]/[SEP] count too (weight 1)."""
+
+    weighting: str | None = None
+    special: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weighting is not None and self.weighting not in WEIGHTINGS:
+            raise ValueError(f"query token weighting must be one of {', '.join(WEIGHTINGS)} (got {self.weighting!r})")
+
+    @property
+    def label(self) -> str:
+        return "+".join(([self.weighting] if self.weighting else []) + (["special"] if self.special else [])) or "plain"
+
+    @classmethod
+    def parse(cls, spec: "str | QueryTokens") -> "QueryTokens":
+        """``plain``, ``idf``, ``special`` or ``idf+special``; ValueError naming the spec."""
+        if isinstance(spec, QueryTokens):
+            return spec
+        parts = {p for p in str(spec).strip().lower().split("+") if p}
+        unknown = parts - {"plain", "special", *WEIGHTINGS}
+        if unknown or not parts:
+            raise ValueError(f"query tokens {spec!r}: expected plain, idf, special or idf+special")
+        return cls(weighting="idf" if "idf" in parts else None, special="special" in parts)
 
 
 class MaxSimReranker(Reranker):
@@ -37,6 +71,19 @@ class MaxSimReranker(Reranker):
         self.truncated = 0
         self.max_length = int(getattr(self.model, "max_seq_length", None) or 512)
         self._special_ids = torch.tensor(sorted(set(self.model.tokenizer.all_special_ids)), dtype=torch.long)
+        self.query_tokens = QueryTokens()
+        self.token_weights: TokenWeights | None = None
+
+    def with_query_tokens(self, query_tokens: QueryTokens | str, token_weights: TokenWeights | None = None
+                          ) -> "MaxSimReranker":
+        """A copy (sharing the model) that sums over the query tokens ``query_tokens`` says; "idf" needs
+        ``token_weights`` (token ids -> IDF)."""
+        query_tokens = QueryTokens.parse(query_tokens)
+        if query_tokens.weighting and token_weights is None:
+            raise ValueError(f"query token weighting {query_tokens.weighting!r} needs the collection's token statistics")
+        other = copy.copy(self)
+        other.query_tokens, other.token_weights = query_tokens, token_weights
+        return other
 
     @property
     def device(self) -> torch.device:
@@ -56,7 +103,7 @@ class MaxSimReranker(Reranker):
         """Scores for several queries: all queries in one encode call, all passages in another."""
         if len(queries) != len(texts_per_query):
             raise ValueError("score_batch needs one list of texts per query")
-        query_vectors, _ = self._encode(queries)
+        query_vectors = self._encode_queries(queries)
         passages = self._passages([t for texts in texts_per_query for t in texts], None)
         out, start = [], 0
         for q, texts in zip(query_vectors, texts_per_query):
@@ -76,7 +123,7 @@ class MaxSimReranker(Reranker):
         """Like :meth:`score_batch`, but passages found in ``token_store`` (by doc id) are not re-encoded."""
         if len(queries) != len(candidates_per_query):
             raise ValueError("score_candidates needs one list of candidates per query")
-        query_vectors, _ = self._encode(queries)
+        query_vectors = self._encode_queries(queries)
         flat = [c for candidates in candidates_per_query for c in candidates]
         passages = self._passages([c.text for c in flat], [c.doc_id for c in flat])
         out, start = [], 0
@@ -113,6 +160,28 @@ class MaxSimReranker(Reranker):
             return None
         return None if array is None or len(array) == 0 else array
 
+    def _encode_queries(self, queries: Sequence[str]) -> list[torch.Tensor]:
+        """Query token vectors, each scaled by its weight (sum_i w_i max_j q_i.d_j = sum_i max_j (w_i q_i).d_j)."""
+        if self.query_tokens == QueryTokens():
+            return self._encode(queries)[0]
+        outputs = self.model.encode(list(queries), output_value=None, batch_size=self.batch_size,
+                                    show_progress_bar=False)
+        vectors = []
+        for out in outputs:
+            attended = out["attention_mask"].bool()
+            special = torch.isin(out["input_ids"], self._special_ids.to(out["input_ids"].device))
+            keep = attended if self.query_tokens.special or not (attended & ~special).any() else attended & ~special
+            tokens = F.normalize(out["token_embeddings"][keep].float(), dim=-1)
+            content = ~special[keep]
+            if self.query_tokens.weighting and content.any():
+                ids = out["input_ids"][keep][content].cpu().numpy()
+                weights = torch.ones(len(tokens), dtype=tokens.dtype, device=tokens.device)
+                idf = torch.as_tensor(np.asarray(self.token_weights(ids), dtype=np.float32))  # type: ignore[misc]
+                weights[content] = (idf / idf.mean()).to(tokens.device) if float(idf.mean()) > 0 else 1.0
+                tokens = tokens * weights[:, None]
+            vectors.append(tokens)
+        return vectors
+
     def _encode(self, texts: Sequence[str]) -> tuple[list[torch.Tensor], int]:
         """Unit-length content-token vectors (float32) per text, and how many texts reached the length limit."""
         if not texts:
@@ -138,6 +207,16 @@ def encode_with_tokens(encoder: Any, texts: Sequence[str]) -> tuple[np.ndarray, 
         vectors = F.normalize(vectors, dim=-1)
     tokens, _ = _content_tokens(outputs, reranker._special_ids, reranker.max_length)
     return vectors.cpu().numpy().astype(np.float32), [t.half().cpu().numpy() for t in tokens]
+
+
+def content_token_ids(encoder: Any, texts: Sequence[str]) -> list[np.ndarray]:
+    """Per text, the token ids MaxSim keeps for it (truncated as encoding truncates, special tokens dropped): what
+    a collection counts for its token document frequencies. Tokenises only; no forward pass."""
+    model = _sentence_transformer(encoder)
+    limit = int(getattr(model, "max_seq_length", None) or 512)
+    special = set(model.tokenizer.all_special_ids)
+    ids = model.tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"] if texts else []
+    return [np.array([t for t in row if t not in special], dtype=np.int64) for row in ids]
 
 
 def _content_tokens(outputs: list[dict], special_ids: torch.Tensor, max_length: int) -> tuple[list[torch.Tensor], int]:

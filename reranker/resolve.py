@@ -1,4 +1,5 @@
-"""Find and load a sentence-transformers ``CrossEncoder``: local directory, then the local HF cache, then the hub if reachable.
+"""Load a sentence-transformers ``CrossEncoder`` from where the runtime's resolver finds it (local directory, local HF
+cache, the hub only when reachable), and refuse what is not a single-score cross-encoder.
 
 Every failure becomes one ``RerankerLoadError`` line saying what failed and what to pass instead, never a traceback,
 and an offline machine gets its answer in about two seconds instead of minutes of download retries.
@@ -10,8 +11,10 @@ import os
 from pathlib import Path
 from typing import Any, NoReturn
 
+from twostage.runtime.hub import hub_unavailable_reason
+from twostage.runtime.models import ModelLoadError, resolve_model
+
 from .base import RerankerLoadError
-from twostage.runtime.hub import hub_offline_env, hub_reachable
 
 INSTEAD = "pass --reranker PATH (a local cross-encoder directory), --reranker maxsim, or --no-rerank"
 NOT_LOCAL = "not found locally (no such directory, not in the Hugging Face cache)"
@@ -20,7 +23,10 @@ OFFLINE = "not available offline"
 
 
 def load_cross_encoder(name_or_path: str, *, device: str = "cpu", max_length: int | None = None) -> Any:
-    """Load ``name_or_path`` as a single-score ``CrossEncoder`` or raise ``RerankerLoadError``."""
+    """Load ``name_or_path`` as a single-score ``CrossEncoder`` or raise ``RerankerLoadError``.
+
+    Where it comes from is ``runtime.models.resolve_model``'s answer (a directory, the local HF cache, or the hub only
+    when reachable); a local directory is first checked for being a cross-encoder at all."""
     spec = str(name_or_path)
     path = Path(spec).expanduser()
     if path.exists():
@@ -29,28 +35,19 @@ def load_cross_encoder(name_or_path: str, *, device: str = "cpu", max_length: in
         if not (path / "config.json").is_file():
             _fail(spec, "not a cross-encoder directory (no config.json)", "not a model directory")
         _check_architectures(spec, _saved_architectures(path / "config.json"))
-        model = _try_load(str(path), device, max_length, local_files_only=True)
-        if isinstance(model, Exception):
-            reason = f"not a valid cross-encoder directory ({_one_line(model)})"
-            _fail(spec, reason, reason)
-        return _checked(spec, model)
-    if _looks_like_path(spec):
+    elif _looks_like_path(spec):
         _fail(spec, "no such directory", "no such directory")
-
-    if _in_hf_cache(spec):
-        model = _try_load(spec, device, max_length, local_files_only=True)
-        if isinstance(model, Exception):
-            reason = f"its copy in the local Hugging Face cache cannot be loaded ({_one_line(model)})"
-            _fail(spec, reason, reason)
-        return _checked(spec, model)
-
-    if hub_offline_env():
-        _fail(spec, f"{NOT_LOCAL} and offline mode is set (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE)", OFFLINE)
-    if not hub_reachable():
-        _fail(spec, f"{NOT_LOCAL} and the Hugging Face hub is unreachable", OFFLINE)
-    model = _try_load(spec, device, max_length, local_files_only=False)
+    try:
+        resolved = resolve_model(spec, kind="cross-encoder")
+    except ModelLoadError:
+        _fail(spec, f"{NOT_LOCAL} and the Hugging Face hub is {hub_unavailable_reason()}", OFFLINE)
+    model = _try_load(resolved.source, device, max_length, local_files_only=resolved.origin != "hub")
     if isinstance(model, Exception):
-        reason = f"download from the Hugging Face hub failed ({_one_line(model)})"
+        reason = {
+            "local-dir": "not a valid cross-encoder directory",
+            "hf-cache": "its copy in the local Hugging Face cache cannot be loaded",
+        }.get(resolved.origin, "download from the Hugging Face hub failed")
+        reason = f"{reason} ({_one_line(model)})"
         _fail(spec, reason, reason)
     return _checked(spec, model)
 
@@ -100,17 +97,6 @@ def _fail(spec: str, detail: str, reason: str) -> NoReturn:
 def _looks_like_path(spec: str) -> bool:
     """A spec that can only be a filesystem path (a hub id is ``name`` or ``org/name``)."""
     return spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1 or os.path.isabs(spec)
-
-
-def _in_hf_cache(repo_id: str) -> bool:
-    """True when the local Hugging Face cache holds this repo's ``config.json`` (no network)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:  # an id the hub would reject (bad characters, ...) is simply not cached
-        return False
-    return isinstance(found, str)
 
 
 def _one_line(exc: BaseException) -> str:

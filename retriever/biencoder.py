@@ -64,9 +64,10 @@ class BiEncoder:
         query_prompt: str | None = None,
         document_prompt: str | None = None,
         backend: str | None = "torch",
+        threads: int | None = None,
     ):
         self.backend = resolve_backend(backend, device)
-        configure_threads()
+        configure_threads(threads)
         resolved = resolve_model(model_name_or_path, kind="bi-encoder")
         self.name = resolved.name
         self.source = resolved.source

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from twostage.runtime.config import cache_root
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
     fingerprint TEXT NOT NULL,
@@ -26,9 +28,8 @@ _CHUNK = 500  # ids per IN (...) query, well under SQLite's bound-parameter limi
 
 
 def default_cache_path() -> Path:
-    """``$TWOSTAGE_CACHE_DIR/embeddings.sqlite``, else ``~/.cache/twostage/embeddings.sqlite``."""
-    root = os.environ.get("TWOSTAGE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "twostage")
-    return Path(root) / "embeddings.sqlite"
+    """``<cache root>/embeddings.sqlite`` (``$TWOSTAGE_CACHE_DIR``, else ``~/.cache/twostage``)."""
+    return cache_root() / "embeddings.sqlite"
 
 
 class EmbeddingCache:

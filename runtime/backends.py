@@ -120,18 +120,28 @@ def physical_cores() -> int:
     return max(1, min(usable, physical))
 
 
-def configure_threads() -> int:
-    """At most one intra-op thread per physical core for torch (the runtimes get exactly that many), tokenizers
-    single-threaded; returns the core count.
+#: threads asked for with ``RuntimeConfig.threads`` (``--threads``); None = one per physical core. Process-wide, as
+#: torch's intra-op pool is.
+_THREADS: int | None = None
 
-    More threads than cores (hyper-threads, a container seeing the host's cores) only contend; a lower torch setting
-    made on purpose is kept. Tokenisation runs between forward passes or in other request threads, where its own
-    thread pool would compete with the model's; ``TOKENIZERS_PARALLELISM`` set by the user wins.
+
+def configure_threads(threads: int | None = None) -> int:
+    """Intra-op threads for torch and the runtimes: ``threads`` when given (remembered for later calls), else at most
+    one per physical core; tokenizers single-threaded. Returns the thread count.
+
+    More threads than cores (hyper-threads, a container seeing the host's cores) only contend; without an explicit
+    count a lower torch setting made on purpose is kept. Tokenisation runs between forward passes or in other request
+    threads, where its own thread pool would compete with the model's; ``TOKENIZERS_PARALLELISM`` set by the user wins.
     """
     import torch
 
-    cores = physical_cores()
-    if torch.get_num_threads() > cores:
+    global _THREADS
+    if threads is not None:
+        _THREADS = int(threads)
+    cores = _THREADS or physical_cores()
+    if _THREADS is not None and torch.get_num_threads() != cores:
+        torch.set_num_threads(cores)
+    elif torch.get_num_threads() > cores:
         torch.set_num_threads(cores)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return cores

@@ -2,9 +2,22 @@
 or the Python API and handed to the engine, so every stage runs with the same settings."""
 from __future__ import annotations
 
+import argparse
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 DEVICES = ("cpu", "cuda", "auto")
+
+
+def cache_root() -> Path:
+    """``$TWOSTAGE_CACHE_DIR``, else ``~/.cache/twostage``: where exported models, cached embeddings and eval's
+    collections live (read at call time, so tests can point it elsewhere)."""
+    return Path(os.environ.get("TWOSTAGE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "twostage"))
+
+
+class RuntimeConfigError(ValueError):
+    """A device/backend/batch-size/threads setting that cannot work; its message is one line for the user."""
 
 
 def check_device(device: str) -> str:
@@ -14,7 +27,7 @@ def check_device(device: str) -> str:
         return name
     if name.startswith("cuda:") and name[5:].isdigit():
         return name
-    raise ValueError(f"unknown device {device!r}: choose cpu, cuda, cuda:N or auto")
+    raise RuntimeConfigError(f"unknown device {device!r}: choose cpu, cuda, cuda:N or auto")
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -32,7 +45,7 @@ def resolve_device(device: str = "auto") -> str:
     if name == "auto":
         return "cuda" if available else "cpu"
     if not available:
-        raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA device on this machine")
+        raise RuntimeConfigError(f"device {device!r} was asked for, but torch sees no CUDA device on this machine")
     return name
 
 
@@ -49,10 +62,75 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", check_device(self.device))
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+            raise RuntimeConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be at least 1, got {self.threads}")
+            raise RuntimeConfigError(f"threads must be at least 1, got {self.threads}")
 
     def with_(self, **changes: object) -> "RuntimeConfig":
         """A copy with some fields changed (e.g. the backend a collection was built with)."""
         return replace(self, **changes)
+
+    def placement(self) -> tuple[str, str]:
+        """The concrete ``(device, backend)`` new models run with.
+
+        A CPU-only backend (onnx, openvino and their int8 forms) under device ``auto`` runs on the CPU; under an
+        explicit ``cuda`` it is a RuntimeConfigError. With no backend named, the device's default is used."""
+        from twostage.runtime.backends import resolve_backend
+
+        cpu_only = self.backend not in (None, "auto", "torch")
+        device = "cpu" if cpu_only and self.device == "auto" else resolve_device(self.device)
+        if cpu_only and device != "cpu":
+            raise RuntimeConfigError(
+                f"backend {self.backend!r} runs on the CPU only; use --device cpu (or auto), or --backend torch"
+            )
+        return device, resolve_backend(self.backend, device)
+
+
+def runtime_config(runtime: RuntimeConfig | None = None, **shorthands: object) -> RuntimeConfig:
+    """``runtime`` (default ``RuntimeConfig()``) with the shorthand keywords that are not None applied, e.g.
+    ``runtime_config(None, backend="onnx", batch_size=None)``: how the engine accepts ``backend=``/``batch_size=``."""
+    changes = {name: value for name, value in shorthands.items() if value is not None}
+    base = runtime if runtime is not None else RuntimeConfig()
+    return base.with_(**changes) if changes else base
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, *, batch_size: bool = True) -> None:
+    """``--device``, ``--backend``, ``--batch-size`` and ``--threads``: the options every command that runs a model
+    shares (``batch_size=False`` where the command's own ``--batch-size`` means something else, as in training)."""
+    from twostage.runtime.backends import BACKENDS
+
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--device", type=_device_arg, default="auto", metavar="cpu|cuda|cuda:N|auto",
+                       help="where the models run (default auto: cuda when torch sees a GPU, else cpu)")
+    group.add_argument(
+        "--backend",
+        choices=("auto", *BACKENDS),
+        default=None,
+        help="inference backend for both models (default auto: on the CPU openvino when installed, else onnx, else "
+        "torch; torch on a GPU; a collection built with an int8 backend is always searched with it)",
+    )
+    if batch_size:
+        group.add_argument("--batch-size", type=int, default=RuntimeConfig.batch_size,
+                           help=f"texts per encoder / reranker batch (default {RuntimeConfig.batch_size})")
+    group.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="intra-op threads for the models (default one per physical core)")
+
+
+def runtime_from_args(args: argparse.Namespace, *, batch_size: bool = True) -> RuntimeConfig:
+    """The one RuntimeConfig for parsed :func:`add_runtime_arguments` options (a bad value: RuntimeConfigError);
+    ``batch_size=False`` as there."""
+    size = getattr(args, "batch_size", None) if batch_size else None
+    return RuntimeConfig(
+        device=getattr(args, "device", "auto"),
+        backend=getattr(args, "backend", None),
+        batch_size=size if size is not None else RuntimeConfig.batch_size,
+        threads=getattr(args, "threads", None),
+    )
+
+
+def _device_arg(text: str) -> str:
+    """argparse type for ``--device``: a bad name is a usage error naming the choices."""
+    try:
+        return check_device(text)
+    except RuntimeConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from twostage.runtime.config import cache_root
+
 #: bump when the export recipe changes, so older cached exports are rebuilt
 EXPORT_FORMAT = 1
 #: exports run by this process; tests read it to check that a second load reuses the cache
@@ -43,9 +45,8 @@ log = logging.getLogger(__name__)
 
 
 def models_root() -> Path:
-    """``$TWOSTAGE_CACHE_DIR/models``, else ``~/.cache/twostage/models``: beside the embedding cache."""
-    root = os.environ.get("TWOSTAGE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "twostage")
-    return Path(root) / "models"
+    """``<cache root>/models`` (see ``runtime.config.cache_root``): beside the embedding cache."""
+    return cache_root() / "models"
 
 
 def model_file(fingerprint: str, backend: str, task: str) -> Path:

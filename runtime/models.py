@@ -5,17 +5,14 @@ all-MiniLM-L6-v2 copy (default bi-encoder only). Offline, it decides in well und
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-import socket
-import ssl
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
+
+from twostage.runtime.hub import hub_reachable, hub_unavailable_reason
 
 DEFAULT_BI_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -24,7 +21,6 @@ Origin = Literal["local-dir", "hf-cache", "hub", "packaged"]
 
 # The Hub organisation sentence-transformers prepends to a bare model name, per model class.
 _DEFAULT_ORG: dict[str, str] = {"bi-encoder": "sentence-transformers", "cross-encoder": "cross-encoder"}
-_TRUE = {"1", "ON", "YES", "TRUE"}
 
 
 class ModelLoadError(RuntimeError):
@@ -38,47 +34,6 @@ class ResolvedModel:
     source: str
     origin: Origin
     name: str
-
-
-def hub_offline() -> bool:
-    """True when the user forbade Hub access (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``), read at call time."""
-    return any((os.environ.get(var) or "").strip().upper() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def _hub_address() -> tuple[str, int, bool]:
-    """Host, port and whether TLS is spoken, for the Hub endpoint (``HF_ENDPOINT`` honoured)."""
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    tls = url.scheme != "http"
-    return url.hostname or "huggingface.co", url.port or (443 if tls else 80), tls
-
-
-def _probe(host: str, port: int, tls: bool, timeout: float) -> bool:
-    """Connect (and for https finish a TLS handshake, so a proxy that accepts any TCP connection does not count)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            if tls:
-                with ssl.create_default_context().wrap_socket(sock, server_hostname=host):
-                    pass
-        return True
-    except (OSError, ssl.SSLError):
-        return False
-
-
-@functools.lru_cache(maxsize=None)
-def _endpoint_reachable(host: str, port: int, tls: bool, timeout: float) -> bool:
-    """Run the probe in a daemon thread so a hanging DNS lookup cannot exceed ``timeout``; memoised per process."""
-    result: list[bool] = []
-    worker = threading.Thread(target=lambda: result.append(_probe(host, port, tls, timeout)), daemon=True)
-    worker.start()
-    worker.join(timeout)
-    return bool(result and result[0])
-
-
-def hub_reachable(timeout: float = 1.5) -> bool:
-    """Whether the Hugging Face Hub can be contacted: False at once when offline is set, else a short TCP probe."""
-    if hub_offline():
-        return False
-    return _endpoint_reachable(*_hub_address(), timeout)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -141,10 +96,9 @@ def resolve_model(name_or_path: str | os.PathLike[str], *, kind: ModelKind = "bi
         if packaged:
             return ResolvedModel(source=packaged, origin="packaged", name=name)
 
-    why = "offline (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)" if hub_offline() else "unreachable (%s:%d)" % _hub_address()[:2]
     raise ModelLoadError(
         f"{kind} model {raw!r} was not found locally (not a directory, not in the Hugging Face cache) and the "
-        f"Hugging Face Hub is {why}; pass the path of a local directory holding the model instead"
+        f"Hugging Face Hub is {hub_unavailable_reason()}; pass the path of a local directory holding the model instead"
     )
 
 

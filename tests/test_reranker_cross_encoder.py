@@ -1,6 +1,8 @@
 """CrossEncoderReranker against sentence-transformers' own CrossEncoder on a tiny random model (offline, no downloads)."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -74,6 +76,19 @@ def test_rank_has_library_format_and_order(reranker, library):
     np.testing.assert_allclose([row["score"] for row in ours], [row["score"] for row in theirs], atol=1e-5)
     assert all(type(row["corpus_id"]) is int and type(row["score"]) is float for row in ours)
     assert [set(row) for row in reranker.rank(QUERY, TEXTS, return_documents=False)] == [{"corpus_id", "score"}] * 6
+
+
+def test_rank_takes_the_library_defaults(reranker, library):
+    """Called with defaults only, ``rank`` answers as ``CrossEncoder.rank`` does (no texts, every document)."""
+    ours = reranker.rank(QUERY, TEXTS)
+    theirs = library.rank(QUERY, TEXTS, activation_fn=torch.nn.Identity())
+    assert [set(row) for row in ours] == [set(row) for row in theirs] == [{"corpus_id", "score"}] * len(TEXTS)
+    assert [row["corpus_id"] for row in ours] == [row["corpus_id"] for row in theirs]
+    np.testing.assert_allclose([row["score"] for row in ours], [row["score"] for row in theirs], atol=1e-5)
+    ours_defaults = inspect.signature(reranker.rank).parameters
+    theirs_defaults = inspect.signature(library.rank).parameters
+    for name in ("top_k", "return_documents"):
+        assert ours_defaults[name].default == theirs_defaults[name].default, name
 
 
 def test_overlong_passage_is_truncated_counted_and_scored_like_the_library(model_dir, library):

@@ -8,7 +8,7 @@ import time
 import pytest
 from sentence_transformers import SentenceTransformer
 
-import twostage.reranker.resolve
+import twostage.runtime.models
 from twostage.reranker import (
     DEFAULT_RERANKER,
     CrossEncoderReranker,
@@ -52,7 +52,7 @@ def test_default_by_name_offline_fails_fast_with_advice():
 def test_unreachable_hub_without_offline_env_fails_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(twostage.reranker.resolve, "hub_reachable", lambda: False)
+    monkeypatch.setattr(twostage.runtime.models, "hub_reachable", lambda: False)
     start = time.perf_counter()
     with pytest.raises(RerankerLoadError, match="hub is unreachable") as info:
         CrossEncoderReranker("some-org/some-reranker")

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from twostage.training.cross_encoder import ScoredList, TrainSettings
+from twostage.training.common import ScoredList, TrainSettings
 from twostage.training import data as train_data
 from twostage.training.run import TrainOptions, parse_duration, train
 

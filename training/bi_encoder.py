@@ -2,7 +2,7 @@
 
 Contrastive (MultipleNegativesRankingLoss: in-batch negatives plus one mined hard negative per query) or distillation
 (MarginMSELoss on teacher score margins). The trainer plumbing (best checkpoint, resume, time budget) is shared
-with the cross-encoder trainer in ``reranker.training``. A collection is re-encoded with the result by
+with the cross-encoder trainer in ``training.common``. A collection is re-encoded with the result by
 ``twostage index CORPUS --index NEW_DIR --model OUT_DIR``.
 """
 from __future__ import annotations
@@ -12,20 +12,20 @@ from typing import Any, Callable
 
 import numpy as np
 
-from twostage.training.cross_encoder import PRIMARY_METRIC, RankingEvaluator, TrainOutcome, TrainSettings, _callbacks, \
-    run_trainer, training_arguments
+from twostage.training.common import PRIMARY_METRIC, RankingEvaluator, TrainOutcome, TrainSettings, run_trainer, \
+    trainer_callbacks, training_arguments
 
 LOSSES = ("mnrl", "margin-mse")
 
 
-def load_student(base: str) -> Any:
+def load_student(base: str, *, device: str = "cpu") -> Any:
     """The bi-encoder to fine-tune, resolved offline-first like the engine's (the packaged all-MiniLM-L6-v2 default)."""
     from sentence_transformers import SentenceTransformer
 
     from twostage.runtime.models import resolve_model
 
     resolved = resolve_model(base, kind="bi-encoder")
-    return SentenceTransformer(resolved.source, device="cpu", local_files_only=resolved.origin != "hub")
+    return SentenceTransformer(resolved.source, device=device, local_files_only=resolved.origin != "hub")
 
 
 def bi_encoder_scores(model: Any, query: str, texts: list[str]) -> np.ndarray:
@@ -68,8 +68,8 @@ def train_bi_encoder(
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = {"batch_sampler": BatchSamplers.NO_DUPLICATES} if loss_name == "mnrl" else {}
     args = training_arguments(SentenceTransformerTrainingArguments, out_dir, settings,
-                              f"{evaluator.name}_{PRIMARY_METRIC}", extra=extra)
-    budget_cls, log_cls = _callbacks()
+                              f"{evaluator.name}_{PRIMARY_METRIC}", device=model.device.type, extra=extra)
+    budget_cls, log_cls = trainer_callbacks()
     budget = budget_cls(settings.time_budget_s)
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=make_loss(model, loss_name),

@@ -1,125 +1,16 @@
-"""Fine-tune a cross-encoder on sentence-transformers' training stack (CrossEncoderTrainer, its losses).
-
-Also the trainer plumbing the bi-encoder trainer (``retriever.training``) shares: the ranked lists a trainer learns
-and is validated on, the validation evaluator (nDCG@10 with trec_eval semantics), the time-budget and loss-log
-callbacks, and one ``run_trainer`` that keeps the best checkpoint, resumes after an interruption and honours
-``max_steps`` and a time budget.
-"""
+"""Fine-tune a cross-encoder on sentence-transformers' training stack (CrossEncoderTrainer, its losses); the trainer
+plumbing it shares with the bi-encoder trainer is in ``training.common``."""
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
+from twostage.training.common import PRIMARY_METRIC, RankingEvaluator, TrainOutcome, TrainSettings, run_trainer, \
+    trainer_callbacks, training_arguments
+
 LOSSES = ("margin-mse", "listwise-kl", "bce")
-PRIMARY_METRIC = "ndcg@10"
-
-
-@dataclass
-class ScoredList:
-    """One query's candidates (first-stage order) with a relevance score each: teacher scores or judged labels."""
-
-    qid: str
-    query: str
-    doc_ids: list[str]
-    texts: list[str]
-    scores: list[float]
-
-
-@dataclass
-class TrainSettings:
-    """Optimiser, schedule and stopping rules shared by the cross-encoder and bi-encoder trainers."""
-
-    learning_rate: float = 1e-4
-    head_learning_rate: float | None = 2e-3  # the fresh head (and [CLS] pooler) learn faster than the body
-    warmup_ratio: float = 0.1
-    batch_size: int = 16
-    epochs: float = 1.0
-    max_steps: int | None = None
-    time_budget_s: float | None = 2400.0
-    eval_steps: int = 40
-    logging_steps: int = 10
-    save_total_limit: int = 2
-    seed: int = 12
-    resume: bool = True
-    progress: bool = True
-
-
-@dataclass
-class TrainOutcome:
-    """What one training run did: steps, seconds, why it stopped, the best validation step and the loss curve."""
-
-    steps: int
-    seconds: float
-    stopped_by: str  # "schedule", "max_steps" or "time_budget"
-    resumed_from: str | None
-    best_step: int | None
-    best_metric: float | None
-    losses: list[tuple[int, float]] = field(default_factory=list)
-    evaluations: list[dict[str, float]] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- validation
-class RankingEvaluator:
-    """nDCG@10 / MRR@10 of a model's ordering of fixed candidate lists against graded qrels (trec_eval semantics).
-
-    ``score_fn(model, query, texts)`` scores one list; the trainers pass the cross-encoder's or bi-encoder's scorer.
-    """
-
-    def __init__(
-        self,
-        lists: Sequence[ScoredList],
-        qrels: dict[str, dict[str, int]],
-        score_fn: Callable[[Any, str, list[str]], np.ndarray],
-        *,
-        name: str = "val",
-        rel_threshold: int = 1,
-    ):
-        from sentence_transformers.base.evaluation import BaseEvaluator
-
-        self._base = BaseEvaluator  # subclass check happens in the trainer; see as_st_evaluator
-        self.lists = list(lists)
-        self.qrels = qrels
-        self.score_fn = score_fn
-        self.name = name
-        self.rel_threshold = rel_threshold
-
-    def run(self, model: Any) -> dict[str, dict[str, float]]:
-        """The model's scores for every validation list, as a TREC run."""
-        return {item.qid: dict(zip(item.doc_ids, map(float, self.score_fn(model, item.query, item.texts))))
-                for item in self.lists}
-
-    def metrics(self, model: Any) -> dict[str, float]:
-        """``{"ndcg@10", "mrr@10"}`` of ``model`` on the validation lists."""
-        from twostage.eval.metrics import evaluate
-
-        result = evaluate(self.run(model), self.qrels, ("nDCG@10", "MRR@10"), rel_threshold=self.rel_threshold)
-        return {"ndcg@10": result.aggregate["nDCG@10"], "mrr@10": result.aggregate["MRR@10"]}
-
-    def as_st_evaluator(self) -> Any:
-        """This evaluator as a sentence-transformers ``BaseEvaluator`` (primary metric ``<name>_ndcg@10``)."""
-        outer = self
-
-        class _Evaluator(self._base):
-            def __init__(self) -> None:
-                super().__init__()
-                self.name = outer.name
-                self.primary_metric = PRIMARY_METRIC
-
-            def __call__(self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1):
-                was_training = model.training
-                model.eval()
-                try:
-                    values = outer.metrics(model)
-                finally:
-                    model.train(was_training)
-                return self.prefix_name_to_metrics(values, self.name)
-
-        return _Evaluator()
 
 
 def cross_encoder_scores(model: Any, query: str, texts: list[str]) -> np.ndarray:
@@ -133,130 +24,7 @@ def cross_encoder_scores(model: Any, query: str, texts: list[str]) -> np.ndarray
     return np.asarray(scores, dtype=np.float32).reshape(-1)
 
 
-# --------------------------------------------------------------------------- callbacks
-def _callbacks() -> tuple[type, type]:
-    """The two TrainerCallbacks (built lazily so importing this module does not import transformers)."""
-    from transformers import TrainerCallback
-
-    class TimeBudgetCallback(TrainerCallback):
-        """Stop after ``budget_s`` seconds of training in this process, evaluating and saving the last step."""
-
-        def __init__(self, budget_s: float | None):
-            self.budget_s = budget_s
-            self.started = time.monotonic()
-            self.fired = False
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.started = time.monotonic()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.budget_s is not None and time.monotonic() - self.started >= self.budget_s:
-                self.fired = True
-                control.should_training_stop = True
-                control.should_evaluate = True
-                control.should_save = True
-            return control
-
-    class LossLogCallback(TrainerCallback):
-        """Append every logged loss and evaluation to ``path`` (JSON lines) and, optionally, a log function."""
-
-        def __init__(self, path: Path, log: Callable[[str], None] | None):
-            self.path = path
-            self.log = log
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            record = {"step": state.global_step, **{k: v for k, v in (logs or {}).items()
-                                                    if isinstance(v, (int, float))}}
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-            if self.log and any(k.startswith("eval_") for k in record):
-                shown = ", ".join(f"{k[5:]} {v:.4f}" for k, v in record.items() if k.startswith("eval_")
-                                  and not k.endswith(("runtime", "per_second")))
-                self.log(f"step {state.global_step}/{state.max_steps}: {shown}")
-
-    return TimeBudgetCallback, LossLogCallback
-
-
-# --------------------------------------------------------------------------- shared trainer run
-def checkpoint_dir(out_dir: Path) -> Path:
-    """Where intermediate checkpoints (for resuming and best-model selection) live, inside the output directory."""
-    return Path(out_dir) / "checkpoints"
-
-
-def training_arguments(args_cls: type, out_dir: Path, settings: TrainSettings, metric: str, *,
-                       extra: dict[str, Any] | None = None) -> Any:
-    """Trainer arguments: evaluate and save every ``eval_steps``, keep the best by ``metric``, log to a file only."""
-    import torch
-
-    steps = settings.max_steps if settings.max_steps is not None else -1
-    return args_cls(
-        output_dir=str(checkpoint_dir(out_dir)),
-        per_device_train_batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        warmup_ratio=settings.warmup_ratio,
-        num_train_epochs=settings.epochs,
-        max_steps=steps,
-        eval_strategy="steps",
-        eval_steps=settings.eval_steps,
-        save_strategy="steps",
-        save_steps=settings.eval_steps,
-        save_total_limit=settings.save_total_limit,
-        load_best_model_at_end=True,
-        metric_for_best_model=f"eval_{metric}",
-        greater_is_better=True,
-        logging_steps=settings.logging_steps,
-        seed=settings.seed,
-        data_seed=settings.seed,
-        report_to="none",
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=not settings.progress,
-        dataloader_num_workers=0,
-        save_only_model=False,
-        **(extra or {}),
-    )
-
-
-def last_checkpoint(out_dir: Path) -> str | None:
-    """The newest checkpoint under ``out_dir`` to resume from, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    folder = checkpoint_dir(out_dir)
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
-
-
-def run_trainer(trainer: Any, out_dir: Path, settings: TrainSettings, budget_callback: Any) -> TrainOutcome:
-    """Train (resuming from the newest checkpoint when asked), then return what happened; the trainer's model is the
-    best checkpoint by the validation metric afterwards."""
-    resume = last_checkpoint(out_dir) if settings.resume else None
-    started = time.monotonic()
-    trainer.train(resume_from_checkpoint=resume)
-    seconds = time.monotonic() - started
-    state = trainer.state
-    if budget_callback.fired:
-        stopped = "time_budget"
-    elif settings.max_steps is not None and state.global_step >= settings.max_steps:
-        stopped = "max_steps"
-    else:
-        stopped = "schedule"
-    best_step = _checkpoint_step(state.best_model_checkpoint)
-    losses = [(int(r["step"]), float(r["loss"])) for r in state.log_history if "loss" in r]
-    evaluations = [{k: v for k, v in r.items() if k == "step" or k.startswith("eval_")}
-                   for r in state.log_history if any(k.startswith("eval_") for k in r)]
-    return TrainOutcome(steps=state.global_step, seconds=seconds, stopped_by=stopped, resumed_from=resume,
-                        best_step=best_step, best_metric=state.best_metric, losses=losses, evaluations=evaluations)
-
-
-def _checkpoint_step(path: str | None) -> int | None:
-    if not path:
-        return None
-    try:
-        return int(Path(path).name.rsplit("-", 1)[-1])
-    except ValueError:
-        return None
-
-
-# --------------------------------------------------------------------------- cross-encoder specifics
-def load_student(base: str, *, max_length: int | None = 256) -> Any:
+def load_student(base: str, *, max_length: int | None = 256, device: str = "cpu") -> Any:
     """A single-score ``CrossEncoder`` to train: a cross-encoder as it is, or a bi-encoder / plain transformer with a
     fresh one-logit head on its own weights (e.g. all-MiniLM-L6-v2, which already learned relevance from 1B pairs)."""
     from sentence_transformers import CrossEncoder
@@ -267,7 +35,7 @@ def load_student(base: str, *, max_length: int | None = 256) -> Any:
         resolved = resolve_model(base, kind="bi-encoder")
     except ModelLoadError:
         resolved = resolve_model(base, kind="cross-encoder")
-    return CrossEncoder(resolved.source, num_labels=1, max_length=max_length, device="cpu",
+    return CrossEncoder(resolved.source, num_labels=1, max_length=max_length, device=device,
                         local_files_only=resolved.origin != "hub")
 
 
@@ -307,8 +75,8 @@ def train_cross_encoder(
         # the pooler on [CLS] was never trained by a mean-pooling bi-encoder, and the classifier is new: both fast
         extra["learning_rate_mapping"] = {r"(classifier|pooler)\.": settings.head_learning_rate}
     args = training_arguments(CrossEncoderTrainingArguments, out_dir, settings,
-                              f"{evaluator.name}_{PRIMARY_METRIC}", extra=extra)
-    budget_cls, log_cls = _callbacks()
+                              f"{evaluator.name}_{PRIMARY_METRIC}", device=model.device.type, extra=extra)
+    budget_cls, log_cls = trainer_callbacks()
     budget = budget_cls(settings.time_budget_s)
     trainer = CrossEncoderTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=make_loss(model, loss_name),

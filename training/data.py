@@ -7,7 +7,7 @@ import re
 from dataclasses import replace
 from typing import Any, Sequence
 
-from twostage.training.cross_encoder import ScoredList
+from twostage.training.common import ScoredList
 
 UNJUDGED = ("skip", "negative")
 

@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from twostage.training.cross_encoder import ScoredList, TrainOutcome, TrainSettings
+from twostage.runtime.config import RuntimeConfig, resolve_device
+from twostage.training.common import ScoredList, TrainOutcome, TrainSettings
 
 from twostage.errors import UsageError
 from .data import TEACHER_REL_THRESHOLD, exclude_overlap, judged_lists, split_by_query, teacher_qrels, \
@@ -56,6 +57,7 @@ class TrainOptions:
     test_depths: tuple[int, ...] = (20, 50, 100)
     test_before: bool = True
     rel_threshold: int | None = None
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # how mining, the teacher and the test run
 
 
 @dataclass
@@ -142,7 +144,9 @@ def load_teacher(spec: str, engine: Any, lists: Sequence[ScoredList], log: Log, 
     from twostage.reranker.maxsim import MaxSimReranker
 
     if spec.strip().lower() != "maxsim":
-        reranker, _ = load_reranker(spec, encoder=engine.encoder, explicit=True)
+        reranker, _ = load_reranker(spec, encoder=engine.encoder, explicit=True, device=engine.device,
+                                    batch_size=engine.runtime.batch_size, backend=engine.backend,
+                                    threads=engine.runtime.threads)
         return reranker
     stored = getattr(engine.collection, "token_store", None)
     if stored is not None:
@@ -256,7 +260,7 @@ def prepare_data(opts: TrainOptions, log: Log) -> PreparedData:
     queries, qrels, info = select_queries(opts, log)
     key = _data_key(opts, info)
     cache = Path(opts.out) / "data" / "lists.jsonl"
-    with Engine.open(opts.collection, reranker=None) as engine:
+    with Engine.open(opts.collection, reranker=None, runtime=opts.runtime) as engine:
         cached = _load_lists(cache, key, engine)
         if cached is not None:
             lists, teacher = cached
@@ -359,17 +363,19 @@ def train(opts: TrainOptions, log: Log | None = None) -> dict[str, Any]:
     from transformers import set_seed
 
     set_seed(opts.settings.seed)  # the fresh head's initial weights, so runs with one seed start alike
+    device = resolve_device(opts.runtime.device)  # the student trains in torch, whatever the inference backend
     if opts.kind == "reranker":
-        from twostage.training.cross_encoder import RankingEvaluator, cross_encoder_scores, load_student, train_cross_encoder
+        from twostage.training.common import RankingEvaluator
+        from twostage.training.cross_encoder import cross_encoder_scores, load_student, train_cross_encoder
 
-        model = load_student(base, max_length=opts.max_length)
+        model = load_student(base, max_length=opts.max_length, device=device)
         evaluator = RankingEvaluator(data.val, data.val_qrels, cross_encoder_scores, rel_threshold=rel)
         trainer_fn = train_cross_encoder
     else:
-        from twostage.training.cross_encoder import RankingEvaluator
         from twostage.training.bi_encoder import bi_encoder_scores, load_student, train_bi_encoder
+        from twostage.training.common import RankingEvaluator
 
-        model = load_student(base)
+        model = load_student(base, device=device)
         evaluator = RankingEvaluator(data.val, data.val_qrels, bi_encoder_scores, rel_threshold=rel)
         trainer_fn = train_bi_encoder
 
@@ -426,7 +432,7 @@ def evaluate_on_test(opts: TrainOptions, base: str, out: Path, before_dir: Path 
     measures = ("nDCG@10", "MRR@10")
 
     def metrics(**config: Any) -> dict[str, dict[str, float]]:
-        report = run_evaluation(dataset, EvalConfig(measures=measures, n_resamples=1000,
+        report = run_evaluation(dataset, EvalConfig(measures=measures, n_resamples=1000, runtime=opts.runtime,
                                                     first_stage_depth=max(depths + [100]),
                                                     rel_threshold=opts.rel_threshold, **config), log=log)
         return {s.name: {k: round(v, 4) for k, v in s.metrics.items()} for s in report.systems}

@@ -8,15 +8,21 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from twostage.runtime.config import runtime_from_args
+
 from .errors import UsageError
+from .search_options import reranker_spec
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that carry a message meant for the user: printed as one line, no traceback."""
     from twostage.indexes.errors import CollectionError, CorpusError
     from twostage.reranker.base import RerankerLoadError
+    from twostage.runtime.config import RuntimeConfigError
     from twostage.runtime.models import ModelLoadError
 
-    errors: list[type[BaseException]] = [UsageError, CorpusError, CollectionError, RerankerLoadError, ModelLoadError]
+    errors: list[type[BaseException]] = [
+        UsageError, CorpusError, CollectionError, RerankerLoadError, ModelLoadError, RuntimeConfigError
+    ]
     try:
         from twostage.eval.errors import EvalInputError
 
@@ -50,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also store each passage's token vectors (int8, ~390 bytes per token) so the MaxSim reranker encodes no "
         "passage at query time",
     )
+    p.add_argument("--shards", type=_positive_int, default=None, metavar="N",
+                   help="build a sharded collection: N collections in DIR, documents routed by a hash of their id")
+    _ray_option(p, "encode on a Ray cluster's actor pool ('auto', or the head's HOST:PORT); needs --shards")
+    p.add_argument("--actors", type=_positive_int, default=None, metavar="N",
+                   help="with --ray: encoder actors, one model each (default one per cluster CPU, or GPU with --device cuda)")
     _corpus_options(p)
     _encode_options(p)
 
@@ -93,34 +104,30 @@ def _corpus_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", help="split of a Hugging Face dataset (default train)")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _ray_option(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--ray", default=None, metavar="auto|HOST:PORT", help=text + " (pip install 'twostage[ray]')")
+
+
 def _encode_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=32, help="documents per encoder batch (default 32)")
+    from twostage.runtime.config import add_runtime_arguments
+
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    _backend_option(p)
-
-
-def _backend_option(p: argparse.ArgumentParser) -> None:
-    from twostage.runtime.backends import BACKENDS
-
-    p.add_argument(
-        "--backend",
-        choices=("auto", *BACKENDS),
-        default=None,
-        help="inference backend for both models (default auto: openvino when installed, else onnx, else torch; "
-        "a collection built with an int8 backend is always searched with it)",
-    )
+    add_runtime_arguments(p)
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k", type=int, default=100, help="first-stage candidate depth (default 100)")
-    p.add_argument("--top", type=int, default=10, dest="top_n", help="number of results shown (default 10)")
-    p.add_argument("--no-rerank", action="store_true", help="skip the second stage")
-    p.add_argument(
-        "--reranker",
-        default=None,
-        help="cross-encoder hub id or local directory, or 'maxsim' (late interaction over the bi-encoder); "
-        "default cross-encoder/ms-marco-MiniLM-L6-v2, falling back to maxsim when offline",
-    )
+    from twostage.runtime.config import add_runtime_arguments
+
+    from .search_options import add_search_arguments
+
+    add_search_arguments(p)
     p.add_argument(
         "--filter",
         action="append",
@@ -132,7 +139,16 @@ def _search_options(p: argparse.ArgumentParser) -> None:
                    help="HNSW: candidates explored per query (default 128, at least --k); more = higher recall, slower")
     p.add_argument("--nprobe", type=int, default=None, metavar="N",
                    help="IVF: inverted lists scanned per query (default nlist/64, at least 16); more = higher recall, slower")
-    _backend_option(p)
+    p.add_argument("--prf", default=None, metavar="K[:BETA]",
+                   help="pseudo-relevance feedback: move the query vector towards its top K documents "
+                        "(weight BETA, default 0.5) and search again; 'none' = off")
+    p.add_argument("--query-tokens", default=None, metavar="SPEC",
+                   help="maxsim query tokens: plain | idf (weighted by IDF in the collection) | special "
+                        "([CLS]/[SEP] too) | idf+special")
+    p.add_argument("--fusion", default=None, metavar="SPEC",
+                   help="final score from both stages: rrf | zscore:W | minmax:W (W = second stage's weight); "
+                        "'none' = the second stage's score alone")
+    add_runtime_arguments(p)
 
 
 def _eval_options(p: argparse.ArgumentParser) -> None:
@@ -145,7 +161,6 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     from .server_cli import add_serve_arguments
 
     add_serve_arguments(p)
-    _backend_option(p)
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
@@ -203,19 +218,21 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .engine import Engine
 
     if not args.overwrite and Path(args.directory).exists():
-        from twostage.indexes.collection import Collection
+        from twostage.indexes.sharded import collection_exists
 
-        if Collection.exists(args.directory):
+        if collection_exists(args.directory):
             print(f"{args.directory} already holds a collection: resuming (unchanged documents are skipped)", file=sys.stderr)
+    if args.ray:
+        return _index_on_ray(args)
     engine = Engine.create(
         args.directory,
         model=args.model or DEFAULT_BI_ENCODER,
         index_type=args.index_type,
         overwrite=args.overwrite,
-        batch_size=args.batch_size,
         reranker=None,
         store_tokens=args.store_tokens,
-        backend=args.backend,
+        runtime=runtime_from_args(args),
+        shards=args.shards,
     )
     with engine:
         report = _add_with_progress(engine, args)
@@ -223,20 +240,45 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index_on_ray(args: argparse.Namespace) -> int:
+    """``index --ray``: the same collection, encoded on a Ray actor pool (twostage.distributed, imported only here)."""
+    from twostage.indexes.readers import count_corpus
+    from twostage.runtime.models import DEFAULT_BI_ENCODER
+    from tqdm.auto import tqdm
+
+    if not args.shards:
+        raise UsageError("--ray builds a sharded collection: give --shards N too")
+    try:
+        from .distributed import index_distributed
+    except ImportError as err:
+        raise UsageError(f"--ray needs Ray ({err}); install it with pip install 'twostage[ray]'") from None
+    total = count_corpus(args.corpus) if Path(args.corpus).exists() else None
+    with tqdm(total=total, unit="doc", desc="indexing", disable=args.quiet, file=sys.stderr) as bar:
+        report, size = index_distributed(
+            _read_corpus(args), args.directory, address=args.ray, shards=args.shards, actors=args.actors,
+            model=args.model or DEFAULT_BI_ENCODER, index_type=args.index_type, overwrite=args.overwrite,
+            store_tokens=args.store_tokens, runtime=runtime_from_args(args), progress=bar.update,
+        )
+    print(f"{args.directory}: {report.added} added, {report.replaced} replaced, {report.unchanged} unchanged "
+          f"({size} documents in {args.shards} shards) in {report.seconds:.1f}s on Ray; "
+          f"{report.cache_hits} embeddings from cache")
+    return 0
+
+
 def cmd_add(args: argparse.Namespace) -> int:
     from .engine import Engine
 
-    with Engine.open(args.directory, reranker=None, batch_size=args.batch_size, backend=args.backend) as engine:
+    with Engine.open(args.directory, reranker=None, runtime=runtime_from_args(args)) as engine:
         report = _add_with_progress(engine, args)
         _print_add_report(report, args.directory, engine)
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from twostage.indexes.collection import Collection
+    from twostage.indexes.sharded import open_collection
 
     # Deleting needs no model: open the collection alone, so it works even where the bi-encoder cannot load.
-    with Collection.open(args.directory) as collection:
+    with open_collection(args.directory) as collection:
         result = collection.delete([str(i) for i in args.ids])
         collection.commit()
         print(f"{args.directory}: deleted {len(result.deleted)} document(s); {len(collection)} remain")
@@ -246,26 +288,21 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from twostage.indexes.collection import Collection
+    from twostage.indexes.sharded import open_collection
 
-    with Collection.open(args.directory) as collection:
+    with open_collection(args.directory) as collection:
         stats = collection.stats()
     if args.json:
         print(json.dumps(stats, indent=2, default=str))
     else:
+        shards = stats.pop("shards", [])
         width = max(len(k) for k in stats)
         for key, value in stats.items():
             print(f"{key:<{width}}  {value}")
+        for shard in shards:  # a sharded collection: one line per shard
+            print(f"{shard['shard']:<{width}}  {shard['document_count']} documents, {shard['factory']}, "
+                  f"{shard['disk_bytes']} bytes")
     return 0
-
-
-def reranker_spec(args: argparse.Namespace) -> str | None:
-    """``--no-rerank`` → None; ``--reranker X`` → X (explicit); nothing → the default cross-encoder."""
-    from twostage.reranker.cross_encoder import DEFAULT_RERANKER
-
-    if args.no_rerank:
-        return None
-    return args.reranker or DEFAULT_RERANKER
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -276,11 +313,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.run and not args.queries:
         raise UsageError("--run needs --queries FILE (batch mode)")
     filters = parse_filters(args.filter)
-    with Engine.open(args.directory, reranker=reranker_spec(args), backend=args.backend) as engine:
+    with Engine.open(args.directory, reranker=reranker_spec(args), runtime=runtime_from_args(args)) as engine:
         if args.queries:
             return _search_batch(engine, args, filters)
         result = engine.search(args.query, k=args.k, top_n=args.top_n, rerank=not args.no_rerank, filter=filters,
-                               ef_search=args.ef_search, nprobe=args.nprobe)
+                               ef_search=args.ef_search, nprobe=args.nprobe, **_lever_options(args))
         for notice in result.notices:
             print(notice, file=sys.stderr)
         if args.json:
@@ -288,6 +325,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         else:
             print(format_hits(result))
     return 0
+
+
+def _lever_options(args: argparse.Namespace) -> dict[str, str]:
+    """``--prf``, ``--query-tokens`` and ``--fusion`` as given (absent ones keep the engine's defaults)."""
+    given = {"prf": args.prf, "query_tokens": args.query_tokens, "fusion": args.fusion}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _search_batch(engine: Any, args: argparse.Namespace, filters: dict[str, str] | None) -> int:
@@ -299,7 +342,7 @@ def _search_batch(engine: Any, args: argparse.Namespace, filters: dict[str, str]
     qids = list(queries)
     results = engine.search_many(
         [queries[q] for q in qids], k=args.k, top_n=args.top_n, rerank=not args.no_rerank, filter=filters,
-        ef_search=args.ef_search, nprobe=args.nprobe,
+        ef_search=args.ef_search, nprobe=args.nprobe, **_lever_options(args),
     )
     for notice in results[0].notices if results else []:
         print(notice, file=sys.stderr)

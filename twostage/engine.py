@@ -3,17 +3,24 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
+
 from twostage.indexes.collection import Collection
 from twostage.indexes.documents import Document
+from twostage.indexes.sharded import ShardedCollection, collection_exists, open_collection
 from twostage.reranker.base import Candidate, Reranker
 from twostage.reranker.cross_encoder import DEFAULT_RERANKER
 from twostage.reranker.loading import load_reranker
-from twostage.reranker.maxsim import encode_with_tokens
+from twostage.reranker.maxsim import MaxSimReranker, QueryTokens, content_token_ids, encode_with_tokens
+from twostage.reranker.score_fusion import FusedReranker, Fusion
 from twostage.retriever.biencoder import BiEncoder, EncodeResult
-from twostage.runtime.backends import compatible_query_backend, resolve_backend
+from twostage.retriever.prf import PRF, rocchio
+from twostage.runtime.backends import FLOAT_BACKENDS, compatible_query_backend
+from twostage.runtime.config import RuntimeConfig, runtime_config
 from twostage.runtime.models import DEFAULT_BI_ENCODER
 
 from .errors import UsageError
@@ -68,15 +75,19 @@ class Engine:
         encoder: BiEncoder,
         reranker: Reranker | str | None = DEFAULT_RERANKER,
         *,
-        reranker_explicit: bool = False,
+        reranker_explicit: bool | None = None,
         backend: str | None = None,
+        runtime: RuntimeConfig | None = None,
     ):
         self.collection = collection
         self.encoder = encoder
-        #: the cross-encoder's backend (the bi-encoder's is ``encoder.backend``, fixed by the collection's vectors)
-        self.backend = resolve_backend(backend)
+        #: device, backend, batch size and threads, as given (``backend=`` is a shorthand for ``runtime.backend``)
+        self.runtime = runtime_config(runtime, backend=backend)
+        #: where and how the cross-encoder runs (the bi-encoder's backend is ``encoder.backend``, fixed by the
+        #: collection's vectors; MaxSim runs on the bi-encoder)
+        self.device, self.backend = self.runtime.placement()
         self._reranker_spec = reranker
-        self._reranker_explicit = reranker_explicit
+        self._reranker_explicit = reranker_explicit  # None: reranker.loading.is_implicit_default decides
         self._reranker: Reranker | None = reranker if isinstance(reranker, Reranker) else None
         #: one-line messages for the user (e.g. a reranker fallback), printed once by the CLI
         self.notices: list[str] = []
@@ -91,19 +102,31 @@ class Engine:
         reranker: Reranker | str | None = DEFAULT_RERANKER,
         index_type: str = "auto",
         overwrite: bool = False,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         encoder: BiEncoder | None = None,
         store_tokens: bool | str = False,
         backend: str | None = None,
+        runtime: RuntimeConfig | None = None,
+        shards: int | None = None,
     ) -> "Engine":
         """A new, empty collection at ``path`` (or the existing one there, resumed, when built by the same model).
 
+        ``shards=N`` builds a sharded collection (``indexes.sharded``): N collections, documents routed by id hash.
+
         ``store_tokens`` (True, "int8" or "float16") also stores each passage's token vectors at index time, so the
-        MaxSim reranker encodes no passage at query time. ``backend`` (torch, onnx, onnx-int8, openvino, openvino-int8;
-        None = the default) runs both stages and is recorded in the manifest."""
+        MaxSim reranker encodes no passage at query time. ``runtime`` says where and how both stages run (device,
+        backend, batch size, threads); ``backend=`` and ``batch_size=`` are shorthands that override its fields. The
+        backend (torch, onnx, onnx-int8, openvino, openvino-int8; None = the device's default) is recorded in the
+        manifest."""
         path = Path(path)
-        if Collection.exists(path) and not overwrite:
-            engine = cls.open(path, reranker=reranker, model=model, encoder=encoder, batch_size=batch_size, backend=backend)
+        runtime = runtime_config(runtime, backend=backend, batch_size=batch_size)
+        if collection_exists(path) and not overwrite:
+            engine = cls.open(path, reranker=reranker, model=model, encoder=encoder, runtime=runtime)
+            found = len(engine.collection.shards) if isinstance(engine.collection, ShardedCollection) else None
+            if shards is not None and found != shards:
+                engine.close()
+                raise UsageError(f"collection {path} {f'has {found} shards' if found else 'is not sharded'}, but "
+                                 f"--shards {shards} was given; index into a new directory (or with --overwrite)")
             if store_tokens and engine.collection.token_store is None:
                 engine.close()
                 raise UsageError(
@@ -111,8 +134,12 @@ class Engine:
                     "re-index with --overwrite to store tokens (or drop --store-tokens)"
                 )
             return engine
-        encoder = encoder or BiEncoder(model, batch_size=batch_size, backend=resolve_backend(backend))
-        collection = Collection.create(
+        device, chosen = runtime.placement()
+        encoder = encoder or BiEncoder(
+            model, device=device, batch_size=runtime.batch_size, backend=chosen, threads=runtime.threads
+        )
+        create = Collection.create if shards is None else partial(ShardedCollection.create, shards=shards)
+        collection = create(
             path,
             model_name=encoder.name,
             model_fingerprint=encoder.fingerprint,
@@ -123,7 +150,7 @@ class Engine:
             store_tokens=store_tokens,
             extra={"backend": encoder.backend},
         )
-        return cls(collection, encoder, reranker, reranker_explicit=_explicit(reranker), backend=backend)
+        return cls(collection, encoder, reranker, runtime=runtime)
 
     @classmethod
     def open(
@@ -133,17 +160,43 @@ class Engine:
         reranker: Reranker | str | None = DEFAULT_RERANKER,
         model: str | None = None,
         encoder: BiEncoder | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         backend: str | None = None,
+        runtime: RuntimeConfig | None = None,
+        ray: str | None = None,
     ) -> "Engine":
-        """Open an existing collection with the bi-encoder that built it; a different bi-encoder is refused.
+        """Open an existing collection (single or sharded) with the bi-encoder that built it; a different bi-encoder
+        is refused. ``ray`` ("auto" or a cluster address) serves a sharded collection's shards from Ray actors.
 
-        Queries are encoded with ``compatible_query_backend(<the collection's backend>, backend)``."""
-        collection = Collection.open(path)
+        ``runtime`` (with the ``backend=``/``batch_size=`` shorthands) as in :meth:`create`. Queries are encoded with
+        ``compatible_query_backend(<the collection's backend>, <the requested one>)``: an int8 collection keeps its
+        CPU-only backend, so it runs on the CPU under device ``auto`` and is refused under an explicit ``cuda``."""
+        runtime = runtime_config(runtime, backend=backend, batch_size=batch_size)
+        if ray is not None:
+            from .distributed import RayShardedCollection  # imported only when asked: importing ray is slow
+
+            collection = RayShardedCollection.open(path, address=ray)
+        else:
+            collection = open_collection(path)
         manifest = collection.manifest
         stored_backend = manifest.extra.get("backend")
-        query_backend = compatible_query_backend(stored_backend, backend)
-        encoder = encoder or BiEncoder(model or manifest.model_name, batch_size=batch_size, backend=query_backend)
+        try:
+            device, wanted = runtime.placement()
+            query_backend = compatible_query_backend(stored_backend, wanted)
+            if query_backend not in FLOAT_BACKENDS and device != "cpu":
+                if runtime.device != "auto":
+                    raise UsageError(
+                        f"collection {path} was built with the {stored_backend} backend, which runs on the CPU only; "
+                        f"search it with --device cpu (or auto)"
+                    )
+                device = "cpu"
+            encoder = encoder or BiEncoder(
+                model or manifest.model_name, device=device, batch_size=runtime.batch_size, backend=query_backend,
+                threads=runtime.threads,
+            )
+        except BaseException:
+            collection.close()
+            raise
         if compatible_query_backend(stored_backend, encoder.backend) != encoder.backend:
             collection.close()
             raise UsageError(
@@ -158,7 +211,7 @@ class Engine:
                 f"(fingerprint {encoder.fingerprint[:12]}) was given: its vectors are not comparable. "
                 f"Search with the same model, or re-index into a new directory."
             )
-        return cls(collection, encoder, reranker, reranker_explicit=_explicit(reranker), backend=backend)
+        return cls(collection, encoder, reranker, runtime=runtime)
 
     def close(self) -> None:
         self.collection.close()
@@ -178,7 +231,10 @@ class Engine:
                 self._reranker_spec,
                 encoder=self.encoder,
                 explicit=self._reranker_explicit,
+                device=self.device,
+                batch_size=self.runtime.batch_size,
                 backend=self.backend,
+                threads=self.runtime.threads,
                 token_store=self.collection.token_store.get if self.collection.token_store is not None else None,
             )
             if notice:
@@ -223,7 +279,8 @@ class Engine:
         else:  # one forward pass gives both the document vectors and the MaxSim token vectors
             embeddings, tokens = encode_with_tokens(self.encoder, texts)
             encoded = EncodeResult(embeddings, truncated=self.encoder.count_truncated(texts), cache_hits=0)
-        self.collection.upsert(todo, encoded.embeddings, tokens=tokens)
+        terms = content_token_ids(self.encoder, texts) if self.collection.token_df is not None else None
+        self.collection.upsert(todo, encoded.embeddings, tokens=tokens, terms=terms)
         report.truncated += encoded.truncated
         report.cache_hits += encoded.cache_hits
         replaced = sum(1 for d in todo if d.id in existing)
@@ -247,11 +304,17 @@ class Engine:
         *,
         ef_search: int | None = None,
         nprobe: int | None = None,
+        prf: PRF | str | None = None,
+        query_tokens: QueryTokens | str | None = None,
+        fusion: Fusion | str | None = None,
     ) -> SearchResult:
         """Top ``top_n`` of ``k`` first-stage candidates, reranked by the second stage unless ``rerank`` is False.
-        ``ef_search`` (HNSW) and ``nprobe`` (IVF) trade first-stage speed for recall in this search."""
+        ``ef_search`` (HNSW) and ``nprobe`` (IVF) trade first-stage speed for recall in this search.
+        ``prf`` ("K:BETA") moves the query vector towards its top K documents and searches again (Rocchio);
+        ``query_tokens`` ("idf", "special", "idf+special") weighs MaxSim's query tokens; ``fusion`` ("rrf",
+        "zscore:W", "minmax:W") fuses both stages' scores into the final one."""
         return self.search_many([query], k=k, top_n=top_n, rerank=rerank, filter=filter, ef_search=ef_search,
-                                nprobe=nprobe)[0]
+                                nprobe=nprobe, prf=prf, query_tokens=query_tokens, fusion=fusion)[0]
 
     def search_many(
         self,
@@ -263,10 +326,14 @@ class Engine:
         *,
         ef_search: int | None = None,
         nprobe: int | None = None,
+        prf: PRF | str | None = None,
+        query_tokens: QueryTokens | str | None = None,
+        fusion: Fusion | str | None = None,
     ) -> list[SearchResult]:
         """Several queries at once: one encoder pass, one index search, one batched rerank pass."""
         queries = list(queries)
         _check_request(queries, k, top_n, ef_search, nprobe)
+        prf, query_tokens, fusion = _parse_levers(prf, query_tokens, fusion)
         notices = []
         size = len(self.collection)
         if k > size:
@@ -278,10 +345,15 @@ class Engine:
         t1 = time.perf_counter()
         candidate_lists = self.collection.search(vectors, min(k, max(size, 1)), filter=dict(filter) if filter else None,
                                                  ef_search=ef_search, nprobe=nprobe)
+        if prf is not None:
+            vectors = self._feedback(vectors, candidate_lists, prf)
+            candidate_lists = self.collection.search(vectors, min(k, max(size, 1)),
+                                                     filter=dict(filter) if filter else None,
+                                                     ef_search=ef_search, nprobe=nprobe)
         t2 = time.perf_counter()
 
         docs = self._fetch(candidate_lists)
-        reranker = self.reranker if rerank else None
+        reranker = self._second_stage(query_tokens, fusion) if rerank else None
         if rerank and reranker is None and self._reranker_spec is None and not self.notices:
             notices.append("no reranker configured; showing first-stage order")
         rerank_s = 0.0
@@ -315,6 +387,36 @@ class Engine:
             )
         return results
 
+    def _feedback(self, vectors: Any, candidate_lists: list[list[tuple[str, float]]], prf: PRF) -> Any:
+        """Each query vector moved towards its top ``prf.k`` candidates' stored vectors (``retriever.prf.rocchio``)."""
+        return np.stack([
+            rocchio(vector, self.collection.embeddings_of([doc_id for doc_id, _ in cands[: prf.k]]), prf)
+            for vector, cands in zip(vectors, candidate_lists)
+        ])
+
+    def _second_stage(self, query_tokens: QueryTokens | None, fusion: Fusion | None) -> Reranker | None:
+        """The reranker for one search: MaxSim with its query-token option, wrapped to fuse scores when asked."""
+        reranker = self.reranker
+        if reranker is None:
+            return None
+        if query_tokens is not None and (isinstance(reranker, MaxSimReranker) or query_tokens != QueryTokens()):
+            if not isinstance(reranker, MaxSimReranker):
+                raise UsageError(f"query token options ({query_tokens.label}) apply to the maxsim reranker only, "
+                                 f"not {reranker.name}")
+            reranker = reranker.with_query_tokens(query_tokens, self.token_idf() if query_tokens.weighting else None)
+        return FusedReranker(reranker, fusion) if fusion is not None else reranker
+
+    def token_idf(self) -> Callable[[Any], Any]:
+        """IDF of token ids in this collection (``indexes.token_df``), recounted first if it is not in step."""
+        table = self.collection.token_df
+        if table is None:
+            raise UsageError(f"IDF query weighting needs a collection built with --store-tokens "
+                             f"({self.collection.path} was not)")
+        if len(table) != len(self.collection):
+            table.rebuild(((d.id, d.text_for_encoding()) for d in self.collection.iter_documents()),
+                          lambda texts: content_token_ids(self.encoder, texts))
+        return table.idf
+
     def _fetch(self, candidate_lists: list[list[tuple[str, float]]]) -> dict[str, Document]:
         ids = list({doc_id for cands in candidate_lists for doc_id, _ in cands})
         return {doc.id: doc for doc in self.collection.get(ids) if doc is not None}
@@ -336,11 +438,6 @@ class Engine:
         return stats
 
 
-def _explicit(reranker: Reranker | str | None) -> bool:
-    """The default cross-encoder may fall back to MaxSim when offline; anything the user named may not."""
-    return not (isinstance(reranker, str) and reranker in (DEFAULT_RERANKER, "default"))
-
-
 def _same(old: Document | None, new: Document) -> bool:
     return old is not None and (old.text, old.title, old.metadata) == (new.text, new.title, new.metadata)
 
@@ -354,6 +451,23 @@ def _chunks(items: Iterable[Document], size: int) -> Iterator[list[Document]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def _parse_levers(prf: PRF | str | None, query_tokens: QueryTokens | str | None, fusion: Fusion | str | None
+                  ) -> tuple[PRF | None, QueryTokens | None, Fusion | None]:
+    """The search's feedback, query-token and fusion options from their specs ("none" = off); UsageError if malformed."""
+    try:
+        return (
+            None if _off(prf) else PRF.parse(prf),  # type: ignore[arg-type]
+            None if query_tokens is None else QueryTokens.parse(query_tokens),
+            None if _off(fusion) else Fusion.parse(fusion),  # type: ignore[arg-type]
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _off(spec: object) -> bool:
+    return spec is None or (isinstance(spec, str) and spec.strip().lower() in ("none", "off", ""))
 
 
 def _check_request(queries: Sequence[str], k: int, top_n: int, ef_search: int | None, nprobe: int | None) -> None:

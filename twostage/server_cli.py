@@ -29,6 +29,9 @@ _LIMITS = (
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``twostage serve`` (search options mirror ``twostage search`` and set the server defaults)."""
+    from twostage.runtime.config import add_runtime_arguments
+
+    from .search_options import add_search_arguments
     from .server import ServerConfig
 
     defaults = ServerConfig()
@@ -42,15 +45,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "prefer the variable, a flag is visible to other users in the process list). Without one the server is read-only",
     )
     p.add_argument("--protect-reads", action="store_true", help="require the token for searches and reads too")
-    p.add_argument("--k", type=int, default=defaults.k, help=f"default first-stage candidate depth (default {defaults.k})")
-    p.add_argument("--top", type=int, default=defaults.top_n, dest="top_n", help=f"default number of results (default {defaults.top_n})")
-    p.add_argument("--no-rerank", action="store_true", help="serve without a second stage")
-    p.add_argument(
-        "--reranker",
-        default=None,
-        help="cross-encoder hub id or local directory, or 'maxsim'; default cross-encoder/ms-marco-MiniLM-L6-v2, "
-        "falling back to maxsim when offline",
-    )
+    add_search_arguments(p, k=defaults.k, top_n=defaults.top_n, serve=True)
+    add_runtime_arguments(p)
     limits = p.add_argument_group("limits against abuse (each answered with a 4xx error)")
     for flag, field, text in _LIMITS:
         limits.add_argument(flag, type=int, default=getattr(defaults, field), dest=field,
@@ -93,8 +89,10 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from twostage.indexes.collection import Collection
 
-    from .cli import reranker_spec
+    from twostage.runtime.config import runtime_from_args
+
     from .engine import Engine
+    from .search_options import reranker_spec
     from .server import create_app
 
     config = server_config(args)
@@ -103,7 +101,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if not Collection.exists(args.directory):
         raise UsageError(f"{args.directory} holds no collection; build one with 'twostage index CORPUS --index {args.directory}'")
     spec = reranker_spec(args)
-    app = create_app(lambda: Engine.open(args.directory, reranker=spec, backend=getattr(args, "backend", None)), config)
+    runtime = runtime_from_args(args)
+    app = create_app(lambda: Engine.open(args.directory, reranker=spec, runtime=runtime), config)
     engine = app.state.batcher.engine
     for notice in engine.notices:
         print(notice, file=sys.stderr)

