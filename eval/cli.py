@@ -33,8 +33,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--split", default=None, help="split of a BEIR or MS MARCO dataset (default test / dev)")
     group.add_argument("--model", default=None, help="bi-encoder (default sentence-transformers/all-MiniLM-L6-v2)")
     group.add_argument("--reranker", default=None,
-                       help="cross-encoder directory or hub id, or 'maxsim'; default cross-encoder/ms-marco-MiniLM-L6-v2, "
-                            "falling back to maxsim when it is not available offline")
+                       help="none | maxsim | cross-encoder:NAME|PATH (a bare hub id or directory too); default "
+                            "cross-encoder/ms-marco-MiniLM-L6-v2, falling back to maxsim when it cannot be loaded")
     group.add_argument("--no-rerank", action="store_true", help="no second stage: first-stage systems only")
     group.add_argument("--systems", nargs="+", default=None, metavar="SYSTEM",
                        help="subset to run (space- or comma-separated): bm25 dense hybrid dense+rerank@D "

@@ -9,8 +9,8 @@
    - MS MARCO: `queries.<split>.tsv`, `qrels.<split>.tsv` (TREC qrels), optional `collection.tsv`
      (pid<TAB>text); split "dev" by default;
 2. a name such as `msmarco-dl20` or `cacm`: the first folder of that name on the search path
-   (`dataset_search_path`): the `data_dir` argument, then `$TWOSTAGE_DATA`, then `./data`, then
-   `../shared/data`, both relative to the current working directory;
+   (`dataset_search_path`): the `data_dir` argument, then `$TWOSTAGE_DATA`, then `./data` (relative to the
+   current working directory);
 3. anything else: a BEIR-style Hugging Face hub dataset such as `BeIR/scifact` (see `eval.hub`).
 
 Queries are kept only where they have judgments (as BEIR's loader does); a judged query without text is an error.
@@ -55,12 +55,11 @@ class Dataset:
 
 
 def dataset_search_path(data_dir: str | Path | None = None) -> list[Path]:
-    """Folders searched, in order, for a dataset given by name: `data_dir`, $TWOSTAGE_DATA, ./data, ../shared/data."""
+    """Folders searched, in order, for a dataset given by name: `data_dir`, $TWOSTAGE_DATA, ./data."""
     paths = [] if data_dir is None else [Path(data_dir).expanduser()]
     if os.environ.get("TWOSTAGE_DATA"):
         paths.append(Path(os.environ["TWOSTAGE_DATA"]).expanduser())
-    cwd = Path.cwd()
-    return paths + [cwd / "data", cwd.parent / "shared" / "data"]
+    return paths + [Path.cwd() / "data"]
 
 
 def _find(folder: Path, name: str) -> Path | None:

@@ -23,7 +23,9 @@ import numpy as np
 from .atomic import atomic_write_json, is_temp_file
 from .document_store import DocumentStore, UpsertResult
 from .token_df import TokenDF
-from .token_store import TokenStore
+from .token_store import DEFAULT_ENCODING as DEFAULT_TOKEN_ENCODING
+from .token_store import ENCODINGS as TOKEN_ENCODINGS
+from .token_store import TRAIN_AT, TokenStore
 from .documents import Document
 from .errors import CollectionError
 from .protocols import VectorIndexLike
@@ -118,6 +120,8 @@ class Collection:
         self.token_store: TokenStore | None = None
         if manifest.extra.get("token_store"):
             self.token_store = TokenStore(store, encoding=manifest.extra["token_store"]["encoding"])
+            # the SQLite file's record wins: a crash may have come between a conversion and its manifest write
+            manifest.extra["token_store"] = {"encoding": self.token_store.encoding}
         #: document frequency per token id (MaxSim's IDF query weights), kept beside the token store by upsert/delete
         self.token_df: TokenDF | None = TokenDF(store) if self.token_store is not None else None
 
@@ -145,6 +149,9 @@ class Collection:
     ) -> "Collection":
         """A new, empty collection. Refuses a directory holding other files, and an existing collection unless overwrite."""
         path = Path(path)
+        token_encoding = DEFAULT_TOKEN_ENCODING if store_tokens is True else str(store_tokens)
+        if store_tokens and token_encoding not in TOKEN_ENCODINGS:
+            raise CollectionError(f"token encoding must be one of {', '.join(TOKEN_ENCODINGS)} (got {token_encoding!r})")
         if path.exists() and not path.is_dir():
             raise CollectionError(f"{path} exists and is not a directory")
         if cls.exists(path) and not overwrite:
@@ -180,8 +187,8 @@ class Collection:
             updated_at=now,
             extra=dict(extra or {}),
         )
-        if store_tokens:  # True, or the encoding: "int8" (default) or "float16"
-            manifest.extra["token_store"] = {"encoding": "int8" if store_tokens is True else str(store_tokens)}
+        if store_tokens:  # True (= "2bit"), or the encoding: "2bit", "1bit", "int8" or "float16"
+            manifest.extra["token_store"] = {"encoding": token_encoding}
         store.set_meta("dimension", dimension)
         index.save(path / VECTORS, generation=store.generation)
         collection = cls(path, manifest, store, index)
@@ -286,6 +293,8 @@ class Collection:
             except BaseException:
                 self._index_stale = True
                 raise
+            if self.token_store is not None and tokens is not None:  # a residual store learns its codec once it can
+                self.token_store.train_pending(minimum=TRAIN_AT)
         return result
 
     def delete(self, doc_ids: Sequence[str]) -> DeleteResult:
@@ -310,6 +319,8 @@ class Collection:
     def commit(self) -> None:
         """Write the FAISS index and the manifest to disk (atomically) if anything changed since the last commit."""
         with self._lock:
+            if self.token_store is not None:  # the end of an add: a small residual store learns its codec here
+                self.token_store.train_pending()
             generation = self.store.generation
             if generation == self._saved_generation and not self._index_stale:
                 return
@@ -329,6 +340,17 @@ class Collection:
             self.manifest.updated_at = _now()
             self._write_manifest()
             self._saved_generation = generation
+
+    def convert_tokens(self, encoding: str) -> None:
+        """Re-encode the stored token vectors into ``encoding`` (2bit, 1bit, int8, float16) in one SQLite transaction,
+        then record it in the manifest (the SQLite file's own record wins if a crash comes between the two)."""
+        if self.token_store is None:
+            raise CollectionError(f"collection {self.path} stores no token vectors (build it with --store-tokens)")
+        with self._lock:
+            self.token_store.convert(encoding)
+            self.manifest.extra["token_store"] = {"encoding": self.token_store.encoding}
+            self.manifest.updated_at = _now()
+            self._write_manifest()
 
     def rebuild_index(self, index_type: str | None = None) -> None:
         """Rebuild the vector index from the stored embeddings, optionally as another type (e.g. after growth), and commit."""
@@ -406,9 +428,6 @@ class Collection:
     def iter_documents(self) -> Iterator[Document]:
         """Every document, in the order they were stored."""
         return self.store.iter_documents()
-
-    def get_many_by_internal(self, internal_ids: Sequence[int]) -> list[Document | None]:
-        return self.store.get_by_internal(list(internal_ids))
 
     def hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         """doc_id -> ``document_store.content_hash`` for the ids stored."""

@@ -186,12 +186,6 @@ class DocumentStore:
         rows = self._select("doc_id, text, title, metadata", "doc_id", [str(d) for d in doc_ids])
         return [_document(rows[str(d)]) if str(d) in rows else None for d in doc_ids]
 
-    def get_by_internal(self, internal_ids: Sequence[int]) -> list[Document | None]:
-        """Documents by internal id in the order asked; None where an id is not (or no longer) stored."""
-        ids = [int(i) for i in internal_ids]
-        rows = self._select("doc_id, text, title, metadata", "internal_id", ids)
-        return [_document(rows[i]) if i in rows else None for i in ids]
-
     def doc_ids(self, internal_ids: Sequence[int]) -> dict[int, str]:
         """internal id -> doc_id for the ids still stored (deleted ones are simply absent)."""
         rows = self._select("doc_id", "internal_id", [int(i) for i in internal_ids])

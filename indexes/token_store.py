@@ -1,12 +1,21 @@
 """Per-passage token vectors for late-interaction (MaxSim) reranking, stored compactly in a SQLite table.
 
 One row per doc id holds that passage's content-token vectors (what ``MaxSimReranker.passage_token_embeddings``
-returns): only the tokens MaxSim reads, no padding, no special tokens. Two encodings:
+returns): only the tokens MaxSim reads, no padding, no special tokens. Four encodings:
 
+- ``2bit`` / ``1bit`` (residual, ColBERTv2 style, :mod:`.residual`): per token a uint16 centroid id and 2 or 1 bits
+  per dimension, ``2 + dim * bits / 8`` bytes (98 / 50 for a 384-d model); the centroids and bucket values live in a
+  ``token_codec`` table of the same file, learned from the collection's own tokens;
 - ``int8``: per token, ``q = round(x / s)`` with ``s = max|x| / 127`` kept as one float32, so ``|x - q*s| <= s/2``;
-  ``dim + 4`` bytes per token (388 for a 384-d model), half of float16; MaxSim nDCG@10 on msmarco-dl20 stays within
-  0.0003 of float16 (``benchmarks/bench_maxsim.py``);
+  ``dim + 4`` bytes per token (388 for a 384-d model), half of float16;
 - ``float16``: ``2 * dim`` bytes per token, bit-exact with the on-the-fly path.
+
+Each row names its own encoding, so a store may hold several while it changes: a residual store writes int8 rows
+until it has a codec, and :meth:`TokenStore.train_pending` learns one from them (then re-encodes them): a collection
+calls it after each write, where it acts from :data:`TRAIN_AT` stored tokens, and on commit (the end of an ``add``),
+where it acts from :data:`MIN_TRAIN`.
+:meth:`TokenStore.convert` re-encodes every row into another encoding, learning a fresh codec from the whole store.
+The store's encoding is kept in the file's ``meta`` table, so it changes in the same transaction as the rows.
 
 Inside a collection the table lives in ``documents.sqlite`` and shares its connection, so the collection writes a
 document and its tokens (or removes stale ones) in one transaction: a replaced or deleted document's tokens are
@@ -21,9 +30,16 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .document_store import DocumentStore
+from .residual import MAX_SAMPLE, ResidualCodec
 
-ENCODINGS = ("int8", "float16")
-DEFAULT_ENCODING = "int8"
+ENCODINGS = ("2bit", "1bit", "int8", "float16")
+DEFAULT_ENCODING = "2bit"
+#: residual encodings and their bits per dimension
+RESIDUAL = {"2bit": 2, "1bit": 1}
+#: a residual store learns its codec inside the write that brings this many int8 tokens...
+TRAIN_AT = 65_536
+#: ...or, on :meth:`TokenStore.train_pending` (a collection's commit), once at least this many are stored
+MIN_TRAIN = 1_024
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -36,17 +52,33 @@ CREATE TABLE IF NOT EXISTS tokens (
 )
 """
 
+CODEC_SCHEMA = """
+CREATE TABLE IF NOT EXISTS token_codec (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    bits      INTEGER NOT NULL,
+    k         INTEGER NOT NULL,
+    dim       INTEGER NOT NULL,
+    centroids BLOB NOT NULL,
+    cutoffs   BLOB NOT NULL,
+    weights   BLOB NOT NULL
+)
+"""
+
 #: ids per ``IN (...)`` query, under SQLite's oldest variable limit (999)
 CHUNK = 900
+#: rows re-encoded per step of a conversion
+CONVERT_BATCH = 2_000
 
 
 @dataclass
 class TokenStats:
-    """How much the store holds: passages, token vectors and payload bytes (vectors + scales)."""
+    """How much the store holds: passages, token vectors, payload bytes (vectors + scales or centroid ids) and the
+    codec's bytes (centroids and bucket tables, shared by all passages; 0 without one)."""
 
     passages: int = 0
     tokens: int = 0
     payload_bytes: int = 0
+    codec_bytes: int = 0
 
     @property
     def bytes_per_passage(self) -> float:
@@ -61,16 +93,21 @@ class TokenStore:
     """Token vectors keyed by doc id, in a ``tokens`` table of a :class:`DocumentStore`'s SQLite file.
 
     Writes join the document store's open transaction when there is one (that is how a collection keeps them atomic).
+    ``encoding`` applies to a new store; an existing one keeps the encoding recorded in its file.
     """
 
     def __init__(self, documents: DocumentStore, *, encoding: str = DEFAULT_ENCODING, owned: bool = False):
-        if encoding not in ENCODINGS:
-            raise ValueError(f"token encoding must be one of {', '.join(ENCODINGS)} (got {encoding!r})")
+        _check_encoding(encoding)
         self.documents = documents
-        self.encoding = encoding
         self._owned = owned  # close() closes the SQLite file too (a standalone store)
         with documents.transaction() as con:
             con.execute(SCHEMA)
+            con.execute(CODEC_SCHEMA)
+            recorded = documents.get_meta("token_encoding")
+            if recorded is None:
+                documents.set_meta("token_encoding", encoding)
+        self.encoding: str = recorded or encoding
+        self.codec: ResidualCodec | None = self._load_codec()
 
     @classmethod
     def open(cls, path: str | Path, *, encoding: str = DEFAULT_ENCODING) -> "TokenStore":
@@ -85,16 +122,73 @@ class TokenStore:
             raise ValueError(f"{len(doc_ids)} doc ids but {len(arrays)} token arrays")
         rows = [(doc_id, *self._encode(doc_id, array)) for doc_id, array in zip(doc_ids, arrays)]
         with self.documents.transaction() as con:
-            con.executemany(
-                "INSERT OR REPLACE INTO tokens(doc_id, encoding, n_tokens, dim, scales, vectors) VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            _write(con, rows)
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         """Forget the tokens of these docs (unknown ids are ignored), in one transaction."""
         with self.documents.transaction() as con:
             for chunk in _chunks([str(d) for d in doc_ids]):
                 con.execute(f"DELETE FROM tokens WHERE doc_id IN ({','.join('?' * len(chunk))})", chunk)
+
+    def train_pending(self, minimum: int = MIN_TRAIN) -> bool:
+        """For a residual store without a codec: once ``minimum`` tokens are stored, learn the codec from them and
+        re-encode them, in a transaction of its own (call it outside any other). True when it did."""
+        if self.encoding not in RESIDUAL or self.codec is not None or self.stats().tokens < minimum:
+            return False
+        with self.documents.reading() as con:
+            dim = con.execute("SELECT dim FROM tokens LIMIT 1").fetchone()[0]
+        if dim % 8:  # residual codes pack 8 / bits dimensions to a byte: such a (test-sized) model stays int8
+            return False
+        self.convert(self.encoding)
+        return True
+
+    def convert(self, encoding: str, *, seed: int = 0) -> None:
+        """Re-encode every stored row into ``encoding`` (a residual one learns a fresh codec from a sample of the
+        store), and make it the store's encoding, all in one transaction of its own (call it outside any other, so a
+        rollback cannot leave this object with a codec the file lacks): a crash leaves the store as it was."""
+        _check_encoding(encoding)
+        with self.documents.transaction() as con:
+            codec = self._train(RESIDUAL[encoding], seed) if encoding in RESIDUAL else None
+            con.execute("DELETE FROM token_codec")
+            if codec is not None:
+                blobs = codec.to_blobs()
+                con.execute("INSERT INTO token_codec(id, bits, k, dim, centroids, cutoffs, weights) "
+                            "VALUES (1, :bits, :k, :dim, :centroids, :cutoffs, :weights)", blobs)
+            old_encoding, old_codec = self.encoding, self.codec
+            self.documents.set_meta("token_encoding", encoding)
+            try:
+                self.encoding, self.codec = encoding, codec
+                last = ""
+                while True:
+                    batch = con.execute(
+                        "SELECT doc_id, encoding, n_tokens, dim, scales, vectors FROM tokens WHERE doc_id > ? "
+                        "ORDER BY doc_id LIMIT ?", (last, CONVERT_BATCH)).fetchall()
+                    if not batch:
+                        break
+                    last = batch[-1][0]
+                    arrays = _decode_rows([row[1:] for row in batch], old_codec)
+                    _write(con, [(row[0], *self._encode(row[0], a)) for row, a in zip(batch, arrays)])
+            except BaseException:  # the transaction rolls back: the store is as it was
+                self.encoding, self.codec = old_encoding, old_codec
+                raise
+
+    def _train(self, bits: int, seed: int) -> ResidualCodec:
+        """A codec learned from up to :data:`MAX_SAMPLE` stored tokens (whole passages, drawn at random)."""
+        with self.documents.reading() as con:
+            sizes = con.execute("SELECT doc_id, n_tokens FROM tokens").fetchall()
+        total = sum(n for _, n in sizes)
+        if total == 0:
+            raise ValueError("no stored tokens to learn a residual codec from")
+        order = np.random.default_rng(seed).permutation(len(sizes))
+        chosen, count = [], 0
+        for i in order:
+            if count >= MAX_SAMPLE:
+                break
+            chosen.append(sizes[i][0])
+            count += sizes[i][1]
+        sample = np.concatenate([a for a in self.get_many(chosen) if a is not None]).astype(np.float32)
+        sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
+        return ResidualCodec.train(sample[:MAX_SAMPLE], bits, n_tokens=total, seed=seed)
 
     def _encode(self, doc_id: str, array: np.ndarray) -> tuple[str, int, int, bytes | None, bytes]:
         array = np.asarray(array)
@@ -105,44 +199,55 @@ class TokenStore:
         n, dim = array.shape
         if self.encoding == "float16":
             return "float16", n, dim, None, np.ascontiguousarray(array, dtype=np.float16).tobytes()
-        codes, scales = quantize_int8(array)
+        if self.codec is not None and dim == self.codec.dim:
+            ids, packed = self.codec.encode(array)
+            return f"{self.codec.bits}bit", n, dim, ids.astype("<u2").tobytes(), packed.tobytes()
+        codes, scales = quantize_int8(array)  # int8, or a residual store's row written before it has a codec
         return "int8", n, dim, scales.tobytes(), codes.tobytes()
+
+    def _load_codec(self) -> ResidualCodec | None:
+        with self.documents.reading() as con:
+            row = con.execute("SELECT bits, k, dim, centroids, cutoffs, weights FROM token_codec WHERE id = 1").fetchone()
+        return None if row is None else ResidualCodec.from_blobs(*row)
 
     # ------------------------------------------------------------------ reads
     def get(self, doc_id: str) -> np.ndarray | None:
-        """The doc's token vectors ``(n_tokens, dim)`` (float16 as stored, float32 from int8), or None if none stored."""
-        with self.documents.reading() as con:
-            row = con.execute(
-                "SELECT encoding, n_tokens, dim, scales, vectors FROM tokens WHERE doc_id = ?", (str(doc_id),)
-            ).fetchone()
-        return None if row is None else _decode(*row)
+        """The doc's token vectors ``(n_tokens, dim)`` (float16 as stored, float32 from int8 or residual codes), or
+        None if none stored."""
+        return self.get_many([doc_id])[0]
 
     def get_many(self, doc_ids: Sequence[str]) -> list[np.ndarray | None]:
-        """Token vectors per doc id, in the order asked (None where none are stored); one query per 900 ids."""
+        """Token vectors per doc id, in the order asked (None where none are stored); one query per 900 ids and one
+        decode for all residual rows."""
         ids = [str(d) for d in doc_ids]
-        found: dict[str, np.ndarray] = {}
+        keys: list[str] = []
+        rows: list[tuple] = []
         with self.documents.reading() as con:
             for chunk in _chunks(list(dict.fromkeys(ids))):
                 marks = ",".join("?" * len(chunk))
                 sql = f"SELECT doc_id, encoding, n_tokens, dim, scales, vectors FROM tokens WHERE doc_id IN ({marks})"
                 for doc_id, *row in con.execute(sql, chunk):
-                    found[doc_id] = _decode(*row)
+                    keys.append(doc_id)
+                    rows.append(tuple(row))
+        found = dict(zip(keys, _decode_rows(rows, self.codec)))
         return [found.get(d) for d in ids]
 
     def __len__(self) -> int:
         return self.stats().passages
 
     def stats(self) -> TokenStats:
-        """Passages, tokens and payload bytes stored (one aggregate query)."""
+        """Passages, tokens and payload bytes stored (one aggregate query), and the codec's size."""
         with self.documents.reading() as con:
             passages, tokens, size = con.execute(
                 "SELECT COUNT(*), IFNULL(SUM(n_tokens), 0), IFNULL(SUM(LENGTH(vectors) + IFNULL(LENGTH(scales), 0)), 0) "
                 "FROM tokens"
             ).fetchone()
-        return TokenStats(int(passages), int(tokens), int(size))
+            codec = con.execute("SELECT IFNULL(SUM(LENGTH(centroids) + LENGTH(cutoffs) + LENGTH(weights)), 0) "
+                                "FROM token_codec").fetchone()[0]
+        return TokenStats(int(passages), int(tokens), int(size), int(codec))
 
     def bytes_per_passage(self) -> float:
-        """Mean stored bytes per passage (vectors + scales; SQLite's own overhead excluded)."""
+        """Mean stored bytes per passage (vectors + scales or centroid ids; the codec and SQLite's overhead excluded)."""
         return self.stats().bytes_per_passage
 
     def doc_ids(self) -> Iterator[str]:
@@ -164,6 +269,38 @@ def quantize_int8(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scales[scales == 0] = 1.0  # an all-zero row stays zero
     codes = np.clip(np.rint(x / scales[:, None]), -127, 127).astype(np.int8)
     return codes, scales.astype(np.float32)
+
+
+def _check_encoding(encoding: str) -> None:
+    if encoding not in ENCODINGS:
+        raise ValueError(f"token encoding must be one of {', '.join(ENCODINGS)} (got {encoding!r})")
+
+
+def _write(con, rows: list[tuple]) -> None:
+    con.executemany(
+        "INSERT OR REPLACE INTO tokens(doc_id, encoding, n_tokens, dim, scales, vectors) VALUES (?, ?, ?, ?, ?, ?)", rows
+    )
+
+
+def _decode_rows(rows: Sequence[tuple], codec: ResidualCodec | None) -> list[np.ndarray]:
+    """Stored ``(encoding, n, dim, scales, vectors)`` rows back to arrays; all residual rows in one decode."""
+    out: list[np.ndarray | None] = [None] * len(rows)
+    residual = [i for i, row in enumerate(rows) if row[0] in RESIDUAL]
+    for i, row in enumerate(rows):
+        if row[0] not in RESIDUAL:
+            out[i] = _decode(*row)
+    if residual:
+        if codec is None or any(f"{codec.bits}bit" != rows[i][0] for i in residual):
+            raise ValueError("residual token rows without their codec: the token store is damaged")
+        ids = np.frombuffer(b"".join(rows[i][3] for i in residual), dtype="<u2")
+        packed = np.frombuffer(b"".join(rows[i][4] for i in residual), dtype=np.uint8).reshape(len(ids), -1)
+        decoded = codec.decode(ids, packed)
+        start = 0
+        for i in residual:
+            n = rows[i][1]
+            out[i] = decoded[start : start + n]
+            start += n
+    return out  # type: ignore[return-value]
 
 
 def _decode(encoding: str, n: int, dim: int, scales: bytes | None, vectors: bytes) -> np.ndarray:

@@ -15,6 +15,7 @@ _EXPORTS = {
     "CrossEncoderReranker": ".cross_encoder",
     "DEFAULT_RERANKER": ".cross_encoder",
     "load_reranker": ".loading",
+    "register_reranker": ".loading",
     "MaxSimReranker": ".maxsim",
 }
 __all__ = list(_EXPORTS)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from twostage.runtime.backends import configure_threads, physical_cores, resolve_backend
+from twostage.runtime.device_encode import DeviceOptions, DeviceScorer, wanted
 from twostage.runtime.encode import batch_count
 
 from .backends import cross_encoder_runtime
@@ -36,6 +37,7 @@ class CrossEncoderReranker(Reranker):
         activation: Literal["none", "sigmoid"] = "none",
         backend: str | None = "torch",
         threads: int | None = None,
+        device_options: DeviceOptions | None = None,
     ):
         if activation not in ("none", "sigmoid"):
             raise ValueError(f"activation must be 'none' or 'sigmoid', got {activation!r}")
@@ -53,6 +55,13 @@ class CrossEncoderReranker(Reranker):
         self.backend = resolve_backend(backend, str(self.device))
         configure_threads(threads)
         self.runtime = cross_encoder_runtime(self.cross_encoder, self.backend, self.max_length)
+        #: pairs through ``runtime.device_encode`` (all candidates of a query as one batch, bf16): on a GPU, or on the
+        #: CPU when ``device_options`` are given
+        self.device_scorer = (
+            DeviceScorer(self.model, self.tokenizer, self.max_length, self.device, device_options)
+            if self.backend == "torch" and getattr(self.tokenizer, "is_fast", False) and wanted(self.device, device_options)
+            else None
+        )
         self._lock = threading.Lock()
 
     def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
@@ -75,6 +84,10 @@ class CrossEncoderReranker(Reranker):
         if not texts:
             return scores
         with self._lock:
+            if self.device_scorer is not None:
+                scores, truncated = self.device_scorer.score(queries, texts)
+                self.truncated += truncated
+                return _activate(scores, self.activation)
             features, truncated = self._tokenize(queries, texts)
             self.truncated += truncated
             order = np.argsort([-len(ids) for ids in features["input_ids"]], kind="stable")
@@ -87,9 +100,7 @@ class CrossEncoderReranker(Reranker):
                 for start in range(0, len(order), self.batch_size):
                     rows = order[start : start + self.batch_size]
                     scores[rows] = self._logits(self._pad(features, rows))
-        if self.activation == "sigmoid":
-            scores = (1.0 / (1.0 + np.exp(-scores.astype(np.float64)))).astype(np.float32)
-        return scores
+        return _activate(scores, self.activation)
 
     def _logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """First logit per row from the torch model."""
@@ -134,6 +145,13 @@ class CrossEncoderReranker(Reranker):
                     array[j, : len(row)] = row
             batch[key] = array
         return batch
+
+
+def _activate(scores: np.ndarray, activation: str) -> np.ndarray:
+    """Raw logits, or their sigmoid."""
+    if activation == "sigmoid":
+        return (1.0 / (1.0 + np.exp(-scores.astype(np.float64)))).astype(np.float32)
+    return scores
 
 
 def _effective_max_length(tokenizer: Any, model: Any, requested: int | None) -> int:

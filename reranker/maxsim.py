@@ -186,7 +186,9 @@ class MaxSimReranker(Reranker):
         """Unit-length content-token vectors (float32) per text, and how many texts reached the length limit."""
         if not texts:
             return [], 0
-        outputs = self.model.encode(list(texts), output_value=None, batch_size=self.batch_size, show_progress_bar=False)
+        # on a GPU all candidates of a query are one forward pass; on the CPU batches of batch_size
+        size = len(texts) if self.device.type == "cuda" else self.batch_size
+        outputs = self.model.encode(list(texts), output_value=None, batch_size=size, show_progress_bar=False)
         return _content_tokens(outputs, self._special_ids, self.max_length)
 
 
@@ -241,9 +243,11 @@ def _from_half(vectors: torch.Tensor, device: torch.device) -> torch.Tensor:
 def _maxsim(query: torch.Tensor, passages: list[torch.Tensor]) -> np.ndarray:
     """sum_i max_j q_i . d_j for one query ``(m, dim)`` against each passage ``(n_k, dim)``; padding never wins."""
     scores = np.zeros(len(passages), dtype=np.float32)
+    # on a GPU the whole candidate depth is one padded matmul; on the CPU chunks keep the padded block in cache
+    step = max(len(passages), 1) if passages and passages[0].is_cuda else _CHUNK
     with torch.inference_mode():
-        for start in range(0, len(passages), _CHUNK):
-            part = passages[start : start + _CHUNK]
+        for start in range(0, len(passages), step):
+            part = passages[start : start + step]
             docs = torch.nn.utils.rnn.pad_sequence(part, batch_first=True)  # (p, t, dim)
             lengths = torch.tensor([len(d) for d in part], device=docs.device)
             pad = torch.arange(docs.shape[1], device=docs.device)[None, :] >= lengths[:, None]  # (p, t)

@@ -14,8 +14,6 @@ _EXPORTS = {
     "BM25Retriever": ".bm25",
     "EmbeddingCache": ".cache",
     "default_cache_path": ".cache",
-    "DenseHits": ".dense",
-    "DenseRetriever": ".dense",
     "reciprocal_rank_fusion": ".fusion",
     "trec_order": ".fusion",
 }

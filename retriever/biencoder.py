@@ -17,6 +17,9 @@ from twostage.runtime.models import DEFAULT_BI_ENCODER, ModelLoadError, model_fi
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from twostage.runtime.device_encode import DeviceEncoder, DeviceOptions
+    from twostage.runtime.light import LightEncoder
+
 # Texts encoded per call to SentenceTransformer.encode, in batches: the unit of cache writes and progress updates.
 _CHUNK_BATCHES = 16
 _TOKENIZE_CHUNK = 2048
@@ -42,6 +45,20 @@ def _load_sentence_transformer(source: str, *, local: bool, device: str, what: s
         raise ModelLoadError(f"could not load bi-encoder {what}: {type(exc).__name__}: {reason}") from None
 
 
+def _device_encoder(
+    model: SentenceTransformer, device: str, options: DeviceOptions | None, backend: str, prompt: str
+) -> DeviceEncoder | None:
+    """The device encode path for this model, when it applies: torch backend, a GPU (or explicit ``options``), a
+    transformer + pooling model and a fast tokenizer; else None (the other paths)."""
+    if backend != "torch" or (options is None and not str(device).startswith("cuda")):
+        return None
+    if not runtime_encode.supports(model, prompt) or not getattr(model.tokenizer, "is_fast", False):
+        return None
+    from twostage.runtime.device_encode import DeviceEncoder  # imports torch: only where a model runs on torch
+
+    return DeviceEncoder(model, device, options)
+
+
 def _check_texts(texts: Sequence[str], what: str) -> list[str]:
     """A list copy of ``texts``, refusing a bare string (a classic one-character-per-item bug)."""
     if isinstance(texts, str):
@@ -65,6 +82,7 @@ class BiEncoder:
         document_prompt: str | None = None,
         backend: str | None = "torch",
         threads: int | None = None,
+        device_options: DeviceOptions | None = None,
     ):
         self.backend = resolve_backend(backend, device)
         configure_threads(threads)
@@ -72,29 +90,42 @@ class BiEncoder:
         self.name = resolved.name
         self.source = resolved.source
         self.origin = resolved.origin
-        self.model = _load_sentence_transformer(
-            resolved.source,
-            local=resolved.origin != "hub",
-            device=device,
-            what=f"{resolved.name!r} from {resolved.source} ({resolved.origin})",
-        )
-        dimension = self.model.get_embedding_dimension()
+        self.device = device
+        self._model: SentenceTransformer | None = None
+        self.runtime: Runtime | None = None
+        local_dir = os.path.isdir(resolved.source)
+        self.fingerprint = model_fingerprint(resolved.source) if local_dir else ""
+        #: queries (and MaxSim's query tokens) straight from a cached export, without torch or sentence-transformers;
+        #: None where that does not apply (torch backend, no export yet, an unusual model): ``model`` is loaded now
+        self.light: LightEncoder | None = None
+        if local_dir and self.backend != "torch":
+            from twostage.runtime.light import load_light
+
+            self.light = load_light(resolved.source, self.backend, self.fingerprint)
+        if self.light is not None:
+            self.runtime = self.light.runtime
+            dimension: int | None = self.light.dimension
+            prompts = self.light.prompts
+        else:
+            dimension = self.model.get_embedding_dimension()
+            prompts = self.model.prompts
         if not dimension:
             raise ModelLoadError(f"bi-encoder {resolved.name!r} does not produce fixed-size sentence embeddings")
         self.dimension: int = int(dimension)
-        self.fingerprint = model_fingerprint(resolved.source if os.path.isdir(resolved.source) else self.model)
-        # Non-torch backends swap the transformer for an exported copy; pooling, prompts and normalising stay ST's.
-        self.runtime: Runtime | None = use_backend(self.model, self.backend, self.fingerprint)
-        self.device = device
         self.batch_size = batch_size
         self.normalize = normalize
         self.show_progress = show_progress
         self.cache: EmbeddingCache | None = EmbeddingCache() if cache == "default" else cache
         # Same fallbacks as SentenceTransformer.encode_query / encode_document, made explicit so they key the cache.
-        prompts = self.model.prompts
         self.query_prompt: str = query_prompt if query_prompt is not None else prompts.get("query", "")
         doc_default = next((prompts[k] for k in ("document", "passage", "corpus") if k in prompts), "")
         self.document_prompt: str = document_prompt if document_prompt is not None else doc_default
+        #: documents through ``runtime.device_encode`` (bucketed, bf16, workers tokenising ahead): on a GPU, or on
+        #: the CPU when ``device_options`` are given; None = sentence-transformers' own loop or the exported runtime
+        self.device_encoder = (
+            None if self.light is not None  # an exported backend: never the torch device path
+            else _device_encoder(self.model, device, device_options, self.backend, self.document_prompt)
+        )
 
     def __repr__(self) -> str:
         return (
@@ -105,16 +136,42 @@ class BiEncoder:
     @property
     def backend_tag(self) -> str:
         """The backend with its compute precision (``torch``, ``onnx-int8/int8``, ``openvino/bf16``, ...)."""
+        if self.device_encoder is not None:
+            return f"torch/{self.device_encoder.precision}"
         return self.runtime.tag if self.runtime is not None else "torch"
+
+    @property
+    def model(self) -> SentenceTransformer:
+        """The SentenceTransformer (on the chosen backend), loaded on first use where ``light`` serves queries."""
+        if self._model is None:
+            model = _load_sentence_transformer(
+                self.source,
+                local=self.origin != "hub",
+                device=self.device,
+                what=f"{self.name!r} from {self.source} ({self.origin})",
+            )
+            self.fingerprint = self.fingerprint or model_fingerprint(model)
+            if self.light is not None:
+                model.max_seq_length = self.light.max_seq_length
+            # Non-torch backends swap the transformer for an exported copy; pooling, prompts and normalising stay ST's.
+            self.runtime = use_backend(model, self.backend, self.fingerprint, self.runtime)
+            configure_threads()  # torch is imported now
+            self._model = model
+        return self._model
 
     @property
     def max_seq_length(self) -> int | None:
         """Tokens per input the model sees; longer inputs are truncated. Settable."""
+        if self._model is None and self.light is not None:
+            return self.light.max_seq_length
         return self.model.max_seq_length
 
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
-        self.model.max_seq_length = value
+        if self.light is not None:
+            self.light.set_max_seq_length(value)
+        if self._model is not None or self.light is None:
+            self.model.max_seq_length = value
 
     @property
     def cache_key(self) -> str:
@@ -122,6 +179,8 @@ class BiEncoder:
         settings = f"{self.fingerprint}|normalize={self.normalize}|prompt={self.document_prompt!r}|max_len={self.max_seq_length}"
         if self.runtime is not None:  # each backend/precision caches its own vectors; torch keeps its old keys
             settings += f"|backend={self.runtime.tag}"
+        elif self.device_encoder is not None and self.device_encoder.precision != "fp32":  # bf16/fp16 vectors
+            settings += f"|backend={self.backend_tag}"
         return hashlib.sha256(settings.encode("utf-8")).hexdigest()
 
     def count_truncated(self, texts: Sequence[str], prompt: str | None = None) -> int:
@@ -190,16 +249,23 @@ class BiEncoder:
         On an exported runtime (and a transformer + pooling model) texts skip ST's loop: see ``runtime_encode``; the
         positions it found cut at the length limit are returned. None means "not counted" (the torch path)."""
         fast = self.runtime is not None and runtime_encode.supports(self.model, self.document_prompt)
-        cut: list[int] | None = [] if fast else None
+        device = self.device_encoder
+        cut: list[int] | None = [] if fast or device is not None else None
         if not todo:
             return cut
         from tqdm.auto import tqdm
 
-        chunk_size = self.batch_size * _CHUNK_BATCHES
+        # the device path batches by memory and windows its own input: one call, so its batches can be large
+        chunk_size = max(len(todo), 1) if device is not None else self.batch_size * _CHUNK_BATCHES
         with tqdm(total=len(todo), desc="Encoding documents", unit="doc", disable=not show) as bar:
             for start in range(0, len(todo), chunk_size):
                 idx = todo[start : start + chunk_size]
-                if fast:
+                if device is not None:
+                    vectors, chunk_cut = device.encode(
+                        [texts[i] for i in idx], prompt=self.document_prompt, normalize=self.normalize
+                    )
+                    cut.extend(idx[j] for j in chunk_cut)
+                elif fast:
                     vectors, chunk_cut = runtime_encode.encode(
                         self.model,
                         self.runtime,
@@ -231,6 +297,8 @@ class BiEncoder:
         queries = _check_texts(queries, "encode_queries")
         if not queries:
             return np.empty((0, self.dimension), dtype=np.float32)
+        if self.light is not None:
+            return self.light.encode(queries, self.query_prompt, self.batch_size, self.normalize)
         vectors = self.model.encode_query(
             queries,
             prompt=self.query_prompt,
@@ -240,28 +308,3 @@ class BiEncoder:
             convert_to_numpy=True,
         )
         return np.asarray(vectors, dtype=np.float32)
-
-    def token_embeddings(self, texts: Sequence[str], *, is_query: bool = False, normalize: bool = True) -> list[np.ndarray]:
-        """Per-text float32 token vectors (n_tokens, dimension) for late-interaction (MaxSim) scoring.
-
-        Padding is removed; [CLS]/[SEP] (and any prompt tokens) are kept, as sentence-transformers returns them and
-        ColBERT-style MaxSim keeps its marker tokens. Vectors are L2-normalised per token when ``normalize``.
-        """
-        texts = _check_texts(texts, "token_embeddings")
-        if not texts:
-            return []
-        encode = self.model.encode_query if is_query else self.model.encode_document
-        outputs = encode(
-            texts,
-            prompt=self.query_prompt if is_query else self.document_prompt,
-            batch_size=self.batch_size,
-            output_value="token_embeddings",
-            show_progress_bar=False,
-        )
-        result = []
-        for tokens in outputs:
-            array = tokens.detach().float().cpu().numpy()
-            if normalize:
-                array = array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
-            result.append(array.astype(np.float32, copy=False))
-        return result

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,15 +134,14 @@ def configure_threads(threads: int | None = None) -> int:
     count a lower torch setting made on purpose is kept. Tokenisation runs between forward passes or in other request
     threads, where its own thread pool would compete with the model's; ``TOKENIZERS_PARALLELISM`` set by the user wins.
     """
-    import torch
-
     global _THREADS
     if threads is not None:
         _THREADS = int(threads)
     cores = _THREADS or physical_cores()
-    if _THREADS is not None and torch.get_num_threads() != cores:
+    torch = sys.modules.get("torch")  # not imported for it: the exported runtimes' query path runs without torch
+    if torch is not None and _THREADS is not None and torch.get_num_threads() != cores:
         torch.set_num_threads(cores)
-    elif torch.get_num_threads() > cores:
+    elif torch is not None and torch.get_num_threads() > cores:
         torch.set_num_threads(cores)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return cores
@@ -300,8 +300,9 @@ def _runtime_module(runtime: Runtime, config: Any, output: str) -> Any:
     return RuntimeTransformer()
 
 
-def use_backend(st_model: Any, backend: str, fingerprint: str) -> Runtime | None:
-    """Make a loaded SentenceTransformer run on ``backend`` (export cached per fingerprint); None for torch."""
+def use_backend(st_model: Any, backend: str, fingerprint: str, runtime: Runtime | None = None) -> Runtime | None:
+    """Make a loaded SentenceTransformer run on ``backend`` (export cached per fingerprint; ``runtime``, when given,
+    is that export already opened); None for torch."""
     if backend == "torch":
         return None
     require(backend)
@@ -313,7 +314,7 @@ def use_backend(st_model: Any, backend: str, fingerprint: str) -> Runtime | None
         raise ModelLoadError(f"backend {backend!r} needs a transformers model as the first module; use backend 'torch'")
     tokenizer = st_model.tokenizer
     limit = st_model.max_seq_length
-    runtime = exported_runtime(
+    runtime = runtime or exported_runtime(
         hf_model,
         backend=backend,
         fingerprint=fingerprint,

@@ -21,7 +21,7 @@ class RuntimeConfigError(ValueError):
 
 
 def check_device(device: str) -> str:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; anything else is a usage error (ValueError, a one-line message)."""
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; anything else is a RuntimeConfigError (a ValueError, one line)."""
     name = str(device).strip().lower()
     if name in DEVICES:
         return name
@@ -60,7 +60,11 @@ class RuntimeConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        from twostage.runtime.backends import BACKENDS
+
         object.__setattr__(self, "device", check_device(self.device))
+        if self.backend not in (None, "auto", *BACKENDS):
+            raise RuntimeConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)} (or auto)")
         if self.batch_size < 1:
             raise RuntimeConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.threads is not None and self.threads < 1:
@@ -78,11 +82,11 @@ class RuntimeConfig:
         from twostage.runtime.backends import resolve_backend
 
         cpu_only = self.backend not in (None, "auto", "torch")
-        device = "cpu" if cpu_only and self.device == "auto" else resolve_device(self.device)
-        if cpu_only and device != "cpu":
+        if cpu_only and self.device not in ("cpu", "auto"):
             raise RuntimeConfigError(
                 f"backend {self.backend!r} runs on the CPU only; use --device cpu (or auto), or --backend torch"
             )
+        device = "cpu" if cpu_only else resolve_device(self.device)
         return device, resolve_backend(self.backend, device)
 
 

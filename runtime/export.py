@@ -31,8 +31,6 @@ from twostage.runtime.config import cache_root
 
 #: bump when the export recipe changes, so older cached exports are rebuilt
 EXPORT_FORMAT = 1
-#: exports run by this process; tests read it to check that a second load reuses the cache
-export_count = 0
 
 Inputs = dict[str, np.ndarray]
 #: the transformers output each task's runtime returns
@@ -68,7 +66,6 @@ def cached_export(
 
     ``sample`` is one tokenised batch (traces the graph); ``calibration`` yields tokenised batches for static int8.
     """
-    global export_count
     target = model_file(fingerprint, backend, task)
     meta = target.with_suffix(".json")
     if _complete(meta, target):
@@ -90,7 +87,6 @@ def cached_export(
     partial = meta.with_suffix(f".json.{os.getpid()}")
     partial.write_text(json.dumps(info, indent=2), encoding="utf-8")
     os.replace(partial, meta)
-    export_count += 1
     log.info("exported %s for %s in %.1fs: %s", task, backend, info["seconds"], target)
     return target
 

@@ -14,7 +14,7 @@ import pytest
 from twostage.eval.datasets import Dataset, dataset_search_path, detect_format, load_dataset
 from twostage.eval.errors import DatasetError, EvalInputError
 
-SHARED_DATA = Path(os.environ.get("TWOSTAGE_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+from conftest import SHARED_DATA
 
 
 def write(path: Path, text: str, gz: bool = False) -> Path:
@@ -140,10 +140,9 @@ def test_dataset_without_corpus(tmp_path):
 def test_search_path_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TWOSTAGE_DATA", str(tmp_path / "env"))
-    assert dataset_search_path(tmp_path / "arg") == [tmp_path / "arg", tmp_path / "env", tmp_path / "data",
-                                                     tmp_path.parent / "shared" / "data"]
+    assert dataset_search_path(tmp_path / "arg") == [tmp_path / "arg", tmp_path / "env", tmp_path / "data"]
     monkeypatch.delenv("TWOSTAGE_DATA")
-    assert dataset_search_path() == [tmp_path / "data", tmp_path.parent / "shared" / "data"]
+    assert dataset_search_path() == [tmp_path / "data"]  # nothing outside the working directory
 
 
 def test_shortcut_resolves_through_data_dir_then_env_then_cwd(tmp_path, monkeypatch):

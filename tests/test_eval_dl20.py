@@ -1,9 +1,6 @@
 """Published TREC DL 2020 runs score as trec_eval and ir_measures say (skipped without ../shared/data)."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import ir_measures
 import pytest
 from ir_measures import AP, RR, R, nDCG
@@ -12,7 +9,8 @@ from twostage.eval.datasets import load_dataset
 from twostage.eval.metrics import evaluate
 from twostage.eval.trec import read_run
 
-SHARED_DATA = Path(os.environ.get("TWOSTAGE_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+from conftest import SHARED_DATA
+
 DL20 = SHARED_DATA / "msmarco-dl20"
 pytestmark = pytest.mark.skipif(not DL20.is_dir(), reason=f"{DL20} is not present (data lives in ../shared/data)")
 

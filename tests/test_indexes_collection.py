@@ -185,7 +185,6 @@ def test_overwrite_and_manifest_contents(tmp_path):
         stats = collection.stats()
         assert stats["model_name"] == "m" and stats["dimension"] == DIM and stats["disk_bytes"] > 0
         assert collection.hashes(["d1", "zz"]) == {"d1": content_hash(docs(3)[1])}
-        assert collection.get_many_by_internal([999]) == [None]
 
 
 def test_rebuild_index_changes_type(tmp_path):

@@ -192,3 +192,30 @@ def test_levers_are_options_of_engine_search(tmp_path, tiny_encoder):
         for bad in ({"fusion": "best"}, {"prf": "0"}, {"query_tokens": "bm25"}):
             with pytest.raises(UsageError):
                 engine.search(query, **bad)
+
+
+# ------------------------------------------------------------------ reachable from eval system specs
+def test_eval_system_specs_carry_lever_options(tmp_path, tiny_encoder):
+    from twostage.eval.datasets import load_dataset
+    from twostage.eval.errors import EvalInputError
+    from twostage.eval.harness import EvalConfig, SystemSpec, resolve_systems, run_evaluation
+
+    spec = resolve_systems(["dense+rerank@3/fusion=rrf/prf=1:0.5"], [10], have_run=False, have_reranker=True)
+    assert spec == [SystemSpec("dense", 3, "fusion=rrf/prf=1:0.5")] and spec[0].name == "dense+rerank@3/fusion=rrf/prf=1:0.5"
+    for bad in ("dense/boost=2", "dense/prf", "bm25/prf=3"):
+        with pytest.raises(EvalInputError):
+            resolve_systems([bad], [10], have_run=False, have_reranker=True)
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "corpus.jsonl").write_text("".join(f'{{"id": "{d["id"]}", "text": "{d["text"]}"}}\n' for d in DOCS))
+    (folder / "queries.tsv").write_text("q1\tmuseum in paris\nq2\tberlin population\n")
+    (folder / "qrels.txt").write_text("q1 0 d 1\nq2 0 a 1\n")
+    systems = ["dense", "dense/prf=1:0.5", "dense+rerank@3/fusion=rrf"]
+    config = EvalConfig(encoder=tiny_encoder, reranker="maxsim", systems=systems, index_dir=tmp_path / "index",
+                        n_resamples=100)
+    report = run_evaluation(load_dataset(folder), config)
+    assert [r.name for r in report.systems] == systems
+    with Engine.open(tmp_path / "index", encoder=tiny_encoder, reranker="maxsim") as engine:
+        hits = engine.search("museum in paris", k=3, top_n=3, fusion="rrf").hits
+    assert list(report.system("dense+rerank@3/fusion=rrf").run["q1"]) == [h.doc_id for h in hits]
+    assert set(report.system("dense+rerank@3/fusion=rrf").timings.stages) == {"encode", "search", "rerank"}

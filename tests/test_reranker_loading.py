@@ -148,3 +148,46 @@ def test_explicit_or_non_default_spec_raises(encoder, tmp_path):
         load_reranker(str(tmp_path / "missing"), encoder=encoder, explicit=False)
     with pytest.raises(RerankerLoadError):
         load_reranker(DEFAULT_RERANKER, encoder=None, explicit=False)  # nothing to fall back on
+
+
+def test_spec_strings_name_a_kind_and_its_argument():
+    from twostage.reranker.loading import parse_spec
+
+    assert parse_spec("none") == ("none", "")
+    assert parse_spec(" MaxSim ") == ("maxsim", "")
+    assert parse_spec("cross-encoder:some-org/model") == ("cross-encoder", "some-org/model")
+    assert parse_spec("cross-encoder:/models/ce") == ("cross-encoder", "/models/ce")
+    assert parse_spec("some-org/model") == ("cross-encoder", "some-org/model")  # a bare name is a cross-encoder
+    assert parse_spec(DEFAULT_RERANKER) == ("cross-encoder", DEFAULT_RERANKER)
+    assert parse_spec("default") == ("cross-encoder", DEFAULT_RERANKER)
+
+
+def test_registry_loads_each_kind(tiny_cross_encoder_dir, encoder):
+    prefixed, notice = load_reranker(f"cross-encoder:{tiny_cross_encoder_dir}", explicit=True, batch_size=4)
+    bare, _ = load_reranker(str(tiny_cross_encoder_dir), explicit=True)
+    assert isinstance(prefixed, CrossEncoderReranker) and prefixed.batch_size == 4 and notice is None
+    texts = ["berlin has a population of 3 million", "paris museum"]
+    assert prefixed.score("berlin people", texts).tolist() == bare.score("berlin people", texts).tolist()
+    with pytest.raises(RerankerLoadError, match="takes no argument"):
+        load_reranker("maxsim:extra", encoder=encoder)
+    with pytest.raises(RerankerLoadError, match="empty cross-encoder name"):
+        load_reranker("cross-encoder:")
+
+
+def test_a_registered_kind_is_reachable_by_its_spec(encoder, monkeypatch):
+    from twostage.reranker import loading
+
+    monkeypatch.setitem(loading._KINDS, "echo", lambda arg, context: ("echo", arg, context.batch_size))
+    assert load_reranker("echo:hello", batch_size=3) == (("echo", "hello", 3), None)
+    assert "echo" in loading.reranker_kinds()
+
+
+def test_only_the_implicit_default_falls_back(encoder):
+    from twostage.reranker.loading import is_implicit_default
+
+    assert is_implicit_default("default") and is_implicit_default(DEFAULT_RERANKER)
+    assert not is_implicit_default(f"cross-encoder:{DEFAULT_RERANKER}") and not is_implicit_default("maxsim")
+    fallback, notice = load_reranker("default", encoder=encoder)  # explicit=None: the rule decides
+    assert isinstance(fallback, MaxSimReranker) and "using late-interaction MaxSim" in notice
+    with pytest.raises(RerankerLoadError):
+        load_reranker(f"cross-encoder:{DEFAULT_RERANKER}", encoder=encoder)  # named by the user: no fallback

@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from twostage.retriever.biencoder import BiEncoder, EncodeResult
 from twostage.retriever.cache import EmbeddingCache
-from twostage.retriever.dense import DenseHits, DenseRetriever
 from twostage.runtime.models import DEFAULT_BI_ENCODER, ModelLoadError, model_fingerprint
 from retriever_fixtures import packaged_minilm, set_offline
 
@@ -81,43 +78,28 @@ def test_empty_inputs(bi: BiEncoder) -> None:
     result = bi.encode_documents([])
     assert result.embeddings.shape == (0, 384) and result.truncated == 0 and result.cache_hits == 0
     assert bi.encode_queries([]).shape == (0, 384)
-    assert bi.token_embeddings([]) == []
     with pytest.raises(TypeError):
         bi.encode_queries("a single string")
 
 
-def test_token_embeddings_exclude_padding(bi: BiEncoder) -> None:
-    texts = ["hello", "a much longer sentence about the population of Berlin"]
-    tokens = bi.token_embeddings(texts)
-    expected = [len(bi.model.tokenizer(t)["input_ids"]) for t in texts]  # includes [CLS] and [SEP]
-    assert [t.shape for t in tokens] == [(n, 384) for n in expected]
-    assert all(t.dtype == np.float32 for t in tokens)
-    np.testing.assert_allclose(np.linalg.norm(tokens[1], axis=1), 1.0, atol=1e-5)
-    raw = bi.token_embeddings(texts[:1], normalize=False)[0]
-    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
-
-
-def test_cache_makes_second_run_10x_faster(tmp_path: Path, bi: BiEncoder) -> None:
+def test_second_run_is_served_by_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh encoder over the same cache encodes nothing it has seen: counted by cache hits and model calls (a
+    wall-clock ratio would flake on a loaded machine)."""
     texts = short_texts(200, "cached")
-    bi.encode_documents(short_texts(64, "warm-up"))  # first-call costs are not the cache's merit
     path = tmp_path / "e.sqlite"
-    first_encoder = BiEncoder(packaged_minilm(), cache=EmbeddingCache(path))
-    start = time.perf_counter()
-    first = first_encoder.encode_documents(texts)
-    first_s = time.perf_counter() - start
+    first = BiEncoder(packaged_minilm(), cache=EmbeddingCache(path)).encode_documents(texts)
     assert first.cache_hits == 0
 
     fresh = BiEncoder(packaged_minilm(), cache=EmbeddingCache(path))
-    start = time.perf_counter()
+    encoded: list[int] = []
+    encode = fresh.model.encode_document
+    monkeypatch.setattr(fresh.model, "encode_document", lambda batch, **kw: encoded.append(len(batch)) or encode(batch, **kw))
     second = fresh.encode_documents(texts)
-    second_s = time.perf_counter() - start
-    assert second.cache_hits == 200
+    assert second.cache_hits == 200 and encoded == []
     np.testing.assert_array_equal(second.embeddings, first.embeddings)
-    print(f"cache speed-up {first_s / second_s:.0f}x ({first_s:.3f}s -> {second_s:.4f}s)")
-    assert first_s / second_s >= 10, (first_s, second_s)
 
     partial = fresh.encode_documents(texts[:50] + ["a brand new text"])
-    assert partial.cache_hits == 50
+    assert partial.cache_hits == 50 and encoded == [1]
     np.testing.assert_array_equal(partial.embeddings[:50], first.embeddings[:50])
 
 
@@ -152,28 +134,3 @@ def test_unloadable_model_raises_one_line_error(tmp_path: Path) -> None:
         BiEncoder(tmp_path, cache=None)
     assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
     assert err.value.__suppress_context__
-
-
-class FakeCollection:
-    """Records what DenseRetriever passes and returns fixed hits."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[np.ndarray, int, Any]] = []
-
-    def search(self, query_vectors: np.ndarray, k: int, filter: Any = None) -> list[list[tuple[str, float]]]:
-        self.calls.append((query_vectors, k, filter))
-        return [[("d1", 0.9), ("d2", 0.5)][:k] for _ in range(len(query_vectors))]
-
-
-def test_dense_retriever_passes_vectors_and_times(bi: BiEncoder) -> None:
-    collection = FakeCollection()
-    dense = DenseRetriever(bi, collection)
-    result = dense.timed_search(["population of Berlin", "fast animals"], k=1, filter={"lang": "en"})
-    assert isinstance(result, DenseHits)
-    assert result.hits == [[("d1", 0.9)], [("d1", 0.9)]]
-    assert result.encode_s > 0 and result.search_s >= 0
-    vectors, k, flt = collection.calls[0]
-    assert vectors.shape == (2, 384) and k == 1 and flt == {"lang": "en"}
-    np.testing.assert_allclose(vectors, bi.encode_queries(["population of Berlin", "fast animals"]), atol=1e-6)
-    assert dense.search(["population of Berlin"], k=2) == [[("d1", 0.9), ("d2", 0.5)]]
-    assert dense.search([], k=3) == []

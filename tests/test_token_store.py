@@ -42,7 +42,7 @@ def test_roundtrip_float16_exact_int8_within_half_a_step(tmp_path):
     arrays = [unit_tokens(rng, n, 384) for n in (1, 7, 60)]
     ids = ["a", "b", "c"]
     exact = TokenStore.open(tmp_path / "fp16.sqlite", encoding="float16")
-    small = TokenStore.open(tmp_path / "int8.sqlite")
+    small = TokenStore.open(tmp_path / "int8.sqlite", encoding="int8")
     for store in (exact, small):
         store.put_many(ids, arrays)
     for array, got in zip(arrays, exact.get_many(ids)):
@@ -69,7 +69,7 @@ def test_roundtrip_float16_exact_int8_within_half_a_step(tmp_path):
 
 
 def make_collection(path: Path) -> Collection:
-    return Collection.create(path, model_name="m", model_fingerprint="f", dimension=DIM, index_type="flat", store_tokens=True)
+    return Collection.create(path, model_name="m", model_fingerprint="f", dimension=DIM, index_type="flat", store_tokens="int8")
 
 
 def vectors(n: int, seed: int = 0) -> np.ndarray:

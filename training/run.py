@@ -27,6 +27,8 @@ from .data import TEACHER_REL_THRESHOLD, exclude_overlap, judged_lists, split_by
 
 DATA_VERSION = 1
 Log = Callable[[str], None]
+#: ``(options, base model, output dir, untrained copy or None, log) -> test report`` on ``options.test_dataset``
+TestEvaluation = Callable[["TrainOptions", str, Path, "Path | None", Log], dict[str, Any]]
 
 
 @dataclass
@@ -181,10 +183,7 @@ def teacher_scores(teacher: Any, lists: Sequence[ScoredList], progress: bool, ch
         for start in range(0, len(lists), chunk):
             part = lists[start:start + chunk]
             candidates = [[Candidate(d, t) for d, t in zip(x.doc_ids, x.texts)] for x in part]
-            if hasattr(teacher, "score_candidates"):
-                rows = teacher.score_candidates([x.query for x in part], candidates)
-            else:
-                rows = teacher.score_batch([x.query for x in part], [x.texts for x in part])
+            rows = teacher.score_candidates([x.query for x in part], candidates)
             scores.extend([float(v) for v in row] for row in rows)
             bar.update(len(part))
     return scores
@@ -339,8 +338,11 @@ def _top_binary(scores: Sequence[float]) -> list[float]:
     return [1.0 if i == best else 0.0 for i in range(len(scores))]
 
 
-def train(opts: TrainOptions, log: Log | None = None) -> dict[str, Any]:
-    """Run ``twostage train`` end to end and return the report (also written to ``OUT/report.json`` and ``.md``)."""
+def train(opts: TrainOptions, log: Log | None = None, *, evaluate_test: TestEvaluation | None = None) -> dict[str, Any]:
+    """Run ``twostage train`` end to end and return the report (also written to ``OUT/report.json`` and ``.md``).
+
+    With ``opts.test_dataset``, ``evaluate_test`` (``twostage train`` passes one that runs the eval harness) measures
+    the result on it; training itself needs only the stages, the engine (mining) and eval's metrics."""
     from datasets import Dataset
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -380,7 +382,7 @@ def train(opts: TrainOptions, log: Log | None = None) -> dict[str, Any]:
         trainer_fn = train_bi_encoder
 
     before_dir = None
-    if opts.test_dataset and opts.test_before and opts.kind == "reranker":
+    if evaluate_test and opts.test_dataset and opts.test_before and opts.kind == "reranker":
         before_dir = Path(tempfile.mkdtemp(prefix="twostage-before-"))
         model.save_pretrained(str(before_dir))
     log("validation before training")
@@ -392,9 +394,9 @@ def train(opts: TrainOptions, log: Log | None = None) -> dict[str, Any]:
     val_after = _after(outcome, evaluator.name)
 
     test: dict[str, Any] = {}
-    if opts.test_dataset:
+    if evaluate_test and opts.test_dataset:
         try:
-            test = evaluate_on_test(opts, base, out, before_dir, log)
+            test = evaluate_test(opts, base, out, before_dir, log)
         finally:
             if before_dir is not None:
                 shutil.rmtree(before_dir, ignore_errors=True)
@@ -418,39 +420,6 @@ def _after(outcome: TrainOutcome, name: str) -> dict[str, float] | None:
         if record.get("step") == outcome.best_step and key in record:
             return {"ndcg@10": record[key], "mrr@10": record.get(f"eval_{name}_mrr@10")}
     return None
-
-
-# --------------------------------------------------------------------------- test evaluation with the harness
-def evaluate_on_test(opts: TrainOptions, base: str, out: Path, before_dir: Path | None, log: Log) -> dict[str, Any]:
-    """nDCG@10 / MRR@10 on the held-out test dataset through ``eval.harness``: dense alone and dense + the model at
-    each depth (reranker), or dense with the base and the trained bi-encoder (retriever)."""
-    from twostage.eval.datasets import load_dataset
-    from twostage.eval.harness import EvalConfig, run_evaluation
-
-    dataset = load_dataset(opts.test_dataset)
-    depths = sorted(set(opts.test_depths))
-    measures = ("nDCG@10", "MRR@10")
-
-    def metrics(**config: Any) -> dict[str, dict[str, float]]:
-        report = run_evaluation(dataset, EvalConfig(measures=measures, n_resamples=1000, runtime=opts.runtime,
-                                                    first_stage_depth=max(depths + [100]),
-                                                    rel_threshold=opts.rel_threshold, **config), log=log)
-        return {s.name: {k: round(v, 4) for k, v in s.metrics.items()} for s in report.systems}
-
-    systems = ["dense"] + [f"dense+rerank@{d}" for d in depths]
-    result: dict[str, Any] = {"dataset": opts.test_dataset, "queries": len(dataset.queries), "depths": depths}
-    if opts.kind == "reranker":
-        log(f"test on {opts.test_dataset}: trained cross-encoder at depths {depths}")
-        result["after"] = metrics(reranker=str(out), systems=systems)
-        if before_dir is not None:
-            log(f"test on {opts.test_dataset}: untrained student at depths {depths}")
-            result["before"] = metrics(reranker=str(before_dir), systems=systems)
-    else:
-        log(f"test on {opts.test_dataset}: trained bi-encoder (re-encodes the corpus once)")
-        result["after"] = metrics(model=str(out), reranker=None, systems=["dense"])
-        if opts.test_before:
-            result["before"] = metrics(model=base, reranker=None, systems=["dense"])
-    return result
 
 
 # --------------------------------------------------------------------------- report

@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, help="batch mode: write results to this TREC run file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _search_options(p)
+    _ray_option(p, "search a sharded collection through one Ray actor per shard ('auto', or the head's HOST:PORT)")
 
     p = sub.add_parser("eval", help="evaluate retrieval quality (or score a TREC run like trec_eval)")
     _eval_options(p)
@@ -313,7 +314,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.run and not args.queries:
         raise UsageError("--run needs --queries FILE (batch mode)")
     filters = parse_filters(args.filter)
-    with Engine.open(args.directory, reranker=reranker_spec(args), runtime=runtime_from_args(args)) as engine:
+    with Engine.open(args.directory, reranker=reranker_spec(args), runtime=runtime_from_args(args),
+                     ray=args.ray) as engine:
         if args.queries:
             return _search_batch(engine, args, filters)
         result = engine.search(args.query, k=args.k, top_n=args.top_n, rerank=not args.no_rerank, filter=filters,

@@ -35,31 +35,39 @@ WINDOW_ATTEMPTS = 3
 #: environment the driver hands to every actor, so workers started elsewhere read the same caches and offline settings
 FORWARDED_ENV = ("TWOSTAGE_CACHE_DIR", "TWOSTAGE_BACKEND", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME",
                  "HF_HUB_CACHE", "TOKENIZERS_PARALLELISM", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
-LOOPBACK = ("127.0.0.1", "localhost", "local")
+LOOPBACK = ("127.0.0.1", "localhost")
 
 
 # --------------------------------------------------------------------------- connecting
 def connect(address: str) -> Any:
     """Join the Ray cluster at ``address`` (``host:port``), or with ``auto`` the one Ray finds on this machine, else a
-    new single-node one bound to 127.0.0.1. A loopback address keeps every Ray endpoint of this process on 127.0.0.1."""
-    host = address.rsplit(":", 1)[0] if address != "auto" else "local"
-    if host in LOOPBACK and "ray" not in __import__("sys").modules:
-        # Ray otherwise advertises this machine's outward address; on loopback it must stay on 127.0.0.1.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    new single-node one. A loopback address, and a new local cluster, keep every Ray endpoint on 127.0.0.1."""
     import ray
 
     if ray.is_initialized():
         return ray
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
     options = dict(runtime_env={"env_vars": env}, log_to_driver=False, logging_level=logging.WARNING)
+    if address.rsplit(":", 1)[0] in LOOPBACK:
+        _stay_on_loopback(env)
     try:
         ray.init(address=address, **options)
     except ConnectionError as err:
         if address != "auto":
             raise UsageError(f"--ray {address}: cannot reach a Ray cluster there ({err})") from None
+        _stay_on_loopback(env)
         ray.init(include_dashboard=False, **options)
     _quiet_ray_data(ray)
     return ray
+
+
+def _stay_on_loopback(env: dict[str, str]) -> None:
+    """Make Ray advertise 127.0.0.1 for this machine instead of its outward address (Ray's switch for single-machine
+    clusters, read from the environment at import and set here too in case ray was imported already)."""
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _quiet_ray_data(ray: Any) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from twostage.indexes.collection import Collection
 from twostage.indexes.documents import Document
+from twostage.indexes.protocols import CollectionLike
 from twostage.indexes.sharded import ShardedCollection, collection_exists, open_collection
 from twostage.reranker.base import Candidate, Reranker
 from twostage.reranker.cross_encoder import DEFAULT_RERANKER
@@ -25,9 +26,12 @@ from twostage.runtime.models import DEFAULT_BI_ENCODER
 
 from .errors import UsageError
 from .results import Hit, SearchResult, Timings
+from .writer import OrderedWriter
 
 #: documents encoded and committed to SQLite per step; a crash loses at most one step's work
 ADD_CHUNK = 256
+#: the same on the device encode path (a GPU), where a step must hold many large batches
+DEVICE_ADD_CHUNK = 32768
 
 
 @dataclass
@@ -71,7 +75,7 @@ class Engine:
 
     def __init__(
         self,
-        collection: Collection,
+        collection: CollectionLike,
         encoder: BiEncoder,
         reranker: Reranker | str | None = DEFAULT_RERANKER,
         *,
@@ -254,19 +258,24 @@ class Engine:
         report = AddReport()
         started = time.perf_counter()
         seen: set[str] = set()
-        for chunk in _chunks((as_document(d) for d in documents), ADD_CHUNK):
-            for doc in chunk:
-                if doc.id in seen:
-                    raise UsageError(f"document id {doc.id!r} appears twice in the input")
-                seen.add(doc.id)
-            self._add_chunk(chunk, report)
-            if progress:
-                progress(len(chunk))
+        # on a GPU a chunk is large enough to keep the device busy; the writer thread stores chunk i (its own SQLite
+        # transaction, in order) while chunk i+1 is encoded
+        size = ADD_CHUNK if getattr(self.encoder, "device_encoder", None) is None else DEVICE_ADD_CHUNK
+        with OrderedWriter() as write:
+            for chunk in _chunks((as_document(d) for d in documents), size):
+                for doc in chunk:
+                    if doc.id in seen:
+                        raise UsageError(f"document id {doc.id!r} appears twice in the input")
+                    seen.add(doc.id)
+                self._add_chunk(chunk, report, write)
+                if progress:
+                    progress(len(chunk))
         self.collection.commit()
         report.seconds = time.perf_counter() - started
         return report
 
-    def _add_chunk(self, chunk: list[Document], report: AddReport) -> None:
+    def _add_chunk(self, chunk: list[Document], report: AddReport, write: Callable[[Callable[[], object]], None]
+                   ) -> None:
         existing = {doc.id: doc for doc in self.collection.get([d.id for d in chunk]) if doc is not None}
         todo = [d for d in chunk if not _same(existing.get(d.id), d)]
         report.unchanged += len(chunk) - len(todo)
@@ -280,7 +289,7 @@ class Engine:
             embeddings, tokens = encode_with_tokens(self.encoder, texts)
             encoded = EncodeResult(embeddings, truncated=self.encoder.count_truncated(texts), cache_hits=0)
         terms = content_token_ids(self.encoder, texts) if self.collection.token_df is not None else None
-        self.collection.upsert(todo, encoded.embeddings, tokens=tokens, terms=terms)
+        write(partial(self.collection.upsert, todo, encoded.embeddings, tokens=tokens, terms=terms))
         report.truncated += encoded.truncated
         report.cache_hits += encoded.cache_hits
         replaced = sum(1 for d in todo if d.id in existing)

@@ -58,6 +58,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                           help=f"how long to wait for more queries to batch together (default {defaults.batch_window_ms:g})")
     batching.add_argument("--max-batch-queries", type=int, default=defaults.max_batch_queries,
                           help=f"queries per encoder/rerank pass (default {defaults.max_batch_queries})")
+    scale = p.add_argument_group("scale-out (a sharded collection on Ray)")
+    scale.add_argument("--ray", default=None, metavar="auto|HOST:PORT",
+                       help="serve a sharded collection from Ray: one actor per shard, writes routed to the owning "
+                       "shard, reranking on a pool of replica actors (pip install 'twostage[ray]')")
+    scale.add_argument("--reranker-replicas", type=int, default=2, metavar="N",
+                       help="with --ray: reranker replica actors, one model each (default 2)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default info)")
 
@@ -87,7 +93,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
 def run_serve(args: argparse.Namespace) -> int:
     """Open the collection (in the engine worker), say how it is served, then run uvicorn until interrupted."""
     import uvicorn
-    from twostage.indexes.collection import Collection
+    from twostage.indexes.sharded import collection_exists
 
     from twostage.runtime.config import runtime_from_args
 
@@ -98,11 +104,19 @@ def run_serve(args: argparse.Namespace) -> int:
     config = server_config(args)
     if config.protect_reads and config.read_only:
         raise UsageError(f"--protect-reads needs a token (--token or ${TOKEN_ENV})")
-    if not Collection.exists(args.directory):
+    if not collection_exists(args.directory):
         raise UsageError(f"{args.directory} holds no collection; build one with 'twostage index CORPUS --index {args.directory}'")
     spec = reranker_spec(args)
     runtime = runtime_from_args(args)
-    app = create_app(lambda: Engine.open(args.directory, reranker=spec, runtime=runtime), config)
+    if args.ray:
+        if args.reranker_replicas < 1:
+            raise UsageError(f"--reranker-replicas must be at least 1 (got {args.reranker_replicas})")
+        from .distributed import open_ray_engine  # imported only with --ray: importing ray is slow
+
+        app = create_app(lambda: open_ray_engine(args.directory, address=args.ray, reranker=spec,
+                                                 replicas=args.reranker_replicas, runtime=runtime), config)
+    else:
+        app = create_app(lambda: Engine.open(args.directory, reranker=spec, runtime=runtime), config)
     engine = app.state.batcher.engine
     for notice in engine.notices:
         print(notice, file=sys.stderr)

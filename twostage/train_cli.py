@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from twostage.training.run import TrainOptions
 
 EXAMPLE = """example (distil late interaction into a cross-encoder, test on held-out TREC DL 2020):
   twostage index data/msmarco-dl20/corpus.jsonl --index runs/dl20
@@ -120,9 +124,44 @@ def run_train(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
     if not Path(opts.collection).exists():
         raise UsageError(f"--collection {opts.collection}: no such collection (build one with twostage index)")
-    report = train(opts)
+    report = train(opts, evaluate_test=evaluate_on_test)
     val = report["validation"]
     after = val.get("after") or {}
     print(f"{opts.out}: {report['training']['steps']} steps, validation nDCG@10 "
           f"{val['before']['ndcg@10']:.4f} -> {after.get('ndcg@10', float('nan')):.4f}; report {opts.out / 'report.md'}")
     return 0
+
+
+def evaluate_on_test(
+    opts: TrainOptions, base: str, out: Path, before_dir: Path | None, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """nDCG@10 / MRR@10 on the held-out test dataset through ``eval.harness``: dense alone and dense + the model at
+    each depth (reranker), or dense with the base and the trained bi-encoder (retriever). Here, not in ``training``,
+    so training needs the stages, the engine and eval's metrics only; this front end composes it with the harness."""
+    from twostage.eval.datasets import load_dataset
+    from twostage.eval.harness import EvalConfig, run_evaluation
+
+    dataset = load_dataset(opts.test_dataset)
+    depths = sorted(set(opts.test_depths))
+    measures = ("nDCG@10", "MRR@10")
+
+    def metrics(**config: Any) -> dict[str, dict[str, float]]:
+        report = run_evaluation(dataset, EvalConfig(measures=measures, n_resamples=1000, runtime=opts.runtime,
+                                                    first_stage_depth=max(depths + [100]),
+                                                    rel_threshold=opts.rel_threshold, **config), log=log)
+        return {s.name: {k: round(v, 4) for k, v in s.metrics.items()} for s in report.systems}
+
+    systems = ["dense"] + [f"dense+rerank@{d}" for d in depths]
+    result: dict[str, Any] = {"dataset": opts.test_dataset, "queries": len(dataset.queries), "depths": depths}
+    if opts.kind == "reranker":
+        log(f"test on {opts.test_dataset}: trained cross-encoder at depths {depths}")
+        result["after"] = metrics(reranker=str(out), systems=systems)
+        if before_dir is not None:
+            log(f"test on {opts.test_dataset}: untrained student at depths {depths}")
+            result["before"] = metrics(reranker=str(before_dir), systems=systems)
+    else:
+        log(f"test on {opts.test_dataset}: trained bi-encoder (re-encodes the corpus once)")
+        result["after"] = metrics(model=str(out), reranker=None, systems=["dense"])
+        if opts.test_before:
+            result["before"] = metrics(model=base, reranker=None, systems=["dense"])
+    return result

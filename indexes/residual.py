@@ -1,0 +1,154 @@
+"""Residual compression of token vectors, ColBERTv2 / PLAID style: a centroid id plus 1 or 2 bits per dimension.
+
+A :class:`ResidualCodec` is learned from a sample of unit-length token vectors: k-means centroids (``faiss.Kmeans``,
+normalised as ColBERTv2 normalises them), then, per dimension, bucket cutoffs at the quantiles of the residual
+``x - centroid`` and one reconstruction value per bucket (the residual's median within that bucket). ColBERTv2 learns
+one set of cutoffs for all dimensions; per-dimension ones cost ``dim * 2**bits`` floats and fit each dimension's spread.
+
+A token is stored as its nearest centroid's id (uint16) and its residual's bucket per dimension, packed ``8 / bits``
+to a byte: ``2 + dim * bits / 8`` bytes (98 for a 384-d model at 2 bits, 50 at 1 bit). Decoding is a table lookup per
+packed byte plus the centroid, so it costs a gather over the candidates' tokens and no arithmetic per bit.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+BITS = (1, 2)
+#: at most this many centroids (ColBERTv2's 2**floor(log2(16 sqrt(n))) grows past what k-means trains in minutes on a CPU)
+MAX_CENTROIDS = 4096
+#: k-means wants at least this many training points per centroid (faiss warns below 39)
+POINTS_PER_CENTROID = 40
+#: training sample cap: enough for MAX_CENTROIDS, small enough to train in about a minute on two cores
+MAX_SAMPLE = MAX_CENTROIDS * 64
+
+
+def default_centroids(n_tokens: int, n_sample: int) -> int:
+    """ColBERTv2's centroid count for a collection of ``n_tokens`` vectors, 2**floor(log2(16 sqrt(n))), capped by
+    the training sample (about 40 points per centroid) and by :data:`MAX_CENTROIDS`; at least 1."""
+    colbert = 2 ** int(math.floor(math.log2(16 * math.sqrt(max(n_tokens, 1)))))
+    by_sample = 2 ** int(math.floor(math.log2(max(n_sample // POINTS_PER_CENTROID, 1))))
+    return max(1, min(colbert, by_sample, MAX_CENTROIDS))
+
+
+@dataclass
+class ResidualCodec:
+    """Centroids ``(k, dim)``, per-dimension bucket ``cutoffs`` ``(dim, 2**bits - 1)`` and ``weights``
+    ``(dim, 2**bits)`` (all float32), and the bits per dimension."""
+
+    bits: int
+    centroids: np.ndarray
+    cutoffs: np.ndarray
+    weights: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.bits not in BITS:
+            raise ValueError(f"residual bits must be 1 or 2 (got {self.bits})")
+        self.centroids = np.ascontiguousarray(self.centroids, dtype=np.float32)
+        self.cutoffs = np.ascontiguousarray(self.cutoffs, dtype=np.float32)
+        self.weights = np.ascontiguousarray(self.weights, dtype=np.float32)
+        k, dim = self.centroids.shape
+        if k > 65536:
+            raise ValueError(f"at most 65,536 centroids fit a uint16 id (got {k})")
+        if dim % 8:
+            raise ValueError(f"residual codes need a dimension divisible by 8 (got {dim})")
+        levels = 2**self.bits
+        if self.cutoffs.shape != (dim, levels - 1) or self.weights.shape != (dim, levels):
+            raise ValueError(f"cutoffs/weights of shape {self.cutoffs.shape}/{self.weights.shape} do not fit "
+                             f"{dim} dimensions at {self.bits} bits")
+        self._index = None  # faiss inner-product index over the centroids, built on first encode
+        self._table = _decode_table(self.weights, self.bits)
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Stored bytes per token: the uint16 centroid id and the packed residual."""
+        return 2 + self.dim * self.bits // 8
+
+    @classmethod
+    def train(cls, sample: np.ndarray, bits: int, *, n_centroids: int | None = None, n_tokens: int | None = None,
+              seed: int = 123, niter: int = 20) -> "ResidualCodec":
+        """Learn a codec from unit-length token vectors ``(n, dim)``. ``n_centroids`` defaults to
+        :func:`default_centroids` of ``n_tokens`` (the collection's token count; default the sample's)."""
+        import faiss
+
+        x = np.ascontiguousarray(sample, dtype=np.float32)
+        if x.ndim != 2 or len(x) == 0:
+            raise ValueError(f"a residual codec needs a sample of shape (n >= 1, dim), got {x.shape}")
+        k = max(1, min(n_centroids or default_centroids(n_tokens or len(x), len(x)), len(x)))
+        kmeans = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False)
+        kmeans.train(x)
+        centroids = kmeans.centroids / np.maximum(np.linalg.norm(kmeans.centroids, axis=1, keepdims=True), 1e-12)
+        levels = 2**bits
+        codec = cls(bits, centroids, np.zeros((x.shape[1], levels - 1)), np.zeros((x.shape[1], levels)))
+        residuals = x - codec.centroids[codec.assign(x)]
+        codec.cutoffs = np.quantile(residuals, np.arange(1, levels) / levels, axis=0).T.astype(np.float32)
+        codec.weights = np.quantile(residuals, (np.arange(levels) + 0.5) / levels, axis=0).T.astype(np.float32)
+        codec._table = _decode_table(codec.weights, bits)
+        return codec
+
+    def assign(self, vectors: np.ndarray) -> np.ndarray:
+        """Each vector's nearest centroid by inner product (the vectors are unit length), as uint16."""
+        import faiss
+
+        if self._index is None:
+            self._index = faiss.IndexFlatIP(self.dim)
+            self._index.add(self.centroids)
+        _, ids = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+        return ids[:, 0].astype(np.uint16)
+
+    def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, packed)``: uint16 centroid ids ``(n,)`` and packed residual buckets ``(n, dim * bits / 8)`` uint8."""
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids = self.assign(x)
+        residuals = x - self.centroids[ids]
+        buckets = np.zeros(x.shape, dtype=np.uint8)
+        for level in range(self.cutoffs.shape[1]):  # 1 or 3 comparisons: the bucket is how many cutoffs lie below
+            buckets += residuals > self.cutoffs[:, level]
+        return ids, _pack(buckets, self.bits)
+
+    def decode(self, ids: np.ndarray, packed: np.ndarray) -> np.ndarray:
+        """float32 ``(n, dim)`` vectors back from :meth:`encode`'s output (not re-normalised)."""
+        n = len(ids)
+        per_byte = 8 // self.bits
+        residual = self._table[np.arange(packed.shape[1]), packed.reshape(n, -1)]  # (n, bytes, per_byte)
+        out = residual.reshape(n, packed.shape[1] * per_byte)
+        out += self.centroids[ids.astype(np.intp)]
+        return out
+
+    def to_blobs(self) -> dict[str, bytes | int]:
+        """The codec as SQLite column values (float32 blobs; centroids as float16, as they are used unit length)."""
+        return {"bits": self.bits, "k": len(self.centroids), "dim": self.dim,
+                "centroids": self.centroids.astype(np.float16).tobytes(),
+                "cutoffs": self.cutoffs.tobytes(), "weights": self.weights.tobytes()}
+
+    @classmethod
+    def from_blobs(cls, bits: int, k: int, dim: int, centroids: bytes, cutoffs: bytes, weights: bytes) -> "ResidualCodec":
+        levels = 2**bits
+        return cls(bits, np.frombuffer(centroids, dtype=np.float16).reshape(k, dim).astype(np.float32),
+                   np.frombuffer(cutoffs, dtype=np.float32).reshape(dim, levels - 1),
+                   np.frombuffer(weights, dtype=np.float32).reshape(dim, levels))
+
+
+def _pack(buckets: np.ndarray, bits: int) -> np.ndarray:
+    """``(n, dim)`` bucket numbers (< 2**bits) -> ``(n, dim * bits / 8)`` bytes, first dimension in the high bits."""
+    per_byte = 8 // bits
+    groups = buckets.reshape(len(buckets), -1, per_byte).astype(np.uint8)
+    shifts = (bits * np.arange(per_byte - 1, -1, -1)).astype(np.uint8)
+    return np.bitwise_or.reduce(groups << shifts, axis=2).astype(np.uint8)
+
+
+def _decode_table(weights: np.ndarray, bits: int) -> np.ndarray:
+    """``(dim * bits / 8, 256, 8 / bits)`` float32: per packed byte position and value, its dimensions' residuals."""
+    per_byte = 8 // bits
+    values = np.arange(256, dtype=np.uint16)
+    shifts = bits * np.arange(per_byte - 1, -1, -1)
+    buckets = (values[:, None] >> shifts[None, :]) & (2**bits - 1)  # (256, per_byte)
+    dims = weights.reshape(-1, per_byte, 2**bits)  # (bytes, per_byte, levels)
+    cols = np.arange(per_byte)[None, :]
+    return np.ascontiguousarray(dims[:, cols, buckets], dtype=np.float32)  # (bytes, 256, per_byte)

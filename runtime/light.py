@@ -1,0 +1,168 @@
+"""A sentence-transformers model run from its cached export with the ``tokenizers`` package and numpy: no torch.
+
+What a query needs on the default (OpenVINO/ONNX) backend is the tokenizer, the exported transformer and the pooling
+after it; importing torch and sentence-transformers for that costs seconds. :func:`load_light` reads the model
+directory's own configuration (``modules.json``, ``1_Pooling/config.json``, ``sentence_bert_config.json``,
+``config_sentence_transformers.json``, ``tokenizer.json``) and opens the export made earlier by ``runtime.export``;
+it returns None whenever a model is not transformer + Pooling (+ Normalize), or no export is cached yet, and the
+caller then loads the model through sentence-transformers as before.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from twostage.runtime.backends import Runtime, load_runtime
+from twostage.runtime.export import _complete, model_file
+
+_TRANSFORMER = "sentence_transformers.models.Transformer"
+_POOLING = "sentence_transformers.models.Pooling"
+_NORMALIZE = "sentence_transformers.models.Normalize"
+#: pooling modes this path implements (sentence-transformers' names)
+_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
+
+
+@dataclass
+class TokenOutput:
+    """One text's unpadded transformer outputs: token vectors ``(n, dim)`` float32 and their token ids."""
+
+    token_embeddings: np.ndarray
+    input_ids: np.ndarray
+
+
+@dataclass
+class LightEncoder:
+    """Tokenizer + compiled export + pooling of one sentence-transformers model directory."""
+
+    tokenizer: Any  # tokenizers.Tokenizer, truncating at max_seq_length, never padding
+    runtime: Runtime
+    dimension: int
+    pooling: str
+    normalize_module: bool
+    max_seq_length: int
+    pad_id: int
+    special_ids: list[int]
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+
+    def set_max_seq_length(self, value: int) -> None:
+        """Cut inputs at ``value`` tokens (special tokens included), as ``SentenceTransformer.max_seq_length`` does."""
+        self.max_seq_length = int(value)
+        self.tokenizer.enable_truncation(max_length=self.max_seq_length)
+
+    def token_outputs(self, texts: Sequence[str], prompt: str = "", batch_size: int = 32) -> list[TokenOutput]:
+        """Per text (with ``prompt`` prepended), its token ids and contextual token vectors, in input order."""
+        encodings = self.tokenizer.encode_batch([prompt + t for t in texts])
+        ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # length-sorted batches pad little
+        out: list[TokenOutput | None] = [None] * len(ids)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            width = max(len(ids[i]) for i in rows)
+            input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for j, i in enumerate(rows):
+                input_ids[j, : len(ids[i])] = ids[i]
+                mask[j, : len(ids[i])] = 1
+            hidden = self.runtime({"input_ids": input_ids, "attention_mask": mask})
+            for j, i in enumerate(rows):
+                out[i] = TokenOutput(hidden[j, : len(ids[i])].astype(np.float32, copy=True), ids[i])
+        return out  # type: ignore[return-value]
+
+    def encode(self, texts: Sequence[str], prompt: str = "", batch_size: int = 32, normalize: bool = True) -> np.ndarray:
+        """Sentence vectors ``(n, dimension)`` float32: pooled as the model's Pooling module pools, then normalised."""
+        vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for i, out in enumerate(self.token_outputs(texts, prompt, batch_size)):
+            tokens = out.token_embeddings
+            if self.pooling == "cls":
+                vectors[i] = tokens[0]
+            elif self.pooling == "max":
+                vectors[i] = tokens.max(axis=0)
+            else:
+                vectors[i] = tokens.mean(axis=0)
+        if normalize or self.normalize_module:
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, (dict, list)) else None
+
+
+def _pooling_mode(config: dict[str, Any]) -> str | None:
+    """The one pooling mode switched on in a Pooling config, if this path implements it."""
+    on = [name for name, value in config.items() if name.startswith("pooling_mode") and value]
+    return _MODES.get(on[0]) if len(on) == 1 else None
+
+
+def _special_ids(root: Path, tokenizer: Any) -> list[int]:
+    """Ids of the tokenizer's special tokens (what transformers' ``all_special_ids`` lists): from
+    ``special_tokens_map.json``, else the tokenizer's added tokens marked special."""
+    mapping = _read_json(root / "special_tokens_map.json")
+    names: list[str] = []
+    if isinstance(mapping, dict):
+        for value in mapping.values():
+            for item in value if isinstance(value, list) else [value]:
+                names.append(item.get("content") if isinstance(item, dict) else item)
+    else:
+        names = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special]
+    ids = {tokenizer.token_to_id(name) for name in names if isinstance(name, str)}
+    return sorted(i for i in ids if i is not None)
+
+
+def load_light(model_dir: str | Path, backend: str, fingerprint: str) -> LightEncoder | None:
+    """The model in ``model_dir`` on its cached ``backend`` export, or None when this path does not apply."""
+    root = Path(model_dir)
+    modules = _read_json(root / "modules.json")
+    if not isinstance(modules, list) or not modules:
+        return None
+    types = [m.get("type") for m in modules]
+    if types[0] != _TRANSFORMER or modules[0].get("path", "") != "" or types[1:2] != [_POOLING]:
+        return None
+    if any(t != _NORMALIZE for t in types[2:]):
+        return None
+    pooling_config = _read_json(root / modules[1]["path"] / "config.json")
+    mode = _pooling_mode(pooling_config) if isinstance(pooling_config, dict) else None
+    target = model_file(fingerprint, backend, "feature-extraction")
+    if mode is None or not (root / "tokenizer.json").is_file() or not _complete(target.with_suffix(".json"), target):
+        return None
+    prompts_config = _read_json(root / "config_sentence_transformers.json") or {}
+    if prompts_config.get("prompts") and pooling_config.get("include_prompt") is False:
+        return None  # prompt tokens left out of the pooling: sentence-transformers' own loop handles that
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
+    tokenizer.no_padding()
+    st_config = _read_json(root / "sentence_bert_config.json") or {}
+    max_length = st_config.get("max_seq_length")
+    if not max_length:  # sentence-transformers' own fallback: the model's and the tokenizer's limits
+        model_config = _read_json(root / "config.json") or {}
+        tokenizer_config = _read_json(root / "tokenizer_config.json") or {}
+        limits = [model_config.get("max_position_embeddings"), tokenizer_config.get("model_max_length")]
+        max_length = min(int(v) for v in limits if isinstance(v, (int, float)) and v > 0) if any(limits) else 512
+    tokenizer_config = _read_json(root / "tokenizer_config.json") or {}
+    pad = tokenizer_config.get("pad_token")
+    pad = pad.get("content") if isinstance(pad, dict) else pad
+    pad_id = tokenizer.token_to_id(pad) if isinstance(pad, str) else None
+    encoder = LightEncoder(
+        tokenizer=tokenizer,
+        runtime=load_runtime(target, backend),
+        dimension=int(pooling_config["word_embedding_dimension"]),
+        pooling=mode,
+        normalize_module=_NORMALIZE in types,
+        max_seq_length=int(max_length),
+        pad_id=pad_id or 0,
+        special_ids=_special_ids(root, tokenizer),
+        prompts=dict(prompts_config.get("prompts") or {}),
+        default_prompt_name=prompts_config.get("default_prompt_name"),
+    )
+    encoder.set_max_seq_length(int(max_length))
+    return encoder
