@@ -1,11 +1,13 @@
 """MaxSim reranking on msmarco-dl20: the dense first stage vs dense + MaxSim at depths 20/50/100, with passage tokens
-stored at index time (int8 or float16) and encoded on the fly: nDCG@10, MRR@10 and R@100 (label >= 2), per-query
-latency by stage, bytes per passage, and the index-time cost of storing tokens.
+stored at index time (2bit, 1bit, int8 or float16) and encoded on the fly: nDCG@10, MRR@10 and R@100 (label >= 2),
+per-query latency by stage, bytes per passage, and the index-time cost of storing tokens.
 
     python benchmarks/bench_maxsim.py     # writes benchmarks/results/maxsim.json and maxsim.md
+    python benchmarks/bench_maxsim.py --variants "2bit stored,1bit stored,float16 stored" --index-sample 0
 
-The collection (float16 tokens; the int8 store is derived from it exactly as int8 indexing would write it) is built
-once into runs/bench-maxsim/ and reused. Without ../shared/data/msmarco-dl20 the script says so and exits 0.
+The collection (float16 tokens) is built once into runs/bench-maxsim/ and reused; the other stores are derived from
+it exactly as indexing would write them (int8 rows, which a 2bit/1bit store then re-encodes with a codec learned from
+them). Without ../shared/data/msmarco-dl20 the script says so and exits 0.
 """
 from __future__ import annotations
 
@@ -28,17 +30,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from twostage.eval.datasets import Dataset, load_folder  # noqa: E402
 from twostage.eval.metrics import evaluate  # noqa: E402
 from twostage.indexes.documents import Document  # noqa: E402
-from twostage.indexes.token_store import TokenStore  # noqa: E402
+from twostage.indexes.token_store import RESIDUAL, TokenStore  # noqa: E402
 from twostage.reranker.maxsim import MaxSimReranker  # noqa: E402
 from twostage.retriever.biencoder import BiEncoder  # noqa: E402
 from twostage.engine import Engine  # noqa: E402
+from twostage.runtime.cpu import cpu_info  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "msmarco-dl20"
 CACHE = REPO / "runs" / "bench-maxsim"
 RESULTS = REPO / "benchmarks" / "results"
 MEASURES = ("nDCG@10", "MRR@10", "R@100")
 DEPTHS = (20, 50, 100)
-VARIANTS = ("int8 stored", "float16 stored", "on the fly")
+VARIANTS = ("2bit stored", "1bit stored", "int8 stored", "float16 stored", "on the fly")
 
 
 @dataclass
@@ -81,14 +84,19 @@ def build_collection(docs: list[Document], encoder: BiEncoder, path: Path) -> di
     return info
 
 
-def int8_store(source: TokenStore, doc_ids: list[str], path: Path) -> TokenStore:
-    """An int8 store holding exactly what int8 indexing would write (the same float16 tokens, quantized)."""
-    store = TokenStore.open(path, encoding="int8")
-    if len(store) != len(doc_ids):
+def derived_store(source: TokenStore, doc_ids: list[str], path: Path, encoding: str) -> tuple[TokenStore, float]:
+    """A store holding exactly what indexing with ``encoding`` would write from the same float16 tokens (for 2bit /
+    1bit: int8 rows, then the codec learned from them and the rows re-encoded), and the seconds that codec took."""
+    store = TokenStore.open(path, encoding=encoding)
+    seconds = 0.0
+    if len(store) != len(doc_ids) or (encoding in RESIDUAL and store.codec is None):
         for start in range(0, len(doc_ids), 1000):
             chunk = doc_ids[start : start + 1000]
             store.put_many(chunk, source.get_many(chunk))
-    return store
+        started = time.perf_counter()
+        store.train_pending()
+        seconds = time.perf_counter() - started
+    return store, round(seconds, 1)
 
 
 def index_cost(docs: list[Document], model: str, sample: int) -> dict:
@@ -150,6 +158,8 @@ def storage(store: TokenStore, dim: int) -> dict:
         "encoding": store.encoding,
         "passages": stats.passages,
         "tokens_per_passage": round(stats.tokens_per_passage, 1),
+        "codec_bytes": stats.codec_bytes,
+        "codec_bytes_per_passage": round(stats.codec_bytes / max(stats.passages, 1), 1),
         "bytes_per_token": round(stats.payload_bytes / max(stats.tokens, 1), 1),
         "bytes_per_passage": round(stats.bytes_per_passage, 1),
         "total_mb": round(stats.payload_bytes / 1e6, 1),
@@ -176,18 +186,22 @@ def markdown(report: dict) -> str:
     lines.append("R@100 is measured on the returned list, so at depth 20 and 50 it is the first stage's R@20 / R@50.")
     lines.append("")
     for s in report["storage"]:
+        codec = (f"; plus the codec, {s['codec_bytes']:,} bytes = {s['codec_bytes_per_passage']:,.0f} per passage of "
+                 f"this pool, learned in {s['codec_seconds']} s" if s["codec_bytes"] else "")
         lines.append(
             f"- {s['encoding']} tokens: {s['bytes_per_passage']:,.0f} bytes per passage ({s['tokens_per_passage']} "
             f"tokens x {s['bytes_per_token']} bytes), {s['total_mb']} MB for the pool "
-            f"(the dense vector is {s['dense_vector_bytes']} bytes)."
+            f"(the dense vector is {s['dense_vector_bytes']} bytes){codec}."
         )
     cost = report["index_cost"]
     lines.append(
         f"- Index time, {cost['passages']} passages, cache off: dense only {cost['dense only']} s / "
         f"{cost['dense only, again']} s, with int8 tokens {cost['with int8 tokens']} s "
-        f"({cost['extra_fraction']:+.0%}; one forward pass gives both the dense vector and the tokens)."
+        f"({cost['extra_fraction']:+.0%}; one forward pass gives both the dense vector and the tokens)"
+        + (f" [{cost['carried_over']}]." if cost.get("carried_over") else ".")
     )
-    lines.append(f"- int8 vs float16 nDCG@10 difference, per depth: {report['int8_vs_float16_ndcg']}.")
+    for variant, diffs in report["vs_float16_ndcg"].items():
+        lines.append(f"- {variant} vs float16 nDCG@10 difference, per depth: {diffs}.")
     return "\n".join(lines) + "\n"
 
 
@@ -196,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA, help=f"dataset folder (default {DATA})")
     parser.add_argument("--cache", type=Path, default=CACHE, help=f"where the collection is built once (default {CACHE})")
     parser.add_argument("--model", default=None, help="bi-encoder (default: the packaged all-MiniLM-L6-v2)")
-    parser.add_argument("--index-sample", type=int, default=500, help="passages for the index-time comparison")
+    parser.add_argument("--index-sample", type=int, default=500,
+                        help="passages for the index-time comparison (0: skip it, keeping the last report's figures)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated MaxSim variants to run (default all: {', '.join(VARIANTS)})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier timings on a shared CPU)")
     parser.add_argument("--queries", type=int, default=None, help="only the first N queries (a quick look)")
     parser.add_argument("--build-only", action="store_true", help="build the cached collection and stop")
@@ -221,38 +238,59 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine.open(args.cache / "collection", encoder=encoder, reranker="maxsim")
     fp16 = engine.collection.token_store
     assert fp16 is not None and fp16.encoding == "float16"
-    int8 = int8_store(fp16, [d.id for d in docs], args.cache / "tokens-int8.sqlite")
-    rerankers = {
-        "int8 stored": MaxSimReranker(encoder, token_store=int8.get),
-        "float16 stored": engine.reranker,  # the product wiring: "maxsim" on a collection with stored tokens
-        "on the fly": MaxSimReranker(encoder),
-    }
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    stores: dict[str, TokenStore] = {"float16": fp16}
+    codec_seconds: dict[str, float] = {"float16": 0.0}
+    for name in variants:
+        encoding = name.split()[0]
+        if name.endswith("stored") and encoding != "float16":
+            stores[encoding], codec_seconds[encoding] = derived_store(
+                fp16, [d.id for d in docs], args.cache / f"tokens-{encoding}.sqlite", encoding)
+    rerankers = {f"{e} stored": MaxSimReranker(encoder, token_store=s.get) for e, s in stores.items() if e != "float16"}
+    rerankers["float16 stored"] = engine.reranker  # the product wiring: "maxsim" on a collection with stored tokens
+    rerankers["on the fly"] = MaxSimReranker(encoder)
     engines: dict[tuple[str, int], Engine] = {("dense", 100): Engine(engine.collection, encoder, None)}
     for depth in DEPTHS:
-        for name in VARIANTS:
+        for name in variants:
             engines[(name, depth)] = Engine(engine.collection, encoder, rerankers[name])
     queries = dict(list(dataset.queries.items())[: args.queries])
     runs = run_queries(engines, queries)
     rows = [summarize(run, dataset) for run in runs.values()]
     by_key = {(r["system"], r["depth"]): r for r in rows}
-    cost = index_cost(docs, model, args.index_sample)
+    previous = args.out / "maxsim.json"
+    if args.index_sample:
+        cost = index_cost(docs, model, args.index_sample)
+    else:  # skipped: the last report's figures, saying so
+        last = json.loads(previous.read_text()) if previous.is_file() else {}
+        cost = dict(last.get("index_cost") or {}) or None
+        if cost is None:
+            parser.error("--index-sample 0 needs an earlier maxsim.json to take the index-time figures from")
+        cost.setdefault("carried_over", f"not rerun: from the earlier report, {last.get('machine', 'machine unknown')}")
+    cpu = cpu_info()
     report = {
         "dataset": str(args.data),
         "queries": len(queries),
         "passages": len(docs),
         "model": args.model or "sentence-transformers/all-MiniLM-L6-v2 (the packaged copy)",
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-        f"load average {os.getloadavg()[0]:.1f} at the end",
+        "machine": f"{cpu.model} ({', '.join(cpu.isa) or 'no AVX-512'}), {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at the end",
+        "cpu": {"model": cpu.model, "isa": list(cpu.isa), "platform": platform.machine()},
         "rows": rows,
-        "storage": [storage(int8, encoder.dimension), storage(fp16, encoder.dimension)],
+        "storage": [{**storage(s, encoder.dimension), "codec_seconds": codec_seconds[e]} for e, s in stores.items()],
         "index_cost": cost,
         "collection_build": build,
-        "int8_vs_float16_ndcg": {
-            d: round(by_key[("int8 stored", d)]["nDCG@10"] - by_key[("float16 stored", d)]["nDCG@10"], 4) for d in DEPTHS
+        "vs_float16_ndcg": {
+            name: {d: round(by_key[(name, d)]["nDCG@10"] - by_key[("float16 stored", d)]["nDCG@10"], 4) for d in DEPTHS}
+            for name in variants if name != "float16 stored" and ("float16 stored", DEPTHS[0]) in by_key
         },
     }
     engine.close()
-    int8.close()
+    for encoding, store in stores.items():
+        if encoding != "float16":
+            store.close()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "maxsim.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "maxsim.md").write_text(markdown(report))

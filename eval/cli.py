@@ -51,14 +51,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--out", type=Path, default=None, metavar="DIR",
                        help="output folder (default ./runs/eval-<dataset>)")
     group.add_argument("--max-queries", type=int, default=None, metavar="N", help="evaluate the first N queries only")
-    group.add_argument("--quiet", action="store_true", help="no progress messages")
+    group.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages (as in index/add)")
 
     add_runtime_arguments(parser)
 
     group = parser.add_argument_group("trec_eval mode")
     group.add_argument("--run", type=Path, default=None, metavar="RUN", help="TREC run file to score")
     group.add_argument("--qrels", type=Path, default=None, metavar="QRELS", help="TREC qrels file")
-    group.add_argument("-q", "--per-query", action="store_true", help="also print every query's scores (trec_eval -q)")
+    group.add_argument("--per-query", action="store_true",
+                       help="also print every query's scores (trec_eval -q; -q is --quiet in every twostage command)")
     group.add_argument("-c", "--complete", action="store_true",
                        help="average over every judged query, counting those missing from the run as 0 (trec_eval -c)")
     group.add_argument("-J", "--judged-only", action="store_true",
@@ -135,7 +136,7 @@ def run_dataset_eval(args: argparse.Namespace) -> int:
     from twostage.eval.metrics import DEFAULT_MEASURES
     from twostage.eval.report import format_report_table, write_report
     from twostage.eval.treceval import expand_measures
-    from twostage.reranker.cross_encoder import DEFAULT_RERANKER
+    from twostage.reranker.resolve import DEFAULT_RERANKER
     from twostage.runtime.config import runtime_from_args
 
     if args.no_rerank and args.reranker:

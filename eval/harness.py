@@ -14,13 +14,13 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from twostage.eval.datasets import Dataset
-from twostage.reranker.cross_encoder import DEFAULT_RERANKER
+from twostage.reranker.resolve import DEFAULT_RERANKER
 from twostage.runtime.backends import FLOAT_BACKENDS
 from twostage.runtime.config import RuntimeConfig, cache_root, runtime_config
 from twostage.eval.errors import EvalInputError
@@ -381,7 +381,9 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
         if result is not base:
             result.vs_baseline = {m: compare(base.per_query, result.per_query, m, n_resamples=config.n_resamples)
                                   for m in measures}
-    config_record = {f.name: getattr(config, f.name) for f in fields(config) if f.name != "encoder"}
+    config_record = {f.name: getattr(config, f.name) for f in fields(config)
+                     if f.name not in ("encoder", "batch_size", "backend")}
+    config_record.update(runtime=asdict(_runtime(config)))  # the effective settings, shorthands applied
     config_record.update(reranker=getattr(config.reranker, "name", config.reranker), depths=depths,
                          systems=names, rerank_run=None if config.rerank_run is None else str(config.rerank_run),
                          index_dir=indexing.get("path"), measures=measures, rel_threshold=rel, baseline=baseline,

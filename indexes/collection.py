@@ -21,13 +21,15 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from .atomic import atomic_write_json, is_temp_file
-from .document_store import DocumentStore, UpsertResult
+from .document_store import DocumentStore, UpsertResult, open_store, storage_errors
+from .lock import DEFAULT_WAIT, LOCK_FILE, LockBusy, ReadOnlyCollection, WriterLock
+from .lexical import LexicalIndex
 from .token_df import TokenDF
 from .token_store import DEFAULT_ENCODING as DEFAULT_TOKEN_ENCODING
 from .token_store import ENCODINGS as TOKEN_ENCODINGS
 from .token_store import TRAIN_AT, TokenStore
 from .documents import Document
-from .errors import CollectionError
+from .errors import CollectionError, StorageError
 from .protocols import VectorIndexLike
 from .vector_index import resolve_factory, vector_index_class
 
@@ -46,6 +48,7 @@ OWN_FILES = {
     DOCUMENTS + "-wal",
     DOCUMENTS + "-shm",
     DOCUMENTS + "-journal",
+    LOCK_FILE,
 }
 #: ``commit`` compacts an HNSW index when more than this share of its vectors are tombstones
 COMPACT_ABOVE = 0.2
@@ -104,6 +107,9 @@ def _now() -> str:
 class Collection:
     """Documents, their embeddings and a FAISS index over them, in one directory. Use :meth:`create` or :meth:`open`."""
 
+    #: seconds a write waits for another process's write to finish (``--wait``); a class default the CLI sets
+    lock_wait: float = DEFAULT_WAIT
+
     def __init__(self, path: Path, manifest: Manifest, store: DocumentStore, index: VectorIndexLike):
         self.path = path
         self.manifest = manifest
@@ -111,7 +117,11 @@ class Collection:
         self.index = index
         #: True when :meth:`open` found the FAISS file behind SQLite (an interrupted run) and rebuilt it
         self.recovered = False
-        self._saved_generation = manifest.generation
+        #: True where the directory cannot be written: searches and reads work, writes raise ReadOnlyCollection
+        self.read_only = store.read_only
+        self._dirty = False  # this process changed the collection (or repaired its index) since the last commit
+        self._seen_generation = store.generation  # the SQLite generation the in-memory index is in step with
+        self._writer = WriterLock(path)  # one writing process at a time: taken by the first write, released by commit
         self._index_stale = False  # the in-memory index missed a change SQLite committed: rebuild before saving
         self._lock = threading.RLock()
         self._closed = False
@@ -124,6 +134,8 @@ class Collection:
             manifest.extra["token_store"] = {"encoding": self.token_store.encoding}
         #: document frequency per token id (MaxSim's IDF query weights), kept beside the token store by upsert/delete
         self.token_df: TokenDF | None = TokenDF(store) if self.token_store is not None else None
+        #: BM25 over the documents (SQLite FTS5 in the same file), kept in step by upsert/delete in their transaction
+        self.lexical = LexicalIndex(store)
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -156,6 +168,22 @@ class Collection:
             raise CollectionError(f"{path} exists and is not a directory")
         if cls.exists(path) and not overwrite:
             raise CollectionError(f"{path} already holds a collection: open it, or pass overwrite=True to replace it")
+        cls._check_own_files(path)
+        try:
+            index = vector_index_class(vector_index).create(dimension, index_type, expected_size)
+        except ValueError as err:
+            raise CollectionError(str(err)) from None
+        with storage_errors(path / DOCUMENTS):
+            path.mkdir(parents=True, exist_ok=True)
+            with WriterLock(path).holding(cls.lock_wait):
+                return cls._create_locked(path, index, model_name=model_name, model_fingerprint=model_fingerprint,
+                                          dimension=dimension, normalized=normalized, index_type=index_type,
+                                          vector_index=vector_index, extra=extra, overwrite=overwrite,
+                                          store_tokens=store_tokens, token_encoding=token_encoding)
+
+    @staticmethod
+    def _check_own_files(path: Path) -> None:
+        """Refuse a directory holding anything but a collection's own files (or temp files of an interrupted write)."""
         if path.is_dir():
             foreign = sorted(p.name for p in path.iterdir() if p.name not in OWN_FILES and not is_temp_file(p, OWN_FILES))
             if foreign:
@@ -163,14 +191,20 @@ class Collection:
                     f"{path} is not empty and is not a collection (it holds {', '.join(foreign[:3])}"
                     f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory"
                 )
-            # Our own files only: an old collection being overwritten, or one whose creation was interrupted.
-            for child in path.iterdir():
+
+    @classmethod
+    def _create_locked(cls, path: Path, index: VectorIndexLike, *, model_name: str, model_fingerprint: str,
+                       dimension: int, normalized: bool, index_type: str, vector_index: str,
+                       extra: dict[str, Any] | None, overwrite: bool, store_tokens: bool | str, token_encoding: str
+                       ) -> "Collection":
+        """The file-writing part of :meth:`create`, under the writer lock so two creators cannot interleave."""
+        if cls.exists(path) and not overwrite:
+            raise CollectionError(f"{path} already holds a collection: open it, or pass overwrite=True to replace it")
+        cls._check_own_files(path)
+        # Our own files only: an old collection being overwritten, or one whose creation was interrupted.
+        for child in path.iterdir():
+            if child.name != LOCK_FILE:
                 child.unlink()
-        try:
-            index = vector_index_class(vector_index).create(dimension, index_type, expected_size)
-        except ValueError as err:
-            raise CollectionError(str(err)) from None
-        path.mkdir(parents=True, exist_ok=True)
         store = DocumentStore(path / DOCUMENTS)
         now = _now()
         manifest = Manifest(
@@ -190,6 +224,7 @@ class Collection:
         if store_tokens:  # True (= "2bit"), or the encoding: "2bit", "1bit", "int8" or "float16"
             manifest.extra["token_store"] = {"encoding": token_encoding}
         store.set_meta("dimension", dimension)
+        LexicalIndex(store).create()
         index.save(path / VECTORS, generation=store.generation)
         collection = cls(path, manifest, store, index)
         collection._write_manifest()  # last: a directory with a manifest is a complete collection
@@ -197,7 +232,8 @@ class Collection:
 
     @classmethod
     def open(cls, path: str | Path) -> "Collection":
-        """Open an existing collection, rebuilding its FAISS index from SQLite if a crash left it out of date."""
+        """Open an existing collection. A vector index behind SQLite (a crash) is brought up to date from the stored
+        embeddings, compared by ids; documents behind the index, or a damaged SQLite file, are refused untouched."""
         path = Path(path)
         if not path.is_dir():
             raise CollectionError(f"collection directory {path} does not exist")
@@ -211,30 +247,103 @@ class Collection:
             raise CollectionError(f"{manifest_path}: field 'vector_index': {err}") from None
         if not (path / DOCUMENTS).is_file():
             raise CollectionError(f"{path} is damaged: {DOCUMENTS} is missing")
-        for child in path.iterdir():  # temp files an interrupted atomic write left behind
-            if is_temp_file(child, OWN_FILES):
-                child.unlink(missing_ok=True)
-        store = DocumentStore(path / DOCUMENTS)
+        with storage_errors(path / DOCUMENTS):
+            store = open_store(path / DOCUMENTS)
+            try:
+                collection = cls._open_with(path, manifest, store, index_class)
+            except BaseException:
+                store.close()
+                raise
+        return collection
+
+    @classmethod
+    def _open_with(cls, path: Path, manifest: Manifest, store: DocumentStore, index_class: Any) -> "Collection":
+        """The checks and the repair of :meth:`open` once the store is open."""
         generation = store.generation
+        stored_dimension = store.get_meta("dimension")
+        if stored_dimension is not None and int(stored_dimension) != manifest.dimension:
+            raise StorageError(
+                f"{path / MANIFEST} says dimension {manifest.dimension} but {DOCUMENTS} holds {stored_dimension}-"
+                f"dimensional embeddings: the manifest was edited or comes from another collection; nothing was changed"
+            )
         reason = None
         try:
             index = index_class.load(path / VECTORS)
             if index.dimension != manifest.dimension:
-                reason = f"index dimension {index.dimension} differs from the manifest's {manifest.dimension}"
-            elif index.generation != generation or manifest.generation != generation:
-                reason = f"index is at generation {index.generation}, documents at {generation}"
-            elif len(index) != store.count():
-                reason = f"index holds {len(index)} vectors for {store.count()} documents"
+                index, reason = None, f"index dimension {index.dimension} differs from the manifest's {manifest.dimension}"
         except CollectionError as err:
             index, reason = None, str(err)
+        ahead = max(manifest.generation, getattr(index, "generation", None) or 0)
+        if generation < ahead:
+            raise StorageError(
+                f"{path}: {DOCUMENTS} is at generation {generation} but the vector index was written at generation "
+                f"{ahead}: the documents file was truncated, replaced or restored from an older copy. Nothing was "
+                f"changed. Restore the newer {DOCUMENTS}, or run 'twostage check {path} --repair' to rebuild the index "
+                f"from the {store.count()} documents it holds"
+            )
         collection = cls(path, manifest, store, index)  # type: ignore[arg-type]
-        if reason is not None:
-            log.warning("%s: rebuilding the vector index from stored embeddings (%s)", path, reason)
+        if index is None:
             collection._rebuild_index(manifest.factory)
-            collection.recovered = True
-            collection._saved_generation = -1
-            collection.commit()
+        elif not collection._catch_up():
+            return collection
+        log.warning("%s: the vector index was behind the documents (%s); brought up to date from the stored "
+                    "embeddings", path, reason or "its ids differ from the stored documents'")
+        problems = store.check()
+        if problems:
+            raise StorageError(f"{path / DOCUMENTS} fails SQLite's quick_check ({problems[0]}); nothing was rewritten: "
+                               f"run 'twostage check {path}' to see what can be saved")
+        collection.recovered = True
+        collection._dirty = True
+        collection._save_if_free()
         return collection
+
+    def _save_if_free(self) -> None:
+        """Write a repaired index to disk when no other process is writing (else it lives in memory for this process)."""
+        if self.read_only:
+            return
+        try:
+            self._writer.acquire(wait=0)
+        except (LockBusy, ReadOnlyCollection):
+            return
+        for child in self.path.iterdir():  # temp files an interrupted atomic write left behind (none is being written)
+            if is_temp_file(child, OWN_FILES):
+                child.unlink(missing_ok=True)
+        self.commit()
+
+    def _catch_up(self) -> bool:
+        """Bring the in-memory index in step with SQLite by content: remove vectors whose document is gone, add those
+        of documents it lacks (internal ids are never reused, so equal ids mean equal vectors). True if it changed."""
+        with self._lock:
+            generation = self.store.generation
+            stored, live = self.store.internal_ids(), self.index.ids()
+            self._count = len(stored)
+            self._seen_generation = generation
+            if len(stored) == len(live) and np.array_equal(stored, live):
+                return False
+            gone = np.setdiff1d(live, stored, assume_unique=True)
+            new = np.setdiff1d(stored, live, assume_unique=True)
+            if len(gone):
+                self.index.remove(gone)
+            for start in range(0, len(new), 10_000):
+                part = new[start : start + 10_000]
+                self.index.add(part, self.store.embeddings(part))
+            return True
+
+    def _follow(self) -> None:
+        """Before answering: if another process committed a change since, catch up with it (a cheap check otherwise)."""
+        if self._closed:
+            return
+        with self._lock, storage_errors(self.path / DOCUMENTS):
+            if self.store.generation != self._seen_generation:
+                self._catch_up()
+
+    def _begin_write(self) -> None:
+        """Take the writer lock (held until :meth:`commit`) and catch up with what other writers committed before it."""
+        if self.read_only:
+            raise ReadOnlyCollection(f"{self.path} is read-only: it can be searched but not changed")
+        if not self._writer.held:
+            self._writer.acquire(self.lock_wait)
+        self._follow()
 
     @staticmethod
     def _read_manifest(manifest_path: Path) -> Manifest:
@@ -274,9 +383,12 @@ class Collection:
             raise ValueError(f"{len(docs)} documents but {len(tokens)} token arrays")
         if terms is not None and len(terms) != len(docs):
             raise ValueError(f"{len(docs)} documents but {len(terms)} token id arrays")
-        with self._lock:
+        with self._lock, storage_errors(self.path / DOCUMENTS):
+            self._begin_write()
             with self.store.transaction():
+                self.lexical.remove([d.id for d in docs])  # the old versions' terms, while their rows still exist
                 result = self.store.upsert(docs, embeddings)
+                self.lexical.add(result.new_ids, [d.text_for_encoding() for d in docs])
                 if self.token_store is not None and tokens is not None:
                     self.token_store.put_many([d.id for d in docs], tokens)
                 elif self.token_store is not None:
@@ -285,6 +397,8 @@ class Collection:
                     self.token_df.put_many([d.id for d in docs], terms)
                 elif self.token_df is not None:  # counted again by TokenDF.rebuild when next needed
                     self.token_df.delete([d.id for d in docs])
+                self._seen_generation = self.store.generation
+            self._dirty = True
             self._count += len(result.added)
             try:
                 if result.replaced:
@@ -299,13 +413,17 @@ class Collection:
 
     def delete(self, doc_ids: Sequence[str]) -> DeleteResult:
         """Delete documents by id (committed to SQLite at once); unknown ids are reported in ``missing``."""
-        with self._lock:
+        with self._lock, storage_errors(self.path / DOCUMENTS):
+            self._begin_write()
             with self.store.transaction():
+                self.lexical.remove(list(doc_ids))
                 internal_ids, missing = self.store.delete(doc_ids)
                 if self.token_store is not None:
                     self.token_store.delete(doc_ids)
                 if self.token_df is not None:
                     self.token_df.delete(doc_ids)
+                self._seen_generation = self.store.generation
+            self._dirty = self._dirty or bool(internal_ids)
             self._count -= len(internal_ids)
             try:
                 self.index.remove(np.asarray(internal_ids, dtype=np.int64))
@@ -317,29 +435,41 @@ class Collection:
         return DeleteResult(deleted=deleted, missing=missing)
 
     def commit(self) -> None:
-        """Write the FAISS index and the manifest to disk (atomically) if anything changed since the last commit."""
+        """Write the FAISS index and the manifest to disk (atomically) if this process changed anything since the
+        last commit, then release the writer lock its first write took."""
         with self._lock:
-            if self.token_store is not None:  # the end of an add: a small residual store learns its codec here
-                self.token_store.train_pending()
-            generation = self.store.generation
-            if generation == self._saved_generation and not self._index_stale:
-                return
-            upgrade = self._auto_upgrade()
-            if upgrade is not None:
-                log.info("%s: %d documents, switching the 'auto' index to %s", self.path, self._count, upgrade)
-                self._rebuild_index(upgrade)
-            elif self._index_stale:
-                self._rebuild_index(self.index.factory)
-            elif self.index.tombstone_ratio > COMPACT_ABOVE:
-                self.index.compact(self.store.iter_embeddings())
+            try:
+                if self._dirty or self._index_stale:
+                    with storage_errors(self.path / DOCUMENTS):
+                        self._commit_locked()
+            finally:
+                self._writer.release()
+
+    def _commit_locked(self) -> None:
+        """The body of :meth:`commit`: train, upgrade or compact the index if due, then save it and the manifest."""
+        if self.token_store is not None:  # the end of an add: a small residual store learns its codec here
+            self.token_store.train_pending()
+        generation = self.store.generation
+        upgrade = self._auto_upgrade()
+        if upgrade is not None:
+            log.info("%s: %d documents, switching the 'auto' index to %s", self.path, self._count, upgrade)
+            self._rebuild_index(upgrade)
+        elif self._index_stale:
+            self._rebuild_index(self.index.factory)
+        elif self.index.tombstone_ratio > COMPACT_ABOVE:
+            self.index.compact(self.store.iter_embeddings())
+        try:
             self.index.save(self.path / VECTORS, generation=generation)
-            self.manifest.generation = generation
-            self.manifest.factory = self.index.factory
-            self.manifest.document_count = self._count
-            self.manifest.vector_count = len(self.index)
-            self.manifest.updated_at = _now()
-            self._write_manifest()
-            self._saved_generation = generation
+        except RuntimeError as err:  # FAISS's own write error (a full disk, a read-only place)
+            raise StorageError(f"{self.path}: cannot write {VECTORS} ({' '.join(str(err).split())[-160:]}); the "
+                               f"documents are safe in {DOCUMENTS} and the next open rebuilds the index") from None
+        self.manifest.generation = generation
+        self.manifest.factory = self.index.factory
+        self.manifest.document_count = self._count
+        self.manifest.vector_count = len(self.index)
+        self.manifest.updated_at = _now()
+        self._write_manifest()
+        self._dirty = False
 
     def convert_tokens(self, encoding: str) -> None:
         """Re-encode the stored token vectors into ``encoding`` (2bit, 1bit, int8, float16) in one SQLite transaction,
@@ -347,14 +477,22 @@ class Collection:
         if self.token_store is None:
             raise CollectionError(f"collection {self.path} stores no token vectors (build it with --store-tokens)")
         with self._lock:
-            self.token_store.convert(encoding)
-            self.manifest.extra["token_store"] = {"encoding": self.token_store.encoding}
-            self.manifest.updated_at = _now()
-            self._write_manifest()
+            self._begin_write()
+            try:
+                self.token_store.convert(encoding)
+            except ValueError as err:
+                raise CollectionError(f"{self.path}: cannot convert its tokens to {encoding}: {err}") from None
+            else:
+                self.manifest.extra["token_store"] = {"encoding": self.token_store.encoding}
+                self.manifest.updated_at = _now()
+                self._write_manifest()
+            finally:
+                self._writer.release()
 
     def rebuild_index(self, index_type: str | None = None) -> None:
         """Rebuild the vector index from the stored embeddings, optionally as another type (e.g. after growth), and commit."""
         with self._lock:
+            self._begin_write()
             if index_type is not None:
                 try:
                     factory = vector_index_class(self.manifest.vector_index).create(self.manifest.dimension, index_type, self.store.count()).factory
@@ -364,7 +502,7 @@ class Collection:
             else:
                 factory = self.index.factory
             self._rebuild_index(factory)
-            self._saved_generation = -1
+            self._dirty = True
             self.commit()
 
     def _rebuild_index(self, factory: str) -> None:
@@ -373,9 +511,11 @@ class Collection:
         except ValueError as err:
             raise CollectionError(f"{self.path}: {err}") from None
         index.index_type = self.manifest.index_type
+        generation = self.store.generation
         index.rebuild(self.store.iter_embeddings())
         self.index = index
         self._index_stale = False
+        self._seen_generation = generation
 
     def _auto_upgrade(self) -> str | None:
         """For ``index_type="auto"``: the bigger index type the collection has grown into (flat → HNSW → IVF-PQ), if any."""
@@ -403,6 +543,7 @@ class Collection:
         if k < 1:
             raise ValueError(f"k must be at least 1 (got {k})")
         with self._lock:
+            self._follow()
             if filter:
                 allowed = self.store.filter_ids(filter)
                 if len(allowed) == 0:
@@ -415,11 +556,30 @@ class Collection:
             else:
                 hits = self.index.search_lists(queries, k, exact=self.store.embeddings, ef_search=ef_search, nprobe=nprobe)
             names = self.store.doc_ids({i for row in hits for i, _ in row})
-        return [[(names[i], score) for i, score in row if i in names] for row in hits]
+        return [by_score([(names[i], score) for i, score in row if i in names]) for row in hits]
+
+    def lexical_search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
+                       ) -> list[list[tuple[str, float]]]:
+        """BM25 top-``k`` ``(doc_id, score)`` per query text, best first (``indexes.lexical``); a collection made
+        before the lexical index existed is indexed from its stored texts first, in one transaction."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1 (got {k})")
+        with self._lock, storage_errors(self.path / DOCUMENTS):
+            if not self.lexical.ready:
+                if self.read_only:
+                    raise ReadOnlyCollection(
+                        f"{self.path} has no lexical (BM25) index yet and is read-only here: search it once where it "
+                        f"can be written (any bm25 or hybrid search builds the index), then search it here")
+                log.info("%s: building the lexical index from %d stored documents", self.path, self._count)
+                self.lexical.build()
+            hits = self.lexical.search(list(queries), k, filter)
+            names = self.store.doc_ids({i for row in hits for i, _ in row})
+        return [by_score([(names[i], score) for i, score in row if i in names]) for row in hits]
 
     def get(self, doc_ids: Sequence[str]) -> list[Document | None]:
         """Documents in the order asked; None for an id not in the collection."""
-        return self.store.get(list(doc_ids))
+        with storage_errors(self.path / DOCUMENTS):
+            return self.store.get(list(doc_ids))
 
     def embeddings_of(self, doc_ids: Sequence[str]) -> np.ndarray:
         """The stored vectors of these documents, in order (KeyError for an id not in the collection)."""
@@ -434,12 +594,14 @@ class Collection:
         return self.store.hashes(list(doc_ids))
 
     def __len__(self) -> int:
-        """Documents in the collection (every one has exactly one live vector)."""
+        """Documents in the collection (every one has exactly one live vector), as committed by any process."""
+        self._follow()
         return self._count
 
     def stats(self) -> dict[str, Any]:
         """Counts, index and model settings and sizes on disk, for ``twostage info``."""
         with self._lock:
+            self._follow()
             documents = self._count
             files = {p.name: p.stat().st_size for p in self.path.iterdir() if p.name in OWN_FILES and p.is_file()}
             m = self.manifest
@@ -489,6 +651,7 @@ class Collection:
                 self.commit()
             finally:
                 self._closed = True
+                self._writer.release()
                 self.store.close()
 
     def __enter__(self) -> "Collection":
@@ -504,6 +667,12 @@ class Collection:
         if vectors.ndim != 2 or vectors.shape[1] != self.manifest.dimension:
             raise ValueError(f"{what} must have shape (n, {self.manifest.dimension}), got {np.shape(vectors)}")
         return np.ascontiguousarray(vectors)
+
+
+def by_score(hits: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """``(doc_id, score)`` pairs best first, equal scores in doc id order: one deterministic order, which a sharded
+    collection's merge (``indexes.sharded``) reproduces exactly."""
+    return sorted(hits, key=lambda hit: (-hit[1], hit[0]))
 
 
 def _auto_rank(factory: str) -> int:

@@ -5,7 +5,9 @@ It is the collection's source of truth: the FAISS index can always be rebuilt fr
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -16,6 +18,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from .documents import Document, text_hash
+from .errors import StorageError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -55,11 +58,20 @@ def content_hash(doc: Document) -> str:
 class DocumentStore:
     """Documents and embeddings in SQLite. Every write method commits its own transaction (or joins an open one)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, read_only: bool = False, create: bool = True):
+        """Open (or with ``create``, make) the store; ``read_only`` opens it for reading where nothing may be written.
+        Without ``create`` a file lacking the documents table (emptied, or not ours) is a StorageError, left untouched."""
         self.path = Path(path)
-        self._con = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+        self.read_only = read_only
         self._lock = threading.RLock()
         self._depth = 0
+        if read_only:
+            self._con = _connect_read_only(self.path)
+            return
+        self._con = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+        if not create and not self._has_docs_table():
+            self._con.close()
+            raise StorageError(f"{self.path} holds no documents table (emptied or replaced); nothing was changed: restore it from a backup")
         mode = self._con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"{self.path}: cannot switch SQLite to WAL mode (got {mode!r})")
@@ -68,6 +80,19 @@ class DocumentStore:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self._con.execute(statement)
+
+    def _has_docs_table(self) -> bool:
+        return self._con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'docs'").fetchone() is not None
+
+    def check(self, full: bool = False) -> list[str]:
+        """SQLite's own ``quick_check`` (or with ``full`` the slower ``integrity_check``): empty when the file is sound."""
+        pragma = "integrity_check" if full else "quick_check"
+        try:
+            with self._lock:
+                rows = [str(r[0]) for r in self._con.execute(f"PRAGMA {pragma}(20)")]
+        except sqlite3.DatabaseError as err:
+            return [str(err)]
+        return [] if rows == ["ok"] else rows
 
     # ------------------------------------------------------------------ transactions
     @contextmanager
@@ -263,14 +288,74 @@ class DocumentStore:
         with self._lock:
             return int(self._con.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
 
+    def internal_ids(self) -> np.ndarray:
+        """Every stored internal id, sorted: the set a vector index must hold, compared by content, not by counters."""
+        with self._lock:
+            rows = self._con.execute("SELECT internal_id FROM docs ORDER BY internal_id").fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
     def close(self) -> None:
         """Checkpoint the WAL into the main file (best effort) and close the connection."""
         with self._lock:
             try:
-                self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if not self.read_only:
+                    self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass
             self._con.close()
+
+
+def open_store(path: Path) -> DocumentStore:
+    """An existing collection's store, for writing where its directory allows it, else read-only (reads still work)."""
+    if os.access(path.parent, os.W_OK) and os.access(path, os.W_OK):
+        try:
+            return DocumentStore(path, create=False)
+        except sqlite3.OperationalError as err:
+            if "readonly" not in str(err) and "unable to open" not in str(err):
+                raise
+    return DocumentStore(path, read_only=True)
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection; where SQLite cannot even create its shared-memory file, the file is read as immutable."""
+    last: sqlite3.Error | None = None
+    for flags in ("mode=ro", "mode=ro&immutable=1"):
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True, isolation_level=None,
+                              check_same_thread=False, timeout=30)
+        try:
+            con.execute("SELECT COUNT(*) FROM docs").fetchone()
+            return con
+        except sqlite3.Error as err:
+            con.close()
+            last = err
+    raise storage_error(last, path)  # type: ignore[arg-type]
+
+
+def storage_error(err: BaseException, path: Path) -> StorageError:
+    """One line for a SQLite or OS error on the collection's files: what happened and what to do about it."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    directory = path.parent if path.suffix else path
+    code = getattr(err, "errno", None)
+    lowered = text.lower()
+    if code == errno.ENOSPC or "disk is full" in lowered or "no space" in lowered:
+        return StorageError(f"{directory}: the disk is full ({text}); free some space and run the same command again "
+                            f"(the collection keeps its last committed state)")
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in lowered or "read-only" in lowered:
+        return StorageError(f"{directory} is read-only ({text}): it can be searched but not changed")
+    if isinstance(err, sqlite3.DatabaseError) and ("malformed" in lowered or "not a database" in lowered
+                                                   or "corrupt" in lowered):
+        return StorageError(f"{path} is damaged ({text}); run 'twostage check {directory}' to see what can be "
+                            f"saved, or restore it from a backup")
+    return StorageError(f"{path}: {text}")
+
+
+@contextmanager
+def storage_errors(path: Path) -> Iterator[None]:
+    """Turn SQLite and OS errors raised inside into :func:`storage_error`'s one-line StorageError."""
+    try:
+        yield
+    except (sqlite3.Error, OSError) as err:
+        raise storage_error(err, path) from None
 
 
 def _row(doc: Document) -> tuple[str, str, str | None, str, str]:

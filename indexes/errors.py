@@ -21,3 +21,7 @@ class CorpusError(ValueError):
 
 class CollectionError(RuntimeError):
     """A collection directory that cannot be created, opened or used as asked (wrong model, bad manifest, ...)."""
+
+
+class StorageError(CollectionError):
+    """The collection's files cannot be read or written: a damaged database, a read-only place, a full disk."""

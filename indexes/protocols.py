@@ -42,6 +42,10 @@ class CollectionLike(Protocol):
                ef_search: int | None = None, nprobe: int | None = None) -> list[list[tuple[str, float]]]:
         """Top-``k`` ``(doc_id, score)`` per query vector, best first."""
 
+    def lexical_search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
+                       ) -> list[list[tuple[str, float]]]:
+        """BM25 top-``k`` ``(doc_id, score)`` per query text, best first (``indexes.lexical``)."""
+
     def get(self, doc_ids: Sequence[str]) -> list[Document | None]:
         """Documents in the order asked; None for an id not in the collection."""
 
@@ -93,6 +97,8 @@ class VectorIndexLike(Protocol):
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
 
     def remove(self, ids: np.ndarray) -> int: ...
+
+    def ids(self) -> np.ndarray: ...
 
     def rebuild(self, vectors_by_id: Iterable[Batch], *, retrain: bool = False) -> None: ...
 

@@ -55,6 +55,15 @@ def read_corpus(
     return _read_text(path, label, fmt, compressed, spec)
 
 
+def validate_corpus(source: str | Path, **fields: Any) -> int:
+    """Read a whole corpus once, checking every record as :func:`read_corpus` does, and return its size: a streaming
+    pre-pass, cheap next to encoding, so that bad input anywhere is found before the first document is committed."""
+    count = 0
+    for _ in read_corpus(source, **fields):
+        count += 1
+    return count
+
+
 def count_corpus(source: str | Path) -> int | None:
     """A cheap document count for a progress bar (exact for Parquet, line-based for text), or None if unknown."""
     try:

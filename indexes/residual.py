@@ -2,8 +2,9 @@
 
 A :class:`ResidualCodec` is learned from a sample of unit-length token vectors: k-means centroids (``faiss.Kmeans``,
 normalised as ColBERTv2 normalises them), then, per dimension, bucket cutoffs at the quantiles of the residual
-``x - centroid`` and one reconstruction value per bucket (the residual's median within that bucket). ColBERTv2 learns
-one set of cutoffs for all dimensions; per-dimension ones cost ``dim * 2**bits`` floats and fit each dimension's spread.
+``x - centroid`` and one reconstruction value per bucket (the residual's median within that bucket), as ColBERTv2
+does, then refined by a few Lloyd-Max steps (bucket means, midpoint cutoffs). ColBERTv2 learns one set of cutoffs for
+all dimensions; per-dimension ones cost ``dim * 2**bits`` floats and fit each dimension's spread.
 
 A token is stored as its nearest centroid's id (uint16) and its residual's bucket per dimension, packed ``8 / bits``
 to a byte: ``2 + dim * bits / 8`` bytes (98 for a 384-d model at 2 bits, 50 at 1 bit). Decoding is a table lookup per
@@ -21,8 +22,11 @@ BITS = (1, 2)
 MAX_CENTROIDS = 4096
 #: k-means wants at least this many training points per centroid (faiss warns below 39)
 POINTS_PER_CENTROID = 40
-#: training sample cap: enough for MAX_CENTROIDS, small enough to train in about a minute on two cores
-MAX_SAMPLE = MAX_CENTROIDS * 64
+#: Lloyd-Max steps refining the quantile buckets (each sets bucket values to their means and cutoffs to midpoints;
+#: mean cosine to the original on msmarco tokens, 2 bits: 0.938 from quantiles alone, 0.948 after one step)
+LLOYD_STEPS = 4
+#: training sample cap (tokens): k-means on it takes about a minute on two busy cores
+MAX_SAMPLE = 65_536
 
 
 def default_centroids(n_tokens: int, n_sample: int) -> int:
@@ -87,8 +91,12 @@ class ResidualCodec:
         levels = 2**bits
         codec = cls(bits, centroids, np.zeros((x.shape[1], levels - 1)), np.zeros((x.shape[1], levels)))
         residuals = x - codec.centroids[codec.assign(x)]
-        codec.cutoffs = np.quantile(residuals, np.arange(1, levels) / levels, axis=0).T.astype(np.float32)
-        codec.weights = np.quantile(residuals, (np.arange(levels) + 0.5) / levels, axis=0).T.astype(np.float32)
+        cutoffs = np.quantile(residuals, np.arange(1, levels) / levels, axis=0).T
+        weights = np.quantile(residuals, (np.arange(levels) + 0.5) / levels, axis=0).T
+        for _ in range(LLOYD_STEPS):
+            weights = _bucket_means(residuals, cutoffs, weights)
+            cutoffs = (weights[:, 1:] + weights[:, :-1]) / 2
+        codec.cutoffs, codec.weights = cutoffs.astype(np.float32), weights.astype(np.float32)
         codec._table = _decode_table(codec.weights, bits)
         return codec
 
@@ -133,6 +141,16 @@ class ResidualCodec:
         return cls(bits, np.frombuffer(centroids, dtype=np.float16).reshape(k, dim).astype(np.float32),
                    np.frombuffer(cutoffs, dtype=np.float32).reshape(dim, levels - 1),
                    np.frombuffer(weights, dtype=np.float32).reshape(dim, levels))
+
+
+def _bucket_means(residuals: np.ndarray, cutoffs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per dimension, the mean residual in each bucket the cutoffs make (the old weight where a bucket is empty)."""
+    dim, levels = weights.shape
+    buckets = (residuals[:, :, None] > cutoffs[None, :, :]).sum(axis=2)  # (n, dim)
+    flat = (np.arange(dim) * levels)[None, :] + buckets
+    sums = np.bincount(flat.ravel(), weights=residuals.ravel(), minlength=dim * levels).reshape(dim, levels)
+    counts = np.bincount(flat.ravel(), minlength=dim * levels).reshape(dim, levels)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), weights)
 
 
 def _pack(buckets: np.ndarray, bits: int) -> np.ndarray:

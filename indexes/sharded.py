@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .atomic import atomic_write_json
-from .collection import Collection, DeleteResult
+from .collection import Collection, DeleteResult, by_score
 from .document_store import UpsertResult
 from .documents import Document
 from .errors import CollectionError
@@ -45,9 +45,7 @@ def merge_top_k(lists: Sequence[Sequence[tuple[str, float]]], k: int) -> list[tu
     """The best ``k`` of several shards' ``(doc_id, score)`` lists: score descending, ties by doc id ascending.
 
     Exact: each shard returned its own top k, so the union holds the global top k."""
-    merged = [hit for hits in lists for hit in hits]
-    merged.sort(key=lambda hit: (-hit[1], hit[0]))
-    return merged[:k]
+    return by_score([hit for hits in lists for hit in hits])[:k]
 
 
 @dataclass
@@ -259,6 +257,13 @@ class ShardedCollection:
         per_shard = self._each(lambda shard: shard.search(query_vectors, min(k, max(len(shard), 1)), filter=filter,
                                                           ef_search=ef_search, nprobe=nprobe))
         return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(per_shard[0]))]
+
+    def lexical_search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
+                       ) -> list[list[tuple[str, float]]]:
+        """Every shard's BM25 top-``k`` per query, merged by score (each shard's BM25 uses its own term statistics,
+        close to the whole collection's when documents are routed by id hash)."""
+        per_shard = self._each(lambda shard: shard.lexical_search(queries, k, filter))
+        return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(queries))]
 
     def get(self, doc_ids: Sequence[str]) -> list[Document | None]:
         """Documents in the order asked; None for an id in no shard."""

@@ -222,6 +222,12 @@ class VectorIndex:
     def _stored_ids(self) -> np.ndarray:
         return faiss.vector_to_array(self._main.id_map) if hasattr(self._main, "id_map") else _ivf_ids(self._ivf)
 
+    def ids(self) -> np.ndarray:
+        """The live ids, sorted: what a collection compares with its document store to detect a mismatch by content."""
+        stored = faiss.vector_to_array(self._buffer.id_map) if self._buffer is not None else self._stored_ids()
+        stored = np.unique(np.asarray(stored, dtype=np.int64))
+        return np.setdiff1d(stored, self._tombstone_array(), assume_unique=True) if self._tombstones else stored
+
     def _tombstone_array(self) -> np.ndarray:
         return np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones))
 

@@ -13,7 +13,7 @@ _EXPORTS = {
     "Reranker": ".base",
     "RerankerLoadError": ".base",
     "CrossEncoderReranker": ".cross_encoder",
-    "DEFAULT_RERANKER": ".cross_encoder",
+    "DEFAULT_RERANKER": ".resolve",
     "load_reranker": ".loading",
     "register_reranker": ".loading",
     "MaxSimReranker": ".maxsim",

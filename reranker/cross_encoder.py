@@ -13,9 +13,7 @@ from twostage.runtime.encode import batch_count
 
 from .backends import cross_encoder_runtime
 from .base import Reranker
-from .resolve import load_cross_encoder
-
-DEFAULT_RERANKER = "cross-encoder/ms-marco-MiniLM-L6-v2"
+from .resolve import DEFAULT_RERANKER, load_cross_encoder
 
 
 class CrossEncoderReranker(Reranker):
@@ -23,7 +21,7 @@ class CrossEncoderReranker(Reranker):
 
     Loading tries a local directory, the local HF cache, then the hub if reachable; failures raise ``RerankerLoadError``.
     Tokenisation is the library's (``truncation="longest_first"`` at the model's max length), so scores match
-    ``CrossEncoder.predict(pairs, activation_fn=Identity())``. ``backend`` (see ``retriever.backends``) runs the same
+    ``CrossEncoder.predict(pairs, activation_fn=Identity())``. ``backend`` (see ``runtime.backends``) runs the same
     model through ONNX Runtime or OpenVINO instead of torch; "auto" picks the default.
     """
 

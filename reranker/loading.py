@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .base import Reranker, RerankerLoadError
-from .cross_encoder import DEFAULT_RERANKER, CrossEncoderReranker
 from .maxsim import MaxSimReranker, TokenStore
-from .resolve import OFFLINE
+from .resolve import DEFAULT_RERANKER, OFFLINE, locate_cross_encoder
 
 #: the spec of the implicit default: the default cross-encoder, or MaxSim when that cannot be loaded
 DEFAULT_SPEC = "default"
+
+
+class RerankerFallbackWarning(UserWarning):
+    """The implicit default reranker could not be loaded and MaxSim stands in (``Engine`` warns once per process)."""
 
 
 @dataclass(frozen=True)
@@ -93,10 +96,7 @@ def load_reranker(
         if not implicit or (kind, arg) != ("cross-encoder", DEFAULT_RERANKER) or encoder is None:
             raise
         why = "is not available offline" if error.reason == OFFLINE else f"cannot be loaded ({error.reason})"
-        notice = (
-            f"reranker: {DEFAULT_RERANKER} {why}; using late-interaction MaxSim over the bi-encoder instead "
-            "(pass --reranker PATH to use a cross-encoder)"
-        )
+        notice = f"reranker: {DEFAULT_RERANKER} {why}; using late-interaction MaxSim over the bi-encoder instead"
         return _maxsim("", context), notice
 
 
@@ -117,13 +117,16 @@ def _maxsim(arg: str, context: LoadContext) -> MaxSimReranker:
     return MaxSimReranker(context.encoder, token_store=context.token_store, batch_size=context.batch_size)
 
 
-def _cross_encoder(arg: str, context: LoadContext) -> CrossEncoderReranker:
-    """``cross-encoder:NAME|PATH`` (or the bare name/path)."""
+def _cross_encoder(arg: str, context: LoadContext) -> Reranker:
+    """``cross-encoder:NAME|PATH`` (or the bare name/path); torch is imported only once the model is found."""
     if not arg:
         raise RerankerLoadError(
             "reranker: an empty cross-encoder name; pass --reranker cross-encoder:NAME|PATH, maxsim or none",
             reason="empty name",
         )
+    locate_cross_encoder(arg)
+    from .cross_encoder import CrossEncoderReranker
+
     return CrossEncoderReranker(
         arg, device=context.device, batch_size=context.batch_size, max_length=context.max_length,
         backend=context.backend, threads=context.threads,

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # torch is imported where a model runs: scoring stored tokens on an exported backend needs none
+    import torch
 
 from .base import Candidate, Reranked, Reranker, _sorted
 
@@ -65,12 +66,17 @@ class MaxSimReranker(Reranker):
     name = "maxsim"
 
     def __init__(self, encoder: Any, *, token_store: TokenStore | None = None, batch_size: int = 32):
-        self.model = _sentence_transformer(encoder)
+        #: the bi-encoder's exported model without torch (``runtime.light``): encodes queries when every candidate's
+        #: tokens are stored; None when the encoder has none
+        self.light = getattr(encoder, "light", None)
+        if self.light is None:
+            _sentence_transformer(encoder)  # a wrong encoder fails here, not at the first search
+        self._encoder = encoder
         self.token_store = token_store
         self.batch_size = batch_size
         self.truncated = 0
-        self.max_length = int(getattr(self.model, "max_seq_length", None) or 512)
-        self._special_ids = torch.tensor(sorted(set(self.model.tokenizer.all_special_ids)), dtype=torch.long)
+        length = self.light.max_seq_length if self.light is not None else getattr(self.model, "max_seq_length", None)
+        self.max_length = int(length or 512)
         self.query_tokens = QueryTokens()
         self.token_weights: TokenWeights | None = None
 
@@ -84,6 +90,19 @@ class MaxSimReranker(Reranker):
         other = copy.copy(self)
         other.query_tokens, other.token_weights = query_tokens, token_weights
         return other
+
+    @property
+    def model(self) -> Any:
+        """The bi-encoder's ``SentenceTransformer`` (loaded on first use where ``light`` serves the queries)."""
+        return _sentence_transformer(self._encoder)
+
+    @property
+    def _special_ids(self) -> torch.Tensor:
+        """The tokenizer's special token ids, which MaxSim leaves out."""
+        import torch
+
+        ids = self.light.special_ids if self.light is not None else self.model.tokenizer.all_special_ids
+        return torch.tensor(sorted(set(ids)), dtype=torch.long)
 
     @property
     def device(self) -> torch.device:
@@ -123,8 +142,11 @@ class MaxSimReranker(Reranker):
         """Like :meth:`score_batch`, but passages found in ``token_store`` (by doc id) are not re-encoded."""
         if len(queries) != len(candidates_per_query):
             raise ValueError("score_candidates needs one list of candidates per query")
-        query_vectors = self._encode_queries(queries)
         flat = [c for candidates in candidates_per_query for c in candidates]
+        light = self._score_stored(queries, candidates_per_query, flat)
+        if light is not None:
+            return light
+        query_vectors = self._encode_queries(queries)
         passages = self._passages([c.text for c in flat], [c.doc_id for c in flat])
         out, start = [], 0
         for q, candidates in zip(query_vectors, candidates_per_query):
@@ -132,8 +154,29 @@ class MaxSimReranker(Reranker):
             start += len(candidates)
         return out
 
+    def _score_stored(self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]],
+                      flat: list[Candidate]) -> list[np.ndarray] | None:
+        """Scores in numpy, queries encoded by ``light``, when every passage's tokens are stored and query tokens are
+        plain: the torch-free path of a search. None when that does not apply (the torch path scores instead)."""
+        if self.light is None or self.token_store is None or self.query_tokens != QueryTokens():
+            return None
+        stored = [self._lookup(c.doc_id) for c in flat]
+        if any(array is None for array in stored):
+            return None
+        special = np.asarray(self.light.special_ids, dtype=np.int64)
+        out, start = [], 0
+        for output, candidates in zip(self.light.token_outputs(queries, "", self.batch_size), candidates_per_query):
+            keep = ~np.isin(output.input_ids, special)
+            query = _unit(output.token_embeddings[keep] if keep.any() else output.token_embeddings)
+            out.append(np.array([float((_unit(np.asarray(p, dtype=np.float32)) @ query.T).max(axis=0).sum())
+                                 for p in stored[start : start + len(candidates)]], dtype=np.float32))
+            start += len(candidates)
+        return out
+
     def _passages(self, texts: list[str], doc_ids: list[str] | None) -> list[torch.Tensor]:
         """Passage token matrices (float32 from float16), from the store when it has them, else encoded in one batch."""
+        import torch
+
         stored: list[np.ndarray | None] = [None] * len(texts)
         if self.token_store is not None and doc_ids is not None:
             stored = [self._lookup(doc_id) for doc_id in doc_ids]
@@ -162,6 +205,9 @@ class MaxSimReranker(Reranker):
 
     def _encode_queries(self, queries: Sequence[str]) -> list[torch.Tensor]:
         """Query token vectors, each scaled by its weight (sum_i w_i max_j q_i.d_j = sum_i max_j (w_i q_i).d_j)."""
+        import torch
+        import torch.nn.functional as F
+
         if self.query_tokens == QueryTokens():
             return self._encode(queries)[0]
         outputs = self.model.encode(list(queries), output_value=None, batch_size=self.batch_size,
@@ -197,6 +243,9 @@ def encode_with_tokens(encoder: Any, texts: Sequence[str]) -> tuple[np.ndarray, 
     from one forward pass: what indexing with a token store needs. ``encoder`` is the collection's ``BiEncoder``.
 
     A model with a document prompt takes two passes, as MaxSim encodes passages without the prompt."""
+    import torch
+    import torch.nn.functional as F
+
     texts = list(texts)
     reranker = MaxSimReranker(encoder, batch_size=encoder.batch_size)
     if encoder.document_prompt:
@@ -224,6 +273,9 @@ def content_token_ids(encoder: Any, texts: Sequence[str]) -> list[np.ndarray]:
 def _content_tokens(outputs: list[dict], special_ids: torch.Tensor, max_length: int) -> tuple[list[torch.Tensor], int]:
     """Unit-length content-token vectors (float32) per ``encode(output_value=None)`` output, and how many texts
     reached the length limit."""
+    import torch
+    import torch.nn.functional as F
+
     vectors, hit_limit = [], 0
     for out in outputs:
         attended = out["attention_mask"].bool()
@@ -237,11 +289,16 @@ def _content_tokens(outputs: list[dict], special_ids: torch.Tensor, max_length: 
 
 def _from_half(vectors: torch.Tensor, device: torch.device) -> torch.Tensor:
     """float16 (or dequantized float32) token vectors -> float32, re-normalised: the path stored and fresh passages take."""
+    import torch
+    import torch.nn.functional as F
+
     return F.normalize(vectors.to(device=device, dtype=torch.float32), dim=-1)
 
 
 def _maxsim(query: torch.Tensor, passages: list[torch.Tensor]) -> np.ndarray:
     """sum_i max_j q_i . d_j for one query ``(m, dim)`` against each passage ``(n_k, dim)``; padding never wins."""
+    import torch
+
     scores = np.zeros(len(passages), dtype=np.float32)
     # on a GPU the whole candidate depth is one padded matmul; on the CPU chunks keep the padded block in cache
     step = max(len(passages), 1) if passages and passages[0].is_cuda else _CHUNK
@@ -255,6 +312,11 @@ def _maxsim(query: torch.Tensor, passages: list[torch.Tensor]) -> np.ndarray:
             sims.masked_fill_(pad[:, :, None], float("-inf"))
             scores[start : start + len(part)] = sims.max(dim=1).values.sum(dim=1).cpu().numpy()
     return scores
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (``F.normalize`` in numpy)."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def _sentence_transformer(encoder: Any) -> Any:

@@ -12,21 +12,21 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from twostage.runtime.hub import hub_unavailable_reason
-from twostage.runtime.models import ModelLoadError, resolve_model
+from twostage.runtime.models import ModelLoadError, ResolvedModel, resolve_model
 
 from .base import RerankerLoadError
 
+DEFAULT_RERANKER = "cross-encoder/ms-marco-MiniLM-L6-v2"
 INSTEAD = "pass --reranker PATH (a local cross-encoder directory), --reranker maxsim, or --no-rerank"
 NOT_LOCAL = "not found locally (no such directory, not in the Hugging Face cache)"
 #: the ``RerankerLoadError.reason`` when the model would have to be downloaded and cannot be
 OFFLINE = "not available offline"
 
 
-def load_cross_encoder(name_or_path: str, *, device: str = "cpu", max_length: int | None = None) -> Any:
-    """Load ``name_or_path`` as a single-score ``CrossEncoder`` or raise ``RerankerLoadError``.
-
-    Where it comes from is ``runtime.models.resolve_model``'s answer (a directory, the local HF cache, or the hub only
-    when reachable); a local directory is first checked for being a cross-encoder at all."""
+def locate_cross_encoder(name_or_path: str) -> ResolvedModel:
+    """Where ``name_or_path`` would load from, or ``RerankerLoadError``: decided
+    without importing torch, so an offline default falls back at once. A local directory must look like a
+    cross-encoder."""
     spec = str(name_or_path)
     path = Path(spec).expanduser()
     if path.exists():
@@ -38,9 +38,16 @@ def load_cross_encoder(name_or_path: str, *, device: str = "cpu", max_length: in
     elif _looks_like_path(spec):
         _fail(spec, "no such directory", "no such directory")
     try:
-        resolved = resolve_model(spec, kind="cross-encoder")
+        return resolve_model(spec, kind="cross-encoder")
     except ModelLoadError:
         _fail(spec, f"{NOT_LOCAL} and the Hugging Face hub is {hub_unavailable_reason()}", OFFLINE)
+
+
+def load_cross_encoder(name_or_path: str, *, device: str = "cpu", max_length: int | None = None) -> Any:
+    """Load ``name_or_path`` as a single-score ``CrossEncoder`` (from :func:`locate_cross_encoder`'s answer: a
+    directory, the local HF cache, or the hub only when reachable) or raise ``RerankerLoadError``."""
+    spec = str(name_or_path)
+    resolved = locate_cross_encoder(spec)
     model = _try_load(resolved.source, device, max_length, local_files_only=resolved.origin != "hub")
     if isinstance(model, Exception):
         reason = {

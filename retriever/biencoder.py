@@ -204,6 +204,25 @@ class BiEncoder:
             total += sum(len(x) > limit for x in ids)
         return total
 
+    def through_cache(self, texts: Sequence[str], embeddings: np.ndarray) -> int:
+        """Pass document vectors computed elsewhere (indexing with stored tokens, which runs every passage through the
+        model for its token vectors anyway) through the embedding cache: rows it holds take the cached vector, so a
+        collection gets the same vectors with or without tokens, and the others are written. Returns the hits."""
+        if self.cache is None or not len(texts):
+            return 0
+        hashes = [text_hash(t) for t in texts]
+        key = self.cache_key
+        cached = self.cache.get_many(key, hashes)
+        missing: dict[str, int] = {}
+        for i, h in enumerate(hashes):
+            vector = cached.get(h)
+            if vector is not None and vector.shape == (self.dimension,):
+                embeddings[i] = vector
+            else:
+                missing.setdefault(h, i)
+        self.cache.put_many(key, list(missing), embeddings[list(missing.values())])
+        return len(texts) - sum(h in missing for h in hashes)
+
     def encode_documents(self, texts: Sequence[str], *, show_progress: bool | None = None) -> EncodeResult:
         """Embed documents: cache hits are reused, misses are encoded longest-first in chunks and written back."""
         texts = _check_texts(texts, "encode_documents")

@@ -1,4 +1,6 @@
-"""Reciprocal rank fusion (Cormack, Clarke & Buettcher, SIGIR 2009): score(d) = sum over runs of w / (k + rank).
+"""Fusing first-stage runs, and the first-stage choice itself (dense, bm25 or hybrid).
+
+Reciprocal rank fusion (Cormack, Clarke & Buettcher, SIGIR 2009): score(d) = sum over runs of w / (k + rank).
 
 Ranks are 1-based. For a run given as {docid: score}, ranks come from sorting as trec_eval does: score descending,
 ties broken by docid in *descending* string order, so the rank RRF uses is the rank trec_eval would evaluate. For a
@@ -6,6 +8,7 @@ run given as a ranked list, the list order is the rank. Fused output is ordered 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Sequence, overload
 
 DictRun = Mapping[str, Mapping[str, float]]  # {qid: {docid: score}}
@@ -76,3 +79,98 @@ def reciprocal_rank_fusion(runs, k=60, weights=None, depth=None):
         trec_order(_fuse_one([[d for d, _ in run[q]] for run in runs], k, weights, depth))
         for q in range(n_queries.pop())
     ]
+
+
+def weighted_fusion(runs: Sequence[Sequence[tuple[str, float]]], weights: Sequence[float]) -> list[tuple[str, float]]:
+    """One query's runs fused by a weighted sum of min-max normalised scores (each run scaled to [0, 1] over the
+    documents it returned; a document missing from a run gets 0 from it), ordered the trec_eval way."""
+    if len(runs) != len(weights):
+        raise ValueError(f"weighted_fusion: {len(weights)} weights for {len(runs)} runs")
+    fused: dict[str, float] = {}
+    for run, weight in zip(runs, weights):
+        if not run:
+            continue
+        scores = [score for _, score in run]
+        low, span = min(scores), max(scores) - min(scores)
+        for docid, score in run:
+            norm = (score - low) / span if span > 0 else 1.0
+            fused[docid] = fused.get(docid, 0.0) + float(weight) * norm
+    return trec_order(fused)
+
+
+FIRST_STAGES = ("dense", "bm25", "hybrid")
+FUSIONS = ("rrf", "weighted")
+DEFAULT_RRF_K = 60.0
+DEFAULT_DENSE_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class FirstStage:
+    """Which first stage searches: ``dense`` (the bi-encoder), ``bm25`` (the collection's lexical index) or ``hybrid``
+    (both, fused by ``rrf`` with ``rrf_k``, or by ``weighted``: ``weight`` x dense + (1 - weight) x BM25, each
+    min-max normalised per query)."""
+
+    kind: str = "dense"
+    fusion: str = "rrf"
+    rrf_k: float = DEFAULT_RRF_K
+    weight: float = DEFAULT_DENSE_WEIGHT
+
+    def __post_init__(self) -> None:
+        if self.kind not in FIRST_STAGES:
+            raise ValueError(f"first stage must be one of {', '.join(FIRST_STAGES)} (got {self.kind!r})")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"hybrid fusion must be one of {', '.join(FUSIONS)} (got {self.fusion!r})")
+        if self.rrf_k < 0:
+            raise ValueError(f"rrf k must be >= 0 (got {self.rrf_k:g})")
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"hybrid weight must be between 0 and 1 (got {self.weight:g})")
+
+    @property
+    def uses_dense(self) -> bool:
+        return self.kind in ("dense", "hybrid")
+
+    @property
+    def uses_lexical(self) -> bool:
+        return self.kind in ("bm25", "hybrid")
+
+    @property
+    def label(self) -> str:
+        """The spec :meth:`parse` reads back: ``dense``, ``bm25``, ``hybrid`` (RRF, k 60) or ``hybrid:weighted:W``."""
+        if self.kind != "hybrid":
+            return self.kind
+        if self.fusion == "rrf":
+            return "hybrid" if self.rrf_k == DEFAULT_RRF_K else f"hybrid:rrf:{self.rrf_k:g}"
+        return f"hybrid:weighted:{self.weight:g}"
+
+    @classmethod
+    def parse(cls, spec: "str | FirstStage | None") -> "FirstStage":
+        """``dense`` | ``bm25`` | ``hybrid`` | ``hybrid:rrf[:K]`` | ``hybrid:weighted[:W]`` (W the dense weight);
+        ValueError naming the spec."""
+        if isinstance(spec, FirstStage):
+            return spec
+        if spec is None:
+            return cls()
+        parts = str(spec).strip().lower().split(":")
+        kind, fusion, value = (parts + ["", ""])[:3]
+        if len(parts) > 3 or (kind != "hybrid" and len(parts) > 1):
+            raise ValueError(f"first stage {spec!r}: expected dense, bm25, hybrid, hybrid:rrf[:K] or "
+                             f"hybrid:weighted[:W]")
+        number = None
+        if value:
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError(f"first stage {spec!r}: {value!r} is not a number") from None
+        fusion = fusion or "rrf"
+        if number is None:
+            return cls(kind, fusion)
+        return cls(kind, fusion, rrf_k=number) if fusion == "rrf" else cls(kind, fusion, weight=number)
+
+    def fuse(self, dense: Sequence[Sequence[tuple[str, float]]], lexical: Sequence[Sequence[tuple[str, float]]],
+             k: int) -> list[list[tuple[str, float]]]:
+        """Per query, the top ``k`` of the dense and lexical lists fused as this stage says (hybrid only)."""
+        if self.fusion == "rrf":
+            fused = reciprocal_rank_fusion([lexical, dense], k=self.rrf_k)
+        else:
+            fused = [weighted_fusion([d, x], [self.weight, 1.0 - self.weight]) for d, x in zip(dense, lexical)]
+        return [hits[:k] for hits in fused]

@@ -7,7 +7,7 @@
 - ``openvino``: OpenVINO at its default CPU precision: bf16 on CPUs with bf16 units (AMX, AVX512-BF16), fp32 elsewhere.
 - ``openvino-int8``: OpenVINO after NNCF static int8 quantisation, calibrated on built-in texts.
 
-Exports are made once and cached (``retriever/export.py``). The default is the fastest backend that keeps quality
+Exports are made once and cached (``runtime/export.py``). The default is the fastest backend that keeps quality
 (see ``benchmarks/results/speed.md``) among those whose dependencies are installed; ``TWOSTAGE_BACKEND`` overrides it.
 """
 from __future__ import annotations

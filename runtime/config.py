@@ -3,7 +3,9 @@ or the Python API and handed to the engine, so every stage runs with the same se
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,12 +32,20 @@ def check_device(device: str) -> str:
     raise RuntimeConfigError(f"unknown device {device!r}: choose cpu, cuda, cuda:N or auto")
 
 
+def _may_have_gpu() -> bool:
+    """False only where no GPU can be seen without importing torch (seconds): Linux with no NVIDIA or WSL GPU device
+    node. Elsewhere True, and torch decides."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/dxg")
+
+
 def resolve_device(device: str = "auto") -> str:
     """The concrete device: ``auto`` is ``cuda`` when torch is already installed and sees a GPU, else ``cpu``.
 
     torch is imported only when asked for ``auto``/``cuda`` and installed, so a CPU query path never pays for it."""
     name = check_device(device)
-    if name == "cpu":
+    if name == "cpu" or (name == "auto" and not _may_have_gpu()):
         return "cpu"
     try:
         import torch

@@ -143,6 +143,7 @@ def test_collections_and_the_vector_index_meet_the_protocols(tmp_path):
 
     from twostage.indexes.collection import Collection
     from twostage.indexes.documents import Document
+    from twostage.indexes.errors import CollectionError
     from twostage.indexes.protocols import CollectionLike, VectorIndexLike
     from twostage.indexes.sharded import ShardedCollection
 
@@ -155,7 +156,12 @@ def test_collections_and_the_vector_index_meet_the_protocols(tmp_path):
             collection.commit()
             assert [hit[0] for hit in collection.search(np.eye(4, dtype=np.float32)[:1], 1)[0]] == ["d1"]
         assert isinstance(one.index, VectorIndexLike)
-    assert json.loads((tmp_path / "one" / "manifest.json").read_text())["vector_index"] == "faiss"
+    manifest_path = tmp_path / "one" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["vector_index"] == "faiss"
+    manifest_path.write_text(json.dumps({**manifest, "vector_index": "annoy"}))
+    with pytest.raises(CollectionError, match=r"manifest.json: field 'vector_index': unknown vector index 'annoy'"):
+        Collection.open(tmp_path / "one")
 
 
 def test_no_product_code_names_the_surrounding_folders():

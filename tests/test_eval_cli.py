@@ -49,7 +49,7 @@ def parse(output: str) -> dict[tuple[str, str], str]:
 
 @pytest.mark.parametrize("level", [1, 2])
 def test_output_equals_pytrec_eval(run_file, qrels, capsys, level):
-    code = main(["eval", "--run", str(run_file), "--qrels", str(EXAMPLES / "qrels.txt"), "-q", "-l", str(level),
+    code = main(["eval", "--run", str(run_file), "--qrels", str(EXAMPLES / "qrels.txt"), "--per-query", "-l", str(level),
                  *[arg for m in TREC_MEASURES for arg in ("-m", m)]])
     captured = capsys.readouterr()
     assert code == 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
+import json
 import pytest
 
 from conftest import EXAMPLES
@@ -92,7 +93,37 @@ def test_openapi_schema(client: httpx.Client) -> None:
     assert {"query", "k", "top_n", "rerank", "filter"} <= set(request)
     hit = schema["components"]["schemas"]["HitOut"]["properties"]
     assert {"retrieval_score", "retrieval_rank", "rerank_score", "rerank_rank"} <= set(hit)
-    assert client.get("/docs").status_code == 200
+
+
+def test_no_cdn_backed_docs_page(client: httpx.Client) -> None:
+    """Swagger UI and ReDoc fetch their scripts from a CDN (blank offline): not served, and not pointed at."""
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert '"/docs"' not in client.get("/").text
+
+
+def test_documents_take_top_level_metadata_like_corpus_files(client: httpx.Client) -> None:
+    doc = {"id": "api/shape", "text": "A numbat eats termites.", "topic": "animals", "year": 2024,
+           "metadata": {"source": "api"}}
+    added = client.post("/documents", json={"documents": [doc]}, headers=AUTH)
+    assert added.status_code == 200, added.text
+    stored = client.get("/documents/api/shape").json()
+    assert stored["metadata"] == {"topic": "animals", "year": 2024, "source": "api"}
+    nested = client.post("/documents", json={"documents": [{"id": "x", "text": "y", "topic": [1]}]}, headers=AUTH)
+    assert nested.status_code == 422
+    assert client.delete("/documents/api/shape", headers=AUTH).status_code == 200
+
+
+def test_hits_have_one_shape_everywhere(client: httpx.Client, collection: Path, minilm) -> None:
+    """HTTP hits, ``SearchResult.to_dict()`` hits and the CLI's ``--json`` hits have the same keys."""
+    from test_cli import twostage as cli
+
+    http = search(client, query=BERLIN, k=20, top_n=3, rerank=False)["hits"][0]
+    with Engine.open(collection, encoder=minilm, reranker=None) as engine:
+        api = engine.search(BERLIN, k=20, top_n=3, rerank=False).to_dict()["hits"][0]
+    done = cli("search", str(collection), BERLIN, "--no-rerank", "--json", "--backend", "torch", "--top", "3")
+    assert done.returncode == 0, done.stderr
+    assert list(http) == list(api) == list(json.loads(done.stdout)["hits"][0])
+    assert {"rank", "score", "retrieval_rank", "retrieval_score", "rerank_rank", "rerank_score"} <= set(http)
 
 
 def test_search_returns_both_stages_and_timings(client: httpx.Client) -> None:

@@ -1,13 +1,16 @@
-"""The ``twostage`` command line: index | add | delete | info | search | eval | serve | train."""
+"""The ``twostage`` command line: index | add | delete | info | tokens | search | eval | serve | train."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sqlite3
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from twostage.indexes.token_store import ENCODINGS as TOKEN_ENCODINGS
 from twostage.runtime.config import runtime_from_args
 
 from .errors import UsageError
@@ -33,11 +36,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 # --------------------------------------------------------------------------- argument parsing
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; given ``command``, the eval/serve/train options are built only for that command (serve's import
+    the web server), so that ``search`` starts without them."""
     parser = argparse.ArgumentParser(
         prog="twostage",
         description="Two-stage retrieve-and-rerank search: bi-encoder + FAISS, then a cross-encoder.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"twostage {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("index", help="build a collection from a corpus file or Hugging Face dataset")
@@ -52,9 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="discard an existing collection in DIR and start over")
     p.add_argument(
         "--store-tokens",
-        action="store_true",
-        help="also store each passage's token vectors (int8, ~390 bytes per token) so the MaxSim reranker encodes no "
-        "passage at query time",
+        nargs="?",
+        const="2bit",
+        default=False,
+        choices=TOKEN_ENCODINGS,
+        metavar="2bit|1bit|int8|float16",
+        help="also store each passage's token vectors so the MaxSim reranker encodes no passage at query time: "
+        "2bit (the default; a centroid id and 2 bits per dimension, ~98 bytes per token at 384-d), 1bit (~50), "
+        "int8 (~388) or float16 (768)",
     )
     p.add_argument("--shards", type=_positive_int, default=None, metavar="N",
                    help="build a sharded collection: N collections in DIR, documents routed by a hash of their id")
@@ -64,19 +77,36 @@ def build_parser() -> argparse.ArgumentParser:
     _corpus_options(p)
     _encode_options(p)
 
+    _wait_option(p)
+
     p = sub.add_parser("add", help="add or replace documents in an existing collection")
     p.add_argument("directory")
     p.add_argument("corpus")
     _corpus_options(p)
     _encode_options(p)
+    _wait_option(p)
 
     p = sub.add_parser("delete", help="delete documents by id")
     p.add_argument("directory")
     p.add_argument("ids", nargs="+", metavar="ID")
+    _wait_option(p)
+
+    p = sub.add_parser("check", help="check a collection's files against each other; --repair rebuilds from SQLite")
+    p.add_argument("directory")
+    p.add_argument("--repair", action="store_true",
+                   help="rebuild what the documents database can rebuild (vector index, manifest counts, token rows)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _wait_option(p)
 
     p = sub.add_parser("info", help="describe a collection")
     p.add_argument("directory")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("tokens", help="show, or convert in place, a collection's stored MaxSim token vectors")
+    p.add_argument("directory")
+    p.add_argument("--convert", choices=TOKEN_ENCODINGS, metavar="2bit|1bit|int8|float16",
+                   help="re-encode every stored passage's tokens (a 2bit/1bit codec is learned afresh from the "
+                   "collection); one SQLite transaction per shard, so a crash leaves them as they were")
 
     p = sub.add_parser("search", help="search a collection (one query, or a batch from --queries)")
     p.add_argument("directory")
@@ -87,15 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     _search_options(p)
     _ray_option(p, "search a sharded collection through one Ray actor per shard ('auto', or the head's HOST:PORT)")
 
-    p = sub.add_parser("eval", help="evaluate retrieval quality (or score a TREC run like trec_eval)")
-    _eval_options(p)
-
-    p = sub.add_parser("serve", help="serve a collection over HTTP with a search page")
-    _serve_options(p)
-
-    p = sub.add_parser("train", help="fine-tune a cross-encoder reranker or the bi-encoder (judgments or distillation)")
-    _train_options(p)
+    heavy = {
+        "eval": ("evaluate retrieval quality (or score a TREC run like trec_eval)", _eval_options),
+        "serve": ("serve a collection over HTTP with a search page", _serve_options),
+        "train": ("fine-tune a cross-encoder reranker or the bi-encoder (judgments or distillation)", _train_options),
+    }
+    for name, (text, add_options) in heavy.items():
+        p = sub.add_parser(name, help=text)
+        if command in (None, name):
+            add_options(p)
     return parser
+
+
+def _wait_option(p: argparse.ArgumentParser) -> None:
+    from twostage.indexes.lock import DEFAULT_WAIT
+
+    p.add_argument("--wait", type=float, default=DEFAULT_WAIT, metavar="SECONDS",
+                   help=f"how long to wait for another process writing to the collection (default {DEFAULT_WAIT:g})")
 
 
 def _corpus_options(p: argparse.ArgumentParser) -> None:
@@ -190,11 +228,18 @@ def _read_corpus(args: argparse.Namespace):
     )
 
 
-def _add_with_progress(engine: Any, args: argparse.Namespace) -> Any:
-    from twostage.indexes.readers import count_corpus
+def _validate_corpus(args: argparse.Namespace) -> int:
+    """Read the whole corpus once before anything is written: bad input anywhere leaves the collection as it was."""
+    from twostage.indexes.readers import validate_corpus
+
+    return validate_corpus(
+        args.corpus, id_field=args.id_field, text_field=args.text_field, title_field=args.title_field, split=args.split
+    )
+
+
+def _add_with_progress(engine: Any, args: argparse.Namespace, total: int | None) -> Any:
     from tqdm.auto import tqdm
 
-    total = count_corpus(args.corpus) if Path(args.corpus).exists() else None
     with tqdm(total=total, unit="doc", desc="indexing", disable=args.quiet, file=sys.stderr) as bar:
         return engine.add(_read_corpus(args), progress=bar.update)
 
@@ -214,10 +259,6 @@ def _print_add_report(report: Any, directory: str, engine: Any) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from twostage.runtime.models import DEFAULT_BI_ENCODER
-
-    from .engine import Engine
-
     if not args.overwrite and Path(args.directory).exists():
         from twostage.indexes.sharded import collection_exists
 
@@ -225,6 +266,23 @@ def cmd_index(args: argparse.Namespace) -> int:
             print(f"{args.directory} already holds a collection: resuming (unchanged documents are skipped)", file=sys.stderr)
     if args.ray:
         return _index_on_ray(args)
+    total = _validate_corpus(args)
+    created = not Path(args.directory).exists()
+    try:
+        return _index_into(args, total)
+    except Exception:  # a failed index into a new directory leaves no directory (an interrupted one resumes)
+        if created and Path(args.directory).is_dir():
+            import shutil
+
+            shutil.rmtree(args.directory, ignore_errors=True)
+        raise
+
+
+def _index_into(args: argparse.Namespace, total: int) -> int:
+    from twostage.runtime.models import DEFAULT_BI_ENCODER
+
+    from .engine import Engine
+
     engine = Engine.create(
         args.directory,
         model=args.model or DEFAULT_BI_ENCODER,
@@ -236,7 +294,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         shards=args.shards,
     )
     with engine:
-        report = _add_with_progress(engine, args)
+        report = _add_with_progress(engine, args, total)
         _print_add_report(report, args.directory, engine)
     return 0
 
@@ -269,8 +327,9 @@ def _index_on_ray(args: argparse.Namespace) -> int:
 def cmd_add(args: argparse.Namespace) -> int:
     from .engine import Engine
 
+    total = _validate_corpus(args)
     with Engine.open(args.directory, reranker=None, runtime=runtime_from_args(args)) as engine:
-        report = _add_with_progress(engine, args)
+        report = _add_with_progress(engine, args, total)
         _print_add_report(report, args.directory, engine)
     return 0
 
@@ -286,6 +345,26 @@ def cmd_delete(args: argparse.Namespace) -> int:
     if result.missing:
         print(f"not found (nothing to delete): {', '.join(result.missing)}", file=sys.stderr)
     return 0 if not result.missing else 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from twostage.indexes.check import check_collection
+
+    report = check_collection(args.directory, repair=args.repair, wait=args.wait)
+    if args.json:
+        print(json.dumps({**report.__dict__, "status": report.status}, indent=2))
+        return report.status
+    print(f"{args.directory}: {report.documents} documents; " + ("whole" if not report.problems else
+                                                                  f"{len(report.problems)} problem(s)"))
+    for line in report.problems:
+        print(f"problem: {line}")
+    for line in report.repaired:
+        print(f"repaired: {line}")
+    for line in report.unrepairable:
+        print(f"cannot repair: {line}")
+    if report.status == 1:
+        print(f"run 'twostage check {args.directory} --repair' to rebuild them from {args.directory}/documents.sqlite")
+    return report.status
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -306,27 +385,57 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    from .engine import Engine
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from twostage.indexes.sharded import open_collection
 
+    with open_collection(args.directory) as collection:
+        shards = getattr(collection, "shards", [collection])
+        if any(shard.token_store is None for shard in shards):
+            raise UsageError(f"collection {args.directory} stores no token vectors (build it with --store-tokens)")
+        for shard in shards:
+            before = shard.token_store.stats()
+            if args.convert:
+                shard.convert_tokens(args.convert)
+            after = shard.token_store.stats()
+            change = f"{before.bytes_per_passage:,.0f} -> " if args.convert else ""
+            print(f"{shard.path}: {shard.token_store.encoding} tokens, {after.passages} passages, "
+                  f"{after.tokens_per_passage:.1f} tokens and {change}{after.bytes_per_passage:,.0f} bytes per passage"
+                  + (f", codec {after.codec_bytes:,} bytes" if after.codec_bytes else ""))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    # every argument and input is checked before the engine (and a model) loads: a mistake costs no start-up time
     if (args.query is None) == (args.queries is None):
         raise UsageError("give either a QUERY or --queries FILE")
     if args.run and not args.queries:
         raise UsageError("--run needs --queries FILE (batch mode)")
+    if args.query is not None and not args.query.strip():
+        raise UsageError("the query is empty; give some words to search for")
     filters = parse_filters(args.filter)
+    queries = _read_queries(args.queries) if args.queries else None
+    from .engine import Engine
+
     with Engine.open(args.directory, reranker=reranker_spec(args), runtime=runtime_from_args(args),
                      ray=args.ray) as engine:
-        if args.queries:
-            return _search_batch(engine, args, filters)
+        if queries is not None:
+            return _search_batch(engine, args, filters, queries)
         result = engine.search(args.query, k=args.k, top_n=args.top_n, rerank=not args.no_rerank, filter=filters,
                                ef_search=args.ef_search, nprobe=args.nprobe, **_lever_options(args))
-        for notice in result.notices:
-            print(notice, file=sys.stderr)
+        _print_notices(engine, result.notices)
         if args.json:
             print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
         else:
             print(format_hits(result))
     return 0
+
+
+def _print_notices(engine: Any, notices: Sequence[str]) -> None:
+    """The engine's notices (a reranker fallback, with this interface's advice) and the search's own, on stderr."""
+    for notice in engine.notices:
+        print(f"{notice} (pass --reranker PATH to use a cross-encoder)", file=sys.stderr)
+    for notice in notices:
+        print(notice, file=sys.stderr)
 
 
 def _lever_options(args: argparse.Namespace) -> dict[str, str]:
@@ -335,19 +444,33 @@ def _lever_options(args: argparse.Namespace) -> dict[str, str]:
     return {name: value for name, value in given.items() if value is not None}
 
 
-def _search_batch(engine: Any, args: argparse.Namespace, filters: dict[str, str] | None) -> int:
-    from twostage.eval.trec import read_queries_tsv, write_run
+def _read_queries(path: Path) -> dict[str, str]:
+    """``--queries``: qid -> text; a missing, empty or malformed file, or an empty query, is a one-line error."""
+    from twostage.eval.trec import read_queries_tsv
 
-    queries = read_queries_tsv(args.queries)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such queries file")
+    queries = read_queries_tsv(path)
     if not queries:
-        raise UsageError(f"{args.queries}: no queries found")
+        raise UsageError(f"{path}: no queries found")
+    empty = next((qid for qid, text in queries.items() if not text.strip()), None)
+    if empty is not None:
+        raise UsageError(f"{path}: query {empty} is empty")
+    return queries
+
+
+def _search_batch(engine: Any, args: argparse.Namespace, filters: dict[str, str] | None,
+                  queries: dict[str, str]) -> int:
+    from twostage.eval.trec import write_run
+
     qids = list(queries)
+    # a TREC run holds every candidate (as Pyserini's do), so recall at any depth up to --k can be measured
+    top_n = max(args.k, args.top_n) if args.run else args.top_n
     results = engine.search_many(
-        [queries[q] for q in qids], k=args.k, top_n=args.top_n, rerank=not args.no_rerank, filter=filters,
+        [queries[q] for q in qids], k=args.k, top_n=top_n, rerank=not args.no_rerank, filter=filters,
         ef_search=args.ef_search, nprobe=args.nprobe, **_lever_options(args),
     )
-    for notice in results[0].notices if results else []:
-        print(notice, file=sys.stderr)
+    _print_notices(engine, results[0].notices if results else [])
     run = {qid: result.run() for qid, result in zip(qids, results)}
     if args.run:
         write_run(run, args.run, tag="twostage")
@@ -403,7 +526,9 @@ COMMANDS = {
     "index": cmd_index,
     "add": cmd_add,
     "delete": cmd_delete,
+    "check": cmd_check,
     "info": cmd_info,
+    "tokens": cmd_tokens,
     "search": cmd_search,
     "eval": cmd_eval,
     "serve": cmd_serve,
@@ -412,27 +537,41 @@ COMMANDS = {
 
 
 def _quiet_model_loading() -> None:
-    """transformers draws a progress bar for every model it loads; the CLI shows its own progress instead."""
-    from transformers.utils import logging as transformers_logging
+    """transformers draws a progress bar for every model it loads; the CLI shows its own progress instead.
+    (transformers reads Hugging Face Hub's switch when it is imported, so transformers itself need not be.)"""
+    from huggingface_hub.utils import disable_progress_bars
 
-    transformers_logging.disable_progress_bar()
+    disable_progress_bars()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(next((a for a in given if a in COMMANDS), None)).parse_args(given)
+    # the CLI prints the engine's notices itself, with its own advice (Python API users get them as warnings)
+    warnings.filterwarnings("ignore", message="reranker: ", category=UserWarning)
     if args.command in ("index", "add", "search", "serve", "train") or (args.command == "eval" and not args.run):
         _quiet_model_loading()
+    if getattr(args, "wait", None) is not None:
+        from twostage.indexes.collection import Collection
+
+        Collection.lock_wait = max(0.0, args.wait)
     try:
         return COMMANDS[args.command](args)
     except _user_errors() as err:
         print(f"twostage {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; the collection keeps its last committed state", file=sys.stderr)
+    except KeyboardInterrupt:  # on a line of its own, not after a progress bar's
+        print("\ninterrupted; the collection keeps its last committed state", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (sqlite3.Error, OSError) as err:  # storage trouble not met where it is mapped: still one line, exit 2
+        from twostage.indexes.document_store import storage_error
+
+        where = Path(getattr(args, "directory", None) or ".") / "documents.sqlite"
+        print(f"twostage {args.command}: error: {storage_error(err, where)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

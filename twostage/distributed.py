@@ -188,7 +188,8 @@ def _encode_and_write(ray: Any, collection: ShardedCollection, todo: list[Docume
     blocks = max(1, min(len(rows) // batch_size, 4 * actors))
     encoded = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
         EncoderActor, fn_constructor_kwargs=encode_args, batch_size=batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors), **per_actor,
+        # all actors at once; after losing some (a node died) the pool goes on with the rest
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors), **per_actor,
     )
     dim = collection.manifest.dimension
     for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
@@ -307,6 +308,12 @@ class RayShardedCollection:
         per_shard = self._ray.get([a.search.remote(vectors, k, filter, ef_search, nprobe) for a in self.actors])
         return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(vectors))]
 
+    def lexical_search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
+                       ) -> list[list[tuple[str, float]]]:
+        """Every shard actor's BM25 top-``k`` per query, merged by score (as ``ShardedCollection.lexical_search``)."""
+        per_shard = self._all("lexical_search", list(queries), k, filter)
+        return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(queries))]
+
     def get(self, doc_ids: Sequence[str]) -> list[Document | None]:
         """Documents in the order asked; their token vectors are kept for the reranker that comes next."""
         ids = [str(d) for d in doc_ids]
@@ -346,6 +353,17 @@ class RayShardedCollection:
 
     def commit(self) -> None:
         self._all("commit")
+
+    def embeddings_of(self, doc_ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of these documents, in order, each from its shard's actor."""
+        ids = [str(d) for d in doc_ids]
+        groups = self._by_shard(ids)
+        out = np.empty((len(ids), self.manifest.dimension), dtype=np.float32)
+        replies = self._ray.get([self.actors[i].call.remote("embeddings_of", [ids[p] for p in pos])
+                                 for i, pos in groups.items()])
+        for positions, vectors in zip(groups.values(), replies):
+            out[positions] = vectors
+        return out
 
     def hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         ids = [str(d) for d in doc_ids]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -14,8 +15,8 @@ from twostage.indexes.documents import Document
 from twostage.indexes.protocols import CollectionLike
 from twostage.indexes.sharded import ShardedCollection, collection_exists, open_collection
 from twostage.reranker.base import Candidate, Reranker
-from twostage.reranker.cross_encoder import DEFAULT_RERANKER
-from twostage.reranker.loading import load_reranker
+from twostage.reranker.resolve import DEFAULT_RERANKER
+from twostage.reranker.loading import RerankerFallbackWarning, load_reranker
 from twostage.reranker.maxsim import MaxSimReranker, QueryTokens, content_token_ids, encode_with_tokens
 from twostage.reranker.score_fusion import FusedReranker, Fusion
 from twostage.retriever.biencoder import BiEncoder, EncodeResult
@@ -93,7 +94,8 @@ class Engine:
         self._reranker_spec = reranker
         self._reranker_explicit = reranker_explicit  # None: reranker.loading.is_implicit_default decides
         self._reranker: Reranker | None = reranker if isinstance(reranker, Reranker) else None
-        #: one-line messages for the user (e.g. a reranker fallback), printed once by the CLI
+        #: one-line messages about the engine itself (a reranker fallback), in words of no interface: the CLI prints
+        #: them once with its flag advice, the server in its banner and /stats, the Python API warns once per process
         self.notices: list[str] = []
 
     # ----------------------------------------------------------------- construction
@@ -117,8 +119,8 @@ class Engine:
 
         ``shards=N`` builds a sharded collection (``indexes.sharded``): N collections, documents routed by id hash.
 
-        ``store_tokens`` (True, "int8" or "float16") also stores each passage's token vectors at index time, so the
-        MaxSim reranker encodes no passage at query time. ``runtime`` says where and how both stages run (device,
+        ``store_tokens`` (True = "2bit", or "1bit", "int8", "float16") also stores each passage's token vectors at
+        index time, so the MaxSim reranker encodes no passage at query time (``indexes.token_store``). ``runtime`` says where and how both stages run (device,
         backend, batch size, threads); ``backend=`` and ``batch_size=`` are shorthands that override its fields. The
         backend (torch, onnx, onnx-int8, openvino, openvino-int8; None = the device's default) is recorded in the
         manifest."""
@@ -243,6 +245,7 @@ class Engine:
             )
             if notice:
                 self.notices.append(notice)
+                _warn_once(notice)
             if self._reranker is None:
                 self._reranker_spec = None
         return self._reranker
@@ -257,6 +260,8 @@ class Engine:
         """Encode and store documents in committed steps; an id already present is replaced, an unchanged one skipped."""
         report = AddReport()
         started = time.perf_counter()
+        if isinstance(documents, Sequence):  # a list is checked whole first: bad input anywhere changes nothing
+            documents = _checked(documents)
         seen: set[str] = set()
         # on a GPU a chunk is large enough to keep the device busy; the writer thread stores chunk i (its own SQLite
         # transaction, in order) while chunk i+1 is encoded
@@ -287,7 +292,8 @@ class Engine:
             encoded = self.encoder.encode_documents(texts)
         else:  # one forward pass gives both the document vectors and the MaxSim token vectors
             embeddings, tokens = encode_with_tokens(self.encoder, texts)
-            encoded = EncodeResult(embeddings, truncated=self.encoder.count_truncated(texts), cache_hits=0)
+            hits = self.encoder.through_cache(texts, embeddings)
+            encoded = EncodeResult(embeddings, truncated=self.encoder.count_truncated(texts), cache_hits=hits)
         terms = content_token_ids(self.encoder, texts) if self.collection.token_df is not None else None
         write(partial(self.collection.upsert, todo, encoded.embeddings, tokens=tokens, terms=terms))
         report.truncated += encoded.truncated
@@ -391,7 +397,7 @@ class Engine:
                     timings=timings,
                     candidates=len(cands),
                     reranker=getattr(reranker, "name", None),
-                    notices=list(self.notices) + notices,
+                    notices=list(notices),  # this search's own; the engine's (a fallback) are in self.notices
                 )
             )
         return results
@@ -445,6 +451,27 @@ class Engine:
         spec = self._reranker_spec
         stats["reranker"] = getattr(spec, "name", spec) if spec is not None else None
         return stats
+
+
+#: notices already given as warnings in this process
+_WARNED: set[str] = set()
+
+
+def _warn_once(notice: str) -> None:
+    """Tell a Python API user about a reranker fallback once per process (the CLI and server say it their own way)."""
+    if notice not in _WARNED:
+        _WARNED.add(notice)
+        warnings.warn(notice, RerankerFallbackWarning, stacklevel=4)
+
+
+def _checked(documents: Sequence[Document | Mapping[str, Any]]) -> list[Document]:
+    """Every document converted and its id checked for repeats before the first is stored (all-or-nothing adds)."""
+    docs, seen = [as_document(d) for d in documents], set()
+    for doc in docs:
+        if doc.id in seen:
+            raise UsageError(f"document id {doc.id!r} appears twice in the input")
+        seen.add(doc.id)
+    return docs
 
 
 def _same(old: Document | None, new: Document) -> bool:

@@ -27,6 +27,22 @@ class Hit:
     def rank(self) -> int:
         return self.rerank_rank if self.rerank_rank is not None else self.retrieval_rank
 
+    def to_dict(self) -> dict[str, Any]:
+        """The one JSON shape of a hit (CLI ``--json``, :meth:`SearchResult.to_dict`, HTTP): the final ``rank`` and
+        ``score`` first, then both stages' own."""
+        return {
+            "doc_id": self.doc_id,
+            "rank": self.rank,
+            "score": self.score,
+            "retrieval_score": self.retrieval_score,
+            "retrieval_rank": self.retrieval_rank,
+            "rerank_score": self.rerank_score,
+            "rerank_rank": self.rerank_rank,
+            "title": self.title,
+            "text": self.text,
+            "metadata": dict(self.metadata),
+        }
+
 
 @dataclass
 class Timings:
@@ -54,9 +70,21 @@ class SearchResult:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["hits"] = [hit.to_dict() for hit in self.hits]
         out["timings"]["total_s"] = self.timings.total_s
         return out
 
     def run(self) -> dict[str, float]:
-        """This result as one query's row of a TREC run (doc id → final score)."""
-        return {h.doc_id: h.score for h in self.hits}
+        """This result as one query's row of a TREC run: doc id → a score that falls down the list. Reranked hits keep
+        their rerank score; hits beneath them that the second stage did not score keep their order, at the last
+        rerank score minus 1, 2, ... (first-stage scores are on another scale)."""
+        reranked = [h.rerank_score for h in self.hits if h.rerank_score is not None]
+        floor = min(reranked) if reranked else None
+        out: dict[str, float] = {}
+        for hit in self.hits:
+            if floor is None or hit.rerank_score is not None:
+                out[hit.doc_id] = hit.score
+            else:
+                floor -= 1.0
+                out[hit.doc_id] = floor
+        return out

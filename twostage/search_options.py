@@ -22,7 +22,7 @@ def add_search_arguments(p: argparse.ArgumentParser, *, k: int = 100, top_n: int
 
 def reranker_spec(args: argparse.Namespace) -> str | None:
     """``--no-rerank`` → None; ``--reranker X`` → X (explicit); nothing → the default cross-encoder."""
-    from twostage.reranker.cross_encoder import DEFAULT_RERANKER
+    from twostage.reranker.resolve import DEFAULT_RERANKER
 
     if args.no_rerank:
         return None

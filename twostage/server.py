@@ -1,6 +1,6 @@
 """The HTTP API and search page of ``twostage serve``: FastAPI on uvicorn, one engine worker behind a micro-batcher.
 
-Endpoints (schema at ``/openapi.json``, browsable at ``/docs``)::
+Endpoints (schema at ``/openapi.json``; no ``/docs``: Swagger UI loads its scripts from a CDN, blank offline)::
 
     GET    /                     the search page
     GET    /health               liveness, document count, read-only flag, defaults and limits (never protected)
@@ -158,16 +158,18 @@ class BatchSearchRequest(SearchOptions):
 
 
 class HitOut(BaseModel):
+    """``Hit.to_dict()``: the hit shape of the CLI's ``--json`` and the Python API too."""
+
     doc_id: str
-    title: str | None
-    text: str
-    metadata: dict[str, Any]
     rank: int = Field(..., description="final rank (rerank rank when reranked, else first-stage rank)")
     score: float = Field(..., description="the score that decided the final order")
     retrieval_score: float
     retrieval_rank: int
     rerank_score: float | None
     rerank_rank: int | None
+    title: str | None
+    text: str
+    metadata: dict[str, Any]
 
 
 class TimingsOut(BaseModel):
@@ -198,7 +200,13 @@ class BatchSearchResponse(BaseModel):
     latency_ms: float
 
 
-class DocumentIn(_Strict):
+class DocumentIn(BaseModel):
+    """The document shape of corpus files: id, text, optional title; every other field is metadata (as are the
+    entries of an explicit ``metadata`` object)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    __pydantic_extra__: dict[Text, Scalar | None] = Field(init=False)
+
     id: Text = Field(..., min_length=1, max_length=512)
     text: Text = Field(..., min_length=1)
     title: Text | None = None
@@ -286,6 +294,8 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
         description=__doc__.split("\n\n", 1)[1] + "\n\nLimits: " + json.dumps(config.limits()),
         version=_version(),
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN: blank pages offline
+        redoc_url=None,
         responses={status: {"model": ErrorOut} for status in (400, 401, 403, 413, 422)},
     )
     app.state.batcher, app.state.config, app.state.stats = batcher, config, stats
@@ -418,8 +428,6 @@ def _options(req: SearchOptions, config: ServerConfig, queries: list[str]) -> di
 
 def _result(result: Any, opts: dict[str, Any], elapsed: float) -> dict[str, Any]:
     out = result.to_dict()
-    for hit, raw in zip(result.hits, out["hits"]):
-        raw["rank"], raw["score"] = hit.rank, hit.score
     if opts["filter"] and not result.hits:
         out["notices"].append("no document matches the filter")
     return {**out, **opts, "latency_ms": elapsed * 1000}
@@ -441,7 +449,7 @@ def _engine_info(engine: Any) -> dict[str, Any]:
     return {
         "documents": len(engine.collection),
         "index_type": info.get("index_type"),
-        "backend": "torch",
+        "backend": engine.encoder.backend_tag,
         "models": {
             "bi_encoder": engine.encoder.name,
             "reranker": getattr(reranker, "name", None),

@@ -118,7 +118,7 @@ def run_serve(args: argparse.Namespace) -> int:
     else:
         app = create_app(lambda: Engine.open(args.directory, reranker=spec, runtime=runtime), config)
     engine = app.state.batcher.engine
-    for notice in engine.notices:
+    for notice in engine.notices:  # once, here and in /stats; never repeated in search responses
         print(notice, file=sys.stderr)
     reranker = getattr(engine.reranker, "name", None) if spec else None
     print(f"twostage serve: {app.state.batcher.documents} documents in {args.directory}; "
@@ -132,7 +132,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"note: listening on {args.host}, reachable from other machines", file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
     where = f"http://{host}:{args.port}/" if args.port else f"http://{host}:<port in the Uvicorn line below>/"
-    print(f"search page: {where}  (API schema at /docs)", file=sys.stderr)
+    print(f"search page: {where}  (API schema at /openapi.json)", file=sys.stderr)
     sys.stderr.flush()
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=10, limit_concurrency=args.max_connections)

@@ -1,0 +1,178 @@
+"""``twostage check DIR [--repair]``: is a collection whole, and what can be rebuilt from SQLite, its source of truth.
+
+Checks SQLite (``integrity_check``), the manifest against SQLite (dimension, generation, counts), the vector index's
+ids against the documents' ids, token rows (MaxSim) and any FTS5 table against the documents. ``repair`` takes the
+writer lock and rebuilds what SQLite can rebuild (the vector index, the manifest's counts and dimension, token rows of
+deleted documents, an FTS5 index); what it cannot (a damaged SQLite file, a lost manifest) is said, with what to do.
+"""
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .collection import DOCUMENTS, MANIFEST, VECTORS, Collection
+from .document_store import DocumentStore, storage_errors
+from .errors import CollectionError
+from .lock import WriterLock
+from .vector_index import vector_index_class
+
+
+@dataclass
+class CheckReport:
+    """What ``check`` found (``problems``), fixed (``repaired``) and could not fix (``unrepairable``)."""
+
+    path: str
+    documents: int = 0
+    problems: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    unrepairable: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> int:
+        """The command's exit status: 0 whole (or repaired), 1 problems that ``--repair`` can fix, 2 beyond repair."""
+        if self.unrepairable:
+            return 2
+        return 0 if not self.problems or self.repaired else 1
+
+
+def check_collection(path: str | Path, *, repair: bool = False, wait: float | None = None) -> CheckReport:
+    """Check the collection at ``path``; with ``repair``, rebuild from SQLite what can be rebuilt (under the lock)."""
+    path = Path(path)
+    report = CheckReport(str(path))
+    if not (path / MANIFEST).is_file() or not (path / DOCUMENTS).is_file():
+        missing = MANIFEST if not (path / MANIFEST).is_file() else DOCUMENTS
+        raise CollectionError(f"{path} is not a collection ({missing} is missing)")
+    if not repair:
+        _inspect(path, report)
+        return report
+    with WriterLock(path).holding(Collection.lock_wait if wait is None else wait):
+        _inspect(path, report)
+        if report.problems and not report.unrepairable:
+            _repair(path, report)
+    return report
+
+
+def _inspect(path: Path, report: CheckReport) -> None:
+    """Fill ``report.problems`` (and ``unrepairable``) without writing anything."""
+    try:
+        manifest = Collection._read_manifest(path / MANIFEST)
+    except CollectionError as err:
+        report.problems.append(str(err))
+        report.unrepairable.append(f"{MANIFEST} records the bi-encoder and cannot be rebuilt from SQLite: restore it "
+                                   f"from a backup (or re-index the documents into a new directory)")
+        return
+    db = path / DOCUMENTS
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as err:
+        report.problems.append(f"{db}: cannot be opened ({err})")
+        report.unrepairable.append(f"{DOCUMENTS} cannot be opened: restore it from a backup")
+        return
+    try:
+        _inspect_sqlite(path, con, manifest, report)
+    finally:
+        con.close()
+
+
+def _inspect_sqlite(path: Path, con: sqlite3.Connection, manifest: object, report: CheckReport) -> None:
+    db = path / DOCUMENTS
+    try:
+        rows = [str(r[0]) for r in con.execute("PRAGMA integrity_check(20)")]
+        tables = {r[0]: (r[1] or "") for r in con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as err:
+        rows, tables = [str(err)], {}
+    if rows != ["ok"]:
+        report.problems.append(f"{db} fails SQLite's integrity_check: {rows[0]}")
+        report.unrepairable.append(f"{DOCUMENTS} is damaged and is the source of truth: restore it from a backup "
+                                   f"(the sqlite3 shell's '.recover' may save the rows it can still read)")
+        return
+    if "docs" not in tables:
+        report.problems.append(f"{db} holds no documents table (emptied or replaced)")
+        report.unrepairable.append(f"{DOCUMENTS} has lost the documents: restore it from a backup")
+        return
+    stored = np.fromiter((r[0] for r in con.execute("SELECT internal_id FROM docs ORDER BY internal_id")), dtype=np.int64)
+    report.documents = len(stored)
+    meta = dict(con.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
+    generation, dimension = int(meta.get("generation", 0)), meta.get("dimension")
+    if dimension is not None and int(dimension) != manifest.dimension:  # type: ignore[attr-defined]
+        report.problems.append(f"{MANIFEST} says dimension {manifest.dimension} but the stored embeddings have "  # type: ignore[attr-defined]
+                               f"{dimension}")
+    if manifest.generation > generation:  # type: ignore[attr-defined]
+        report.problems.append(f"{DOCUMENTS} is at generation {generation}, behind the manifest's "
+                               f"{manifest.generation}: documents were lost (a truncated or older copy); repair "  # type: ignore[attr-defined]
+                               f"rebuilds the index from the {len(stored)} that remain")
+    for name, value in (("document_count", len(stored)),):
+        if getattr(manifest, name) != value:
+            report.problems.append(f"{MANIFEST} counts {getattr(manifest, name)} documents, {DOCUMENTS} holds {value}")
+    _inspect_index(path, manifest, stored, report)
+    _inspect_tables(con, tables, report)
+
+
+def _inspect_index(path: Path, manifest: object, stored: np.ndarray, report: CheckReport) -> None:
+    try:
+        index = vector_index_class(manifest.vector_index).load(path / VECTORS)  # type: ignore[attr-defined]
+    except CollectionError as err:
+        report.problems.append(f"{VECTORS} cannot be loaded ({err})")
+        return
+    if index.dimension != manifest.dimension:  # type: ignore[attr-defined]
+        report.problems.append(f"{VECTORS} has dimension {index.dimension}, the manifest {manifest.dimension}")  # type: ignore[attr-defined]
+        return
+    live = index.ids()
+    lacking = len(np.setdiff1d(stored, live, assume_unique=True))
+    orphans = len(np.setdiff1d(live, stored, assume_unique=True))
+    if lacking:
+        report.problems.append(f"{lacking} document(s) have no vector in {VECTORS} (they cannot be found by search)")
+    if orphans:
+        report.problems.append(f"{orphans} vector(s) in {VECTORS} belong to no document")
+
+
+def _inspect_tables(con: sqlite3.Connection, tables: dict[str, str], report: CheckReport) -> None:
+    """Token rows (MaxSim) and token statistics of deleted documents; an FTS5 table out of step with the documents."""
+    for table in ("tokens", "doc_terms"):
+        if table in tables:
+            orphans = con.execute(f"SELECT COUNT(*) FROM {table} WHERE doc_id NOT IN (SELECT doc_id FROM docs)").fetchone()[0]
+            if orphans:
+                report.problems.append(f"{orphans} row(s) of table {table!r} belong to no document")
+    documents = con.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+    for name, sql in tables.items():
+        if "using fts5" in sql.lower():
+            rows = con.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0]
+            if rows != documents:
+                report.problems.append(f"full-text table {name!r} holds {rows} rows for {documents} documents")
+
+
+def _repair(path: Path, report: CheckReport) -> None:
+    """Rebuild from SQLite: orphan token rows, FTS5 tables, the manifest's dimension and counts, the vector index."""
+    manifest = Collection._read_manifest(path / MANIFEST)
+    with storage_errors(path / DOCUMENTS):
+        store = DocumentStore(path / DOCUMENTS, create=False)
+        try:
+            dimension = store.get_meta("dimension")
+            if dimension is not None and int(dimension) != manifest.dimension:
+                manifest.dimension = int(dimension)
+                report.repaired.append(f"{MANIFEST}: dimension set to the stored embeddings' {dimension}")
+            with store.transaction() as con:
+                tables = {r[0]: (r[1] or "") for r in con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")}
+                for table in ("tokens", "doc_terms"):
+                    if table in tables:
+                        gone = con.execute(f"DELETE FROM {table} WHERE doc_id NOT IN (SELECT doc_id FROM docs)").rowcount
+                        if gone:
+                            report.repaired.append(f"removed {gone} row(s) of {table!r} that belonged to no document")
+                for name, sql in tables.items():
+                    if "using fts5" in sql.lower():
+                        try:
+                            con.execute(f'INSERT INTO "{name}"("{name}") VALUES (\'rebuild\')')
+                            report.repaired.append(f"rebuilt full-text table {name!r}")
+                        except sqlite3.Error as err:
+                            report.unrepairable.append(f"full-text table {name!r} cannot be rebuilt here ({err})")
+            manifest.generation = store.generation
+            collection = Collection(path, manifest, store, None)  # type: ignore[arg-type]
+            collection._rebuild_index(manifest.factory)
+            collection._dirty = True
+            collection._commit_locked()
+        finally:
+            store.close()
+    report.repaired.append(f"rebuilt {VECTORS} and {MANIFEST} from the {report.documents} stored documents")

@@ -1,0 +1,151 @@
+"""Ray for real: a head and a worker node started with ``ray start`` on 127.0.0.1, indexing across them, searching
+through shard actors and reranker replicas, and a worker node killed mid-indexing."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+pytest.importorskip("ray", reason="Ray is not installed (pip install 'twostage[ray]')")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray is imported: endpoints on 127.0.0.1
+
+from ray_cluster import LocalRayCluster  # noqa: E402
+from test_sharded import assert_same_hits, corpus, queries, twostage  # noqa: E402
+
+from twostage.engine import Engine  # noqa: E402
+from twostage.indexes.sharded import open_collection, shard_of  # noqa: E402
+from twostage.runtime.config import RuntimeConfig  # noqa: E402
+
+SHARDS = 4
+#: no test here may run longer than this (a hung cluster fails the test instead of the CI job)
+TEST_SECONDS = 240
+
+
+@pytest.fixture(autouse=True)
+def time_limit():
+    def expire(*_):
+        raise TimeoutError(f"test ran past {TEST_SECONDS} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TEST_SECONDS)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Head (1 CPU) + one worker node (1 CPU), on 127.0.0.1 in a private temp dir; everything ended afterwards."""
+    import ray
+
+    nodes = LocalRayCluster()
+    signal.alarm(120)
+    try:
+        nodes.start_head()
+        nodes.add_worker()
+    except (RuntimeError, OSError, TimeoutError) as err:
+        nodes.stop()
+        pytest.skip(f"a local Ray cluster cannot start here: {err}")
+    finally:
+        signal.alarm(0)
+    yield nodes
+    ray.shutdown()
+    nodes.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_bi_encoder_dir):
+    """300 passages as one collection, built without Ray, and the corpus file they came from."""
+    root = tmp_path_factory.mktemp("ray-ref")
+    docs = corpus(300, seed=7)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    with Engine.create(root / "one", model=str(tiny_bi_encoder_dir), reranker=None, index_type="flat",
+                       store_tokens="int8") as engine:
+        engine.add(docs)
+    return root, docs
+
+
+@pytest.fixture(scope="module")
+def ray_built(cluster, reference, tiny_bi_encoder_dir):
+    """The same corpus indexed by ``twostage index --shards 4 --ray`` on 2 encoder actors, one per node."""
+    root, _ = reference
+    code, out, err = twostage("index", str(root / "corpus.jsonl"), "-i", str(root / "ray4"), "--model",
+                              str(tiny_bi_encoder_dir), "--index-type", "flat", "--store-tokens", "int8", "--shards", "4",
+                              "--ray", cluster.address, "--actors", "2", "--device", "cpu", "-q")
+    assert code == 0, err
+    assert "300 added" in out and "4 shards" in out
+    return root / "ray4"
+
+
+def test_cluster_has_two_nodes_on_loopback(cluster, ray_built):
+    import ray
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    assert len(nodes) >= 2 and {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}
+
+
+@pytest.mark.parametrize("reranker", [None, "maxsim", "tiny-cross-encoder"])
+def test_search_through_shard_actors_equals_one_collection(cluster, reference, ray_built, reranker,
+                                                           tiny_cross_encoder_dir):
+    from twostage.distributed import open_ray_engine
+
+    root, _ = reference
+    spec = str(tiny_cross_encoder_dir) if reranker == "tiny-cross-encoder" else reranker
+    rerank = spec is not None
+    with Engine.open(root / "one", reranker=spec) as one, \
+            open_ray_engine(ray_built, address=cluster.address, reranker=spec, replicas=2,
+                            runtime=RuntimeConfig(device="cpu")) as served:
+        for k in (30, 300):
+            assert_same_hits(one.search_many(queries(), k=k, top_n=k, rerank=rerank),
+                             served.search_many(queries(), k=k, top_n=k, rerank=rerank), reranked=rerank)
+
+
+def test_writes_through_ray_reach_the_owning_shard(cluster, ray_built, tiny_bi_encoder_dir, tmp_path):
+    import shutil
+
+    from twostage.distributed import open_ray_engine
+
+    copy = tmp_path / "copy"
+    shutil.copytree(ray_built, copy)
+    with open_ray_engine(copy, address=cluster.address, reranker=None, replicas=1,
+                         runtime=RuntimeConfig(device="cpu")) as served:
+        served.add([{"id": "new-doc", "text": "a museum island in the river of berlin"}])
+        assert served.delete(["p00003", "missing"]).missing == ["missing"]
+        assert served.search("museum island river berlin", k=5, rerank=False).hits[0].doc_id == "new-doc"
+        assert served.info()["document_count"] == 300
+    with open_collection(copy) as collection:
+        assert collection.shards[shard_of("new-doc", SHARDS)].get(["new-doc"])[0] is not None
+        assert collection.get(["p00003"]) == [None] and len(collection) == 300
+
+
+def test_killed_worker_node_loses_nothing(cluster, reference, tiny_bi_encoder_dir, tmp_path):
+    """A third node joins; once it holds an encoder actor and some batches are written, it is SIGKILLed. The same run
+    finishes on the surviving nodes with every document exactly once."""
+    from twostage.distributed import index_distributed
+
+    cluster.add_worker(resources='{"victim": 1}')
+    docs = corpus(1500, seed=11)
+    killed = {"written": 0, "processes": 0}
+
+    def progress(n: int) -> None:
+        killed["written"] += n
+        names = [p.name() for p in cluster.node_processes("victim")]
+        if not killed["processes"] and killed["written"] >= 100 and any("MapWorker" in n for n in names):
+            killed["processes"] = cluster.kill_node("victim")
+            killed["at"] = killed["written"]
+
+    report, size = index_distributed(docs, tmp_path / "k", address=cluster.address, shards=SHARDS, actors=3,
+                                     model=str(tiny_bi_encoder_dir), index_type="flat",
+                                     runtime=RuntimeConfig(device="cpu", batch_size=16), progress=progress)
+    assert killed["processes"] > 0 and killed["at"] < len(docs), killed
+    assert size == len(docs) and report.added == len(docs)
+    with open_collection(tmp_path / "k") as collection:
+        stored = [doc.id for doc in collection.iter_documents()]
+        assert len(stored) == len(set(stored)) == len(docs)
+        assert sum(len(shard.index) for shard in collection.shards) == len(docs)
+    report, size = index_distributed(docs, tmp_path / "k", address=cluster.address, shards=SHARDS, actors=2,
+                                     model=str(tiny_bi_encoder_dir), index_type="flat",
+                                     runtime=RuntimeConfig(device="cpu"))
+    assert (report.unchanged, report.added, size) == (len(docs), 0, len(docs))

@@ -1,0 +1,157 @@
+"""Residual-compressed token vectors (2bit / 1bit): exact packing, MaxSim close to float16 on real passages, a codec
+learned when enough tokens exist, in-place conversion that is all-or-nothing, and the CLI around it."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twostage.indexes.collection import Collection
+from twostage.indexes.documents import Document
+from twostage.indexes.residual import ResidualCodec, default_centroids
+from twostage.indexes.token_store import MIN_TRAIN, TokenStore
+from twostage.reranker.maxsim import MaxSimReranker, encode_with_tokens
+from twostage.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "corpus.jsonl"
+QUERIES = ["How many people live in Berlin?", "the largest planet in the solar system", "how do cells divide",
+           "fermented bread starter", "art museums in Paris"]
+PASSAGES = 40  # the first 40 example passages (cities, astronomy, biology, cooking): ~2,100 tokens
+
+
+def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+def test_codes_pack_each_dimension_into_its_bucket(bits):
+    rng = np.random.default_rng(0)
+    sample = unit(rng, 3000, 32)
+    codec = ResidualCodec.train(sample, bits, n_centroids=16)
+    assert codec.bytes_per_token == 2 + 32 * bits // 8
+    x = unit(rng, 50, 32)
+    ids, packed = codec.encode(x)
+    assert ids.dtype == np.uint16 and packed.shape == (50, 32 * bits // 8) and packed.dtype == np.uint8
+    residual = x - codec.centroids[ids]
+    buckets = (residual[:, :, None] > codec.cutoffs[None]).sum(axis=2)
+    expected = codec.centroids[ids] + codec.weights[np.arange(32)[None, :], buckets]
+    np.testing.assert_allclose(codec.decode(ids, packed), expected, rtol=0, atol=1e-6)
+    assert np.all(np.diff(codec.weights, axis=1) >= 0) and np.all(np.diff(codec.cutoffs, axis=1) >= 0)
+    again = ResidualCodec.from_blobs(**{k: v for k, v in codec.to_blobs().items()})
+    np.testing.assert_allclose(again.weights, codec.weights)
+    np.testing.assert_allclose(again.centroids, codec.centroids, atol=1e-3)  # stored as float16
+    assert default_centroids(1_254_069, 65_536) == 1024 and default_centroids(5_000, 5_000) == 64
+
+
+@pytest.fixture(scope="module")
+def example_tokens(minilm) -> tuple[list[str], list[np.ndarray]]:
+    """Example passages' MaxSim tokens from the real all-MiniLM-L6-v2 (float16, as indexing stores them)."""
+    rows = [json.loads(line) for line in EXAMPLES.read_text(encoding="utf-8").splitlines()][:PASSAGES]
+    docs = [Document(r["id"], r["text"], r.get("title")) for r in rows]
+    _, tokens = encode_with_tokens(minilm, [d.text_for_encoding() for d in docs])
+    return [d.id for d in docs], tokens
+
+
+def test_compressed_tokens_score_maxsim_close_to_float16_on_real_passages(tmp_path, minilm, example_tokens):
+    ids, tokens = example_tokens
+    stores = {}
+    for encoding in ("float16", "int8", "2bit", "1bit"):
+        store = TokenStore.open(tmp_path / f"{encoding}.sqlite", encoding=encoding)
+        store.put_many(ids, tokens)
+        assert store.train_pending() == (encoding in ("2bit", "1bit"))  # ~2,100 tokens >= MIN_TRAIN
+        stores[encoding] = store
+    sizes = {e: s.bytes_per_passage() for e, s in stores.items()}
+    tokens_per_passage = sum(len(t) for t in tokens) / len(tokens)
+    assert sizes["2bit"] == pytest.approx(tokens_per_passage * 98) and sizes["1bit"] == pytest.approx(tokens_per_passage * 50)
+    assert sizes["1bit"] <= 3_200 and sizes["int8"] / sizes["2bit"] > 3.9 and sizes["int8"] / sizes["1bit"] > 7.7
+    candidates = [[_Candidate(i) for i in ids]] * len(QUERIES)
+    scores = {e: np.stack(MaxSimReranker(minilm, token_store=s.get).score_candidates(QUERIES, candidates))
+              for e, s in stores.items()}
+    reference = scores["float16"]
+    for encoding, mean, worst in (("int8", 0.001, 0.002), ("2bit", 0.03, 0.2), ("1bit", 0.06, 0.35)):
+        got = scores[encoding]
+        error = np.abs(got - reference) / reference.max(axis=1, keepdims=True)  # relative to each query's best score
+        assert error.mean() < mean and error.max() < worst, (encoding, error.mean(), error.max())
+        for q in range(len(QUERIES)):  # the top passage stays in the compressed top 3
+            assert np.argmax(reference[q]) in np.argsort(-got[q])[:3], (encoding, QUERIES[q])
+    for store in stores.values():
+        store.close()
+
+
+class _Candidate:
+    """The two fields MaxSim reads from a first-stage candidate: doc id (for the store) and text (unused here)."""
+
+    def __init__(self, doc_id: str):
+        self.doc_id, self.text = doc_id, ""
+
+
+def test_codec_is_learned_on_commit_and_conversion_is_all_or_nothing(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    docs = [Document(f"d{i}", f"text {i}") for i in range(40)]
+    tokens = [unit(rng, 30, 16) for _ in docs]  # 1,200 tokens: enough to learn a codec at commit
+    embeddings = unit(rng, len(docs), 8)
+    with Collection.create(tmp_path / "c", model_name="m", model_fingerprint="f", dimension=8, index_type="flat",
+                           store_tokens=True) as collection:
+        store = collection.token_store
+        collection.upsert(docs[:1], embeddings[:1], tokens=tokens[:1])
+        collection.commit()  # 30 tokens < MIN_TRAIN: kept as int8 for now
+        assert store.codec is None and store.encoding == "2bit" and store.bytes_per_passage() == 30 * (16 + 4)
+        collection.upsert(docs, embeddings, tokens=tokens)
+        assert sum(len(t) for t in tokens) >= MIN_TRAIN and store.codec is None
+        collection.commit()
+        assert store.codec is not None and store.bytes_per_passage() == 30 * (2 + 16 * 2 // 8)
+        before = store.get_many([d.id for d in docs])
+        assert all(np.mean(np.sum(b / np.linalg.norm(b, axis=1, keepdims=True) * t, axis=1)) > 0.8
+                   for b, t in zip(before, tokens))
+        collection.upsert(docs[:1], embeddings[:1], tokens=tokens[:1])  # new rows use the learned codec
+        np.testing.assert_allclose(store.get("d0"), before[0], atol=1e-6)
+
+        def fail(*args, **kwargs):
+            raise OSError("disk full")
+
+        monkeypatch.setattr("twostage.indexes.token_store._write", fail)  # dies after the codec row was replaced
+        with pytest.raises(OSError):
+            collection.convert_tokens("1bit")
+        assert store.encoding == "2bit" and store.codec.bits == 2
+        monkeypatch.undo()
+        with Collection.open(tmp_path / "c") as reopened:  # the file is as it was: same codec, same vectors
+            again = reopened.token_store
+            assert again.encoding == "2bit" and again.codec.bits == 2
+            np.testing.assert_allclose(again.get("d5"), before[5], atol=1e-6)
+        collection.convert_tokens("1bit")
+        assert store.bytes_per_passage() == 30 * (2 + 16 // 8)
+        assert json.loads((tmp_path / "c" / "manifest.json").read_text())["extra"]["token_store"] == {"encoding": "1bit"}
+        collection.convert_tokens("float16")
+        assert store.codec is None and store.stats().codec_bytes == 0 and store.get("d1").dtype == np.float16
+
+
+def twostage(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_tokens_command_converts_in_place_and_refuses_collections_without_tokens(tmp_path):
+    rng = np.random.default_rng(4)
+    docs = [Document(f"d{i}", f"text {i}") for i in range(40)]
+    with Collection.create(tmp_path / "c", model_name="m", model_fingerprint="f", dimension=8, index_type="flat",
+                           store_tokens="int8") as collection:
+        collection.upsert(docs, unit(rng, 40, 8), tokens=[unit(rng, 30, 16) for _ in docs])
+        collection.commit()
+    code, out, err = twostage("tokens", str(tmp_path / "c"), "--convert", "2bit")
+    assert code == 0, err
+    assert "2bit tokens, 40 passages, 30.0 tokens and 600 -> 180 bytes per passage" in out and "codec" in out
+    code, out, err = twostage("tokens", str(tmp_path / "c"))
+    assert code == 0 and "2bit tokens" in out and "->" not in out
+    with Collection.create(tmp_path / "plain", model_name="m", model_fingerprint="f", dimension=8) as plain:
+        plain.commit()
+    code, out, err = twostage("tokens", str(tmp_path / "plain"), "--convert", "1bit")
+    assert code == 2 and "stores no token vectors" in err and len(err.strip().splitlines()) == 1
+    code, out, err = twostage("tokens", str(tmp_path / "c"), "--convert", "3bit")
+    assert code == 2 and "invalid choice" in err
