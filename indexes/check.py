@@ -16,6 +16,8 @@ import numpy as np
 from .collection import DOCUMENTS, MANIFEST, VECTORS, Collection
 from .document_store import DocumentStore, storage_errors
 from .errors import CollectionError
+from .lexical import TABLE as LEXICAL_TABLE
+from .lexical import LexicalIndex
 from .lock import WriterLock
 from .vector_index import vector_index_class
 
@@ -137,11 +139,30 @@ def _inspect_tables(con: sqlite3.Connection, tables: dict[str, str], report: Che
             if orphans:
                 report.problems.append(f"{orphans} row(s) of table {table!r} belong to no document")
     documents = con.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
-    for name, sql in tables.items():
-        if "using fts5" in sql.lower():
-            rows = con.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0]
-            if rows != documents:
-                report.problems.append(f"full-text table {name!r} holds {rows} rows for {documents} documents")
+    for name in _fts_tables(tables):
+        rows = con.execute(f'SELECT COUNT(*) FROM "{name}_docsize"').fetchone()[0]
+        strays = con.execute(f'SELECT COUNT(*) FROM "{name}_docsize" WHERE id NOT IN (SELECT internal_id FROM docs)'
+                             ).fetchone()[0]
+        if rows != documents or strays:
+            report.problems.append(f"full-text table {name!r} indexes {rows} rows ({strays} of no document) for "
+                                   f"{documents} documents")
+
+
+def _fts_tables(tables: dict[str, str]) -> list[str]:
+    """FTS5 tables whose per-row sizes (``<name>_docsize``) tell which rows they index."""
+    return [name for name, sql in tables.items() if "using fts5" in sql.lower() and f"{name}_docsize" in tables]
+
+
+def _rebuild_fts(store: DocumentStore, con: sqlite3.Connection, name: str, report: CheckReport) -> None:
+    """The collection's own lexical table is re-indexed from the stored texts; another FTS5 table by FTS5's 'rebuild'."""
+    try:
+        if name == LEXICAL_TABLE:
+            LexicalIndex(store).build()
+        else:
+            con.execute(f'INSERT INTO "{name}"("{name}") VALUES (\'rebuild\')')
+        report.repaired.append(f"rebuilt full-text table {name!r} from the stored texts")
+    except sqlite3.Error as err:
+        report.unrepairable.append(f"full-text table {name!r} cannot be rebuilt here ({err})")
 
 
 def _repair(path: Path, report: CheckReport) -> None:
@@ -161,13 +182,9 @@ def _repair(path: Path, report: CheckReport) -> None:
                         gone = con.execute(f"DELETE FROM {table} WHERE doc_id NOT IN (SELECT doc_id FROM docs)").rowcount
                         if gone:
                             report.repaired.append(f"removed {gone} row(s) of {table!r} that belonged to no document")
-                for name, sql in tables.items():
-                    if "using fts5" in sql.lower():
-                        try:
-                            con.execute(f'INSERT INTO "{name}"("{name}") VALUES (\'rebuild\')')
-                            report.repaired.append(f"rebuilt full-text table {name!r}")
-                        except sqlite3.Error as err:
-                            report.unrepairable.append(f"full-text table {name!r} cannot be rebuilt here ({err})")
+                for name in _fts_tables(tables):
+                    if any("full-text table " + repr(name) in p for p in report.problems):
+                        _rebuild_fts(store, con, name, report)
             manifest.generation = store.generation
             collection = Collection(path, manifest, store, None)  # type: ignore[arg-type]
             collection._rebuild_index(manifest.factory)

@@ -106,7 +106,7 @@ class DocumentStore:
                 yield self._con
             except BaseException:
                 self._depth -= 1
-                if self._depth == 0:
+                if self._depth == 0 and self._con.in_transaction:  # SQLite may have rolled back itself (disk full)
                     self._con.execute("ROLLBACK")
                 raise
             self._depth -= 1
@@ -380,14 +380,15 @@ def _chunks(values: list[Any]) -> Iterator[list[Any]]:
         yield values[start : start + CHUNK]
 
 
-def _json_path(key: str) -> str:
-    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _match_clause(key: str, value: Any) -> tuple[str, list[Any]]:
     """SQL for "metadata[key] equals value", comparing text with text and numbers with numbers."""
-    path = _json_path(key)
-    typ, val = "json_type(metadata, ?)", "json_extract(metadata, ?)"
+    if '"' in key or "\\" in key:  # no JSON path can name such a key in SQLite: find it by exact name instead
+        path = key
+        typ = "(SELECT type FROM json_each(metadata) WHERE key = ?)"
+        val = "(SELECT value FROM json_each(metadata) WHERE key = ?)"
+    else:
+        path = '$."' + key + '"'
+        typ, val = "json_type(metadata, ?)", "json_extract(metadata, ?)"
     if value is None:
         return f"{typ} = 'null'", [path]
     if isinstance(value, bool):

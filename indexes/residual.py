@@ -88,6 +88,7 @@ class ResidualCodec:
         kmeans = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False)
         kmeans.train(x)
         centroids = kmeans.centroids / np.maximum(np.linalg.norm(kmeans.centroids, axis=1, keepdims=True), 1e-12)
+        centroids = centroids.astype(np.float16)  # as stored, so residuals are taken from the centroids decoding uses
         levels = 2**bits
         codec = cls(bits, centroids, np.zeros((x.shape[1], levels - 1)), np.zeros((x.shape[1], levels)))
         residuals = x - codec.centroids[codec.assign(x)]

@@ -216,6 +216,9 @@ def _openvino(path: Path, backend: str, cores: int) -> Runtime:
     if _OV_CORE is None:
         _OV_CORE = ov.Core()
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": cores}
+    # OpenVINO keeps the compiled model beside the export (keyed by device, settings and version): a later process
+    # loads it instead of compiling again, about 0.7 s less start-up for MiniLM here
+    config["CACHE_DIR"] = str(path.parent / "compiled")
     if backend.endswith("int8"):
         # int8 layers run in int8 either way; the rest stays fp32, since bf16 on top of int8 ranges loses too much
         config["INFERENCE_PRECISION_HINT"] = "f32"

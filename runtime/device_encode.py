@@ -25,6 +25,8 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 MEMORY_SHARE = 0.5
 #: on the CPU, the most memory one batch may use when no limit is given
 CPU_MEMORY_CAP = 2 << 30
+#: the fewest pairs worth shipping to a tokeniser worker
+MIN_PIECE = 128
 
 #: a model step: padded int64 inputs on the device -> one float output row per input row
 Forward = Callable[[dict[str, torch.Tensor]], torch.Tensor]
@@ -46,7 +48,7 @@ class DeviceOptions:
     max_batch: int = 4096
     workers: int | None = None
     piece: int = 2048
-    window: int = 16384
+    window: int = 8192
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -291,7 +293,9 @@ class DeviceScorer:
 
     def score(self, queries: Sequence[str], texts: Sequence[str]) -> tuple[np.ndarray, int]:
         """One float32 logit per pair, in input order, and how many pairs were cut at the length limit."""
-        tokens = self.pool.tokenize(list(zip(queries, texts)))
+        pairs = list(zip(queries, texts))
+        # one query's candidates are spread over all workers (latency); below MIN_PIECE pairs each, here
+        tokens = self.pool.tokenize(pairs, piece=max(MIN_PIECE, -(-len(pairs) // max(1, self.pool.workers))))
         out = np.zeros(len(tokens), dtype=np.float32)
         types = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ("token_type_ids",))
         self.runner.run(tokens, lambda batch: self.model(**batch).logits[:, 0], out,

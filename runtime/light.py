@@ -19,11 +19,9 @@ import numpy as np
 from twostage.runtime.backends import Runtime, load_runtime
 from twostage.runtime.export import _complete, model_file
 
-_TRANSFORMER = "sentence_transformers.models.Transformer"
-_POOLING = "sentence_transformers.models.Pooling"
-_NORMALIZE = "sentence_transformers.models.Normalize"
-#: pooling modes this path implements (sentence-transformers' names)
-_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
+#: pooling modes this path implements; sentence-transformers < 6 saved one boolean key per mode
+_MODES = ("mean", "cls", "max")
+_LEGACY_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
 
 
 @dataclass
@@ -98,22 +96,30 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _pooling_mode(config: dict[str, Any]) -> str | None:
-    """The one pooling mode switched on in a Pooling config, if this path implements it."""
-    on = [name for name, value in config.items() if name.startswith("pooling_mode") and value]
-    return _MODES.get(on[0]) if len(on) == 1 else None
+    """The Pooling config's one mode (``pooling_mode``, or the legacy boolean keys), if this path implements it."""
+    mode = config.get("pooling_mode")
+    if isinstance(mode, list) and len(mode) == 1:
+        mode = mode[0]
+    if mode is None:
+        on = [_LEGACY_MODES.get(name) for name, value in config.items() if name.startswith("pooling_mode_") and value]
+        mode = on[0] if len(on) == 1 else None
+    return mode if mode in _MODES else None
 
 
-def _special_ids(root: Path, tokenizer: Any) -> list[int]:
-    """Ids of the tokenizer's special tokens (what transformers' ``all_special_ids`` lists): from
-    ``special_tokens_map.json``, else the tokenizer's added tokens marked special."""
-    mapping = _read_json(root / "special_tokens_map.json")
+def _module_kinds(modules: list[dict[str, Any]]) -> list[str]:
+    """Class names of the modules (``Transformer``, ``Pooling``, ...), whatever package path a version saved."""
+    return [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
+
+
+def _special_ids(root: Path, tokenizer: Any, tokenizer_config: dict[str, Any]) -> list[int]:
+    """Ids of the tokenizer's special tokens, as transformers' ``all_special_ids`` lists them: the ``*_token`` and
+    additional special tokens of ``special_tokens_map.json`` and ``tokenizer_config.json``."""
     names: list[str] = []
-    if isinstance(mapping, dict):
-        for value in mapping.values():
-            for item in value if isinstance(value, list) else [value]:
-                names.append(item.get("content") if isinstance(item, dict) else item)
-    else:
-        names = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special]
+    for mapping in (_read_json(root / "special_tokens_map.json") or {}, tokenizer_config):
+        for key, value in mapping.items():
+            if key.endswith("_token") or key in ("additional_special_tokens", "extra_special_tokens"):
+                for item in value if isinstance(value, list) else [value]:
+                    names.append(item.get("content") if isinstance(item, dict) else item)
     ids = {tokenizer.token_to_id(name) for name in names if isinstance(name, str)}
     return sorted(i for i in ids if i is not None)
 
@@ -124,10 +130,10 @@ def load_light(model_dir: str | Path, backend: str, fingerprint: str) -> LightEn
     modules = _read_json(root / "modules.json")
     if not isinstance(modules, list) or not modules:
         return None
-    types = [m.get("type") for m in modules]
-    if types[0] != _TRANSFORMER or modules[0].get("path", "") != "" or types[1:2] != [_POOLING]:
+    kinds = _module_kinds(modules)
+    if kinds[0] != "Transformer" or modules[0].get("path", "") != "" or kinds[1:2] != ["Pooling"]:
         return None
-    if any(t != _NORMALIZE for t in types[2:]):
+    if any(kind != "Normalize" for kind in kinds[2:]):
         return None
     pooling_config = _read_json(root / modules[1]["path"] / "config.json")
     mode = _pooling_mode(pooling_config) if isinstance(pooling_config, dict) else None
@@ -142,25 +148,25 @@ def load_light(model_dir: str | Path, backend: str, fingerprint: str) -> LightEn
     tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
     tokenizer.no_padding()
     st_config = _read_json(root / "sentence_bert_config.json") or {}
-    max_length = st_config.get("max_seq_length")
-    if not max_length:  # sentence-transformers' own fallback: the model's and the tokenizer's limits
-        model_config = _read_json(root / "config.json") or {}
-        tokenizer_config = _read_json(root / "tokenizer_config.json") or {}
-        limits = [model_config.get("max_position_embeddings"), tokenizer_config.get("model_max_length")]
-        max_length = min(int(v) for v in limits if isinstance(v, (int, float)) and v > 0) if any(limits) else 512
     tokenizer_config = _read_json(root / "tokenizer_config.json") or {}
+    max_length = st_config.get("max_seq_length")
+    if not max_length:  # sentence-transformers' own rule: the tokenizer's limit, capped at the model's
+        model_config = _read_json(root / "config.json") or {}
+        limits = [model_config.get("max_position_embeddings"), tokenizer_config.get("model_max_length")]
+        known = [int(v) for v in limits if isinstance(v, (int, float)) and v > 0]
+        max_length = min(known) if known else 512
     pad = tokenizer_config.get("pad_token")
     pad = pad.get("content") if isinstance(pad, dict) else pad
     pad_id = tokenizer.token_to_id(pad) if isinstance(pad, str) else None
     encoder = LightEncoder(
         tokenizer=tokenizer,
         runtime=load_runtime(target, backend),
-        dimension=int(pooling_config["word_embedding_dimension"]),
+        dimension=int(pooling_config.get("embedding_dimension") or pooling_config["word_embedding_dimension"]),
         pooling=mode,
-        normalize_module=_NORMALIZE in types,
+        normalize_module="Normalize" in kinds,
         max_seq_length=int(max_length),
         pad_id=pad_id or 0,
-        special_ids=_special_ids(root, tokenizer),
+        special_ids=_special_ids(root, tokenizer, tokenizer_config),
         prompts=dict(prompts_config.get("prompts") or {}),
         default_prompt_name=prompts_config.get("default_prompt_name"),
     )

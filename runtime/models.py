@@ -51,6 +51,11 @@ def _hub_ids(name: str, kind: str) -> list[str]:
 
 def _from_hf_cache(repo_id: str) -> str | None:
     """The cached snapshot directory of ``repo_id`` if it holds a model, without any network access."""
+    from huggingface_hub import constants
+
+    cache = os.environ.get("SENTENCE_TRANSFORMERS_HOME") or constants.HF_HUB_CACHE
+    if not (Path(cache) / f"models--{repo_id.replace('/', '--')}").is_dir():
+        return None  # the usual answer, found without importing the Hub client (a second of start-up)
     from huggingface_hub import snapshot_download
 
     try:
@@ -154,18 +159,47 @@ def _hash_file(digest: Any, path: Path) -> None:
 
 
 def _directory_fingerprint(root: Path) -> str:
-    """sha256 over relative names and contents of the model files; cached per (path, sizes, mtimes)."""
+    """sha256 over relative names and contents of the model files; memoised per (path, sizes, mtimes) in this process
+    and on disk, so that a query process does not re-read the weights (see :func:`_remembered`)."""
     files = _fingerprint_files(root)
     stats = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     key = (str(root.resolve()), tuple(stats))
     if key not in _FINGERPRINTS:
-        digest = hashlib.sha256(b"twostage-model-v1\0")
-        for path in files:
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-            _hash_file(digest, path)
-            digest.update(b"\0")
-        _FINGERPRINTS[key] = digest.hexdigest()
+        _FINGERPRINTS[key] = _remembered(key, lambda: _hash_directory(root, files))
     return _FINGERPRINTS[key]
+
+
+def _hash_directory(root: Path, files: list[Path]) -> str:
+    digest = hashlib.sha256(b"twostage-model-v1\0")
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        _hash_file(digest, path)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _remembered(key: tuple[Any, ...], compute: Any) -> str:
+    """The fingerprint stored under ``key`` (path, and every file's size and modification time) in
+    ``<cache root>/fingerprints/``, else ``compute()``, stored there. A changed file changes its size or mtime and so
+    the key; an unwritable cache only costs the recomputation."""
+    from twostage.runtime.config import cache_root
+
+    memo = cache_root() / "fingerprints" / hashlib.sha256(json.dumps(key).encode()).hexdigest()
+    try:
+        stored = memo.read_text(encoding="ascii").strip()
+        if len(stored) == 64 and all(c in "0123456789abcdef" for c in stored):
+            return stored
+    except (OSError, UnicodeDecodeError):
+        pass
+    value = compute()
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        partial = memo.with_name(f"{memo.name}.{os.getpid()}")
+        partial.write_text(value, encoding="ascii")
+        os.replace(partial, memo)
+    except OSError:
+        pass
+    return value
 
 
 def _model_directory(model: Any) -> Path | None:

@@ -101,14 +101,16 @@ class TokenizerPool:
         self._local = load_backend(self.spec, limit)
         self._executor: ProcessPoolExecutor | None = None
 
-    def tokenize(self, inputs: Sequence[Any]) -> Tokenized:
-        """All of ``inputs`` in input order, their pieces tokenised in parallel (no more than one piece: here, which
-        is quicker than a round trip to a worker, e.g. for one query's candidates)."""
-        if len(inputs) <= self.piece:
+    def tokenize(self, inputs: Sequence[Any], piece: int | None = None) -> Tokenized:
+        """All of ``inputs`` in input order, in pieces of ``piece`` (default the pool's) tokenised in parallel; no
+        more than one piece is tokenised here, quicker than a round trip to a worker."""
+        piece = piece or self.piece
+        if self.workers == 0 or len(inputs) <= piece:
             return tokenize(self._local, inputs)
-        return Tokenized.concat(list(self.stream([inputs])))
+        return Tokenized.concat(list(self.stream([inputs], piece=piece)))
 
-    def stream(self, groups: Iterable[Sequence[Any]], ahead: int | None = None) -> Iterator[Tokenized]:
+    def stream(self, groups: Iterable[Sequence[Any]], ahead: int | None = None, piece: int | None = None
+               ) -> Iterator[Tokenized]:
         """One Tokenized per group, in order; while the caller uses one group, later pieces are being tokenised
         (up to ``ahead`` pieces in flight, default two per worker)."""
         if self.workers == 0:
@@ -119,8 +121,8 @@ class TokenizerPool:
         ahead = ahead or 2 * self.workers
         flight: deque[tuple[bool, Future]] = deque()  # (last piece of its group?, future)
         parts: list[Tokenized] = []
-        for piece, last in self._pieces(groups):
-            flight.append((last, executor.submit(_work, piece)))
+        for inputs, last in self._pieces(groups, piece or self.piece):
+            flight.append((last, executor.submit(_work, inputs)))
             while flight and (len(flight) >= ahead or flight[0][1].done()):
                 last_done, future = flight.popleft()
                 parts.append(future.result())
@@ -134,12 +136,13 @@ class TokenizerPool:
                 yield Tokenized.concat(parts)
                 parts = []
 
-    def _pieces(self, groups: Iterable[Sequence[Any]]) -> Iterator[tuple[Sequence[Any], bool]]:
+    @staticmethod
+    def _pieces(groups: Iterable[Sequence[Any]], size: int) -> Iterator[tuple[Sequence[Any], bool]]:
         """``(piece, is the last piece of its group)`` for every group; an empty group is one empty piece."""
         for group in groups:
-            starts = range(0, len(group), self.piece) or range(1)
+            starts = range(0, len(group), size) or range(1)
             for n, start in enumerate(starts, start=1):
-                yield group[start : start + self.piece], n == len(starts)
+                yield group[start : start + size], n == len(starts)
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:

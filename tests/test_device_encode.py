@@ -212,9 +212,13 @@ def test_bf16_vectors_search_an_fp32_collection_and_back(tmp_path, minilm, minil
     from twostage import Engine
     from twostage.retriever.biencoder import BiEncoder
 
-    bf16 = BiEncoder(str(minilm_path), cache=None, device_options=DeviceOptions(precision="bf16", workers=0))
+    from twostage.retriever.cache import EmbeddingCache
+
+    # the cache (keyed apart from fp32, below) spares the engine a second bf16 encoding of the same passages
+    bf16 = BiEncoder(str(minilm_path), cache=EmbeddingCache(tmp_path / "cache.sqlite"),
+                     device_options=DeviceOptions(precision="bf16", workers=0))
     assert bf16.backend_tag == "torch/bf16" and bf16.cache_key != minilm.cache_key  # cached apart from fp32
-    docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS[:30])]
+    docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS[:20])]
     queries = ["How many people live in Berlin?", "museums in Paris", "violin makers"]
     low = bf16.encode_documents([d["text"] for d in docs]).embeddings
     full = minilm.encode_documents([d["text"] for d in docs]).embeddings
@@ -293,13 +297,15 @@ def test_engine_add_commits_each_chunk_before_the_next(tmp_path, tiny_bi_encoder
 
 # ------------------------------------------------------------------ device errors
 def test_device_errors_are_one_line(monkeypatch):
+    from twostage.runtime import config
     from twostage.runtime.config import RuntimeConfig, RuntimeConfigError, resolve_device
 
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeConfigError, match="torch sees no CUDA device"):
             resolve_device("cuda:0")
         assert resolve_device("auto") == "cpu"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with a GPU, as torch sees it
+    monkeypatch.setattr(config, "_may_have_gpu", lambda: True, raising=False)
     assert resolve_device("auto") == "cuda"
     assert RuntimeConfig(device="cuda").placement() == ("cuda", "torch")  # on CUDA the backend is torch
     for backend in ("openvino", "onnx-int8"):

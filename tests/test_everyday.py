@@ -22,24 +22,26 @@ TEXTS = [f"passage {i} about topic {i % 7}: " + "word " * (i % 11) for i in rang
 
 @pytest.fixture(scope="module")
 def tiny_index(tmp_path_factory, tiny_bi_encoder_dir: Path) -> Path:
-    """The example corpus indexed on the default backend (OpenVINO: exported once) with stored tokens."""
+    """The example corpus indexed on the default backend (OpenVINO: exported once) with stored tokens (the suite's
+    own default is torch: conftest sets TWOSTAGE_BACKEND)."""
     directory = tmp_path_factory.mktemp("everyday") / "index"
     done = twostage("index", str(EXAMPLES / "corpus.jsonl"), "-i", str(directory), "--model", str(tiny_bi_encoder_dir),
-                    "--store-tokens", "-q")
+                    "--store-tokens", "--backend", "openvino", "-q")
     assert done.returncode == 0, done.stderr
     return directory
 
 
 # --------------------------------------------------------------------------- fast start
 def _run_cli_counting_imports(*args: str) -> dict:
-    """``twostage ARGS`` in a fresh interpreter; its exit code and which heavy modules it imported."""
+    """``twostage ARGS`` in a fresh interpreter, as a user runs it (no TWOSTAGE_BACKEND): its exit code and which
+    heavy modules it imported."""
     code = (
         "import json, sys\nfrom twostage.cli import main\ncode = main(sys.argv[1:])\n"
         "print(json.dumps({'code': code, 'loaded': sorted(m for m in ('torch', 'sentence_transformers', "
         "'transformers', 'openvino', 'faiss') if m in sys.modules)}), file=sys.stderr)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=os.environ.copy(),
-                          timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "TWOSTAGE_BACKEND"}
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
     return json.loads(done.stderr.strip().splitlines()[-1]) | {"stdout": done.stdout, "stderr": done.stderr}
 
 
@@ -108,7 +110,8 @@ def test_batch_run_holds_every_candidate(tiny_index: Path, tmp_path: Path) -> No
     queries = tmp_path / "q.tsv"
     queries.write_text("1\tBerlin population\n2\tviolin makers\n", encoding="utf-8")
     run = tmp_path / "run.trec"
-    done = twostage("search", str(tiny_index), "--queries", str(queries), "--run", str(run), "--k", "30")
+    done = twostage("search", str(tiny_index), "--queries", str(queries), "--run", str(run), "--k", "30",
+                    "--backend", "openvino")
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in run.read_text().splitlines()]
     for qid in ("1", "2"):
@@ -171,16 +174,17 @@ def test_reranker_fallback_notice_once_in_each_interfaces_words(tiny_index: Path
     assert len(fallback) == 1 and "--reranker" not in str(fallback[0].message)
     assert all(not r.notices for r in results) and results[0].reranker == "maxsim"
 
-    done = twostage("search", str(tiny_index), "Berlin population")
+    done = twostage("search", str(tiny_index), "Berlin population", "--backend", "openvino")
     lines = [line for line in done.stderr.splitlines() if "MaxSim" in line]
     assert done.returncode == 0 and len(lines) == 1 and "--reranker PATH" in lines[0]
-    done = twostage("search", str(tiny_index), "Berlin population", "--json")
+    done = twostage("search", str(tiny_index), "Berlin population", "--json", "--backend", "openvino")
     assert "MaxSim" not in done.stdout
 
 
 def test_setup_script_picks_the_cpu_torch_build_and_falls_back_to_pypi() -> None:
     script = (ROOT / "run").read_text()
-    assert "--index-url https://download.pytorch.org/whl/cpu" in script and "torch==" in script
+    assert 'TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu' in script
+    assert 'pip install "$TORCH" --index-url "$TORCH_INDEX_URL" || pip install "$TORCH"' in script
     assert os.access(ROOT / "run", os.X_OK)
     readme = (ROOT / "README.md").read_text()
     first_block = readme.split("```bash", 1)[1].split("```", 1)[0].strip().splitlines()

@@ -76,7 +76,7 @@ def test_health_page_and_static_files(client: httpx.Client) -> None:
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["documents"] == 100
     assert health["read_only"] is False and health["reads_protected"] is False
-    assert health["defaults"] == {"k": 30, "top_n": 10, "rerank": True}
+    assert health["defaults"] == {"k": 30, "top_n": 10, "rerank": True, "first_stage": "dense"}
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert 'id="query"' in page.text and "/static/app.js" in page.text
@@ -155,6 +155,38 @@ def test_search_effort_is_passed_through(client: httpx.Client) -> None:
     effort = search(client, query=BERLIN, k=20, top_n=5, rerank=False, ef_search=300, nprobe=4)
     assert (plain["ef_search"], plain["nprobe"]) == (None, None) and (effort["ef_search"], effort["nprobe"]) == (300, 4)
     assert [h["doc_id"] for h in effort["hits"]] == [h["doc_id"] for h in plain["hits"]]
+
+
+def test_first_stage_is_a_request_field(client: httpx.Client) -> None:
+    """first_stage, like the CLI's --first-stage: dense by default, bm25 and hybrid on request, echoed back."""
+    dense = search(client, query="sourdough starter flour", k=20, top_n=5, rerank=False)
+    bm25 = search(client, query="sourdough starter flour", k=20, top_n=5, rerank=False, first_stage="bm25")
+    hybrid = search(client, query="sourdough starter flour", k=20, top_n=5, rerank=False,
+                    first_stage="hybrid:weighted:0.7")
+    assert (dense["first_stage"], bm25["first_stage"], hybrid["first_stage"]) == ("dense", "bm25", "hybrid:weighted:0.7")
+    assert bm25["timings"]["encode_s"] == 0 and bm25["hits"][0]["retrieval_score"] > 0
+    assert bm25["hits"][0]["doc_id"] in {h["doc_id"] for h in hybrid["hits"]}
+    reply = client.post("/search/batch", json={"queries": ["sourdough starter flour", BERLIN], "first_stage": "hybrid",
+                                               "k": 20, "top_n": 5})
+    assert reply.status_code == 200 and [r["first_stage"] for r in reply.json()["results"]] == ["hybrid", "hybrid"]
+    bad = client.post("/search", json={"query": "a", "first_stage": "sparse"})
+    assert bad.status_code == 422 and "first_stage" in bad.json()["error"]
+
+
+def test_batcher_batches_only_equal_first_stages() -> None:
+    from concurrent.futures import wait
+
+    from twostage.batcher import Batcher
+
+    engine = _RecordingEngine()
+    batcher = Batcher(lambda: engine, window_s=0.2, max_batch_queries=8)
+    batcher.start()
+    futures = [batcher.search(["a"], k=5, top_n=1, rerank=True), batcher.search(["b"], k=5, top_n=1, rerank=True,
+                                                                                first_stage="bm25"),
+               batcher.search(["c"], k=5, top_n=1, rerank=True)]
+    wait(futures, timeout=30)
+    batcher.close()
+    assert engine.calls[:2] == [("search", (("a", "c"), 5)), ("search", (("b",), 5, "bm25"))]
 
 
 def test_defaults_fill_omitted_fields(client: httpx.Client) -> None:
@@ -492,12 +524,12 @@ class _RecordingEngine:
         self._thread_id = threading.get_ident
 
     def search_many(self, queries: list[str], k: int, top_n: int, rerank: bool, filter: Any,
-                    ef_search: int | None = None, nprobe: int | None = None) -> list[tuple]:
+                    ef_search: int | None = None, nprobe: int | None = None, first_stage: str = "dense") -> list[tuple]:
         self.threads.add(self._thread_id())
         if "boom" in queries:
             raise ValueError("boom")
         time.sleep(0.02)
-        self.calls.append(("search", (tuple(queries), k)))
+        self.calls.append(("search", (tuple(queries), k) + ((first_stage,) if first_stage != "dense" else ())))
         return [(q, k, len(self.collection)) for q in queries]
 
     def add(self, ids: list[str]) -> int:

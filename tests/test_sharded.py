@@ -104,7 +104,7 @@ def test_writes_reach_the_owning_shard(tmp_path, tiny_bi_encoder_dir):
         assert owner.get([docs[0]["id"]])[0].text == "a replaced passage about berlin"
         assert engine.collection.get([docs[2]["id"]]) == [None]
         assert len(engine.collection) == 59
-        hits = engine.search("replaced passage about berlin", k=5, rerank=False).hits
+        hits = engine.search("a replaced passage about berlin", k=5, rerank=False).hits
         assert hits[0].doc_id == docs[0]["id"]
 
 

@@ -89,6 +89,17 @@ def test_search_page_end_to_end(server: ServerThread, page: "sync_api.Page") -> 
     page.fill("#k", "7")
     page.press("#query", "Enter")
     expect(summary).to_contain_text("from 7 candidates (k=7)")
+    expect(summary).to_contain_text("first stage dense")
+
+    # First stage: the selector sends first_stage and searches again; BM25 finds the exact word first.
+    page.select_option("#first-stage", "bm25")
+    expect(summary).to_contain_text("first stage bm25")
+    expect(first.locator(".title")).to_contain_text("Berlin")
+    page.select_option("#first-stage", "hybrid")
+    expect(summary).to_contain_text("first stage hybrid")
+    expect(hits).to_have_count(5)
+    page.screenshot(path=str(ARTIFACTS / "web-page-hybrid.png"), full_page=True)
+    page.select_option("#first-stage", "dense")
 
     # An error reply is shown as such (k over the server's limit).
     page.fill("#k", "5000")

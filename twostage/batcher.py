@@ -36,12 +36,14 @@ class _SearchJob:
     future: Future
     ef_search: int | None = None
     nprobe: int | None = None
+    first_stage: str = "dense"
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
-    def key(self) -> tuple[int, int, bool, str, int | None, int | None]:
+    def key(self) -> tuple[int, int, bool, str, int | None, int | None, str]:
         """Jobs with equal keys can share one ``search_many`` pass."""
-        return (self.k, self.top_n, self.rerank, json.dumps(self.filter, sort_keys=True), self.ef_search, self.nprobe)
+        return (self.k, self.top_n, self.rerank, json.dumps(self.filter, sort_keys=True), self.ef_search, self.nprobe,
+                self.first_stage)
 
 
 @dataclass
@@ -138,10 +140,11 @@ class Batcher:
         filter: Mapping[str, Any] | None = None,
         ef_search: int | None = None,
         nprobe: int | None = None,
+        first_stage: str = "dense",
     ) -> Future:
         """A future for ``engine.search_many(queries, ...)``, possibly answered in a batch with other callers."""
         job = _SearchJob(list(queries), k, top_n, rerank, dict(filter) if filter else None, Future(),
-                         ef_search=ef_search, nprobe=nprobe)
+                         ef_search=ef_search, nprobe=nprobe, first_stage=first_stage)
         self._put(job)
         return job.future
 
@@ -231,7 +234,8 @@ class Batcher:
         queries = [q for job in jobs for q in job.queries]
         try:
             results = self.engine.search_many(queries, k=first.k, top_n=first.top_n, rerank=first.rerank,
-                                              filter=first.filter, ef_search=first.ef_search, nprobe=first.nprobe)
+                                              filter=first.filter, ef_search=first.ef_search, nprobe=first.nprobe,
+                                              first_stage=first.first_stage)
         except Exception as err:
             if len(jobs) == 1:
                 _fail(first.future, err)

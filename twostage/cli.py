@@ -14,7 +14,7 @@ from twostage.indexes.token_store import ENCODINGS as TOKEN_ENCODINGS
 from twostage.runtime.config import runtime_from_args
 
 from .errors import UsageError
-from .search_options import reranker_spec
+from .search_options import first_stage_spec, reranker_spec
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that carry a message meant for the user: printed as one line, no traceback."""
@@ -77,26 +77,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _corpus_options(p)
     _encode_options(p)
 
-    _wait_option(p)
+    add_wait_argument(p)
 
     p = sub.add_parser("add", help="add or replace documents in an existing collection")
     p.add_argument("directory")
     p.add_argument("corpus")
     _corpus_options(p)
     _encode_options(p)
-    _wait_option(p)
+    add_wait_argument(p)
 
     p = sub.add_parser("delete", help="delete documents by id")
     p.add_argument("directory")
     p.add_argument("ids", nargs="+", metavar="ID")
-    _wait_option(p)
+    add_wait_argument(p)
 
     p = sub.add_parser("check", help="check a collection's files against each other; --repair rebuilds from SQLite")
     p.add_argument("directory")
     p.add_argument("--repair", action="store_true",
                    help="rebuild what the documents database can rebuild (vector index, manifest counts, token rows)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    _wait_option(p)
+    add_wait_argument(p)
 
     p = sub.add_parser("info", help="describe a collection")
     p.add_argument("directory")
@@ -129,7 +129,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _wait_option(p: argparse.ArgumentParser) -> None:
+def add_wait_argument(p: argparse.ArgumentParser) -> None:
+    """``--wait SECONDS``: how long a write waits for another process's write (the collection's writer lock)."""
     from twostage.indexes.lock import DEFAULT_WAIT
 
     p.add_argument("--wait", type=float, default=DEFAULT_WAIT, metavar="SECONDS",
@@ -187,6 +188,9 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fusion", default=None, metavar="SPEC",
                    help="final score from both stages: rrf | zscore:W | minmax:W (W = second stage's weight); "
                         "'none' = the second stage's score alone")
+    p.add_argument("--rerank-depth", type=int, default=None, metavar="D",
+                   help="rerank only the top D of the --k candidates; the rest follow in first-stage order "
+                        "(default: all; what `twostage eval` calls rerank@D)")
     add_runtime_arguments(p)
 
 
@@ -413,6 +417,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.query is not None and not args.query.strip():
         raise UsageError("the query is empty; give some words to search for")
     filters = parse_filters(args.filter)
+    first_stage_spec(args)
+    if args.rerank_depth is not None and args.rerank_depth < 1:
+        raise UsageError(f"--rerank-depth must be a positive integer (got {args.rerank_depth})")
     queries = _read_queries(args.queries) if args.queries else None
     from .engine import Engine
 
@@ -439,8 +446,10 @@ def _print_notices(engine: Any, notices: Sequence[str]) -> None:
 
 
 def _lever_options(args: argparse.Namespace) -> dict[str, str]:
-    """``--prf``, ``--query-tokens`` and ``--fusion`` as given (absent ones keep the engine's defaults)."""
-    given = {"prf": args.prf, "query_tokens": args.query_tokens, "fusion": args.fusion}
+    """``--prf``, ``--query-tokens``, ``--fusion``, ``--first-stage`` and ``--rerank-depth`` as given (absent ones keep
+    the engine's defaults)."""
+    given = {"prf": args.prf, "query_tokens": args.query_tokens, "fusion": args.fusion,
+             "first_stage": first_stage_spec(args), "rerank_depth": args.rerank_depth}
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -538,10 +547,13 @@ COMMANDS = {
 
 def _quiet_model_loading() -> None:
     """transformers draws a progress bar for every model it loads; the CLI shows its own progress instead.
-    (transformers reads Hugging Face Hub's switch when it is imported, so transformers itself need not be.)"""
-    from huggingface_hub.utils import disable_progress_bars
+    transformers takes Hugging Face Hub's switch, which reads this variable on import: neither is imported for it."""
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
 
-    disable_progress_bars()
+        disable_progress_bars()
+    else:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

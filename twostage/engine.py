@@ -20,6 +20,7 @@ from twostage.reranker.loading import RerankerFallbackWarning, load_reranker
 from twostage.reranker.maxsim import MaxSimReranker, QueryTokens, content_token_ids, encode_with_tokens
 from twostage.reranker.score_fusion import FusedReranker, Fusion
 from twostage.retriever.biencoder import BiEncoder, EncodeResult
+from twostage.retriever.fusion import FirstStage
 from twostage.retriever.prf import PRF, rocchio
 from twostage.runtime.backends import FLOAT_BACKENDS, compatible_query_backend
 from twostage.runtime.config import RuntimeConfig, runtime_config
@@ -322,14 +323,21 @@ class Engine:
         prf: PRF | str | None = None,
         query_tokens: QueryTokens | str | None = None,
         fusion: Fusion | str | None = None,
+        first_stage: FirstStage | str | None = None,
+        rerank_depth: int | None = None,
     ) -> SearchResult:
         """Top ``top_n`` of ``k`` first-stage candidates, reranked by the second stage unless ``rerank`` is False.
+        ``first_stage``: "dense" (default), "bm25" (the collection's lexical index) or "hybrid" (both, by reciprocal
+        rank fusion; "hybrid:weighted:W" sums min-max normalised scores, W the dense weight; see
+        ``retriever.fusion.FirstStage``). ``rerank_depth`` reranks only the top that many candidates; the rest
+        follow beneath in first-stage order.
         ``ef_search`` (HNSW) and ``nprobe`` (IVF) trade first-stage speed for recall in this search.
         ``prf`` ("K:BETA") moves the query vector towards its top K documents and searches again (Rocchio);
         ``query_tokens`` ("idf", "special", "idf+special") weighs MaxSim's query tokens; ``fusion`` ("rrf",
         "zscore:W", "minmax:W") fuses both stages' scores into the final one."""
         return self.search_many([query], k=k, top_n=top_n, rerank=rerank, filter=filter, ef_search=ef_search,
-                                nprobe=nprobe, prf=prf, query_tokens=query_tokens, fusion=fusion)[0]
+                                nprobe=nprobe, prf=prf, query_tokens=query_tokens, fusion=fusion,
+                                first_stage=first_stage, rerank_depth=rerank_depth)[0]
 
     def search_many(
         self,
@@ -344,28 +352,27 @@ class Engine:
         prf: PRF | str | None = None,
         query_tokens: QueryTokens | str | None = None,
         fusion: Fusion | str | None = None,
+        first_stage: FirstStage | str | None = None,
+        rerank_depth: int | None = None,
     ) -> list[SearchResult]:
         """Several queries at once: one encoder pass, one index search, one batched rerank pass."""
         queries = list(queries)
         _check_request(queries, k, top_n, ef_search, nprobe)
+        if rerank_depth is not None and (not isinstance(rerank_depth, int) or rerank_depth < 1):
+            raise UsageError(f"rerank_depth must be a positive integer (got {rerank_depth!r})")
         prf, query_tokens, fusion = _parse_levers(prf, query_tokens, fusion)
+        stage = _parse_first_stage(first_stage)
+        if prf is not None and not stage.uses_dense:
+            raise UsageError(f"pseudo-relevance feedback moves the query vector: it needs a dense or hybrid first "
+                             f"stage, not {stage.label}")
         notices = []
         size = len(self.collection)
         if k > size:
             notices.append(f"k={k} is larger than the collection ({size} documents); searched all of them")
         n = len(queries)
 
-        t0 = time.perf_counter()
-        vectors = self.encoder.encode_queries(queries)
-        t1 = time.perf_counter()
-        candidate_lists = self.collection.search(vectors, min(k, max(size, 1)), filter=dict(filter) if filter else None,
-                                                 ef_search=ef_search, nprobe=nprobe)
-        if prf is not None:
-            vectors = self._feedback(vectors, candidate_lists, prf)
-            candidate_lists = self.collection.search(vectors, min(k, max(size, 1)),
-                                                     filter=dict(filter) if filter else None,
-                                                     ef_search=ef_search, nprobe=nprobe)
-        t2 = time.perf_counter()
+        candidate_lists, encode_s, search_s = self._retrieve(
+            stage, queries, min(k, max(size, 1)), dict(filter) if filter else None, ef_search, nprobe, prf)
 
         docs = self._fetch(candidate_lists)
         reranker = self._second_stage(query_tokens, fusion) if rerank else None
@@ -375,7 +382,7 @@ class Engine:
         results = []
         if reranker is not None:
             candidates = [
-                [Candidate(doc_id, docs[doc_id].text_for_encoding(), score) for doc_id, score in cands]
+                [Candidate(doc_id, docs[doc_id].text_for_encoding(), score) for doc_id, score in cands[:rerank_depth]]
                 for cands in candidate_lists
             ]
             t3 = time.perf_counter()
@@ -383,7 +390,7 @@ class Engine:
             score_lists = reranker.score_candidates(queries, candidates) if any(candidates) else [[] for _ in queries]
             rerank_s = (time.perf_counter() - t3) / n
         for qi, (query, cands) in enumerate(zip(queries, candidate_lists)):
-            timings = Timings(encode_s=(t1 - t0) / n, search_s=(t2 - t1) / n, rerank_s=rerank_s)
+            timings = Timings(encode_s=encode_s / n, search_s=search_s / n, rerank_s=rerank_s)
             hits = [
                 _hit(docs[doc_id], score, rank)
                 for rank, (doc_id, score) in enumerate(cands, start=1)
@@ -401,6 +408,29 @@ class Engine:
                 )
             )
         return results
+
+    def _retrieve(self, stage: FirstStage, queries: list[str], k: int, filter: dict[str, Any] | None,
+                  ef_search: int | None, nprobe: int | None, prf: PRF | None
+                  ) -> tuple[list[list[tuple[str, float]]], float, float]:
+        """The first stage: dense (query vectors, PRF if asked), lexical (BM25 over the collection) or both fused;
+        returns the candidate lists and the seconds spent encoding and searching, for all queries together."""
+        started = time.perf_counter()
+        encode_s = 0.0
+        dense = lexical = None
+        if stage.uses_dense:
+            vectors = self.encoder.encode_queries(queries)
+            encode_s = time.perf_counter() - started
+            dense = self.collection.search(vectors, k, filter=filter, ef_search=ef_search, nprobe=nprobe)
+            if prf is not None:
+                vectors = self._feedback(vectors, dense, prf)
+                dense = self.collection.search(vectors, k, filter=filter, ef_search=ef_search, nprobe=nprobe)
+        if stage.uses_lexical:
+            lexical = self.collection.lexical_search(queries, k, filter)
+        if dense is None or lexical is None:
+            lists = dense if lexical is None else lexical
+        else:
+            lists = stage.fuse(dense, lexical, k)
+        return lists, encode_s, time.perf_counter() - started - encode_s
 
     def _feedback(self, vectors: Any, candidate_lists: list[list[tuple[str, float]]], prf: PRF) -> Any:
         """Each query vector moved towards its top ``prf.k`` candidates' stored vectors (``retriever.prf.rocchio``)."""
@@ -502,6 +532,14 @@ def _parse_levers(prf: PRF | str | None, query_tokens: QueryTokens | str | None,
         raise UsageError(str(err)) from None
 
 
+def _parse_first_stage(spec: FirstStage | str | None) -> FirstStage:
+    """The search's first stage from its spec (None = dense); UsageError if malformed."""
+    try:
+        return FirstStage.parse(spec)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 def _off(spec: object) -> bool:
     return spec is None or (isinstance(spec, str) and spec.strip().lower() in ("none", "off", ""))
 
@@ -534,10 +572,12 @@ def _hit(doc: Document, score: float, rank: int) -> Hit:
 
 
 def _apply_rerank(hits: list[Hit], scores: Sequence[float]) -> list[Hit]:
-    """Attach second-stage scores and sort by them; ties keep first-stage order."""
-    for hit, score in zip(hits, scores):
+    """Attach second-stage scores to the first ``len(scores)`` hits and sort those by them (ties keep first-stage
+    order); hits beyond the rerank depth follow in first-stage order, without a rerank score."""
+    head, rest = hits[: len(scores)], hits[len(scores):]
+    for hit, score in zip(head, scores):
         hit.rerank_score = float(score)
-    ordered = sorted(hits, key=lambda h: -h.rerank_score)  # sorted() is stable
+    ordered = sorted(head, key=lambda h: -h.rerank_score) + rest  # sorted() is stable
     for rank, hit in enumerate(ordered, start=1):
         hit.rerank_rank = rank
     return ordered

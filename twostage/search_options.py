@@ -11,6 +11,14 @@ def add_search_arguments(p: argparse.ArgumentParser, *, k: int = 100, top_n: int
     p.add_argument("--top", type=int, default=top_n, dest="top_n", help=f"{default}number of results (default {top_n})")
     p.add_argument("--no-rerank", action="store_true", help="no second stage: first-stage order")
     p.add_argument(
+        "--first-stage",
+        default="dense",
+        metavar="SPEC",
+        help=f"{default}first stage: dense (the bi-encoder, default) | bm25 (the collection's lexical index) | hybrid "
+        "(both by reciprocal rank fusion, k 60; hybrid:rrf:K another k) | hybrid:weighted[:W] (W x dense + (1 - W) x "
+        "BM25, each min-max normalised; W default 0.5)",
+    )
+    p.add_argument(
         "--reranker",
         default=None,
         metavar="SPEC",
@@ -18,6 +26,18 @@ def add_search_arguments(p: argparse.ArgumentParser, *, k: int = 100, top_n: int
         "directory is a cross-encoder too); default cross-encoder/ms-marco-MiniLM-L6-v2, falling back to maxsim "
         "when it cannot be loaded",
     )
+
+
+def first_stage_spec(args: argparse.Namespace) -> str:
+    """``--first-stage`` checked before any model loads (UsageError naming the flag)."""
+    from twostage.retriever.fusion import FirstStage
+
+    from .errors import UsageError
+
+    try:
+        return FirstStage.parse(args.first_stage).label
+    except ValueError as err:
+        raise UsageError(f"--first-stage: {err}") from None
 
 
 def reranker_spec(args: argparse.Namespace) -> str | None:

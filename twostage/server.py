@@ -40,6 +40,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt, StrictStr, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from twostage.retriever.fusion import FirstStage
+
 from .batcher import Batcher, WorkerStopped
 from .errors import UsageError
 
@@ -74,8 +76,13 @@ class ServerConfig:
     k: int = 100
     top_n: int = 10
     rerank: bool = True
+    first_stage: str = "dense"
     #: searches kept for the latency percentiles of ``/stats``
     latency_window: int = 1000
+    #: requests in progress before new ones get 503 (``/health`` is never refused; idle connections do not count)
+    max_connections: int = 256
+    #: Host header names served (DNS-rebinding protection); None serves any (``twostage serve`` always sets them)
+    allowed_hosts: tuple[str, ...] | None = None
 
     @property
     def read_only(self) -> bool:
@@ -102,6 +109,13 @@ def _utf8(value: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("text contains invalid Unicode (a lone surrogate); send valid UTF-8") from None
+    return value
+
+
+def _doc_id(value: str) -> str:
+    """A document id the URL routes can address again: no control characters (a newline, a tab, ...)."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("id contains a control character (such as a newline); GET and DELETE could not address it")
     return value
 
 
@@ -147,6 +161,9 @@ class SearchOptions(_Strict):
     )
     ef_search: StrictInt | None = Field(None, description="HNSW search effort (CLI --ef-search); omitted → the index's own")
     nprobe: StrictInt | None = Field(None, description="IVF lists scanned (CLI --nprobe); omitted → the index's own")
+    first_stage: Text | None = Field(
+        None, description="dense | bm25 | hybrid | hybrid:rrf:K | hybrid:weighted:W (CLI --first-stage); omitted → "
+        "server default")
 
 
 class SearchRequest(SearchOptions):
@@ -192,6 +209,7 @@ class SearchResponse(BaseModel):
     filter: dict[str, Any] | None
     ef_search: int | None
     nprobe: int | None
+    first_stage: str
     latency_ms: float = Field(..., description="time in the server, queueing and batching included")
 
 
@@ -207,7 +225,7 @@ class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     __pydantic_extra__: dict[Text, Scalar | None] = Field(init=False)
 
-    id: Text = Field(..., min_length=1, max_length=512)
+    id: Annotated[Text, AfterValidator(_doc_id)] = Field(..., min_length=1, max_length=512)
     text: Text = Field(..., min_length=1)
     title: Text | None = None
     metadata: dict[Text, Scalar | None] = Field(default_factory=dict)
@@ -300,6 +318,10 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     )
     app.state.batcher, app.state.config, app.state.stats = batcher, config, stats
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(RequestBudget, limit=config.max_connections)
+    if config.allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=config.allowed_hosts)
+    _redact_access_log()
     _install_error_handlers(app, stats)
     bearer = HTTPBearer(auto_error=False, description="the server's token (twostage serve --token)")
 
@@ -326,7 +348,7 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> dict[str, Any]:
         """Liveness and what the page needs to know; never behind the token."""
         return {
@@ -334,7 +356,8 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
             "documents": batcher.documents,
             "read_only": config.read_only,
             "reads_protected": bool(config.protect_reads and config.token),
-            "defaults": {"k": config.k, "top_n": config.top_n, "rerank": config.rerank},
+            "defaults": {"k": config.k, "top_n": config.top_n, "rerank": config.rerank,
+                         "first_stage": config.first_stage},
             "limits": config.limits(),
         }
 
@@ -422,8 +445,12 @@ def _options(req: SearchOptions, config: ServerConfig, queries: list[str]) -> di
         if value > limit:
             raise ApiError(422, f"{name}={value} is over the limit of {limit} (max_{name})")
     rerank = config.rerank if req.rerank is None else req.rerank
+    try:
+        first_stage = FirstStage.parse(config.first_stage if req.first_stage is None else req.first_stage).label
+    except ValueError as err:
+        raise ApiError(422, f"first_stage: {err}") from None
     return {"k": k, "top_n": top_n, "rerank": rerank, "filter": req.filter or None, "ef_search": req.ef_search,
-            "nprobe": req.nprobe}
+            "nprobe": req.nprobe, "first_stage": first_stage}
 
 
 def _result(result: Any, opts: dict[str, Any], elapsed: float) -> dict[str, Any]:
@@ -455,7 +482,8 @@ def _engine_info(engine: Any) -> dict[str, Any]:
             "reranker": getattr(reranker, "name", None),
         },
         "notices": list(engine.notices),
-        "collection": {k: v for k, v in info.items() if k not in ("bi_encoder", "reranker")},
+        # no paths on disk: where the collection and models live is no business of an HTTP client
+        "collection": {k: v for k, v in info.items() if k not in ("bi_encoder", "reranker", "path")},
     }
 
 
@@ -487,8 +515,10 @@ def _install_error_handlers(app: FastAPI, stats: QueryStats) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         message = err.detail if isinstance(err.detail, str) else "request failed"
-        if err.status_code == 400 and "parsing the body" in message:
-            message = "the body could not be read as JSON (is it valid UTF-8?)"
+        if err.status_code == 400 and "parsing the body" in message:  # FastAPI keeps the reason as the cause
+            message = ("the body is nested too deeply to be read as JSON" if isinstance(err.__cause__, RecursionError)
+                       else "the body is not valid UTF-8" if isinstance(err.__cause__, UnicodeDecodeError)
+                       else "the body could not be read as JSON")
         return reply(err.status_code, message, None, getattr(err, "headers", None))
 
     async def usage_error(request: Request, err: Exception) -> JSONResponse:
@@ -496,6 +526,20 @@ def _install_error_handlers(app: FastAPI, stats: QueryStats) -> None:
 
     for error in _request_errors():
         app.add_exception_handler(error, usage_error)
+
+    async def storage_error(request: Request, err: Exception) -> JSONResponse:
+        from twostage.indexes.lock import LockBusy, ReadOnlyCollection
+
+        if isinstance(err, LockBusy):  # another process is writing: the client may try again shortly
+            return reply(503, str(err), None, {"Retry-After": "1"})
+        if isinstance(err, ReadOnlyCollection):
+            return reply(403, str(err))
+        log.error("%s %s: %s", request.method, request.url.path, err)
+        return reply(500, str(err))
+
+    from twostage.indexes.errors import CollectionError
+
+    app.add_exception_handler(CollectionError, storage_error)
 
     @app.exception_handler(WorkerStopped)
     async def stopped(request: Request, err: WorkerStopped) -> JSONResponse:
@@ -523,12 +567,13 @@ def _clean(error: dict[str, Any]) -> dict[str, Any]:
 class BodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` gets 413 before any endpoint reads it.
 
-    The rest of an oversized body is read and dropped (up to ``drain_factor`` times the limit) before
-    answering, so that the client sees the 413 instead of a connection reset.
+    A declared Content-Length over the limit is refused without keeping a byte of the body: the rest is read and
+    dropped (up to ``drain_factor`` times the limit, at least 256 MB) before answering, so that the client sees the
+    413 instead of a connection reset.
     """
 
-    def __init__(self, app: Any, max_bytes: int, drain_factor: int = 8):
-        self.app, self.max_bytes, self.drain_bytes = app, max_bytes, max(max_bytes * drain_factor, 1 << 20)
+    def __init__(self, app: Any, max_bytes: int, drain_factor: int = 64):
+        self.app, self.max_bytes, self.drain_bytes = app, max_bytes, max(max_bytes * drain_factor, 256 << 20)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -571,6 +616,66 @@ class BodyLimit:
 
     def _message(self, size: int) -> str:
         return f"request body of {size} bytes is over the limit of {self.max_bytes} bytes (max_body_bytes)"
+
+
+class RequestBudget:
+    """ASGI middleware: at most ``limit`` requests in progress, the rest 503; ``/health`` always answers.
+    Counting requests rather than sockets keeps idle connections from starving the server."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit, self.active = app, limit, 0
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope.get("path") == "/health":
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            await _send_error(send, 503, f"the server is busy ({self.limit} requests in progress); try again shortly")
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
+class HostCheck:
+    """ASGI middleware: a Host header not among the served names gets 400 (a DNS-rebinding page cannot reach us)."""
+
+    def __init__(self, app: Any, allowed: tuple[str, ...]):
+        self.app, self.allowed = app, {h.strip().lower().strip("[]") for h in allowed}
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and "*" not in self.allowed:
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if _host_name(host) not in self.allowed:
+                await _send_error(send, 400, f"Host {host!r} is not served here (twostage serve --allowed-hosts)")
+                return
+        await self.app(scope, receive, send)
+
+
+def _host_name(host: str) -> str:
+    """The name of a Host header without its port: ``[::1]:8000`` → ``::1``, ``example.org:80`` → ``example.org``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class _RedactQuery(logging.Filter):
+    """Drops query strings from uvicorn's access log: a token sent as ``?token=...`` must not land in a log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?[query redacted]", *args[3:])
+        return True
+
+
+def _redact_access_log() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactQuery) for f in access.filters):
+        access.addFilter(_RedactQuery())
 
 
 async def _drain(receive: Callable, budget: int) -> int:

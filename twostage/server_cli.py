@@ -51,8 +51,15 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     for flag, field, text in _LIMITS:
         limits.add_argument(flag, type=int, default=getattr(defaults, field), dest=field,
                             help=f"{text} (default {getattr(defaults, field)})")
-    limits.add_argument("--max-connections", type=int, default=256,
-                        help="concurrent connections before new ones get 503 (default 256)")
+    limits.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                        help=f"requests in progress before new ones get 503; idle connections do not count and "
+                             f"/health always answers (default {defaults.max_connections})")
+    p.add_argument("--allowed-hosts", default=None, metavar="NAME,...",
+                   help="Host header names to serve, comma-separated, '*' for any (default: the --host address, "
+                        "localhost, 127.0.0.1 and ::1); other names get 400, so a web page cannot rebind to this server")
+    from .cli import add_wait_argument
+
+    add_wait_argument(p)
     batching = p.add_argument_group("batching")
     batching.add_argument("--batch-window-ms", type=float, default=defaults.batch_window_ms,
                           help=f"how long to wait for more queries to batch together (default {defaults.batch_window_ms:g})")
@@ -70,6 +77,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
     """The ServerConfig for parsed ``serve`` arguments (token from the flag, else the environment)."""
+    from .search_options import first_stage_spec
     from .server import ServerConfig
 
     values = {field: getattr(args, field) for _, field, _ in _LIMITS}
@@ -86,8 +94,18 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         k=args.k,
         top_n=args.top_n,
         rerank=not args.no_rerank,
+        first_stage=first_stage_spec(args),
+        max_connections=args.max_connections,
+        allowed_hosts=_allowed_hosts(args),
         **values,
     )
+
+
+def _allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--allowed-hosts``, or by default the bind address and the names of this machine's loopback."""
+    if args.allowed_hosts:
+        return tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
+    return tuple(dict.fromkeys([args.host, "localhost", "127.0.0.1", "::1"]))
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -134,8 +152,11 @@ def run_serve(args: argparse.Namespace) -> int:
     where = f"http://{host}:{args.port}/" if args.port else f"http://{host}:<port in the Uvicorn line below>/"
     print(f"search page: {where}  (API schema at /openapi.json)", file=sys.stderr)
     sys.stderr.flush()
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=10, limit_concurrency=args.max_connections)
+    if args.host in ("0.0.0.0", "::") and not args.allowed_hosts:
+        print("note: only requests addressed to localhost are served; pass --allowed-hosts with this machine's "
+              "names (or '*') to serve the others", file=sys.stderr)
+    # no limit_concurrency: uvicorn counts idle sockets too; RequestBudget counts requests and spares /health
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
     return 0
 
 

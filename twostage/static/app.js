@@ -78,6 +78,11 @@ async function checkHealth() {
     $("k").value = health.defaults.k;
     $("top-n").value = health.defaults.top_n;
     $("rerank").checked = health.defaults.rerank;
+    const stage = $("first-stage");
+    if (![...stage.options].some((o) => o.value === health.defaults.first_stage)) {
+      stage.appendChild(el("option", null, health.defaults.first_stage)).value = health.defaults.first_stage;
+    }
+    stage.value = health.defaults.first_stage;
     $("k").max = health.limits.max_k;
     $("top-n").max = health.limits.max_top_n;
     $("query").maxLength = health.limits.max_query_chars;
@@ -124,7 +129,8 @@ function render(result) {
   const summary = $("summary");
   const stage = result.reranker ? `reranked by ${result.reranker}` : "first stage only";
   const line = el("div", "counts",
-    `${result.hits.length} results from ${result.candidates} candidates (k=${result.k}), ${stage}`);
+    `${result.hits.length} results from ${result.candidates} candidates (k=${result.k}), ${stage}; ` +
+    `first stage ${result.first_stage}`);
   const timings = el("div", "timings");
   timings.appendChild(el("span", "t-encode", "encode " + ms(t.encode_s)));
   timings.appendChild(el("span", "t-search", "search " + ms(t.search_s)));
@@ -150,6 +156,7 @@ async function search() {
       k: parseInt($("k").value, 10) || undefined,
       top_n: parseInt($("top-n").value, 10) || undefined,
       rerank: $("rerank").checked,
+      first_stage: $("first-stage").value,
     };
     const result = await call("/search", { method: "POST", body: JSON.stringify(body) });
     if (ticket !== latest) return;  // a newer search already answered
@@ -167,7 +174,7 @@ async function search() {
 }
 
 $("search-form").addEventListener("submit", (event) => { event.preventDefault(); search(); });
-for (const id of ["rerank", "k", "top-n"]) {
+for (const id of ["first-stage", "rerank", "k", "top-n"]) {
   $(id).addEventListener("change", () => { if ($("query").value.trim()) search(); });
 }
 checkHealth();
