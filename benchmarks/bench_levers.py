@@ -59,15 +59,33 @@ class System:
     prf: str | None = None
     query_tokens: str | None = None
     fusion: str | None = None
+    default: bool = False  # the engine's own defaults (no lever named)
 
     def options(self) -> dict:
-        return {"rerank": self.rerank, "prf": self.prf, "query_tokens": self.query_tokens, "fusion": self.fusion}
+        """Every lever named, "none" where off, so the engine's defaults never creep in (unless ``default``)."""
+        if self.default:
+            return {"rerank": self.rerank}
+        return {"rerank": self.rerank, "prf": self.prf or "none", "query_tokens": self.query_tokens or "plain",
+                "fusion": self.fusion or "none"}
 
 
 @dataclass
 class Measured:
     run: dict[str, dict[str, float]] = field(default_factory=dict)
     ms: list[float] = field(default_factory=list)
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its AVX-512 / AMX / bf16 units (Linux), else what ``platform`` knows."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
+    units = [label for label, flag in (("AVX-512", "avx512f"), ("AMX", "amx_tile"), ("bf16", "avx512_bf16"))
+             if flag in flags]
+    return f"{name} ({', '.join(units)})" if units else name
 
 
 def default_model() -> str:
@@ -108,7 +126,8 @@ def tune(engine: Engine, queries: dict[str, str], qrels: dict, threshold: int) -
     qids = list(queries)
     grid: dict[tuple, float] = {}
     for prf, tokens in itertools.product(PRF_GRID, TOKEN_GRID):
-        results = engine.search_many([queries[q] for q in qids], k=K, top_n=K, prf=prf, query_tokens=tokens)
+        results = engine.search_many([queries[q] for q in qids], k=K, top_n=K, prf=prf or "none",
+                                     query_tokens=tokens, fusion="none")
         pairs = {}
         for qid, result in zip(qids, results):
             hits = sorted(result.hits, key=lambda h: h.retrieval_rank)  # the first stage's order
@@ -152,6 +171,7 @@ def systems_from(choice: dict[str, tuple]) -> list[System]:
     out += [System(f"+ tokens {t}", query_tokens=t) for t in TOKEN_GRID[1:]]
     p, t, f = choice["combination"]
     out.append(System(f"best: prf {p} / tokens {t} / fusion {f}", prf=p, query_tokens=t, fusion=f))
+    out.append(System("engine default (MAXSIM_DEFAULTS)", default=True))
     return list(dict.fromkeys(out))
 
 
@@ -221,6 +241,7 @@ def main() -> int:
     grid = tune(engines["cacm"], {q: cacm.queries[q] for q in tune_qids}, cacm.qrels, 1)
     choice = choose(grid)
     systems = systems_from(choice)
+    print(f"chosen: {choice}", file=sys.stderr)
 
     tables, load = {}, {}
     for name, ds in sets.items():
@@ -235,7 +256,7 @@ def main() -> int:
     for engine in engines.values():
         engine.close()
 
-    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    cpu = f"{cpu_name()}, {os.cpu_count()} CPUs"
     result = {
         "created_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "cpu": cpu,

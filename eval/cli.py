@@ -37,8 +37,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                             "cross-encoder/ms-marco-MiniLM-L6-v2, falling back to maxsim when it cannot be loaded")
     group.add_argument("--no-rerank", action="store_true", help="no second stage: first-stage systems only")
     group.add_argument("--systems", nargs="+", default=None, metavar="SYSTEM",
-                       help="subset to run (space- or comma-separated): bm25 dense hybrid dense+rerank@D "
-                            "dense+rerank (every depth) run run+rerank[@D]; default all")
+                       help="subset to run (space- or comma-separated): bm25, dense, hybrid or run, each alone or "
+                            "+rerank@D (+rerank: every depth), e.g. hybrid+rerank@100; default bm25 dense hybrid "
+                            "dense+rerank hybrid+rerank (and run run+rerank with --rerank-run)")
     group.add_argument("--depths", default="10,20,50,100", help="rerank depths, comma-separated (default 10,20,50,100)")
     group.add_argument("--rerank-run", type=Path, default=None, metavar="FILE",
                        help="also rerank this TREC run's top-d (systems run and run+rerank@D), e.g. a BM25 top-100")
@@ -162,7 +163,7 @@ def run_dataset_eval(args: argparse.Namespace) -> int:
         rel_threshold=args.rel_threshold,
         measures=measures,
         runtime=runtime_from_args(args),
-        progress=not args.quiet and sys.stderr.isatty(),
+        progress=not args.quiet,  # bars on stderr, as index/add draw them; -q turns them off
     )
     log(f"dataset {dataset.name}: {len(dataset.queries)} judged queries ({dataset.source})")
     report = run_evaluation(dataset, config, log=log)

@@ -1,9 +1,11 @@
-"""The evaluation harness: run BM25, dense, dense + reranker at several depths, hybrid RRF and a reranked
-given run over one dataset, score them with trec_eval semantics and test each against a baseline.
+"""The evaluation harness: run engine configurations (first stage bm25, dense or hybrid, reranked at several
+depths or not) and a reranked given run over one dataset, score them with trec_eval semantics and test each against
+a baseline.
 
-Dense search and reranking go through `twostage.Engine` (and its reranker), over a collection built once per
-dataset and bi-encoder and reused afterwards; reranking a given run alone needs no collection (its texts come
-from the corpus). See `eval.systems` for how each system runs and is timed.
+Every system but a given run is `twostage.Engine.search_queries` over a collection built once per dataset and
+bi-encoder (with stored MaxSim token vectors, and the collection's own lexical index) and reused afterwards: the
+code `twostage search --queries Q --run OUT` runs. Reranking a given run alone needs no collection (its texts come
+from the corpus) and goes through the engine's rerank step. See `eval.systems`.
 """
 from __future__ import annotations
 
@@ -26,15 +28,18 @@ from twostage.runtime.config import RuntimeConfig, cache_root, runtime_config
 from twostage.eval.errors import EvalInputError
 from twostage.eval.metrics import DEFAULT_MEASURES, evaluate, parse_measure
 from twostage.eval.significance import Comparison, compare
-from twostage.eval.systems import SystemRun, bm25_system, dense_system, hybrid_system, lever_system, parse_levers, \
-    ranked_lists, rerank_system, with_first_stage
+from twostage.eval.systems import SystemRun, engine_options, engine_system, parse_levers, rerank_run_system, \
+    rerank_texts_needed
 from twostage.eval.timing import StageTimings
 from twostage.eval.trec import Run, read_run
+from twostage.errors import UsageError
 
 DEFAULT_DEPTHS = (10, 20, 50, 100)
 FIRST_STAGE_DEPTH = 1000
-FIRST_STAGES = ("bm25", "dense", "hybrid", "run")
-RERANKABLE = ("dense", "run")
+#: default systems reranked at every depth (bm25+rerank@D runs when asked for by name)
+RERANKED_BY_DEFAULT = ("dense", "hybrid", "run")
+#: how collections that eval builds store MaxSim's token vectors (int8: nDCG@10 within 0.0003 of float16)
+EVAL_TOKENS = "int8"
 _SYSTEM_RE = re.compile(r"^(bm25|dense|hybrid|run)(?:\+rerank(?:@(\d+))?)?$")
 
 
@@ -55,9 +60,6 @@ class EvalConfig:
     max_queries: int | None = None
     rel_threshold: int | None = None  # None = 2 for msmarco-dl* datasets, else 1
     measures: Sequence[str] = DEFAULT_MEASURES
-    bm25_k1: float = 0.9
-    bm25_b: float = 0.4
-    bm25_stemmer: str | None = "english"
     runtime: RuntimeConfig | None = None  # device, backend, batch size, threads; None = RuntimeConfig()
     batch_size: int | None = None  # shorthand overriding runtime.batch_size
     backend: str | None = None  # shorthand overriding runtime.backend (None = the device's default)
@@ -137,7 +139,7 @@ def resolve_systems(requested: Sequence[str] | None, depths: Sequence[int], *, h
         stages = ["bm25", "dense", "hybrid"] + (["run"] if have_run else [])
         specs = [SystemSpec(s) for s in stages]
         if have_reranker:
-            specs += [SystemSpec(s, d) for s in RERANKABLE if s != "run" or have_run for d in depths]
+            specs += [SystemSpec(s, d) for s in RERANKED_BY_DEFAULT if s != "run" or have_run for d in depths]
         return _table_order(specs)
     specs: list[SystemSpec] = []
     for name in requested:
@@ -147,18 +149,16 @@ def resolve_systems(requested: Sequence[str] | None, depths: Sequence[int], *, h
                 parse_levers(levers)
             except ValueError as err:
                 raise EvalInputError(f"system {name}/{levers}: {err}") from None
-            if not name.startswith("dense"):
-                raise EvalInputError(f"system {name}/{levers}: lever options apply to dense systems only")
+            if name.startswith("run"):
+                raise EvalInputError(f"system {name}/{levers}: lever options apply to engine systems, not a given run")
         match = _SYSTEM_RE.match(name)
         if not match:
-            raise EvalInputError(f"unknown system {name!r}; expected bm25, dense, hybrid, run, dense+rerank[@D] "
-                                 "or run+rerank[@D]")
+            raise EvalInputError(f"unknown system {name!r}; expected bm25, dense, hybrid or run, each alone or "
+                                 "+rerank[@D]")
         stage, is_rerank = match.group(1), "+rerank" in name
         if stage == "run" and not have_run:
             raise EvalInputError(f"system {name!r} needs --rerank-run FILE")
         if is_rerank:
-            if stage not in RERANKABLE:
-                raise EvalInputError(f"system {name!r}: only dense and run (--rerank-run) candidates are reranked")
             if not have_reranker:
                 raise EvalInputError(f"system {name!r} needs a reranker, but --no-rerank was given")
             specs += [SystemSpec(stage, int(match.group(2)), levers)] if match.group(2) else [
@@ -172,10 +172,9 @@ def resolve_systems(requested: Sequence[str] | None, depths: Sequence[int], *, h
 
 
 def _table_order(specs: list[SystemSpec]) -> list[SystemSpec]:
-    """bm25, dense, dense+rerank@d ascending, hybrid, run, run+rerank@d ascending."""
+    """bm25, bm25+rerank@d, dense, dense+rerank@d, hybrid, hybrid+rerank@d, run, run+rerank@d (d ascending)."""
     rank = {"bm25": 0, "dense": 1, "hybrid": 2, "run": 3}
-    return sorted(specs, key=lambda s: (rank[s.first_stage] + (0.5 if s.first_stage == "dense" and s.depth
-                                                                  else 0), s.depth or 0, s.levers))
+    return sorted(specs, key=lambda s: (rank[s.first_stage], s.depth is not None, s.depth or 0, s.levers))
 
 
 def _documents(dataset: Dataset, keep: set[str] | None = None) -> list:
@@ -211,23 +210,33 @@ def _second_stage(engine: Any, encoder: Any, spec: Any, runtime: RuntimeConfig) 
 def default_index_dir(dataset: Dataset, encoder: Any) -> Path:
     """`$TWOSTAGE_CACHE_DIR` (else ~/.cache/twostage) `/collections/<dataset>-<hash of source and model>`."""
     vectors = "" if encoder.backend in FLOAT_BACKENDS else f"|{encoder.backend}"  # int8 vectors need their own
-    key = hashlib.sha256(f"{dataset.source}|{encoder.fingerprint}{vectors}".encode("utf-8")).hexdigest()[:12]
+    key = hashlib.sha256(f"{dataset.source}|{encoder.fingerprint}{vectors}|tokens-{EVAL_TOKENS}".encode("utf-8")
+                         ).hexdigest()[:12]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.name) or "dataset"
     return cache_root() / "collections" / f"{slug}-{key}"
 
 
 def open_collection(path: Path, docs: list, encoder: Any, config: EvalConfig, log: Callable[[str], None]):
-    """An engine over exactly `docs` at `path`: resumed when already built (unchanged documents skipped),
-    rebuilt when it holds documents the corpus no longer has. Returns (engine, indexing info)."""
+    """An engine over exactly `docs` at `path`, storing MaxSim token vectors: resumed when already built (unchanged
+    documents skipped), rebuilt when it holds documents the corpus no longer has or no token vectors.
+    Returns (engine, indexing info)."""
     from twostage.engine import Engine
 
-    engine = Engine.create(path, encoder=encoder, reranker=config.reranker, index_type=config.index_type,
-                           runtime=_runtime(config))
+    def create(overwrite: bool) -> Any:
+        return Engine.create(path, encoder=encoder, reranker=config.reranker, index_type=config.index_type,
+                             runtime=_runtime(config), store_tokens=EVAL_TOKENS, overwrite=overwrite)
+
+    try:
+        engine = create(False)
+    except UsageError as err:
+        if "without token storage" not in str(err):
+            raise
+        log(f"{path} stores no token vectors: rebuilding it with them")
+        engine = create(True)
     if len(engine.collection) > len(docs):
         log(f"{path} holds {len(engine.collection)} documents for a corpus of {len(docs)}: rebuilding it")
         engine.close()
-        engine = Engine.create(path, encoder=encoder, reranker=config.reranker, index_type=config.index_type,
-                               runtime=_runtime(config), overwrite=True)
+        engine = create(True)
     from tqdm.auto import tqdm
 
     with tqdm(total=len(docs), desc="indexing", unit="doc", disable=not config.progress, leave=False) as bar:
@@ -286,20 +295,6 @@ def _given_run(path: str | Path, qids: list[str], notices: list[str]) -> Run:
     return {q: run.get(q, {}) for q in qids}
 
 
-def _run_texts(docs: list, candidates: dict[str, list[tuple[str, float]]], depth: int, path: Any) -> dict:
-    """Texts of each query's top `depth` run documents, from the dataset's corpus (as the collection stores them)."""
-    by_id = {doc.id: doc for doc in docs}
-    texts = {}
-    for qid, ranked_docs in candidates.items():
-        ids = [docid for docid, _ in ranked_docs[:depth]]
-        missing = [docid for docid in ids if docid not in by_id]
-        if missing:
-            raise EvalInputError(f"{path}: {len(missing)} documents of query {qid} are not in the dataset's corpus "
-                                 f"(e.g. {missing[:3]}); the reranker needs their text")
-        texts[qid] = [by_id[docid].text_for_encoding() for docid in ids]
-    return texts
-
-
 def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str], None] | None = None) -> EvalReport:
     """Run every selected system on `dataset`, evaluate it, and test it against the baseline (see module doc)."""
     log = log or (lambda message: None)
@@ -316,15 +311,14 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
     specs = resolve_systems(config.systems, depths, have_run=config.rerank_run is not None,
                             have_reranker=config.reranker is not None)
     depths = sorted({s.depth for s in specs if s.depth is not None}) or depths
-    if any(s.first_stage == "dense" and s.depth and s.depth > config.first_stage_depth for s in specs):
+    if any(s.first_stage != "run" and s.depth and s.depth > config.first_stage_depth for s in specs):
         raise EvalInputError(f"a rerank depth exceeds the first-stage depth {config.first_stage_depth}")
     stages = {s.first_stage for s in specs}
-    need_collection = bool(stages & {"dense", "hybrid"})
+    need_collection = bool(stages - {"run"})
     need_reranker = any(s.depth for s in specs)
-    need_bm25 = bool(stages & {"bm25", "hybrid"})
     given = _given_run(config.rerank_run, qids, notices) if "run" in stages else None
 
-    if need_collection or need_bm25:
+    if need_collection:
         docs = _documents(dataset)
     elif given is not None and need_reranker:  # only the given run's candidates need their text
         docs = _documents(dataset, keep={d for qid in qids for d in given[qid]})
@@ -359,9 +353,10 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
     finally:
         if engine is not None:
             engine.close()
-    if need_bm25:
-        models["bm25"] = {"library": "bm25s", "k1": config.bm25_k1, "b": config.bm25_b, "method": "lucene",
-                          "stemmer": config.bm25_stemmer, "stopwords": "en"}
+    if stages & {"bm25", "hybrid"}:
+        from twostage.indexes.lexical import RECORD, STOPWORDS
+
+        models["bm25"] = {**RECORD, "k1": 1.2, "b": 0.75, "query_stopwords": len(STOPWORDS)}
 
     baseline = config.baseline
     names = [s.name for s in specs]
@@ -392,7 +387,7 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
                                        "n_resamples": config.n_resamples, "seed": 0})
     return EvalReport(
         dataset=dataset.name, dataset_source=dataset.source, n_queries=len(qids),
-        n_documents=len(docs) if need_collection or need_bm25 else None, rel_threshold=rel, measures=measures,
+        n_documents=len(docs) if need_collection else None, rel_threshold=rel, measures=measures,
         depths=depths,
         baseline=baseline, systems=results, models=models, config=config_record, indexing=indexing,
         notices=notices, versions=_versions(), elapsed_s=time.perf_counter() - started,
@@ -401,46 +396,29 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
 
 def _run_systems(specs: list[SystemSpec], queries: dict[str, str], docs: list, engine: Any, reranker: Any,
                  given: Run | None, config: EvalConfig, log: Callable[[str], None]) -> dict[str, SystemRun]:
-    """Produce the run (and timings) of every system in `specs`, computing each shared stage once."""
-    qids = list(queries)
-    stages = {s.first_stage for s in specs}
-    depth = config.first_stage_depth
-    out: dict[str, SystemRun] = {}
-    bm25 = dense = None
-    if stages & {"bm25", "hybrid"}:
-        from twostage.retriever.bm25 import BM25Retriever
+    """The run (and timings) of every system in `specs`: each engine configuration through the engine, a given run
+    as it is, and its reranked forms through the engine's rerank step."""
+    from twostage.retriever.fusion import FirstStage
 
-        log(f"bm25: indexing {len(docs)} documents")
-        retriever = BM25Retriever.build(docs, k1=config.bm25_k1, b=config.bm25_b, stemmer=config.bm25_stemmer)
-        bm25 = bm25_system(retriever, queries, depth, progress=config.progress)
-        out["bm25"] = bm25
-    dense_depths = [s.depth for s in specs if s.first_stage == "dense" and s.depth and not s.levers]
-    if stages & {"dense", "hybrid"}:
-        log("dense: searching")
-        candidates = dense_system(engine, queries, depth, max(dense_depths, default=0), progress=config.progress)
-        dense = candidates.system
-        out["dense"] = dense
-        if dense_depths:
-            log(f"dense+rerank: reranking the top {max(dense_depths)} with {getattr(reranker, 'name', reranker)}")
-            reranked = rerank_system(reranker, queries, candidates.ranked, candidates.texts, dense_depths,
-                                     progress=config.progress, label="dense+rerank")
-            for d, system in reranked.items():
-                out[f"dense+rerank@{d}"] = with_first_stage(dense, system)
-    if "hybrid" in stages:
-        out["hybrid"] = hybrid_system(bm25, dense, config.rrf_k, depth)
-    for spec in (s for s in specs if s.levers):
+    out: dict[str, SystemRun] = {}
+    for spec in specs:
+        if spec.first_stage == "run":
+            continue
+        stage = FirstStage(spec.first_stage, rrf_k=config.rrf_k).label
         log(f"{spec.name}: searching through the engine")
-        out[spec.name] = lever_system(engine, queries, spec.depth or depth, spec.depth is not None,
-                                      parse_levers(spec.levers), progress=config.progress, label=spec.name)
+        out[spec.name] = engine_system(engine, queries, engine_options(stage, spec.depth, config.first_stage_depth,
+                                                                       spec.levers),
+                                       progress=config.progress, label=spec.name)
     if given is not None:
         out["run"] = SystemRun(given, None)
         run_depths = [s.depth for s in specs if s.first_stage == "run" and s.depth]
-        if run_depths:
-            log(f"run+rerank: reranking the top {max(run_depths)} of {config.rerank_run}")
-            candidates = ranked_lists(given, qids)
-            texts = _run_texts(docs, candidates, max(run_depths), config.rerank_run)
-            reranked = rerank_system(reranker, queries, candidates, texts, run_depths, progress=config.progress,
-                                     label="run+rerank")
-            for d, system in reranked.items():
-                out[f"run+rerank@{d}"] = system
+        by_id = {doc.id: doc for doc in docs}
+        missing = rerank_texts_needed(given, list(queries), max(run_depths, default=0)) - set(by_id)
+        if missing:
+            raise EvalInputError(f"{config.rerank_run}: {len(missing)} documents of the run are not in the dataset's "
+                                 f"corpus (e.g. {sorted(missing)[:3]}); the reranker needs their text")
+        for depth in run_depths:
+            log(f"run+rerank@{depth}: reranking the top {depth} of {config.rerank_run}")
+            out[f"run+rerank@{depth}"] = rerank_run_system(reranker, queries, given, by_id, depth,
+                                                           progress=config.progress, label=f"run+rerank@{depth}")
     return out

@@ -36,8 +36,7 @@ def config_from_expected(expected: dict[str, Any], *, systems: list[str] | None 
         model=expected["models"]["bi_encoder"], reranker=expected["models"]["reranker"],
         systems=systems or list(expected["systems"]), depths=cfg["depths"],
         first_stage_depth=cfg["first_stage_depth"], rrf_k=cfg["rrf_k"], index_type=cfg["index_type"],
-        rel_threshold=expected["rel_threshold"], bm25_k1=cfg["bm25"]["k1"], bm25_b=cfg["bm25"]["b"],
-        bm25_stemmer=cfg["bm25"]["stemmer"], **overrides)
+        rel_threshold=expected["rel_threshold"], **overrides)
 
 
 def check_report(report: EvalReport, expected: dict[str, Any]) -> list[str]:
@@ -78,7 +77,7 @@ def expected_from_results(results: dict[str, Any], *, ci_systems: list[str],
         "config": {"depths": results["depths"], "first_stage_depth": config["first_stage_depth"],
                    "rrf_k": config["rrf_k"], "index_type": config["index_type"],
                    "index_factory": results.get("indexing", {}).get("factory"),
-                   "bm25": {"k1": config["bm25_k1"], "b": config["bm25_b"], "stemmer": config["bm25_stemmer"]},
+                   "bm25": results["models"].get("bm25"),
                    "rerank_run": None if rerank_run is None else Path(rerank_run).name.removesuffix(".trec")},
         "tolerance": tolerance,
         "ci_systems": ci_systems,

@@ -1,24 +1,25 @@
-"""How each compared system produces its run: BM25, the dense first stage, reranking at several depths, RRF.
+"""How each compared system produces its run: an engine configuration (first stage x reranker x depth) searched
+through ``Engine.search_queries``, the code ``twostage search --queries Q --run OUT`` runs, or a given run reranked
+by the engine's rerank step (``twostage.engine.rerank_hits``).
 
 Every system runs one query at a time, so the stage timings are real per-query latencies; one untimed
-warm-up query goes first (lazy initialisation is not a query's cost).
-
-Reranking at depths d1 < d2 < ... scores the top max(d) candidates once, in increments (the top d1, then
-ranks d1+1..d2, ...). Pointwise scores do not depend on the other candidates, so depth d's list is the first
-d candidates sorted by their scores, and its rerank latency is the time spent scoring those d (cumulative over
-the increments). Candidates below depth d keep their first-stage order beneath the reranked ones (scores below
-the lowest reranked score), so R@100 / R@1000 of a reranked system stay comparable with its first stage.
+warm-up query goes first (lazy initialisation is not a query's cost). A system reranked at depth d reranks the
+top d of its candidates; the rest keep their first-stage order beneath (``SearchResult.run``), so R@100 / R@1000
+of a reranked system stay comparable with its first stage.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from twostage.eval.timing import StageTimings, combine
+from twostage.eval.timing import StageTimings
 from twostage.eval.trec import Queries, Run, ranked
 
-Ranked = dict[str, list[tuple[str, float]]]  # {qid: [(docid, score), ...] best first}
+#: the lever options a system name may carry after "/" (``dense+rerank@100/prf=3:0.5/tokens=idf/fusion=rrf``),
+#: as the keyword arguments of ``Engine.search`` they become
+LEVER_OPTIONS = {"prf": "prf", "tokens": "query_tokens", "fusion": "fusion"}
 
 
 @dataclass
@@ -29,131 +30,10 @@ class SystemRun:
     timings: StageTimings | None
 
 
-@dataclass
-class DenseCandidates:
-    """The dense first stage's run plus, per query, its ranked candidates and the texts of the top ones."""
-
-    system: SystemRun
-    ranked: Ranked
-    texts: dict[str, list[str]]
-
-
-def _progress(items: Sequence[str], desc: str, show: bool):
+def _progress(total: int, desc: str, show: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, unit="query", disable=not show, leave=False)
-
-
-def ranked_lists(run: Run, qids: Sequence[str]) -> Ranked:
-    """Each query's documents in trec_eval order (so the top d here is the top d that is evaluated)."""
-    return {qid: ranked(dict(run.get(qid, {}))) for qid in qids}
-
-
-def bm25_system(retriever, queries: Queries, depth: int, *, progress: bool = False) -> SystemRun:
-    """BM25 top-`depth` per query through `retriever.bm25.BM25Retriever`, timed as the "search" stage."""
-    qids = list(queries)
-    retriever.search([queries[qids[0]]], depth)  # warm-up
-    run: Run = {}
-    timings = StageTimings()
-    for qid in _progress(qids, "bm25", progress):
-        start = time.perf_counter()
-        hits = retriever.search([queries[qid]], depth)[0]
-        timings.add("search", time.perf_counter() - start)
-        run[qid] = dict(hits)
-    return SystemRun(run, timings)
-
-
-def dense_system(engine, queries: Queries, depth: int, text_depth: int, *, progress: bool = False) -> DenseCandidates:
-    """The engine's first stage (`Engine.search`, no rerank) at `depth`; keeps the top `text_depth` texts."""
-    from twostage.indexes.documents import Document
-
-    qids = list(queries)
-    k = max(1, min(depth, len(engine.collection)))
-    engine.search(queries[qids[0]], k=k, top_n=k, rerank=False)  # warm-up
-    run: Run = {}
-    texts_by_id: dict[str, dict[str, str]] = {}
-    timings = StageTimings()
-    for qid in _progress(qids, "dense", progress):
-        result = engine.search(queries[qid], k=k, top_n=k, rerank=False)
-        timings.add("encode", result.timings.encode_s)
-        timings.add("search", result.timings.search_s)
-        run[qid] = {hit.doc_id: hit.retrieval_score for hit in result.hits}
-        texts_by_id[qid] = {hit.doc_id: Document(hit.doc_id, hit.text, hit.title).text_for_encoding()
-                            for hit in result.hits}
-    order = ranked_lists(run, qids)
-    texts = {qid: [texts_by_id[qid][docid] for docid, _ in order[qid][:text_depth]] for qid in qids}
-    return DenseCandidates(SystemRun(run, timings), order, texts)
-
-
-def merge_at_depth(candidates: Sequence[tuple[str, float]], scores: Sequence[float], depth: int) -> dict[str, float]:
-    """The top `depth` candidates scored by the reranker, the rest beneath them in their first-stage order."""
-    top = {docid: float(score) for (docid, _), score in zip(candidates[:depth], scores)}
-    floor = min(top.values(), default=0.0)
-    rest = {docid: floor - i for i, (docid, _) in enumerate(candidates[len(top):], start=1)}
-    return {**top, **rest}
-
-
-def rerank_system(reranker, queries: Queries, candidates: Ranked, texts: Mapping[str, Sequence[str]],
-                  depths: Sequence[int], *, progress: bool = False, label: str = "rerank") -> dict[int, SystemRun]:
-    """Rerank each query's top max(`depths`) once (see the module docstring); one run per depth, "rerank" timed.
-
-    Scores come from `score_candidates`, as in `Engine.search`: by doc id and text, so MaxSim reads a
-    collection's stored token vectors where it has them.
-    """
-    from twostage.reranker.base import Candidate
-
-    depths = sorted(set(depths))
-    qids = list(queries)
-    first = next((q for q in qids if texts[q]), None)
-    if first is not None:  # warm-up
-        warm = [Candidate(docid, text, score) for (docid, score), text in zip(candidates[first], texts[first][:2])]
-        reranker.score_candidates([queries[first]], [warm])
-    runs: dict[int, Run] = {d: {} for d in depths}
-    timings = {d: StageTimings() for d in depths}
-    for qid in _progress(qids, label, progress):
-        pool = [Candidate(docid, text, score) for (docid, score), text in zip(candidates[qid], texts[qid])]
-        scores: list[float] = []
-        elapsed, done = 0.0, 0
-        for depth in depths:
-            part = pool[done:depth]
-            if part:
-                start = time.perf_counter()
-                scores.extend(float(s) for s in reranker.score_candidates([queries[qid]], [part])[0])
-                elapsed += time.perf_counter() - start
-                done += len(part)
-            timings[depth].add("rerank", elapsed)
-            runs[depth][qid] = merge_at_depth(candidates[qid], scores[:depth], depth)
-    return {d: SystemRun(runs[d], timings[d]) for d in depths}
-
-
-def with_first_stage(first: SystemRun, reranked: SystemRun) -> SystemRun:
-    """A reranked run whose timings include its first stage's (encode + search + rerank per query)."""
-    if first.timings is None or reranked.timings is None:
-        return reranked
-    return SystemRun(reranked.run, combine(first.timings, reranked.timings))
-
-
-def hybrid_system(bm25: SystemRun, dense: SystemRun, k: float, depth: int) -> SystemRun:
-    """Reciprocal rank fusion of the BM25 and dense runs (same query order; top `depth` kept); stage times add up."""
-    from twostage.retriever.fusion import reciprocal_rank_fusion
-
-    qids = list(dense.run)
-    timings = StageTimings()
-    run: Run = {}
-    for i, qid in enumerate(qids):
-        start = time.perf_counter()
-        fused = reciprocal_rank_fusion([{qid: bm25.run.get(qid, {})}, {qid: dense.run[qid]}], k=k)[qid]
-        fuse_s = time.perf_counter() - start
-        run[qid] = dict(ranked(fused)[:depth])
-        if bm25.timings is not None and dense.timings is not None:
-            timings.add("encode", dense.timings.stages["encode"][i])
-            timings.add("search", dense.timings.stages["search"][i] + bm25.timings.stages["search"][i] + fuse_s)
-    return SystemRun(run, timings if timings.stages else None)
-
-
-#: the lever options a system name may carry after "/" (``dense+rerank@100/prf=3:0.5/tokens=idf/fusion=rrf``),
-#: as the keyword arguments of ``Engine.search`` they become
-LEVER_OPTIONS = {"prf": "prf", "tokens": "query_tokens", "fusion": "fusion"}
+    return tqdm(total=total, desc=desc, unit="query", disable=not show, leave=False)
 
 
 def parse_levers(text: str) -> dict[str, str]:
@@ -168,20 +48,64 @@ def parse_levers(text: str) -> dict[str, str]:
     return out
 
 
-def lever_system(engine, queries: Queries, depth: int, rerank: bool, options: Mapping[str, str], *,
-                 progress: bool = False, label: str = "levers") -> SystemRun:
-    """One ``Engine.search`` per query with the lever ``options`` (k = `depth`, all `depth` reranked when `rerank`);
-    the run lists the top `depth` in the engine's order, and the engine's stage timings are kept."""
+def engine_options(first_stage: str, depth: int | None, k: int, levers: str = "") -> dict[str, Any]:
+    """The ``Engine.search`` options of one system: ``first_stage`` (a ``FirstStage`` spec) with ``k`` candidates,
+    the top ``depth`` reranked (none when None), plus its lever options."""
+    return {"first_stage": first_stage, "k": k, "top_n": k, "rerank": depth is not None, "rerank_depth": depth,
+            **parse_levers(levers)}
+
+
+def engine_system(engine, queries: Queries, options: Mapping[str, Any], *, progress: bool = False,
+                  label: str = "search") -> SystemRun:
+    """One system's run through ``Engine.search_queries`` (one query at a time), with the engine's stage timings."""
     qids = list(queries)
-    k = max(1, min(depth, len(engine.collection)))
-    engine.search(queries[qids[0]], k=k, top_n=k, rerank=rerank, **options)  # warm-up
+    k = max(1, min(int(options["k"]), len(engine.collection)))
+    options = {**options, "k": k, "top_n": k}
+    engine.search(queries[qids[0]], **options)  # warm-up
+    with _progress(len(qids), label, progress) as bar:
+        results = engine.search_queries(queries, one_at_a_time=True, progress=bar.update, **options)
+    return SystemRun({qid: results[qid].run() for qid in qids}, _timings(results[q] for q in qids))
+
+
+def rerank_run_system(reranker, queries: Queries, given: Run, documents: Mapping[str, Any], depth: int, *,
+                      progress: bool = False, label: str = "rerank") -> SystemRun:
+    """A given run's top ``depth`` per query reranked by the engine's rerank step (texts from ``documents``,
+    doc id -> ``Document``), the rest beneath in the run's order; "rerank" timed (the run's own first stage was not)."""
+    from twostage.engine import _hit, rerank_hits
+    from twostage.results import SearchResult, Timings
+
+    qids = list(queries)
+    lists = {qid: ranked(dict(given.get(qid, {}))) for qid in qids}
+    hit_lists = {qid: [_hit(documents[docid], score, rank) for rank, (docid, score) in enumerate(lists[qid], start=1)]
+                 for qid in qids}
+    first = next((q for q in qids if hit_lists[q]), None)
+    if first is not None:  # warm-up
+        rerank_hits(reranker, [queries[first]], [[h for h in hit_lists[first][:2]]])
     run: Run = {}
     timings = StageTimings()
-    for qid in _progress(qids, label, progress):
-        result = engine.search(queries[qid], k=k, top_n=k, rerank=rerank, **options)
-        timings.add("encode", result.timings.encode_s)
-        timings.add("search", result.timings.search_s)
-        if rerank:
-            timings.add("rerank", result.timings.rerank_s)
-        run[qid] = {hit.doc_id: float(len(result.hits) - i) for i, hit in enumerate(result.hits)}  # the engine's order
+    with _progress(len(qids), label, progress) as bar:
+        for qid in qids:
+            (hits,), seconds = rerank_hits(reranker, [queries[qid]], [hit_lists[qid]], depth)
+            result = SearchResult(query=queries[qid], hits=hits, timings=Timings(rerank_s=seconds),
+                                  candidates=len(hits), reranker=getattr(reranker, "name", None))
+            run[qid] = result.run()
+            timings.add("rerank", seconds)
+            bar.update(1)
     return SystemRun(run, timings)
+
+
+def _timings(results) -> StageTimings:
+    """Per-query encode / search / rerank seconds of engine results (a stage that never ran is left out)."""
+    timings = StageTimings()
+    results = list(results)
+    for stage in ("encode", "search", "rerank"):
+        values = [getattr(r.timings, f"{stage}_s") for r in results]
+        if stage == "search" or any(values):
+            for value in values:
+                timings.add(stage, value)
+    return timings
+
+
+def rerank_texts_needed(given: Run, qids: Sequence[str], depth: int) -> set[str]:
+    """The doc ids of each query's top ``depth`` in a given run: the texts its reranking needs."""
+    return {docid for qid in qids for docid, _ in ranked(dict(given.get(qid, {})))[:depth]}

@@ -440,6 +440,7 @@ class Collection:
         with self._lock:
             try:
                 if self._dirty or self._index_stale:
+                    self._begin_write()  # held since the first write, unless a failed write let it go
                     with storage_errors(self.path / DOCUMENTS):
                         self._commit_locked()
             finally:
@@ -639,6 +640,7 @@ class Collection:
             "token_passages": tokens.passages,
             "tokens_per_passage": round(tokens.tokens_per_passage, 1),
             "token_bytes_per_passage": round(tokens.bytes_per_passage, 1),
+            "token_codec_bytes": tokens.codec_bytes,
         }
 
     # ------------------------------------------------------------------ lifetime

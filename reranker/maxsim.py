@@ -164,8 +164,9 @@ class MaxSimReranker(Reranker):
         if any(array is None for array in stored):
             return None
         special = np.asarray(self.light.special_ids, dtype=np.int64)
+        prompt = self.light.prompts.get(self.light.default_prompt_name or "", "")  # what ``model.encode`` prepends
         out, start = [], 0
-        for output, candidates in zip(self.light.token_outputs(queries, "", self.batch_size), candidates_per_query):
+        for output, candidates in zip(self.light.token_outputs(queries, prompt, self.batch_size), candidates_per_query):
             keep = ~np.isin(output.input_ids, special)
             query = _unit(output.token_embeddings[keep] if keep.any() else output.token_embeddings)
             out.append(np.array([float((_unit(np.asarray(p, dtype=np.float32)) @ query.T).max(axis=0).sum())

@@ -122,6 +122,31 @@ def test_explicit_reranker_that_cannot_load_is_a_clear_error(example_index):
     assert "--no-rerank" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_search_first_stage_and_rerank_depth(example_index, tmp_path):
+    """--first-stage bm25/hybrid search the collection's lexical index (alone / fused with dense); --rerank-depth
+    reranks the top D and writes the rest beneath in a run; a bad spec is one line, exit 2."""
+    query = "How many people live in Berlin?"
+    for stage in ("bm25", "hybrid", "hybrid:weighted:0.3"):
+        done = twostage("search", str(example_index), query, "--first-stage", stage, "--no-rerank", "--json",
+                        "--top", "3")
+        assert done.returncode == 0, done.stderr
+        hits = json.loads(done.stdout)["hits"]
+        assert len(hits) == 3 and any(h["doc_id"].startswith("cities-") for h in hits), (stage, hits)
+    table = twostage("search", str(example_index), query, "--first-stage", "hybrid", "--reranker", "maxsim",
+                     "--top", "3")
+    assert table.returncode == 0 and "cities-" in table.stdout, table.stderr
+    queries = tmp_path / "q.tsv"
+    queries.write_text(f"q1\t{query}\nq2\tphotosynthesis\n", encoding="utf-8")
+    run = tmp_path / "out.trec"
+    done = twostage("search", str(example_index), "--queries", str(queries), "--run", str(run), "--k", "10",
+                    "--first-stage", "hybrid", "--reranker", "maxsim", "--rerank-depth", "3")
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in run.read_text().splitlines()]
+    assert len(lines) == 20 and [int(line[3]) for line in lines[:10]] == list(range(1, 11))
+    bad = twostage("search", str(example_index), query, "--first-stage", "sparse")
+    assert bad.returncode == 2 and "--first-stage" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_empty_query_is_refused(example_index):
     done = twostage("search", str(example_index), "  ")
     assert done.returncode == 2 and "empty" in done.stderr

@@ -17,7 +17,6 @@ from twostage.eval.harness import EvalConfig, SystemSpec, default_rel_threshold,
 from twostage.eval.metrics import evaluate
 from twostage.eval.report import DEPTH_PLOT, LATENCY_PLOT, format_report_table, write_report
 from twostage.eval.significance import compare
-from twostage.eval.systems import merge_at_depth
 from twostage.eval.trec import ranked, read_run, write_run
 
 DEPTHS = (5, 10, 20)
@@ -227,13 +226,6 @@ def test_resolve_systems():
 def test_default_rel_threshold():
     assert default_rel_threshold("msmarco-dl20") == 2 and default_rel_threshold("msmarco-dl19") == 2
     assert default_rel_threshold("cacm") == 1 and default_rel_threshold("scifact") == 1
-
-
-def test_merge_at_depth_puts_the_rest_beneath_in_order():
-    candidates = [("a", 0.9), ("b", 0.8), ("c", 0.7), ("d", 0.6)]
-    merged = merge_at_depth(candidates, [1.0, 3.0], 2)
-    assert [docid for docid, _ in ranked(merged)] == ["b", "a", "c", "d"]
-    assert merge_at_depth(candidates[:1], [5.0], 3) == {"a": 5.0}
 
 
 def test_cli_dataset_mode(dataset_dir, minilm_path, tiny_cross_encoder_dir, config, tmp_path, capsys):

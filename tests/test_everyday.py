@@ -189,3 +189,13 @@ def test_setup_script_picks_the_cpu_torch_build_and_falls_back_to_pypi() -> None
     readme = (ROOT / "README.md").read_text()
     first_block = readme.split("```bash", 1)[1].split("```", 1)[0].strip().splitlines()
     assert first_block == ["./run demo", "./run test"]
+
+
+def test_eval_shows_progress_like_index(tmp_path: Path, tiny_bi_encoder_dir: Path) -> None:
+    args = ["eval", str(EXAMPLES), "--model", str(tiny_bi_encoder_dir), "--systems", "bm25", "dense", "--no-rerank",
+            "--index", str(tmp_path / "index"), "--out", str(tmp_path / "out")]
+    shown = twostage(*args)
+    assert shown.returncode == 0, shown.stderr
+    assert "doc/s" in shown.stderr and "query/s" in shown.stderr  # the indexing bar and the per-system query bars
+    quiet = twostage(*args, "-q")
+    assert quiet.returncode == 0 and "doc/s" not in quiet.stderr and "query/s" not in quiet.stderr

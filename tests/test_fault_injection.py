@@ -63,9 +63,17 @@ def _writer(tmp: Path, directory: Path, steps: list, tag: str, wait: float = 60)
                             stderr=subprocess.PIPE, text=True)
 
 
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "twostage.cli", *args], env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
+def _cli(*args: str, process: bool = False) -> subprocess.CompletedProcess:
+    """``twostage ARGS`` in a process of its own, or (faster: no imports) through ``main`` in this one."""
+    if process:
+        return subprocess.run([sys.executable, "-m", "twostage.cli", *args], env=_env(), capture_output=True,
+                              text=True, timeout=120)
+    from twostage.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def _new(directory: Path, index_type: str = "flat") -> None:
@@ -117,7 +125,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_write(tmp_path: Path, in
     rng = random.Random(12 if index_type == "flat" else 34)
     directory = tmp_path / "c"
     _new(directory, index_type)
-    steps = _plan(rng, "d", 24)
+    steps = _plan(rng, "d", 14)
     found: set[str] = set()
     for attempt in range(2):  # each run starts again from step 1, on what the killed one left
         states = _apply(found, steps)
@@ -159,13 +167,13 @@ def test_a_second_writer_waits_then_names_the_holder(tmp_path: Path) -> None:
 
     directory = tmp_path / "c"
     _new(directory)
-    assert _writer(tmp_path, directory, [["put", ["x", "y"]]], "v").wait(60) == 0
+    _put(directory, ["x", "y"])
     with WriterLock(directory).holding():
-        done = _cli("delete", str(directory), "x", "--wait", "0.3")
+        done = _cli("delete", str(directory), "x", "--wait", "0.3", process=True)
     assert done.returncode == 2 and f"pid {os.getpid()}" in done.stderr and "--wait" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert _documents(directory) == {"x", "y"}
-    done = _cli("delete", str(directory), "x")  # free again: the CLI's delete takes the lock and works
+    done = _cli("delete", str(directory), "x", process=True)  # free again: the CLI's delete takes the lock and works
     assert done.returncode == 0, done.stderr
     assert _documents(directory) == {"y"}
 
@@ -215,11 +223,21 @@ def _documents_any_dim(directory: Path) -> set[str]:
 
 
 # --------------------------------------------------------------------------- damaged files
+def _put(directory: Path, ids: list[str], seed: int = 0) -> None:
+    """Add documents with random unit vectors, in this process (the damage tests need no second one to build)."""
+    vectors = np.random.default_rng(seed).standard_normal((len(ids), DIM)).astype("float32")
+    with Collection.open(directory) as c:
+        for start in range(0, len(ids), 100):
+            part = vectors[start:start + 100]
+            c.upsert([Document(id=i, text=f"text {i}") for i in ids[start:start + 100]],
+                     part / np.linalg.norm(part, axis=1, keepdims=True))
+            c.commit()
+
+
 def _collection_of(tmp_path: Path, n: int = 300) -> Path:
     directory = tmp_path / "c"
     _new(directory)
-    assert _writer(tmp_path, directory, [["put", [f"d{i}" for i in range(s, s + 100)]] for s in range(0, n, 100)],
-                   "v").wait(60) == 0
+    _put(directory, [f"d{i}" for i in range(n)])
     return directory
 
 
@@ -244,11 +262,10 @@ def test_a_damaged_documents_file_is_one_line_and_nothing_is_rewritten(tmp_path:
         middle = len(data) // 2
         db.write_bytes(data[:middle] + random.Random(5).randbytes(65536) + data[middle + 65536:])
     before = _snapshot(directory)
-    for args in (["info", str(directory)], ["search", str(directory), "anything", "--no-rerank"],
-                 ["delete", str(directory), "d1"], ["check", str(directory)]):
+    for args in (["info", str(directory)], ["delete", str(directory), "d1"], ["check", str(directory)]):
         done = _cli(*args)
         _no_traceback(done.stderr, done.stdout)
-        if damage == "middle" and args[0] in ("info", "search"):
+        if damage == "middle" and args[0] == "info":
             continue  # SQLite meets the damage only on the pages a command reads; check finds it below
         assert done.returncode == 2, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1 or args[0] == "check", done.stderr
@@ -260,7 +277,7 @@ def test_a_damaged_documents_file_is_one_line_and_nothing_is_rewritten(tmp_path:
 def test_documents_behind_the_index_are_refused_then_check_repair_rebuilds(tmp_path: Path) -> None:
     directory = _collection_of(tmp_path, 100)
     old = _snapshot(directory)["documents.sqlite"]
-    assert _writer(tmp_path, directory, [["put", [f"n{i}" for i in range(50)]]], "v").wait(60) == 0
+    _put(directory, [f"n{i}" for i in range(50)], seed=1)
     (directory / "documents.sqlite").write_bytes(old)  # an older copy put back
     before = _snapshot(directory)
     done = _cli("info", str(directory))
@@ -301,6 +318,8 @@ def test_vectors_pointing_at_deleted_rows_are_found_by_content(tmp_path: Path) -
         con.execute("UPDATE docs SET internal_id = internal_id + 1000 WHERE internal_id <= 30")
     assert _cli("check", str(directory)).returncode == 1
     assert _documents(directory) == {f"d{i}" for i in range(100)}
+    # the lexical table is keyed by the old ids too: only check --repair can re-index it (from the stored texts)
+    assert _cli("check", str(directory), "--repair").returncode == 0
     assert _cli("check", str(directory)).returncode == 0
 
 
@@ -359,8 +378,8 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_committed_state(tmp_path: Pa
         corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"short {i}"}) + "\n" for i in range(50)))
         assert main(["index", str(corpus), "--index", str(directory), "--model", str(tiny_bi_encoder_dir), "-q"]) == 0
         big = tmp_path / "big.jsonl"
-        big.write_text("".join(json.dumps({"id": f"b{i}", "text": f"long {i} " + "word " * 1000}) + "\n"
-                               for i in range(300)))
+        big.write_text("".join(json.dumps({"id": f"b{i}", "text": f"long {i} " + "word " * 2000}) + "\n"
+                               for i in range(100)))
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             code = main(["add", str(directory), str(big), "-q"])
@@ -369,7 +388,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_committed_state(tmp_path: Pa
         _no_traceback(err.getvalue())
         with Collection.open(directory) as c:  # the last committed state: the base documents, whole steps of the rest
             ids = {d.id for d in c.iter_documents()}
-            assert {f"d{i}" for i in range(50)} <= ids and (len(ids) - 50) % 256 == 0
+            assert ids == {f"d{i}" for i in range(50)}  # the 100 big ones were one step, which failed whole
             assert np.array_equal(c.store.internal_ids(), c.index.ids())
 
 

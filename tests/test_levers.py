@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from twostage.engine import Engine
+from twostage.engine import MAXSIM_DEFAULTS, Engine
 from twostage.errors import UsageError
 from twostage.indexes.collection import Collection
 from twostage.indexes.document_store import DocumentStore
@@ -174,10 +174,12 @@ def test_levers_are_options_of_engine_search(tmp_path, tiny_encoder):
     with Engine.create(tmp_path / "c", encoder=tiny_encoder, reranker="maxsim", store_tokens=True) as engine:
         engine.add(DOCS)
         query = "museum in paris"
-        plain = engine.search(query, k=4, top_n=4)
+        off = {"prf": "none", "query_tokens": "plain", "fusion": "none"}
+        plain = engine.search(query, k=4, top_n=4, **off)
+        assert plain.reranker == "maxsim"
         first = {h.doc_id: h.retrieval_score for h in plain.hits}
         second = {h.doc_id: h.rerank_score for h in plain.hits}
-        fused = engine.search(query, k=4, top_n=4, fusion="rrf")
+        fused = engine.search(query, k=4, top_n=4, **{**off, "fusion": "rrf"})
         assert fused.reranker == "maxsim+rrf"
         order = sorted(first, key=lambda d: -first[d])
         expected = fuse_scores([first[d] for d in order], [second[d] for d in order], Fusion("rrf"))
@@ -189,6 +191,13 @@ def test_levers_are_options_of_engine_search(tmp_path, tiny_encoder):
         np.testing.assert_allclose([h.retrieval_score for h in moved.hits], vectors @ q, rtol=1e-5, atol=1e-6)
         weighted = engine.search(query, k=4, top_n=4, query_tokens="idf+special", prf="1", fusion="zscore:0.5")
         assert len(weighted.hits) == 4 and weighted.reranker == "maxsim+zscore:0.5"
+        # unnamed levers take MAXSIM_DEFAULTS when MaxSim reranks, and are off without a second stage
+        default = engine.search(query, k=4, top_n=4)
+        explicit = engine.search(query, k=4, top_n=4, **MAXSIM_DEFAULTS)
+        assert [(h.doc_id, h.rerank_score) for h in default.hits] == [(h.doc_id, h.rerank_score) for h in explicit.hits]
+        assert default.reranker == f"maxsim+{Fusion.parse(MAXSIM_DEFAULTS['fusion']).label}"
+        assert [h.retrieval_score for h in engine.search(query, k=4, rerank=False).hits] == sorted(first.values(),
+                                                                                                 reverse=True)
         for bad in ({"fusion": "best"}, {"prf": "0"}, {"query_tokens": "bm25"}):
             with pytest.raises(UsageError):
                 engine.search(query, **bad)
@@ -216,6 +225,6 @@ def test_eval_system_specs_carry_lever_options(tmp_path, tiny_encoder):
     report = run_evaluation(load_dataset(folder), config)
     assert [r.name for r in report.systems] == systems
     with Engine.open(tmp_path / "index", encoder=tiny_encoder, reranker="maxsim") as engine:
-        hits = engine.search("museum in paris", k=3, top_n=3, fusion="rrf").hits
+        hits = engine.search("museum in paris", k=3, top_n=3, prf="none", query_tokens="none", fusion="rrf").hits
     assert list(report.system("dense+rerank@3/fusion=rrf").run["q1"]) == [h.doc_id for h in hits]
     assert set(report.system("dense+rerank@3/fusion=rrf").timings.stages) == {"encode", "search", "rerank"}

@@ -243,6 +243,7 @@ class Batcher:
             for job in jobs:  # one bad job must not fail its neighbours: retry each alone
                 self._search_batch([job])
             return
+        self._count_documents()  # another process may have written since: /health follows it
         with self._lock:
             self.stats.batches += 1
             self.stats.batched_queries += len(queries)
@@ -259,17 +260,21 @@ class Batcher:
             result, error = job.fn(self.engine), None
         except Exception as err:
             result, error = None, err
-        if job.write:  # before answering, so that the caller reads the new count
+        if job.write:
             with self._lock:
                 self.stats.writes += 1
-            try:
-                self.documents = len(self.engine.collection)
-            except Exception:  # pragma: no cover - a broken collection is reported by the write itself
-                log.exception("counting documents failed")
+        self._count_documents()  # before answering, so that the caller reads the new count
         if error is not None:
             _fail(job.future, error)
         else:
             _resolve(job.future, result)
+
+    def _count_documents(self) -> None:
+        """Refresh :attr:`documents` (a cheap check of the collection's generation unless another process wrote)."""
+        try:
+            self.documents = len(self.engine.collection)
+        except Exception:  # pragma: no cover - a broken collection is reported by the request itself
+            log.exception("counting documents failed")
 
     def stats_dict(self) -> dict[str, Any]:
         with self._lock:

@@ -475,10 +475,11 @@ def _search_batch(engine: Any, args: argparse.Namespace, filters: dict[str, str]
     qids = list(queries)
     # a TREC run holds every candidate (as Pyserini's do), so recall at any depth up to --k can be measured
     top_n = max(args.k, args.top_n) if args.run else args.top_n
-    results = engine.search_many(
-        [queries[q] for q in qids], k=args.k, top_n=top_n, rerank=not args.no_rerank, filter=filters,
+    by_qid = engine.search_queries(
+        queries, k=args.k, top_n=top_n, rerank=not args.no_rerank, filter=filters,
         ef_search=args.ef_search, nprobe=args.nprobe, **_lever_options(args),
     )
+    results = [by_qid[q] for q in qids]
     _print_notices(engine, results[0].notices if results else [])
     run = {qid: result.run() for qid, result in zip(qids, results)}
     if args.run:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,6 +33,12 @@ from .writer import OrderedWriter
 
 #: documents encoded and committed to SQLite per step; a crash loses at most one step's work
 ADD_CHUNK = 256
+#: a search option left at this takes the engine's default for it
+DEFAULT = "default"
+#: the second-stage levers a MaxSim search uses unless it names others: Rocchio feedback from the top 10, [CLS]/[SEP]
+#: among the query tokens, and 0.8 x min-max(MaxSim) + 0.2 x min-max(first stage). Chosen on half of cacm and
+#: confirmed on msmarco-dl20 by benchmarks/bench_levers.py (README, "Second-stage levers").
+MAXSIM_DEFAULTS = {"prf": "10:0.5", "query_tokens": "special", "fusion": "minmax:0.8"}
 #: the same on the device encode path (a GPU), where a step must hold many large batches
 DEVICE_ADD_CHUNK = 32768
 
@@ -267,7 +274,7 @@ class Engine:
         # on a GPU a chunk is large enough to keep the device busy; the writer thread stores chunk i (its own SQLite
         # transaction, in order) while chunk i+1 is encoded
         size = ADD_CHUNK if getattr(self.encoder, "device_encoder", None) is None else DEVICE_ADD_CHUNK
-        with OrderedWriter() as write:
+        with _committed_even_on_error(self.collection), OrderedWriter() as write:
             for chunk in _chunks((as_document(d) for d in documents), size):
                 for doc in chunk:
                     if doc.id in seen:
@@ -305,7 +312,8 @@ class Engine:
 
     def delete(self, ids: Sequence[str]) -> DeleteReport:
         """Remove documents by id; they never come back in results. Unknown ids are reported, not an error."""
-        result = self.collection.delete([str(i) for i in ids])
+        with _committed_even_on_error(self.collection):
+            result = self.collection.delete([str(i) for i in ids])
         self.collection.commit()
         return DeleteReport(deleted=list(result.deleted), missing=list(result.missing))
 
@@ -320,9 +328,9 @@ class Engine:
         *,
         ef_search: int | None = None,
         nprobe: int | None = None,
-        prf: PRF | str | None = None,
-        query_tokens: QueryTokens | str | None = None,
-        fusion: Fusion | str | None = None,
+        prf: PRF | str | None = DEFAULT,
+        query_tokens: QueryTokens | str | None = DEFAULT,
+        fusion: Fusion | str | None = DEFAULT,
         first_stage: FirstStage | str | None = None,
         rerank_depth: int | None = None,
     ) -> SearchResult:
@@ -333,8 +341,9 @@ class Engine:
         follow beneath in first-stage order.
         ``ef_search`` (HNSW) and ``nprobe`` (IVF) trade first-stage speed for recall in this search.
         ``prf`` ("K:BETA") moves the query vector towards its top K documents and searches again (Rocchio);
-        ``query_tokens`` ("idf", "special", "idf+special") weighs MaxSim's query tokens; ``fusion`` ("rrf",
-        "zscore:W", "minmax:W") fuses both stages' scores into the final one."""
+        ``query_tokens`` ("plain", "idf", "special", "idf+special") weighs MaxSim's query tokens; ``fusion`` ("rrf",
+        "zscore:W", "minmax:W") fuses both stages' scores into the final one. Each "default" is
+        ``MAXSIM_DEFAULTS``' setting when MaxSim reranks the search, else off; None or "none" is off."""
         return self.search_many([query], k=k, top_n=top_n, rerank=rerank, filter=filter, ef_search=ef_search,
                                 nprobe=nprobe, prf=prf, query_tokens=query_tokens, fusion=fusion,
                                 first_stage=first_stage, rerank_depth=rerank_depth)[0]
@@ -349,9 +358,9 @@ class Engine:
         *,
         ef_search: int | None = None,
         nprobe: int | None = None,
-        prf: PRF | str | None = None,
-        query_tokens: QueryTokens | str | None = None,
-        fusion: Fusion | str | None = None,
+        prf: PRF | str | None = DEFAULT,
+        query_tokens: QueryTokens | str | None = DEFAULT,
+        fusion: Fusion | str | None = DEFAULT,
         first_stage: FirstStage | str | None = None,
         rerank_depth: int | None = None,
     ) -> list[SearchResult]:
@@ -360,8 +369,8 @@ class Engine:
         _check_request(queries, k, top_n, ef_search, nprobe)
         if rerank_depth is not None and (not isinstance(rerank_depth, int) or rerank_depth < 1):
             raise UsageError(f"rerank_depth must be a positive integer (got {rerank_depth!r})")
-        prf, query_tokens, fusion = _parse_levers(prf, query_tokens, fusion)
         stage = _parse_first_stage(first_stage)
+        prf, query_tokens, fusion = self._levers(rerank, stage, prf, query_tokens, fusion)
         if prf is not None and not stage.uses_dense:
             raise UsageError(f"pseudo-relevance feedback moves the query vector: it needs a dense or hybrid first "
                              f"stage, not {stage.label}")
@@ -378,25 +387,14 @@ class Engine:
         reranker = self._second_stage(query_tokens, fusion) if rerank else None
         if rerank and reranker is None and self._reranker_spec is None and not self.notices:
             notices.append("no reranker configured; showing first-stage order")
+        hit_lists = [[_hit(docs[doc_id], score, rank) for rank, (doc_id, score) in enumerate(cands, start=1)]
+                     for cands in candidate_lists]
         rerank_s = 0.0
-        results = []
         if reranker is not None:
-            candidates = [
-                [Candidate(doc_id, docs[doc_id].text_for_encoding(), score) for doc_id, score in cands[:rerank_depth]]
-                for cands in candidate_lists
-            ]
-            t3 = time.perf_counter()
-            # by candidate, not text: MaxSim reads stored token vectors by doc id instead of encoding passages
-            score_lists = reranker.score_candidates(queries, candidates) if any(candidates) else [[] for _ in queries]
-            rerank_s = (time.perf_counter() - t3) / n
-        for qi, (query, cands) in enumerate(zip(queries, candidate_lists)):
-            timings = Timings(encode_s=encode_s / n, search_s=search_s / n, rerank_s=rerank_s)
-            hits = [
-                _hit(docs[doc_id], score, rank)
-                for rank, (doc_id, score) in enumerate(cands, start=1)
-            ]
-            if reranker is not None and hits:
-                hits = _apply_rerank(hits, score_lists[qi])
+            hit_lists, rerank_s = rerank_hits(reranker, queries, hit_lists, rerank_depth)
+        results = []
+        for query, cands, hits in zip(queries, candidate_lists, hit_lists):
+            timings = Timings(encode_s=encode_s / n, search_s=search_s / n, rerank_s=rerank_s / n)
             results.append(
                 SearchResult(
                     query=query,
@@ -408,6 +406,23 @@ class Engine:
                 )
             )
         return results
+
+    def search_queries(self, queries: Mapping[str, str], *, one_at_a_time: bool = False,
+                       progress: Callable[[int], None] | None = None, **options: Any) -> dict[str, SearchResult]:
+        """``qid -> query`` searched with ``search_many``'s options: what ``twostage search --queries Q --run OUT`` and
+        every ``twostage eval`` system run. ``one_at_a_time`` makes each query's timings its own latency."""
+        qids = list(queries)
+        if not one_at_a_time:
+            results = dict(zip(qids, self.search_many([queries[q] for q in qids], **options)))
+            if progress:
+                progress(len(qids))
+            return results
+        out = {}
+        for qid in qids:
+            out[qid] = self.search_many([queries[qid]], **options)[0]
+            if progress:
+                progress(1)
+        return out
 
     def _retrieve(self, stage: FirstStage, queries: list[str], k: int, filter: dict[str, Any] | None,
                   ef_search: int | None, nprobe: int | None, prf: PRF | None
@@ -431,6 +446,19 @@ class Engine:
         else:
             lists = stage.fuse(dense, lexical, k)
         return lists, encode_s, time.perf_counter() - started - encode_s
+
+    def _levers(self, rerank: bool, stage: FirstStage, prf: Any, query_tokens: Any, fusion: Any
+                ) -> tuple[PRF | None, QueryTokens | None, Fusion | None]:
+        """The search's feedback, query-token and fusion settings: those given, and for each "default" the one in
+        ``MAXSIM_DEFAULTS`` when MaxSim reranks this search (feedback only with a dense first stage), else off."""
+        given = {"prf": prf, "query_tokens": query_tokens, "fusion": fusion}
+        if any(isinstance(value, str) and value == DEFAULT for value in given.values()):
+            maxsim = rerank and isinstance(self.reranker, MaxSimReranker)
+            for name, value in given.items():
+                if isinstance(value, str) and value == DEFAULT:
+                    use = maxsim and (name != "prf" or stage.uses_dense)
+                    given[name] = MAXSIM_DEFAULTS[name] if use else None
+        return _parse_levers(given["prf"], given["query_tokens"], given["fusion"])
 
     def _feedback(self, vectors: Any, candidate_lists: list[list[tuple[str, float]]], prf: PRF) -> Any:
         """Each query vector moved towards its top ``prf.k`` candidates' stored vectors (``retriever.prf.rocchio``)."""
@@ -494,6 +522,20 @@ def _warn_once(notice: str) -> None:
         warnings.warn(notice, RerankerFallbackWarning, stacklevel=4)
 
 
+@contextmanager
+def _committed_even_on_error(collection: CollectionLike) -> Iterator[None]:
+    """After a failed write, commit what SQLite already holds (best effort) so that the writer lock is let go:
+    a long-running server must not keep other writers out after one bad request."""
+    try:
+        yield
+    except BaseException:
+        try:
+            collection.commit()
+        except Exception:  # the write's own error is the one to report
+            pass
+        raise
+
+
 def _checked(documents: Sequence[Document | Mapping[str, Any]]) -> list[Document]:
     """Every document converted and its id checked for repeats before the first is stored (all-or-nothing adds)."""
     docs, seen = [as_document(d) for d in documents], set()
@@ -525,7 +567,7 @@ def _parse_levers(prf: PRF | str | None, query_tokens: QueryTokens | str | None,
     try:
         return (
             None if _off(prf) else PRF.parse(prf),  # type: ignore[arg-type]
-            None if query_tokens is None else QueryTokens.parse(query_tokens),
+            None if _off(query_tokens) else QueryTokens.parse(query_tokens),  # type: ignore[arg-type]
             None if _off(fusion) else Fusion.parse(fusion),  # type: ignore[arg-type]
         )
     except ValueError as err:
@@ -569,6 +611,19 @@ def _hit(doc: Document, score: float, rank: int) -> Hit:
         retrieval_score=float(score),
         retrieval_rank=rank,
     )
+
+
+def rerank_hits(reranker: Reranker, queries: Sequence[str], hit_lists: Sequence[list[Hit]], depth: int | None = None
+                ) -> tuple[list[list[Hit]], float]:
+    """The engine's second stage: each query's top ``depth`` hits (all when None) scored in one batched pass and
+    sorted by it, the rest beneath in first-stage order; returns the hit lists and the seconds spent scoring.
+    Candidates go by doc id as well as text, so MaxSim reads stored token vectors instead of encoding passages."""
+    candidates = [[Candidate(h.doc_id, Document(h.doc_id, h.text, h.title).text_for_encoding(), h.retrieval_score)
+                   for h in hits[:depth]] for hits in hit_lists]
+    started = time.perf_counter()
+    score_lists = reranker.score_candidates(list(queries), candidates) if any(candidates) else [[] for _ in queries]
+    seconds = time.perf_counter() - started
+    return [_apply_rerank(hits, scores) if hits else hits for hits, scores in zip(hit_lists, score_lists)], seconds
 
 
 def _apply_rerank(hits: list[Hit], scores: Sequence[float]) -> list[Hit]:

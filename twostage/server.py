@@ -348,7 +348,8 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    @app.head("/health", include_in_schema=False)
+    @app.get("/health")
     async def health() -> dict[str, Any]:
         """Liveness and what the page needs to know; never behind the token."""
         return {
