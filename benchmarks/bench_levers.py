@@ -223,6 +223,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("TWOSTAGE_DATA", DATA)))
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-levers")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--grid", type=Path, default=None, metavar="LEVERS.JSON",
+                        help="reuse the tuning grid of an earlier levers.json (same tuning queries) instead of "
+                             "recomputing it")
     args = parser.parse_args()
     if not (args.data / "msmarco-dl20").is_dir() or not (args.data / "cacm").is_dir():
         print(f"bench_levers: msmarco-dl20 and cacm not found in {args.data}; nothing to do")
@@ -237,8 +240,15 @@ def main() -> int:
     cacm_qids = sorted(cacm.queries, key=lambda q: (len(q), q))
     tune_qids, held_qids = cacm_qids[0::2], cacm_qids[1::2]
     engines = {name: Engine.open(args.cache / name, encoder=encoder, reranker="maxsim") for name in sets}
-    print(f"tuning on {len(tune_qids)} cacm queries", file=sys.stderr)
-    grid = tune(engines["cacm"], {q: cacm.queries[q] for q in tune_qids}, cacm.qrels, 1)
+    if args.grid is not None:
+        saved = json.loads(args.grid.read_text())
+        if saved["tuned_on"]["queries"] != tune_qids:
+            raise SystemExit(f"{args.grid}: tuned on other queries than this run's cacm-tune")
+        grid = {(g["prf"], g["query_tokens"], g["fusion"]): g["nDCG@10"] for g in saved["grid"]}
+        print(f"tuning grid from {args.grid} ({len(grid)} settings)", file=sys.stderr)
+    else:
+        print(f"tuning on {len(tune_qids)} cacm queries", file=sys.stderr)
+        grid = tune(engines["cacm"], {q: cacm.queries[q] for q in tune_qids}, cacm.qrels, 1)
     choice = choose(grid)
     systems = systems_from(choice)
     print(f"chosen: {choice}", file=sys.stderr)

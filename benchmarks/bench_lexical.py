@@ -34,7 +34,7 @@ from twostage.retriever.bm25 import BM25Retriever  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results"
 DATASETS = ("msmarco-dl20", "cacm")
 DEPTH = 1000
-MEASURES = ("nDCG@10", "R@100", "MRR@10")
+MEASURES = ("nDCG@10", "R@100", "MRR@10", "R@1000", "MAP")
 
 
 def _cpu() -> str:
@@ -69,9 +69,11 @@ def measure(name: str, folder: Path) -> dict:
     started = time.perf_counter()
     bm25s = BM25Retriever.build(docs, k1=0.9, b=0.4, stemmer="english")
     bm25s_build = time.perf_counter() - started
+    import bm25s as bm25s_package
     run, times = _run_queries(lambda q: bm25s.search([q], DEPTH)[0], dataset.queries)
     out["bm25s"] = _summary(run, times, dataset.qrels, rel, bm25s_build,
-                            "bm25s 0.x, Lucene BM25 k1 0.9 b 0.4, Snowball English stemmer, English stop words")
+                            f"bm25s {bm25s_package.__version__}, Lucene BM25 k1 0.9 b 0.4, Snowball English stemmer, "
+                            "English stop words")
 
     with tempfile.TemporaryDirectory() as tmp:
         store = DocumentStore(Path(tmp) / "documents.sqlite")
@@ -110,15 +112,17 @@ def _summary(run, times, qrels, rel, build_s, what) -> dict:
 
 def _markdown(report: dict) -> str:
     lines = [f"# Lexical first stage: SQLite FTS5 vs bm25s", "",
-             f"CPU: {report['cpu']}; load average at the end {report['load_average']}; top {DEPTH} per query, one "
-             "query at a time.", "",
-             "| dataset | engine | nDCG@10 | R@100 | MRR@10 | build s | query ms median | p95 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             f"CPU: {report['cpu']} (shared with other jobs); load average at the end {report['load_average']}; "
+             f"SQLite {report['sqlite']}; top {DEPTH} per query, one query at a time; both engines measured side by "
+             "side in the same run.", "",
+             "| dataset | engine | nDCG@10 | R@100 | MRR@10 | R@1000 | MAP | build s | query ms median | p95 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in report["datasets"]:
         for engine in ("fts5", "bm25s"):
             r = row[engine]
             lines.append(f"| {row['dataset']} ({row['documents']:,} docs, {row['queries']} q) | {engine} | "
-                         f"{r['nDCG@10']:.4f} | {r['R@100']:.4f} | {r['MRR@10']:.4f} | {r['build_s']:.2f} | "
+                         f"{r['nDCG@10']:.4f} | {r['R@100']:.4f} | {r['MRR@10']:.4f} | {r['R@1000']:.4f} | "
+                         f"{r['MAP']:.4f} | {r['build_s']:.2f} | "
                          f"{r['query_ms_median']:.2f} | {r['query_ms_p95']:.2f} |")
     if report["datasets"]:
         lines += ["", *(f"- {e}: {report['datasets'][0][e]['what']}" for e in ("fts5", "bm25s"))]
@@ -138,7 +142,9 @@ def main() -> int:
             continue
         rows.append(measure(name, args.data / name))
         print(json.dumps(rows[-1], indent=1))
-    report = {"cpu": _cpu(), "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    import sqlite3
+
+    report = {"cpu": _cpu(), "sqlite": sqlite3.sqlite_version, "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
               "python": sys.version.split()[0], "datasets": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "lexical.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -265,6 +265,14 @@ class ShardedCollection:
         per_shard = self._each(lambda shard: shard.lexical_search(queries, k, filter))
         return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(queries))]
 
+    def lexical_search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
+                       ) -> list[list[tuple[str, float]]]:
+        """Every shard's BM25 top-``k``, merged by score. Each shard scores with its own statistics (document
+        frequencies, mean length), so scores and the order near ties differ slightly from one collection's; the
+        documents matching a query are the same."""
+        per_shard = self._each(lambda shard: shard.lexical_search(queries, k, filter))
+        return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(queries))]
+
     def get(self, doc_ids: Sequence[str]) -> list[Document | None]:
         """Documents in the order asked; None for an id in no shard."""
         ids = [str(d) for d in doc_ids]

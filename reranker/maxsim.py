@@ -156,23 +156,38 @@ class MaxSimReranker(Reranker):
 
     def _score_stored(self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]],
                       flat: list[Candidate]) -> list[np.ndarray] | None:
-        """Scores in numpy, queries encoded by ``light``, when every passage's tokens are stored and query tokens are
-        plain: the torch-free path of a search. None when that does not apply (the torch path scores instead)."""
-        if self.light is None or self.token_store is None or self.query_tokens != QueryTokens():
+        """Scores in numpy, queries encoded by ``light``, when every passage's tokens are stored: the torch-free path
+        of a search. None when that does not apply (the torch path scores instead)."""
+        if self.light is None or self.token_store is None:
             return None
         stored = [self._lookup(c.doc_id) for c in flat]
         if any(array is None for array in stored):
             return None
-        special = np.asarray(self.light.special_ids, dtype=np.int64)
-        prompt = self.light.prompts.get(self.light.default_prompt_name or "", "")  # what ``model.encode`` prepends
         out, start = [], 0
-        for output, candidates in zip(self.light.token_outputs(queries, prompt, self.batch_size), candidates_per_query):
-            keep = ~np.isin(output.input_ids, special)
-            query = _unit(output.token_embeddings[keep] if keep.any() else output.token_embeddings)
+        for query, candidates in zip(self._light_queries(queries), candidates_per_query):
             out.append(np.array([float((_unit(np.asarray(p, dtype=np.float32)) @ query.T).max(axis=0).sum())
                                  for p in stored[start : start + len(candidates)]], dtype=np.float32))
             start += len(candidates)
         return out
+
+    def _light_queries(self, queries: Sequence[str]) -> list[np.ndarray]:
+        """:meth:`_encode_queries` in numpy on ``light``: the query tokens ``query_tokens`` selects, unit length,
+        each scaled by its weight."""
+        special_ids = np.asarray(self.light.special_ids, dtype=np.int64)
+        prompt = self.light.prompts.get(self.light.default_prompt_name or "", "")  # what ``model.encode`` prepends
+        vectors = []
+        for output in self.light.token_outputs(queries, prompt, self.batch_size):
+            special = np.isin(output.input_ids, special_ids)
+            keep = np.ones_like(special) if self.query_tokens.special or special.all() else ~special
+            tokens = _unit(output.token_embeddings[keep])
+            content = ~special[keep]
+            if self.query_tokens.weighting and content.any():
+                idf = np.asarray(self.token_weights(output.input_ids[keep][content]), dtype=np.float32)  # type: ignore[misc]
+                weights = np.ones(len(tokens), dtype=np.float32)
+                weights[content] = idf / idf.mean() if float(idf.mean()) > 0 else 1.0
+                tokens = tokens * weights[:, None]
+            vectors.append(tokens)
+        return vectors
 
     def _passages(self, texts: list[str], doc_ids: list[str] | None) -> list[torch.Tensor]:
         """Passage token matrices (float32 from float16), from the store when it has them, else encoded in one batch."""

@@ -143,11 +143,9 @@ def load_light(model_dir: str | Path, backend: str, fingerprint: str) -> LightEn
     prompts_config = _read_json(root / "config_sentence_transformers.json") or {}
     if prompts_config.get("prompts") and pooling_config.get("include_prompt") is False:
         return None  # prompt tokens left out of the pooling: sentence-transformers' own loop handles that
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
-    tokenizer.no_padding()
     st_config = _read_json(root / "sentence_bert_config.json") or {}
+    if st_config.get("do_lower_case"):
+        return None  # sentence-transformers lower-cases the text itself for such a model
     tokenizer_config = _read_json(root / "tokenizer_config.json") or {}
     max_length = st_config.get("max_seq_length")
     if not max_length:  # sentence-transformers' own rule: the tokenizer's limit, capped at the model's
@@ -155,6 +153,10 @@ def load_light(model_dir: str | Path, backend: str, fingerprint: str) -> LightEn
         limits = [model_config.get("max_position_embeddings"), tokenizer_config.get("model_max_length")]
         known = [int(v) for v in limits if isinstance(v, (int, float)) and v > 0]
         max_length = min(known) if known else 512
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
+    tokenizer.no_padding()
     pad = tokenizer_config.get("pad_token")
     pad = pad.get("content") if isinstance(pad, dict) else pad
     pad_id = tokenizer.token_to_id(pad) if isinstance(pad, str) else None

@@ -20,8 +20,8 @@ from twostage.eval.significance import compare
 from twostage.eval.trec import ranked, read_run, write_run
 
 DEPTHS = (5, 10, 20)
-ALL_SYSTEMS = ["bm25", "dense", "dense+rerank@5", "dense+rerank@10", "dense+rerank@20", "hybrid", "run",
-               "run+rerank@5", "run+rerank@10", "run+rerank@20"]
+ALL_SYSTEMS = ["bm25", "dense", "dense+rerank@5", "dense+rerank@10", "dense+rerank@20", "hybrid", "hybrid+rerank@5",
+               "hybrid+rerank@10", "hybrid+rerank@20", "run", "run+rerank@5", "run+rerank@10", "run+rerank@20"]
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +141,6 @@ def test_stage_timings_per_query(report, out):
         timings = report.system(name).timings
         assert all(len(values) == 10 for values in timings.stages.values())
         assert 0 < data["systems"][name]["latency_ms"]["median"] <= data["systems"][name]["latency_ms"]["p95"]
-    # depth 20 scores the same first 10 candidates plus 10 more: it never takes less time than depth 10
-    r10, r20 = report.system("dense+rerank@10").timings, report.system("dense+rerank@20").timings
-    assert all(b >= a for a, b in zip(r10.stages["rerank"], r20.stages["rerank"]))
 
 
 def test_dense_rerank_equals_the_engines_own_rerank(report, config, dataset_dir, minilm):
@@ -158,6 +155,22 @@ def test_dense_rerank_equals_the_engines_own_rerank(report, config, dataset_dir,
                 assert [docid for docid, _ in ranked(run[qid])[:depth]] == [h.doc_id for h in result.hits]
                 assert [run[qid][h.doc_id] for h in result.hits] == pytest.approx([h.rerank_score for h in result.hits],
                                                                                   abs=1e-5)
+
+
+def test_eval_systems_are_the_cli_batch_search(report, config, dataset_dir, tmp_path):
+    """An eval system is `twostage search --queries Q --run OUT` with its engine options: the same run."""
+    from twostage.cli import main
+
+    dataset = load_dataset(dataset_dir)
+    queries = tmp_path / "q.tsv"
+    queries.write_text("".join(f"{qid}\t{text}\n" for qid, text in dataset.queries.items()), encoding="utf-8")
+    out = tmp_path / "hybrid.trec"
+    assert main(["search", str(config.index_dir), "--queries", str(queries), "--run", str(out), "--k", "1000",
+                 "--first-stage", "hybrid", "--reranker", config.reranker, "--rerank-depth", "10"]) == 0
+    cli_run = read_run(out)
+    eval_run = report.system("hybrid+rerank@10").run
+    for qid in dataset.queries:
+        assert [d for d, _ in ranked(cli_run[qid])] == [d for d, _ in ranked(eval_run[qid])]
 
 
 def test_reranked_depth_keeps_the_first_stage_order_beneath(report):

@@ -72,13 +72,14 @@ def test_light_path_matches_sentence_transformers(tiny_index: Path, tiny_bi_enco
         encoder = engine.encoder
         assert encoder.light is not None and encoder._model is None
         light_vectors = encoder.encode_queries(queries)
-        light = engine.search_many(queries, k=20, top_n=20)
+        options = [{}, {"query_tokens": "plain", "fusion": "none"}, {"query_tokens": "idf+special"}]
+        light = [engine.search_many(queries, k=20, top_n=20, **o) for o in options]
         st_vectors = encoder.model.encode_query(queries, normalize_embeddings=True, convert_to_numpy=True)
         np.testing.assert_allclose(light_vectors, st_vectors, atol=1e-5)
         reranker = engine.reranker
         reranker.light = None  # the torch path, same stored tokens
-        full = engine.search_many(queries, k=20, top_n=20)
-    for a, b in zip(light, full):
+        full = [engine.search_many(queries, k=20, top_n=20, **o) for o in options]
+    for a, b in zip(sum(light, []), sum(full, [])):
         assert [h.doc_id for h in a.hits] == [h.doc_id for h in b.hits]
         np.testing.assert_allclose([h.rerank_score for h in a.hits], [h.rerank_score for h in b.hits], atol=1e-4)
 

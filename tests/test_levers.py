@@ -180,7 +180,7 @@ def test_levers_are_options_of_engine_search(tmp_path, tiny_encoder):
         first = {h.doc_id: h.retrieval_score for h in plain.hits}
         second = {h.doc_id: h.rerank_score for h in plain.hits}
         fused = engine.search(query, k=4, top_n=4, **{**off, "fusion": "rrf"})
-        assert fused.reranker == "maxsim+rrf"
+        assert fused.reranker == "maxsim"
         order = sorted(first, key=lambda d: -first[d])
         expected = fuse_scores([first[d] for d in order], [second[d] for d in order], Fusion("rrf"))
         assert {h.doc_id: h.rerank_score for h in fused.hits} == pytest.approx(dict(zip(order, expected)))
@@ -190,17 +190,34 @@ def test_levers_are_options_of_engine_search(tmp_path, tiny_encoder):
         vectors = engine.collection.embeddings_of([h.doc_id for h in moved.hits])
         np.testing.assert_allclose([h.retrieval_score for h in moved.hits], vectors @ q, rtol=1e-5, atol=1e-6)
         weighted = engine.search(query, k=4, top_n=4, query_tokens="idf+special", prf="1", fusion="zscore:0.5")
-        assert len(weighted.hits) == 4 and weighted.reranker == "maxsim+zscore:0.5"
+        assert len(weighted.hits) == 4 and weighted.reranker == "maxsim"
         # unnamed levers take MAXSIM_DEFAULTS when MaxSim reranks, and are off without a second stage
         default = engine.search(query, k=4, top_n=4)
         explicit = engine.search(query, k=4, top_n=4, **MAXSIM_DEFAULTS)
         assert [(h.doc_id, h.rerank_score) for h in default.hits] == [(h.doc_id, h.rerank_score) for h in explicit.hits]
-        assert default.reranker == f"maxsim+{Fusion.parse(MAXSIM_DEFAULTS['fusion']).label}"
         assert [h.retrieval_score for h in engine.search(query, k=4, rerank=False).hits] == sorted(first.values(),
                                                                                                  reverse=True)
         for bad in ({"fusion": "best"}, {"prf": "0"}, {"query_tokens": "bm25"}):
             with pytest.raises(UsageError):
                 engine.search(query, **bad)
+
+
+def test_search_command_takes_the_lever_flags(tmp_path, tiny_encoder, capsys):
+    import json
+
+    from twostage.cli import main
+
+    with Engine.create(tmp_path / "c", encoder=tiny_encoder, reranker=None, store_tokens=True) as engine:
+        engine.add(DOCS)
+        expected = engine.search("museum in paris", k=4, top_n=2, prf="1", query_tokens="idf", fusion="rrf")
+    levers = ["--prf", "1", "--query-tokens", "idf", "--fusion", "rrf"]
+    assert main(["search", str(tmp_path / "c"), "museum in paris", "--reranker", "maxsim", "--k", "4", "--top", "2",
+                 "--json", *levers]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert [h["doc_id"] for h in hits] == [h.doc_id for h in expected.hits]
+    assert main(["search", str(tmp_path / "c"), "museum", "--reranker", "maxsim", "--fusion", "best"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fusion method must be one of" in err[0]
 
 
 # ------------------------------------------------------------------ reachable from eval system specs

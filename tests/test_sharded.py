@@ -41,9 +41,9 @@ def twostage(*args: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_bi_encoder_dir):
-    """The same 400 passages as one collection and as 4 shards (flat index, stored tokens)."""
+    """The same 240 passages as one collection and as 4 shards (flat index, stored tokens)."""
     root = tmp_path_factory.mktemp("sharded")
-    docs = corpus(400)
+    docs = corpus(240)
     for name, shards in (("one", None), ("four", SHARDS)):
         with Engine.create(root / name, model=str(tiny_bi_encoder_dir), reranker=None, index_type="flat",
                            store_tokens="int8", shards=shards) as engine:
@@ -67,7 +67,7 @@ def test_four_shards_return_exactly_the_single_collection_results(built, reranke
     spec = str(tiny_cross_encoder_dir) if reranker == "tiny-cross-encoder" else reranker
     with Engine.open(root / "one", reranker=spec) as one, Engine.open(root / "four", reranker=spec) as four:
         assert isinstance(four.collection, ShardedCollection) and len(four.collection) == len(one.collection)
-        for k, filter in ((50, None), (400, None), (20, {"topic": "t1"})):
+        for k, filter in ((50, None), (240, None), (20, {"topic": "t1"})):
             assert_same_hits(one.search_many(queries(), k=k, top_n=k, rerank=spec is not None, filter=filter),
                              four.search_many(queries(), k=k, top_n=k, rerank=spec is not None, filter=filter),
                              reranked=spec is not None)
@@ -137,3 +137,17 @@ def test_damaged_top_manifest_is_a_clear_error(built, tmp_path):
         ShardedCollection.open(tmp_path)
     code, _, err = twostage("info", str(tmp_path))
     assert code == 2 and "shards.json" in err
+
+
+def test_lexical_first_stage_merges_shards(built):
+    """BM25 per shard keeps each shard's own statistics, so scores differ from one collection's (documented); the
+    documents that match are the same, and hybrid search runs on shards."""
+    root, docs = built
+    with Engine.open(root / "one", reranker=None) as one, Engine.open(root / "four", reranker=None) as four:
+        for query in queries(3):
+            a = one.search(query, k=len(docs), top_n=len(docs), rerank=False, first_stage="bm25")
+            b = four.search(query, k=len(docs), top_n=len(docs), rerank=False, first_stage="bm25")
+            assert {h.doc_id for h in a.hits} == {h.doc_id for h in b.hits} and a.hits
+            scores = [h.retrieval_score for h in b.hits]
+            assert scores == sorted(scores, reverse=True)
+        assert four.search(queries(1)[0], k=20, rerank=False, first_stage="hybrid").hits

@@ -168,11 +168,12 @@ def test_stored_tokens_score_like_on_the_fly_and_no_passage_is_encoded(tmp_path,
         engine.add(CITIES)
         assert len(count_passage_encodes) == len(CITIES)  # one pass at index time gives vectors and tokens
         count_passage_encodes.clear()
-        stored = engine.search_many(queries, k=5, top_n=5)
+        raw = {"prf": "none", "query_tokens": "plain", "fusion": "none"}  # MaxSim's own scores, no default levers
+        stored = engine.search_many(queries, k=5, top_n=5, **raw)
         assert count_passage_encodes == [] and stored[0].reranker == "maxsim"
         assert engine.search(queries[0], k=5).hits[0].doc_id in {"b1", "b2"}
         assert count_passage_encodes == []
-        fly = Engine(engine.collection, minilm, MaxSimReranker(minilm)).search_many(queries, k=5, top_n=5)
+        fly = Engine(engine.collection, minilm, MaxSimReranker(minilm)).search_many(queries, k=5, top_n=5, **raw)
         assert len(count_passage_encodes) == 2 * len(CITIES)
         for a, b in zip(stored, fly):
             scores_a = {h.doc_id: h.rerank_score for h in a.hits}

@@ -353,22 +353,31 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from twostage.indexes.check import check_collection
+    from twostage.indexes.sharded import ShardedCollection, shard_name
 
-    report = check_collection(args.directory, repair=args.repair, wait=args.wait)
+    directory = Path(args.directory)
+    if ShardedCollection.exists(directory):  # each shard is an ordinary collection, checked (and locked) on its own
+        count = len([p for p in directory.iterdir() if p.name.startswith("shard-") and p.is_dir()])
+        parts = [directory / shard_name(i) for i in range(count)]
+    else:
+        parts = [directory]
+    reports = [check_collection(part, repair=args.repair, wait=args.wait) for part in parts]
+    status = max(report.status for report in reports)
     if args.json:
-        print(json.dumps({**report.__dict__, "status": report.status}, indent=2))
-        return report.status
-    print(f"{args.directory}: {report.documents} documents; " + ("whole" if not report.problems else
-                                                                  f"{len(report.problems)} problem(s)"))
-    for line in report.problems:
-        print(f"problem: {line}")
-    for line in report.repaired:
-        print(f"repaired: {line}")
-    for line in report.unrepairable:
-        print(f"cannot repair: {line}")
-    if report.status == 1:
-        print(f"run 'twostage check {args.directory} --repair' to rebuild them from {args.directory}/documents.sqlite")
-    return report.status
+        print(json.dumps([{**r.__dict__, "status": r.status} for r in reports], indent=2))
+        return status
+    for report in reports:
+        print(f"{report.path}: {report.documents} documents; "
+              + ("whole" if not report.problems else f"{len(report.problems)} problem(s)"))
+        for line in report.problems:
+            print(f"problem: {line}")
+        for line in report.repaired:
+            print(f"repaired: {line}")
+        for line in report.unrepairable:
+            print(f"cannot repair: {line}")
+    if status == 1:
+        print(f"run 'twostage check {args.directory} --repair' to rebuild them from the stored documents")
+    return status
 
 
 def cmd_info(args: argparse.Namespace) -> int:

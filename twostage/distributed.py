@@ -18,8 +18,8 @@ import numpy as np
 
 from twostage.indexes.documents import Document
 from twostage.indexes.errors import CollectionError
-from twostage.indexes.sharded import ShardManifest, ShardedCollection, merge_top_k, shard_name, shard_of
-from twostage.indexes.sharded import SHARDS_MANIFEST
+from twostage.indexes.sharded import (SHARDS_MANIFEST, ShardManifest, ShardedCollection, merge_top_k, shard_name,
+                                      shard_of)
 from twostage.reranker.base import Candidate, Reranker
 from twostage.runtime.config import RuntimeConfig
 
@@ -196,7 +196,7 @@ def _encode_and_write(ray: Any, collection: ShardedCollection, todo: list[Docume
         docs = [todo[int(i)] for i in batch["row"]]
         tokens = None
         if "tokens" in batch:
-            tokens = [np.frombuffer(b, dtype=np.float16).reshape(int(n), dim).astype(np.float32)
+            tokens = [np.frombuffer(b, dtype=np.float16).reshape(int(n), dim)
                       for b, n in zip(batch["tokens"], batch["n_tokens"])]
         collection.upsert(docs, np.asarray(batch["embedding"], dtype=np.float32), tokens=tokens)
         replaced = sum(1 for d in docs if d.id in replacing)
@@ -271,7 +271,6 @@ class RayShardedCollection:
         self.path = path
         self.manifest = manifest
         self.actors = actors
-        self.shards = actors
         self.recovered = False
         self.token_df = None  # IDF weighting needs every shard's counts in one place: not served through Ray
         self._ray = ray
@@ -311,6 +310,12 @@ class RayShardedCollection:
     def lexical_search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
                        ) -> list[list[tuple[str, float]]]:
         """Every shard actor's BM25 top-``k`` per query, merged by score (as ``ShardedCollection.lexical_search``)."""
+        per_shard = self._all("lexical_search", list(queries), k, filter)
+        return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(queries))]
+
+    def lexical_search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
+                       ) -> list[list[tuple[str, float]]]:
+        """Every shard actor's BM25 top-``k``, merged (per-shard statistics: see ``ShardedCollection.lexical_search``)."""
         per_shard = self._all("lexical_search", list(queries), k, filter)
         return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(queries))]
 

@@ -401,7 +401,7 @@ class Engine:
                     hits=hits[:top_n],
                     timings=timings,
                     candidates=len(cands),
-                    reranker=getattr(reranker, "name", None),
+                    reranker=getattr(getattr(reranker, "inner", reranker), "name", None),  # the model, not a fusion
                     notices=list(notices),  # this search's own; the engine's (a fallback) are in self.notices
                 )
             )
