@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import statistics
 import sys
@@ -126,7 +127,9 @@ def main() -> int:
     }
     print(report["indexing"][-1], flush=True)
     _stay_on_loopback({})
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+    # a token of this run's own (Ray's token authentication) instead of one written to ~/.ray
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="bsray-", dir="/tmp"),
              runtime_env={"env_vars": {"TWOSTAGE_CACHE_DIR": str(CACHE_DIR), "HF_HUB_OFFLINE": "1",
                                        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}})
     for n in COUNTS:

@@ -255,10 +255,12 @@ def _versions() -> dict[str, str]:
     """Versions of Python, the platform and every library that changes a score or a timing."""
     from importlib import metadata
 
-    out = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": str(os.cpu_count()),
+    import sqlite3
+
+    out = {"python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version, "platform": platform.platform(),
+           "cpus": str(os.cpu_count()),
            "load_average_1_5_15min": " ".join(f"{x:.2f}" for x in os.getloadavg())}
-    for package in ("twostage", "torch", "transformers", "sentence-transformers", "faiss-cpu", "bm25s",
-                    "PyStemmer", "numpy", "scipy"):
+    for package in ("twostage", "torch", "transformers", "sentence-transformers", "faiss-cpu", "numpy", "scipy"):
         try:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -71,21 +71,25 @@ def rerank_run_system(reranker, queries: Queries, given: Run, documents: Mapping
                       progress: bool = False, label: str = "rerank") -> SystemRun:
     """A given run's top ``depth`` per query reranked by the engine's rerank step (texts from ``documents``,
     doc id -> ``Document``), the rest beneath in the run's order; "rerank" timed (the run's own first stage was not)."""
-    from twostage.engine import _hit, rerank_hits
+    from twostage.engine import hit_from, rerank_hits
+    from twostage.indexes.documents import Document
     from twostage.results import SearchResult, Timings
 
     qids = list(queries)
     lists = {qid: ranked(dict(given.get(qid, {}))) for qid in qids}
-    hit_lists = {qid: [_hit(documents[docid], score, rank) for rank, (docid, score) in enumerate(lists[qid], start=1)]
-                 for qid in qids}
-    first = next((q for q in qids if hit_lists[q]), None)
-    if first is not None:  # warm-up
-        rerank_hits(reranker, [queries[first]], [[h for h in hit_lists[first][:2]]])
+
+    def hits_of(qid: str) -> list:  # below the depth a document's text is never read: one outside the corpus is kept
+        return [hit_from(documents.get(docid) or Document(docid, ""), score, rank)
+                for rank, (docid, score) in enumerate(lists[qid], start=1)]
+
+    first = next((q for q in qids if lists[q]), None)
+    if first is not None:  # warm-up, on hits of its own
+        rerank_hits(reranker, [queries[first]], [hits_of(first)[:2]])
     run: Run = {}
     timings = StageTimings()
     with _progress(len(qids), label, progress) as bar:
         for qid in qids:
-            (hits,), seconds = rerank_hits(reranker, [queries[qid]], [hit_lists[qid]], depth)
+            (hits,), seconds = rerank_hits(reranker, [queries[qid]], [hits_of(qid)], depth)
             result = SearchResult(query=queries[qid], hits=hits, timings=Timings(rerank_s=seconds),
                                   candidates=len(hits), reranker=getattr(reranker, "name", None))
             run[qid] = result.run()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .collection import DOCUMENTS, MANIFEST, VECTORS, Collection
+from .collection import DOCUMENTS, MANIFEST, VECTORS, Collection, Manifest
 from .document_store import DocumentStore, storage_errors
 from .errors import CollectionError
 from .lexical import TABLE as LEXICAL_TABLE
@@ -79,7 +79,7 @@ def _inspect(path: Path, report: CheckReport) -> None:
         con.close()
 
 
-def _inspect_sqlite(path: Path, con: sqlite3.Connection, manifest: object, report: CheckReport) -> None:
+def _inspect_sqlite(path: Path, con: sqlite3.Connection, manifest: Manifest, report: CheckReport) -> None:
     db = path / DOCUMENTS
     try:
         rows = [str(r[0]) for r in con.execute("PRAGMA integrity_check(20)")]
@@ -99,28 +99,27 @@ def _inspect_sqlite(path: Path, con: sqlite3.Connection, manifest: object, repor
     report.documents = len(stored)
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
     generation, dimension = int(meta.get("generation", 0)), meta.get("dimension")
-    if dimension is not None and int(dimension) != manifest.dimension:  # type: ignore[attr-defined]
-        report.problems.append(f"{MANIFEST} says dimension {manifest.dimension} but the stored embeddings have "  # type: ignore[attr-defined]
+    if dimension is not None and int(dimension) != manifest.dimension:
+        report.problems.append(f"{MANIFEST} says dimension {manifest.dimension} but the stored embeddings have "
                                f"{dimension}")
-    if manifest.generation > generation:  # type: ignore[attr-defined]
+    if manifest.generation > generation:
         report.problems.append(f"{DOCUMENTS} is at generation {generation}, behind the manifest's "
-                               f"{manifest.generation}: documents were lost (a truncated or older copy); repair "  # type: ignore[attr-defined]
+                               f"{manifest.generation}: documents were lost (a truncated or older copy); repair "
                                f"rebuilds the index from the {len(stored)} that remain")
-    for name, value in (("document_count", len(stored)),):
-        if getattr(manifest, name) != value:
-            report.problems.append(f"{MANIFEST} counts {getattr(manifest, name)} documents, {DOCUMENTS} holds {value}")
+    if manifest.document_count != len(stored):
+        report.problems.append(f"{MANIFEST} counts {manifest.document_count} documents, {DOCUMENTS} holds {len(stored)}")
     _inspect_index(path, manifest, stored, report)
     _inspect_tables(con, tables, report)
 
 
-def _inspect_index(path: Path, manifest: object, stored: np.ndarray, report: CheckReport) -> None:
+def _inspect_index(path: Path, manifest: Manifest, stored: np.ndarray, report: CheckReport) -> None:
     try:
-        index = vector_index_class(manifest.vector_index).load(path / VECTORS)  # type: ignore[attr-defined]
+        index = vector_index_class(manifest.vector_index).load(path / VECTORS)
     except CollectionError as err:
         report.problems.append(f"{VECTORS} cannot be loaded ({err})")
         return
-    if index.dimension != manifest.dimension:  # type: ignore[attr-defined]
-        report.problems.append(f"{VECTORS} has dimension {index.dimension}, the manifest {manifest.dimension}")  # type: ignore[attr-defined]
+    if index.dimension != manifest.dimension:
+        report.problems.append(f"{VECTORS} has dimension {index.dimension}, the manifest {manifest.dimension}")
         return
     live = index.ids()
     lacking = len(np.setdiff1d(stored, live, assume_unique=True))

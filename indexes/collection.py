@@ -293,7 +293,6 @@ class Collection:
             raise StorageError(f"{path / DOCUMENTS} fails SQLite's quick_check ({problems[0]}); nothing was rewritten: "
                                f"run 'twostage check {path}' to see what can be saved")
         collection.recovered = True
-        collection._dirty = True
         collection._save_if_free()
         return collection
 
@@ -308,6 +307,7 @@ class Collection:
         for child in self.path.iterdir():  # temp files an interrupted atomic write left behind (none is being written)
             if is_temp_file(child, OWN_FILES):
                 child.unlink(missing_ok=True)
+        self._dirty = True
         self.commit()
 
     def _catch_up(self) -> bool:
@@ -474,7 +474,8 @@ class Collection:
 
     def convert_tokens(self, encoding: str) -> None:
         """Re-encode the stored token vectors into ``encoding`` (2bit, 1bit, int8, float16) in one SQLite transaction,
-        then record it in the manifest (the SQLite file's own record wins if a crash comes between the two)."""
+        record it in the manifest (the SQLite file's own record wins if a crash comes between the two), and give the
+        freed pages back to the file system (``VACUUM``)."""
         if self.token_store is None:
             raise CollectionError(f"collection {self.path} stores no token vectors (build it with --store-tokens)")
         with self._lock:
@@ -487,6 +488,7 @@ class Collection:
                 self.manifest.extra["token_store"] = {"encoding": self.token_store.encoding}
                 self.manifest.updated_at = _now()
                 self._write_manifest()
+                self.store.vacuum()
             finally:
                 self._writer.release()
 
@@ -572,7 +574,13 @@ class Collection:
                         f"{self.path} has no lexical (BM25) index yet and is read-only here: search it once where it "
                         f"can be written (any bm25 or hybrid search builds the index), then search it here")
                 log.info("%s: building the lexical index from %d stored documents", self.path, self._count)
-                self.lexical.build()
+                held = self._writer.held
+                self._begin_write()  # a write, even from a search: one writer at a time
+                try:
+                    self.lexical.build()
+                finally:
+                    if not held:
+                        self._writer.release()
             hits = self.lexical.search(list(queries), k, filter)
             names = self.store.doc_ids({i for row in hits for i, _ in row})
         return [by_score([(names[i], score) for i, score in row if i in names]) for row in hits]

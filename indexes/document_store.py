@@ -288,6 +288,14 @@ class DocumentStore:
         with self._lock:
             return int(self._con.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
 
+    def vacuum(self) -> None:
+        """Rewrite the file without its free pages (SQLite ``VACUUM``, atomic): gives back the space a large rewrite,
+        such as converting stored tokens to a smaller encoding, left free."""
+        with self._lock:
+            if self._depth:
+                raise RuntimeError("VACUUM cannot run inside a transaction")
+            self._con.execute("VACUUM")
+
     def internal_ids(self) -> np.ndarray:
         """Every stored internal id, sorted: the set a vector index must hold, compared by content, not by counters."""
         with self._lock:
@@ -354,6 +362,8 @@ def storage_errors(path: Path) -> Iterator[None]:
     """Turn SQLite and OS errors raised inside into :func:`storage_error`'s one-line StorageError."""
     try:
         yield
+    except StorageError:  # already one line (an inner block's)
+        raise
     except (sqlite3.Error, OSError) as err:
         raise storage_error(err, path) from None
 

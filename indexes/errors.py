@@ -23,5 +23,6 @@ class CollectionError(RuntimeError):
     """A collection directory that cannot be created, opened or used as asked (wrong model, bad manifest, ...)."""
 
 
-class StorageError(CollectionError):
-    """The collection's files cannot be read or written: a damaged database, a read-only place, a full disk."""
+class StorageError(CollectionError, OSError):
+    """The collection's files cannot be read or written: a damaged database, a read-only place, a full disk.
+    Also an OSError, so that code catching the OS's own error for a failed write still does."""

@@ -107,7 +107,9 @@ class TokenStore:
             if recorded is None:
                 documents.set_meta("token_encoding", encoding)
         self.encoding: str = recorded or encoding
-        self.codec: ResidualCodec | None = self._load_codec()
+        self.codec: ResidualCodec | None = None
+        self._version = -1  # of the codec this object holds; another process's conversion bumps the file's
+        self._refresh()
 
     @classmethod
     def open(cls, path: str | Path, *, encoding: str = DEFAULT_ENCODING) -> "TokenStore":
@@ -120,9 +122,9 @@ class TokenStore:
         doc_ids = [str(d) for d in doc_ids]
         if len(doc_ids) != len(arrays):
             raise ValueError(f"{len(doc_ids)} doc ids but {len(arrays)} token arrays")
-        rows = [(doc_id, *self._encode(doc_id, array)) for doc_id, array in zip(doc_ids, arrays)]
         with self.documents.transaction() as con:
-            _write(con, rows)
+            self._refresh()
+            _write(con, [(doc_id, *self._encode(doc_id, array)) for doc_id, array in zip(doc_ids, arrays)])
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         """Forget the tokens of these docs (unknown ids are ignored), in one transaction."""
@@ -133,6 +135,7 @@ class TokenStore:
     def train_pending(self, minimum: int = MIN_TRAIN) -> bool:
         """For a residual store without a codec: once ``minimum`` tokens are stored, learn the codec from them and
         re-encode them, in a transaction of its own (call it outside any other). True when it did."""
+        self._refresh()
         if self.encoding not in RESIDUAL or self.codec is not None or self.stats().tokens < minimum:
             return False
         with self.documents.reading() as con:
@@ -148,16 +151,18 @@ class TokenStore:
         rollback cannot leave this object with a codec the file lacks): a crash leaves the store as it was."""
         _check_encoding(encoding)
         with self.documents.transaction() as con:
+            self._refresh()
             codec = self._train(RESIDUAL[encoding], seed) if encoding in RESIDUAL else None
             con.execute("DELETE FROM token_codec")
             if codec is not None:
                 blobs = codec.to_blobs()
                 con.execute("INSERT INTO token_codec(id, bits, k, dim, centroids, cutoffs, weights) "
                             "VALUES (1, :bits, :k, :dim, :centroids, :cutoffs, :weights)", blobs)
-            old_encoding, old_codec = self.encoding, self.codec
+            old_encoding, old_codec, old_version = self.encoding, self.codec, self._version
             self.documents.set_meta("token_encoding", encoding)
+            self.documents.set_meta("token_codec_version", old_version + 1)
             try:
-                self.encoding, self.codec = encoding, codec
+                self.encoding, self.codec, self._version = encoding, codec, old_version + 1
                 last = ""
                 while True:
                     batch = con.execute(
@@ -169,7 +174,7 @@ class TokenStore:
                     arrays = _decode_rows([row[1:] for row in batch], old_codec)
                     _write(con, [(row[0], *self._encode(row[0], a)) for row, a in zip(batch, arrays)])
             except BaseException:  # the transaction rolls back: the store is as it was
-                self.encoding, self.codec = old_encoding, old_codec
+                self.encoding, self.codec, self._version = old_encoding, old_codec, old_version
                 raise
 
     def _train(self, bits: int, seed: int) -> ResidualCodec:
@@ -205,10 +210,16 @@ class TokenStore:
         codes, scales = quantize_int8(array)  # int8, or a residual store's row written before it has a codec
         return "int8", n, dim, scales.tobytes(), codes.tobytes()
 
-    def _load_codec(self) -> ResidualCodec | None:
+    def _refresh(self) -> None:
+        """Reload the encoding and codec when the file's codec version moved (a conversion by another process)."""
+        version = int(self.documents.get_meta("token_codec_version", 0))
+        if version == self._version:
+            return
         with self.documents.reading() as con:
             row = con.execute("SELECT bits, k, dim, centroids, cutoffs, weights FROM token_codec WHERE id = 1").fetchone()
-        return None if row is None else ResidualCodec.from_blobs(*row)
+        self.codec = None if row is None else ResidualCodec.from_blobs(*row)
+        self.encoding = self.documents.get_meta("token_encoding", self.encoding)
+        self._version = version
 
     # ------------------------------------------------------------------ reads
     def get(self, doc_id: str) -> np.ndarray | None:
@@ -223,6 +234,7 @@ class TokenStore:
         keys: list[str] = []
         rows: list[tuple] = []
         with self.documents.reading() as con:
+            self._refresh()
             for chunk in _chunks(list(dict.fromkeys(ids))):
                 marks = ",".join("?" * len(chunk))
                 sql = f"SELECT doc_id, encoding, n_tokens, dim, scales, vectors FROM tokens WHERE doc_id IN ({marks})"

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from twostage.runtime.backends import Runtime, load_runtime
+from twostage.runtime.backends import Runtime, load_runtime, require
 from twostage.runtime.export import _complete, model_file
 
 #: pooling modes this path implements; sentence-transformers < 6 saved one boolean key per mode
@@ -125,7 +125,9 @@ def _special_ids(root: Path, tokenizer: Any, tokenizer_config: dict[str, Any]) -
 
 
 def load_light(model_dir: str | Path, backend: str, fingerprint: str) -> LightEncoder | None:
-    """The model in ``model_dir`` on its cached ``backend`` export, or None when this path does not apply."""
+    """The model in ``model_dir`` on its cached ``backend`` export, or None when this path does not apply;
+    ModelLoadError naming the extra when the backend's runtime is not installed."""
+    require(backend)
     root = Path(model_dir)
     modules = _read_json(root / "modules.json")
     if not isinstance(modules, list) or not modules:

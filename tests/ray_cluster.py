@@ -3,12 +3,14 @@
 Every Ray endpoint stays on the loopback interface: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes Ray resolve this
 machine's address to 127.0.0.1, and worker nodes (which Ray refuses to start in that mode) are started through
 ``python tests/ray_cluster.py start ...``, which lifts only that refusal and keeps the loopback address as given.
-Nodes run in a private temp dir on private ports; :meth:`LocalRayCluster.stop` ends exactly the processes started
-from that dir (``ray stop`` would end every Ray process of this user on the machine).
+Nodes run in a private temp dir on private ports with their own auth token (the driver sets ``auth_env`` too);
+:meth:`LocalRayCluster.stop` ends exactly the processes started from that dir (``ray stop`` would end every Ray
+process of this user on the machine).
 """
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -34,7 +36,9 @@ class LocalRayCluster:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="tsray-", dir="/tmp"))
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, **LOOPBACK_ENV}
+        #: its own token (Ray's token authentication), so neither ~/.ray/auth_token nor another cluster matters
+        self.auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        self.env = {**os.environ, **LOOPBACK_ENV, **self.auth_env}
 
     def _ray_start(self, *args: str) -> None:
         command = [sys.executable, __file__, "start", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",

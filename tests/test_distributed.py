@@ -41,6 +41,8 @@ def cluster():
     import ray
 
     nodes = LocalRayCluster()
+    saved = {name: os.environ.get(name) for name in nodes.auth_env}
+    os.environ.update(nodes.auth_env)  # this process is the driver: the same token as the nodes
     signal.alarm(120)
     try:
         nodes.start_head()
@@ -53,6 +55,8 @@ def cluster():
     yield nodes
     ray.shutdown()
     nodes.stop()
+    for name, value in saved.items():
+        os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
 
 
 @pytest.fixture(scope="module")

@@ -72,8 +72,8 @@ def test_every_output_file_is_written_and_well_formed(report, out):
     assert data["depths"] == list(DEPTHS) and data["baseline"] == "dense"
     assert "minilm" in data["models"]["bi_encoder"]["name"].lower() and data["models"]["bi_encoder"]["fingerprint"]
     assert data["models"]["reranker"]["name"] == data["config"]["reranker"]
-    assert data["models"]["bm25"]["k1"] == 0.9 and data["models"]["bm25"]["b"] == 0.4
-    assert {"python", "torch", "faiss-cpu", "bm25s"} <= set(data["versions"])
+    assert data["models"]["bm25"]["engine"] == "sqlite-fts5" and data["models"]["bm25"]["k1"] == 1.2
+    assert {"python", "torch", "faiss-cpu"} <= set(data["versions"])
     assert list(data["systems"]) == ALL_SYSTEMS
     for name, system in data["systems"].items():
         assert set(system["metrics"]) == set(report.measures)
@@ -224,13 +224,15 @@ def test_missing_baseline_falls_back_with_a_notice(dataset_dir, config):
 def test_resolve_systems():
     names = lambda specs: [s.name for s in specs]  # noqa: E731
     assert names(resolve_systems(None, [20, 10], have_run=False, have_reranker=True)) == [
-        "bm25", "dense", "dense+rerank@10", "dense+rerank@20", "hybrid"]
+        "bm25", "dense", "dense+rerank@10", "dense+rerank@20", "hybrid", "hybrid+rerank@10", "hybrid+rerank@20"]
+    assert names(resolve_systems(["bm25+rerank@10", "hybrid+rerank@5"], [10], have_run=False, have_reranker=True)) == [
+        "bm25+rerank@10", "hybrid+rerank@5"]
     assert names(resolve_systems(None, [10], have_run=True, have_reranker=False)) == ["bm25", "dense", "hybrid", "run"]
     assert names(resolve_systems(["run+rerank", "dense"], [10, 20], have_run=True, have_reranker=True)) == [
         "dense", "run+rerank@10", "run+rerank@20"]
     assert resolve_systems(["Dense+Rerank@7"], [10], have_run=False, have_reranker=True) == [SystemSpec("dense", 7)]
     for bad, kwargs in [(["run"], {}), (["dense+rerank@10"], {"have_reranker": False}), (["splade"], {}),
-                        (["bm25+rerank@10"], {})]:
+                        (["run/prf=3"], {"have_run": True})]:
         options = {"have_run": False, "have_reranker": True, **kwargs}
         with pytest.raises(EvalInputError):
             resolve_systems(bad, [10], **options)

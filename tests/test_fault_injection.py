@@ -178,8 +178,8 @@ def test_a_second_writer_waits_then_names_the_holder(tmp_path: Path) -> None:
     assert _documents(directory) == {"y"}
 
 
-def test_server_and_a_writer_process_interleave_and_the_server_sees_its_writes(tmp_path: Path,
-                                                                               tiny_bi_encoder_dir: Path) -> None:
+def test_server_and_cli_writers_interleave_and_the_server_sees_their_writes(tmp_path: Path,
+                                                                           tiny_bi_encoder_dir: Path) -> None:
     from fastapi.testclient import TestClient
 
     from twostage import Engine
@@ -188,30 +188,30 @@ def test_server_and_a_writer_process_interleave_and_the_server_sees_its_writes(t
     directory = tmp_path / "c"
     with Engine.create(directory, model=str(tiny_bi_encoder_dir), reranker=None) as engine:
         engine.add([{"id": f"s{i}", "text": f"seed text {i}"} for i in range(20)])
-        dim = engine.encoder.dimension
-    script_steps = [["put", [f"p{s}_{i}" for i in range(10)]] for s in range(8)] + [["del", ["s0", "s1"]]]
-    WRITER_DIM = WRITER.replace("standard_normal(16)", f"standard_normal({dim})")
-    (tmp_path / "w").mkdir()
-    (tmp_path / "w" / "writer.py").write_text(WRITER_DIM)
-    app = create_app(lambda: Engine.open(directory, encoder=None, reranker=None, model=str(tiny_bi_encoder_dir)),
-                     ServerConfig(token="t"))
+    corpus = tmp_path / "more.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"p{i}", "text": f"cli text {i}"}) + "\n" for i in range(80)))
+    app = create_app(lambda: Engine.open(directory, reranker=None), ServerConfig(token="t"))
     auth = {"Authorization": "Bearer t"}
     with TestClient(app) as client:
-        proc = subprocess.Popen([sys.executable, str(tmp_path / "w" / "writer.py"), str(directory),
-                                 json.dumps({"steps": script_steps, "tag": "p", "wait": 60})],
-                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for n in range(8):
+        # a real `twostage add` beside the server's own writes: each takes the collection's writer lock in turn
+        cli = subprocess.Popen([sys.executable, "-m", "twostage.cli", "add", str(directory), str(corpus), "-q",
+                                "--wait", "60"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        n = 0
+        while cli.poll() is None or n < 8:
             reply = client.post("/documents", json={"documents": [{"id": f"h{n}", "text": f"http text {n}"}]},
                                 headers=auth)
             assert reply.status_code == 200, reply.text
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0 and out.count("ACK") == len(script_steps), err
-        expected = ({f"s{i}" for i in range(2, 20)} | {f"h{n}" for n in range(8)}
-                    | {f"p{s}_{i}" for s in range(8) for i in range(10)})
-        # the running server answers with the other process's committed writes, without a restart
+            n += 1
+        out, err = cli.communicate(timeout=120)
+        assert cli.returncode == 0 and "80 added" in out, err
+        _no_traceback(err)
+        delete = _cli("delete", str(directory), "s0", "s1", process=True)
+        assert delete.returncode == 0, delete.stderr
+        expected = {f"s{i}" for i in range(2, 20)} | {f"h{i}" for i in range(n)} | {f"p{i}" for i in range(80)}
+        # the running server answers with the other processes' committed writes, without a restart
         hits = client.post("/search", json={"query": "text", "k": 1000, "top_n": 100, "rerank": False}).json()
         assert hits["candidates"] == len(expected)
-        assert client.get("/documents/p7_9").status_code == 200 and client.get("/documents/s0").status_code == 404
+        assert client.get("/documents/p79").status_code == 200 and client.get("/documents/s0").status_code == 404
         assert client.get("/health").json()["documents"] == len(expected)
     assert _documents_any_dim(directory) == expected
 

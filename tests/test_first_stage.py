@@ -157,3 +157,12 @@ def test_lexical_index_survives_kill_9_in_step_with_documents(tmp_path, minilm, 
         con = sqlite3.connect(path / "documents.sqlite")
         assert con.execute("SELECT count(*) FROM lexical").fetchone()[0] == count
         con.close()
+
+
+def test_sharded_collection_merges_each_shards_bm25(tmp_path, minilm):
+    with Engine.create(tmp_path / "s", encoder=minilm, reranker=None, index_type="flat", shards=2) as engine:
+        engine.add(DOCS)
+        assert _ids(engine.search("zeppelin", first_stage="bm25")) == ["zeppelin"]
+        hits = engine.search("million inhabitants", first_stage="bm25").hits
+        assert {h.doc_id for h in hits} == {"berlin", "paris"}
+        assert [h.retrieval_score for h in hits] == sorted((h.retrieval_score for h in hits), reverse=True)

@@ -102,6 +102,7 @@ def test_crash_after_sqlite_commit_is_recovered_on_open(tmp_path):
     collection.upsert(docs(20, prefix="late"), vectors[100:])
     collection.delete(["d5"])
     collection.store._con.close()  # simulate kill -9: no commit(), no close()
+    collection._writer.release()  # ...and the OS drops a dead process's writer lock
 
     reopened = Collection.open(tmp_path / "c")
     assert reopened.recovered

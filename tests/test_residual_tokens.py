@@ -158,3 +158,19 @@ def test_tokens_command_converts_in_place_and_refuses_collections_without_tokens
     with pytest.raises(SystemExit) as exit_:  # argparse's own usage error, status 2
         twostage("tokens", str(tmp_path / "c"), "--convert", "3bit")
     assert exit_.value.code == 2
+
+
+def test_a_conversion_by_another_connection_is_seen_by_readers_and_writers(tmp_path):
+    rng = np.random.default_rng(5)
+    ids, arrays = [f"d{i}" for i in range(40)], [unit(rng, 30, 16) for _ in range(40)]
+    first = TokenStore.open(tmp_path / "t.sqlite", encoding="int8")
+    first.put_many(ids, arrays)
+    second = TokenStore.open(tmp_path / "t.sqlite")  # another connection (as another process would have)
+    assert second.encoding == "int8" and second.get("d1").shape == (30, 16)
+    first.convert("2bit")
+    np.testing.assert_allclose(second.get("d1"), first.get("d1"))
+    assert second.encoding == "2bit" and second.codec is not None
+    second.put_many(["d2"], [arrays[2]])
+    np.testing.assert_allclose(first.get("d2"), first.codec.decode(*first.codec.encode(arrays[2])), atol=1e-6)
+    first.close()
+    second.close()

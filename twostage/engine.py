@@ -387,7 +387,7 @@ class Engine:
         reranker = self._second_stage(query_tokens, fusion) if rerank else None
         if rerank and reranker is None and self._reranker_spec is None and not self.notices:
             notices.append("no reranker configured; showing first-stage order")
-        hit_lists = [[_hit(docs[doc_id], score, rank) for rank, (doc_id, score) in enumerate(cands, start=1)]
+        hit_lists = [[hit_from(docs[doc_id], score, rank) for rank, (doc_id, score) in enumerate(cands, start=1)]
                      for cands in candidate_lists]
         rerank_s = 0.0
         if reranker is not None:
@@ -602,7 +602,8 @@ def _check_request(queries: Sequence[str], k: int, top_n: int, ef_search: int | 
             raise UsageError(f"{name} must be a positive integer (got {value!r})")
 
 
-def _hit(doc: Document, score: float, rank: int) -> Hit:
+def hit_from(doc: Document, score: float, rank: int) -> Hit:
+    """A first-stage hit for a stored document at ``rank`` with ``score`` (no rerank score yet)."""
     return Hit(
         doc_id=doc.id,
         text=doc.text,
