@@ -86,7 +86,7 @@ def build_collection(docs: list[Document], encoder: BiEncoder, path: Path) -> di
 
 def derived_store(source: TokenStore, doc_ids: list[str], path: Path, encoding: str) -> tuple[TokenStore, float]:
     """A store holding exactly what indexing with ``encoding`` would write from the same float16 tokens (for 2bit /
-    1bit: int8 rows, then the codec learned from them and the rows re-encoded), and the seconds that codec took."""
+    1bit: int8 rows, then the codec learned from them and the rows re-encoded), and the seconds that last step took."""
     store = TokenStore.open(path, encoding=encoding)
     seconds = 0.0
     if len(store) != len(doc_ids) or (encoding in RESIDUAL and store.codec is None):
@@ -187,7 +187,7 @@ def markdown(report: dict) -> str:
     lines.append("")
     for s in report["storage"]:
         codec = (f"; plus the codec, {s['codec_bytes']:,} bytes = {s['codec_bytes_per_passage']:,.0f} per passage of "
-                 f"this pool, learned in {s['codec_seconds']} s" if s["codec_bytes"] else "")
+                 f"this pool; learning it and re-encoding the int8 rows took {s['codec_seconds']} s" if s["codec_bytes"] else "")
         lines.append(
             f"- {s['encoding']} tokens: {s['bytes_per_passage']:,.0f} bytes per passage ({s['tokens_per_passage']} "
             f"tokens x {s['bytes_per_token']} bytes), {s['total_mb']} MB for the pool "

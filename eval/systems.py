@@ -37,13 +37,15 @@ def _progress(total: int, desc: str, show: bool):
 
 
 def parse_levers(text: str) -> dict[str, str]:
-    """``prf=K:B/tokens=SPEC/fusion=SPEC`` (any subset, "/"-separated) -> ``Engine.search`` keyword arguments;
-    ValueError naming the unknown or malformed part (the values are checked by the engine)."""
-    out: dict[str, str] = {}
-    for part in filter(None, text.split("/")):
+    """``prf=K:B/tokens=SPEC/fusion=SPEC`` (any subset, "/"-separated) -> ``Engine.search`` keyword arguments, the
+    levers not named off (so ``dense+rerank@100`` is plain MaxSim); ``default`` starts from the engine's defaults
+    instead (``default/fusion=rrf``). ValueError naming the unknown or malformed part (the engine checks values)."""
+    parts = [p for p in text.split("/") if p]
+    out = {} if "default" in parts else {"prf": "none", "query_tokens": "none", "fusion": "none"}
+    for part in (p for p in parts if p != "default"):
         key, eq, value = part.partition("=")
         if not eq or key not in LEVER_OPTIONS or not value:
-            raise ValueError(f"lever option {part!r}: expected prf=K[:BETA], tokens=SPEC or fusion=SPEC")
+            raise ValueError(f"lever option {part!r}: expected default, prf=K[:BETA], tokens=SPEC or fusion=SPEC")
         out[LEVER_OPTIONS[key]] = value
     return out
 

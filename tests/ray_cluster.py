@@ -28,16 +28,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def new_auth_env() -> dict[str, str]:
+    """Token authentication with a fresh token; a driver must have it in its environment before importing ray."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
 class LocalRayCluster:
     """A head node and worker nodes, each ``ray start`` with ``--num-cpus`` CPUs, all on 127.0.0.1."""
 
-    def __init__(self) -> None:
+    def __init__(self, auth_env: dict[str, str] | None = None) -> None:
         # short: Ray's unix socket paths live under it and must stay below 108 characters
         self.temp_dir = Path(tempfile.mkdtemp(prefix="tsray-", dir="/tmp"))
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         #: its own token (Ray's token authentication), so neither ~/.ray/auth_token nor another cluster matters
-        self.auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        self.auth_env = auth_env or new_auth_env()
         self.env = {**os.environ, **LOOPBACK_ENV, **self.auth_env}
 
     def _ray_start(self, *args: str) -> None:

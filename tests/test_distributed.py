@@ -2,16 +2,21 @@
 through shard actors and reranker replicas, and a worker node killed mid-indexing."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
 
 import pytest
+from ray_cluster import LocalRayCluster, new_auth_env
 
-pytest.importorskip("ray", reason="Ray is not installed (pip install 'twostage[ray]')")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray is imported: endpoints on 127.0.0.1
+if importlib.util.find_spec("ray") is None:
+    pytest.skip("Ray is not installed (pip install 'twostage[ray]')", allow_module_level=True)
+#: read by ray when it is imported, so set before that: endpoints on 127.0.0.1, and this cluster's own auth token
+DRIVER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **new_auth_env()}
+SAVED_ENV = {name: os.environ.get(name) for name in DRIVER_ENV}
+os.environ.update(DRIVER_ENV)
 
-from ray_cluster import LocalRayCluster  # noqa: E402
 from test_sharded import assert_same_hits, corpus, queries, twostage  # noqa: E402
 
 from twostage.engine import Engine  # noqa: E402
@@ -40,9 +45,7 @@ def cluster():
     """Head (1 CPU) + one worker node (1 CPU), on 127.0.0.1 in a private temp dir; everything ended afterwards."""
     import ray
 
-    nodes = LocalRayCluster()
-    saved = {name: os.environ.get(name) for name in nodes.auth_env}
-    os.environ.update(nodes.auth_env)  # this process is the driver: the same token as the nodes
+    nodes = LocalRayCluster(auth_env={k: v for k, v in DRIVER_ENV.items() if k.startswith("RAY_AUTH")})
     signal.alarm(120)
     try:
         nodes.start_head()
@@ -55,8 +58,11 @@ def cluster():
     yield nodes
     ray.shutdown()
     nodes.stop()
-    for name, value in saved.items():
-        os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+    for name, value in SAVED_ENV.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="module")

@@ -225,10 +225,11 @@ def test_eval_system_specs_carry_lever_options(tmp_path, tiny_encoder):
     from twostage.eval.datasets import load_dataset
     from twostage.eval.errors import EvalInputError
     from twostage.eval.harness import EvalConfig, SystemSpec, resolve_systems, run_evaluation
+    from twostage.eval.trec import ranked
 
     spec = resolve_systems(["dense+rerank@3/fusion=rrf/prf=1:0.5"], [10], have_run=False, have_reranker=True)
     assert spec == [SystemSpec("dense", 3, "fusion=rrf/prf=1:0.5")] and spec[0].name == "dense+rerank@3/fusion=rrf/prf=1:0.5"
-    for bad in ("dense/boost=2", "dense/prf", "bm25/prf=3"):
+    for bad in ("dense/boost=2", "dense/prf", "run/prf=3"):
         with pytest.raises(EvalInputError):
             resolve_systems([bad], [10], have_run=False, have_reranker=True)
     folder = tmp_path / "set"
@@ -236,12 +237,15 @@ def test_eval_system_specs_carry_lever_options(tmp_path, tiny_encoder):
     (folder / "corpus.jsonl").write_text("".join(f'{{"id": "{d["id"]}", "text": "{d["text"]}"}}\n' for d in DOCS))
     (folder / "queries.tsv").write_text("q1\tmuseum in paris\nq2\tberlin population\n")
     (folder / "qrels.txt").write_text("q1 0 d 1\nq2 0 a 1\n")
-    systems = ["dense", "dense/prf=1:0.5", "dense+rerank@3/fusion=rrf"]
+    systems = ["dense", "dense/prf=1:0.5", "dense+rerank@3", "dense+rerank@3/default", "dense+rerank@3/fusion=zscore:0.5"]
     config = EvalConfig(encoder=tiny_encoder, reranker="maxsim", systems=systems, index_dir=tmp_path / "index",
                         n_resamples=100)
     report = run_evaluation(load_dataset(folder), config)
     assert [r.name for r in report.systems] == systems
     with Engine.open(tmp_path / "index", encoder=tiny_encoder, reranker="maxsim") as engine:
-        hits = engine.search("museum in paris", k=3, top_n=3, prf="none", query_tokens="none", fusion="rrf").hits
-    assert list(report.system("dense+rerank@3/fusion=rrf").run["q1"]) == [h.doc_id for h in hits]
-    assert set(report.system("dense+rerank@3/fusion=rrf").timings.stages) == {"encode", "search", "rerank"}
+        run = lambda name: [d for d, _ in ranked(dict(report.system(name).run["q1"]))][:3]  # noqa: E731
+        ids = lambda **levers: [h.doc_id for h in engine.search("museum in paris", k=3, top_n=3, **levers).hits]  # noqa: E731
+        off = {"prf": "none", "query_tokens": "none", "fusion": "none"}
+        assert run("dense+rerank@3/fusion=zscore:0.5") == ids(**{**off, "fusion": "zscore:0.5"})
+        assert run("dense+rerank@3") == ids(**off) and run("dense+rerank@3/default") == ids()
+    assert set(report.system("dense+rerank@3/fusion=zscore:0.5").timings.stages) >= {"encode", "search", "rerank"}

@@ -150,16 +150,17 @@ def index_distributed(
                 if doc.id in seen:
                     raise UsageError(f"document id {doc.id!r} appears twice in the input")
                 seen.add(doc.id)
-            _index_window(ray, collection, window, encode_args, per_actor, actors, runtime.batch_size, report, progress)
+            _index_window(ray, engine, window, encode_args, per_actor, actors, runtime.batch_size, report, progress)
         collection.commit()
         report.seconds = time.perf_counter() - started
         return report, len(collection)
 
 
-def _index_window(ray: Any, collection: ShardedCollection, window: list[Document], encode_args: dict[str, Any],
+def _index_window(ray: Any, engine: Engine, window: list[Document], encode_args: dict[str, Any],
                   per_actor: dict[str, int], actors: int, batch_size: int, report: AddReport,
                   progress: Callable[[int], None] | None) -> None:
     """Encode and write the window's new or changed documents; a failed pipeline is rerun on what is still missing."""
+    collection = engine.collection
     existing = {doc.id: doc for doc in collection.get([d.id for d in window]) if doc is not None}
     replacing = {d.id for d in window if d.id in existing and not _same(existing[d.id], d)}
     todo = [d for d in window if not _same(existing.get(d.id), d)]
@@ -168,7 +169,7 @@ def _index_window(ray: Any, collection: ShardedCollection, window: list[Document
         progress(len(window) - len(todo))
     for attempt in range(1, WINDOW_ATTEMPTS + 1):
         try:
-            _encode_and_write(ray, collection, todo, encode_args, per_actor, actors, batch_size, report, replacing,
+            _encode_and_write(ray, engine, todo, encode_args, per_actor, actors, batch_size, report, replacing,
                               progress)
             return
         except ray.exceptions.RayError as err:
@@ -179,11 +180,14 @@ def _index_window(ray: Any, collection: ShardedCollection, window: list[Document
             todo = [d for d in todo if not (d.id in written and _same(written[d.id], d))]
 
 
-def _encode_and_write(ray: Any, collection: ShardedCollection, todo: list[Document], encode_args: dict[str, Any],
+def _encode_and_write(ray: Any, engine: Engine, todo: list[Document], encode_args: dict[str, Any],
                       per_actor: dict[str, int], actors: int, batch_size: int, report: AddReport,
                       replacing: set[str], progress: Callable[[int], None] | None) -> None:
+    from twostage.reranker.maxsim import content_token_ids
+
     if not todo:
         return
+    collection = engine.collection
     rows = [{"row": i, "text": d.text_for_encoding()} for i, d in enumerate(todo)]
     blocks = max(1, min(len(rows) // batch_size, 4 * actors))
     encoded = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
@@ -198,7 +202,11 @@ def _encode_and_write(ray: Any, collection: ShardedCollection, todo: list[Docume
         if "tokens" in batch:
             tokens = [np.frombuffer(b, dtype=np.float16).reshape(int(n), dim)
                       for b, n in zip(batch["tokens"], batch["n_tokens"])]
-        collection.upsert(docs, np.asarray(batch["embedding"], dtype=np.float32), tokens=tokens)
+        # token ids for MaxSim's IDF weights: tokenising only, done here with the driver's own tokenizer
+        terms = (content_token_ids(engine.encoder, [d.text_for_encoding() for d in docs])
+                 if getattr(collection, "token_df", None) is not None else None)
+        collection.upsert(docs, np.asarray(batch["embedding"], dtype=np.float32), tokens=tokens,
+                          **({} if terms is None else {"terms": terms}))
         replaced = sum(1 for d in docs if d.id in replacing)
         report.replaced += replaced
         report.added += len(docs) - replaced
@@ -259,9 +267,9 @@ class PrefetchedTokens:
         self.latest: dict[str, np.ndarray] = {}
 
     def get(self, doc_id: str) -> np.ndarray | None:
-        if doc_id not in self.latest:
-            self.collection.get([doc_id])
-        return self.latest.get(doc_id)
+        if doc_id in self.latest:
+            return self.latest[doc_id]
+        return self.collection.tokens_of(doc_id)
 
 
 class RayShardedCollection:
@@ -334,6 +342,11 @@ class RayShardedCollection:
         if self.token_store is not None:
             self.token_store.latest = tokens
         return out
+
+    def tokens_of(self, doc_id: str) -> np.ndarray | None:
+        """One document's stored token vectors, from its shard's actor."""
+        _, found = self._ray.get(self.actors[shard_of(doc_id, len(self.actors))].get.remote([doc_id], True))
+        return found.get(doc_id)
 
     def upsert(self, docs: Sequence[Document], embeddings: np.ndarray, tokens: Sequence[np.ndarray] | None = None,
                terms: Sequence[np.ndarray] | None = None) -> list[Any]:
@@ -410,7 +423,7 @@ class RayShardedCollection:
 
 # --------------------------------------------------------------------------- reranking
 class RerankerReplica:
-    """One copy of the second stage in a Ray actor; MaxSim reads the token vectors the caller sends with the query."""
+    """One copy of a cross-encoder in a Ray actor."""
 
     def __init__(self, spec: str, model: str | None, runtime: RuntimeConfig, backend: str | None):
         from twostage.reranker.loading import load_reranker
@@ -419,32 +432,24 @@ class RerankerReplica:
         device, cross_backend = runtime.placement()
         encoder = BiEncoder(model, device=device, batch_size=runtime.batch_size, backend=backend,
                             threads=runtime.threads) if model else None
-        self.tokens: dict[str, np.ndarray] = {}
         self.reranker, self.notice = load_reranker(
             spec, encoder=encoder, device=device, batch_size=runtime.batch_size, backend=cross_backend,
-            threads=runtime.threads, token_store=self.tokens.get)
+            threads=runtime.threads)
 
-    def describe(self) -> tuple[str, str | None]:
-        return self.reranker.name, self.notice
+    def describe(self) -> str:
+        return self.reranker.name
 
-    def score(self, queries: list[str], candidates: list[list[Candidate]], tokens: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self.tokens.clear()
-        self.tokens.update(tokens)
+    def score(self, queries: list[str], candidates: list[list[Candidate]]) -> list[np.ndarray]:
         return self.reranker.score_candidates(queries, candidates)
 
 
 class RerankerPool(Reranker):
     """A :class:`Reranker` whose scoring runs on ``replicas`` Ray actors, one request each in turn."""
 
-    def __init__(self, spec: str, *, address: str, replicas: int, model: str | None, runtime: RuntimeConfig,
-                 backend: str | None, tokens: PrefetchedTokens | None = None):
-        ray = connect(address)
-        remote = ray.remote(num_cpus=0)(RerankerReplica)
+    def __init__(self, replicas: list[Any], name: str, ray: Any):
         self._ray = ray
-        self._replicas = [remote.remote(spec, model, runtime, backend) for _ in range(max(1, replicas))]
-        self.name, notice = ray.get(self._replicas[0].describe.remote())
-        self.notices = [notice] if notice else []
-        self._tokens = tokens
+        self._replicas = replicas
+        self.name = name
         self._next = 0
         self._lock = threading.Lock()
 
@@ -458,29 +463,31 @@ class RerankerPool(Reranker):
         return self.score_candidates([query], [[Candidate(str(i), t) for i, t in enumerate(texts)]])[0]
 
     def score_candidates(self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]]) -> list[np.ndarray]:
-        tokens = {}
-        if self._tokens is not None:
-            wanted = {c.doc_id for cands in candidates_per_query for c in cands}
-            tokens = {d: t for d, t in self._tokens.latest.items() if d in wanted}
-        return self._ray.get(self._replica().score.remote(list(queries), [list(c) for c in candidates_per_query], tokens))
-
-    def close(self) -> None:
-        for replica in self._replicas:
-            self._ray.kill(replica)
-        self._replicas = []
+        return self._ray.get(self._replica().score.remote(list(queries), [list(c) for c in candidates_per_query]))
 
 
 def open_ray_engine(directory: str | Path, *, address: str, reranker: str | None, replicas: int,
                     runtime: RuntimeConfig) -> Engine:
-    """An engine over a Ray-served sharded collection, reranking on a pool of ``replicas`` reranker actors."""
-    engine = Engine.open(directory, reranker=None, runtime=runtime, ray=address)
-    if reranker is not None:
-        try:
-            pool = RerankerPool(reranker, address=address, replicas=replicas, model=str(engine.encoder.source),
-                                runtime=runtime, backend=engine.encoder.backend, tokens=engine.collection.token_store)
-        except BaseException:
-            engine.close()
-            raise
-        engine._reranker = engine._reranker_spec = pool
-        engine.notices.extend(pool.notices)
+    """An engine over a Ray-served sharded collection. A cross-encoder reranks on ``replicas`` replica actors; MaxSim
+    (named, or the offline fallback) runs in this process on the engine's own bi-encoder, since its only model work is
+    the query and shipping 100 candidates' token vectors to a replica would cost more than scoring them here."""
+    from twostage.reranker.loading import parse_spec
+
+    engine = Engine.open(directory, reranker=reranker, runtime=runtime, ray=address)
+    if reranker is None or parse_spec(reranker)[0] == "maxsim":
+        return engine
+    ray = connect(address)
+    try:
+        remote = ray.remote(num_cpus=0)(RerankerReplica)
+        actors = [remote.remote(reranker, str(engine.encoder.source), runtime, engine.encoder.backend)
+                  for _ in range(max(1, replicas))]
+        name = ray.get(actors[0].describe.remote())
+    except BaseException:
+        engine.close()
+        raise
+    if name == "maxsim":  # the default cross-encoder fell back: score here, as for a named maxsim
+        for actor in actors:
+            ray.kill(actor)
+        return engine
+    engine._reranker = engine._reranker_spec = RerankerPool(actors, name, ray)
     return engine

@@ -14,7 +14,9 @@ Endpoints (schema at ``/openapi.json``; no ``/docs``: Swagger UI loads its scrip
 Errors are JSON ``{"error": "<one line for a person>", "detail": <more, or null>}``:
 400 bad JSON / bad body encoding / engine usage error, 401 no token, 403 wrong token or read-only,
 404 unknown document or route, 405 wrong method, 413 body, batch or add too large, 422 wrong field types,
-missing fields, empty query or a value over its limit; 503 while shutting down. A filter on a metadata key
+missing fields, empty query or a value over its limit; 503 while shutting down, with too many requests in
+progress, or (with Retry-After) while another process holds the collection's writer lock; 400 for a Host header
+not among ``--allowed-hosts``. A filter on a metadata key
 that no document has matches nothing (200 with no hits), like a key whose value no document has.
 """
 from __future__ import annotations
