@@ -84,19 +84,19 @@ def build_collection(docs: list[Document], encoder: BiEncoder, path: Path) -> di
     return info
 
 
-def derived_store(source: TokenStore, doc_ids: list[str], path: Path, encoding: str) -> tuple[TokenStore, float]:
+def derived_store(source: TokenStore, doc_ids: list[str], path: Path, encoding: str) -> tuple[TokenStore, float | None]:
     """A store holding exactly what indexing with ``encoding`` would write from the same float16 tokens (for 2bit /
     1bit: int8 rows, then the codec learned from them and the rows re-encoded), and the seconds that last step took."""
     store = TokenStore.open(path, encoding=encoding)
-    seconds = 0.0
+    seconds = None  # reused from an earlier run
     if len(store) != len(doc_ids) or (encoding in RESIDUAL and store.codec is None):
         for start in range(0, len(doc_ids), 1000):
             chunk = doc_ids[start : start + 1000]
             store.put_many(chunk, source.get_many(chunk))
         started = time.perf_counter()
         store.train_pending()
-        seconds = time.perf_counter() - started
-    return store, round(seconds, 1)
+        seconds = round(time.perf_counter() - started, 1)
+    return store, seconds
 
 
 def index_cost(docs: list[Document], model: str, sample: int) -> dict:
@@ -114,17 +114,24 @@ def index_cost(docs: list[Document], model: str, sample: int) -> dict:
     return out
 
 
-def run_queries(engines: dict[tuple[str, int], Engine], queries: dict[str, str]) -> dict[tuple[str, int], SystemRun]:
+#: search options per ``--levers``: "off" is plain MaxSim (the baseline issue 13 measured against), "default" the
+#: engine's defaults for a MaxSim search (pseudo-relevance feedback, special query tokens, score fusion)
+LEVERS = {"off": {"prf": "none", "query_tokens": "plain", "fusion": "none"}, "default": {}}
+
+
+def run_queries(engines: dict[tuple[str, int], Engine], queries: dict[str, str], levers: dict | None = None
+                ) -> dict[tuple[str, int], SystemRun]:
     """Every query through every system, one at a time, interleaved so CPU contention hits all systems alike."""
+    levers = levers or {}
     runs = {key: SystemRun(*key) for key in engines}
     warm = list(queries.values())[:2]
     for engine in engines.values():
         for query in warm:
-            engine.search(query, k=20, top_n=20)
+            engine.search(query, k=20, top_n=20, **levers)
     for n, (qid, query) in enumerate(queries.items(), start=1):
         for (name, depth), engine in engines.items():
             started = time.perf_counter()
-            result = engine.search(query, k=depth, top_n=depth, rerank=name != "dense")
+            result = engine.search(query, k=depth, top_n=depth, rerank=name != "dense", **levers)
             total = time.perf_counter() - started
             run = runs[(name, depth)]
             run.run[qid] = {hit.doc_id: float(len(result.hits) - i) for i, hit in enumerate(result.hits)}
@@ -171,7 +178,9 @@ def markdown(report: dict) -> str:
     """The README table and the storage / index-time lines."""
     lines = [
         f"MaxSim over all-MiniLM-L6-v2 token embeddings, msmarco-dl20 ({report['queries']} queries, "
-        f"{report['passages']:,}-passage pool), {report['machine']}. Latency is per query, one query at a time, "
+        f"{report['passages']:,}-passage pool), search options {report.get('levers', 'off')} "
+        f"({'plain MaxSim' if report.get('levers', 'off') == 'off' else 'the engine defaults for MaxSim'}), "
+        f"{report['machine']}. Latency is per query, one query at a time, "
         "in milliseconds (median / p95); `rerank` includes MaxSim's own query encoding.",
         "",
         "| system | depth | nDCG@10 | MRR@10 | R@100 | encode | search | rerank | total |",
@@ -187,7 +196,9 @@ def markdown(report: dict) -> str:
     lines.append("")
     for s in report["storage"]:
         codec = (f"; plus the codec, {s['codec_bytes']:,} bytes = {s['codec_bytes_per_passage']:,.0f} per passage of "
-                 f"this pool; learning it and re-encoding the int8 rows took {s['codec_seconds']} s" if s["codec_bytes"] else "")
+                 f"this pool" + (f"; learning it and re-encoding the int8 rows took {s['codec_seconds']} s"
+                 if s["codec_seconds"] is not None else "; the store was reused from an earlier run")
+                 if s["codec_bytes"] else "")
         lines.append(
             f"- {s['encoding']} tokens: {s['bytes_per_passage']:,.0f} bytes per passage ({s['tokens_per_passage']} "
             f"tokens x {s['bytes_per_token']} bytes), {s['total_mb']} MB for the pool "
@@ -212,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="bi-encoder (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--index-sample", type=int, default=500,
                         help="passages for the index-time comparison (0: skip it, keeping the last report's figures)")
+    parser.add_argument("--levers", choices=tuple(LEVERS), default="off",
+                        help="off: plain MaxSim (default); default: the engine's default search options for MaxSim")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated MaxSim variants to run (default all: {', '.join(VARIANTS)})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier timings on a shared CPU)")
@@ -243,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     stores: dict[str, TokenStore] = {"float16": fp16}
-    codec_seconds: dict[str, float] = {"float16": 0.0}
+    codec_seconds: dict[str, float | None] = {"float16": None}
     for name in variants:
         encoding = name.split()[0]
         if name.endswith("stored") and encoding != "float16":
@@ -257,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in variants:
             engines[(name, depth)] = Engine(engine.collection, encoder, rerankers[name])
     queries = dict(list(dataset.queries.items())[: args.queries])
-    runs = run_queries(engines, queries)
+    runs = run_queries(engines, queries, LEVERS[args.levers])
     rows = [summarize(run, dataset) for run in runs.values()]
     by_key = {(r["system"], r["depth"]): r for r in rows}
     previous = args.out / "maxsim.json"
@@ -278,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{cpu.model} ({', '.join(cpu.isa) or 'no AVX-512'}), {os.cpu_count()} cores, torch threads "
         f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at the end",
         "cpu": {"model": cpu.model, "isa": list(cpu.isa), "platform": platform.machine()},
+        "levers": args.levers,
         "rows": rows,
         "storage": [{**storage(s, encoder.dimension), "codec_seconds": codec_seconds[e]} for e, s in stores.items()],
         "index_cost": cost,

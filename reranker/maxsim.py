@@ -5,7 +5,8 @@ contextual output vectors, L2-normalised. Padding is always excluded; so are the
 ([CLS], [SEP], ...) on both sides: they carry no term of their own, and in a mean-pooled bi-encoder that was never
 trained for late interaction their vectors mostly add a near-constant offset. (A text with no other token, e.g. an
 empty one, keeps its special tokens so it still has a score.) Passage vectors are rounded to float16 on every path,
-so scores from a precomputed token store equal scores computed on the fly.
+so scores from a precomputed token store equal scores computed on the fly. :class:`QueryTokens` changes the query
+side only: [CLS]/[SEP] summed too, and/or each query token's term weighted by its IDF in the collection.
 """
 from __future__ import annotations
 

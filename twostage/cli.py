@@ -181,13 +181,14 @@ def _search_options(p: argparse.ArgumentParser) -> None:
                    help="IVF: inverted lists scanned per query (default nlist/64, at least 16); more = higher recall, slower")
     p.add_argument("--prf", default=None, metavar="K[:BETA]",
                    help="pseudo-relevance feedback: move the query vector towards its top K documents "
-                        "(weight BETA, default 0.5) and search again; 'none' = off")
+                        "(weight BETA, default 0.5) and search again; 'none' = off (unset: the engine's default "
+                        "when maxsim reranks, see README 'Second-stage levers')")
     p.add_argument("--query-tokens", default=None, metavar="SPEC",
                    help="maxsim query tokens: plain | idf (weighted by IDF in the collection) | special "
-                        "([CLS]/[SEP] too) | idf+special")
+                        "([CLS]/[SEP] too) | idf+special (unset: the engine's default)")
     p.add_argument("--fusion", default=None, metavar="SPEC",
                    help="final score from both stages: rrf | zscore:W | minmax:W (W = second stage's weight); "
-                        "'none' = the second stage's score alone")
+                        "'none' = the second stage's score alone (unset: the engine's default when maxsim reranks)")
     p.add_argument("--rerank-depth", type=int, default=None, metavar="D",
                    help="rerank only the top D of the --k candidates; the rest follow in first-stage order "
                         "(default: all; what `twostage eval` calls rerank@D)")
