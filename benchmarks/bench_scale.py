@@ -29,6 +29,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 CACHE_DIR = Path(tempfile.mkdtemp(prefix="bench-scale-cache-"))
 os.environ["TWOSTAGE_CACHE_DIR"] = str(CACHE_DIR)  # private, emptied before each indexing run
+# read when ray is imported: a local cluster on 127.0.0.1 with a token of this run's own (not one written to ~/.ray)
+os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+                   "RAY_AUTH_TOKEN": secrets.token_hex(32)})
 
 from twostage.engine import Engine  # noqa: E402
 from twostage.indexes.readers import read_corpus  # noqa: E402
@@ -127,9 +130,8 @@ def main() -> int:
     }
     print(report["indexing"][-1], flush=True)
     _stay_on_loopback({})
-    # a token of this run's own (Ray's token authentication) instead of one written to ~/.ray
-    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="bsray-", dir="/tmp"),
+    ray_dir = tempfile.mkdtemp(prefix="bsray-", dir="/tmp")  # short: Ray's socket paths live under it
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _temp_dir=ray_dir,
              runtime_env={"env_vars": {"TWOSTAGE_CACHE_DIR": str(CACHE_DIR), "HF_HUB_OFFLINE": "1",
                                        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}})
     for n in COUNTS:
@@ -170,6 +172,7 @@ def main() -> int:
     report["load_average_end"] = os.getloadavg()
     ray.shutdown()
     shutil.rmtree(CACHE_DIR, ignore_errors=True)
+    shutil.rmtree(ray_dir, ignore_errors=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scale.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

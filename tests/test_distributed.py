@@ -2,6 +2,7 @@
 through shard actors and reranker replicas, and a worker node killed mid-indexing."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -28,16 +29,26 @@ SHARDS = 4
 TEST_SECONDS = 240
 
 
-@pytest.fixture(autouse=True)
-def time_limit():
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Raise TimeoutError in this (the main) thread once ``seconds`` have passed: a hung cluster fails a test instead
+    of the CI job."""
     def expire(*_):
-        raise TimeoutError(f"test ran past {TEST_SECONDS} s")
+        raise TimeoutError(f"ran past {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(TEST_SECONDS)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(autouse=True)
+def time_limit():
+    with deadline(TEST_SECONDS):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +57,13 @@ def cluster():
     import ray
 
     nodes = LocalRayCluster(auth_env={k: v for k, v in DRIVER_ENV.items() if k.startswith("RAY_AUTH")})
-    signal.alarm(120)
     try:
-        nodes.start_head()
-        nodes.add_worker()
+        with deadline(120):
+            nodes.start_head()
+            nodes.add_worker()
     except (RuntimeError, OSError, TimeoutError) as err:
         nodes.stop()
         pytest.skip(f"a local Ray cluster cannot start here: {err}")
-    finally:
-        signal.alarm(0)
     yield nodes
     ray.shutdown()
     nodes.stop()
@@ -81,9 +90,10 @@ def reference(tmp_path_factory, tiny_bi_encoder_dir):
 def ray_built(cluster, reference, tiny_bi_encoder_dir):
     """The same corpus indexed by ``twostage index --shards 4 --ray`` on 2 encoder actors, one per node."""
     root, _ = reference
-    code, out, err = twostage("index", str(root / "corpus.jsonl"), "-i", str(root / "ray4"), "--model",
-                              str(tiny_bi_encoder_dir), "--index-type", "flat", "--store-tokens", "int8", "--shards", "4",
-                              "--ray", cluster.address, "--actors", "2", "--device", "cpu", "-q")
+    with deadline(TEST_SECONDS):  # module fixtures run before the per-test limit: bound this one too
+        code, out, err = twostage("index", str(root / "corpus.jsonl"), "-i", str(root / "ray4"), "--model",
+                                  str(tiny_bi_encoder_dir), "--index-type", "flat", "--store-tokens", "int8",
+                                  "--shards", "4", "--ray", cluster.address, "--actors", "2", "--device", "cpu", "-q")
     assert code == 0, err
     assert "300 added" in out and "4 shards" in out
     return root / "ray4"

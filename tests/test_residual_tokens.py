@@ -42,7 +42,7 @@ def test_codes_pack_each_dimension_into_its_bucket(bits):
     expected = codec.centroids[ids] + codec.weights[np.arange(32)[None, :], buckets]
     np.testing.assert_allclose(codec.decode(ids, packed), expected, rtol=0, atol=1e-6)
     assert np.all(np.diff(codec.weights, axis=1) >= 0) and np.all(np.diff(codec.cutoffs, axis=1) >= 0)
-    again = ResidualCodec.from_blobs(**{k: v for k, v in codec.to_blobs().items()})
+    again = ResidualCodec.from_blobs(**codec.to_blobs())
     np.testing.assert_allclose(again.weights, codec.weights)
     np.testing.assert_allclose(again.centroids, codec.centroids, atol=1e-3)  # stored as float16
     assert default_centroids(1_254_069, 65_536) == 1024 and default_centroids(5_000, 5_000) == 64
