@@ -57,7 +57,8 @@ class LocalRayCluster:
         # a killed node is declared dead after ~3 s instead of Ray's default ~15-30 s
         health = '{"health_check_period_ms": 1000, "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3}'
         self._ray_start("--head", "--port", str(self.port), "--num-cpus", str(num_cpus), "--temp-dir",
-                        str(self.temp_dir), "--include-dashboard", "false", "--system-config", health)
+                        str(self.temp_dir), "--include-dashboard", "false", "--dashboard-port", str(free_port()),
+                        "--system-config", health)
 
     def add_worker(self, num_cpus: int = 1, resources: str | None = None) -> None:
         extra = ["--resources", resources] if resources else []
