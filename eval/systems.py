@@ -9,7 +9,6 @@ of a reranked system stay comparable with its first stage.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any

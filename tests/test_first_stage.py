@@ -2,14 +2,10 @@
 documents.sqlite) kept in step with add, replace and delete, crash-safely."""
 from __future__ import annotations
 
-import json
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
