@@ -1,7 +1,7 @@
 """Reproducibility as code: checked-in expected scores per dataset and system (`eval/expected/<dataset>.yaml`,
 in the spirit of Pyserini's regression YAML) and the check of an `EvalReport` against them.
 
-Record after a deliberate change: run `twostage eval DATASET`, then `python -m eval.regression
+Record after a deliberate change: run `twostage eval DATASET`, then `python -m twostage.eval.regression
 runs/eval-DATASET/results.json --ci-systems ...` (rewrites the file; review the diff before committing it).
 """
 from __future__ import annotations
@@ -91,7 +91,7 @@ HEADER = """\
 # Expected scores of `twostage eval {dataset}` (Pyserini regression-YAML style): per system, metric -> value,
 # each to be reproduced within +- tolerance. Produced by a real run of the full default configuration on CPU:
 #   twostage eval {dataset} --rerank-run <data>/{dataset}/runs/{run}.trec
-#   python -m eval.regression runs/eval-{dataset}/results.json --ci-systems {ci}
+#   python -m twostage.eval.regression runs/eval-{dataset}/results.json --ci-systems {ci}
 # tests/test_eval_regression.py re-runs ci_systems (all systems with TWOSTAGE_FULL_REGRESSION=1) and compares.
 # The reranker is MaxSim over the bi-encoder (the offline fallback of the default cross-encoder); the tests ask
 # for it explicitly, so a machine that has the cross-encoder still checks these numbers.
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    parser = argparse.ArgumentParser(prog="python -m eval.regression", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m twostage.eval.regression", description=main.__doc__)
     parser.add_argument("results", type=Path, help="results.json written by `twostage eval DATASET`")
     parser.add_argument("--ci-systems", required=True, help="comma-separated systems the CI test re-runs")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)

@@ -59,11 +59,11 @@ class Reranker(ABC):
         return self.score_batch(queries, [[c.text for c in candidates] for candidates in candidates_per_query])
 
     def rerank(self, query: str, candidates: Sequence[Candidate], top_n: int | None = None) -> list[Reranked]:
-        """Candidates sorted by second-stage score (stable on ties: first-stage order wins)."""
+        """Candidates sorted by second-stage score (stable on ties: first-stage order wins); scored through
+        :meth:`score_candidates`, so rerankers that use doc ids or first-stage scores need not override this."""
         if not candidates:
             return []
-        scores = self.score(query, [c.text for c in candidates])
-        return _sorted(candidates, scores, top_n)
+        return _sorted(candidates, self.score_candidates([query], [candidates])[0], top_n)
 
     def rank(
         self,

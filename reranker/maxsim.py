@@ -19,7 +19,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where a model runs: scoring stored tokens on an exported backend needs none
     import torch
 
-from .base import Candidate, Reranked, Reranker, _sorted
+from .base import Candidate, Reranker
 
 #: doc_id -> that passage's token vectors (float16 as :meth:`MaxSimReranker.passage_token_embeddings` makes them, or
 #: float32 from a compressed store such as ``indexes.token_store.TokenStore.get``), or None
@@ -130,12 +130,6 @@ class MaxSimReranker(Reranker):
             out.append(_maxsim(q, passages[start : start + len(texts)]))
             start += len(texts)
         return out
-
-    def rerank(self, query: str, candidates: Sequence[Candidate], top_n: int | None = None) -> list[Reranked]:
-        """Like :meth:`Reranker.rerank`, but passages found in ``token_store`` (by doc id) are not re-encoded."""
-        if not candidates:
-            return []
-        return _sorted(candidates, self.score_candidates([query], [candidates])[0], top_n)
 
     def score_candidates(
         self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]]

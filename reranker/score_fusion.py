@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import Candidate, Reranked, Reranker, _sorted
+from .base import Candidate, Reranker
 
 METHODS = ("zscore", "minmax", "rrf")
 DEFAULT_WEIGHT = 0.5
@@ -100,12 +100,6 @@ class FusedReranker(Reranker):
     def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
         """Without first-stage scores there is nothing to fuse: the inner reranker's scores."""
         return self.inner.score(query, texts)
-
-    def rerank(self, query: str, candidates: Sequence[Candidate], top_n: int | None = None) -> list[Reranked]:
-        """Candidates sorted by fused score (stable on ties: first-stage order wins)."""
-        if not candidates:
-            return []
-        return _sorted(candidates, self.score_candidates([query], [candidates])[0], top_n)
 
     def score_candidates(
         self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]]
