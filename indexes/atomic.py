@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import CollectionError
+
 #: temp files are named ``.<target name>.<random>.tmp`` so a leftover one is easy to recognise and remove
 TEMP_SUFFIX = ".tmp"
 
@@ -41,6 +43,16 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Replace ``path`` with ``obj`` as indented UTF-8 JSON, atomically."""
     text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: Path) -> Any:
+    """The JSON document in ``path``; unreadable or invalid JSON is a CollectionError naming the file (and position)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise CollectionError(f"{path}: cannot read ({err})") from None
+    except json.JSONDecodeError as err:
+        raise CollectionError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
 
 
 def fsync_dir(directory: str | Path) -> None:

@@ -10,7 +10,6 @@ it holds 100k documents, and HNSW as IVF-PQ at 2M (pass ``expected_size`` to ``c
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import asdict, dataclass, field, fields
@@ -20,7 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .atomic import atomic_write_json, is_temp_file
+from .atomic import atomic_write_json, read_json, is_temp_file
 from .document_store import DocumentStore, UpsertResult, open_store, storage_errors
 from .lock import DEFAULT_WAIT, LOCK_FILE, LockBusy, ReadOnlyCollection, WriterLock
 from .lexical import LexicalIndex
@@ -347,12 +346,7 @@ class Collection:
 
     @staticmethod
     def _read_manifest(manifest_path: Path) -> Manifest:
-        try:
-            data = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as err:
-            raise CollectionError(f"{manifest_path}: cannot read ({err})") from None
-        except json.JSONDecodeError as err:
-            raise CollectionError(f"{manifest_path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+        data = read_json(manifest_path)
         manifest = Manifest.from_dict(data, manifest_path)
         if manifest.format_version > FORMAT_VERSION:
             raise CollectionError(

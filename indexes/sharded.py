@@ -8,7 +8,6 @@ exactly: the best k of the union, by score, ties broken by doc id.
 from __future__ import annotations
 
 import hashlib
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .atomic import atomic_write_json
+from .atomic import atomic_write_json, read_json
 from .collection import Collection, DeleteResult, by_score
 from .document_store import UpsertResult
 from .documents import Document
@@ -65,12 +64,7 @@ class ShardManifest:
     @classmethod
     def read(cls, path: Path) -> "ShardManifest":
         """Parse and validate ``shards.json``; anything wrong is a CollectionError naming the file and field."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as err:
-            raise CollectionError(f"{path}: cannot read ({err})") from None
-        except json.JSONDecodeError as err:
-            raise CollectionError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+        data = read_json(path)
         if not isinstance(data, dict):
             raise CollectionError(f"{path}: expected a JSON object")
         kinds = {"format_version": int, "shard_count": int, "routing": str, "model_name": str,
@@ -257,13 +251,6 @@ class ShardedCollection:
         per_shard = self._each(lambda shard: shard.search(query_vectors, min(k, max(len(shard), 1)), filter=filter,
                                                           ef_search=ef_search, nprobe=nprobe))
         return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(per_shard[0]))]
-
-    def lexical_search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
-                       ) -> list[list[tuple[str, float]]]:
-        """Every shard's BM25 top-``k`` per query, merged by score (each shard's BM25 uses its own term statistics,
-        close to the whole collection's when documents are routed by id hash)."""
-        per_shard = self._each(lambda shard: shard.lexical_search(queries, k, filter))
-        return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(queries))]
 
     def lexical_search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
                        ) -> list[list[tuple[str, float]]]:

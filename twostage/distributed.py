@@ -23,7 +23,7 @@ from twostage.indexes.sharded import (SHARDS_MANIFEST, ShardManifest, ShardedCol
 from twostage.reranker.base import Candidate, Reranker
 from twostage.runtime.config import RuntimeConfig
 
-from .engine import AddReport, Engine, _same, as_document
+from .engine import AddReport, Engine, _chunks, _same, as_document
 from .errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def index_distributed(
         report = AddReport()
         started = time.perf_counter()
         seen: set[str] = set()
-        for window in _windows((as_document(d) for d in documents), WINDOW):
+        for window in _chunks((as_document(d) for d in documents), WINDOW):
             for doc in window:
                 if doc.id in seen:
                     raise UsageError(f"document id {doc.id!r} appears twice in the input")
@@ -214,17 +214,6 @@ def _encode_and_write(ray: Any, engine: Engine, todo: list[Document], encode_arg
         report.cache_hits += int(batch["cache_hits"].sum())
         if progress:
             progress(len(docs))
-
-
-def _windows(items: Iterable[Document], size: int) -> Iterable[list[Document]]:
-    window: list[Document] = []
-    for item in items:
-        window.append(item)
-        if len(window) == size:
-            yield window
-            window = []
-    if window:
-        yield window
 
 
 # --------------------------------------------------------------------------- search
@@ -314,12 +303,6 @@ class RayShardedCollection:
         vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
         per_shard = self._ray.get([a.search.remote(vectors, k, filter, ef_search, nprobe) for a in self.actors])
         return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(vectors))]
-
-    def lexical_search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
-                       ) -> list[list[tuple[str, float]]]:
-        """Every shard actor's BM25 top-``k`` per query, merged by score (as ``ShardedCollection.lexical_search``)."""
-        per_shard = self._all("lexical_search", list(queries), k, filter)
-        return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(queries))]
 
     def lexical_search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
                        ) -> list[list[tuple[str, float]]]:
