@@ -173,6 +173,24 @@ def test_first_stage_is_a_request_field(client: httpx.Client) -> None:
     assert bad.status_code == 422 and "first_stage" in bad.json()["error"]
 
 
+def test_second_stage_levers_are_request_fields(client: httpx.Client, collection: Path, minilm,
+                                               tiny_cross_encoder_dir: Path) -> None:
+    """prf, fusion and rerank_depth, like the CLI's --prf / --fusion / --rerank-depth: the same hits as the engine
+    given the same options, echoed back; omitted ones are null (the engine's defaults); malformed ones are 422."""
+    levers = {"prf": "3:0.5", "fusion": "rrf", "rerank_depth": 10}
+    served = search(client, query=BERLIN, k=20, top_n=5, **levers)
+    with Engine.open(collection, encoder=minilm, reranker=CrossEncoderReranker(str(tiny_cross_encoder_dir))) as engine:
+        direct = engine.search(BERLIN, k=20, top_n=5, **levers)
+    assert [h["doc_id"] for h in served["hits"]] == [h.doc_id for h in direct.hits]
+    assert served["hits"][0]["score"] == pytest.approx(direct.hits[0].score, abs=1e-5)
+    assert {name: served[name] for name in levers} == levers
+    assert all(search(client, query=BERLIN)[name] is None for name in ("prf", "query_tokens", "fusion", "rerank_depth"))
+    for body, field in (({"prf": "x:y"}, "prf"), ({"fusion": "minmax:7"}, "fusion"),
+                        ({"query_tokens": "loud"}, "query_tokens"), ({"rerank_depth": 0}, "rerank_depth")):
+        bad = client.post("/search", json={"query": BERLIN, **body})
+        assert bad.status_code == 422 and bad.json()["error"].startswith(field), bad.text
+
+
 def test_batcher_batches_only_equal_first_stages() -> None:
     from concurrent.futures import wait
 

@@ -37,13 +37,16 @@ class _SearchJob:
     ef_search: int | None = None
     nprobe: int | None = None
     first_stage: str = "dense"
+    #: the second-stage levers given (prf, query_tokens, fusion, rerank_depth); absent ones (or None) keep the
+    #: engine's defaults
+    levers: dict[str, Any] = field(default_factory=dict)
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
-    def key(self) -> tuple[int, int, bool, str, int | None, int | None, str]:
+    def key(self) -> tuple[int, int, bool, str, int | None, int | None, str, str]:
         """Jobs with equal keys can share one ``search_many`` pass."""
         return (self.k, self.top_n, self.rerank, json.dumps(self.filter, sort_keys=True), self.ef_search, self.nprobe,
-                self.first_stage)
+                self.first_stage, json.dumps(self.levers, sort_keys=True))
 
 
 @dataclass
@@ -141,10 +144,12 @@ class Batcher:
         ef_search: int | None = None,
         nprobe: int | None = None,
         first_stage: str = "dense",
+        levers: Mapping[str, Any] | None = None,
     ) -> Future:
         """A future for ``engine.search_many(queries, ...)``, possibly answered in a batch with other callers."""
         job = _SearchJob(list(queries), k, top_n, rerank, dict(filter) if filter else None, Future(),
-                         ef_search=ef_search, nprobe=nprobe, first_stage=first_stage)
+                         ef_search=ef_search, nprobe=nprobe, first_stage=first_stage,
+                         levers={name: value for name, value in (levers or {}).items() if value is not None})
         self._put(job)
         return job.future
 
@@ -235,7 +240,7 @@ class Batcher:
         try:
             results = self.engine.search_many(queries, k=first.k, top_n=first.top_n, rerank=first.rerank,
                                               filter=first.filter, ef_search=first.ef_search, nprobe=first.nprobe,
-                                              first_stage=first.first_stage)
+                                              first_stage=first.first_stage, **first.levers)
         except Exception as err:
             if len(jobs) == 1:
                 _fail(first.future, err)

@@ -23,6 +23,7 @@ from twostage.reranker.score_fusion import FusedReranker, Fusion
 from twostage.retriever.biencoder import BiEncoder, EncodeResult
 from twostage.retriever.fusion import FirstStage
 from twostage.retriever.prf import PRF, rocchio
+from twostage.runtime.autotune import measured, stage_backend
 from twostage.runtime.backends import FLOAT_BACKENDS, compatible_query_backend
 from twostage.runtime.config import RuntimeConfig, runtime_config
 from twostage.runtime.models import DEFAULT_BI_ENCODER
@@ -149,6 +150,11 @@ class Engine:
                 )
             return engine
         device, chosen = runtime.placement()
+        if encoder is None and measured(runtime.backend, device):  # auto: measured here once per machine and model
+            from twostage.retriever.backend_choice import bi_encoder_choice
+
+            calibration = bi_encoder_choice(model, batch_size=runtime.batch_size, threads=runtime.threads)
+            chosen = calibration.choice if calibration else chosen
         encoder = encoder or BiEncoder(
             model, device=device, batch_size=runtime.batch_size, backend=chosen, threads=runtime.threads
         )
@@ -196,6 +202,8 @@ class Engine:
         stored_backend = manifest.extra.get("backend")
         try:
             device, wanted = runtime.placement()
+            if measured(runtime.backend, device):  # auto: the cached measured choice (never measured at query time)
+                wanted = stage_backend("auto", device, "bi-encoder", manifest.model_fingerprint)
             query_backend = compatible_query_backend(stored_backend, wanted)
             if query_backend not in FLOAT_BACKENDS and device != "cpu":
                 if runtime.device != "auto":
@@ -247,7 +255,7 @@ class Engine:
                 explicit=self._reranker_explicit,
                 device=self.device,
                 batch_size=self.runtime.batch_size,
-                backend=self.backend,
+                backend="auto" if measured(self.runtime.backend, self.device) else self.backend,
                 threads=self.runtime.threads,
                 token_store=self.collection.token_store.get if self.collection.token_store is not None else None,
             )
@@ -458,7 +466,7 @@ class Engine:
                 if isinstance(value, str) and value == DEFAULT:
                     use = maxsim and (name != "prf" or stage.uses_dense)
                     given[name] = MAXSIM_DEFAULTS[name] if use else None
-        return _parse_levers(given["prf"], given["query_tokens"], given["fusion"])
+        return parse_levers(given["prf"], given["query_tokens"], given["fusion"])
 
     def _feedback(self, vectors: Any, candidate_lists: list[list[tuple[str, float]]], prf: PRF) -> Any:
         """Each query vector moved towards its top ``prf.k`` candidates' stored vectors (``retriever.prf.rocchio``)."""
@@ -561,9 +569,10 @@ def _chunks(items: Iterable[Document], size: int) -> Iterator[list[Document]]:
         yield chunk
 
 
-def _parse_levers(prf: PRF | str | None, query_tokens: QueryTokens | str | None, fusion: Fusion | str | None
-                  ) -> tuple[PRF | None, QueryTokens | None, Fusion | None]:
-    """The search's feedback, query-token and fusion options from their specs ("none" = off); UsageError if malformed."""
+def parse_levers(prf: PRF | str | None = None, query_tokens: QueryTokens | str | None = None,
+                 fusion: Fusion | str | None = None) -> tuple[PRF | None, QueryTokens | None, Fusion | None]:
+    """The search's feedback, query-token and fusion options from their specs ("none" = off); UsageError if malformed
+    (the server checks a request's fields with it before queueing the search)."""
     try:
         return (
             None if _off(prf) else PRF.parse(prf),  # type: ignore[arg-type]

@@ -45,6 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from twostage.retriever.fusion import FirstStage
 
 from .batcher import Batcher, WorkerStopped
+from .engine import parse_levers
 from .errors import UsageError
 
 log = logging.getLogger("twostage.server")
@@ -166,6 +167,16 @@ class SearchOptions(_Strict):
     first_stage: Text | None = Field(
         None, description="dense | bm25 | hybrid | hybrid:rrf:K | hybrid:weighted:W (CLI --first-stage); omitted → "
         "server default")
+    prf: Text | None = Field(
+        None, description="pseudo-relevance feedback K[:BETA] (CLI --prf); \"none\" off; omitted → the engine's default")
+    query_tokens: Text | None = Field(
+        None, description="MaxSim query-token weighting plain | idf | special | idf+special (CLI --query-tokens); "
+        "omitted → the engine's default")
+    fusion: Text | None = Field(
+        None, description="fuse both stages' scores: rrf | zscore:W | minmax:W (CLI --fusion); \"none\" off; omitted → "
+        "the engine's default")
+    rerank_depth: StrictInt | None = Field(
+        None, description="rerank only the top this many candidates (CLI --rerank-depth); omitted → all k")
 
 
 class SearchRequest(SearchOptions):
@@ -212,6 +223,10 @@ class SearchResponse(BaseModel):
     ef_search: int | None
     nprobe: int | None
     first_stage: str
+    prf: str | None = Field(..., description="as asked; null = the engine's default")
+    query_tokens: str | None
+    fusion: str | None
+    rerank_depth: int | None
     latency_ms: float = Field(..., description="time in the server, queueing and batching included")
 
 
@@ -452,15 +467,25 @@ def _options(req: SearchOptions, config: ServerConfig, queries: list[str]) -> di
         first_stage = FirstStage.parse(config.first_stage if req.first_stage is None else req.first_stage).label
     except ValueError as err:
         raise ApiError(422, f"first_stage: {err}") from None
+    if req.rerank_depth is not None and not 1 <= req.rerank_depth <= k:
+        raise ApiError(422, f"rerank_depth must be between 1 and k={k} (got {req.rerank_depth})")
+    levers = {name: getattr(req, name) for name in ("prf", "query_tokens", "fusion")}
+    for name, spec in levers.items():
+        try:
+            parse_levers(**{name: spec})
+        except UsageError as err:
+            raise ApiError(422, f"{name}: {err}") from None
+    levers["rerank_depth"] = req.rerank_depth
     return {"k": k, "top_n": top_n, "rerank": rerank, "filter": req.filter or None, "ef_search": req.ef_search,
-            "nprobe": req.nprobe, "first_stage": first_stage}
+            "nprobe": req.nprobe, "first_stage": first_stage, "levers": levers}
 
 
 def _result(result: Any, opts: dict[str, Any], elapsed: float) -> dict[str, Any]:
     out = result.to_dict()
     if opts["filter"] and not result.hits:
         out["notices"].append("no document matches the filter")
-    return {**out, **opts, "latency_ms": elapsed * 1000}
+    shown = {name: value for name, value in opts.items() if name != "levers"}
+    return {**out, **shown, **opts["levers"], "latency_ms": elapsed * 1000}
 
 
 async def _await(future: Any) -> Any:
