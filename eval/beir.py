@@ -1,31 +1,23 @@
 """Read the BEIR file formats: `queries.jsonl` and `qrels/<split>.tsv` (header `query-id corpus-id score`)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from twostage.eval.errors import EvalInputError
-from twostage.eval.textio import open_text
+from twostage.eval.textio import iter_json_lines, open_text
 from twostage.eval.trec import Qrels, Queries
 
 
 def read_beir_queries(path: str | Path) -> Queries:
     """Read BEIR `queries.jsonl` (`{"_id", "text"}` a line) into `{qid: text}`."""
     queries: Queries = {}
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalInputError(f"invalid JSON ({exc.msg})", path=path, line=number) from None
-            if not isinstance(record, dict) or record.get("_id", record.get("id")) is None:
-                raise EvalInputError("expected an object with '_id' and 'text'", path=path, line=number, field="_id")
-            text = record.get("text")
-            if not isinstance(text, str):
-                raise EvalInputError("query has no string 'text'", path=path, line=number, field="text")
-            queries[str(record.get("_id", record.get("id")))] = text
+    for number, record in iter_json_lines(path):
+        if not isinstance(record, dict) or record.get("_id", record.get("id")) is None:
+            raise EvalInputError("expected an object with '_id' and 'text'", path=path, line=number, field="_id")
+        text = record.get("text")
+        if not isinstance(text, str):
+            raise EvalInputError("query has no string 'text'", path=path, line=number, field="text")
+        queries[str(record.get("_id", record.get("id")))] = text
     return queries
 
 
