@@ -12,8 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from twostage.training.common import PRIMARY_METRIC, RankingEvaluator, TrainOutcome, TrainSettings, run_trainer, \
-    trainer_callbacks, training_arguments
+from twostage.training.common import RankingEvaluator, TrainOutcome, TrainSettings, fit
 
 LOSSES = ("mnrl", "margin-mse")
 
@@ -64,17 +63,8 @@ def train_bi_encoder(
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     extra = {"batch_sampler": BatchSamplers.NO_DUPLICATES} if loss_name == "mnrl" else {}
-    args = training_arguments(SentenceTransformerTrainingArguments, out_dir, settings,
-                              f"{evaluator.name}_{PRIMARY_METRIC}", device=model.device.type, extra=extra)
-    budget_cls, log_cls = trainer_callbacks()
-    budget = budget_cls(settings.time_budget_s)
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train_dataset, loss=make_loss(model, loss_name),
-        evaluator=evaluator.as_st_evaluator(), callbacks=[budget, log_cls(out_dir / "train_log.jsonl", log)],
-    )
-    outcome = run_trainer(trainer, out_dir, settings, budget)
+    trainer, outcome = fit(SentenceTransformerTrainer, SentenceTransformerTrainingArguments, model, train_dataset,
+                           make_loss(model, loss_name), evaluator, out_dir, settings, extra=extra, log=log)
     trainer.model.save(str(out_dir))
     return outcome

@@ -1,7 +1,7 @@
 """Trainer plumbing both trainers share: the ranked lists a trainer learns and is validated on, the settings and
 outcome of a run, the validation evaluator (nDCG@10 with trec_eval semantics), the time-budget and loss-log callbacks,
-and one ``run_trainer`` that keeps the best checkpoint, resumes after an interruption and honours ``max_steps`` and a
-time budget."""
+and one ``fit`` that builds the trainer, keeps the best checkpoint, resumes after an interruption and honours
+``max_steps`` and a time budget."""
 from __future__ import annotations
 
 import json
@@ -206,6 +206,23 @@ def last_checkpoint(out_dir: Path) -> str | None:
 
     folder = checkpoint_dir(out_dir)
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def fit(trainer_cls: type, args_cls: type, model: Any, train_dataset: Any, loss: Any, evaluator: "RankingEvaluator",
+        out_dir: Path, settings: TrainSettings, *, extra: dict[str, Any] | None = None,
+        log: Callable[[str], None] | None = None) -> tuple[Any, TrainOutcome]:
+    """Arguments, callbacks and a ``trainer_cls`` trainer for ``model``, trained by :func:`run_trainer`: the trainer
+    (its model now the best checkpoint) and the outcome. Both trainers differ only in the classes, loss and ``extra``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = training_arguments(args_cls, out_dir, settings, f"{evaluator.name}_{PRIMARY_METRIC}",
+                              device=model.device.type, extra=extra)
+    budget_cls, log_cls = trainer_callbacks()
+    budget = budget_cls(settings.time_budget_s)
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, loss=loss,
+                          evaluator=evaluator.as_st_evaluator(),
+                          callbacks=[budget, log_cls(out_dir / "train_log.jsonl", log)])
+    return trainer, run_trainer(trainer, out_dir, settings, budget)
 
 
 def run_trainer(trainer: Any, out_dir: Path, settings: TrainSettings, budget_callback: Any) -> TrainOutcome:

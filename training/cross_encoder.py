@@ -7,8 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from twostage.training.common import PRIMARY_METRIC, RankingEvaluator, TrainOutcome, TrainSettings, run_trainer, \
-    trainer_callbacks, training_arguments
+from twostage.training.common import RankingEvaluator, TrainOutcome, TrainSettings, fit
 
 LOSSES = ("margin-mse", "listwise-kl", "bce")
 
@@ -67,21 +66,11 @@ def train_cross_encoder(
     evaluator's nDCG@10, and save it to ``out_dir`` so ``CrossEncoder(out_dir)`` loads it."""
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    st_evaluator = evaluator.as_st_evaluator()
     extra: dict[str, Any] = {}
     if settings.head_learning_rate:
         # the pooler on [CLS] was never trained by a mean-pooling bi-encoder, and the classifier is new: both fast
         extra["learning_rate_mapping"] = {r"(classifier|pooler)\.": settings.head_learning_rate}
-    args = training_arguments(CrossEncoderTrainingArguments, out_dir, settings,
-                              f"{evaluator.name}_{PRIMARY_METRIC}", device=model.device.type, extra=extra)
-    budget_cls, log_cls = trainer_callbacks()
-    budget = budget_cls(settings.time_budget_s)
-    trainer = CrossEncoderTrainer(
-        model=model, args=args, train_dataset=train_dataset, loss=make_loss(model, loss_name),
-        evaluator=st_evaluator, callbacks=[budget, log_cls(out_dir / "train_log.jsonl", log)],
-    )
-    outcome = run_trainer(trainer, out_dir, settings, budget)
+    trainer, outcome = fit(CrossEncoderTrainer, CrossEncoderTrainingArguments, model, train_dataset,
+                           make_loss(model, loss_name), evaluator, out_dir, settings, extra=extra, log=log)
     trainer.model.save_pretrained(str(out_dir))
     return outcome
