@@ -1,13 +1,13 @@
 """MaxSim reranking on msmarco-dl20: the dense first stage vs dense + MaxSim at depths 20/50/100, with passage tokens
-stored at index time (2bit, 1bit, int8 or float16) and encoded on the fly: nDCG@10, MRR@10 and R@100 (label >= 2),
+stored at index time (pq, 2bit, 1bit, int8 or float16) and encoded on the fly: nDCG@10, MRR@10 and R@100 (label >= 2),
 per-query latency by stage, bytes per passage, and the index-time cost of storing tokens.
 
     python benchmarks/bench_maxsim.py     # writes benchmarks/results/maxsim.json and maxsim.md
-    python benchmarks/bench_maxsim.py --variants "2bit stored,1bit stored,float16 stored" --index-sample 0
+    python benchmarks/bench_maxsim.py --variants "pq stored,2bit stored,float16 stored" --index-sample 0
 
 The collection (float16 tokens) is built once into runs/bench-maxsim/ and reused; the other stores are derived from
 it exactly as indexing would write them (int8 rows, which a 2bit/1bit store then re-encodes with a codec learned from
-them). Without ../shared/data/msmarco-dl20 the script says so and exits 0.
+them; pq likewise). Without ../shared/data/msmarco-dl20 the script says so and exits 0.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from twostage.eval.datasets import Dataset, load_folder  # noqa: E402
 from twostage.eval.metrics import evaluate  # noqa: E402
 from twostage.indexes.documents import Document  # noqa: E402
-from twostage.indexes.token_store import RESIDUAL, TokenStore  # noqa: E402
+from twostage.indexes.token_store import LEARNED, TokenStore  # noqa: E402
 from twostage.reranker.maxsim import MaxSimReranker  # noqa: E402
 from twostage.retriever.biencoder import BiEncoder  # noqa: E402
 from twostage.engine import Engine  # noqa: E402
@@ -41,7 +41,7 @@ CACHE = REPO / "runs" / "bench-maxsim"
 RESULTS = REPO / "benchmarks" / "results"
 MEASURES = ("nDCG@10", "MRR@10", "R@100")
 DEPTHS = (20, 50, 100)
-VARIANTS = ("2bit stored", "1bit stored", "int8 stored", "float16 stored", "on the fly")
+VARIANTS = ("pq stored", "2bit stored", "1bit stored", "int8 stored", "float16 stored", "on the fly")
 
 
 @dataclass
@@ -86,10 +86,10 @@ def build_collection(docs: list[Document], encoder: BiEncoder, path: Path) -> di
 
 def derived_store(source: TokenStore, doc_ids: list[str], path: Path, encoding: str) -> tuple[TokenStore, float | None]:
     """A store holding exactly what indexing with ``encoding`` would write from the same float16 tokens (for 2bit /
-    1bit: int8 rows, then the codec learned from them and the rows re-encoded), and the seconds that last step took."""
+    1bit / pq: int8 rows, then the codec learned from them and the rows re-encoded), and the seconds that last step took."""
     store = TokenStore.open(path, encoding=encoding)
     seconds = None  # reused from an earlier run
-    if len(store) != len(doc_ids) or (encoding in RESIDUAL and store.codec is None):
+    if len(store) != len(doc_ids) or (encoding in LEARNED and store.codec is None):
         for start in range(0, len(doc_ids), 1000):
             chunk = doc_ids[start : start + 1000]
             store.put_many(chunk, source.get_many(chunk))

@@ -392,6 +392,33 @@ def profile(encoder: Any, reranker: Any, texts: list[str], data: dict, qids: lis
 
 
 # --------------------------------------------------------------------------- report
+def auto_choices(model: str, ce_dir: Path) -> dict:
+    """What ``--backend auto`` picks here per stage, with the backends that passed its quality gate."""
+    from twostage.reranker.backend_choice import cross_encoder_choice
+    from twostage.retriever.backend_choice import bi_encoder_choice
+
+    found = {"bi-encoder": bi_encoder_choice(model), "cross-encoder": cross_encoder_choice(str(ce_dir))}
+    return {stage: {"choice": c.choice, "passed": [m.backend for m in c.measurements if m.passed],
+                    "measured_at": c.measured_at, "measure_seconds": c.measure_seconds, "load_seconds": c.load_seconds}
+            for stage, c in found.items() if c is not None}
+
+
+def auto_lines(report: dict) -> list[str]:
+    """One line per stage: its auto choice and its speed-up in this run against the fastest gate-passing backend."""
+    lines = []
+    for stage, section, unit in (("bi-encoder", "encoding", "encoding"), ("cross-encoder", "reranking", "reranking")):
+        auto, systems = report.get("auto", {}).get(stage), report.get(section, {}).get("systems", {})
+        if not auto or auto["choice"] not in systems:
+            continue
+        eligible = {b: systems[b]["speedup"] for b in auto["passed"] if b in systems}
+        best = max(eligible, key=eligible.get)
+        lines.append(f"- {stage}: auto chose **{auto['choice']}** (calibrated {auto['measured_at']}, "
+                     f"{auto['measure_seconds']:.1f} s measuring); in this run's {unit} it is "
+                     f"{systems[auto['choice']]['speedup'] / eligible[best]:.2f}x the fastest backend that passed "
+                     f"the gate ({best}, {eligible[best]:.2f}x the baseline). Passed: {', '.join(auto['passed'])}.")
+    return lines + [""] if lines else []
+
+
 def environment() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -474,7 +501,8 @@ def markdown(report: dict) -> str:
         f"`python benchmarks/bench_speed.py{' --quick' if report['quick'] else ''}` on {env['cpu']}, "
         f"{env['physical_cores']} cores ({', '.join(env['isa'])}); load average {fmt(env['load_average_start'][0])} "
         f"at start, {fmt(report['load_average_end'][0])} at end; {report['seconds'] / 60:.1f} min. "
-        f"Default backend: **{report['default_backend']}**. Ratios are against the baseline measured interleaved in the "
+        f"Preference order's first installed backend: **{report['default_backend']}** (the auto choice is below). "
+        "Ratios are against the baseline measured interleaved in the "
         "same run (plain `SentenceTransformer.encode` + `faiss.IndexFlatIP` + `CrossEncoder.predict`, defaults).",
         "",
     ]
@@ -490,6 +518,10 @@ def markdown(report: dict) -> str:
             "",
         ]
     tags = report.get("backend_tags", {})
+    auto = {stage: a["choice"] for stage, a in report.get("auto", {}).items()}
+    bi_auto, ce_auto = auto.get("bi-encoder"), auto.get("cross-encoder")
+    if auto:
+        lines += ["## The auto choice (`--backend auto`, marked *auto* in the tables)", "", *auto_lines(report)]
     if "encoding" in report:
         e = report["encoding"]
         lines += [
@@ -500,7 +532,7 @@ def markdown(report: dict) -> str:
             "| --- | ---: | ---: | ---: |",
         ]
         for name, s in e["systems"].items():
-            lines.append(f"| {_label(name, tags)} | {fmt(s['docs_per_s'], 1)} | {fmt(s['tokens_per_s'], 0)} | "
+            lines.append(f"| {_label(name, tags, bi_auto)} | {fmt(s['docs_per_s'], 1)} | {fmt(s['tokens_per_s'], 0)} | "
                          f"{fmt(s['speedup'])}x |")
         lines += ["", f"Tokenising all {e['documents']} passages alone takes {fmt(e['tokenize_seconds'])} s.", ""]
     if "reranking" in report:
@@ -512,7 +544,7 @@ def markdown(report: dict) -> str:
             "| --- | ---: | ---: | ---: |",
         ]
         for name, s in r["systems"].items():
-            lines.append(f"| {_label(name, tags)} | {fmt(s['pairs_per_s'], 1)} | {fmt(s['speedup'])}x | "
+            lines.append(f"| {_label(name, tags, ce_auto)} | {fmt(s['pairs_per_s'], 1)} | {fmt(s['speedup'])}x | "
                          f"{fmt(s['truncated'])} |")
         lines.append("")
     if "profile" in report:
@@ -577,7 +609,7 @@ def markdown(report: dict) -> str:
         ]
         for name, s in q["systems"].items():
             if "bi-encoder" in s:
-                lines.append(f"| {_label(name, tags)} | {fmt(s['bi-encoder']['nDCG@10'], 4)} | {fmt(s['bi-encoder']['MRR@10'], 4)} | "
+                lines.append(f"| {_label(name, tags, bi_auto)} | {fmt(s['bi-encoder']['nDCG@10'], 4)} | {fmt(s['bi-encoder']['MRR@10'], 4)} | "
                              f"{fmt(s['maxsim']['nDCG@10'], 4)} | {fmt(s['maxsim']['MRR@10'], 4)} |")
             else:
                 lines.append(f"| {name} | {fmt(s['nDCG@10'], 4)} | {fmt(s['MRR@10'], 4)} | | |")
@@ -593,7 +625,7 @@ def markdown(report: dict) -> str:
         for row in report["targets"]:
             ok = ["met" if m else "**not met**" for m in row["met"]]
             nd = f"{fmt(row['ndcg_delta_dense'], 4)} / {fmt(row['ndcg_delta_maxsim'], 4)}"
-            name = row["backend"] + (" (default)" if row["default"] else "")
+            name = row["backend"] + ((" (auto)" if auto else " (default)") if row["default"] else "")
             lines.append(f"| {name} | {fmt(row['encode_speedup'])}x {ok[0]} | {fmt(row['rerank_speedup'])}x {ok[1]} | "
                          f"{fmt(row['latency100_ratio'])}x {ok[2]} | {nd} {ok[3]} |")
         lines.append("")
@@ -607,10 +639,11 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _label(name: str, tags: dict) -> str:
+def _label(name: str, tags: dict, auto: str | None = None) -> str:
+    """A system's row label; ``auto`` names the stage's auto choice, marked *auto*."""
     if name == "baseline":
         return "baseline (sentence-transformers + FAISS)"
-    return f"twostage {tags.get(name, name)}"
+    return f"twostage {tags.get(name, name)}" + (" *auto*" if name == auto else "")
 
 
 def _jsonable(value: Any) -> Any:
@@ -702,6 +735,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rerankers[b] = CrossEncoderReranker(str(ce_dir), backend=b)
         log(f"  {b}: {encoders[b].backend_tag} ready in {time.perf_counter() - started:.1f}s")
     report["backend_tags"] = {b: e.backend_tag for b, e in encoders.items()}
+    log("the auto choice per stage (runtime.autotune: measured now unless cached for this machine and model)")
+    report["auto"] = auto_choices(minilm_path(), ce_dir)
+    log("  auto: " + ", ".join(f"{stage} {a['choice']}" for stage, a in report["auto"].items()))
 
     if "encode" in sections:
         log(f"encoding {len(texts)} passages")
@@ -741,7 +777,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["vectors"] = bench_vectors(sizes, n_queries=1000, kinds=("flat", "hnsw", "ivfpq"))
 
     carry_over(report, args.out / "speed.json")
-    report["targets"] = targets(report, report["default_backend"])
+    auto_encoder = report.get("auto", {}).get("bi-encoder", {}).get("choice")
+    report["targets"] = targets(report, auto_encoder or report["default_backend"])
     report["seconds"] = time.perf_counter() - started_all
     report["load_average_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -201,9 +201,9 @@ def _second_stage(engine: Any, encoder: Any, spec: Any, runtime: RuntimeConfig) 
 
     if isinstance(spec, Reranker):
         return spec, []
-    device, backend = runtime.placement()
+    device, _ = runtime.placement()  # auto stays auto: the stage reads this machine's measured choice
     reranker, notice = load_reranker(spec, encoder=encoder, device=device, batch_size=runtime.batch_size,
-                                     backend=backend, threads=runtime.threads)
+                                     backend=runtime.backend, threads=runtime.threads)
     return reranker, [notice] if notice else []
 
 
@@ -334,9 +334,10 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
         from twostage.runtime.models import DEFAULT_BI_ENCODER
 
         runtime = _runtime(config)
-        device, backend = runtime.placement()
+        device, _ = runtime.placement()  # auto stays auto: the stage reads this machine's measured choice
         encoder = config.encoder or BiEncoder(config.model or DEFAULT_BI_ENCODER, device=device,
-                                              batch_size=runtime.batch_size, backend=backend, threads=runtime.threads)
+                                              batch_size=runtime.batch_size, backend=runtime.backend,
+                                              threads=runtime.threads)
         models["bi_encoder"] = {"name": encoder.name, "source": str(encoder.source), "origin": encoder.origin,
                                 "fingerprint": encoder.fingerprint, "backend": encoder.backend_tag}
     if need_collection:

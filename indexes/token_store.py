@@ -1,17 +1,19 @@
 """Per-passage token vectors for late-interaction (MaxSim) reranking, stored compactly in a SQLite table.
 
 One row per doc id holds that passage's content-token vectors (what ``MaxSimReranker.passage_token_embeddings``
-returns): only the tokens MaxSim reads, no padding, no special tokens. Four encodings:
+returns): only the tokens MaxSim reads, no padding, no special tokens. Five encodings:
 
 - ``2bit`` / ``1bit`` (residual, ColBERTv2 style, :mod:`.residual`): per token a uint16 centroid id and 2 or 1 bits
   per dimension, ``2 + dim * bits / 8`` bytes (98 / 50 for a 384-d model); the centroids and bucket values live in a
   ``token_codec`` table of the same file, learned from the collection's own tokens;
+- ``pq`` (product quantisation, :mod:`.product`): per token one code per 12-dimension sub-vector, 36 bytes for a
+  384-d model (0.75 bits per dimension); the sub-centroids live in a ``token_pq`` table, learned the same way;
 - ``int8``: per token, ``q = round(x / s)`` with ``s = max|x| / 127`` kept as one float32, so ``|x - q*s| <= s/2``;
   ``dim + 4`` bytes per token (388 for a 384-d model), half of float16;
 - ``float16``: ``2 * dim`` bytes per token, bit-exact with the on-the-fly path.
 
-Each row names its own encoding, so a store may hold several while it changes: a residual store writes int8 rows
-until it has a codec, and :meth:`TokenStore.train_pending` learns one from them (then re-encodes them): a collection
+Each row names its own encoding, so a store may hold several while it changes: a learned-codec store (2bit, 1bit,
+pq) writes int8 rows until it has a codec, and :meth:`TokenStore.train_pending` learns one from them (then re-encodes them): a collection
 calls it after each write, where it acts from :data:`TRAIN_AT` stored tokens, and on commit (the end of an ``add``),
 where it acts from :data:`MIN_TRAIN`.
 :meth:`TokenStore.convert` re-encodes every row into another encoding, learning a fresh codec from the whole store.
@@ -30,13 +32,16 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .document_store import DocumentStore
+from .product import ProductCodec
 from .residual import MAX_SAMPLE, ResidualCodec
 
-ENCODINGS = ("2bit", "1bit", "int8", "float16")
+ENCODINGS = ("2bit", "1bit", "int8", "float16", "pq")
 DEFAULT_ENCODING = "2bit"
 #: residual encodings and their bits per dimension
 RESIDUAL = {"2bit": 2, "1bit": 1}
-#: a residual store learns its codec inside the write that brings this many int8 tokens...
+#: encodings whose codec is learned from the store's own tokens
+LEARNED = (*RESIDUAL, "pq")
+#: a learned-codec store learns its codec inside the write that brings this many int8 tokens...
 TRAIN_AT = 65_536
 #: ...or, on :meth:`TokenStore.train_pending` (a collection's commit), once at least this many are stored
 MIN_TRAIN = 1_024
@@ -61,6 +66,16 @@ CREATE TABLE IF NOT EXISTS token_codec (
     centroids BLOB NOT NULL,
     cutoffs   BLOB NOT NULL,
     weights   BLOB NOT NULL
+)
+"""
+
+PQ_SCHEMA = """
+CREATE TABLE IF NOT EXISTS token_pq (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    nbits     INTEGER NOT NULL,
+    m         INTEGER NOT NULL,
+    dim       INTEGER NOT NULL,
+    codebooks BLOB NOT NULL
 )
 """
 
@@ -103,11 +118,12 @@ class TokenStore:
         with documents.transaction() as con:
             con.execute(SCHEMA)
             con.execute(CODEC_SCHEMA)
+            con.execute(PQ_SCHEMA)
             recorded = documents.get_meta("token_encoding")
             if recorded is None:
                 documents.set_meta("token_encoding", encoding)
         self.encoding: str = recorded or encoding
-        self.codec: ResidualCodec | None = None
+        self.codec: ResidualCodec | ProductCodec | None = None
         self._version = -1  # of the codec this object holds; another process's conversion bumps the file's
         self._refresh()
 
@@ -133,31 +149,34 @@ class TokenStore:
                 con.execute(f"DELETE FROM tokens WHERE doc_id IN ({','.join('?' * len(chunk))})", chunk)
 
     def train_pending(self, minimum: int = MIN_TRAIN) -> bool:
-        """For a residual store without a codec: once ``minimum`` tokens are stored, learn the codec from them and
-        re-encode them, in a transaction of its own (call it outside any other). True when it did."""
+        """For a learned-codec store (2bit, 1bit, pq) without a codec: once ``minimum`` tokens are stored, learn the
+        codec from them and re-encode them, in a transaction of its own (call it outside any other). True when it did."""
         self._refresh()
-        if self.encoding not in RESIDUAL or self.codec is not None or self.stats().tokens < minimum:
+        if self.encoding not in LEARNED or self.codec is not None or self.stats().tokens < minimum:
             return False
         with self.documents.reading() as con:
             dim = con.execute("SELECT dim FROM tokens LIMIT 1").fetchone()[0]
-        if dim % 8:  # residual codes pack 8 / bits dimensions to a byte: such a (test-sized) model stays int8
-            return False
+        if dim % 8 and self.encoding in RESIDUAL:  # residual codes pack 8 / bits dimensions to a byte: such a
+            return False  # (test-sized) model stays int8
         self.convert(self.encoding)
         return True
 
     def convert(self, encoding: str, *, seed: int = 0) -> None:
-        """Re-encode every stored row into ``encoding`` (a residual one learns a fresh codec from a sample of the
-        store), and make it the store's encoding, all in one transaction of its own (call it outside any other, so a
+        """Re-encode every stored row into ``encoding`` (a learned one, 2bit, 1bit or pq, learns a fresh codec from a
+        sample of the store), and make it the store's encoding, all in one transaction of its own (call it outside any other, so a
         rollback cannot leave this object with a codec the file lacks): a crash leaves the store as it was."""
         _check_encoding(encoding)
         with self.documents.transaction() as con:
             self._refresh()
-            codec = self._train(RESIDUAL[encoding], seed) if encoding in RESIDUAL else None
+            codec = self._train(encoding, seed) if encoding in LEARNED else None
             con.execute("DELETE FROM token_codec")
-            if codec is not None:
-                blobs = codec.to_blobs()
+            con.execute("DELETE FROM token_pq")
+            if isinstance(codec, ResidualCodec):
                 con.execute("INSERT INTO token_codec(id, bits, k, dim, centroids, cutoffs, weights) "
-                            "VALUES (1, :bits, :k, :dim, :centroids, :cutoffs, :weights)", blobs)
+                            "VALUES (1, :bits, :k, :dim, :centroids, :cutoffs, :weights)", codec.to_blobs())
+            elif codec is not None:
+                con.execute("INSERT INTO token_pq(id, nbits, m, dim, codebooks) VALUES (1, :nbits, :m, :dim, :codebooks)",
+                            codec.to_blobs())
             old_encoding, old_codec, old_version = self.encoding, self.codec, self._version
             self.documents.set_meta("token_encoding", encoding)
             self.documents.set_meta("token_codec_version", old_version + 1)
@@ -177,13 +196,13 @@ class TokenStore:
                 self.encoding, self.codec, self._version = old_encoding, old_codec, old_version
                 raise
 
-    def _train(self, bits: int, seed: int) -> ResidualCodec:
-        """A codec learned from up to :data:`MAX_SAMPLE` stored tokens (whole passages, drawn at random)."""
+    def _train(self, encoding: str, seed: int) -> ResidualCodec | ProductCodec:
+        """``encoding``'s codec learned from up to :data:`MAX_SAMPLE` stored tokens (whole passages, drawn at random)."""
         with self.documents.reading() as con:
             sizes = con.execute("SELECT doc_id, n_tokens FROM tokens").fetchall()
         total = sum(n for _, n in sizes)
         if total == 0:
-            raise ValueError("no stored tokens to learn a residual codec from")
+            raise ValueError("no stored tokens to learn a codec from")
         order = np.random.default_rng(seed).permutation(len(sizes))
         chosen, count = [], 0
         for i in order:
@@ -193,7 +212,9 @@ class TokenStore:
             count += sizes[i][1]
         sample = np.concatenate([a for a in self.get_many(chosen) if a is not None]).astype(np.float32)
         sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
-        return ResidualCodec.train(sample[:MAX_SAMPLE], bits, n_tokens=total, seed=seed)
+        if encoding == "pq":
+            return ProductCodec.train(sample[:MAX_SAMPLE], seed=seed)
+        return ResidualCodec.train(sample[:MAX_SAMPLE], RESIDUAL[encoding], n_tokens=total, seed=seed)
 
     def _encode(self, doc_id: str, array: np.ndarray) -> tuple[str, int, int, bytes | None, bytes]:
         array = np.asarray(array)
@@ -204,10 +225,12 @@ class TokenStore:
         n, dim = array.shape
         if self.encoding == "float16":
             return "float16", n, dim, None, np.ascontiguousarray(array, dtype=np.float16).tobytes()
+        if isinstance(self.codec, ProductCodec) and dim == self.codec.dim:
+            return "pq", n, dim, None, self.codec.encode(array).tobytes()
         if self.codec is not None and dim == self.codec.dim:
             ids, packed = self.codec.encode(array)
             return f"{self.codec.bits}bit", n, dim, ids.astype("<u2").tobytes(), packed.tobytes()
-        codes, scales = quantize_int8(array)  # int8, or a residual store's row written before it has a codec
+        codes, scales = quantize_int8(array)  # int8, or a learned-codec store's row written before it has a codec
         return "int8", n, dim, scales.tobytes(), codes.tobytes()
 
     def _refresh(self) -> None:
@@ -217,19 +240,21 @@ class TokenStore:
             return
         with self.documents.reading() as con:
             row = con.execute("SELECT bits, k, dim, centroids, cutoffs, weights FROM token_codec WHERE id = 1").fetchone()
-        self.codec = None if row is None else ResidualCodec.from_blobs(*row)
+            pq = con.execute("SELECT nbits, m, dim, codebooks FROM token_pq WHERE id = 1").fetchone()
+        self.codec = (ResidualCodec.from_blobs(*row) if row is not None
+                      else ProductCodec.from_blobs(*pq) if pq is not None else None)
         self.encoding = self.documents.get_meta("token_encoding", self.encoding)
         self._version = version
 
     # ------------------------------------------------------------------ reads
     def get(self, doc_id: str) -> np.ndarray | None:
-        """The doc's token vectors ``(n_tokens, dim)`` (float16 as stored, float32 from int8 or residual codes), or
-        None if none stored."""
+        """The doc's token vectors ``(n_tokens, dim)`` (float16 as stored, float32 from int8, residual or pq codes),
+        or None if none stored."""
         return self.get_many([doc_id])[0]
 
     def get_many(self, doc_ids: Sequence[str]) -> list[np.ndarray | None]:
         """Token vectors per doc id, in the order asked (None where none are stored); one query per 900 ids and one
-        decode for all residual rows."""
+        decode for all residual (or pq) rows."""
         ids = [str(d) for d in doc_ids]
         keys: list[str] = []
         rows: list[tuple] = []
@@ -256,6 +281,7 @@ class TokenStore:
             ).fetchone()
             codec = con.execute("SELECT IFNULL(SUM(LENGTH(centroids) + LENGTH(cutoffs) + LENGTH(weights)), 0) "
                                 "FROM token_codec").fetchone()[0]
+            codec += con.execute("SELECT IFNULL(SUM(LENGTH(codebooks)), 0) FROM token_pq").fetchone()[0]
         return TokenStats(int(passages), int(tokens), int(size), int(codec))
 
     def bytes_per_passage(self) -> float:
@@ -294,21 +320,24 @@ def _write(con, rows: list[tuple]) -> None:
     )
 
 
-def _decode_rows(rows: Sequence[tuple], codec: ResidualCodec | None) -> list[np.ndarray]:
-    """Stored ``(encoding, n, dim, scales, vectors)`` rows back to arrays; all residual rows in one decode."""
+def _decode_rows(rows: Sequence[tuple], codec: ResidualCodec | ProductCodec | None) -> list[np.ndarray]:
+    """Stored ``(encoding, n, dim, scales, vectors)`` rows back to arrays; all residual (or pq) rows in one decode."""
     out: list[np.ndarray | None] = [None] * len(rows)
-    residual = [i for i, row in enumerate(rows) if row[0] in RESIDUAL]
+    coded = [i for i, row in enumerate(rows) if row[0] in LEARNED]
     for i, row in enumerate(rows):
-        if row[0] not in RESIDUAL:
+        if row[0] not in LEARNED:
             out[i] = _decode(*row)
-    if residual:
-        if codec is None or any(f"{codec.bits}bit" != rows[i][0] for i in residual):
-            raise ValueError("residual token rows without their codec: the token store is damaged")
-        ids = np.frombuffer(b"".join(rows[i][3] for i in residual), dtype="<u2")
-        packed = np.frombuffer(b"".join(rows[i][4] for i in residual), dtype=np.uint8).reshape(len(ids), -1)
+    if coded and isinstance(codec, ProductCodec) and all(rows[i][0] == "pq" for i in coded):
+        decoded = codec.decode(np.frombuffer(b"".join(rows[i][4] for i in coded), dtype=np.uint8))
+    elif coded:
+        if not isinstance(codec, ResidualCodec) or any(f"{codec.bits}bit" != rows[i][0] for i in coded):
+            raise ValueError("compressed token rows without their codec: the token store is damaged")
+        ids = np.frombuffer(b"".join(rows[i][3] for i in coded), dtype="<u2")
+        packed = np.frombuffer(b"".join(rows[i][4] for i in coded), dtype=np.uint8).reshape(len(ids), -1)
         decoded = codec.decode(ids, packed)
+    if coded:
         start = 0
-        for i in residual:
+        for i in coded:
             n = rows[i][1]
             out[i] = decoded[start : start + n]
             start += n

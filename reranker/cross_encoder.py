@@ -7,7 +7,9 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from twostage.runtime.backends import configure_threads, physical_cores, resolve_backend
+from twostage.runtime.autotune import measured, stage_backend
+from twostage.runtime.backends import configure_threads, physical_cores
+from twostage.runtime.models import model_fingerprint
 from twostage.runtime.device_encode import DeviceOptions, DeviceScorer, wanted
 from twostage.runtime.encode import batch_count
 
@@ -50,8 +52,11 @@ class CrossEncoderReranker(Reranker):
         self.tokenizer = self.cross_encoder.tokenizer
         self.max_length = _effective_max_length(self.tokenizer, self.model, max_length)
         self.device = next(self.model.parameters()).device
-        self.backend = resolve_backend(backend, str(self.device))
         configure_threads(threads)
+        #: "auto" on the CPU is this machine's measured choice for this model (``runtime.autotune``)
+        auto = measured(backend, str(self.device))  # fingerprinting is only needed to look the choice up
+        self.backend = stage_backend(backend, str(self.device), "cross-encoder",
+                                     model_fingerprint(self.cross_encoder) if auto else "")
         self.runtime = cross_encoder_runtime(self.cross_encoder, self.backend, self.max_length)
         #: pairs through ``runtime.device_encode`` (all candidates of a query as one batch, bf16): on a GPU, or on the
         #: CPU when ``device_options`` are given

@@ -10,6 +10,7 @@ import numpy as np
 
 from twostage.indexes.documents import text_hash
 from twostage.runtime import encode as runtime_encode
+from twostage.runtime.autotune import stage_backend
 from twostage.runtime.backends import Runtime, configure_threads, resolve_backend, use_backend
 from twostage.retriever.cache import EmbeddingCache
 from twostage.runtime.models import DEFAULT_BI_ENCODER, ModelLoadError, model_fingerprint, resolve_model
@@ -84,7 +85,7 @@ class BiEncoder:
         threads: int | None = None,
         device_options: DeviceOptions | None = None,
     ):
-        self.backend = resolve_backend(backend, device)
+        resolve_backend(backend, device)  # a bad name or placement fails before the model is looked for
         configure_threads(threads)
         resolved = resolve_model(model_name_or_path, kind="bi-encoder")
         self.name = resolved.name
@@ -95,6 +96,8 @@ class BiEncoder:
         self.runtime: Runtime | None = None
         local_dir = os.path.isdir(resolved.source)
         self.fingerprint = model_fingerprint(resolved.source) if local_dir else ""
+        #: the concrete backend; "auto" on the CPU is this machine's measured choice (``runtime.autotune``)
+        self.backend = stage_backend(backend, device, "bi-encoder", self.fingerprint)
         #: queries (and MaxSim's query tokens) straight from a cached export, without torch or sentence-transformers;
         #: None where that does not apply (torch backend, no export yet, an unusual model): ``model`` is loaded now
         self.light: LightEncoder | None = None

@@ -61,11 +61,11 @@ def resolve_device(device: str = "auto") -> str:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """How the neural stages run. ``backend`` None means the default for the device; ``threads`` None means one per
-    physical core."""
+    """How the neural stages run. ``backend`` "auto" (or None) means this machine's measured choice per stage on the
+    CPU (``runtime.autotune``), torch on a GPU; ``threads`` None means one per physical core."""
 
     device: str = "auto"
-    backend: str | None = None
+    backend: str | None = "auto"
     batch_size: int = 32
     threads: int | None = None
 
@@ -88,7 +88,8 @@ class RuntimeConfig:
         """The concrete ``(device, backend)`` new models run with.
 
         A CPU-only backend (onnx, openvino and their int8 forms) under device ``auto`` runs on the CPU; under an
-        explicit ``cuda`` it is a RuntimeConfigError. With no backend named, the device's default is used."""
+        explicit ``cuda`` it is a RuntimeConfigError. Auto gives the device's default preference; the engine and the
+        stages replace it on the CPU by the measured choice for their model (``runtime.autotune``)."""
         from twostage.runtime.backends import resolve_backend
 
         cpu_only = self.backend not in (None, "auto", "torch")
@@ -119,9 +120,10 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, batch_size: bool =
     group.add_argument(
         "--backend",
         choices=("auto", *BACKENDS),
-        default=None,
-        help="inference backend for both models (default auto: on the CPU openvino when installed, else onnx, else "
-        "torch; torch on a GPU; a collection built with an int8 backend is always searched with it)",
+        default="auto",
+        help="inference backend for both models (default auto: on the CPU the fastest backend that ranks like torch, "
+        "measured once per machine and model, see 'twostage info --backends'; torch on a GPU; a collection built "
+        "with an int8 backend is always searched with it)",
     )
     if batch_size:
         group.add_argument("--batch-size", type=int, default=RuntimeConfig.batch_size,

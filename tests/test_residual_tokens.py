@@ -1,5 +1,5 @@
-"""Residual-compressed token vectors (2bit / 1bit): exact packing, MaxSim close to float16 on real passages, a codec
-learned when enough tokens exist, in-place conversion that is all-or-nothing, and the CLI around it."""
+"""Compressed token vectors (2bit / 1bit residual codes, pq product codes): exact packing, MaxSim close to float16 on
+real passages, a codec learned when enough tokens exist, in-place conversion that is all-or-nothing, and the CLI."""
 from __future__ import annotations
 
 import contextlib
@@ -12,6 +12,7 @@ import pytest
 
 from twostage.indexes.collection import Collection
 from twostage.indexes.documents import Document
+from twostage.indexes.product import ProductCodec, default_subvectors
 from twostage.indexes.residual import ResidualCodec, default_centroids
 from twostage.indexes.token_store import MIN_TRAIN, TokenStore
 from twostage.reranker.maxsim import MaxSimReranker, encode_with_tokens
@@ -48,6 +49,23 @@ def test_codes_pack_each_dimension_into_its_bucket(bits):
     assert default_centroids(1_254_069, 65_536) == 1024 and default_centroids(5_000, 5_000) == 64
 
 
+def test_product_codes_are_each_sub_vectors_nearest_sub_centroid():
+    rng = np.random.default_rng(1)
+    codec = ProductCodec.train(unit(rng, 3000, 32), subvectors=4, nbits=4)
+    assert codec.bytes_per_token == 4 * 4 // 8 and codec.dim == 32 and codec.codebooks.shape == (4, 16, 8)
+    x = unit(rng, 50, 32)
+    codes = codec.encode(x)
+    assert codes.shape == (50, 2) and codes.dtype == np.uint8
+    subs = x.reshape(50, 4, 1, 8)  # brute force: per sub-vector, the nearest of its 16 sub-centroids
+    nearest = np.argmin(((subs - codec.codebooks[None]) ** 2).sum(axis=3), axis=2)  # (50, 4)
+    expected = codec.codebooks[np.arange(4)[None, :], nearest].reshape(50, 32)
+    np.testing.assert_allclose(codec.decode(codes), expected, rtol=0, atol=1e-6)
+    again = ProductCodec.from_blobs(**codec.to_blobs())
+    np.testing.assert_array_equal(again.decode(codes), codec.decode(codes))
+    assert ProductCodec.train(unit(rng, 300, 32), subvectors=4).nbits == 2  # 300 points: 4 sub-centroids of ~39+
+    assert default_subvectors(384) == 48 and default_subvectors(16) == 2 and default_subvectors(6) == 1
+
+
 @pytest.fixture(scope="module")
 def example_tokens(minilm) -> tuple[list[str], list[np.ndarray]]:
     """Example passages' MaxSim tokens from the real all-MiniLM-L6-v2 (float16, as indexing stores them)."""
@@ -60,22 +78,24 @@ def example_tokens(minilm) -> tuple[list[str], list[np.ndarray]]:
 def test_compressed_tokens_score_maxsim_close_to_float16_on_real_passages(tmp_path, minilm, example_tokens):
     ids, tokens = example_tokens
     stores = {}
-    for encoding in ("float16", "int8", "2bit", "1bit"):
+    for encoding in ("float16", "int8", "2bit", "1bit", "pq"):
         store = TokenStore.open(tmp_path / f"{encoding}.sqlite", encoding=encoding)
         store.put_many(ids, tokens)
-        assert store.train_pending() == (encoding in ("2bit", "1bit"))  # ~2,100 tokens >= MIN_TRAIN
+        assert store.train_pending() == (encoding in ("2bit", "1bit", "pq"))  # ~2,100 tokens >= MIN_TRAIN
         stores[encoding] = store
     sizes = {e: s.bytes_per_passage() for e, s in stores.items()}
     tokens_per_passage = sum(len(t) for t in tokens) / len(tokens)
     assert sizes["2bit"] == pytest.approx(tokens_per_passage * 98) and sizes["1bit"] == pytest.approx(tokens_per_passage * 50)
     assert sizes["1bit"] <= 3_200 and sizes["int8"] / sizes["2bit"] > 3.9 and sizes["int8"] / sizes["1bit"] > 7.7
+    pq = stores["pq"].codec  # ~2,100 tokens train 5-bit codes (full size, 6-bit, needs ~2,500)
+    assert pq.nbits == 5 and sizes["pq"] == pytest.approx(tokens_per_passage * 48 * 5 / 8)
     candidates = [[_Candidate(i) for i in ids]] * len(QUERIES)
     reranker, scores = MaxSimReranker(minilm), {}
     for encoding, store in stores.items():
         reranker.token_store = store.get
         scores[encoding] = np.stack(reranker.score_candidates(QUERIES, candidates))
     reference = scores["float16"]
-    for encoding, mean, worst in (("int8", 0.001, 0.002), ("2bit", 0.03, 0.2), ("1bit", 0.06, 0.35)):
+    for encoding, mean, worst in (("int8", 0.001, 0.002), ("2bit", 0.03, 0.2), ("1bit", 0.06, 0.35), ("pq", PQ_MEAN, PQ_WORST)):
         got = scores[encoding]
         error = np.abs(got - reference) / reference.max(axis=1, keepdims=True)  # relative to each query's best score
         assert error.mean() < mean and error.max() < worst, (encoding, error.mean(), error.max())
@@ -151,6 +171,9 @@ def test_tokens_command_converts_in_place_and_refuses_collections_without_tokens
     assert "2bit tokens, 40 passages, 30.0 tokens and 600 -> 180 bytes per passage" in out and "codec" in out
     code, out, err = twostage("tokens", str(tmp_path / "c"))
     assert code == 0 and "2bit tokens" in out and "->" not in out
+    code, out, err = twostage("tokens", str(tmp_path / "c"), "--convert", "pq")  # 2 sub-vectors x 4 bits: 1 byte
+    assert code == 0, err
+    assert "pq tokens, 40 passages, 30.0 tokens and 180 -> 30 bytes per passage" in out and "codec" in out
     with Collection.create(tmp_path / "plain", model_name="m", model_fingerprint="f", dimension=8) as plain:
         plain.commit()
     code, out, err = twostage("tokens", str(tmp_path / "plain"), "--convert", "1bit")
@@ -158,6 +181,34 @@ def test_tokens_command_converts_in_place_and_refuses_collections_without_tokens
     with pytest.raises(SystemExit) as exit_:  # argparse's own usage error, status 2
         twostage("tokens", str(tmp_path / "c"), "--convert", "3bit")
     assert exit_.value.code == 2
+
+
+def test_a_failed_conversion_to_pq_leaves_the_store_as_it_was_and_new_rows_use_the_codec(tmp_path, monkeypatch):
+    rng = np.random.default_rng(6)
+    ids, arrays = [f"d{i}" for i in range(40)], [unit(rng, 30, 16) for _ in range(40)]
+    store = TokenStore.open(tmp_path / "t.sqlite", encoding="2bit")
+    store.put_many(ids, arrays)
+    assert store.train_pending()
+    before = store.get_many(ids)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("twostage.indexes.token_store._write", fail)
+    with pytest.raises(OSError):
+        store.convert("pq")
+    monkeypatch.undo()
+    again = TokenStore.open(tmp_path / "t.sqlite")
+    assert again.encoding == "2bit" and isinstance(again.codec, ResidualCodec) and again.stats().codec_bytes > 0
+    np.testing.assert_array_equal(again.get("d3"), before[3])
+    store.convert("pq")
+    assert again.get("d3").shape == (30, 16)  # another connection's read picks the conversion up
+    assert again.encoding == "pq" and isinstance(again.codec, ProductCodec)
+    again.put_many(["d9"], [arrays[9]])  # a new row is coded with the stored codec
+    np.testing.assert_array_equal(store.get("d9"), store.codec.decode(store.codec.encode(arrays[9])))
+    assert store.bytes_per_passage() == 30 * store.codec.bytes_per_token
+    store.close()
+    again.close()
 
 
 def test_a_conversion_by_another_connection_is_seen_by_readers_and_writers(tmp_path):

@@ -64,10 +64,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         const="2bit",
         default=False,
         choices=TOKEN_ENCODINGS,
-        metavar="2bit|1bit|int8|float16",
+        metavar="2bit|pq|1bit|int8|float16",
         help="also store each passage's token vectors so the MaxSim reranker encodes no passage at query time: "
-        "2bit (the default; a centroid id and 2 bits per dimension, ~98 bytes per token at 384-d), 1bit (~50), "
-        "int8 (~388) or float16 (768)",
+        "2bit (the default; a centroid id and 2 bits per dimension, ~98 bytes per token at 384-d), pq (product "
+        "codes, 0.75 bits per dimension: 36 bytes), 1bit (~50), int8 (~388) or float16 (768)",
     )
     p.add_argument("--shards", type=_positive_int, default=None, metavar="N",
                    help="build a sharded collection: N collections in DIR, documents routed by a hash of their id")
@@ -98,14 +98,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_wait_argument(p)
 
-    p = sub.add_parser("info", help="describe a collection")
-    p.add_argument("directory")
+    p = sub.add_parser("info", help="describe a collection, or (--backends) the backends measured on this machine")
+    p.add_argument("directory", nargs="?", help="collection directory (not needed with --backends)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--backends", action="store_true",
+                   help="the measured backend table and the choice per stage (measured now when not cached yet)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="with --backends: measure again, replacing the cached choice")
+    p.add_argument("--model", default=None, help="with --backends: the bi-encoder (default: the collection's, else "
+                   "all-MiniLM-L6-v2)")
+    p.add_argument("--reranker", default=None, metavar="NAME|PATH",
+                   help="with --backends: a cross-encoder to measure too (default: the default one, if found)")
 
     p = sub.add_parser("tokens", help="show, or convert in place, a collection's stored MaxSim token vectors")
     p.add_argument("directory")
-    p.add_argument("--convert", choices=TOKEN_ENCODINGS, metavar="2bit|1bit|int8|float16",
-                   help="re-encode every stored passage's tokens (a 2bit/1bit codec is learned afresh from the "
+    p.add_argument("--convert", choices=TOKEN_ENCODINGS, metavar="2bit|pq|1bit|int8|float16",
+                   help="re-encode every stored passage's tokens (a 2bit/1bit/pq codec is learned afresh from the "
                    "collection); one SQLite transaction per shard, so a crash leaves them as they were")
 
     p = sub.add_parser("search", help="search a collection (one query, or a batch from --queries)")
@@ -384,6 +392,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from twostage.indexes.sharded import open_collection
 
+    if args.backends or args.calibrate:
+        return _backends_info(args)
+    if not args.directory:
+        raise UsageError("give a collection DIRECTORY (or --backends for the backends measured on this machine)")
     with open_collection(args.directory) as collection:
         stats = collection.stats()
     if args.json:
@@ -396,6 +408,58 @@ def cmd_info(args: argparse.Namespace) -> int:
         for shard in shards:  # a sharded collection: one line per shard
             print(f"{shard['shard']:<{width}}  {shard['document_count']} documents, {shard['factory']}, "
                   f"{shard['disk_bytes']} bytes")
+    return 0
+
+
+def _backends_info(args: argparse.Namespace) -> int:
+    """``info --backends``: per stage, every backend's quality gate and throughput, the choice, the CPU, the cache."""
+    from dataclasses import asdict
+
+    from twostage.indexes.sharded import open_collection
+    from twostage.reranker.backend_choice import cross_encoder_choice
+    from twostage.reranker.base import RerankerLoadError
+    from twostage.reranker.resolve import DEFAULT_RERANKER
+    from twostage.retriever.backend_choice import bi_encoder_choice
+    from twostage.runtime.autotune import describe
+    from twostage.runtime.backends import configure_threads
+    from twostage.runtime.cpu import cpu_info
+    from twostage.runtime.models import DEFAULT_BI_ENCODER
+
+    model = args.model
+    if model is None and args.directory:
+        with open_collection(args.directory) as collection:
+            model = collection.manifest.model_name
+    model = model or DEFAULT_BI_ENCODER
+    print("measuring where nothing is cached yet (once per machine and model) ...", file=sys.stderr)
+    found = {"bi-encoder": (model, bi_encoder_choice(model, recalibrate=args.calibrate))}
+    try:
+        name = args.reranker or DEFAULT_RERANKER
+        found["cross-encoder"] = (name, cross_encoder_choice(name, recalibrate=args.calibrate))
+    except RerankerLoadError as error:
+        if args.reranker:
+            raise
+        skipped = f"{DEFAULT_RERANKER} not found ({error.reason}); pass --reranker NAME|PATH to measure a cross-encoder"
+    cpu, threads = cpu_info(), configure_threads()
+    override = os.environ.get("TWOSTAGE_BACKEND", "").strip().lower()
+    if args.json:
+        stages = {stage: {"model": name, **({**asdict(c), "path": str(c.path)} if c else {"choice": None})}
+                  for stage, (name, c) in found.items()}
+        print(json.dumps({"cpu": cpu.model, "isa": cpu.isa, "threads": threads, "override": override or None,
+                          "stages": stages}, indent=2))
+        return 0
+    print(f"cpu: {cpu.model} ({', '.join(cpu.isa) or 'none of the listed ISA extensions'}), {threads} threads")
+    for stage, (name, calibration) in found.items():
+        if calibration is None:
+            print(f"{stage} {name}: no local files to measure; the default preference is used")
+            continue
+        print(f"{stage} {name}: {calibration.choice} (measured {calibration.measured_at}: "
+              f"{calibration.measure_seconds:.1f} s measuring, {calibration.load_seconds:.1f} s loading and exports)")
+        print(f"  cache: {calibration.path}")
+        print("\n".join(describe(calibration)))
+    if "cross-encoder" not in found:
+        print(f"cross-encoder: {skipped}; the MaxSim reranker runs on the bi-encoder's backend")
+    if override and override != "auto":
+        print(f"note: TWOSTAGE_BACKEND={override} is set, and overrides these choices")
     return 0
 
 

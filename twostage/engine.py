@@ -131,8 +131,8 @@ class Engine:
         ``store_tokens`` (True = "2bit", or "1bit", "int8", "float16") also stores each passage's token vectors at
         index time, so the MaxSim reranker encodes no passage at query time (``indexes.token_store``). ``runtime`` says where and how both stages run (device,
         backend, batch size, threads); ``backend=`` and ``batch_size=`` are shorthands that override its fields. The
-        backend (torch, onnx, onnx-int8, openvino, openvino-int8; None = the device's default) is recorded in the
-        manifest."""
+        backend (torch, onnx, onnx-int8, openvino, openvino-int8; auto = measured here, ``runtime.autotune``) is
+        recorded in the manifest."""
         path = Path(path)
         runtime = runtime_config(runtime, backend=backend, batch_size=batch_size)
         if collection_exists(path) and not overwrite:
