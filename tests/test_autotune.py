@@ -196,3 +196,18 @@ def test_real_probes_measure_the_tiny_bi_encoder(tiny_bi_encoder_dir, monkeypatc
 def test_info_needs_a_directory_or_backends(capsys):
     assert main(["info"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_index_says_so_before_measuring_and_is_quiet_once_cached(clock, tiny_bi_encoder_dir, tmp_path, capsys,
+                                                                  monkeypatch):
+    """The first ``twostage index`` on a machine announces the measuring (it takes up to a minute), later ones not."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "a", "text": "one passage"}\n{"id": "b", "text": "another passage"}\n')
+    timings = dict.fromkeys(autotune.BACKENDS, 1.0) | {"torch": 0.1}  # fake timings, torch's own scores
+    monkeypatch.setattr(backend_choice, "calibrate",
+                        lambda stage, fp, load: calibrate(stage, fp, fake_loader(clock, timings), budget_s=0))
+    for run, announced in (("first", True), ("second", False)):
+        code = main(["index", str(corpus), "--index", str(tmp_path / run), "--model", str(tiny_bi_encoder_dir),
+                     "--index-type", "flat"])
+        assert code == 0 and ("measuring this machine's backends" in capsys.readouterr().err) is announced
+    assert read_choice("bi-encoder", model_fingerprint(str(tiny_bi_encoder_dir))).choice == "torch"

@@ -296,6 +296,9 @@ def _index_into(args: argparse.Namespace, total: int) -> int:
 
     from .engine import Engine
 
+    runtime = runtime_from_args(args)
+    if not args.quiet:
+        _announce_calibration(args.model or DEFAULT_BI_ENCODER, runtime)
     engine = Engine.create(
         args.directory,
         model=args.model or DEFAULT_BI_ENCODER,
@@ -303,13 +306,27 @@ def _index_into(args: argparse.Namespace, total: int) -> int:
         overwrite=args.overwrite,
         reranker=None,
         store_tokens=args.store_tokens,
-        runtime=runtime_from_args(args),
+        runtime=runtime,
         shards=args.shards,
     )
     with engine:
         report = _add_with_progress(engine, args, total)
         _print_add_report(report, args.directory, engine)
     return 0
+
+
+def _announce_calibration(model: str, runtime: Any) -> None:
+    """Say so before ``--backend auto`` measures this machine's backends (once per machine and model; exports and
+    measuring take up to a minute on 2 cores), so the first ``index`` does not look stuck."""
+    from twostage.retriever.backend_choice import STAGE, fingerprint_of
+    from twostage.runtime.autotune import measured, read_choice
+
+    device, _ = runtime.placement()
+    if measured(runtime.backend, device):
+        fingerprint = fingerprint_of(model)
+        if fingerprint and read_choice(STAGE, fingerprint) is None:
+            print("--backend auto: measuring this machine's backends for this model (once; see twostage info "
+                  "--backends) ...", file=sys.stderr)
 
 
 def _index_on_ray(args: argparse.Namespace) -> int:
