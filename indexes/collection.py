@@ -220,7 +220,7 @@ class Collection:
             updated_at=now,
             extra=dict(extra or {}),
         )
-        if store_tokens:  # True (= "2bit"), or the encoding: "2bit", "1bit", "int8" or "float16"
+        if store_tokens:  # True (= "2bit"), or the encoding: "2bit", "pq", "1bit", "int8" or "float16"
             manifest.extra["token_store"] = {"encoding": token_encoding}
         store.set_meta("dimension", dimension)
         LexicalIndex(store).create()
@@ -467,7 +467,7 @@ class Collection:
         self._dirty = False
 
     def convert_tokens(self, encoding: str) -> None:
-        """Re-encode the stored token vectors into ``encoding`` (2bit, 1bit, int8, float16) in one SQLite transaction,
+        """Re-encode the stored token vectors into ``encoding`` (2bit, pq, 1bit, int8, float16) in one SQLite transaction,
         record it in the manifest (the SQLite file's own record wins if a crash comes between the two), and give the
         freed pages back to the file system (``VACUUM``)."""
         if self.token_store is None:

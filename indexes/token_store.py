@@ -13,9 +13,9 @@ returns): only the tokens MaxSim reads, no padding, no special tokens. Five enco
 - ``float16``: ``2 * dim`` bytes per token, bit-exact with the on-the-fly path.
 
 Each row names its own encoding, so a store may hold several while it changes: a learned-codec store (2bit, 1bit,
-pq) writes int8 rows until it has a codec, and :meth:`TokenStore.train_pending` learns one from them (then re-encodes them): a collection
-calls it after each write, where it acts from :data:`TRAIN_AT` stored tokens, and on commit (the end of an ``add``),
-where it acts from :data:`MIN_TRAIN`.
+pq) writes int8 rows until it has a codec, and :meth:`TokenStore.train_pending` learns one from them (then
+re-encodes them): a collection calls it after each write, where it acts from :data:`TRAIN_AT` stored tokens, and on
+commit (the end of an ``add``), where it acts from :data:`MIN_TRAIN`.
 :meth:`TokenStore.convert` re-encodes every row into another encoding, learning a fresh codec from the whole store.
 The store's encoding is kept in the file's ``meta`` table, so it changes in the same transaction as the rows.
 
@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS token_pq (
     nbits     INTEGER NOT NULL,
     m         INTEGER NOT NULL,
     dim       INTEGER NOT NULL,
-    codebooks BLOB NOT NULL
+    codebooks BLOB NOT NULL,
+    rotation  BLOB
 )
 """
 
@@ -118,11 +119,17 @@ class TokenStore:
         with documents.transaction() as con:
             con.execute(SCHEMA)
             con.execute(CODEC_SCHEMA)
-            con.execute(PQ_SCHEMA)
+            columns = {row[1] for row in con.execute("PRAGMA table_info(token_pq)")}
+            if not documents.read_only:  # a read-only file from before pq has no pq rows either
+                con.execute(PQ_SCHEMA)
+                if columns and "rotation" not in columns:  # a file from before rotated codes
+                    con.execute("ALTER TABLE token_pq ADD COLUMN rotation BLOB")
+                columns = {"rotation"}
             recorded = documents.get_meta("token_encoding")
             if recorded is None:
                 documents.set_meta("token_encoding", encoding)
         self.encoding: str = recorded or encoding
+        self._pq_table = bool(columns)  # False only for a read-only store from before pq
         self.codec: ResidualCodec | ProductCodec | None = None
         self._version = -1  # of the codec this object holds; another process's conversion bumps the file's
         self._refresh()
@@ -150,7 +157,7 @@ class TokenStore:
 
     def train_pending(self, minimum: int = MIN_TRAIN) -> bool:
         """For a learned-codec store (2bit, 1bit, pq) without a codec: once ``minimum`` tokens are stored, learn the
-        codec from them and re-encode them, in a transaction of its own (call it outside any other). True when it did."""
+        codec from them and re-encode them, in a transaction of its own (call it outside any other). True if it did."""
         self._refresh()
         if self.encoding not in LEARNED or self.codec is not None or self.stats().tokens < minimum:
             return False
@@ -163,8 +170,9 @@ class TokenStore:
 
     def convert(self, encoding: str, *, seed: int = 0) -> None:
         """Re-encode every stored row into ``encoding`` (a learned one, 2bit, 1bit or pq, learns a fresh codec from a
-        sample of the store), and make it the store's encoding, all in one transaction of its own (call it outside any other, so a
-        rollback cannot leave this object with a codec the file lacks): a crash leaves the store as it was."""
+        sample of the store), and make it the store's encoding, all in one transaction of its own (call it outside
+        any other, so a rollback cannot leave this object with a codec the file lacks): a crash leaves the store as
+        it was."""
         _check_encoding(encoding)
         with self.documents.transaction() as con:
             self._refresh()
@@ -175,8 +183,8 @@ class TokenStore:
                 con.execute("INSERT INTO token_codec(id, bits, k, dim, centroids, cutoffs, weights) "
                             "VALUES (1, :bits, :k, :dim, :centroids, :cutoffs, :weights)", codec.to_blobs())
             elif codec is not None:
-                con.execute("INSERT INTO token_pq(id, nbits, m, dim, codebooks) VALUES (1, :nbits, :m, :dim, :codebooks)",
-                            codec.to_blobs())
+                con.execute("INSERT INTO token_pq(id, nbits, m, dim, codebooks, rotation) "
+                            "VALUES (1, :nbits, :m, :dim, :codebooks, :rotation)", codec.to_blobs())
             old_encoding, old_codec, old_version = self.encoding, self.codec, self._version
             self.documents.set_meta("token_encoding", encoding)
             self.documents.set_meta("token_codec_version", old_version + 1)
@@ -197,7 +205,7 @@ class TokenStore:
                 raise
 
     def _train(self, encoding: str, seed: int) -> ResidualCodec | ProductCodec:
-        """``encoding``'s codec learned from up to :data:`MAX_SAMPLE` stored tokens (whole passages, drawn at random)."""
+        """``encoding``'s codec, learned from up to :data:`MAX_SAMPLE` stored tokens (whole passages, at random)."""
         with self.documents.reading() as con:
             sizes = con.execute("SELECT doc_id, n_tokens FROM tokens").fetchall()
         total = sum(n for _, n in sizes)
@@ -240,7 +248,8 @@ class TokenStore:
             return
         with self.documents.reading() as con:
             row = con.execute("SELECT bits, k, dim, centroids, cutoffs, weights FROM token_codec WHERE id = 1").fetchone()
-            pq = con.execute("SELECT nbits, m, dim, codebooks FROM token_pq WHERE id = 1").fetchone()
+            pq = (con.execute("SELECT nbits, m, dim, codebooks, rotation FROM token_pq WHERE id = 1").fetchone()
+                  if self._pq_table else None)
         self.codec = (ResidualCodec.from_blobs(*row) if row is not None
                       else ProductCodec.from_blobs(*pq) if pq is not None else None)
         self.encoding = self.documents.get_meta("token_encoding", self.encoding)
@@ -281,7 +290,9 @@ class TokenStore:
             ).fetchone()
             codec = con.execute("SELECT IFNULL(SUM(LENGTH(centroids) + LENGTH(cutoffs) + LENGTH(weights)), 0) "
                                 "FROM token_codec").fetchone()[0]
-            codec += con.execute("SELECT IFNULL(SUM(LENGTH(codebooks)), 0) FROM token_pq").fetchone()[0]
+            if self._pq_table:
+                codec += con.execute("SELECT IFNULL(SUM(LENGTH(codebooks) + IFNULL(LENGTH(rotation), 0)), 0) "
+                                     "FROM token_pq").fetchone()[0]
         return TokenStats(int(passages), int(tokens), int(size), int(codec))
 
     def bytes_per_passage(self) -> float:

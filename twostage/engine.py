@@ -128,7 +128,7 @@ class Engine:
 
         ``shards=N`` builds a sharded collection (``indexes.sharded``): N collections, documents routed by id hash.
 
-        ``store_tokens`` (True = "2bit", or "1bit", "int8", "float16") also stores each passage's token vectors at
+        ``store_tokens`` (True = "2bit", or "pq", "1bit", "int8", "float16") also stores each passage's token vectors at
         index time, so the MaxSim reranker encodes no passage at query time (``indexes.token_store``). ``runtime`` says where and how both stages run (device,
         backend, batch size, threads); ``backend=`` and ``batch_size=`` are shorthands that override its fields. The
         backend (torch, onnx, onnx-int8, openvino, openvino-int8; auto = measured here, ``runtime.autotune``) is
