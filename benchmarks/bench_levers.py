@@ -1,5 +1,6 @@
-"""Ablation of the second-stage levers (issue 14) on msmarco-dl20 and cacm: score fusion, Rocchio feedback and
-MaxSim query-token options, each alone and the best combination, against the dense first stage.
+"""Ablation of the second-stage levers (issue 14) on msmarco-dl20 and cacm: score fusion, Rocchio feedback,
+MaxSim query-token options and the first stage under MaxSim (dense or hybrid), each alone and the best combination,
+against the dense first stage.
 
     python benchmarks/bench_levers.py     # writes benchmarks/results/levers.json and levers.md
 
@@ -47,6 +48,9 @@ MEASURES = ("nDCG@10", "MRR@10", "R@100")
 K = 100
 PRF_GRID = [None] + [f"{k}:{b:g}" for k in (1, 3, 5, 10) for b in (0.25, 0.5, 1.0)]
 TOKEN_GRID = ["plain", "idf", "special", "idf+special"]
+#: hybrid first stages are tried with feedback off and at the dense grid's best feedback (the grid stays affordable)
+HYBRID_GRID = ["hybrid", "hybrid:weighted:0.5", "hybrid:weighted:0.7"]
+HYBRID_PRF_GRID = [None, "10:0.5"]
 FUSION_GRID = [None, "rrf"] + [f"{m}:{w:g}" for m in ("zscore", "minmax") for w in np.arange(0.1, 1.0, 0.1).round(1)]
 
 
@@ -56,6 +60,7 @@ class System:
 
     name: str
     rerank: bool = True
+    first_stage: str = "dense"
     prf: str | None = None
     query_tokens: str | None = None
     fusion: str | None = None
@@ -65,7 +70,7 @@ class System:
         """Every lever named, "none" where off, so the engine's defaults never creep in (unless ``default``)."""
         if self.default:
             return {"rerank": self.rerank}
-        return {"rerank": self.rerank, "prf": self.prf or "none", "query_tokens": self.query_tokens or "plain",
+        return {"rerank": self.rerank, "first_stage": self.first_stage, "prf": self.prf or "none", "query_tokens": self.query_tokens or "plain",
                 "fusion": self.fusion or "none"}
 
 
@@ -121,13 +126,24 @@ def metrics(run: dict, qrels: dict, threshold: int) -> tuple[dict, dict]:
 
 
 # ------------------------------------------------------------------ tuning grid
-def tune(engine: Engine, queries: dict[str, str], qrels: dict, threshold: int) -> dict:
-    """nDCG@10 on the tuning queries for every prf x query-token x fusion setting; one engine pass per prf x tokens."""
+def grid_passes() -> list[tuple[str, str | None, str]]:
+    """Every first stage x prf x query-token setting the tuning grid runs (each one engine pass; fusion is free)."""
+    dense = [("dense", prf, tokens) for prf, tokens in itertools.product(PRF_GRID, TOKEN_GRID)]
+    hybrid = list(itertools.product(HYBRID_GRID, HYBRID_PRF_GRID, TOKEN_GRID))
+    return dense + hybrid
+
+
+def tune(engine: Engine, queries: dict[str, str], qrels: dict, threshold: int,
+         known: dict[tuple, float] | None = None) -> dict:
+    """nDCG@10 on the tuning queries for every first stage x prf x query-token x fusion setting; one engine pass per
+    first stage x prf x tokens. Settings in ``known`` (an earlier run's grid, same queries) are not recomputed."""
     qids = list(queries)
-    grid: dict[tuple, float] = {}
-    for prf, tokens in itertools.product(PRF_GRID, TOKEN_GRID):
-        results = engine.search_many([queries[q] for q in qids], k=K, top_n=K, prf=prf or "none",
-                                     query_tokens=tokens, fusion="none")
+    grid: dict[tuple, float] = dict(known or {})
+    for first_stage, prf, tokens in grid_passes():
+        if all((first_stage, prf, tokens, fusion) in grid for fusion in FUSION_GRID):
+            continue
+        results = engine.search_many([queries[q] for q in qids], k=K, top_n=K, first_stage=first_stage,
+                                     prf=prf or "none", query_tokens=tokens, fusion="none")
         pairs = {}
         for qid, result in zip(qids, results):
             hits = sorted(result.hits, key=lambda h: h.retrieval_rank)  # the first stage's order
@@ -138,39 +154,47 @@ def tune(engine: Engine, queries: dict[str, str], qrels: dict, threshold: int) -
                 scores = second if fusion is None else fuse_scores(first, second, Fusion.parse(fusion))
                 order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
                 run[qid] = {ids[i]: float(len(ids) - r) for r, i in enumerate(order)}
-            grid[(prf, tokens, fusion)] = metrics(run, qrels, threshold)[0]["nDCG@10"]
-        print(f"  tuned prf={prf} tokens={tokens}", file=sys.stderr)
+            grid[(first_stage, prf, tokens, fusion)] = metrics(run, qrels, threshold)[0]["nDCG@10"]
+        print(f"  tuned first_stage={first_stage} prf={prf} tokens={tokens}", file=sys.stderr)
     return grid
 
 
 def choose(grid: dict[tuple, float]) -> dict[str, tuple]:
-    """Best setting per lever alone (the others at today's default) and the best combination, by tuning nDCG@10."""
+    """Best setting per lever alone (the others off, dense first stage) and the best combination, by tuning
+    nDCG@10; keys are (first stage, prf, query tokens, fusion)."""
     def best(keys):
-        return max(keys, key=lambda key: (round(grid[key], 6), key == (None, "plain", None)))
+        return max(keys, key=lambda key: (round(grid[key], 6), key == ("dense", None, "plain", None)))
 
     keys = list(grid)
+    dense = [k for k in keys if k[0] == "dense"]
     return {
-        "fusion": best([k for k in keys if k[0] is None and k[1] == "plain" and k[2] not in (None, "rrf")]),
-        "rrf": (None, "plain", "rrf"),
-        "prf": best([k for k in keys if k[0] is not None and k[1] == "plain" and k[2] is None]),
-        "tokens": best([k for k in keys if k[0] is None and k[2] is None and k[1] != "plain"]),
+        "fusion": best([k for k in dense if k[1] is None and k[2] == "plain" and k[3] not in (None, "rrf")]),
+        "rrf": ("dense", None, "plain", "rrf"),
+        "prf": best([k for k in dense if k[1] is not None and k[2] == "plain" and k[3] is None]),
+        "tokens": best([k for k in dense if k[1] is None and k[3] is None and k[2] != "plain"]),
+        "first stage": best([k for k in keys if k[0] != "dense" and k[1] is None and k[2] == "plain"
+                             and k[3] is None]),
         "combination": best(keys),
     }
 
 
 def systems_from(choice: dict[str, tuple]) -> list[System]:
-    prf, _, _ = choice["prf"]
+    _, prf, _, _ = choice["prf"]
+    hybrid = choice["first stage"][0]
     out = [
         System("dense", rerank=False),
         System(f"dense+prf {prf}", rerank=False, prf=prf),
+        System(hybrid, rerank=False, first_stage=hybrid),
         System("dense+maxsim"),
-        System(f"+ fusion {choice['fusion'][2]}", fusion=choice["fusion"][2]),
+        System(f"+ fusion {choice['fusion'][3]}", fusion=choice["fusion"][3]),
         System("+ fusion rrf", fusion="rrf"),
         System(f"+ prf {prf}", prf=prf),
     ]
     out += [System(f"+ tokens {t}", query_tokens=t) for t in TOKEN_GRID[1:]]
-    p, t, f = choice["combination"]
-    out.append(System(f"best: prf {p} / tokens {t} / fusion {f}", prf=p, query_tokens=t, fusion=f))
+    out.append(System(f"{hybrid}+maxsim", first_stage=hybrid))
+    s, p, t, f = choice["combination"]
+    out.append(System(f"best: {s} / prf {p} / tokens {t} / fusion {f}", first_stage=s, prf=p, query_tokens=t,
+                      fusion=f))
     out.append(System("engine default (MAXSIM_DEFAULTS)", default=True))
     return list(dict.fromkeys(out))
 
@@ -224,8 +248,8 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-levers")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--grid", type=Path, default=None, metavar="LEVERS.JSON",
-                        help="reuse the tuning grid of an earlier levers.json (same tuning queries) instead of "
-                             "recomputing it")
+                        help="reuse the tuning grid of an earlier levers.json (same tuning queries): only settings "
+                             "it lacks are computed")
     args = parser.parse_args()
     if not (args.data / "msmarco-dl20").is_dir() or not (args.data / "cacm").is_dir():
         print(f"bench_levers: msmarco-dl20 and cacm not found in {args.data}; nothing to do")
@@ -240,15 +264,16 @@ def main() -> int:
     cacm_qids = sorted(cacm.queries, key=lambda q: (len(q), q))
     tune_qids, held_qids = cacm_qids[0::2], cacm_qids[1::2]
     engines = {name: Engine.open(args.cache / name, encoder=encoder, reranker="maxsim") for name in sets}
+    known = {}
     if args.grid is not None:
         saved = json.loads(args.grid.read_text())
         if saved["tuned_on"]["queries"] != tune_qids:
             raise SystemExit(f"{args.grid}: tuned on other queries than this run's cacm-tune")
-        grid = {(g["prf"], g["query_tokens"], g["fusion"]): g["nDCG@10"] for g in saved["grid"]}
-        print(f"tuning grid from {args.grid} ({len(grid)} settings)", file=sys.stderr)
-    else:
-        print(f"tuning on {len(tune_qids)} cacm queries", file=sys.stderr)
-        grid = tune(engines["cacm"], {q: cacm.queries[q] for q in tune_qids}, cacm.qrels, 1)
+        known = {(g.get("first_stage", "dense"), g["prf"], g["query_tokens"], g["fusion"]): g["nDCG@10"]
+                 for g in saved["grid"]}
+        print(f"tuning grid from {args.grid} ({len(known)} settings)", file=sys.stderr)
+    print(f"tuning on {len(tune_qids)} cacm queries", file=sys.stderr)
+    grid = tune(engines["cacm"], {q: cacm.queries[q] for q in tune_qids}, cacm.qrels, 1, known)
     choice = choose(grid)
     systems = systems_from(choice)
     print(f"chosen: {choice}", file=sys.stderr)
@@ -273,9 +298,10 @@ def main() -> int:
         "load_average_after": load,
         "k": K,
         "tuned_on": {"dataset": "cacm", "queries": tune_qids, "measure": "nDCG@10"},
-        "grid": [{"prf": p, "query_tokens": t, "fusion": f, "nDCG@10": round(v, 4)} for (p, t, f), v in grid.items()],
-        "chosen": {k: {"prf": v[0], "query_tokens": v[1], "fusion": v[2], "tune nDCG@10": round(grid[v], 4)}
-                   for k, v in choice.items()},
+        "grid": [{"first_stage": s, "prf": p, "query_tokens": t, "fusion": f, "nDCG@10": round(v, 4)}
+                 for (s, p, t, f), v in grid.items()],
+        "chosen": {k: {"first_stage": v[0], "prf": v[1], "query_tokens": v[2], "fusion": v[3],
+                       "tune nDCG@10": round(grid[v], 4)} for k, v in choice.items()},
         "tables": tables,
         "collections": builds,
         "seconds": round(time.time() - started, 1),
@@ -291,7 +317,7 @@ def main() -> int:
         f"Latency per query through Engine.search, systems interleaved per query; CPU: {cpu}; load average after "
         f"each dataset: {', '.join(f'{k} {v[0]:.2f} {v[1]:.2f} {v[2]:.2f}' for k, v in load.items())}.",
         "",
-        "Chosen on cacm-tune: " + "; ".join(f"{k}: prf {v[0]}, tokens {v[1]}, fusion {v[2]} "
+        "Chosen on cacm-tune: " + "; ".join(f"{k}: {v[0]}, prf {v[1]}, tokens {v[2]}, fusion {v[3]} "
                                            f"(nDCG@10 {grid[v]:.4f})" for k, v in choice.items()),
         "",
     ]

@@ -185,10 +185,11 @@ def markdown(report: dict) -> str:
     load = lambda xs: " ".join(f"{x:.1f}" for x in xs)  # noqa: E731
     lines = [
         f"# Scale-out on one machine ({report['cpu']}, {report['cores']} cores)", "",
-        f"{report['passages']} msmarco-dl20 passages, {report['model']}; the machine was shared with other jobs "
-        f"(load average {load(report['load_average_start'])} at the start, {load(report['load_average_end'])} at the "
-        "end), so absolute figures are inflated; ratios were measured side by side in this run. Indexing times "
-        "include starting the actors and loading one model in each.", "",
+        f"{report['passages']} msmarco-dl20 passages, {report['model']}; load average "
+        f"{load(report['load_average_start'])} at the start, {load(report['load_average_end'])} at the end (the "
+        "benchmark's own processes count in it, up to 4 actors; other jobs on the machine inflate absolute figures); "
+        "ratios were measured side by side in this run. Indexing times include starting the "
+        "actors and loading one model in each.", "",
         "## Indexing", "",
         "| system | seconds | passages/s | vs 1 actor | load average (1/5/15 min) |", "|---|---:|---:|---:|---|",
     ]
