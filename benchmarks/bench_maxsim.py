@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -97,6 +98,39 @@ def derived_store(source: TokenStore, doc_ids: list[str], path: Path, encoding: 
         store.train_pending()
         seconds = round(time.perf_counter() - started, 1)
     return store, seconds
+
+
+def seeded_store(int8_path: Path, path: Path, encoding: str, seed: int) -> tuple[TokenStore, float | None]:
+    """The int8 rows with a ``encoding`` codec learned from ``seed`` (indexing's own codec is seed 0), built once: how
+    much one learned codec's draw moves the scores, which a single store cannot tell."""
+    seconds = None
+    if not path.is_file():
+        partial = path.with_name(path.name + ".partial")
+        partial.unlink(missing_ok=True)
+        with sqlite3.connect(int8_path) as source, sqlite3.connect(partial) as copy:
+            source.backup(copy)
+        store = TokenStore.open(partial, encoding="int8")
+        started = time.perf_counter()
+        store.convert(encoding, seed=seed)
+        seconds = round(time.perf_counter() - started, 1)
+        store.close()
+        os.replace(partial, path)
+    return TokenStore.open(path, encoding=encoding), seconds
+
+
+def codec_spread(by_key: dict, variants: list[str], seeds: int) -> dict:
+    """Per learned encoding with extra seeds: nDCG@10 minus float16's at each depth for every codec (seed 0 first),
+    and their mean."""
+    out = {}
+    for name in variants:
+        names = [name] + [f"{name}, seed {k}" for k in range(1, seeds + 1)]
+        if name.split()[0] not in LEARNED or not seeds or any((n, DEPTHS[0]) not in by_key for n in names):
+            continue
+        out[name] = {}
+        for depth in DEPTHS:
+            diffs = [by_key[(n, depth)]["nDCG@10"] - by_key[("float16 stored", depth)]["nDCG@10"] for n in names]
+            out[name][depth] = {"each": [round(d, 4) for d in diffs], "mean": round(sum(diffs) / len(diffs), 4)}
+    return out
 
 
 def index_cost(docs: list[Document], model: str, sample: int) -> dict:
@@ -213,6 +247,12 @@ def markdown(report: dict) -> str:
     )
     for variant, diffs in report["vs_float16_ndcg"].items():
         lines.append(f"- {variant} vs float16 nDCG@10 difference, per depth: {diffs}.")
+    for variant, per_depth in report.get("codec_spread", {}).items():
+        k = len(next(iter(per_depth.values()))["each"])
+        lines.append(f"- {variant} over {k} learned codecs (seed 0 = indexing's own, then seeds 1..{k - 1}), nDCG@10 "
+                     "minus float16's, mean (each): " + "; ".join(
+                         f"depth {d}: {v['mean']:+.4f} ({', '.join(f'{x:+.4f}' for x in v['each'])})"
+                         for d, v in per_depth.items()) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -227,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="off: plain MaxSim (default); default: the engine's default search options for MaxSim")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated MaxSim variants to run (default all: {', '.join(VARIANTS)})")
+    parser.add_argument("--codec-seeds", type=int, default=0, metavar="N",
+                        help="also learn N more codecs (seeds 1..N) for each learned encoding run (2bit, 1bit, pq) "
+                             "and report the mean nDCG@10 difference to float16 over all of them")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier timings on a shared CPU)")
     parser.add_argument("--queries", type=int, default=None, help="only the first N queries (a quick look)")
     parser.add_argument("--build-only", action="store_true", help="build the cached collection and stop")
@@ -262,12 +305,24 @@ def main(argv: list[str] | None = None) -> int:
         if name.endswith("stored") and encoding != "float16":
             stores[encoding], codec_seconds[encoding] = derived_store(
                 fp16, [d.id for d in docs], args.cache / f"tokens-{encoding}.sqlite", encoding)
-    rerankers = {f"{e} stored": MaxSimReranker(encoder, token_store=s.get) for e, s in stores.items() if e != "float16"}
+    seeded: list[str] = []
+    if args.codec_seeds > 0:
+        int8_path = args.cache / "tokens-int8.sqlite"
+        if "int8" not in stores:
+            derived_store(fp16, [d.id for d in docs], int8_path, "int8")[0].close()
+        for encoding in [e for e in stores if e in LEARNED]:
+            for seed in range(1, args.codec_seeds + 1):
+                key = f"{encoding} stored, seed {seed}"
+                stores[key], codec_seconds[key] = seeded_store(
+                    int8_path, args.cache / f"tokens-{encoding}-seed{seed}.sqlite", encoding, seed)
+                seeded.append(key)
+    rerankers = {(e if e in seeded else f"{e} stored"): MaxSimReranker(encoder, token_store=s.get)
+                 for e, s in stores.items() if e != "float16"}
     rerankers["float16 stored"] = engine.reranker  # the product wiring: "maxsim" on a collection with stored tokens
     rerankers["on the fly"] = MaxSimReranker(encoder)
     engines: dict[tuple[str, int], Engine] = {("dense", 100): Engine(engine.collection, encoder, None)}
     for depth in DEPTHS:
-        for name in variants:
+        for name in variants + seeded:
             engines[(name, depth)] = Engine(engine.collection, encoder, rerankers[name])
     queries = dict(list(dataset.queries.items())[: args.queries])
     runs = run_queries(engines, queries, LEVERS[args.levers])
@@ -293,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": {"model": cpu.model, "isa": list(cpu.isa), "platform": platform.machine()},
         "levers": args.levers,
         "rows": rows,
-        "storage": [{**storage(s, encoder.dimension), "codec_seconds": codec_seconds[e]} for e, s in stores.items()],
+        "storage": [{**storage(s, encoder.dimension), "codec_seconds": codec_seconds[e]} for e, s in stores.items()
+                    if e not in seeded],
+        "codec_spread": codec_spread(by_key, variants, args.codec_seeds),
         "index_cost": cost,
         "collection_build": build,
         "vs_float16_ndcg": {
