@@ -70,8 +70,8 @@ class System:
         """Every lever named, "none" where off, so the engine's defaults never creep in (unless ``default``)."""
         if self.default:
             return {"rerank": self.rerank}
-        return {"rerank": self.rerank, "first_stage": self.first_stage, "prf": self.prf or "none", "query_tokens": self.query_tokens or "plain",
-                "fusion": self.fusion or "none"}
+        return {"rerank": self.rerank, "first_stage": self.first_stage, "prf": self.prf or "none",
+                "query_tokens": self.query_tokens or "plain", "fusion": self.fusion or "none"}
 
 
 @dataclass

@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -101,13 +102,13 @@ def derived_store(source: TokenStore, doc_ids: list[str], path: Path, encoding: 
 
 
 def seeded_store(int8_path: Path, path: Path, encoding: str, seed: int) -> tuple[TokenStore, float | None]:
-    """The int8 rows with a ``encoding`` codec learned from ``seed`` (indexing's own codec is seed 0), built once: how
+    """The int8 rows with an ``encoding`` codec learned from ``seed`` (indexing's own codec is seed 0), built once: how
     much one learned codec's draw moves the scores, which a single store cannot tell."""
     seconds = None
     if not path.is_file():
         partial = path.with_name(path.name + ".partial")
         partial.unlink(missing_ok=True)
-        with sqlite3.connect(int8_path) as source, sqlite3.connect(partial) as copy:
+        with closing(sqlite3.connect(int8_path)) as source, closing(sqlite3.connect(partial)) as copy:
             source.backup(copy)
         store = TokenStore.open(partial, encoding="int8")
         started = time.perf_counter()
