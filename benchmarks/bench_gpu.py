@@ -222,7 +222,7 @@ def bench_latency(args: argparse.Namespace, bi_dir: str, corpus: dict[str, str],
         for qi, texts in enumerate(lists):
             for di, vectors in enumerate(maxsim.passage_token_embeddings(texts)):
                 store[f"{qi}-{di}"] = vectors
-        stored = MaxSimReranker(encoder, batch_size=32, token_store=store.get)
+        stored = MaxSimReranker(encoder, batch_size=32, token_store=store.get_many)
         systems: dict[str, Callable[[int], Any]] = {
             "cross-encoder plain": lambda i: plain.predict([(queries[i], t) for t in lists[i]], batch_size=32,
                                                            show_progress_bar=False),

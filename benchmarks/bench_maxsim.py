@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                 stores[key], codec_seconds[key] = seeded_store(
                     int8_path, args.cache / f"tokens-{encoding}-seed{seed}.sqlite", encoding, seed)
                 seeded.append(key)
-    rerankers = {(e if e in seeded else f"{e} stored"): MaxSimReranker(encoder, token_store=s.get)
+    rerankers = {(e if e in seeded else f"{e} stored"): MaxSimReranker(encoder, token_store=s.get_many)
                  for e, s in stores.items() if e != "float16"}
     rerankers["float16 stored"] = engine.reranker  # the product wiring: "maxsim" on a collection with stored tokens
     rerankers["on the fly"] = MaxSimReranker(encoder)

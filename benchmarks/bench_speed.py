@@ -329,7 +329,7 @@ def bench_quality(encoders: dict[str, Any], data: dict, qids: list[str]) -> dict
         queries = [data["queries"][q] for q in qids]
         qvec = encoder.encode_queries(queries)
         store = dict(zip(doc_ids, tokens))
-        maxsim = MaxSimReranker(encoder, token_store=store.get)
+        maxsim = MaxSimReranker(encoder, token_store=store.get_many)
         dense_run, maxsim_run = {}, {}
         for qid, query, vector in zip(qids, queries, qvec):
             cands = data["top"][qid]

@@ -95,6 +95,18 @@ class ShardedTokenStore:
     def get(self, doc_id: str) -> np.ndarray | None:
         return self.stores[shard_of(doc_id, len(self.stores))].get(doc_id)
 
+    def get_many(self, doc_ids: Sequence[str]) -> list[np.ndarray | None]:
+        """Each doc's vectors in the order asked: one batched read per shard."""
+        ids = [str(d) for d in doc_ids]
+        out: list[np.ndarray | None] = [None] * len(ids)
+        by_shard: dict[int, list[int]] = {}
+        for i, doc_id in enumerate(ids):
+            by_shard.setdefault(shard_of(doc_id, len(self.stores)), []).append(i)
+        for shard, positions in by_shard.items():
+            for i, array in zip(positions, self.stores[shard].get_many([ids[i] for i in positions])):
+                out[i] = array
+        return out
+
 
 class ShardedTokenDF:
     """Token document frequencies summed over the shards, so IDF weights equal an unsharded collection's."""

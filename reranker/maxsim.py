@@ -21,9 +21,10 @@ if TYPE_CHECKING:  # torch is imported where a model runs: scoring stored tokens
 
 from .base import Candidate, Reranker
 
-#: doc_id -> that passage's token vectors (float16 as :meth:`MaxSimReranker.passage_token_embeddings` makes them, or
-#: float32 from a compressed store such as ``indexes.token_store.TokenStore.get``), or None
-TokenStore = Callable[[str], "np.ndarray | None"]
+#: doc ids -> each passage's token vectors (float16 as :meth:`MaxSimReranker.passage_token_embeddings` makes them, or
+#: float32 from a compressed store such as ``indexes.token_store.TokenStore.get_many``), None where none are stored;
+#: called once per rerank, so a store reads and decodes all candidates together
+TokenStore = Callable[[Sequence[str]], "Sequence[np.ndarray | None]"]
 
 #: token ids -> one positive weight per id (``indexes.token_df.TokenDF.idf`` over a collection)
 TokenWeights = Callable[[np.ndarray], np.ndarray]
@@ -155,7 +156,7 @@ class MaxSimReranker(Reranker):
         of a search. None when that does not apply (the torch path scores instead)."""
         if self.light is None or self.token_store is None:
             return None
-        stored = [self._lookup(c.doc_id) for c in flat]
+        stored = self._lookup([c.doc_id for c in flat])
         if any(array is None for array in stored):
             return None
         out, start = [], 0
@@ -190,7 +191,7 @@ class MaxSimReranker(Reranker):
 
         stored: list[np.ndarray | None] = [None] * len(texts)
         if self.token_store is not None and doc_ids is not None:
-            stored = [self._lookup(doc_id) for doc_id in doc_ids]
+            stored = self._lookup(doc_ids)
         found = [i for i, array in enumerate(stored) if array is not None]
         missing = [i for i, array in enumerate(stored) if array is None]
         passages: list[torch.Tensor | None] = [None] * len(texts)
@@ -206,13 +207,10 @@ class MaxSimReranker(Reranker):
                 passages[i] = _from_half(v.half(), self.device)
         return passages  # type: ignore[return-value]
 
-    def _lookup(self, doc_id: str) -> np.ndarray | None:
-        """The store's vectors for ``doc_id``; None (encode instead) when absent or empty."""
-        try:
-            array = self.token_store(doc_id)  # type: ignore[misc]
-        except KeyError:
-            return None
-        return None if array is None or len(array) == 0 else array
+    def _lookup(self, doc_ids: Sequence[str]) -> list[np.ndarray | None]:
+        """The store's vectors for each of ``doc_ids``, in one call; None (encode instead) where absent or empty."""
+        arrays = list(self.token_store(list(doc_ids)))  # type: ignore[misc]
+        return [None if array is None or len(array) == 0 else array for array in arrays]
 
     def _encode_queries(self, queries: Sequence[str]) -> list[torch.Tensor]:
         """Query token vectors, each scaled by its weight (sum_i w_i max_j q_i.d_j = sum_i max_j (w_i q_i).d_j)."""

@@ -60,9 +60,9 @@ def test_token_store_gives_the_same_scores_as_on_the_fly(tiny):
     assert all(a.dtype == np.float16 and a.ndim == 2 and a.shape[1] == 32 for a in stored.values())
     lookups: list[str] = []
 
-    def store(doc_id: str) -> np.ndarray | None:
-        lookups.append(doc_id)
-        return stored.get(doc_id)
+    def store(doc_ids: list[str]) -> list[np.ndarray | None]:
+        lookups.extend(doc_ids)
+        return [stored.get(doc_id) for doc_id in doc_ids]
 
     with_store = MaxSimReranker(tiny, token_store=store)
     candidates = [Candidate(f"d{i}", text) for i, text in enumerate(PASSAGES)] + [Candidate("new", "berlin river")]

@@ -99,7 +99,7 @@ def test_compressed_tokens_score_maxsim_close_to_float16_on_real_passages(tmp_pa
     candidates = [[_Candidate(i) for i in ids]] * len(QUERIES)
     reranker, scores = MaxSimReranker(minilm), {}
     for encoding, store in stores.items():
-        reranker.token_store = store.get
+        reranker.token_store = store.get_many
         scores[encoding] = np.stack(reranker.score_candidates(QUERIES, candidates))
     reference = scores["float16"]
     bounds = (("int8", 0.001, 0.002), ("2bit", 0.03, 0.2), ("1bit", 0.06, 0.35), ("pq", 0.045, 0.3))

@@ -153,7 +153,7 @@ def load_teacher(spec: str, engine: Any, lists: Sequence[ScoredList], log: Log, 
     stored = getattr(engine.collection, "token_store", None)
     if stored is not None:
         log("teacher maxsim: passage token vectors from the collection's token store")
-        return MaxSimReranker(engine.encoder, token_store=stored.get, batch_size=32)
+        return MaxSimReranker(engine.encoder, token_store=stored.get_many, batch_size=32)
     texts: dict[str, str] = {}
     for item in lists:
         texts.update(zip(item.doc_ids, item.texts))
@@ -168,7 +168,7 @@ def load_teacher(spec: str, engine: Any, lists: Sequence[ScoredList], log: Log, 
             chunk = ids[start:start + 512]
             store.update(zip(chunk, teacher.passage_token_embeddings([texts[d] for d in chunk])))
             bar.update(len(chunk))
-    teacher.token_store = store.get
+    teacher.token_store = lambda doc_ids: [store.get(d) for d in doc_ids]
     return teacher
 
 

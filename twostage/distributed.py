@@ -263,6 +263,9 @@ class PrefetchedTokens:
             return self.latest[doc_id]
         return self.collection.tokens_of(doc_id)
 
+    def get_many(self, doc_ids: Sequence[str]) -> list[np.ndarray | None]:
+        return [self.get(doc_id) for doc_id in doc_ids]
+
 
 class RayShardedCollection:
     """A sharded collection whose shards live in Ray actors; the same methods as :class:`ShardedCollection`."""

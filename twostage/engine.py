@@ -257,7 +257,7 @@ class Engine:
                 batch_size=self.runtime.batch_size,
                 backend="auto" if measured(self.runtime.backend, self.device) else self.backend,
                 threads=self.runtime.threads,
-                token_store=self.collection.token_store.get if self.collection.token_store is not None else None,
+                token_store=self.collection.token_store.get_many if self.collection.token_store is not None else None,
             )
             if notice:
                 self.notices.append(notice)
