@@ -129,7 +129,8 @@ def main() -> int:
     cacm_qids = sorted(cacm_runs[BASELINE], key=lambda q: (len(q), q))
     tables["cacm-tune"] = table(cacm_runs, cacm_qrels, 1, cacm_qids[0::2])
     tables["cacm-held-out"] = table(cacm_runs, cacm_qrels, 1, cacm_qids[1::2])
-    chosen = max(tables["cacm-tune"], key=lambda r: (r["nDCG@10"], (r["query tokens"], r["passage tokens"]) == BASELINE))
+    chosen = max(tables["cacm-tune"],
+                 key=lambda r: (r["nDCG@10"], (r["query tokens"], r["passage tokens"]) == BASELINE))
     dl20_runs, dl20_qrels = runs_for("msmarco-dl20", args.data, args.cache, model)
     tables["msmarco-dl20"] = table(dl20_runs, dl20_qrels, 2, list(dl20_runs[BASELINE]))
     cpu = cpu_info()
