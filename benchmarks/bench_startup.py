@@ -20,15 +20,12 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import REPO, RESULTS  # noqa: E402  (first: repo importable, hub off)
 
 from twostage.runtime.cpu import cpu_info  # noqa: E402
 
 COLLECTION = REPO / "runs" / "bench-startup"
-RESULTS = REPO / "benchmarks" / "results"
 QUERY = "How many people live in Berlin?"
 #: (name, arguments after ``twostage search DIR``, target seconds or None, expected exit code)
 CASES = (

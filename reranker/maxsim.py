@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -25,6 +25,11 @@ from .base import Candidate, Reranker
 #: float32 from a compressed store such as ``indexes.token_store.TokenStore.get_many``), None where none are stored;
 #: called once per rerank, so a store reads and decodes all candidates together
 TokenStore = Callable[[Sequence[str]], "Sequence[np.ndarray | None]"]
+
+
+def mapping_lookup(tokens: Mapping[str, np.ndarray]) -> TokenStore:
+    """A :data:`TokenStore` over an in-memory ``doc_id -> vectors`` mapping (precomputed tokens no collection holds)."""
+    return lambda doc_ids: [tokens.get(doc_id) for doc_id in doc_ids]
 
 #: token ids -> one positive weight per id (``indexes.token_df.TokenDF.idf`` over a collection)
 TokenWeights = Callable[[np.ndarray], np.ndarray]

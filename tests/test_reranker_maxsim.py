@@ -6,6 +6,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from twostage.reranker import Candidate, MaxSimReranker
+from twostage.reranker.maxsim import mapping_lookup
 
 QUERY = "how many people live in berlin"
 PASSAGES = [
@@ -62,7 +63,7 @@ def test_token_store_gives_the_same_scores_as_on_the_fly(tiny):
 
     def store(doc_ids: list[str]) -> list[np.ndarray | None]:
         lookups.extend(doc_ids)
-        return [stored.get(doc_id) for doc_id in doc_ids]
+        return mapping_lookup(stored)(doc_ids)
 
     with_store = MaxSimReranker(tiny, token_store=store)
     candidates = [Candidate(f"d{i}", text) for i, text in enumerate(PASSAGES)] + [Candidate("new", "berlin river")]

@@ -143,7 +143,7 @@ def load_teacher(spec: str, engine: Any, lists: Sequence[ScoredList], log: Log, 
     """The teacher ranker: "maxsim" (late interaction over the collection's bi-encoder, reading the collection's stored
     token vectors, or computing the candidates' once) or any reranker ``--reranker`` accepts."""
     from twostage.reranker.loading import load_reranker
-    from twostage.reranker.maxsim import MaxSimReranker
+    from twostage.reranker.maxsim import MaxSimReranker, mapping_lookup
 
     if spec.strip().lower() != "maxsim":
         reranker, _ = load_reranker(spec, encoder=engine.encoder, explicit=True, device=engine.device,
@@ -168,7 +168,7 @@ def load_teacher(spec: str, engine: Any, lists: Sequence[ScoredList], log: Log, 
             chunk = ids[start:start + 512]
             store.update(zip(chunk, teacher.passage_token_embeddings([texts[d] for d in chunk])))
             bar.update(len(chunk))
-    teacher.token_store = lambda doc_ids: [store.get(d) for d in doc_ids]
+    teacher.token_store = mapping_lookup(store)
     return teacher
 
 

