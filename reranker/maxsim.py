@@ -73,8 +73,8 @@ class MaxSimReranker(Reranker):
     name = "maxsim"
 
     def __init__(self, encoder: Any, *, token_store: TokenStore | None = None, batch_size: int = 32):
-        #: the bi-encoder's exported model without torch (``runtime.light``): encodes queries when every candidate's
-        #: tokens are stored; None when the encoder has none
+        #: the bi-encoder's exported model without torch (``runtime.light``): encodes queries, and the candidates
+        #: whose tokens are not stored, in ``score_candidates``; None when the encoder has none
         self.light = getattr(encoder, "light", None)
         if self.light is None:
             _sentence_transformer(encoder)  # a wrong encoder fails here, not at the first search
@@ -144,7 +144,7 @@ class MaxSimReranker(Reranker):
         if len(queries) != len(candidates_per_query):
             raise ValueError("score_candidates needs one list of candidates per query")
         flat = [c for candidates in candidates_per_query for c in candidates]
-        light = self._score_stored(queries, candidates_per_query, flat)
+        light = self._score_light(queries, candidates_per_query, flat)
         if light is not None:
             return light
         query_vectors = self._encode_queries(queries)
@@ -155,21 +155,34 @@ class MaxSimReranker(Reranker):
             start += len(candidates)
         return out
 
-    def _score_stored(self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]],
-                      flat: list[Candidate]) -> list[np.ndarray] | None:
-        """Scores in numpy, queries encoded by ``light``, when every passage's tokens are stored: the torch-free path
-        of a search. None when that does not apply (the torch path scores instead)."""
-        if self.light is None or self.token_store is None:
+    def _score_light(self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]],
+                     flat: list[Candidate]) -> list[np.ndarray] | None:
+        """Scores in numpy on ``light`` (the bi-encoder's exported model): queries encoded now, passages read from
+        ``token_store`` or, where it has none, encoded now as a store would keep them. The torch-free path of a
+        search; None without ``light`` (the torch path scores instead)."""
+        if self.light is None:
             return None
-        stored = self._lookup([c.doc_id for c in flat])
-        if any(array is None for array in stored):
-            return None
+        stored = self._lookup([c.doc_id for c in flat]) if self.token_store is not None else [None] * len(flat)
+        missing = [i for i, array in enumerate(stored) if array is None]
+        for i, vectors in zip(missing, self._light_passages([flat[i].text for i in missing])):
+            stored[i] = vectors
         out, start = [], 0
         for query, candidates in zip(self._light_queries(queries), candidates_per_query):
             out.append(np.array([float((_unit(np.asarray(p, dtype=np.float32)) @ query.T).max(axis=0).sum())
                                  for p in stored[start : start + len(candidates)]], dtype=np.float32))
             start += len(candidates)
         return out
+
+    def _light_passages(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """:meth:`passage_token_embeddings` in numpy on ``light``: content tokens, unit length, float16; texts that
+        reach the length limit are counted in ``truncated``."""
+        special_ids = np.asarray(self.light.special_ids, dtype=np.int64)
+        vectors = []
+        for output in self.light.token_outputs(list(texts), "", self.batch_size) if texts else []:
+            content = ~np.isin(output.input_ids, special_ids)
+            self.truncated += len(output.input_ids) >= self.max_length
+            vectors.append(_unit(output.token_embeddings[content if content.any() else slice(None)]).astype(np.float16))
+        return vectors
 
     def _light_queries(self, queries: Sequence[str]) -> list[np.ndarray]:
         """:meth:`_encode_queries` in numpy on ``light``: the query tokens ``query_tokens`` selects, unit length,

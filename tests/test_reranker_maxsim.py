@@ -101,3 +101,27 @@ def test_real_minilm_prefers_the_passages_that_answer(minilm_path):
     scores = MaxSimReranker(model).score("How many people live in Berlin?", passages)
     answers, others = scores[[1, 3]], scores[[0, 2, 4, 5]]
     assert answers.min() > others.max(), scores
+
+
+def test_light_path_encodes_passages_without_stored_tokens(minilm_path):
+    """On an exported backend, candidates without stored tokens are encoded on that backend too (no torch model is
+    loaded), content tokens in float16 as a store keeps them, and they rank as the torch path ranks them."""
+    from twostage.retriever.biencoder import BiEncoder
+
+    texts = ["Berlin has about 3.7 million inhabitants.", "The Louvre is an art museum in Paris.",
+             "Volcanoes erupt when magma rises to the surface.", "Sourdough bread needs a fermented starter."]
+    candidates = [Candidate(f"d{i}", t) for i, t in enumerate(texts)]
+    queries = ["How many people live in Berlin?", "bread starter"]
+    BiEncoder(str(minilm_path), backend="openvino", cache=None).encode_documents(["x"])  # the export, once
+    encoder = BiEncoder(str(minilm_path), backend="openvino", cache=None)
+    assert encoder.light is not None
+    light = MaxSimReranker(encoder, token_store=mapping_lookup({"d1": MaxSimReranker(encoder)._light_passages(
+        [texts[1]])[0]}))
+    scores = light.score_candidates(queries, [candidates, candidates])
+    assert encoder._model is None  # no SentenceTransformer (torch) was needed
+    reference = MaxSimReranker(BiEncoder(str(minilm_path), backend="torch", cache=None))
+    expected = reference.score_candidates(queries, [candidates, candidates])
+    for got, want in zip(scores, expected):
+        assert list(np.argsort(-got)) == list(np.argsort(-want))
+        np.testing.assert_allclose(got, want, rtol=0.02)
+    assert light.truncated == 0
