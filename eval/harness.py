@@ -216,6 +216,27 @@ def default_index_dir(dataset: Dataset, encoder: Any) -> Path:
     return cache_root() / "collections" / f"{slug}-{key}"
 
 
+def _encoder_for(path: Path, encoder: Any) -> Any:
+    """``encoder``, or one on the backend an existing collection at ``path`` must be searched with (the engine's
+    rule: an int8 collection keeps its int8 model; a float one takes a float backend, an int8 choice its float
+    parent), so ``--index`` accepts any collection of the same model."""
+    from twostage.indexes.sharded import collection_exists, open_collection as open_existing
+    from twostage.retriever.biencoder import BiEncoder
+    from twostage.runtime.backends import compatible_query_backend
+
+    if not collection_exists(path):
+        return encoder
+    existing = open_existing(path)
+    try:
+        stored = existing.manifest.extra.get("backend")
+    finally:
+        existing.close()
+    wanted = compatible_query_backend(stored, encoder.backend)
+    if wanted == encoder.backend:
+        return encoder
+    return BiEncoder(encoder.name, device=encoder.device, batch_size=encoder.batch_size, backend=wanted)
+
+
 def open_collection(path: Path, docs: list, encoder: Any, config: EvalConfig, log: Callable[[str], None]):
     """An engine over exactly `docs` at `path`, storing MaxSim token vectors: resumed when already built (unchanged
     documents skipped), rebuilt when it holds documents the corpus no longer has or no token vectors.
@@ -338,10 +359,14 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
         encoder = config.encoder or BiEncoder(config.model or DEFAULT_BI_ENCODER, device=device,
                                               batch_size=runtime.batch_size, backend=runtime.backend,
                                               threads=runtime.threads)
+    if need_collection:
+        path = Path(config.index_dir) if config.index_dir else default_index_dir(dataset, encoder)
+        if config.encoder is None:
+            encoder = _encoder_for(path, encoder)
+    if encoder is not None:
         models["bi_encoder"] = {"name": encoder.name, "source": str(encoder.source), "origin": encoder.origin,
                                 "fingerprint": encoder.fingerprint, "backend": encoder.backend_tag}
     if need_collection:
-        path = Path(config.index_dir) if config.index_dir else default_index_dir(dataset, encoder)
         log(f"collection: {path}")
         engine, indexing = open_collection(path, docs, encoder, config, log)
     try:

@@ -288,3 +288,15 @@ def test_int8_backends_get_their_own_default_collection(dataset_dir, monkeypatch
     assert folder["torch"] == folder["onnx"] == folder["openvino"]
     assert len({folder["torch"], folder["onnx-int8"], folder["openvino-int8"]}) == 3
     assert all(path.parent == tmp_path / "collections" for path in folder.values())
+
+
+def test_index_built_on_another_backend_is_searched_by_the_engines_rule(dataset_dir, config, minilm_path, report):
+    """--index with a collection built on torch and an int8 backend asked for: eval searches it with the int8
+    backend's float parent, as Engine.open would, instead of refusing."""
+    other = EvalConfig(model=str(minilm_path), backend="openvino-int8", reranker=None, systems=["dense"],
+                       index_dir=config.index_dir, n_resamples=200)
+    result = run_evaluation(load_dataset(dataset_dir), other)
+    assert result.models["bi_encoder"]["backend"].startswith("openvino/")
+    assert result.indexing["unchanged"] == 100 and result.indexing["added"] == 0
+    dense = report.system("dense").metrics["nDCG@10"]
+    assert abs(result.system("dense").metrics["nDCG@10"] - dense) < 0.02
