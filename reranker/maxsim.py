@@ -31,6 +31,7 @@ def mapping_lookup(tokens: Mapping[str, np.ndarray]) -> TokenStore:
     """A :data:`TokenStore` over an in-memory ``doc_id -> vectors`` mapping (precomputed tokens no collection holds)."""
     return lambda doc_ids: [tokens.get(doc_id) for doc_id in doc_ids]
 
+
 #: token ids -> one positive weight per id (``indexes.token_df.TokenDF.idf`` over a collection)
 TokenWeights = Callable[[np.ndarray], np.ndarray]
 
