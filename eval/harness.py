@@ -220,18 +220,13 @@ def _encoder_for(path: Path, encoder: Any) -> Any:
     """``encoder``, or one on the backend an existing collection at ``path`` must be searched with (the engine's
     rule: an int8 collection keeps its int8 model; a float one takes a float backend, an int8 choice its float
     parent), so ``--index`` accepts any collection of the same model."""
-    from twostage.indexes.sharded import collection_exists, open_collection as open_existing
+    from twostage.indexes.sharded import collection_exists, read_manifest
     from twostage.retriever.biencoder import BiEncoder
     from twostage.runtime.backends import compatible_query_backend
 
     if not collection_exists(path):
         return encoder
-    existing = open_existing(path)
-    try:
-        stored = existing.manifest.extra.get("backend")
-    finally:
-        existing.close()
-    wanted = compatible_query_backend(stored, encoder.backend)
+    wanted = compatible_query_backend(read_manifest(path).extra.get("backend"), encoder.backend)
     if wanted == encoder.backend:
         return encoder
     return BiEncoder(encoder.name, device=encoder.device, batch_size=encoder.batch_size, backend=wanted)

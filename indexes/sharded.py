@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .atomic import atomic_write_json, read_json
-from .collection import Collection, DeleteResult, by_score
+from .collection import MANIFEST, Collection, DeleteResult, by_score
 from .document_store import UpsertResult
 from .documents import Document
 from .errors import CollectionError
@@ -347,6 +347,15 @@ def open_collection(path: str | Path) -> Collection | ShardedCollection:
     if ShardedCollection.exists(path):
         return ShardedCollection.open(path)
     return Collection.open(path)
+
+
+def read_manifest(path: str | Path) -> Any:
+    """The manifest of whichever collection ``path`` holds (``ShardManifest`` or ``Manifest``), read without opening
+    its index or SQLite: what a caller needs to know before choosing how to open it."""
+    path = Path(path)
+    if ShardedCollection.exists(path):
+        return ShardManifest.read(path / SHARDS_MANIFEST)
+    return Collection._read_manifest(path / MANIFEST)
 
 
 def collection_exists(path: str | Path) -> bool:

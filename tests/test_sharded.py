@@ -157,3 +157,15 @@ def test_lexical_first_stage_merges_shards(built):
             scores = [h.retrieval_score for h in b.hits]
             assert scores == sorted(scores, reverse=True)
         assert four.search(queries(1)[0], k=20, rerank=False, first_stage="hybrid").hits
+
+
+@pytest.mark.parametrize("shards", [None, 2])
+def test_read_manifest_reads_either_kind_without_opening_it(tmp_path, shards):
+    from twostage.indexes.sharded import ShardedCollection, read_manifest
+
+    args = dict(model_name="m", model_fingerprint="f" * 64, dimension=8, extra={"backend": "onnx-int8"})
+    made = Collection.create(tmp_path / "c", **args) if shards is None else ShardedCollection.create(
+        tmp_path / "c", shards=shards, **args)
+    made.close()
+    manifest = read_manifest(tmp_path / "c")
+    assert manifest.extra["backend"] == "onnx-int8" and manifest.dimension == 8
