@@ -622,7 +622,7 @@ def markdown(report: dict) -> str:
             "| --- | --- | --- | --- | --- |",
         ]
         for row in report["targets"]:
-            ok = ["met" if m else "**not met**" for m in row["met"]]
+            ok = [_met(m) for m in row["met"]]
             nd = f"{fmt(row['ndcg_delta_dense'], 4)} / {fmt(row['ndcg_delta_maxsim'], 4)}"
             name = row["backend"] + ((" (auto)" if auto else " (default)") if row["default"] else "")
             lines.append(f"| {name} | {fmt(row['encode_speedup'])}x {ok[0]} | {fmt(row['rerank_speedup'])}x {ok[1]} | "
@@ -719,14 +719,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from twostage.reranker.cross_encoder import CrossEncoderReranker
     from twostage.runtime.backends import configure_threads
+    from twostage.runtime.config import cache_root
     from twostage.retriever.biencoder import BiEncoder
     from twostage.retriever.cache import EmbeddingCache
     from twostage.engine import Engine
 
     configure_threads()
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
-    ce_dir = args.cross_encoder or benchmark_cross_encoder(
-        Path(os.environ.get("TWOSTAGE_CACHE_DIR") or Path.home() / ".cache" / "twostage") / "bench" / "minilm-cross-encoder")
+    ce_dir = args.cross_encoder or benchmark_cross_encoder(cache_root() / "bench" / "minilm-cross-encoder")
     report["cross_encoder"] = str(args.cross_encoder) if args.cross_encoder else None
     data = read_data(plan["quality_queries"])
     texts = list(data["passages"].values())[: plan["docs"]]
