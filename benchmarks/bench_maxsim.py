@@ -26,8 +26,11 @@ from pathlib import Path
 
 from common import DATA_ROOT, REPO, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
+import numpy as np  # noqa: E402
+
 from twostage.eval.datasets import Dataset, load_folder  # noqa: E402
 from twostage.eval.metrics import evaluate  # noqa: E402
+from twostage.eval.significance import compare  # noqa: E402
 from twostage.indexes.documents import Document  # noqa: E402
 from twostage.indexes.token_store import LEARNED, TokenStore  # noqa: E402
 from twostage.reranker.maxsim import MaxSimReranker  # noqa: E402
@@ -108,18 +111,34 @@ def seeded_store(int8_path: Path, path: Path, encoding: str, seed: int) -> tuple
     return TokenStore.open(path, encoding=encoding), seconds
 
 
-def codec_spread(by_key: dict, variants: list[str], seeds: int) -> dict:
-    """Per learned encoding with extra seeds: nDCG@10 minus float16's at each depth for every codec (seed 0 first),
-    and their mean."""
+def codec_spread(runs: dict[tuple[str, int], SystemRun], dataset: Dataset, variants: list[str], seeds: int) -> dict:
+    """Per learned encoding with extra seeds, at each depth: every codec's nDCG@10 minus float16's (seed 0 first) and
+    their mean; and, per query, the codecs' mean against float16's: a paired randomization test and a 95% t interval
+    of the mean difference, which say whether these queries can tell the loss from none, or from the 0.005 bar."""
+    from scipy import stats
+
+    def per_query(key: tuple[str, int]) -> dict[str, float]:
+        scores = evaluate(runs[key].run, dataset.qrels, ("nDCG@10",), rel_threshold=2, complete=True).per_query
+        return {q: v["nDCG@10"] for q, v in scores.items()}
+
     out = {}
     for name in variants:
         names = [name] + [f"{name}, seed {k}" for k in range(1, seeds + 1)]
-        if name.split()[0] not in LEARNED or not seeds or any((n, DEPTHS[0]) not in by_key for n in names):
+        if name.split()[0] not in LEARNED or not seeds or any((n, DEPTHS[0]) not in runs for n in names):
             continue
         out[name] = {}
         for depth in DEPTHS:
-            diffs = [by_key[(n, depth)]["nDCG@10"] - by_key[("float16 stored", depth)]["nDCG@10"] for n in names]
-            out[name][depth] = {"each": [round(d, 4) for d in diffs], "mean": round(sum(diffs) / len(diffs), 4)}
+            base = per_query(("float16 stored", depth))
+            qids = list(base)
+            diffs = np.array([[codec[q] - base[q] for q in qids] for codec in (per_query((n, depth)) for n in names)])
+            per_q = diffs.mean(axis=0)  # each query's loss, averaged over the codecs
+            half = float(stats.t.ppf(0.975, len(qids) - 1) * per_q.std(ddof=1) / np.sqrt(len(qids)))
+            test = compare({q: {"nDCG@10": base[q]} for q in qids},
+                           {q: {"nDCG@10": base[q] + d} for q, d in zip(qids, per_q)}, "nDCG@10")
+            out[name][depth] = {"each": [round(float(d), 4) for d in diffs.mean(axis=1)],
+                                "mean": round(float(per_q.mean()), 4),
+                                "ci95": [round(float(per_q.mean()) - half, 4), round(float(per_q.mean()) + half, 4)],
+                                "p": round(test.p_randomization, 4)}
     return out
 
 
@@ -240,8 +259,9 @@ def markdown(report: dict) -> str:
     for variant, per_depth in report.get("codec_spread", {}).items():
         k = len(next(iter(per_depth.values()))["each"])
         lines.append(f"- {variant} over {k} learned codecs (seed 0 = indexing's own, then seeds 1..{k - 1}), nDCG@10 "
-                     "minus float16's, mean (each): " + "; ".join(
+                     "minus float16's, mean (each) [95% interval of the mean over queries; paired p]: " + "; ".join(
                          f"depth {d}: {v['mean']:+.4f} ({', '.join(f'{x:+.4f}' for x in v['each'])})"
+                         + (f" [{v['ci95'][0]:+.4f} to {v['ci95'][1]:+.4f}; p = {v['p']:.2f}]" if "ci95" in v else "")
                          for d, v in per_depth.items()) + ".")
     return "\n".join(lines) + "\n"
 
@@ -340,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "storage": [{**storage(s, encoder.dimension), "codec_seconds": codec_seconds[e]} for e, s in stores.items()
                     if e not in seeded],
-        "codec_spread": codec_spread(by_key, variants, args.codec_seeds),
+        "codec_spread": codec_spread(runs, dataset, variants, args.codec_seeds),
         "index_cost": cost,
         "collection_build": build,
         "vs_float16_ndcg": {

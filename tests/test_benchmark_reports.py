@@ -1,8 +1,9 @@
 """The benchmarks' own decision and report logic (no models run): which settings bench_levers picks from a tuning
-grid, and how bench_speed judges the auto choice against issue 13's targets."""
+grid, how bench_speed judges the auto choice against issue 13's targets, and how bench_maxsim pools learned codecs."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -72,3 +73,36 @@ def test_speed_auto_lines_judge_issue_13_targets(speed):
     assert "1.00x the fastest" in bi and "within 5% of the fastest met" in bi and ">= 4x met" in bi
     assert "0.92x the fastest" in cross and "within 5% of the fastest **not met**" in cross
     assert ">= 3x **not met**" in cross
+
+
+@pytest.fixture(scope="module")
+def maxsim():
+    return _load("bench_maxsim")
+
+
+def test_codec_spread_pools_codecs_per_query(maxsim):
+    """The mean over codecs, its 95% interval over queries and the paired test against float16 (bench_maxsim)."""
+    from twostage.eval.datasets import Dataset
+
+    qrels = {f"q{i}": {"rel": 3} for i in range(6)}
+    dataset = Dataset("toy", {q: q for q in qrels}, qrels, None, {}, "test")
+    first = {q: {"rel": 2.0, "other": 1.0} for q in qrels}  # relevant first: nDCG@10 1 for every query
+    last = {q: {"rel": 1.0, "other": 2.0} for q in qrels}  # relevant second: 1 / log2(3)
+    runs = {}
+    for depth in maxsim.DEPTHS:
+        runs[("float16 stored", depth)] = maxsim.SystemRun("float16 stored", depth, first)
+        runs[("pq stored", depth)] = maxsim.SystemRun("pq stored", depth, first)  # codec 0 ranks as float16
+        swapped = {q: last[q] if i < 3 else first[q] for i, q in enumerate(qrels)}  # codec 1 loses half the queries
+        runs[("pq stored, seed 1", depth)] = maxsim.SystemRun("pq stored, seed 1", depth, swapped)
+    spread = maxsim.codec_spread(runs, dataset, ["pq stored", "float16 stored"], seeds=1)
+    assert set(spread) == {"pq stored"}
+    at_100 = spread["pq stored"][100]
+    loss = 1 - 1 / math.log2(3)
+    assert at_100["each"] == [0.0, round(-loss / 2, 4)]
+    assert at_100["mean"] == round(-loss / 4, 4)
+    from scipy import stats
+
+    # per query: -loss/2 three times and 0 three times, so the standard deviation is loss/4 * sqrt(6/5)
+    half = stats.t.ppf(0.975, 5) * (loss / 4) * math.sqrt(6 / 5) / math.sqrt(6)
+    assert at_100["ci95"] == pytest.approx([-loss / 4 - half, -loss / 4 + half], abs=1e-4)
+    assert 0.05 < at_100["p"] <= 1  # six queries cannot tell this loss from none
