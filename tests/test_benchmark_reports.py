@@ -1,5 +1,6 @@
-"""The benchmarks' own decision and report logic (no models run): which settings bench_levers picks from a tuning
-grid, how bench_speed judges the auto choice against issue 13's targets, and how bench_maxsim pools learned codecs."""
+"""The benchmarks' own decision and report logic: which settings bench_levers picks from a tuning grid, how
+bench_speed judges the auto choice against issue 13's targets, how bench_maxsim pools learned codecs (no models run),
+and bench_feedback's two levers on a tiny model's collection."""
 from __future__ import annotations
 
 import importlib.util
@@ -106,3 +107,25 @@ def test_codec_spread_pools_codecs_per_query(maxsim):
     half = stats.t.ppf(0.975, 5) * (loss / 4) * math.sqrt(6 / 5) / math.sqrt(6)
     assert at_100["ci95"] == pytest.approx([-loss / 4 - half, -loss / 4 + half], abs=1e-4)
     assert 0.05 < at_100["p"] <= 1  # six queries cannot tell this loss from none
+
+
+def test_feedback_variants_on_a_tiny_collection(tmp_path, tiny_bi_encoder_dir):
+    """bench_feedback's two levers over a real collection with stored tokens: expansion with weight 0 keeps the
+    default's order, and reranked feedback returns a full fused ranking of a fresh candidate list."""
+    feedback = _load("bench_feedback")
+    from twostage.engine import Engine
+    from twostage.retriever.biencoder import BiEncoder
+
+    docs = [{"id": f"d{i}", "text": f"{topic} passage {i} about {topic} and more words on {topic}"}
+            for i, topic in enumerate(["berlin museums", "paris food", "river boats", "mountain trains"] * 3)]
+    with Engine.create(tmp_path / "c", encoder=BiEncoder(str(tiny_bi_encoder_dir)), reranker="maxsim",
+                       store_tokens="int8") as engine:
+        engine.add(docs)
+        fb = feedback.Feedback(engine, {"q1": "museums in berlin", "q2": "boats on the river"})
+        default = fb.runs(fb.default)
+        assert fb.expansion(3, 5, 0.0) == default
+        assert all(len(run) == len(docs) for run in fb.expansion(3, 5, 0.5).values())
+        moved = fb.reranked_feedback(3, 0.5)
+        assert set(moved) == {"q1", "q2"} and all(set(run) == {d["id"] for d in docs} for run in moved.values())
+        centroids, idf = fb.centroids("q1", [h.doc_id for h in fb.default[0].hits[:3]])
+        assert len(centroids) == len(idf) == feedback.CLUSTERS and (idf > 0).all()
