@@ -216,22 +216,6 @@ def default_index_dir(dataset: Dataset, encoder: Any) -> Path:
     return cache_root() / "collections" / f"{slug}-{key}"
 
 
-def _encoder_for(path: Path, encoder: Any) -> Any:
-    """``encoder``, or one on the backend an existing collection at ``path`` must be searched with (the engine's
-    rule: an int8 collection keeps its int8 model; a float one takes a float backend, an int8 choice its float
-    parent), so ``--index`` accepts any collection of the same model."""
-    from twostage.indexes.sharded import collection_exists, read_manifest
-    from twostage.retriever.biencoder import BiEncoder
-    from twostage.runtime.backends import compatible_query_backend
-
-    if not collection_exists(path):
-        return encoder
-    wanted = compatible_query_backend(read_manifest(path).extra.get("backend"), encoder.backend)
-    if wanted == encoder.backend:
-        return encoder
-    return BiEncoder(encoder.name, device=encoder.device, batch_size=encoder.batch_size, backend=wanted)
-
-
 def open_collection(path: Path, docs: list, encoder: Any, config: EvalConfig, log: Callable[[str], None]):
     """An engine over exactly `docs` at `path`, storing MaxSim token vectors: resumed when already built (unchanged
     documents skipped), rebuilt when it holds documents the corpus no longer has or no token vectors.
@@ -349,15 +333,21 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
         from twostage.retriever.biencoder import BiEncoder
         from twostage.runtime.models import DEFAULT_BI_ENCODER
 
+        from twostage.engine import query_placement
+        from twostage.indexes.sharded import collection_exists, read_manifest
+
         runtime = _runtime(config)
         device, _ = runtime.placement()  # auto stays auto: the stage reads this machine's measured choice
+        backend = runtime.backend
+        existing = Path(config.index_dir) if need_collection and config.index_dir else None
+        if config.encoder is None and existing is not None and collection_exists(existing):
+            # an existing collection is searched as Engine.open would: an int8 one with its own backend, a float one
+            # with a float backend (an int8 choice becomes its float parent), so --index takes any of the same model
+            device, backend = query_placement(read_manifest(existing), runtime, existing)
         encoder = config.encoder or BiEncoder(config.model or DEFAULT_BI_ENCODER, device=device,
-                                              batch_size=runtime.batch_size, backend=runtime.backend,
-                                              threads=runtime.threads)
+                                              batch_size=runtime.batch_size, backend=backend, threads=runtime.threads)
     if need_collection:
         path = Path(config.index_dir) if config.index_dir else default_index_dir(dataset, encoder)
-        if config.encoder is None:
-            encoder = _encoder_for(path, encoder)
     if encoder is not None:
         models["bi_encoder"] = {"name": encoder.name, "source": str(encoder.source), "origin": encoder.origin,
                                 "fingerprint": encoder.fingerprint, "backend": encoder.backend_tag}

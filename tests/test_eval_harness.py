@@ -290,12 +290,19 @@ def test_int8_backends_get_their_own_default_collection(dataset_dir, monkeypatch
     assert all(path.parent == tmp_path / "collections" for path in folder.values())
 
 
-def test_index_built_on_another_backend_is_searched_by_the_engines_rule(dataset_dir, config, minilm_path, report):
+def test_index_built_on_another_backend_is_searched_by_the_engines_rule(dataset_dir, config, minilm_path, report,
+                                                                        monkeypatch):
     """--index with a collection built on torch and an int8 backend asked for: eval searches it with the int8
-    backend's float parent, as Engine.open would, instead of refusing."""
+    backend's float parent, as Engine.open would, instead of refusing; one bi-encoder is loaded, on that backend."""
+    from twostage.retriever.biencoder import BiEncoder
+
+    loaded, init = [], BiEncoder.__init__
+    monkeypatch.setattr(BiEncoder, "__init__", lambda self, *a, **kw: (loaded.append(kw.get("backend")),
+                                                                       init(self, *a, **kw))[1])
     other = EvalConfig(model=str(minilm_path), backend="openvino-int8", reranker=None, systems=["dense"],
                        index_dir=config.index_dir, n_resamples=200)
     result = run_evaluation(load_dataset(dataset_dir), other)
+    assert loaded == ["openvino"]
     assert result.models["bi_encoder"]["backend"].startswith("openvino/")
     assert result.indexing["unchanged"] == 100 and result.indexing["added"] == 0
     dense = report.system("dense").metrics["nDCG@10"]

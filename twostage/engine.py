@@ -13,7 +13,7 @@ import numpy as np
 
 from twostage.indexes.collection import Collection
 from twostage.indexes.documents import Document
-from twostage.indexes.protocols import CollectionLike
+from twostage.indexes.protocols import CollectionLike, ManifestLike
 from twostage.indexes.sharded import ShardedCollection, collection_exists, open_collection
 from twostage.reranker.base import Candidate, Reranker
 from twostage.reranker.resolve import DEFAULT_RERANKER
@@ -201,17 +201,7 @@ class Engine:
         manifest = collection.manifest
         stored_backend = manifest.extra.get("backend")
         try:
-            device, wanted = runtime.placement()
-            if measured(runtime.backend, device):  # auto: the cached measured choice (never measured at query time)
-                wanted = stage_backend("auto", device, "bi-encoder", manifest.model_fingerprint)
-            query_backend = compatible_query_backend(stored_backend, wanted)
-            if query_backend not in FLOAT_BACKENDS and device != "cpu":
-                if runtime.device != "auto":
-                    raise UsageError(
-                        f"collection {path} was built with the {stored_backend} backend, which runs on the CPU only; "
-                        f"search it with --device cpu (or auto)"
-                    )
-                device = "cpu"
+            device, query_backend = query_placement(manifest, runtime, path)
             encoder = encoder or BiEncoder(
                 model or manifest.model_name, device=device, batch_size=runtime.batch_size, backend=query_backend,
                 threads=runtime.threads,
@@ -567,6 +557,24 @@ def _chunks(items: Iterable[Document], size: int) -> Iterator[list[Document]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def query_placement(manifest: ManifestLike, runtime: RuntimeConfig, path: str | Path) -> tuple[str, str]:
+    """The device and backend that encode queries for the collection ``manifest`` describes (at ``path``, for the
+    message): ``compatible_query_backend`` of its backend and the requested one, ``auto`` being this machine's cached
+    choice for its model (never measured at query time). An int8 collection's CPU-only backend runs on the CPU under
+    device ``auto`` and is refused under an explicit ``cuda``."""
+    stored_backend = manifest.extra.get("backend")
+    device, wanted = runtime.placement()
+    if measured(runtime.backend, device):
+        wanted = stage_backend("auto", device, "bi-encoder", manifest.model_fingerprint)
+    query_backend = compatible_query_backend(stored_backend, wanted)
+    if query_backend not in FLOAT_BACKENDS and device != "cpu":
+        if runtime.device != "auto":
+            raise UsageError(f"collection {path} was built with the {stored_backend} backend, which runs on the CPU "
+                             f"only; search it with --device cpu (or auto)")
+        device = "cpu"
+    return device, query_backend
 
 
 def parse_levers(prf: PRF | str | None = None, query_tokens: QueryTokens | str | None = None,
