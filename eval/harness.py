@@ -330,11 +330,10 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
     indexing: dict[str, Any] = {}
     engine = encoder = reranker = None
     if need_collection or need_reranker:
-        from twostage.retriever.biencoder import BiEncoder
-        from twostage.runtime.models import DEFAULT_BI_ENCODER
-
         from twostage.engine import query_placement
         from twostage.indexes.sharded import collection_exists, read_manifest
+        from twostage.retriever.biencoder import BiEncoder
+        from twostage.runtime.models import DEFAULT_BI_ENCODER
 
         runtime = _runtime(config)
         device, _ = runtime.placement()  # auto stays auto: the stage reads this machine's measured choice
