@@ -27,7 +27,7 @@ from common import DATA_ROOT, REPO, RESULTS, minilm_path  # noqa: E402  (first: 
 
 import numpy as np  # noqa: E402
 
-from bench_levers import build_collection, cpu_name, metrics  # noqa: E402
+from bench_levers import build_collection, cpu_name, markdown, metrics  # noqa: E402
 from twostage.engine import MAXSIM_DEFAULTS, Engine  # noqa: E402
 from twostage.eval.datasets import load_folder  # noqa: E402
 from twostage.eval.significance import compare  # noqa: E402
@@ -199,9 +199,7 @@ def main() -> int:
           f"{default_tune:.4f}: " + "; ".join(f"{s} ({grid[s]:.4f})" for s in best.values()) + ". k = 100; p: paired "
           f"randomization test on nDCG@10 (10,000 resamples). {result['cpu']}; {result['seconds']:.0f} s.", ""]
     for part, rows in tables.items():
-        md += [f"**{part}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        md += ["| " + " | ".join(str(row.get(c, "-")) for c in cols) + " |" for row in rows]
-        md.append("")
+        md += [markdown(rows, part, cols), ""]
     md += ["Tuning grid (cacm-tune nDCG@10): " + ", ".join(f"{s} {v:.4f}" for s, v in grid.items()), ""]
     (args.out / "feedback.md").write_text("\n".join(md))
     print("\n".join(md))

@@ -224,8 +224,11 @@ def report(measured: dict[str, Measured], qrels: dict, threshold: int, qids: lis
     return rows
 
 
-def markdown(table: list[dict], title: str) -> str:
-    cols = ["system", "nDCG@10", "MRR@10", "R@100", "p nDCG@10", "p MRR@10", "median ms", "p95 ms"]
+TABLE_COLUMNS = ["system", "nDCG@10", "MRR@10", "R@100", "p nDCG@10", "p MRR@10", "median ms", "p95 ms"]
+
+
+def markdown(table: list[dict], title: str, cols: list[str] = TABLE_COLUMNS) -> str:
+    """``table``'s rows under a bold ``title`` as a markdown table of ``cols`` ("-" where a row has no value)."""
     lines = [f"**{title}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in table:
         lines.append("| " + " | ".join(str(row.get(c, "-")) for c in cols) + " |")
