@@ -345,12 +345,10 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
             device, backend = query_placement(read_manifest(existing), runtime, existing)
         encoder = config.encoder or BiEncoder(config.model or DEFAULT_BI_ENCODER, device=device,
                                               batch_size=runtime.batch_size, backend=backend, threads=runtime.threads)
-    if need_collection:
-        path = Path(config.index_dir) if config.index_dir else default_index_dir(dataset, encoder)
-    if encoder is not None:
         models["bi_encoder"] = {"name": encoder.name, "source": str(encoder.source), "origin": encoder.origin,
                                 "fingerprint": encoder.fingerprint, "backend": encoder.backend_tag}
     if need_collection:
+        path = Path(config.index_dir) if config.index_dir else default_index_dir(dataset, encoder)
         log(f"collection: {path}")
         engine, indexing = open_collection(path, docs, encoder, config, log)
     try:
