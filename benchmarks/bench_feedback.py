@@ -23,11 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-from common import DATA_ROOT, REPO, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import DATA_ROOT, REPO, RESULTS, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
-from bench_levers import build_collection, cpu_name, markdown, metrics  # noqa: E402
+from bench_levers import build_collection, markdown, metrics  # noqa: E402
 from twostage.engine import MAXSIM_DEFAULTS, Engine  # noqa: E402
 from twostage.eval.datasets import load_folder  # noqa: E402
 from twostage.eval.significance import compare  # noqa: E402
@@ -180,7 +180,7 @@ def main() -> int:
 
     result = {
         "created_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "cpu": f"{cpu_name()}, {os.cpu_count()} CPUs",
+        "cpu": machine(),
         "k": K,
         "tuned_on": {"dataset": "cacm", "queries": parts["cacm-tune"][1], "measure": "nDCG@10",
                      "engine default": round(default_tune, 4)},

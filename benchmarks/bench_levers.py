@@ -20,14 +20,13 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import DATA_ROOT, REPO, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import DATA_ROOT, REPO, RESULTS, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
@@ -74,19 +73,6 @@ class System:
 class Measured:
     run: dict[str, dict[str, float]] = field(default_factory=dict)
     ms: list[float] = field(default_factory=list)
-
-
-def cpu_name() -> str:
-    """The CPU's model name and its AVX-512 / AMX / bf16 units (Linux), else what ``platform`` knows."""
-    try:
-        info = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.machine())
-    flags = set(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
-    units = [label for label, flag in (("AVX-512", "avx512f"), ("AMX", "amx_tile"), ("bf16", "avx512_bf16"))
-             if flag in flags]
-    return f"{name} ({', '.join(units)})" if units else name
 
 
 def build_collection(dataset: Dataset, encoder: BiEncoder, path: Path) -> dict:
@@ -284,7 +270,7 @@ def main() -> int:
     for engine in engines.values():
         engine.close()
 
-    cpu = f"{cpu_name()}, {os.cpu_count()} CPUs"
+    cpu = machine()
     result = {
         "created_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "cpu": cpu,

@@ -24,7 +24,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import DATA_ROOT, REPO, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import DATA_ROOT, REPO, RESULTS, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "queries": len(queries),
         "passages": len(docs),
         "model": args.model or "sentence-transformers/all-MiniLM-L6-v2 (the packaged copy)",
-        "machine": f"{cpu.model} ({', '.join(cpu.isa) or 'no AVX-512'}), {os.cpu_count()} cores, torch threads "
+        "machine": f"{machine()}, torch threads "
         f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at the end",
         "cpu": {"model": cpu.model, "isa": list(cpu.isa), "platform": platform.machine()},
         "levers": args.levers,

