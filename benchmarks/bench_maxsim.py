@@ -42,7 +42,12 @@ DATA = DATA_ROOT / "msmarco-dl20"
 CACHE = REPO / "runs" / "bench-maxsim"
 MEASURES = ("nDCG@10", "MRR@10", "R@100")
 DEPTHS = (20, 50, 100)
-VARIANTS = ("pq stored", "2bit stored", "1bit stored", "int8 stored", "float16 stored", "on the fly")
+VARIANTS = ("pq stored", "2bit stored", "1bit stored", "int8 stored", "float16 stored", "on the fly",
+            "2bit pooled stored", "pq pooled stored")
+#: the default variants (the pooled ones on request: --variants)
+DEFAULT_VARIANTS = VARIANTS[:6]
+#: --pool's default: the smallest factor that brings 2bit under issue 13's 3,200 bytes for dl20's 81 tokens
+DEFAULT_POOL = 2.5
 
 
 @dataclass
@@ -78,10 +83,12 @@ def build_collection(docs: list[Document], encoder: BiEncoder, path: Path) -> di
     return info
 
 
-def derived_store(source: TokenStore, doc_ids: list[str], path: Path, encoding: str) -> tuple[TokenStore, float | None]:
-    """A store holding exactly what indexing with ``encoding`` would write from the same float16 tokens (for 2bit /
-    1bit / pq: int8 rows, then the codec learned from them and the rows re-encoded), and the seconds that last step took."""
-    store = TokenStore.open(path, encoding=encoding)
+def derived_store(source: TokenStore, doc_ids: list[str], path: Path, encoding: str, pool: float = 1.0
+                  ) -> tuple[TokenStore, float | None]:
+    """A store holding exactly what indexing with ``encoding`` (and ``--token-pool pool``) would write from the same
+    float16 tokens (for 2bit / 1bit / pq: int8 rows, then the codec learned from them and the rows re-encoded), and the
+    seconds that last step took."""
+    store = TokenStore.open(path, encoding=encoding, pool=pool)
     seconds = None  # reused from an earlier run
     if len(store) != len(doc_ids) or (encoding in LEARNED and store.codec is None):
         for start in range(0, len(doc_ids), 1000):
@@ -93,9 +100,11 @@ def derived_store(source: TokenStore, doc_ids: list[str], path: Path, encoding: 
     return store, seconds
 
 
-def seeded_store(int8_path: Path, path: Path, encoding: str, seed: int) -> tuple[TokenStore, float | None]:
-    """The int8 rows with an ``encoding`` codec learned from ``seed`` (indexing's own codec is seed 0), built once: how
-    much one learned codec's draw moves the scores, which a single store cannot tell."""
+def seeded_store(int8_path: Path, path: Path, encoding: str, seed: int, pool: float | None = None
+                 ) -> tuple[TokenStore, float | None]:
+    """The int8 rows with an ``encoding`` codec learned from ``seed`` (indexing's own codec is seed 0), pooled by
+    ``pool`` (``twostage tokens --convert --pool``), built once: how much one learned codec's draw moves the scores,
+    which a single store cannot tell."""
     seconds = None
     if not path.is_file():
         partial = path.with_name(path.name + ".partial")
@@ -104,7 +113,7 @@ def seeded_store(int8_path: Path, path: Path, encoding: str, seed: int) -> tuple
             source.backup(copy)
         store = TokenStore.open(partial, encoding="int8")
         started = time.perf_counter()
-        store.convert(encoding, seed=seed)
+        store.convert(encoding, seed=seed, pool=pool)
         seconds = round(time.perf_counter() - started, 1)
         store.close()
         os.replace(partial, path)
@@ -205,7 +214,7 @@ def summarize(run: SystemRun, dataset: Dataset) -> dict:
 def storage(store: TokenStore, dim: int) -> dict:
     stats = store.stats()
     return {
-        "encoding": store.encoding,
+        "encoding": store.encoding + (f" pooled by {store.pool:g}" if store.pool != 1.0 else ""),
         "passages": stats.passages,
         "tokens_per_passage": round(stats.tokens_per_passage, 1),
         "codec_bytes": stats.codec_bytes,
@@ -275,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="passages for the index-time comparison (0: skip it, keeping the last report's figures)")
     parser.add_argument("--levers", choices=tuple(LEVERS), default="off",
                         help="off: plain MaxSim (default); default: the engine's default search options for MaxSim")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
+    parser.add_argument("--pool", type=float, default=DEFAULT_POOL, metavar="F",
+                        help=f"the token pool factor of the 'pooled' variants (default {DEFAULT_POOL:g})")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma-separated MaxSim variants to run (default all: {', '.join(VARIANTS)})")
     parser.add_argument("--codec-seeds", type=int, default=0, metavar="N",
                         help="also learn N more codecs (seeds 1..N) for each learned encoding run (2bit, 1bit, pq) "
@@ -310,21 +321,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     stores: dict[str, TokenStore] = {"float16": fp16}
     codec_seconds: dict[str, float | None] = {"float16": None}
+    def file_name(key: str) -> str:  # "2bit pooled" -> tokens-2bit-pool2.5
+        encoding, *pooled = key.split()
+        return f"tokens-{encoding}" + (f"-pool{args.pool:g}" if pooled else "")
+
     for name in variants:
-        encoding = name.split()[0]
-        if name.endswith("stored") and encoding != "float16":
-            stores[encoding], codec_seconds[encoding] = derived_store(
-                fp16, [d.id for d in docs], args.cache / f"tokens-{encoding}.sqlite", encoding)
+        key, encoding = name.removesuffix(" stored"), name.split()[0]
+        if name.endswith("stored") and key != "float16":
+            pool = args.pool if "pooled" in key else 1.0
+            stores[key], codec_seconds[key] = derived_store(
+                fp16, [d.id for d in docs], args.cache / f"{file_name(key)}.sqlite", encoding, pool)
     seeded: list[str] = []
     if args.codec_seeds > 0:
         int8_path = args.cache / "tokens-int8.sqlite"
         if "int8" not in stores:
             derived_store(fp16, [d.id for d in docs], int8_path, "int8")[0].close()
-        for encoding in [e for e in stores if e in LEARNED]:
+        for base in [e for e in stores if e.split()[0] in LEARNED]:
             for seed in range(1, args.codec_seeds + 1):
-                key = f"{encoding} stored, seed {seed}"
+                key = f"{base} stored, seed {seed}"
                 stores[key], codec_seconds[key] = seeded_store(
-                    int8_path, args.cache / f"tokens-{encoding}-seed{seed}.sqlite", encoding, seed)
+                    int8_path, args.cache / f"{file_name(base)}-seed{seed}.sqlite", base.split()[0], seed,
+                    args.pool if "pooled" in base else None)
                 seeded.append(key)
     rerankers = {(e if e in seeded else f"{e} stored"): MaxSimReranker(encoder, token_store=s.get_many)
                  for e, s in stores.items() if e != "float16"}
@@ -357,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at the end",
         "cpu": {"model": cpu.model, "isa": list(cpu.isa), "platform": platform.machine()},
         "levers": args.levers,
+        "pool": args.pool if any("pooled" in v for v in variants) else None,
         "rows": rows,
         "storage": [{**storage(s, encoder.dimension), "codec_seconds": codec_seconds[e]} for e, s in stores.items()
                     if e not in seeded],

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import DATA_ROOT, REPO, RESULTS, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
@@ -59,8 +60,18 @@ def maxsim(query: np.ndarray, passage: np.ndarray) -> float:
     return float((query @ passage.T).max(axis=1).sum())
 
 
-def runs_for(name: str, data: Path, cache: Path, model) -> tuple[dict, dict]:
-    """Per variant, the reranked top 100 of every query of ``name`` (a TREC-style run), and the dataset's qrels."""
+@dataclass
+class Candidates:
+    """A dataset's dense top ``K`` per query, with every candidate's and query's token sets (:func:`token_sets`)."""
+
+    per_query: dict[str, list[str]]
+    passages: dict[str, dict[str, np.ndarray]]  # token-set name -> doc id -> vectors
+    queries: dict[str, dict[str, np.ndarray]]  # token-set name -> qid -> vectors
+    qrels: dict
+
+
+def dense_candidates(name: str, data: Path, cache: Path, model) -> Candidates:
+    """``name``'s dense top ``K`` from bench_levers' collection in ``cache``, encoded with ``model`` (torch)."""
     dataset = load_folder(data / name)
     with Engine.open(cache / name, reranker=None) as engine:
         results = engine.search_queries(dict(dataset.queries), k=K, top_n=K, rerank=False)
@@ -72,17 +83,21 @@ def runs_for(name: str, data: Path, cache: Path, model) -> tuple[dict, dict]:
             texts[row["id"]] = Document(row["id"], row["text"], row.get("title") or None).text_for_encoding()
     print(f"{name}: encoding {len(doc_ids)} candidate passages and {len(candidates)} queries", file=sys.stderr)
     passages = token_sets(model, [texts[d] for d in doc_ids])
-    index = {d: i for i, d in enumerate(doc_ids)}
     qids = list(candidates)
     queries = token_sets(model, [dataset.queries[q] for q in qids])
+    return Candidates(candidates, {side: dict(zip(doc_ids, v)) for side, v in passages.items()},
+                      {side: dict(zip(qids, v)) for side, v in queries.items()}, dataset.qrels)
+
+
+def runs_for(name: str, data: Path, cache: Path, model) -> tuple[dict, dict]:
+    """Per variant, the reranked top 100 of every query of ``name`` (a TREC-style run), and the dataset's qrels."""
+    found = dense_candidates(name, data, cache, model)
     runs = {}
     for q_side, p_side in VARIANTS:
-        run = {}
-        for qi, qid in enumerate(qids):
-            scores = {d: maxsim(queries[q_side][qi], passages[p_side][index[d]]) for d in candidates[qid]}
-            run[qid] = scores
-        runs[(q_side, p_side)] = run
-    return runs, dataset.qrels
+        runs[(q_side, p_side)] = {
+            qid: {d: maxsim(found.queries[q_side][qid], found.passages[p_side][d]) for d in docs}
+            for qid, docs in found.per_query.items()}
+    return runs, found.qrels
 
 
 def table(runs: dict, qrels: dict, threshold: int, qids: list[str]) -> list[dict]:

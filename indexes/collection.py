@@ -24,9 +24,10 @@ from .document_store import DocumentStore, UpsertResult, open_store, storage_err
 from .lock import DEFAULT_WAIT, LOCK_FILE, LockBusy, ReadOnlyCollection, WriterLock
 from .lexical import LexicalIndex
 from .token_df import TokenDF
+from .token_pooling import check_factor
 from .token_store import DEFAULT_ENCODING as DEFAULT_TOKEN_ENCODING
 from .token_store import ENCODINGS as TOKEN_ENCODINGS
-from .token_store import TRAIN_AT, TokenStore
+from .token_store import TRAIN_AT, TokenStore, default_pool
 from .documents import Document
 from .errors import CollectionError, StorageError
 from .protocols import VectorIndexLike
@@ -128,9 +129,10 @@ class Collection:
         #: per-passage token vectors for MaxSim (``create(store_tokens=True)``), kept in step by upsert/delete
         self.token_store: TokenStore | None = None
         if manifest.extra.get("token_store"):
-            self.token_store = TokenStore(store, encoding=manifest.extra["token_store"]["encoding"])
+            recorded = manifest.extra["token_store"]
+            self.token_store = TokenStore(store, encoding=recorded["encoding"], pool=recorded.get("pool", 1.0))
             # the SQLite file's record wins: a crash may have come between a conversion and its manifest write
-            manifest.extra["token_store"] = {"encoding": self.token_store.encoding}
+            manifest.extra["token_store"] = self._token_record()
         #: document frequency per token id (MaxSim's IDF query weights), kept beside the token store by upsert/delete
         self.token_df: TokenDF | None = TokenDF(store) if self.token_store is not None else None
         #: BM25 over the documents (SQLite FTS5 in the same file), kept in step by upsert/delete in their transaction
@@ -156,13 +158,23 @@ class Collection:
         extra: dict[str, Any] | None = None,
         overwrite: bool = False,
         store_tokens: bool | str = False,
+        token_pool: float | None = None,
         vector_index: str = "faiss",
     ) -> "Collection":
-        """A new, empty collection. Refuses a directory holding other files, and an existing collection unless overwrite."""
+        """A new, empty collection. Refuses a directory holding other files, and an existing collection unless overwrite.
+        ``token_pool`` (with ``store_tokens``) merges each passage's stored tokens ``token_pool`` to one
+        (``indexes.token_pooling``); None: the encoding's default (``token_store.DEFAULT_POOL``: 2.5 for 2bit)."""
         path = Path(path)
         token_encoding = DEFAULT_TOKEN_ENCODING if store_tokens is True else str(store_tokens)
         if store_tokens and token_encoding not in TOKEN_ENCODINGS:
             raise CollectionError(f"token encoding must be one of {', '.join(TOKEN_ENCODINGS)} (got {token_encoding!r})")
+        if token_pool is not None and not store_tokens:
+            raise CollectionError("a token pool factor needs stored tokens (store_tokens / --store-tokens)")
+        try:
+            token_pool = (check_factor(token_pool) if token_pool is not None
+                          else default_pool(token_encoding) if store_tokens else 1.0)
+        except ValueError as err:
+            raise CollectionError(str(err)) from None
         if path.exists() and not path.is_dir():
             raise CollectionError(f"{path} exists and is not a directory")
         if cls.exists(path) and not overwrite:
@@ -178,7 +190,8 @@ class Collection:
                 return cls._create_locked(path, index, model_name=model_name, model_fingerprint=model_fingerprint,
                                           dimension=dimension, normalized=normalized, index_type=index_type,
                                           vector_index=vector_index, extra=extra, overwrite=overwrite,
-                                          store_tokens=store_tokens, token_encoding=token_encoding)
+                                          store_tokens=store_tokens, token_encoding=token_encoding,
+                                          token_pool=token_pool)
 
     @staticmethod
     def _check_own_files(path: Path) -> None:
@@ -194,8 +207,8 @@ class Collection:
     @classmethod
     def _create_locked(cls, path: Path, index: VectorIndexLike, *, model_name: str, model_fingerprint: str,
                        dimension: int, normalized: bool, index_type: str, vector_index: str,
-                       extra: dict[str, Any] | None, overwrite: bool, store_tokens: bool | str, token_encoding: str
-                       ) -> "Collection":
+                       extra: dict[str, Any] | None, overwrite: bool, store_tokens: bool | str, token_encoding: str,
+                       token_pool: float = 1.0) -> "Collection":
         """The file-writing part of :meth:`create`, under the writer lock so two creators cannot interleave."""
         if cls.exists(path) and not overwrite:
             raise CollectionError(f"{path} already holds a collection: open it, or pass overwrite=True to replace it")
@@ -222,6 +235,8 @@ class Collection:
         )
         if store_tokens:  # True (= "2bit"), or the encoding: "2bit", "pq", "1bit", "int8" or "float16"
             manifest.extra["token_store"] = {"encoding": token_encoding}
+            if token_pool != 1.0:
+                manifest.extra["token_store"]["pool"] = token_pool
         store.set_meta("dimension", dimension)
         LexicalIndex(store).create()
         index.save(path / VECTORS, generation=store.generation)
@@ -466,20 +481,20 @@ class Collection:
         self._write_manifest()
         self._dirty = False
 
-    def convert_tokens(self, encoding: str) -> None:
-        """Re-encode the stored token vectors into ``encoding`` (2bit, pq, 1bit, int8, float16) in one SQLite transaction,
-        record it in the manifest (the SQLite file's own record wins if a crash comes between the two), and give the
-        freed pages back to the file system (``VACUUM``)."""
+    def convert_tokens(self, encoding: str, pool: float | None = None) -> None:
+        """Re-encode the stored token vectors into ``encoding`` (2bit, pq, 1bit, int8, float16), pooled by ``pool`` if
+        given (an unpooled store only), in one SQLite transaction, record it in the manifest (the SQLite file's own
+        record wins if a crash comes between the two), and give the freed pages back to the file system (``VACUUM``)."""
         if self.token_store is None:
             raise CollectionError(f"collection {self.path} stores no token vectors (build it with --store-tokens)")
         with self._lock:
             self._begin_write()
             try:
-                self.token_store.convert(encoding)
+                self.token_store.convert(encoding, pool=pool)
             except ValueError as err:
                 raise CollectionError(f"{self.path}: cannot convert its tokens to {encoding}: {err}") from None
             else:
-                self.manifest.extra["token_store"] = {"encoding": self.token_store.encoding}
+                self.manifest.extra["token_store"] = self._token_record()
                 self.manifest.updated_at = _now()
                 self._write_manifest()
                 self.store.vacuum()
@@ -632,6 +647,14 @@ class Collection:
                 **self._token_stats(),
             }
 
+    def _token_record(self) -> dict[str, Any]:
+        """The manifest's ``token_store`` entry: the store's encoding, and its pool factor where it pools."""
+        assert self.token_store is not None
+        record: dict[str, Any] = {"encoding": self.token_store.encoding}
+        if self.token_store.pool != 1.0:
+            record["pool"] = self.token_store.pool
+        return record
+
     def _token_stats(self) -> dict[str, Any]:
         """Token store size for ``stats()``: passages with tokens and mean stored bytes per passage."""
         if self.token_store is None:
@@ -639,6 +662,7 @@ class Collection:
         tokens = self.token_store.stats()
         return {
             "token_encoding": self.token_store.encoding,
+            "token_pool": self.token_store.pool,
             "token_passages": tokens.passages,
             "tokens_per_passage": round(tokens.tokens_per_passage, 1),
             "token_bytes_per_passage": round(tokens.bytes_per_passage, 1),

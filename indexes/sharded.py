@@ -91,6 +91,7 @@ class ShardedTokenStore:
     def __init__(self, stores: Sequence[Any]):
         self.stores = list(stores)
         self.encoding = self.stores[0].encoding
+        self.pool = self.stores[0].pool  # every shard is created with the same token pool factor
 
     def get(self, doc_id: str) -> np.ndarray | None:
         return self.stores[shard_of(doc_id, len(self.stores))].get(doc_id)

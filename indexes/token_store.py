@@ -18,6 +18,8 @@ re-encodes them): a collection calls it after each write, where it acts from :da
 commit (the end of an ``add``), where it acts from :data:`MIN_TRAIN`.
 :meth:`TokenStore.convert` re-encodes every row into another encoding, learning a fresh codec from the whole store.
 The store's encoding is kept in the file's ``meta`` table, so it changes in the same transaction as the rows.
+So is its token pool factor (:mod:`.token_pooling`): above 1, each passage's tokens are merged into ``n / factor``
+cluster means as they are written, before any encoding; :meth:`TokenStore.convert` can pool an unpooled store.
 
 Inside a collection the table lives in ``documents.sqlite`` and shares its connection, so the collection writes a
 document and its tokens (or removes stale ones) in one transaction: a replaced or deleted document's tokens are
@@ -34,9 +36,13 @@ import numpy as np
 from .document_store import DocumentStore
 from .product import ProductCodec
 from .residual import MAX_SAMPLE, ResidualCodec
+from .token_pooling import check_factor, pool_tokens, pooled_count
 
 ENCODINGS = ("2bit", "1bit", "int8", "float16", "pq")
 DEFAULT_ENCODING = "2bit"
+#: a new collection's token pool factor per encoding (:func:`default_pool`): 2bit pools by 2.5, which brings an
+#: 81-token MS MARCO passage to 3,133 bytes and ranks like unpooled 2bit (benchmarks/bench_maxsim.py); others: none
+DEFAULT_POOL = {"2bit": 2.5}
 #: residual encodings and their bits per dimension
 RESIDUAL = {"2bit": 2, "1bit": 1}
 #: encodings whose codec is learned from the store's own tokens
@@ -109,11 +115,14 @@ class TokenStore:
     """Token vectors keyed by doc id, in a ``tokens`` table of a :class:`DocumentStore`'s SQLite file.
 
     Writes join the document store's open transaction when there is one (that is how a collection keeps them atomic).
-    ``encoding`` applies to a new store; an existing one keeps the encoding recorded in its file.
+    ``encoding`` and ``pool`` (the token pool factor, 1 = none) apply to a new store; an existing one keeps those
+    recorded in its file.
     """
 
-    def __init__(self, documents: DocumentStore, *, encoding: str = DEFAULT_ENCODING, owned: bool = False):
+    def __init__(self, documents: DocumentStore, *, encoding: str = DEFAULT_ENCODING, pool: float = 1.0,
+                 owned: bool = False):
         _check_encoding(encoding)
+        pool = check_factor(pool)
         self.documents = documents
         self._owned = owned  # close() closes the SQLite file too (a standalone store)
         with documents.transaction() as con:
@@ -128,26 +137,31 @@ class TokenStore:
             recorded = documents.get_meta("token_encoding")
             if recorded is None:
                 documents.set_meta("token_encoding", encoding)
+                if pool != 1.0:
+                    documents.set_meta("token_pool", pool)
         self.encoding: str = recorded or encoding
+        self.pool: float = float(documents.get_meta("token_pool", 1.0))
         self._pq_table = bool(columns)  # False only for a read-only store from before pq
         self.codec: ResidualCodec | ProductCodec | None = None
         self._version = -1  # of the codec this object holds; another process's conversion bumps the file's
         self._refresh()
 
     @classmethod
-    def open(cls, path: str | Path, *, encoding: str = DEFAULT_ENCODING) -> "TokenStore":
+    def open(cls, path: str | Path, *, encoding: str = DEFAULT_ENCODING, pool: float = 1.0) -> "TokenStore":
         """A standalone token store in its own SQLite file (created if needed)."""
-        return cls(DocumentStore(path), encoding=encoding, owned=True)
+        return cls(DocumentStore(path), encoding=encoding, pool=pool, owned=True)
 
     # ------------------------------------------------------------------ writes
     def put_many(self, doc_ids: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
-        """Store (or replace) each doc's ``(n_tokens, dim)`` vectors, in one transaction."""
+        """Store (or replace) each doc's ``(n_tokens, dim)`` vectors (pooled first when the store pools), in one
+        transaction."""
         doc_ids = [str(d) for d in doc_ids]
         if len(doc_ids) != len(arrays):
             raise ValueError(f"{len(doc_ids)} doc ids but {len(arrays)} token arrays")
         with self.documents.transaction() as con:
             self._refresh()
-            _write(con, [(doc_id, *self._encode(doc_id, array)) for doc_id, array in zip(doc_ids, arrays)])
+            _write(con, [(doc_id, *self._encode(doc_id, self._pooled(doc_id, array, self.pool)))
+                         for doc_id, array in zip(doc_ids, arrays)])
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         """Forget the tokens of these docs (unknown ids are ignored), in one transaction."""
@@ -168,15 +182,21 @@ class TokenStore:
         self.convert(self.encoding)
         return True
 
-    def convert(self, encoding: str, *, seed: int = 0) -> None:
+    def convert(self, encoding: str, *, seed: int = 0, pool: float | None = None) -> None:
         """Re-encode every stored row into ``encoding`` (a learned one, 2bit, 1bit or pq, learns a fresh codec from a
         sample of the store), and make it the store's encoding, all in one transaction of its own (call it outside
         any other, so a rollback cannot leave this object with a codec the file lacks): a crash leaves the store as
-        it was."""
+        it was. ``pool`` (a factor above 1) also pools every passage's tokens; only an unpooled store can be pooled,
+        since pooling again would need the passages' own tokens."""
         _check_encoding(encoding)
         with self.documents.transaction() as con:
             self._refresh()
-            codec = self._train(encoding, seed) if encoding in LEARNED else None
+            new_pool = self.pool if pool is None else check_factor(pool)
+            if new_pool != self.pool and self.pool != 1.0:
+                raise ValueError(f"its tokens are already pooled by {self.pool:g}; pooling them differently "
+                                 "needs the passages' own tokens (re-index with --token-pool)")
+            extra_pool = new_pool if new_pool != self.pool else 1.0  # what this conversion pools by
+            codec = self._train(encoding, seed, extra_pool) if encoding in LEARNED else None
             con.execute("DELETE FROM token_codec")
             con.execute("DELETE FROM token_pq")
             if isinstance(codec, ResidualCodec):
@@ -185,11 +205,12 @@ class TokenStore:
             elif codec is not None:
                 con.execute("INSERT INTO token_pq(id, nbits, m, dim, codebooks, rotation) "
                             "VALUES (1, :nbits, :m, :dim, :codebooks, :rotation)", codec.to_blobs())
-            old_encoding, old_codec, old_version = self.encoding, self.codec, self._version
+            old_encoding, old_codec, old_version, old_pool = self.encoding, self.codec, self._version, self.pool
             self.documents.set_meta("token_encoding", encoding)
             self.documents.set_meta("token_codec_version", old_version + 1)
+            self.documents.set_meta("token_pool", new_pool)
             try:
-                self.encoding, self.codec, self._version = encoding, codec, old_version + 1
+                self.encoding, self.codec, self._version, self.pool = encoding, codec, old_version + 1, new_pool
                 last = ""
                 while True:
                     batch = con.execute(
@@ -199,16 +220,18 @@ class TokenStore:
                         break
                     last = batch[-1][0]
                     arrays = _decode_rows([row[1:] for row in batch], old_codec)
-                    _write(con, [(row[0], *self._encode(row[0], a)) for row, a in zip(batch, arrays)])
+                    _write(con, [(row[0], *self._encode(row[0], self._pooled(row[0], a, extra_pool)))
+                                 for row, a in zip(batch, arrays)])
             except BaseException:  # the transaction rolls back: the store is as it was
-                self.encoding, self.codec, self._version = old_encoding, old_codec, old_version
+                self.encoding, self.codec, self._version, self.pool = old_encoding, old_codec, old_version, old_pool
                 raise
 
-    def _train(self, encoding: str, seed: int) -> ResidualCodec | ProductCodec:
-        """``encoding``'s codec, learned from up to :data:`MAX_SAMPLE` stored tokens (whole passages, at random)."""
+    def _train(self, encoding: str, seed: int, pool: float = 1.0) -> ResidualCodec | ProductCodec:
+        """``encoding``'s codec, learned from up to :data:`MAX_SAMPLE` stored tokens (whole passages, at random; pooled
+        by ``pool`` first when a conversion pools them)."""
         with self.documents.reading() as con:
             sizes = con.execute("SELECT doc_id, n_tokens FROM tokens").fetchall()
-        total = sum(n for _, n in sizes)
+        total = sum(pooled_count(n, pool) for _, n in sizes)
         if total == 0:
             raise ValueError("no stored tokens to learn a codec from")
         order = np.random.default_rng(seed).permutation(len(sizes))
@@ -217,19 +240,29 @@ class TokenStore:
             if count >= MAX_SAMPLE:
                 break
             chosen.append(sizes[i][0])
-            count += sizes[i][1]
-        sample = np.concatenate([a for a in self.get_many(chosen) if a is not None]).astype(np.float32)
+            count += pooled_count(sizes[i][1], pool)
+        sample = np.concatenate([pool_tokens(a, pool) for a in self.get_many(chosen) if a is not None])
         sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
         if encoding == "pq":
             return ProductCodec.train(sample[:MAX_SAMPLE], seed=seed)
         return ResidualCodec.train(sample[:MAX_SAMPLE], RESIDUAL[encoding], n_tokens=total, seed=seed)
 
-    def _encode(self, doc_id: str, array: np.ndarray) -> tuple[str, int, int, bytes | None, bytes]:
+    @staticmethod
+    def _checked(doc_id: str, array: np.ndarray) -> np.ndarray:
         array = np.asarray(array)
         if array.ndim != 2 or array.shape[0] == 0:
             raise ValueError(f"tokens of {doc_id!r} must have shape (n_tokens >= 1, dim), got {array.shape}")
         if not np.isfinite(array).all():
             raise ValueError(f"tokens of {doc_id!r} contain NaN or infinite values")
+        return array
+
+    def _pooled(self, doc_id: str, array: np.ndarray, factor: float) -> np.ndarray:
+        """The checked ``array``, pooled by ``factor`` when it is above 1."""
+        array = self._checked(doc_id, array)
+        return pool_tokens(array, factor) if factor != 1.0 else array
+
+    def _encode(self, doc_id: str, array: np.ndarray) -> tuple[str, int, int, bytes | None, bytes]:
+        array = self._checked(doc_id, array)
         n, dim = array.shape
         if self.encoding == "float16":
             return "float16", n, dim, None, np.ascontiguousarray(array, dtype=np.float16).tobytes()
@@ -253,6 +286,7 @@ class TokenStore:
         self.codec = (ResidualCodec.from_blobs(*row) if row is not None
                       else ProductCodec.from_blobs(*pq) if pq is not None else None)
         self.encoding = self.documents.get_meta("token_encoding", self.encoding)
+        self.pool = float(self.documents.get_meta("token_pool", 1.0))
         self._version = version
 
     # ------------------------------------------------------------------ reads
@@ -309,6 +343,11 @@ class TokenStore:
         """Close the SQLite file when this store opened it (a collection closes its own)."""
         if self._owned:
             self.documents.close()
+
+
+def default_pool(encoding: str) -> float:
+    """The token pool factor a new collection storing ``encoding`` gets unless told otherwise (1 = no pooling)."""
+    return DEFAULT_POOL.get(encoding, 1.0)
 
 
 def quantize_int8(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -66,3 +66,19 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is not present (evaluation data lives beside the repo in ../shared/data)")
     return path
+
+
+@pytest.fixture(scope="session")
+def example_tokens(minilm):
+    """The first 40 example passages' (cities, astronomy, biology, cooking: ~2,100 tokens) ids and MaxSim tokens from
+    the real all-MiniLM-L6-v2 (float16, as indexing stores them)."""
+    import json
+
+    from twostage.indexes.documents import Document
+    from twostage.reranker.maxsim import encode_with_tokens
+
+    examples = Path(__file__).resolve().parents[1] / "examples" / "corpus.jsonl"
+    rows = [json.loads(line) for line in examples.read_text(encoding="utf-8").splitlines()][:40]
+    docs = [Document(r["id"], r["text"], r.get("title")) for r in rows]
+    _, tokens = encode_with_tokens(minilm, [d.text_for_encoding() for d in docs])
+    return [d.id for d in docs], tokens

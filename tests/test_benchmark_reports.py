@@ -1,6 +1,7 @@
 """The benchmarks' own decision and report logic: which settings bench_levers picks from a tuning grid, how
-bench_speed judges the auto choice against issue 13's targets, how bench_maxsim pools learned codecs (no models run),
-and bench_feedback's two levers on a tiny model's collection."""
+bench_speed judges the auto choice against issue 13's targets, how bench_maxsim pools learned codecs and derives pooled
+stores, bench_token_pooling's table and choice (no models run), and bench_feedback's two levers on a tiny model's
+collection."""
 from __future__ import annotations
 
 import importlib.util
@@ -129,3 +130,48 @@ def test_feedback_variants_on_a_tiny_collection(tmp_path, tiny_bi_encoder_dir):
         assert set(moved) == {"q1", "q2"} and all(set(run) == {d["id"] for d in docs} for run in moved.values())
         centroids, idf = fb.centroids("q1", [h.doc_id for h in fb.default[0].hits[:3]])
         assert len(centroids) == len(idf) == feedback.CLUSTERS and (idf > 0).all()
+
+
+def test_maxsim_derives_a_pooled_store_as_indexing_writes_it(maxsim, tmp_path):
+    """bench_maxsim's "pooled" variants: a store pooled at write like ``--token-pool``, and a seeded codec pooled by
+    conversion like ``twostage tokens --convert --pool``."""
+    import numpy as np
+    from twostage.indexes.token_store import TokenStore
+
+    rng = np.random.default_rng(0)
+    ids = [f"d{i}" for i in range(100)]  # 1,600 pooled tokens: enough to learn a codec
+    source = TokenStore.open(tmp_path / "fp16.sqlite", encoding="float16")
+    source.put_many(ids, [rng.normal(size=(40, 16)).astype(np.float32) for _ in ids])
+    pooled, seconds = maxsim.derived_store(source, ids, tmp_path / "pooled.sqlite", "2bit", pool=2.5)
+    assert pooled.pool == 2.5 and pooled.codec is not None and pooled.stats().tokens == 100 * 16 and seconds is not None
+    int8, _ = maxsim.derived_store(source, ids, tmp_path / "int8.sqlite", "int8")
+    int8.close()
+    seeded, _ = maxsim.seeded_store(tmp_path / "int8.sqlite", tmp_path / "seed1.sqlite", "2bit", 1, pool=2.5)
+    assert seeded.pool == 2.5 and seeded.codec is not None and seeded.stats().tokens == 100 * 16
+    for store in (source, pooled, seeded):
+        store.close()
+
+
+def test_token_pooling_benchmark_measures_and_reports_on_toy_candidates():
+    """bench_token_pooling's table (bytes, agreement, nDCG per split) and its choice line, on random tokens."""
+    import numpy as np
+
+    pooling = _load("bench_token_pooling")
+    rng = np.random.default_rng(1)
+
+    def unit(n: int) -> np.ndarray:
+        x = rng.normal(size=(n, 16)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    docs = [f"d{i}" for i in range(30)]
+    queries = [f"q{i}" for i in range(4)]
+    found = pooling.Candidates({q: docs for q in queries}, {"plain": {d: unit(20) for d in docs}},
+                               {"plain": {q: unit(5) for q in queries}}, {q: {docs[i]: 1} for i, q in enumerate(queries)})
+    rows = pooling.measure(found, 1, {"tune": queries[:2], "held-out": queries[2:]}, (1.0, 2.5))
+    assert [(r["factor"], r["encoding"]) for r in rows] == [(1.0, "float16"), (1.0, "2bit"), (2.5, "float16"),
+                                                             (2.5, "2bit")]
+    assert rows[0]["top10_agreement"] == 1.0 and rows[0]["tune p"] == 1.0
+    assert rows[2]["tokens_per_passage"] == 8 and rows[3]["bytes_per_passage"] == 8 * (2 + 16 * 2 // 8)
+    dl20 = [{**r, "all nDCG@10": r["tune nDCG@10"], "all p": r["tune p"]} for r in rows]
+    line = pooling.choose({"cacm": rows, "msmarco-dl20": dl20})
+    assert line.startswith("at the default factor 2.5") and "the best 2bit factor on cacm-tune is" in line

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,13 +14,11 @@ from twostage.indexes.documents import Document
 from twostage.indexes.product import ProductCodec, default_subvectors
 from twostage.indexes.residual import ResidualCodec, default_centroids
 from twostage.indexes.token_store import MIN_TRAIN, TokenStore
-from twostage.reranker.maxsim import MaxSimReranker, encode_with_tokens
+from twostage.reranker.maxsim import MaxSimReranker
 from twostage.cli import main
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "corpus.jsonl"
 QUERIES = ["How many people live in Berlin?", "the largest planet in the solar system", "how do cells divide",
            "fermented bread starter", "art museums in Paris"]
-PASSAGES = 40  # the first 40 example passages (cities, astronomy, biology, cooking): ~2,100 tokens
 
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -73,15 +70,6 @@ def test_product_codes_are_each_rotated_sub_vectors_nearest_sub_centroid():
     assert default_subvectors(384) == 32 and default_subvectors(16) == 1 and default_subvectors(24) == 2
 
 
-@pytest.fixture(scope="module")
-def example_tokens(minilm) -> tuple[list[str], list[np.ndarray]]:
-    """Example passages' MaxSim tokens from the real all-MiniLM-L6-v2 (float16, as indexing stores them)."""
-    rows = [json.loads(line) for line in EXAMPLES.read_text(encoding="utf-8").splitlines()][:PASSAGES]
-    docs = [Document(r["id"], r["text"], r.get("title")) for r in rows]
-    _, tokens = encode_with_tokens(minilm, [d.text_for_encoding() for d in docs])
-    return [d.id for d in docs], tokens
-
-
 def test_compressed_tokens_score_maxsim_close_to_float16_on_real_passages(tmp_path, minilm, example_tokens):
     ids, tokens = example_tokens
     stores = {}
@@ -126,7 +114,7 @@ def test_codec_is_learned_on_commit_and_conversion_is_all_or_nothing(tmp_path, m
     tokens = [unit(rng, 30, 16) for _ in docs]  # 1,200 tokens: enough to learn a codec at commit
     embeddings = unit(rng, len(docs), 8)
     with Collection.create(tmp_path / "c", model_name="m", model_fingerprint="f", dimension=8, index_type="flat",
-                           store_tokens=True) as collection:
+                           store_tokens=True, token_pool=1) as collection:
         store = collection.token_store
         collection.upsert(docs[:1], embeddings[:1], tokens=tokens[:1])
         collection.commit()  # 30 tokens < MIN_TRAIN: kept as int8 for now

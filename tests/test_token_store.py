@@ -164,7 +164,8 @@ def count_passage_encodes(minilm, monkeypatch):
 
 def test_stored_tokens_score_like_on_the_fly_and_no_passage_is_encoded(tmp_path, minilm, count_passage_encodes):
     queries = ["How many people live in Berlin?", "museums in berlin"]
-    with Engine.create(tmp_path / "c", encoder=minilm, reranker="maxsim", index_type="flat", store_tokens=True) as engine:
+    with Engine.create(tmp_path / "c", encoder=minilm, reranker="maxsim", index_type="flat", store_tokens=True,
+                       token_pool=1) as engine:  # unpooled: the same vectors as on the fly
         engine.add(CITIES)
         assert len(count_passage_encodes) == len(CITIES)  # one pass at index time gives vectors and tokens
         count_passage_encodes.clear()

@@ -66,9 +66,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         choices=TOKEN_ENCODINGS,
         metavar="2bit|pq|1bit|int8|float16",
         help="also store each passage's token vectors so the MaxSim reranker encodes no passage at query time: "
-        "2bit (the default; a centroid id and 2 bits per dimension, ~98 bytes per token at 384-d), pq (product "
+        "2bit (the default; a centroid id and 2 bits per dimension, ~98 bytes per token at 384-d, pooled by 2.5 "
+        "unless --token-pool says otherwise), pq (product "
         "codes, 0.75 bits per dimension: 36 bytes), 1bit (~50), int8 (~388) or float16 (768)",
     )
+    p.add_argument("--token-pool", type=_pool_factor, default=None, metavar="F",
+                   help="with --store-tokens: merge each passage's token vectors F to one (Ward clustering, cluster "
+                   "means; token pooling) before storing them, F times fewer bytes (default: 2.5 for 2bit, 1 = no "
+                   "pooling for the others)")
     p.add_argument("--shards", type=_positive_int, default=None, metavar="N",
                    help="build a sharded collection: N collections in DIR, documents routed by a hash of their id")
     _ray_option(p, "encode on a Ray cluster's actor pool ('auto', or the head's HOST:PORT); needs --shards")
@@ -115,6 +120,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--convert", choices=TOKEN_ENCODINGS, metavar="2bit|pq|1bit|int8|float16",
                    help="re-encode every stored passage's tokens (a 2bit/1bit/pq codec is learned afresh from the "
                    "collection); one SQLite transaction per shard, so a crash leaves them as they were")
+    p.add_argument("--pool", type=_pool_factor, default=None, metavar="F",
+                   help="with --convert: also merge each passage's tokens F to one (token pooling); only tokens not "
+                   "pooled yet")
 
     p = sub.add_parser("search", help="search a collection (one query, or a batch from --queries)")
     p.add_argument("directory")
@@ -157,6 +165,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _pool_factor(text: str) -> float:
+    from twostage.indexes.token_pooling import check_factor
+
+    try:
+        return check_factor(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _ray_option(p: argparse.ArgumentParser, text: str) -> None:
@@ -272,6 +289,8 @@ def _print_add_report(report: Any, directory: str, engine: Any) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    if args.token_pool is not None and not args.store_tokens:
+        raise UsageError("--token-pool pools stored token vectors: give --store-tokens too")
     if not args.overwrite and Path(args.directory).exists():
         from twostage.indexes.sharded import collection_exists
 
@@ -306,6 +325,7 @@ def _index_into(args: argparse.Namespace, total: int) -> int:
         overwrite=args.overwrite,
         reranker=None,
         store_tokens=args.store_tokens,
+        token_pool=args.token_pool,
         runtime=runtime,
         shards=args.shards,
     )
@@ -346,7 +366,8 @@ def _index_on_ray(args: argparse.Namespace) -> int:
         report, size = index_distributed(
             _read_corpus(args), args.directory, address=args.ray, shards=args.shards, actors=args.actors,
             model=args.model or DEFAULT_BI_ENCODER, index_type=args.index_type, overwrite=args.overwrite,
-            store_tokens=args.store_tokens, runtime=runtime_from_args(args), progress=bar.update,
+            store_tokens=args.store_tokens, token_pool=args.token_pool, runtime=runtime_from_args(args),
+            progress=bar.update,
         )
     print(f"{args.directory}: {report.added} added, {report.replaced} replaced, {report.unchanged} unchanged "
           f"({size} documents in {args.shards} shards) in {report.seconds:.1f}s on Ray; "
@@ -483,6 +504,9 @@ def _backends_info(args: argparse.Namespace) -> int:
 def cmd_tokens(args: argparse.Namespace) -> int:
     from twostage.indexes.sharded import open_collection
 
+    if args.pool is not None and not args.convert:
+        raise UsageError("--pool pools while converting: give --convert ENCODING too (e.g. --convert 2bit --pool 2)")
+
     with open_collection(args.directory) as collection:
         shards = getattr(collection, "shards", [collection])
         if any(shard.token_store is None for shard in shards):
@@ -490,10 +514,11 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         for shard in shards:
             before = shard.token_store.stats()
             if args.convert:
-                shard.convert_tokens(args.convert)
+                shard.convert_tokens(args.convert, pool=args.pool)
             after = shard.token_store.stats()
             change = f"{before.bytes_per_passage:,.0f} -> " if args.convert else ""
-            print(f"{shard.path}: {shard.token_store.encoding} tokens, {after.passages} passages, "
+            pooled = f" pooled by {shard.token_store.pool:g}" if shard.token_store.pool != 1.0 else ""
+            print(f"{shard.path}: {shard.token_store.encoding} tokens{pooled}, {after.passages} passages, "
                   f"{after.tokens_per_passage:.1f} tokens and {change}{after.bytes_per_passage:,.0f} bytes per passage"
                   + (f", codec {after.codec_bytes:,} bytes" if after.codec_bytes else ""))
     return 0

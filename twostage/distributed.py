@@ -124,6 +124,7 @@ def index_distributed(
     index_type: str = "auto",
     overwrite: bool = False,
     store_tokens: bool | str = False,
+    token_pool: float | None = None,
     runtime: RuntimeConfig | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[AddReport, int]:
@@ -132,7 +133,7 @@ def index_distributed(
     ray = connect(address)
     runtime = runtime or RuntimeConfig()
     engine = Engine.create(directory, model=model, reranker=None, index_type=index_type, overwrite=overwrite,
-                           store_tokens=store_tokens, runtime=runtime, shards=shards)
+                           store_tokens=store_tokens, token_pool=token_pool, runtime=runtime, shards=shards)
     with engine:
         collection = engine.collection
         device, _ = runtime.placement()

@@ -120,6 +120,7 @@ class Engine:
         batch_size: int | None = None,
         encoder: BiEncoder | None = None,
         store_tokens: bool | str = False,
+        token_pool: float | None = None,
         backend: str | None = None,
         runtime: RuntimeConfig | None = None,
         shards: int | None = None,
@@ -129,7 +130,9 @@ class Engine:
         ``shards=N`` builds a sharded collection (``indexes.sharded``): N collections, documents routed by id hash.
 
         ``store_tokens`` (True = "2bit", or "pq", "1bit", "int8", "float16") also stores each passage's token vectors at
-        index time, so the MaxSim reranker encodes no passage at query time (``indexes.token_store``). ``runtime`` says where and how both stages run (device,
+        index time, so the MaxSim reranker encodes no passage at query time (``indexes.token_store``); ``token_pool``
+        above 1 merges each passage's tokens that many to one first (``indexes.token_pooling``; None: 2.5 for 2bit, else
+        none). ``runtime`` says where and how both stages run (device,
         backend, batch size, threads); ``backend=`` and ``batch_size=`` are shorthands that override its fields. The
         backend (torch, onnx, onnx-int8, openvino, openvino-int8; auto = measured here, ``runtime.autotune``) is
         recorded in the manifest."""
@@ -148,6 +151,11 @@ class Engine:
                     f"collection {path} was built without token storage; "
                     "re-index with --overwrite to store tokens (or drop --store-tokens)"
                 )
+            stored = engine.collection.token_store
+            if token_pool is not None and stored is not None and stored.pool != token_pool:
+                engine.close()
+                raise UsageError(f"collection {path} pools its tokens by {stored.pool:g}, not {token_pool:g}; index "
+                                 "into a new directory (or with --overwrite) to change it")
             return engine
         device, chosen = runtime.placement()
         if encoder is None and measured(runtime.backend, device):  # auto: measured here once per machine and model
@@ -168,6 +176,7 @@ class Engine:
             index_type=index_type,
             overwrite=overwrite,
             store_tokens=store_tokens,
+            token_pool=token_pool,
             extra={"backend": encoder.backend},
         )
         return cls(collection, encoder, reranker, runtime=runtime)
