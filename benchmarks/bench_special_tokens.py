@@ -115,6 +115,21 @@ def table(runs: dict, qrels: dict, threshold: int, qids: list[str]) -> list[dict
     return rows
 
 
+def torch_minilm(script: str, data: Path, cache: Path):
+    """The packaged MiniLM on torch (all cores) when both datasets and bench_levers' collections of them are there;
+    else None, after saying what is missing (the script then exits 0)."""
+    missing = [n for n in THRESHOLDS if not (data / n).is_dir() or not (cache / n).is_dir()]
+    if missing:
+        print(f"{script}: {', '.join(missing)} not found in {data} / {cache} (build them with "
+              "benchmarks/bench_levers.py --cache DIR); nothing to do")
+        return None
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    return SentenceTransformer(minilm_path(), device="cpu", local_files_only=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("TWOSTAGE_DATA", DATA)))
@@ -122,17 +137,10 @@ def main() -> int:
                         help="bench_levers.py's collections (cacm/ and msmarco-dl20/)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    missing = [n for n in THRESHOLDS if not (args.data / n).is_dir() or not (args.cache / n).is_dir()]
-    if missing:
-        print(f"bench_special_tokens: {', '.join(missing)} not found in {args.data} / {args.cache} (build them with "
-              "benchmarks/bench_levers.py --cache DIR); nothing to do")
-        return 0
-    import torch
-    from sentence_transformers import SentenceTransformer
-
     started = time.time()
-    torch.set_num_threads(os.cpu_count() or 1)
-    model = SentenceTransformer(minilm_path(), device="cpu", local_files_only=True)
+    model = torch_minilm("bench_special_tokens", args.data, args.cache)
+    if model is None:
+        return 0
     tables = {}
     cacm_runs, cacm_qrels = runs_for("cacm", args.data, args.cache, model)
     cacm_qids = sorted(cacm_runs[BASELINE], key=lambda q: (len(q), q))

@@ -18,11 +18,11 @@ import os
 import time
 from pathlib import Path
 
-from common import DATA_ROOT, REPO, RESULTS, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import DATA_ROOT, REPO, RESULTS, machine  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
-from bench_special_tokens import THRESHOLDS, Candidates, dense_candidates, maxsim  # noqa: E402
+from bench_special_tokens import THRESHOLDS, Candidates, dense_candidates, maxsim, torch_minilm  # noqa: E402
 from twostage.eval.metrics import evaluate  # noqa: E402
 from twostage.eval.significance import compare  # noqa: E402
 from twostage.indexes.residual import MAX_SAMPLE, ResidualCodec  # noqa: E402
@@ -132,17 +132,10 @@ def main() -> int:
     if args.report_only:
         report = json.loads((args.out / "token_pooling.json").read_text())
         return write(report | {"choice": choose(report["tables"])}, args.out)
-    missing = [n for n in THRESHOLDS if not (args.data / n).is_dir() or not (args.cache / n).is_dir()]
-    if missing:
-        print(f"bench_token_pooling: {', '.join(missing)} not found in {args.data} / {args.cache} (build them with "
-              "benchmarks/bench_levers.py --cache DIR); nothing to do")
-        return 0
-    import torch
-    from sentence_transformers import SentenceTransformer
-
     started = time.time()
-    torch.set_num_threads(os.cpu_count() or 1)
-    model = SentenceTransformer(minilm_path(), device="cpu", local_files_only=True)
+    model = torch_minilm("bench_token_pooling", args.data, args.cache)
+    if model is None:
+        return 0
     factors = tuple(float(f) for f in args.factors.split(","))
     cacm = dense_candidates("cacm", args.data, args.cache, model)
     order = sorted(cacm.per_query, key=lambda q: (len(q), q))  # bench_levers' split: even positions tune
