@@ -18,7 +18,6 @@ from twostage.indexes.collection import Collection
 from twostage.indexes.documents import Document
 from twostage.indexes.token_store import TokenStore
 from twostage.reranker.maxsim import MaxSimReranker, encode_with_tokens
-from twostage.retriever.biencoder import BiEncoder
 from twostage import Engine, UsageError
 from twostage.cli import main
 
