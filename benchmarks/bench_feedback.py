@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import DATA_ROOT, REPO, RESULTS, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import DATA_ROOT, REPO, RESULTS, THRESHOLDS, cacm_split, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
@@ -138,15 +138,14 @@ def main() -> int:
     sets = {name: load_folder(args.data / name) for name in ("cacm", "msmarco-dl20")}
     for name, ds in sets.items():
         build_collection(ds, encoder, args.cache / name)
-    cacm_qids = sorted(sets["cacm"].queries, key=lambda q: (len(q), q))
-    parts = {"cacm-tune": ("cacm", cacm_qids[0::2]), "cacm-held-out": ("cacm", cacm_qids[1::2]),
+    tune_qids, held_qids = cacm_split(sets["cacm"].queries)
+    parts = {"cacm-tune": ("cacm", tune_qids), "cacm-held-out": ("cacm", held_qids),
              "msmarco-dl20": ("msmarco-dl20", list(sets["msmarco-dl20"].queries))}
-    thresholds = {"cacm": 1, "msmarco-dl20": 2}
     engines = {name: Engine.open(args.cache / name, encoder=encoder, reranker="maxsim") for name in sets}
 
     def score(part: str, run: dict) -> float:
         dataset = parts[part][0]
-        return metrics(run, sets[dataset].qrels, thresholds[dataset])[0]["nDCG@10"]
+        return metrics(run, sets[dataset].qrels, THRESHOLDS[dataset])[0]["nDCG@10"]
 
     feedback = {part: Feedback(engines[ds], {q: sets[ds].queries[q] for q in qids})
                 for part, (ds, qids) in parts.items()}
@@ -168,7 +167,7 @@ def main() -> int:
             values = [float(x) for x in setting.rsplit(" ", 1)[1].split(":")]
             systems[setting] = (fb.reranked_feedback(int(values[0]), values[1]) if kind == "reranked feedback"
                                 else fb.expansion(int(values[0]), int(values[1]), values[2]))
-        measured = {name: metrics(run, sets[dataset].qrels, thresholds[dataset]) for name, run in systems.items()}
+        measured = {name: metrics(run, sets[dataset].qrels, THRESHOLDS[dataset]) for name, run in systems.items()}
         rows = []
         for name, (aggregate, per_query) in measured.items():
             row = {"system": name, **{m: round(v, 4) for m, v in aggregate.items()}}

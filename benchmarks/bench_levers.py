@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import DATA_ROOT, REPO, RESULTS, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import DATA_ROOT, REPO, RESULTS, THRESHOLDS, cacm_order, cacm_split, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
@@ -237,11 +237,9 @@ def main() -> int:
     encoder = BiEncoder(minilm_path())
     sets = {name: load_folder(args.data / name) for name in ("cacm", "msmarco-dl20")}
     builds = {name: build_collection(ds, encoder, args.cache / name) for name, ds in sets.items()}
-    thresholds = {"cacm": 1, "msmarco-dl20": 2}
 
     cacm = sets["cacm"]
-    cacm_qids = sorted(cacm.queries, key=lambda q: (len(q), q))
-    tune_qids, held_qids = cacm_qids[0::2], cacm_qids[1::2]
+    tune_qids, held_qids = cacm_split(cacm.queries)
     engines = {name: Engine.open(args.cache / name, encoder=encoder, reranker="maxsim") for name in sets}
     known = {}
     if args.grid is not None:
@@ -264,9 +262,9 @@ def main() -> int:
         load[name] = os.getloadavg()
         if name == "cacm":
             tables["cacm-held-out"] = report(measured, ds.qrels, 1, held_qids)
-            tables["cacm (all; half tuned on)"] = report(measured, ds.qrels, 1, cacm_qids)
+            tables["cacm (all; half tuned on)"] = report(measured, ds.qrels, 1, cacm_order(cacm.queries))
         else:
-            tables[name] = report(measured, ds.qrels, thresholds[name], list(ds.queries))
+            tables[name] = report(measured, ds.qrels, THRESHOLDS[name], list(ds.queries))
     for engine in engines.values():
         engine.close()
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import DATA_ROOT, REPO, RESULTS, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import DATA_ROOT, REPO, RESULTS, THRESHOLDS, cacm_split, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
@@ -35,7 +35,6 @@ K = 100
 SIDES = ("plain", "special")  # content tokens only, or [CLS]/[SEP] kept too
 VARIANTS = list(itertools.product(SIDES, SIDES))  # (query side, passage side)
 BASELINE = ("plain", "plain")
-THRESHOLDS = {"cacm": 1, "msmarco-dl20": 2}
 
 
 def token_sets(model, texts: list[str], prompt: str | None = None) -> dict[str, list[np.ndarray]]:
@@ -143,9 +142,9 @@ def main() -> int:
         return 0
     tables = {}
     cacm_runs, cacm_qrels = runs_for("cacm", args.data, args.cache, model)
-    cacm_qids = sorted(cacm_runs[BASELINE], key=lambda q: (len(q), q))
-    tables["cacm-tune"] = table(cacm_runs, cacm_qrels, 1, cacm_qids[0::2])
-    tables["cacm-held-out"] = table(cacm_runs, cacm_qrels, 1, cacm_qids[1::2])
+    tune_qids, held_qids = cacm_split(cacm_runs[BASELINE])
+    tables["cacm-tune"] = table(cacm_runs, cacm_qrels, 1, tune_qids)
+    tables["cacm-held-out"] = table(cacm_runs, cacm_qrels, 1, held_qids)
     chosen = max(tables["cacm-tune"],
                  key=lambda r: (r["nDCG@10"], (r["query tokens"], r["passage tokens"]) == BASELINE))
     dl20_runs, dl20_qrels = runs_for("msmarco-dl20", args.data, args.cache, model)

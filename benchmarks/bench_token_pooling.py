@@ -18,11 +18,11 @@ import os
 import time
 from pathlib import Path
 
-from common import DATA_ROOT, REPO, RESULTS, machine  # noqa: E402  (first: repo importable, hub off)
+from common import DATA_ROOT, REPO, RESULTS, THRESHOLDS, cacm_split, machine  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
-from bench_special_tokens import THRESHOLDS, Candidates, dense_candidates, maxsim, torch_minilm  # noqa: E402
+from bench_special_tokens import Candidates, dense_candidates, maxsim, torch_minilm  # noqa: E402
 from twostage.eval.metrics import evaluate  # noqa: E402
 from twostage.eval.significance import compare  # noqa: E402
 from twostage.indexes.residual import MAX_SAMPLE, ResidualCodec  # noqa: E402
@@ -138,8 +138,8 @@ def main() -> int:
         return 0
     factors = tuple(float(f) for f in args.factors.split(","))
     cacm = dense_candidates("cacm", args.data, args.cache, model)
-    order = sorted(cacm.per_query, key=lambda q: (len(q), q))  # bench_levers' split: even positions tune
-    tables = {"cacm": measure(cacm, THRESHOLDS["cacm"], {"tune": order[0::2], "held-out": order[1::2]}, factors)}
+    tune_qids, held_qids = cacm_split(cacm.per_query)
+    tables = {"cacm": measure(cacm, THRESHOLDS["cacm"], {"tune": tune_qids, "held-out": held_qids}, factors)}
     dl20 = dense_candidates("msmarco-dl20", args.data, args.cache, model)
     tables["msmarco-dl20"] = measure(dl20, THRESHOLDS["msmarco-dl20"], {"all": list(dl20.per_query)}, factors)
     report = {"created_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "cpu": machine(), "k": 100,

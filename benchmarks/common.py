@@ -10,6 +10,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: evaluation sets beside the repository (never committed); benchmarks say so and exit 0 without them
 DATA_ROOT = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results"
+#: the lowest label counted relevant by binary measures (MRR, recall): cacm's judgements are 1, MS MARCO's graded 0-3
+THRESHOLDS = {"cacm": 1, "msmarco-dl20": 2}
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -24,6 +26,18 @@ def machine() -> str:
 
     cpu = cpu_info()
     return f"{cpu.model} ({', '.join(cpu.isa) or 'no AVX-512'}), {os.cpu_count()} cores"
+
+
+def cacm_order(qids) -> list[str]:
+    """cacm's query ids in (length, id) order: numeric order for its unpadded numbers, the order the split deals from."""
+    return sorted(qids, key=lambda q: (len(q), q))
+
+
+def cacm_split(qids) -> tuple[list[str], list[str]]:
+    """The levers benchmarks' split of cacm: even positions of :func:`cacm_order` to tune on ("cacm-tune"), odd ones
+    held out."""
+    ordered = cacm_order(qids)
+    return ordered[0::2], ordered[1::2]
 
 
 def minilm_path() -> str:
