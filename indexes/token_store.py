@@ -160,8 +160,7 @@ class TokenStore:
             raise ValueError(f"{len(doc_ids)} doc ids but {len(arrays)} token arrays")
         with self.documents.transaction() as con:
             self._refresh()
-            _write(con, [(doc_id, *self._encode(doc_id, self._pooled(doc_id, array, self.pool)))
-                         for doc_id, array in zip(doc_ids, arrays)])
+            _write(con, [(doc_id, *self._encode(doc_id, array, self.pool)) for doc_id, array in zip(doc_ids, arrays)])
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         """Forget the tokens of these docs (unknown ids are ignored), in one transaction."""
@@ -220,8 +219,7 @@ class TokenStore:
                         break
                     last = batch[-1][0]
                     arrays = _decode_rows([row[1:] for row in batch], old_codec)
-                    _write(con, [(row[0], *self._encode(row[0], self._pooled(row[0], a, extra_pool)))
-                                 for row, a in zip(batch, arrays)])
+                    _write(con, [(row[0], *self._encode(row[0], a, extra_pool)) for row, a in zip(batch, arrays)])
             except BaseException:  # the transaction rolls back: the store is as it was
                 self.encoding, self.codec, self._version, self.pool = old_encoding, old_codec, old_version, old_pool
                 raise
@@ -247,22 +245,15 @@ class TokenStore:
             return ProductCodec.train(sample[:MAX_SAMPLE], seed=seed)
         return ResidualCodec.train(sample[:MAX_SAMPLE], RESIDUAL[encoding], n_tokens=total, seed=seed)
 
-    @staticmethod
-    def _checked(doc_id: str, array: np.ndarray) -> np.ndarray:
+    def _encode(self, doc_id: str, array: np.ndarray, pool: float) -> tuple[str, int, int, bytes | None, bytes]:
+        """One row: ``array`` checked, pooled by ``pool`` when it is above 1, in the store's encoding."""
         array = np.asarray(array)
         if array.ndim != 2 or array.shape[0] == 0:
             raise ValueError(f"tokens of {doc_id!r} must have shape (n_tokens >= 1, dim), got {array.shape}")
         if not np.isfinite(array).all():
             raise ValueError(f"tokens of {doc_id!r} contain NaN or infinite values")
-        return array
-
-    def _pooled(self, doc_id: str, array: np.ndarray, factor: float) -> np.ndarray:
-        """The checked ``array``, pooled by ``factor`` when it is above 1."""
-        array = self._checked(doc_id, array)
-        return pool_tokens(array, factor) if factor != 1.0 else array
-
-    def _encode(self, doc_id: str, array: np.ndarray) -> tuple[str, int, int, bytes | None, bytes]:
-        array = self._checked(doc_id, array)
+        if pool != 1.0:
+            array = pool_tokens(array, pool)
         n, dim = array.shape
         if self.encoding == "float16":
             return "float16", n, dim, None, np.ascontiguousarray(array, dtype=np.float16).tobytes()
