@@ -1,7 +1,7 @@
 """The benchmarks' own decision and report logic: which settings bench_levers picks from a tuning grid, how
 bench_speed judges the auto choice against issue 13's targets, how bench_maxsim pools learned codecs and derives pooled
-stores, bench_token_pooling's table and choice (no models run), and bench_feedback's two levers on a tiny model's
-collection."""
+stores, bench_token_pooling's table and choice (no models run), bench_aggregation's variants and its gate before the
+test set, and bench_feedback's two levers on a tiny model's collection."""
 from __future__ import annotations
 
 import importlib.util
@@ -175,3 +175,22 @@ def test_token_pooling_benchmark_measures_and_reports_on_toy_candidates():
     dl20 = [{**r, "all nDCG@10": r["tune nDCG@10"], "all p": r["tune p"]} for r in rows]
     line = pooling.choose({"cacm": rows, "msmarco-dl20": dl20})
     assert line.startswith("at the default factor 2.5") and "the best 2bit factor on cacm-tune is" in line
+
+
+def test_aggregation_variants_and_the_gate_before_the_test_set():
+    """bench_aggregation's variants reduce to MaxSim at their neutral settings, and msmarco-dl20 is looked at only
+    when the cacm-tune choice beats the default on held-out cacm."""
+    import numpy as np
+
+    aggregation = _load("bench_aggregation")
+    sims = np.random.default_rng(2).uniform(-0.2, 1.0, size=(5, 12))
+    plain = aggregation.AGGREGATIONS["max"](sims)
+    assert plain == pytest.approx(sims.max(axis=1).sum())
+    assert aggregation._power(1)(np.abs(sims)) == pytest.approx(aggregation.AGGREGATIONS["max"](np.abs(sims)))
+    assert aggregation._top(1)(sims) == pytest.approx(plain) and aggregation._bidirectional(0.0)(sims) == pytest.approx(plain)
+    assert aggregation.AGGREGATIONS["power:8"](sims) < aggregation.AGGREGATIONS["power:2"](sims) < plain
+    default, other = aggregation.DEFAULT, ("power:8", None)
+    assert aggregation.best({default: 0.5, other: 0.5}) == default and aggregation.best({default: 0.5, other: 0.6}) == other
+    assert not aggregation.passes_gate(other, {default: 0.56, other: 0.53})
+    assert aggregation.passes_gate(other, {default: 0.56, other: 0.57})
+    assert not aggregation.passes_gate(default, {default: 0.56})
