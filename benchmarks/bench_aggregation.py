@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
-from common import DATA_ROOT, REPO, RESULTS, THRESHOLDS, cacm_split, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import THRESHOLDS, cacm_split, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
@@ -121,10 +120,7 @@ def passes_gate(chosen: tuple, held_ndcg: dict[tuple, float]) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("TWOSTAGE_DATA", DATA_ROOT)))
-    parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-levers",
-                        help="bench_levers.py's collections (cacm/ and msmarco-dl20/)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    levers_arguments(parser)
     args = parser.parse_args()
     started = time.time()
     model = torch_minilm("bench_aggregation", args.data, args.cache)

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
-from common import DATA_ROOT, REPO, RESULTS, THRESHOLDS, cacm_split, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import THRESHOLDS, cacm_split, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
@@ -126,9 +124,7 @@ class Feedback:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("TWOSTAGE_DATA", DATA_ROOT)))
-    parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-levers")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    levers_arguments(parser)
     args = parser.parse_args()
     if not (args.data / "msmarco-dl20").is_dir() or not (args.data / "cacm").is_dir():
         print(f"bench_feedback: msmarco-dl20 and cacm not found in {args.data}; nothing to do")

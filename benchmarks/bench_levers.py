@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import DATA_ROOT, REPO, RESULTS, THRESHOLDS, cacm_order, cacm_split, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import THRESHOLDS, cacm_order, cacm_split, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
@@ -38,7 +38,6 @@ from twostage.indexes.documents import Document  # noqa: E402
 from twostage.reranker.score_fusion import Fusion, fuse_scores  # noqa: E402
 from twostage.retriever.biencoder import BiEncoder  # noqa: E402
 
-DATA = DATA_ROOT
 MEASURES = ("nDCG@10", "MRR@10", "R@100")
 K = 100
 PRF_GRID = [None] + [f"{k}:{b:g}" for k in (1, 3, 5, 10) for b in (0.25, 0.5, 1.0)]
@@ -223,9 +222,7 @@ def markdown(table: list[dict], title: str, cols: list[str] = TABLE_COLUMNS) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("TWOSTAGE_DATA", DATA)))
-    parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-levers")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    levers_arguments(parser, "where the collections are built (once) and reused")
     parser.add_argument("--grid", type=Path, default=None, metavar="LEVERS.JSON",
                         help="reuse the tuning grid of an earlier levers.json (same tuning queries): only settings "
                              "it lacks are computed")

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import DATA_ROOT, REPO, RESULTS, THRESHOLDS, cacm_split, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import THRESHOLDS, cacm_split, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
@@ -30,7 +30,6 @@ from twostage.eval.metrics import evaluate  # noqa: E402
 from twostage.eval.significance import compare  # noqa: E402
 from twostage.indexes.documents import Document  # noqa: E402
 
-DATA = DATA_ROOT
 K = 100
 SIDES = ("plain", "special")  # content tokens only, or [CLS]/[SEP] kept too
 VARIANTS = list(itertools.product(SIDES, SIDES))  # (query side, passage side)
@@ -131,10 +130,7 @@ def torch_minilm(script: str, data: Path, cache: Path):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("TWOSTAGE_DATA", DATA)))
-    parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-levers",
-                        help="bench_levers.py's collections (cacm/ and msmarco-dl20/)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    levers_arguments(parser)
     args = parser.parse_args()
     started = time.time()
     model = torch_minilm("bench_special_tokens", args.data, args.cache)

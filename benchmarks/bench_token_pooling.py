@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-from common import DATA_ROOT, REPO, RESULTS, THRESHOLDS, cacm_split, machine  # noqa: E402  (first: repo importable, hub off)
+from common import THRESHOLDS, cacm_split, levers_arguments, machine  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
 
@@ -121,11 +120,8 @@ def choose(tables: dict[str, list[dict]], factor: float = DEFAULT_POOL["2bit"]) 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("TWOSTAGE_DATA", DATA_ROOT)))
-    parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-levers",
-                        help="bench_levers.py's collections (cacm/ and msmarco-dl20/)")
+    levers_arguments(parser)
     parser.add_argument("--factors", default=",".join(f"{f:g}" for f in FACTORS))
-    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rewrite the saved token_pooling.json's choice line and .md from its tables")
     args = parser.parse_args()

@@ -19,6 +19,17 @@ for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TO
     os.environ.setdefault(name, value)
 
 
+#: where bench_levers.py builds its cacm and msmarco-dl20 collections, which the other levers benchmarks reuse
+LEVERS_CACHE = REPO / "runs" / "bench-levers"
+
+
+def levers_arguments(parser, cache_help: str = "bench_levers.py's collections (cacm/ and msmarco-dl20/)") -> None:
+    """The options every levers benchmark takes: --data (the datasets), --cache (the collections), --out (results)."""
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("TWOSTAGE_DATA", DATA_ROOT)))
+    parser.add_argument("--cache", type=Path, default=LEVERS_CACHE, help=cache_help)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+
+
 def machine() -> str:
     """The CPU's model name, the instruction-set extensions that decide inference speed, and the core count: what
     every benchmark names beside its figures."""
