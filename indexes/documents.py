@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,3 +27,33 @@ class Document:
 def text_hash(text: str) -> str:
     """Stable content hash used to key cached embeddings and to skip unchanged documents on re-runs."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+#: what an id may not hold: TREC runs and qrels separate their columns by whitespace, so an id with a space, tab or
+#: newline (or another control character) could be stored but never written to a run
+_NOT_IN_IDS = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def id_problem(doc_id: str) -> str | None:
+    """Why ``doc_id`` cannot name a document (empty, whitespace or control characters, a lone surrogate), or None."""
+    if not doc_id.strip():
+        return "empty id"
+    if _NOT_IN_IDS.search(doc_id):
+        return f"id {doc_id!r} holds whitespace or a control character, which TREC runs cannot hold"
+    return unicode_problem(doc_id)
+
+
+def unicode_problem(value: Any) -> str | None:
+    """Why a string (or the strings inside a list or dict) cannot be stored as UTF-8, or None: a lone surrogate, which a
+    JSON escape such as \\ud800 can produce."""
+    if isinstance(value, str):
+        found = _SURROGATE.search(value)
+        return None if found is None else f"not valid Unicode: a lone surrogate ({found.group()!a})"
+    if isinstance(value, dict):
+        return next((p for k, v in value.items() for p in (unicode_problem(k), unicode_problem(v)) if p), None)
+    if isinstance(value, (list, tuple)):
+        return next((p for v in value if (p := unicode_problem(v))), None)
+    return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")

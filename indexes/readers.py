@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from .documents import Document
+from .documents import Document, id_problem, unicode_problem
 from .errors import CorpusError
 
 ID_FIELDS = ("id", "_id", "doc_id", "docid", "pid", "passage_id")
@@ -215,11 +215,18 @@ class _Builder:
         title = record.get(f.title) if f.title else None
         if title is not None and not isinstance(title, str):
             raise self.error(f"title must be a string, got {_kind(title)}", line, f.title)
+        for name, value in ((f.text, text), (f.title, title)):
+            if (problem := unicode_problem(value)) is not None:
+                raise self.error(problem, line, name)
+        metadata = self._metadata(record)
+        bad_key = next((k for k, v in metadata.items() if unicode_problem(k) or unicode_problem(v)), None)
+        if bad_key is not None:
+            raise self.error(unicode_problem(bad_key) or unicode_problem(metadata[bad_key]), line, bad_key)  # type: ignore[arg-type]
         previous = self.seen.get(doc_id)
         if previous is not None:
             raise self.error(f"duplicate id {doc_id!r} (first seen on line {previous})", line, f.id)
         self.seen[doc_id] = line
-        return Document(id=doc_id, text=text, title=title if title and title.strip() else None, metadata=self._metadata(record))
+        return Document(id=doc_id, text=text, title=title if title and title.strip() else None, metadata=metadata)
 
     def _id(self, record: dict[str, Any], line: int) -> str:
         name = self.fields.id
@@ -229,8 +236,8 @@ class _Builder:
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise self.error(f"id must be a string or an integer, got {_kind(value)}", line, name)
         value = str(value)
-        if not value.strip():
-            raise self.error("empty id", line, name)
+        if (problem := id_problem(value)) is not None:
+            raise self.error(problem, line, name)
         return value
 
     def _metadata(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -383,7 +390,8 @@ def _read_json_array(path: Path, label: str, compressed: bool, spec: _FieldSpec)
 
 
 def _read_delimited(path: Path, label: str, compressed: bool, spec: _FieldSpec, delimiter: str) -> Iterator[Document]:
-    """TSV (no quoting, MS MARCO style) or CSV (RFC 4180 quoting); a header is detected by known field names."""
+    """TSV (no quoting, MS MARCO style; a header is detected by known field names) or CSV (RFC 4180 quoting and a
+    header line naming the fields)."""
     bad: dict[int, UnicodeDecodeError] = {}
     count = 0
     with _open_lines(path, compressed) as fh:
@@ -426,7 +434,15 @@ def _columns(row: list[str], spec: _FieldSpec, label: str, line: int, delimiter:
             line=line,
             field=given[0],
         )
-    sep = "tab" if delimiter == "\t" else "comma"
+    if delimiter == ",":  # headerless files are MS MARCO's TSV layout; a CSV's first line names its columns
+        raise CorpusError(
+            f"the first line ({', '.join(cell.strip() for cell in row)[:80]}) is not a header: it names no id field "
+            f"({', '.join(ID_FIELDS)}) or text field ({', '.join(TEXT_FIELDS)}); name them with --id-field and "
+            f"--text-field",
+            path=label,
+            line=line,
+        )
+    sep = "tab"
     if len(row) == 2:
         return ["id", "text"], False
     if len(row) == 3:
@@ -455,7 +471,7 @@ def _csv_rows(lines: Iterable[tuple[int, str]], label: str) -> Iterator[tuple[in
             current[0] = lineno
             yield line
 
-    reader = csv.reader(texts())
+    reader = csv.reader(texts(), strict=True)  # an unterminated or stray quote is an error, not a merged field
     last = 0
     while True:
         try:

@@ -104,6 +104,10 @@ def test_add_delete_on_existing_collection(example_index, tmp_path):
         ('{"id": "a", "text": "fine"}\n{"id": "a", "text": "again"}\n', "line 2"),
         ('{"id": "a", "text": 42}\n', "'text'"),
         ("", "empty"),
+        # a lone surrogate (JSON can escape one, UTF-8 cannot store it) and an id no TREC run can hold
+        ('{"id": "a", "text": "fine"}\n{"id": "b", "text": "ok \\ud800 x"}\n', "line 2, field 'text': not valid Unicode"),
+        ('{"id": "a", "text": "fine"}\n{"id": "b", "text": "x", "tag": "\\udfff"}\n', "line 2, field 'tag'"),
+        ('{"id": "a b", "text": "fine"}\n', "line 1, field 'id'"),
     ],
 )
 def test_bad_corpus_is_a_clear_error_and_loses_nothing(example_index, tmp_path, content, expected):

@@ -118,6 +118,10 @@ def test_bad_requests_get_clear_errors(berlin_engine):
         berlin_engine.add([Document("z", "one"), Document("z", "two")])
     with pytest.raises(UsageError, match="'text'"):
         berlin_engine.add([{"id": "y", "text": 5}])
+    with pytest.raises(UsageError, match="TREC runs cannot hold"):  # checked whole: the good first one is not stored
+        berlin_engine.add([Document("ok", "fine"), Document("two words", "x")])
+    with pytest.raises(UsageError, match="field 'text': not valid Unicode"):
+        berlin_engine.add([Document("ok", "fine"), {"id": "s", "text": "lone \ud800"}])
     assert len(berlin_engine.collection) == len(BERLIN)  # nothing lost
     result = berlin_engine.search("berlin", k=1000, top_n=50, rerank=False)
     assert len(result.hits) == len(BERLIN)

@@ -133,7 +133,10 @@ def test_small_server_items_in_process(client) -> None:
     # an id that no URL could address again is refused when added
     reply = client.post("/documents", json={"documents": [{"id": "a\nb", "text": "x"}]},
                         headers={"Authorization": "Bearer t"})
-    assert reply.status_code == 422 and "control character" in reply.json()["error"]
+    assert reply.status_code == 422 and "whitespace or a control character" in reply.json()["error"]
+    reply = client.post("/documents", json={"documents": [{"id": "z 1", "text": "x"}]},
+                        headers={"Authorization": "Bearer t"})
+    assert reply.status_code == 422 and "TREC runs cannot hold" in reply.json()["error"]
     # deep JSON is said to be deep, not "invalid UTF-8"
     reply = client.post("/search", content=b"[" * 100_000 + b"]" * 100_000, headers={"Content-Type": "application/json"})
     assert reply.status_code == 400 and "nested too deeply" in reply.json()["error"], reply.text

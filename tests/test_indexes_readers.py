@@ -219,6 +219,33 @@ def test_tsv_and_csv_row_errors(tmp_path):
     assert _error(csv_path) == f"{csv_path}, line 3, field 'text': empty text"
 
 
+def test_csv_needs_a_header_and_well_formed_quotes(tmp_path):
+    """Headerless files are MS MARCO's TSV layout only: a CSV whose first line names no known field is refused rather
+    than read as a document; a quote left open is an error, not a field that swallows the rest of the file."""
+    csv_path = tmp_path / "corpus.csv"
+    csv_path.write_text("ident,body2\nn1,hello\n", encoding="utf-8")
+    assert _error(csv_path).startswith(f"{csv_path}, line 1: the first line (ident, body2) is not a header")
+    csv_path.write_text('id,text\nn1,"unterminated\n', encoding="utf-8")
+    assert _error(csv_path).startswith(f"{csv_path}, line 2: malformed CSV")
+
+
+def test_ids_and_strings_every_format_refuses(tmp_path):
+    """Ids with whitespace or control characters (TREC runs cannot hold them) and lone surrogates anywhere."""
+    path = tmp_path / "c.jsonl"
+    for record, expected in [
+        ({"id": "n1 n2", "text": "x"}, "line 1, field 'id': id 'n1 n2' holds whitespace"),
+        ({"id": "a\tb", "text": "x"}, "field 'id'"),
+        ({"id": "d\ud800", "text": "x"}, "field 'id': not valid Unicode: a lone surrogate ('\\ud800')"),
+        ({"id": "d", "text": "x", "title": "t\udc00"}, "field 'title': not valid Unicode"),
+        ({"id": "d", "text": "x", "metadata": {"k\udfff": "v"}}, "not valid Unicode"),
+    ]:
+        path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        assert expected in _error(path), record
+    tsv = tmp_path / "c.tsv"
+    tsv.write_text("id\ttext\nok\tfine\n\u00a0x\tbad id\n", encoding="utf-8")
+    assert _error(tsv).startswith(f"{tsv}, line 3, field 'id'")
+
+
 def test_parquet_row_errors(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from twostage.indexes.collection import Collection
-from twostage.indexes.documents import Document
+from twostage.indexes.documents import Document, id_problem, unicode_problem
 from twostage.indexes.protocols import CollectionLike, ManifestLike
 from twostage.indexes.sharded import ShardedCollection, collection_exists, open_collection
 from twostage.reranker.base import Candidate, Reranker
@@ -67,9 +67,18 @@ class DeleteReport:
 
 
 def as_document(doc: Document | Mapping[str, Any]) -> Document:
-    """Accept ``Document`` objects or plain dicts with id/text (title and metadata optional)."""
-    if isinstance(doc, Document):
-        return doc
+    """Accept ``Document`` objects or plain dicts with id/text (title and metadata optional); an id a TREC run cannot
+    hold, or a string UTF-8 cannot store, is refused before anything is written."""
+    document = doc if isinstance(doc, Document) else _from_mapping(doc)
+    if (problem := id_problem(str(document.id))) is not None:
+        raise UsageError(f"document id {document.id!r}: {problem}")
+    for field_name, value in (("text", document.text), ("title", document.title), ("metadata", document.metadata)):
+        if (problem := unicode_problem(value)) is not None:
+            raise UsageError(f"document {document.id!r}, field {field_name!r}: {problem}")
+    return document
+
+
+def _from_mapping(doc: Mapping[str, Any]) -> Document:
     missing = [key for key in ("id", "text") if key not in doc]
     if missing:
         raise UsageError(f"document {dict(doc)!r:.80} has no {missing[0]!r} field")

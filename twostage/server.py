@@ -42,6 +42,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt, StrictStr, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from twostage.indexes.documents import id_problem
 from twostage.retriever.fusion import FirstStage
 
 from .batcher import Batcher, WorkerStopped
@@ -116,9 +117,11 @@ def _utf8(value: str) -> str:
 
 
 def _doc_id(value: str) -> str:
-    """A document id the URL routes can address again: no control characters (a newline, a tab, ...)."""
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise ValueError("id contains a control character (such as a newline); GET and DELETE could not address it")
+    """A document id as every write path takes it (``indexes.documents.id_problem``): no whitespace or control
+    characters, which TREC runs and the URL routes could not hold."""
+    problem = id_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
