@@ -6,6 +6,7 @@ encoding. With unit vectors only the ratio beta / alpha matters; alpha is kept a
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,8 @@ class PRF:
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"prf k must be a positive integer (got {self.k!r})")
+        if not (math.isfinite(self.beta) and math.isfinite(self.alpha)):
+            raise ValueError(f"prf weights must be finite numbers (alpha {self.alpha}, beta {self.beta})")
         if self.beta < 0 or self.alpha < 0 or self.alpha + self.beta == 0:
             raise ValueError(f"prf weights must be >= 0 and not both 0 (alpha {self.alpha}, beta {self.beta})")
 

@@ -169,3 +169,45 @@ def test_search_effort_options(tmp_path):
     assert [h["doc_id"] for h in json.loads(more.stdout)["hits"]] == [h["doc_id"] for h in plain["hits"]]
     refused = twostage("search", str(directory), query, "--no-rerank", "--nprobe", "0")
     assert refused.returncode == 2 and "nprobe must be a positive integer" in refused.stderr
+
+
+def test_failure_paths_are_one_line_and_change_nothing(example_index, tmp_path):
+    """What a sweep of bad input found, each now one line with exit status 2 and the collection as it was: a delete
+    naming an unknown id, an argument that is not UTF-8, a --run file with nowhere to go, a non-finite feedback
+    weight; and -q, which every command takes."""
+    def count() -> int:
+        return json.loads(twostage("info", str(example_index), "--json").stdout)["document_count"]
+
+    before = count()
+    done = twostage("delete", str(example_index), "cities-02", "no-such-id")
+    assert done.returncode == 2 and done.stderr.strip().endswith("has no document 'no-such-id'; nothing deleted")
+    assert count() == before
+    done = twostage("search", str(example_index), "ber\udcfflin")
+    assert done.returncode == 2 and done.stderr == "twostage: error: the argument 'ber\\\\xfflin' is not valid UTF-8\n"
+    queries = tmp_path / "q.tsv"
+    queries.write_text("q1\tberlin\n", encoding="utf-8")
+    for run, expected in ((tmp_path / "nowhere" / "x.trec", "nowhere is not a directory"), (tmp_path, "is a directory")):
+        done = twostage("search", str(example_index), "--queries", str(queries), "--run", str(run))
+        assert done.returncode == 2 and f"--run {run}: " in done.stderr and expected in done.stderr, done.stderr
+        assert len(done.stderr.splitlines()) == 1
+    done = twostage("search", str(example_index), "berlin", "--prf", "3:inf")
+    assert done.returncode == 2 and "finite" in done.stderr
+    for command in (["info", str(example_index)], ["check", str(example_index)],
+                    ["search", str(example_index), "berlin", "--no-rerank", "--top", "1"]):
+        done = twostage(*command, "-q")
+        assert done.returncode == 0, (command, done.stderr)
+    assert "unrecognized arguments" not in twostage("tokens", str(example_index), "-q").stderr
+
+
+def test_serve_refuses_a_port_it_cannot_listen_on_before_loading_anything(example_index):
+    import socket
+
+    done = twostage("serve", str(example_index), "--port", "70000")
+    assert done.returncode == 2 and "must be 0 to 65535" in done.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = twostage("serve", str(example_index), "--port", str(port))
+    assert done.returncode == 2 and done.stderr.startswith(f"twostage serve: error: cannot listen on 127.0.0.1:{port}")
+    assert len(done.stderr.splitlines()) == 1

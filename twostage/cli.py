@@ -142,6 +142,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         if command in (None, name):
             add_options(p)
+    for p in sub.choices.values():  # -q is accepted by every command, so scripts can pass it to each alike
+        if not any("-q" in action.option_strings for action in p._actions):
+            p.add_argument("--quiet", "-q", action="store_true", help="no progress output (this command shows none)")
     return parser
 
 
@@ -389,13 +392,17 @@ def cmd_delete(args: argparse.Namespace) -> int:
     from twostage.indexes.sharded import open_collection
 
     # Deleting needs no model: open the collection alone, so it works even where the bi-encoder cannot load.
+    # all or nothing: an id that is not there (a typo, most likely) deletes none of the others either
     with open_collection(args.directory) as collection:
-        result = collection.delete([str(i) for i in args.ids])
+        ids = list(dict.fromkeys(str(i) for i in args.ids))
+        missing = [doc_id for doc_id, doc in zip(ids, collection.get(ids)) if doc is None]
+        if missing:
+            shown = ", ".join(map(repr, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise UsageError(f"{args.directory} has no document {shown}; nothing deleted")
+        result = collection.delete(ids)
         collection.commit()
         print(f"{args.directory}: deleted {len(result.deleted)} document(s); {len(collection)} remain")
-    if result.missing:
-        print(f"not found (nothing to delete): {', '.join(result.missing)}", file=sys.stderr)
-    return 0 if not result.missing else 1
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -537,6 +544,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.rerank_depth is not None and args.rerank_depth < 1:
         raise UsageError(f"--rerank-depth must be a positive integer (got {args.rerank_depth})")
     queries = _read_queries(args.queries) if args.queries else None
+    if args.run:
+        writable_file(args.run, "--run")
     from .engine import Engine
 
     with Engine.open(args.directory, reranker=reranker_spec(args), runtime=runtime_from_args(args),
@@ -567,6 +576,19 @@ def _lever_options(args: argparse.Namespace) -> dict[str, str]:
     given = {"prf": args.prf, "query_tokens": args.query_tokens, "fusion": args.fusion,
              "first_stage": first_stage_spec(args), "rerank_depth": args.rerank_depth}
     return {name: value for name, value in given.items() if value is not None}
+
+
+def writable_file(path: Path, option: str) -> None:
+    """An output file's place, checked before any work: not a directory, in a directory that exists and can be
+    written (a one-line UsageError naming ``option`` and the path otherwise)."""
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory; name a file")
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{option} {path}: {parent} cannot be written")
 
 
 def _read_queries(path: Path) -> dict[str, str]:
@@ -675,6 +697,11 @@ def _quiet_model_loading() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
+    bad = _undecodable_argument(given)
+    if bad is not None:
+        shown = bad.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        print(f"twostage: error: the argument {shown!r} is not valid UTF-8", file=sys.stderr)
+        return 2
     args = build_parser(next((a for a in given if a in COMMANDS), None)).parse_args(given)
     # the CLI prints the engine's notices itself, with its own advice (Python API users get them as warnings)
     warnings.filterwarnings("ignore", message="reranker: ", category=UserWarning)
@@ -696,11 +723,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (sqlite3.Error, OSError) as err:  # storage trouble not met where it is mapped: still one line, exit 2
-        from twostage.indexes.document_store import storage_error
-
-        where = Path(getattr(args, "directory", None) or ".") / "documents.sqlite"
-        print(f"twostage {args.command}: error: {storage_error(err, where)}", file=sys.stderr)
+        print(f"twostage {args.command}: error: {_storage_message(err, getattr(args, 'directory', None))}",
+              file=sys.stderr)
         return 2
+
+
+def _storage_message(err: BaseException, directory: str | None) -> str:
+    """One line for an OS or SQLite error no command mapped: one on a file outside the collection (an output file, an
+    input file) names that file; the collection's own read as ``storage_error`` says."""
+    from twostage.indexes.document_store import storage_error
+
+    filename = getattr(err, "filename", None)
+    if isinstance(err, OSError) and filename is not None:
+        inside = directory is not None and Path(os.path.abspath(filename)).is_relative_to(os.path.abspath(directory))
+        if not inside:
+            return f"{filename}: {err.strerror or err}"
+    return str(storage_error(err, Path(directory or ".") / "documents.sqlite"))
+
+
+def _undecodable_argument(given: Sequence[str]) -> str | None:
+    """The first command-line argument that is not valid UTF-8 (Python hands its bytes over as surrogates), or None."""
+    return next((a for a in given if any("\udc80" <= ch <= "\udcff" for ch in a)), None)
 
 
 if __name__ == "__main__":

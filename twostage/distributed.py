@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -50,6 +51,8 @@ def connect(address: str) -> Any:
     options = dict(runtime_env={"env_vars": env}, log_to_driver=False, logging_level=logging.WARNING)
     if address.rsplit(":", 1)[0] in LOOPBACK:
         _stay_on_loopback(env)
+    if address != "auto":
+        _check_reachable(address)
     try:
         ray.init(address=address, **options)
     except ConnectionError as err:
@@ -68,6 +71,18 @@ def _stay_on_loopback(env: dict[str, str]) -> None:
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    """A ``HOST:PORT`` that answers, checked in seconds: Ray's own connect retries for minutes against an address where
+    nothing listens."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray {address}: expected 'auto' or the head's HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise UsageError(f"--ray {address}: cannot reach a Ray cluster there ({err.strerror or err})") from None
 
 
 def _quiet_ray_data(ray: Any) -> None:

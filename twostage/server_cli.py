@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import socket
 import sys
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,28 @@ _LIMITS = (
 )
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, got {value}")
+    return value
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Whether ``host``:``port`` can be listened on now, checked before the collection and models load: a port in use
+    or an address not on this machine is one line, not Uvicorn's log after the start-up."""
+    if port == 0:
+        return
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Uvicorn binds
+            probe.bind((host, port))
+    except OSError as err:
+        raise UsageError(f"cannot listen on {host}:{port} ({err.strerror or err}); pick another --port, or 0 for a "
+                         f"free one") from None
+
+
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``twostage serve`` (search options mirror ``twostage search`` and set the server defaults)."""
     from twostage.runtime.config import add_runtime_arguments
@@ -37,7 +60,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     defaults = ServerConfig()
     p.add_argument("directory", help="collection directory (built by 'twostage index')")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
+    p.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
     p.add_argument(
         "--token",
         default=None,
@@ -124,6 +147,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--protect-reads needs a token (--token or ${TOKEN_ENV})")
     if not collection_exists(args.directory):
         raise UsageError(f"{args.directory} holds no collection; build one with 'twostage index CORPUS --index {args.directory}'")
+    check_listen_address(args.host, args.port)
     spec = reranker_spec(args)
     runtime = runtime_from_args(args)
     if args.ray:
