@@ -87,7 +87,9 @@ def _inspect_sqlite(path: Path, con: sqlite3.Connection, manifest: Manifest, rep
     except sqlite3.DatabaseError as err:
         rows, tables = [str(err)], {}
     if rows != ["ok"]:
-        report.problems.append(f"{db} fails SQLite's integrity_check: {rows[0]}")
+        first = " ".join(rows[0].split())[:300]  # SQLite's first finding can span lines; one line here
+        more = f" (and {len(rows) - 1} more findings)" if len(rows) > 1 else ""
+        report.problems.append(f"{db} fails SQLite's integrity_check: {first}{more}")
         report.unrepairable.append(f"{DOCUMENTS} is damaged and is the source of truth: restore it from a backup "
                                    f"(the sqlite3 shell's '.recover' may save the rows it can still read)")
         return

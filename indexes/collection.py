@@ -250,7 +250,8 @@ class Collection:
         embeddings, compared by ids; documents behind the index, or a damaged SQLite file, are refused untouched."""
         path = Path(path)
         if not path.is_dir():
-            raise CollectionError(f"collection directory {path} does not exist")
+            raise CollectionError(f"collection directory {path} " + ("is a file, not a directory" if path.exists()
+                                                                      else "does not exist"))
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise CollectionError(f"{path} is not a collection: {MANIFEST} is missing")

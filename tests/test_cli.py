@@ -197,6 +197,14 @@ def test_failure_paths_are_one_line_and_change_nothing(example_index, tmp_path):
         done = twostage(*command, "-q")
         assert done.returncode == 0, (command, done.stderr)
     assert "unrecognized arguments" not in twostage("tokens", str(example_index), "-q").stderr
+    done = twostage("search", str(example_index), "berlin", "--k", "10", "--rerank-depth", "50")
+    assert done.returncode == 2 and "more than the --k 10 candidates" in done.stderr
+    done = twostage("info", str(EXAMPLES / "corpus.jsonl"))
+    assert done.returncode == 2 and done.stderr.strip().endswith("is a file, not a directory")
+    # resuming an index with another index type or token encoding than the collection has is refused, not ignored
+    done = twostage("index", str(EXAMPLES / "corpus.jsonl"), "--index", str(example_index), "--index-type", "hnsw", "-q")
+    assert done.returncode == 2 and "has a Flat index, not hnsw" in done.stderr
+    assert count() == before
 
 
 def test_serve_refuses_a_port_it_cannot_listen_on_before_loading_anything(example_index):

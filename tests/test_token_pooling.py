@@ -95,6 +95,8 @@ def test_the_cli_pools_at_index_time_and_on_conversion_and_refuses_bad_factors(t
     code, out, err = twostage("index", str(corpus), "--index", str(tmp_path / "p"), "--store-tokens", "2bit",
                               "--token-pool", "3", "-q")
     assert code == 2 and "pools its tokens by 2, not 3" in err.strip().splitlines()[-1]  # after "resuming"
+    code, out, err = twostage("index", str(corpus), "--index", str(tmp_path / "p"), "--store-tokens", "int8", "-q")
+    assert code == 2 and "stores 2bit tokens, not int8; convert them with" in err.strip().splitlines()[-1]
     code, out, err = twostage("index", str(corpus), "--index", str(tmp_path / "q"), "--token-pool", "2", "-q")
     assert code == 2 and "give --store-tokens too" in err and not (tmp_path / "q").exists()
     code, out, err = twostage("tokens", str(tmp_path / "p"), "--pool", "2")

@@ -543,6 +543,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     first_stage_spec(args)
     if args.rerank_depth is not None and args.rerank_depth < 1:
         raise UsageError(f"--rerank-depth must be a positive integer (got {args.rerank_depth})")
+    if args.rerank_depth is not None and args.rerank_depth > args.k:
+        raise UsageError(f"--rerank-depth {args.rerank_depth} is more than the --k {args.k} candidates there are to "
+                         f"rerank; lower it or raise --k")
     queries = _read_queries(args.queries) if args.queries else None
     if args.run:
         writable_file(args.run, "--run")

@@ -161,6 +161,15 @@ class Engine:
                     "re-index with --overwrite to store tokens (or drop --store-tokens)"
                 )
             stored = engine.collection.token_store
+            factory = _factory_of(engine.collection)
+            if not _same_index_type(index_type, engine.collection.manifest.index_type, factory):
+                engine.close()
+                raise UsageError(f"collection {path} has a {factory} index, not {index_type}; index into a new "
+                                 "directory (or with --overwrite) to change it")
+            if isinstance(store_tokens, str) and stored is not None and stored.encoding != store_tokens:
+                engine.close()
+                raise UsageError(f"collection {path} stores {stored.encoding} tokens, not {store_tokens}; convert them "
+                                 f"with 'twostage tokens {path} --convert {store_tokens}' (or name no encoding)")
             if token_pool is not None and stored is not None and stored.pool != token_pool:
                 engine.close()
                 raise UsageError(f"collection {path} pools its tokens by {stored.pool:g}, not {token_pool:g}; index "
@@ -385,6 +394,9 @@ class Engine:
         _check_request(queries, k, top_n, ef_search, nprobe)
         if rerank_depth is not None and (not isinstance(rerank_depth, int) or rerank_depth < 1):
             raise UsageError(f"rerank_depth must be a positive integer (got {rerank_depth!r})")
+        if rerank_depth is not None and rerank_depth > k:
+            raise UsageError(f"rerank_depth {rerank_depth} is more than the k={k} candidates there are to rerank; "
+                             f"lower it or raise k")
         stage = _parse_first_stage(first_stage)
         prf, query_tokens, fusion = self._levers(rerank, stage, prf, query_tokens, fusion)
         if prf is not None and not stage.uses_dense:
@@ -560,6 +572,21 @@ def _checked(documents: Sequence[Document | Mapping[str, Any]]) -> list[Document
             raise UsageError(f"document id {doc.id!r} appears twice in the input")
         seen.add(doc.id)
     return docs
+
+
+def _factory_of(collection: CollectionLike) -> str:
+    """The FAISS factory string a collection's vectors are indexed with (a sharded one's first shard's: all alike)."""
+    shards = getattr(collection, "shards", None)
+    return (shards[0] if shards else collection).manifest.factory
+
+
+def _same_index_type(given: str, recorded: str, factory: str) -> bool:
+    """Whether ``index_type`` as given to a resumed ``create`` names the index the collection has: ``auto``, the name
+    it was built with, the kind its factory string is (flat, hnsw, ivfpq) or the factory string itself."""
+    wanted = given.strip().lower()
+    kind = ("flat" if factory == "Flat" else "hnsw" if factory.startswith("HNSW")
+            else "ivfpq" if factory.startswith("IVF") and ",PQ" in factory else factory.lower())
+    return wanted in ("auto", recorded.strip().lower(), kind, factory.lower())
 
 
 def _same(old: Document | None, new: Document) -> bool:

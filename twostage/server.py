@@ -471,7 +471,7 @@ def _options(req: SearchOptions, config: ServerConfig, queries: list[str]) -> di
     except ValueError as err:
         raise ApiError(422, f"first_stage: {err}") from None
     if req.rerank_depth is not None and not 1 <= req.rerank_depth <= k:
-        raise ApiError(422, f"rerank_depth must be between 1 and k={k} (got {req.rerank_depth})")
+        raise ApiError(422, f"rerank_depth must be between 1 and k={k} (got {req.rerank_depth}), as in Engine.search")
     levers = {name: getattr(req, name) for name in ("prf", "query_tokens", "fusion")}
     for name, spec in levers.items():
         try:
