@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from twostage.eval.errors import EvalInputError
-from twostage.eval.textio import iter_json_lines, open_text
+from twostage.eval.textio import iter_json_lines, iter_lines
 from twostage.eval.trec import Qrels, Queries
 
 
@@ -24,23 +24,22 @@ def read_beir_queries(path: str | Path) -> Queries:
 def read_beir_qrels(path: str | Path) -> Qrels:
     """Read BEIR qrels `query-id<TAB>corpus-id<TAB>score` (header line skipped; integer scores)."""
     qrels: Qrels = {}
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            fields = [field.strip() for field in line.rstrip("\r\n").split("\t")] if line.strip() else []
-            if not fields or (number == 1 and fields[0] == "query-id"):
-                continue
-            if len(fields) != 3:
-                raise EvalInputError(f"expected 3 fields (query-id corpus-id score), got {len(fields)}",
-                                     path=path, line=number)
-            qid, docid, text = fields
-            try:
-                label = int(text)
-            except ValueError:
-                raise EvalInputError(f"expected an integer score, got {text!r}", path=path, line=number,
-                                     field="3 (score)") from None
-            judged = qrels.setdefault(qid, {})
-            if docid in judged and judged[docid] != label:
-                raise EvalInputError(f"document {docid} of query {qid} is judged twice with different scores",
-                                     path=path, line=number)
-            judged[docid] = label
+    for number, line in iter_lines(path):
+        fields = [field.strip() for field in line.rstrip("\r\n").split("\t")] if line.strip() else []
+        if not fields or (number == 1 and fields[0] == "query-id"):
+            continue
+        if len(fields) != 3:
+            raise EvalInputError(f"expected 3 fields (query-id corpus-id score), got {len(fields)}",
+                                 path=path, line=number)
+        qid, docid, text = fields
+        try:
+            label = int(text)
+        except ValueError:
+            raise EvalInputError(f"expected an integer score, got {text!r}", path=path, line=number,
+                                 field="3 (score)") from None
+        judged = qrels.setdefault(qid, {})
+        if docid in judged and judged[docid] != label:
+            raise EvalInputError(f"document {docid} of query {qid} is judged twice with different scores",
+                                 path=path, line=number)
+        judged[docid] = label
     return qrels

@@ -48,6 +48,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--index", default=None, metavar="DIR",
                        help="collection directory to build or reuse (default ~/.cache/twostage/collections/"
                             "<dataset>-<hash>)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="discard the collection in --index DIR (or eval's cached one) and build it anew; without "
+                            "it a --index collection that is not the one eval builds for this dataset (other "
+                            "documents, changed texts, no token vectors) is refused and left as it is")
     group.add_argument("--index-type", default="auto", help="flat | hnsw | ivfpq | auto (default; flat below 100k)")
     group.add_argument("--out", type=Path, default=None, metavar="DIR",
                        help="output folder (default ./runs/eval-<dataset>)")
@@ -82,6 +86,37 @@ def run_eval(args: argparse.Namespace) -> int:
     return run_dataset_eval(args)
 
 
+def check_input_file(path: Path, option: str) -> None:
+    """An input file given by `option` exists and is a file (else one-line EvalInputError naming it)."""
+    if not path.exists():
+        raise EvalInputError(f"no such file (given by {option})", path=path)
+    if path.is_dir():
+        raise EvalInputError(f"is a directory, not a file (given by {option})", path=path)
+
+
+def check_output_dir(path: Path, option: str = "--out") -> None:
+    """The output folder is a directory, or can be made, and can be written to: probed by making (and removing) a
+    temporary file in it, or in its nearest existing parent; one-line EvalInputError naming it otherwise."""
+    import tempfile
+
+    from twostage.eval.textio import os_reason
+
+    if path.exists() and not path.is_dir():
+        raise EvalInputError(f"exists and is not a directory ({option} names the folder the outputs go to)",
+                             path=path)
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise EvalInputError(f"cannot create the output folder: {parent} is not a directory", path=path)
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise EvalInputError(f"cannot write the output folder: {os_reason(err)}"
+                             + ("" if parent == path else f" (in {parent})"), path=path) from None
+
+
 def _warn(message: str) -> None:
     print(f"twostage eval: {message}", file=sys.stderr)
 
@@ -92,6 +127,8 @@ def run_trec_eval(args: argparse.Namespace) -> int:
     from twostage.eval.trec import read_qrels, read_run_with_tag
     from twostage.eval.treceval import expand_measures, format_trec_eval, result_to_json
 
+    check_input_file(args.run, "--run")
+    check_input_file(args.qrels, "--qrels")
     try:
         measures = expand_measures(args.measure)
     except ValueError as err:
@@ -133,7 +170,7 @@ def _int_list(text: str, what: str) -> list[int]:
 def run_dataset_eval(args: argparse.Namespace) -> int:
     """Evaluate every selected system on DATASET, print the table and write every output under --out."""
     from twostage.eval.datasets import load_dataset
-    from twostage.eval.harness import EvalConfig, run_evaluation
+    from twostage.eval.harness import EvalConfig, check_config, run_evaluation
     from twostage.eval.metrics import DEFAULT_MEASURES
     from twostage.eval.report import format_report_table, write_report
     from twostage.eval.treceval import expand_measures
@@ -148,7 +185,10 @@ def run_dataset_eval(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise EvalInputError(str(err)) from None
     log = (lambda message: None) if args.quiet else _warn
-    dataset = load_dataset(args.dataset, data_dir=args.data_dir, split=args.split)
+    if args.rerank_run is not None:
+        check_input_file(args.rerank_run, "--rerank-run")
+    if args.index is not None and Path(args.index).exists() and not Path(args.index).is_dir():
+        raise EvalInputError("exists and is not a directory (--index names a collection folder)", path=args.index)
     config = EvalConfig(
         model=args.model,
         reranker=None if args.no_rerank else (args.reranker or DEFAULT_RERANKER),
@@ -158,6 +198,7 @@ def run_dataset_eval(args: argparse.Namespace) -> int:
         rrf_k=args.rrf_k,
         baseline=args.baseline,
         index_dir=args.index,
+        overwrite=args.overwrite,
         index_type=args.index_type,
         max_queries=args.max_queries,
         rel_threshold=args.rel_threshold,
@@ -165,9 +206,12 @@ def run_dataset_eval(args: argparse.Namespace) -> int:
         runtime=runtime_from_args(args),
         progress=not args.quiet,  # bars on stderr, as index/add draw them; -q turns them off
     )
+    check_config(config)  # systems, depths, --rrf-k, baseline, -l: before the dataset is read or a model loads
+    dataset = load_dataset(args.dataset, data_dir=args.data_dir, split=args.split)
+    out = args.out or Path("runs") / f"eval-{dataset.name}"
+    check_output_dir(out)
     log(f"dataset {dataset.name}: {len(dataset.queries)} judged queries ({dataset.source})")
     report = run_evaluation(dataset, config, log=log)
-    out = args.out or Path("runs") / f"eval-{dataset.name}"
     written = write_report(report, out)
     print(format_report_table(report))
     print(f"\nwrote {', '.join(str(p) for p in written.values())}")

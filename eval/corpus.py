@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from twostage.eval.errors import EvalInputError
-from twostage.eval.textio import iter_json_lines, open_text
+from twostage.eval.textio import iter_json_lines, iter_lines
 
 
 def iter_jsonl_corpus(path: str | Path) -> Iterator[dict[str, str]]:
@@ -24,12 +24,11 @@ def iter_jsonl_corpus(path: str | Path) -> Iterator[dict[str, str]]:
 
 def iter_tsv_corpus(path: str | Path) -> Iterator[dict[str, str]]:
     """Yield documents of an MS MARCO style `collection.tsv` (`pid<TAB>text`, no title)."""
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            docid, tab, text = line.partition("\t")
-            if not tab or not docid.strip():
-                raise EvalInputError("expected 'docid<TAB>text'", path=path, line=number)
-            yield {"id": docid.strip(), "title": "", "text": text}
+    for number, line in iter_lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        docid, tab, text = line.partition("\t")
+        if not tab or not docid.strip():
+            raise EvalInputError("expected 'docid<TAB>text'", path=path, line=number)
+        yield {"id": docid.strip(), "title": "", "text": text}

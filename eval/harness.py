@@ -10,6 +10,7 @@ from the corpus) and goes through the engine's rerank step. See `eval.systems`.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
 import re
@@ -56,6 +57,7 @@ class EvalConfig:
     rrf_k: float = 60.0
     baseline: str = "dense"
     index_dir: str | Path | None = None  # None = <cache>/collections/<dataset>-<hash>
+    overwrite: bool = False  # replace whatever collection index_dir holds (never done without it)
     index_type: str = "auto"
     max_queries: int | None = None
     rel_threshold: int | None = None  # None = 2 for msmarco-dl* datasets, else 1
@@ -142,15 +144,17 @@ def resolve_systems(requested: Sequence[str] | None, depths: Sequence[int], *, h
             specs += [SystemSpec(s, d) for s in RERANKED_BY_DEFAULT if s != "run" or have_run for d in depths]
         return _table_order(specs)
     specs: list[SystemSpec] = []
+    if not [name for name in requested if name.strip()]:
+        raise EvalInputError("--systems names no system; expected bm25, dense, hybrid or run, each alone or "
+                             "+rerank[@D]")
     for name in requested:
+        if not name.strip():
+            continue
         name, _, levers = name.strip().lower().partition("/")
         if levers:
-            try:
-                parse_levers(levers)
-            except ValueError as err:
-                raise EvalInputError(f"system {name}/{levers}: {err}") from None
             if name.startswith("run"):
                 raise EvalInputError(f"system {name}/{levers}: lever options apply to engine systems, not a given run")
+            _check_levers(name, levers)
         match = _SYSTEM_RE.match(name)
         if not match:
             raise EvalInputError(f"unknown system {name!r}; expected bm25, dense, hybrid or run, each alone or "
@@ -169,6 +173,52 @@ def resolve_systems(requested: Sequence[str] | None, depths: Sequence[int], *, h
         if spec.depth is not None and spec.depth < 1:
             raise EvalInputError(f"system {spec.name!r}: the rerank depth must be a positive integer")
     return _table_order(list(dict.fromkeys(specs)))
+
+
+def _check_levers(name: str, levers: str) -> None:
+    """A system's lever options, checked as the engine will check them (before any model loads)."""
+    try:
+        options = parse_levers(levers)
+        if any(value != "none" for value in options.values()):
+            from twostage.engine import parse_levers as engine_levers
+
+            engine_levers(options.get("prf"), options.get("query_tokens"), options.get("fusion"))
+    except ValueError as err:
+        raise EvalInputError(f"system {name}/{levers}: {err}") from None
+    if name.startswith("bm25") and options.get("prf", "none") != "none":
+        raise EvalInputError(f"system {name}/{levers}: pseudo-relevance feedback (prf) moves the query vector: it "
+                             "needs a dense or hybrid first stage")
+
+
+def check_config(config: EvalConfig) -> list[SystemSpec]:
+    """Every check of `config` that needs neither the dataset nor a model (systems, depths, --rrf-k, baseline,
+    --max-queries, -l); EvalInputError naming the option. Returns the systems to run, in the table's order."""
+    depths = sorted(set(int(d) for d in config.depths))
+    if not depths or depths[0] < 1:
+        raise EvalInputError(f"rerank depths must be positive integers, got {list(config.depths)}")
+    try:
+        rrf_k = float(config.rrf_k)
+    except (TypeError, ValueError):
+        raise EvalInputError(f"--rrf-k must be a number >= 0, got {config.rrf_k!r}") from None
+    if not (math.isfinite(rrf_k) and rrf_k >= 0):
+        raise EvalInputError(f"--rrf-k must be a finite number >= 0, got {config.rrf_k:g}")
+    if config.max_queries is not None and config.max_queries < 1:
+        raise EvalInputError(f"--max-queries must be a positive integer, not {config.max_queries}")
+    if config.rel_threshold is not None and config.rel_threshold < 1:
+        raise EvalInputError(f"-l/--rel-threshold must be at least 1, not {config.rel_threshold}")
+    for measure in config.measures:
+        try:
+            parse_measure(measure)
+        except ValueError as err:
+            raise EvalInputError(str(err)) from None
+    specs = resolve_systems(config.systems, depths, have_run=config.rerank_run is not None,
+                            have_reranker=config.reranker is not None)
+    if any(s.first_stage != "run" and s.depth and s.depth > config.first_stage_depth for s in specs):
+        raise EvalInputError(f"a rerank depth exceeds the first-stage depth {config.first_stage_depth}")
+    names = [s.name for s in specs]
+    if config.baseline not in names and config.baseline != EvalConfig.baseline:
+        raise EvalInputError(f"baseline {config.baseline!r} is not among the systems evaluated ({', '.join(names)})")
+    return specs
 
 
 def _table_order(specs: list[SystemSpec]) -> list[SystemSpec]:
@@ -216,27 +266,94 @@ def default_index_dir(dataset: Dataset, encoder: Any) -> Path:
     return cache_root() / "collections" / f"{slug}-{key}"
 
 
-def open_collection(path: Path, docs: list, encoder: Any, config: EvalConfig, log: Callable[[str], None]):
-    """An engine over exactly `docs` at `path`, storing MaxSim token vectors: resumed when already built (unchanged
-    documents skipped), rebuilt when it holds documents the corpus no longer has or no token vectors.
-    Returns (engine, indexing info)."""
+@dataclass(frozen=True)
+class Mismatch:
+    """How a collection differs from the one eval builds for a corpus: `kind` is "tokens" (no token vectors),
+    "extra" (documents the corpus lacks) or "changed" (texts that differ); `reason` says it in words."""
+
+    kind: str
+    reason: str
+
+
+def collection_mismatch(collection: Any, docs: list) -> Mismatch | None:
+    """Why `collection` is not one eval built (or began building) for exactly `docs`, or None when it is (some
+    documents may still be missing: an interrupted build is resumed)."""
+    from twostage.indexes.document_store import content_hash
+
+    if collection.token_store is None:
+        return Mismatch("tokens", "it stores no token vectors")
+    stored = len(collection)
+    if stored == 0:
+        return None
+    hashes = collection.hashes([doc.id for doc in docs])
+    extra = stored - len(hashes)
+    if extra > 0:
+        return Mismatch("extra", f"it holds {stored} documents, {extra} of them not in the corpus of {len(docs)}")
+    changed = sum(1 for doc in docs if doc.id in hashes and hashes[doc.id] != content_hash(doc))
+    if changed:
+        return Mismatch("changed", f"{changed} of its {stored} documents differ from the corpus (text, title or "
+                                   "metadata)")
+    return None
+
+
+def _refusal(path: Path, problem: Mismatch) -> EvalInputError:
+    return EvalInputError(f"{path} holds a collection that is not the one eval builds for this dataset "
+                          f"({problem.reason}); "
+                          "it is left as it is: pass --overwrite to replace it, or choose another --index")
+
+
+def check_index_dir(path: Path, docs: list) -> None:
+    """Before any model loads: refuse a `--index` folder that is not a directory, or that holds a collection other
+    than this dataset's (`collection_mismatch`); an empty or missing folder, or this dataset's collection, pass."""
+    from twostage.indexes.sharded import collection_exists, open_collection as open_stored
+
+    if path.exists() and not path.is_dir():
+        raise EvalInputError("exists and is not a directory; --index names a collection folder", path=path)
+    if not collection_exists(path):
+        return
+    collection = open_stored(path)
+    try:
+        problem = collection_mismatch(collection, docs)
+    finally:
+        collection.close()
+    if problem is not None:
+        raise _refusal(path, problem)
+
+
+def open_collection(path: Path, docs: list, encoder: Any, config: EvalConfig, log: Callable[[str], None], *,
+                    owned: bool = False):
+    """An engine over exactly `docs` at `path`, storing MaxSim token vectors: resumed when eval built it for these
+    documents (unchanged ones skipped). A collection that is not that (`collection_mismatch`) is replaced only with
+    `config.overwrite`, or when `owned` (eval's own cache folder, `default_index_dir`; there changed texts are
+    re-indexed in place); otherwise EvalInputError, the collection untouched. Returns (engine, indexing info)."""
     from twostage.engine import Engine
+    from twostage.indexes.sharded import collection_exists
 
     def create(overwrite: bool) -> Any:
         return Engine.create(path, encoder=encoder, reranker=config.reranker, index_type=config.index_type,
                              runtime=_runtime(config), store_tokens=EVAL_TOKENS, overwrite=overwrite)
 
-    try:
-        engine = create(False)
-    except UsageError as err:
-        if "without token storage" not in str(err):
-            raise
-        log(f"{path} stores no token vectors: rebuilding it with them")
+    if config.overwrite and collection_exists(path):
+        log(f"{path}: replacing the collection it holds (--overwrite)")
         engine = create(True)
-    if len(engine.collection) > len(docs):
-        log(f"{path} holds {len(engine.collection)} documents for a corpus of {len(docs)}: rebuilding it")
-        engine.close()
-        engine = create(True)
+    else:
+        try:
+            engine = create(False)
+        except UsageError as err:
+            if "without token storage" not in str(err):
+                raise
+            engine = None
+        problem = (collection_mismatch(engine.collection, docs) if engine is not None
+                   else Mismatch("tokens", "it stores no token vectors"))
+        if problem is not None and not owned:
+            if engine is not None:
+                engine.close()
+            raise _refusal(path, problem)
+        if problem is not None and problem.kind != "changed":  # eval's own cache folder: rebuilt for this corpus
+            log(f"{path}: {problem.reason}: rebuilding it")
+            if engine is not None:
+                engine.close()
+            engine = create(True)
     from tqdm.auto import tqdm
 
     with tqdm(total=len(docs), desc="indexing", unit="doc", disable=not config.progress, leave=False) as bar:
@@ -302,19 +419,13 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
     log = log or (lambda message: None)
     started = time.perf_counter()
     notices: list[str] = []
+    specs = check_config(config)
     qids = _select_queries(dataset, config.max_queries)
     queries = {q: dataset.queries[q] for q in qids}
     qrels = {q: dataset.qrels[q] for q in qids}
     rel = config.rel_threshold if config.rel_threshold is not None else default_rel_threshold(dataset.name)
     measures = [str(parse_measure(m)) for m in config.measures]
-    depths = sorted(set(int(d) for d in config.depths))
-    if not depths or depths[0] < 1:
-        raise EvalInputError(f"rerank depths must be positive integers, got {list(config.depths)}")
-    specs = resolve_systems(config.systems, depths, have_run=config.rerank_run is not None,
-                            have_reranker=config.reranker is not None)
-    depths = sorted({s.depth for s in specs if s.depth is not None}) or depths
-    if any(s.first_stage != "run" and s.depth and s.depth > config.first_stage_depth for s in specs):
-        raise EvalInputError(f"a rerank depth exceeds the first-stage depth {config.first_stage_depth}")
+    depths = sorted({s.depth for s in specs if s.depth is not None}) or sorted(set(int(d) for d in config.depths))
     stages = {s.first_stage for s in specs}
     need_collection = bool(stages - {"run"})
     need_reranker = any(s.depth for s in specs)
@@ -326,6 +437,8 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
         docs = _documents(dataset, keep={d for qid in qids for d in given[qid]})
     else:
         docs = []
+    if need_collection and config.index_dir and not config.overwrite:
+        check_index_dir(Path(config.index_dir), docs)  # a collection other than this dataset's: refused, untouched
     models: dict[str, Any] = {}
     indexing: dict[str, Any] = {}
     engine = encoder = reranker = None
@@ -339,7 +452,7 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
         device, _ = runtime.placement()  # auto stays auto: the stage reads this machine's measured choice
         backend = runtime.backend
         existing = Path(config.index_dir) if need_collection and config.index_dir else None
-        if config.encoder is None and existing is not None and collection_exists(existing):
+        if config.encoder is None and existing is not None and not config.overwrite and collection_exists(existing):
             # an existing collection is searched as Engine.open would: an int8 one with its own backend, a float one
             # with a float backend (an int8 choice becomes its float parent), so --index takes any of the same model
             device, backend = query_placement(read_manifest(existing), runtime, existing)
@@ -350,7 +463,7 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
     if need_collection:
         path = Path(config.index_dir) if config.index_dir else default_index_dir(dataset, encoder)
         log(f"collection: {path}")
-        engine, indexing = open_collection(path, docs, encoder, config, log)
+        engine, indexing = open_collection(path, docs, encoder, config, log, owned=not config.index_dir)
     try:
         if need_reranker:
             reranker, reranker_notices = _second_stage(engine, encoder, config.reranker, _runtime(config))

@@ -4,11 +4,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from twostage.eval.errors import EvalInputError
 from twostage.eval.harness import EvalReport, SystemResult
 from twostage.eval.metrics import format_table
+from twostage.eval.textio import os_reason
 from twostage.eval.trec import write_run
 
 TABLE_MEASURES = ("nDCG@10", "MRR@10", "R@100", "R@1000", "MAP")
@@ -79,6 +85,7 @@ def report_to_dict(report: EvalReport) -> dict[str, Any]:
         systems[result.name] = {
             "first_stage": result.first_stage,
             "rerank_depth": result.depth,
+            "run_file": f"{RUNS_DIR}/{run_file_name(result.name)}",
             "metrics": result.metrics,
             "timings_ms": None if result.timings is None else result.timings.summary(),
             "latency_ms": {"median": median, "p95": p95},
@@ -115,8 +122,10 @@ def write_json(report: EvalReport, path: Path) -> None:
 
 
 def run_file_name(system: str) -> str:
-    """`dense+rerank@20` -> `dense+rerank@20.trec` (system names hold only letters, digits, `+` and `@`)."""
-    return f"{system}.trec"
+    """The file name of a system's run: `dense+rerank@20` -> `dense+rerank@20.trec`. A name holding anything but
+    letters, digits and `+ @ = . _ - ~` (the `/` and `:` of lever options) has each such character percent-encoded,
+    so the name stays one reversible file name: `dense/prf=3:0.5` -> `dense%2Fprf=3%3A0.5.trec`."""
+    return f"{quote(system, safe='+@=')}.trec"
 
 
 def write_runs(report: EvalReport, directory: Path) -> dict[str, Path]:
@@ -142,23 +151,60 @@ def write_per_query_csv(report: EvalReport, path: Path) -> None:
 
 def write_report(report: EvalReport, out_dir: str | Path, *, runs: bool = True, per_query: bool = True,
                  plots: bool = True) -> dict[str, Path]:
-    """Write every output into `out_dir`; returns what was written, by kind."""
+    """Write every output into `out_dir`; returns what was written, by kind.
+
+    Everything is first written into a hidden folder inside `out_dir` and moved into place only once all of it was
+    written (results.json last), so a failure leaves the earlier outputs as they were and no half-written file; a
+    folder or file that cannot be written is an EvalInputError naming it."""
     from twostage.eval.plots import plot_quality_vs_depth, plot_quality_vs_latency
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = {"json": out / RESULTS_JSON, "table": out / TABLE_TXT}
-    write_json(report, written["json"])
-    written["table"].write_text(format_report_table(report) + "\n", encoding="utf-8")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".eval-", dir=out))
+    except OSError as err:
+        raise EvalInputError(f"cannot create the output folder: {os_reason(err)}", path=out) from None
+    try:
+        files: dict[str, list[str]] = {}  # kind -> paths relative to the folder, in the order they are moved
+        if runs:
+            write_runs(report, stage / RUNS_DIR)
+            files["runs"] = [f"{RUNS_DIR}/{run_file_name(r.name)}" for r in report.systems]
+        if per_query:
+            write_per_query_csv(report, stage / PER_QUERY_CSV)
+            files["per_query"] = [PER_QUERY_CSV]
+        if plots:
+            if plot_quality_vs_depth(report, stage / DEPTH_PLOT):
+                files["depth_plot"] = [DEPTH_PLOT]
+            if plot_quality_vs_latency(report, stage / LATENCY_PLOT):
+                files["latency_plot"] = [LATENCY_PLOT]
+        (stage / TABLE_TXT).write_text(format_report_table(report) + "\n", encoding="utf-8")
+        write_json(report, stage / RESULTS_JSON)
+        files = {"json": [RESULTS_JSON], "table": [TABLE_TXT], **files}
+        order = [name for kind in files if kind not in ("json", "table") for name in files[kind]]
+        order += [TABLE_TXT, RESULTS_JSON]
+        # what would stop a move is found before the first one
+        blocked = ([out / RUNS_DIR] if runs and (out / RUNS_DIR).exists() and not (out / RUNS_DIR).is_dir() else []) + [
+            out / name for name in order if (out / name).is_dir()]
+        if blocked:
+            raise EvalInputError("is in the way of an output file; move it away or choose another --out",
+                                 path=blocked[0])
+        if runs:
+            (out / RUNS_DIR).mkdir(exist_ok=True)
+        for name in order:
+            os.replace(stage / name, out / name)
+    except OSError as err:  # named as the output it was to become, not the hidden folder it was written in
+        where = str(err.filename).replace(str(stage), str(out), 1) if err.filename else out
+        raise EvalInputError(f"cannot write the outputs: {os_reason(err)}", path=where) from None
+    except EvalInputError as err:
+        if str(stage) not in str(err):
+            raise
+        raise EvalInputError(str(err).replace(str(stage), str(out))) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # nothing was written: the folder this call made goes too
+    written = {kind: out / names[0] for kind, names in files.items()}
     if runs:
         written["runs"] = out / RUNS_DIR
-        write_runs(report, written["runs"])
-    if per_query:
-        written["per_query"] = out / PER_QUERY_CSV
-        write_per_query_csv(report, written["per_query"])
-    if plots:
-        if plot_quality_vs_depth(report, out / DEPTH_PLOT):
-            written["depth_plot"] = out / DEPTH_PLOT
-        if plot_quality_vs_latency(report, out / LATENCY_PLOT):
-            written["latency_plot"] = out / LATENCY_PLOT
     return written

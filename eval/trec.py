@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from twostage.eval.errors import EvalInputError
-from twostage.eval.textio import open_text
+from twostage.eval.textio import iter_lines, open_text, os_reason
 
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
@@ -20,11 +20,10 @@ OnDuplicate = Literal["error", "first", "max"]
 
 def _records(path: str | Path):
     """Yield (line number, whitespace-split fields) for each line that is not blank or a `#` comment."""
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if fields and not fields[0].startswith("#"):
-                yield number, fields
+    for number, line in iter_lines(path):
+        fields = line.split()
+        if fields and not fields[0].startswith("#"):
+            yield number, fields
 
 
 def read_qrels(path: str | Path) -> Qrels:
@@ -106,32 +105,37 @@ def _check_token(value: str, what: str, qid: str) -> None:
 def write_run(run: Run, path: str | Path, tag: str = "twostage", depth: int | None = None) -> None:
     """Write `run` as a TREC run, each query in trec_eval order with 1-based ranks, keeping its top `depth`.
 
-    Queries appear in the run's own order; scores are written with `repr`, so reading back is exact.
-    """
+    Queries appear in the run's own order; scores are written with `repr`, so reading back is exact. Every id is
+    checked before the file is opened (an id a run file cannot hold leaves no file behind); a file that cannot be
+    written is an EvalInputError naming it."""
     _check_token(tag, "run tag", "-")
     if depth is not None and depth < 1:
         raise ValueError(f"depth must be a positive integer or None, not {depth!r}")
-    with open_text(path, "w") as handle:
-        for qid, scores in run.items():
-            _check_token(str(qid), "query id", str(qid))
-            for rank, (docid, score) in enumerate(ranked(scores)[:depth], start=1):
-                _check_token(str(docid), "document id", str(qid))
-                handle.write(f"{qid} Q0 {docid} {rank} {float(score)!r} {tag}\n")
+    for qid, scores in run.items():
+        _check_token(str(qid), "query id", str(qid))
+        for docid in scores:
+            _check_token(str(docid), "document id", str(qid))
+    try:
+        with open_text(path, "w") as handle:
+            for qid, scores in run.items():
+                for rank, (docid, score) in enumerate(ranked(scores)[:depth], start=1):
+                    handle.write(f"{qid} Q0 {docid} {rank} {float(score)!r} {tag}\n")
+    except OSError as err:
+        raise EvalInputError(f"cannot write the run file: {os_reason(err)}", path=path) from None
 
 
 def read_queries_tsv(path: str | Path) -> Queries:
     """Read `qid<TAB>text` lines (text may itself hold tabs); a repeated qid must repeat its text."""
     queries: Queries = {}
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            qid, tab, text = line.partition("\t")
-            qid = qid.strip()
-            if not tab or not qid:
-                raise EvalInputError("expected 'qid<TAB>query text'", path=path, line=number)
-            if qid in queries and queries[qid] != text:
-                raise EvalInputError(f"query {qid} appears twice with different text", path=path, line=number)
-            queries[qid] = text
+    for number, line in iter_lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        qid, tab, text = line.partition("\t")
+        qid = qid.strip()
+        if not tab or not qid:
+            raise EvalInputError("expected 'qid<TAB>query text'", path=path, line=number)
+        if qid in queries and queries[qid] != text:
+            raise EvalInputError(f"query {qid} appears twice with different text", path=path, line=number)
+        queries[qid] = text
     return queries
