@@ -173,13 +173,17 @@ def test_killed_worker_node_loses_nothing(cluster, reference, tiny_bi_encoder_di
 
 def test_an_address_where_no_cluster_listens_is_refused_in_seconds(tmp_path, tiny_bi_encoder_dir):
     """Ray's own connect retries for minutes against a closed port; --ray HOST:PORT is checked first (one line, exit 2)."""
+    import subprocess
+    import sys
     import time
 
     source, directory = tmp_path / "corpus.jsonl", tmp_path / "s"
     source.write_text("".join(json.dumps(doc) + "\n" for doc in corpus(30)), encoding="utf-8")
     assert twostage("index", str(source), "--index", str(directory), "--shards", "2", "--model",
                     str(tiny_bi_encoder_dir), "-q")[0] == 0
-    started = time.monotonic()
-    code, _, err = twostage("search", str(directory), "berlin", "--ray", "127.0.0.1:1")
+    started = time.monotonic()  # a process of its own: this one may already be joined to the tests' cluster
+    done = subprocess.run([sys.executable, "-m", "twostage.cli", "search", str(directory), "berlin", "--ray",
+                           "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+    code, err = done.returncode, done.stderr
     assert code == 2 and err.startswith("twostage search: error: --ray 127.0.0.1:1: cannot reach a Ray cluster there")
     assert time.monotonic() - started < 30 and len(err.splitlines()) == 1
