@@ -11,7 +11,9 @@ it holds 100k documents, and HNSW as IVF-PQ at 2M (pass ``expected_size`` to ``c
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -180,6 +182,8 @@ class Collection:
         if cls.exists(path) and not overwrite:
             raise CollectionError(f"{path} already holds a collection: open it, or pass overwrite=True to replace it")
         cls._check_own_files(path)
+        if not overwrite:
+            cls._check_no_orphan_documents(path)
         try:
             index = vector_index_class(vector_index).create(dimension, index_type, expected_size)
         except ValueError as err:
@@ -203,6 +207,24 @@ class Collection:
                     f"{path} is not empty and is not a collection (it holds {', '.join(foreign[:3])}"
                     f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory"
                 )
+
+    @staticmethod
+    def _check_no_orphan_documents(path: Path) -> None:
+        """Refuse a directory whose documents.sqlite holds documents but whose manifest is gone: a damaged collection
+        to check or restore, never one to create over (an interrupted create leaves no documents and passes)."""
+        database = path / DOCUMENTS
+        if not database.is_file() or (path / MANIFEST).is_file():
+            return
+        try:
+            with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as con:
+                tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                count = con.execute("SELECT count(*) FROM docs").fetchone()[0] if "docs" in tables else 0
+        except sqlite3.Error:
+            count = None
+        if count != 0:
+            held = f"{count} documents" if count is not None else "an unreadable database"
+            raise CollectionError(f"{path} has no {MANIFEST} but its {DOCUMENTS} holds {held}: run 'twostage check "
+                                  f"{path}' (or restore the manifest), or replace it with --overwrite (overwrite=True)")
 
     @classmethod
     def _create_locked(cls, path: Path, index: VectorIndexLike, *, model_name: str, model_fingerprint: str,

@@ -9,6 +9,8 @@ The first-stage score travels with each :class:`Candidate`, so this stays on the
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,8 +36,8 @@ class Fusion:
             raise ValueError(f"fusion method must be one of {', '.join(METHODS)} (got {self.method!r})")
         if not 0.0 <= self.weight <= 1.0:
             raise ValueError(f"fusion weight must be between 0 and 1 (got {self.weight})")
-        if self.k < 0:
-            raise ValueError(f"fusion rrf k must be >= 0 (got {self.k})")
+        if not (math.isfinite(self.k) and self.k >= 0):
+            raise ValueError(f"fusion rrf k must be a finite number >= 0 (got {self.k})")
 
     @property
     def label(self) -> str:

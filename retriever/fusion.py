@@ -8,6 +8,8 @@ run given as a ranked list, the list order is the rank. Fused output is ordered 
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Mapping, Sequence, overload
 
@@ -120,8 +122,8 @@ class FirstStage:
             raise ValueError(f"first stage must be one of {', '.join(FIRST_STAGES)} (got {self.kind!r})")
         if self.fusion not in FUSIONS:
             raise ValueError(f"hybrid fusion must be one of {', '.join(FUSIONS)} (got {self.fusion!r})")
-        if self.rrf_k < 0:
-            raise ValueError(f"rrf k must be >= 0 (got {self.rrf_k:g})")
+        if not (math.isfinite(self.rrf_k) and self.rrf_k >= 0):
+            raise ValueError(f"rrf k must be a finite number >= 0 (got {self.rrf_k:g})")
         if not 0.0 <= self.weight <= 1.0:
             raise ValueError(f"hybrid weight must be between 0 and 1 (got {self.weight:g})")
 

@@ -122,6 +122,10 @@ def test_bad_requests_get_clear_errors(berlin_engine):
         berlin_engine.add([Document("ok", "fine"), Document("two words", "x")])
     with pytest.raises(UsageError, match="field 'text': not valid Unicode"):
         berlin_engine.add([Document("ok", "fine"), {"id": "s", "text": "lone \ud800"}])
+    for bad in (Document("z", "x", metadata={"v": float("nan")}), Document("z", "x", title=["a"]), Document(7, "x"),
+                {"id": None, "text": "x"}, Document("z", "x", metadata={"s": {1}})):  # after 300 good ones
+        with pytest.raises(UsageError, match="metadata is not JSON|'title'|must be a string"):
+            berlin_engine.add([Document(f"g{i}", "good text") for i in range(300)] + [bad])
     assert len(berlin_engine.collection) == len(BERLIN)  # nothing lost
     result = berlin_engine.search("berlin", k=1000, top_n=50, rerank=False)
     assert len(result.hits) == len(BERLIN)

@@ -123,6 +123,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--pool", type=_pool_factor, default=None, metavar="F",
                    help="with --convert: also merge each passage's tokens F to one (token pooling); only tokens not "
                    "pooled yet")
+    add_wait_argument(p)
 
     p = sub.add_parser("search", help="search a collection (one query, or a batch from --queries)")
     p.add_argument("directory")
@@ -152,7 +153,7 @@ def add_wait_argument(p: argparse.ArgumentParser) -> None:
     """``--wait SECONDS``: how long a write waits for another process's write (the collection's writer lock)."""
     from twostage.indexes.lock import DEFAULT_WAIT
 
-    p.add_argument("--wait", type=float, default=DEFAULT_WAIT, metavar="SECONDS",
+    p.add_argument("--wait", type=_wait_seconds, default=DEFAULT_WAIT, metavar="SECONDS",
                    help=f"how long to wait for another process writing to the collection (default {DEFAULT_WAIT:g})")
 
 
@@ -161,6 +162,14 @@ def _corpus_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", help="field holding the text (guessed: text, contents, passage, body)")
     p.add_argument("--title-field", help="field holding the title (guessed: title)")
     p.add_argument("--split", default="train", help="split of a Hugging Face dataset (default train)")
+
+
+def _wait_seconds(text: str) -> float:
+    """``--wait``: seconds, 0 or more (``inf`` waits as long as it takes); NaN and negative values are refused."""
+    value = float(text)
+    if not value >= 0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -1,6 +1,7 @@
 """The engine: a collection, the bi-encoder that built it and a reranker, composed into index-and-search."""
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from contextlib import contextmanager
@@ -70,8 +71,20 @@ def as_document(doc: Document | Mapping[str, Any]) -> Document:
     """Accept ``Document`` objects or plain dicts with id/text (title and metadata optional); an id a TREC run cannot
     hold, or a string UTF-8 cannot store, is refused before anything is written."""
     document = doc if isinstance(doc, Document) else _from_mapping(doc)
-    if (problem := id_problem(str(document.id))) is not None:
+    if not isinstance(document.id, str):
+        raise UsageError(f"document id {document.id!r}: must be a string, got {type(document.id).__name__}")
+    if (problem := id_problem(document.id)) is not None:
         raise UsageError(f"document id {document.id!r}: {problem}")
+    if not isinstance(document.text, str) or not document.text.strip():
+        raise UsageError(f"document {document.id!r}: field 'text' must be a non-empty string")
+    if document.title is not None and not isinstance(document.title, str):
+        raise UsageError(f"document {document.id!r}: field 'title' must be a string or None")
+    if not isinstance(document.metadata, dict):
+        raise UsageError(f"document {document.id!r}: metadata must be a dict")
+    try:  # as the document store will write it: JSON, no NaN or infinity
+        json.dumps(document.metadata, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"document {document.id!r}: metadata is not JSON (no NaN or infinity): {err}") from None
     for field_name, value in (("text", document.text), ("title", document.title), ("metadata", document.metadata)):
         if (problem := unicode_problem(value)) is not None:
             raise UsageError(f"document {document.id!r}, field {field_name!r}: {problem}")
@@ -86,7 +99,10 @@ def _from_mapping(doc: Mapping[str, Any]) -> Document:
         raise UsageError(f"document {doc['id']!r}: field 'text' must be a non-empty string")
     metadata = dict(doc.get("metadata") or {})
     metadata.update({k: v for k, v in doc.items() if k not in ("id", "text", "title", "metadata")})
-    return Document(id=str(doc["id"]), text=doc["text"], title=doc.get("title"), metadata=metadata)
+    doc_id = doc["id"]
+    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):  # as the corpus readers take ids
+        raise UsageError(f"document id {doc_id!r}: must be a string or an integer, got {type(doc_id).__name__}")
+    return Document(id=str(doc_id), text=doc["text"], title=doc.get("title"), metadata=metadata)
 
 
 class Engine:

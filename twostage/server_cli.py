@@ -28,6 +28,10 @@ _LIMITS = (
 )
 
 
+#: the longest a query may wait for others to batch with: beyond a second, batching costs more than it saves
+MAX_BATCH_WINDOW_MS = 1000.0
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -107,8 +111,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     for name, value in [*values.items(), ("max_connections", args.max_connections), ("k", args.k), ("top_n", args.top_n), ("max_batch_queries", args.max_batch_queries)]:
         if value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-    if args.batch_window_ms < 0:
-        raise UsageError("--batch-window-ms must not be negative")
+    if not 0 <= args.batch_window_ms <= MAX_BATCH_WINDOW_MS:  # NaN fails this too
+        raise UsageError(f"--batch-window-ms must be 0 to {MAX_BATCH_WINDOW_MS:g} (got {args.batch_window_ms:g})")
     return ServerConfig(
         token=args.token or os.environ.get(TOKEN_ENV) or None,
         protect_reads=args.protect_reads,
