@@ -205,6 +205,22 @@ def test_failure_paths_are_one_line_and_change_nothing(example_index, tmp_path):
     done = twostage("index", str(EXAMPLES / "corpus.jsonl"), "--index", str(example_index), "--index-type", "hnsw", "-q")
     assert done.returncode == 2 and "has a Flat index, not hnsw" in done.stderr
     assert count() == before
+    for args in (["search", str(example_index), "berlin", "--fusion", "rrf:nan"],
+                 ["search", str(example_index), "berlin", "--first-stage", "hybrid:rrf:inf"],
+                 ["delete", str(example_index), "cities-02", "--wait", "nan"]):
+        done = twostage(*args)
+        assert done.returncode == 2 and ("finite" in done.stderr or "must be 0 or more" in done.stderr), args
+    assert count() == before
+    # a collection that lost its manifest still holds documents: index refuses to create over it
+    import shutil
+
+    damaged = tmp_path / "no-manifest"
+    shutil.copytree(example_index, damaged)
+    (damaged / "manifest.json").unlink()
+    size = (damaged / "documents.sqlite").stat().st_size
+    done = twostage("index", str(EXAMPLES / "corpus.jsonl"), "--index", str(damaged), "-q")
+    assert done.returncode == 2 and "has no manifest.json but its documents.sqlite holds 100 documents" in done.stderr
+    assert (damaged / "documents.sqlite").stat().st_size == size and not (damaged / "manifest.json").exists()
 
 
 def test_serve_refuses_a_port_it_cannot_listen_on_before_loading_anything(example_index):
@@ -212,6 +228,8 @@ def test_serve_refuses_a_port_it_cannot_listen_on_before_loading_anything(exampl
 
     done = twostage("serve", str(example_index), "--port", "70000")
     assert done.returncode == 2 and "must be 0 to 65535" in done.stderr
+    done = twostage("serve", str(example_index), "--batch-window-ms", "nan")
+    assert done.returncode == 2 and "--batch-window-ms must be 0 to 1000" in done.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

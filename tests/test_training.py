@@ -213,3 +213,19 @@ def test_cli_rejects_bad_budget_and_missing_collection(tmp_path, capsys):
     rc = main(["train", "reranker", "--collection", str(tmp_path), "--queries", "x.tsv", "--out", str(tmp_path / "o"),
                "--time-budget", "soon"])
     assert rc == 2
+
+
+@pytest.mark.parametrize("option, expected", [
+    (["--lr=-1"], "--lr must be a positive number"), (["--lr", "nan"], "--lr must be"),
+    (["--warmup", "2"], "--warmup is a fraction"), (["--negatives", "0"], "--negatives must be"),
+    (["--temperature", "0"], "--temperature must be"), (["--max-steps", "0"], "--max-steps must be"),
+    (["--epochs", "0"], "--epochs must be"), (["--max-length", "0"], "--max-length must be"),
+    (["--time-budget", "-5"], "--time-budget must be positive"), (["--list-size", "1"], "--list-size must be"),
+])
+def test_cli_rejects_a_bad_recipe_before_any_model_loads(tmp_path, capsys, option, expected):
+    from twostage.cli import main
+
+    rc = main(["train", "reranker", "--collection", str(tmp_path), "--queries", "x.tsv", "--out", str(tmp_path / "o"),
+               *option])
+    err = capsys.readouterr().err
+    assert rc == 2 and expected in err and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -86,6 +87,29 @@ def _options(p: argparse.ArgumentParser, what: str) -> None:
     add_runtime_arguments(p, batch_size=False)
 
 
+def _check_recipe(args: argparse.Namespace, budget: float | None) -> None:
+    """The numbers of a training recipe, checked before any model loads (a NaN or negative rate would otherwise
+    surface as a traceback, or as NaN scores after training)."""
+    def finite(value: float | None) -> bool:
+        return value is None or math.isfinite(value)
+
+    checks = [
+        (finite(args.lr) and args.lr > 0, f"--lr must be a positive number (got {args.lr})"),
+        (args.head_lr is None or (finite(args.head_lr) and args.head_lr > 0),
+         f"--head-lr must be a positive number (got {args.head_lr})"),
+        (finite(args.warmup) and 0 <= args.warmup < 1, f"--warmup is a fraction of the steps, 0 to below 1 (got {args.warmup})"),
+        (finite(args.temperature) and args.temperature > 0, f"--temperature must be a positive number (got {args.temperature})"),
+        (finite(args.epochs) and args.epochs > 0, f"--epochs must be a positive number (got {args.epochs})"),
+        (args.list_size >= 2, f"--list-size must be at least 2 (a list ranks documents; got {args.list_size})"),
+        (1 <= args.max_length <= 8192, f"--max-length must be 1 to 8192 tokens (got {args.max_length})"),
+        (budget is None or (math.isfinite(budget) and budget > 0), f"--time-budget must be positive (got {args.time_budget})"),
+        (str(args.out).strip() not in ("", "."), "--out must name an output directory"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
 def options_from_args(args: argparse.Namespace):
     """Command-line arguments → ``TrainOptions``."""
     from twostage.runtime.config import runtime_from_args
@@ -94,9 +118,11 @@ def options_from_args(args: argparse.Namespace):
     from twostage.training.run import TrainOptions, parse_duration
 
     budget = None if str(args.time_budget).lower() == "none" else parse_duration(args.time_budget)
-    for name in ("max_queries", "val_queries", "depth", "val_depth", "batch_size", "eval_steps"):
+    for name in ("max_queries", "val_queries", "depth", "val_depth", "batch_size", "eval_steps", "negatives",
+                 "max_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
+    _check_recipe(args, budget)
     try:
         depths = tuple(int(d) for d in args.test_depths.split(",") if d.strip())
     except ValueError:
