@@ -374,6 +374,19 @@ class Collection:
             if self.store.generation != self._seen_generation:
                 self._catch_up()
 
+    def hold_writer(self) -> bool:
+        """Take the writer lock now (as the first write would), for a caller that must know every part of a write can
+        go ahead before any part is made (a sharded collection's); True if this call took it. :meth:`commit`, or
+        :meth:`release_writer`, lets it go."""
+        with self._lock:
+            taken = not self._writer.held
+            self._begin_write()
+            return taken
+
+    def release_writer(self) -> None:
+        """Let go of the writer lock :meth:`hold_writer` took, without a commit (nothing was written)."""
+        self._writer.release()
+
     def _begin_write(self) -> None:
         """Take the writer lock (held until :meth:`commit`) and catch up with what other writers committed before it."""
         if self.read_only:

@@ -230,6 +230,19 @@ class ShardedCollection:
         return list(self._pool.map(fn, self.shards))
 
     # ------------------------------------------------------------------ writes
+    def hold_writers(self) -> None:
+        """Every shard's writer lock, taken before the first shard is written: a shard another process is changing
+        (or a read-only one) stops the write before any shard changed. Each lock goes with that shard's commit."""
+        taken: list[Collection] = []
+        try:
+            for shard in self.shards:
+                if shard.hold_writer():
+                    taken.append(shard)
+        except BaseException:
+            for shard in taken:
+                shard.release_writer()
+            raise
+
     def upsert(self, docs: Sequence[Document], embeddings: np.ndarray, tokens: Sequence[np.ndarray] | None = None,
                terms: Sequence[np.ndarray] | None = None) -> list[UpsertResult]:
         """Store each document (with its vector, tokens and token ids) in its owning shard; one result per shard."""
@@ -237,6 +250,7 @@ class ShardedCollection:
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if len(embeddings) != len(docs):
             raise ValueError(f"{len(docs)} documents but {len(embeddings)} embeddings")
+        self.hold_writers()
         results = []
         for index, positions in sorted(self._by_shard([d.id for d in docs]).items()):
             results.append(self.shards[index].upsert(
@@ -249,6 +263,7 @@ class ShardedCollection:
     def delete(self, doc_ids: Sequence[str]) -> DeleteResult:
         """Delete by id in the owning shards; ``deleted`` and ``missing`` keep the order given."""
         ids = list(dict.fromkeys(str(d) for d in doc_ids))
+        self.hold_writers()
         missing: set[str] = set()
         for index, positions in self._by_shard(ids).items():
             missing.update(self.shards[index].delete([ids[p] for p in positions]).missing)

@@ -13,7 +13,7 @@ from twostage.cli import main
 from twostage.engine import Engine
 from twostage.indexes.collection import Collection
 from twostage.indexes.errors import CollectionError
-from twostage.indexes.sharded import ShardedCollection, merge_top_k, shard_of
+from twostage.indexes.sharded import ShardedCollection, merge_top_k, open_collection, shard_name, shard_of
 
 SHARDS = 4
 
@@ -169,3 +169,33 @@ def test_read_manifest_reads_either_kind_without_opening_it(tmp_path, shards):
     made.close()
     manifest = read_manifest(tmp_path / "c")
     assert manifest.extra["backend"] == "onnx-int8" and manifest.dimension == 8
+
+
+def test_a_write_stops_before_any_shard_changes_when_one_is_busy(tmp_path, built):
+    """add, delete and tokens --convert take every shard's writer lock first: with one shard held by another writer
+    they fail with one line (exit 2) and no shard has changed."""
+    import shutil
+
+    from twostage.indexes.lock import WriterLock
+
+    directory = tmp_path / "four"
+    shutil.copytree(built[0] / "four", directory)
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps(doc) + "\n" for doc in corpus(300, seed=7)[240:]), encoding="utf-8")
+
+    def counts() -> list[int]:
+        with open_collection(directory) as collection:
+            return [len(shard) for shard in collection.shards]
+
+    def encodings() -> list[str]:
+        with open_collection(directory) as collection:
+            return [shard.token_store.encoding for shard in collection.shards]
+
+    before = counts()
+    with WriterLock(directory / shard_name(2)).holding():
+        for args in (["add", str(directory), str(extra), "-q"], ["delete", str(directory), "p00000", "p00001", "p00002"],
+                     ["tokens", str(directory), "--convert", "2bit"]):
+            code, _, err = twostage(*args, "--wait", "0.2")
+            last = err.strip().splitlines()[-1]  # (in this process the model's loading bar may come first)
+            assert code == 2 and last.startswith("twostage ") and "is being changed by another process" in last, args
+    assert counts() == before and encodings() == ["int8"] * SHARDS

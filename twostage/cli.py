@@ -527,6 +527,8 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         shards = getattr(collection, "shards", [collection])
         if any(shard.token_store is None for shard in shards):
             raise UsageError(f"collection {args.directory} stores no token vectors (build it with --store-tokens)")
+        if args.convert and len(shards) > 1:
+            collection.hold_writers()  # every shard can be converted, or none is (each lock goes with its conversion)
         for shard in shards:
             before = shard.token_store.stats()
             if args.convert:
