@@ -194,3 +194,25 @@ def test_serve_limits_hosts_idle_sockets_and_the_access_log(collection: Path, ti
     log = out + err  # uvicorn's access log goes to stdout
     assert "SECRET-IN-QUERY" not in log and "/stats?[query redacted]" in log, log[-2000:]
     assert "Traceback" not in log
+
+
+def test_a_busy_collection_is_503_without_the_holders_details(collection: Path, tiny_bi_encoder_dir: Path) -> None:
+    """Another process writing: 503 with Retry-After; the holder's pid, command line and path stay in the server log."""
+    from fastapi.testclient import TestClient
+
+    from twostage import Engine
+    from twostage.indexes.collection import Collection
+    from twostage.indexes.lock import WriterLock
+    from twostage.server import ServerConfig, create_app
+
+    app = create_app(lambda: Engine.open(collection, model=str(tiny_bi_encoder_dir), reranker=None),
+                     ServerConfig(token="t"))
+    wait, Collection.lock_wait = Collection.lock_wait, 0.2
+    try:
+        with TestClient(app) as client, WriterLock(collection).holding():
+            reply = client.post("/documents", json={"documents": [{"id": "w1", "text": "x"}]},
+                                headers={"Authorization": "Bearer t"})
+    finally:
+        Collection.lock_wait = wait
+    assert reply.status_code == 503 and reply.headers["Retry-After"] == "1"
+    assert reply.json()["error"] == "the collection is being changed by another process; try again shortly"

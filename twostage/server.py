@@ -562,7 +562,10 @@ def _install_error_handlers(app: FastAPI, stats: QueryStats) -> None:
         from twostage.indexes.lock import LockBusy, ReadOnlyCollection
 
         if isinstance(err, LockBusy):  # another process is writing: the client may try again shortly
-            return reply(503, str(err), None, {"Retry-After": "1"})
+            # the holder's pid, command line and the path on disk are for the machine's own log, not for clients
+            log.warning("%s", err)
+            return reply(503, "the collection is being changed by another process; try again shortly", None,
+                         {"Retry-After": "1"})
         if isinstance(err, ReadOnlyCollection):
             return reply(403, str(err))
         log.error("%s %s: %s", request.method, request.url.path, err)
