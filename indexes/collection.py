@@ -89,6 +89,14 @@ class Manifest:
                 raise CollectionError(f"{source}: field {name!r} is missing")
             if not isinstance(data[name], kind) or isinstance(data[name], bool):
                 raise CollectionError(f"{source}: field {name!r} should be {kind.__name__}, got {data[name]!r}")
+        optional = {"normalized": bool, "index_type": str, "factory": str, "document_count": int, "vector_count": int,
+                    "generation": int, "extra": dict}
+        for name, kind in optional.items():
+            if name in data and not isinstance(data[name], kind):
+                raise CollectionError(f"{source}: field {name!r} should be {kind.__name__}, got {data[name]!r}")
+        token_record = data.get("extra", {}).get("token_store")
+        if token_record is not None and not isinstance(token_record, dict):
+            raise CollectionError(f"{source}: field 'extra.token_store' should be an object, got {token_record!r}")
         known = {f.name for f in fields(cls)}
         try:
             return cls(**{k: v for k, v in data.items() if k in known})

@@ -334,6 +334,18 @@ def test_a_manifest_dimension_that_differs_is_one_line(tmp_path: Path) -> None:
     assert _documents(directory) == {f"d{i}" for i in range(100)}
 
 
+@pytest.mark.parametrize("field, value", [("extra", [1]), ("generation", "7"), ("factory", 3)])
+def test_a_mistyped_manifest_field_is_one_line(tmp_path: Path, field: str, value) -> None:
+    directory = _collection_of(tmp_path, 20)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest[field] = value
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    for command in ("info", "check"):  # check reports it among its findings, on stdout
+        done = _cli(command, str(directory))
+        assert done.returncode == 2 and f"field '{field}' should be" in done.stderr + done.stdout, done
+        _no_traceback(done.stderr)
+
+
 # --------------------------------------------------------------------------- read-only place, full disk
 @contextlib.contextmanager
 def _mounted(*args: str, target: Path) -> Iterator[None]:
