@@ -149,6 +149,18 @@ def write_per_query_csv(report: EvalReport, path: Path) -> None:
                 writer.writerow([qid, result.name, *(repr(values[m]) for m in report.measures)])
 
 
+def _previous_outputs(out: Path) -> set[str]:
+    """The outputs an earlier report in ``out`` recorded (its results.json's run files, and the plots), relative to
+    ``out``; empty when there is none or it cannot be read."""
+    try:
+        systems = json.loads((out / RESULTS_JSON).read_text(encoding="utf-8")).get("systems", {})
+        runs = {entry.get("run_file") or f"{RUNS_DIR}/{run_file_name(name)}" for name, entry in systems.items()}
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {name for name in runs | {DEPTH_PLOT, LATENCY_PLOT} if isinstance(name, str) and "/.." not in name
+            and not name.startswith(("/", ".."))}
+
+
 def write_report(report: EvalReport, out_dir: str | Path, *, runs: bool = True, per_query: bool = True,
                  plots: bool = True) -> dict[str, Path]:
     """Write every output into `out_dir`; returns what was written, by kind.
@@ -165,6 +177,7 @@ def write_report(report: EvalReport, out_dir: str | Path, *, runs: bool = True, 
         stage = Path(tempfile.mkdtemp(prefix=".eval-", dir=out))
     except OSError as err:
         raise EvalInputError(f"cannot create the output folder: {os_reason(err)}", path=out) from None
+    previous = _previous_outputs(out)  # what an earlier run left here: what this one does not rewrite goes
     try:
         files: dict[str, list[str]] = {}  # kind -> paths relative to the folder, in the order they are moved
         if runs:
@@ -193,6 +206,8 @@ def write_report(report: EvalReport, out_dir: str | Path, *, runs: bool = True, 
             (out / RUNS_DIR).mkdir(exist_ok=True)
         for name in order:
             os.replace(stage / name, out / name)
+        for name in previous - set(order):  # a run or plot of the earlier report, no longer true of this one
+            (out / name).unlink(missing_ok=True)
     except OSError as err:  # named as the output it was to become, not the hidden folder it was written in
         where = str(err.filename).replace(str(stage), str(out), 1) if err.filename else out
         raise EvalInputError(f"cannot write the outputs: {os_reason(err)}", path=where) from None

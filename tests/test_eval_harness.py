@@ -307,3 +307,18 @@ def test_index_built_on_another_backend_is_searched_by_the_engines_rule(dataset_
     assert result.indexing["unchanged"] == 100 and result.indexing["added"] == 0
     dense = report.system("dense").metrics["nDCG@10"]
     assert abs(result.system("dense").metrics["nDCG@10"] - dense) < 0.02
+
+
+def test_a_rerun_into_the_same_folder_leaves_no_stale_run(report, tmp_path):
+    """Runs and plots an earlier report recorded and this one does not write are removed; other files stay."""
+    import dataclasses
+
+    folder = tmp_path / "out"
+    write_report(report, folder)
+    assert (folder / "runs" / "run+rerank@10.trec").is_file()
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
+    fewer = dataclasses.replace(report, systems=[s for s in report.systems if s.name in ("dense", "bm25")])
+    write_report(fewer, folder, plots=False)
+    assert sorted(p.name for p in (folder / "runs").iterdir()) == ["bm25.trec", "dense.trec"]
+    assert not (folder / "quality_vs_depth.png").exists() and (folder / "notes.txt").read_text() == "mine"
+    assert set(json.loads((folder / "results.json").read_text())["systems"]) == {"bm25", "dense"}
