@@ -6,11 +6,15 @@ queries `{qid: text}`. Every reader accepts gzip files (name ending in `.gz`); e
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Literal
 
 from twostage.eval.errors import EvalInputError
 from twostage.eval.textio import iter_lines, open_text, os_reason
+
+#: what a trec_eval label is: ASCII digits (Python's int() would also take '1_0' and '２')
+_ASCII_INT = re.compile(r"[+-]?[0-9]+")
 
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
@@ -34,11 +38,10 @@ def read_qrels(path: str | Path) -> Qrels:
         if len(fields) != 4:
             raise EvalInputError(f"expected 4 fields (qid 0 docid label), got {len(fields)}", path=path, line=number)
         qid, _, docid, text = fields
-        try:
-            label = int(text)
-        except ValueError:
+        if not _ASCII_INT.fullmatch(text):
             raise EvalInputError(f"expected an integer relevance label, got {text!r}",
-                                 path=path, line=number, field="4 (label)") from None
+                                 path=path, line=number, field="4 (label)")
+        label = int(text)
         judged = qrels.setdefault(qid, {})
         if docid in judged and judged[docid] != label:
             raise EvalInputError(f"document {docid} of query {qid} is judged {label} here but {judged[docid]} "
@@ -65,6 +68,8 @@ def read_run_with_tag(path: str | Path, *, on_duplicate: OnDuplicate = "error") 
                                  path=path, line=number)
         qid, _, docid, _, text, line_tag = fields
         try:
+            if not text.isascii() or "_" in text:  # Python's float() also takes '1_0' and full-width digits
+                raise ValueError(text)
             score = float(text)
         except ValueError:
             raise EvalInputError(f"expected a numeric score, got {text!r}", path=path, line=number,

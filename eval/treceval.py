@@ -34,6 +34,8 @@ def expand_measures(specs: Sequence[str] | None) -> list[NamedMeasure]:
     """`-m` values, each possibly comma-separated, as named measures; a family without a cutoff (ndcg_cut, P,
     recall, map_cut) expands to trec_eval's cutoffs. Nothing given: `eval.metrics.DEFAULT_MEASURES`."""
     tokens = [t.strip() for spec in (specs or []) for t in spec.split(",") if t.strip()]
+    if specs and not tokens:
+        raise ValueError(f"-m {', '.join(map(repr, specs))} names no measure")
     if not tokens:
         return [NamedMeasure(parse_measure(m), str(parse_measure(m))) for m in DEFAULT_MEASURES]
     out: list[NamedMeasure] = []

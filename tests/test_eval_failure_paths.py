@@ -271,3 +271,23 @@ def test_an_unwritable_out_is_named(tmp_path, capsys, monkeypatch):
     line = _one_line_error(capsys, ["eval", str(_dataset(tmp_path / "ds")), "--systems", "run", "--rerank-run",
                                     str(_write(tmp_path / "r.trec", RUN)), "--out", str(out)])
     assert f"{out}: cannot write the output folder: Permission denied (in {tmp_path})" in line
+
+
+def test_labels_and_scores_are_ascii_numbers_and_m_names_a_measure(tmp_path):
+    """trec_eval's numbers: '1_0' and full-width digits, which Python's int() and float() take, are refused."""
+    from twostage.eval.errors import EvalInputError
+    from twostage.eval.trec import read_qrels, read_run
+    from twostage.eval.treceval import expand_measures
+
+    qrels = tmp_path / "q.qrels"
+    for label in ("1_0", "\uff12"):
+        qrels.write_text(f"q1 0 d1 {label}\n", encoding="utf-8")
+        with pytest.raises(EvalInputError, match="integer relevance label"):
+            read_qrels(qrels)
+    run = tmp_path / "r.trec"
+    for score in ("1_0", "\uff11.0"):
+        run.write_text(f"q1 Q0 d1 1 {score} t\n", encoding="utf-8")
+        with pytest.raises(EvalInputError, match="numeric score"):
+            read_run(run)
+    with pytest.raises(ValueError, match="names no measure"):
+        expand_measures([""])
