@@ -124,10 +124,16 @@ def test_crash_during_create_or_save(tmp_path):
     with Collection.open(tmp_path / "c") as collection:
         assert collection.recovered and len(collection.search(vectors[:1], 100)[0]) == 10
     assert not (tmp_path / "c" / ".vectors.faiss.abc123.tmp").exists()
-    # a directory left by an interrupted create (no manifest yet, only our files) may be created over
+    # a collection that lost its manifest but still holds documents is not created over (only with overwrite)
     (tmp_path / "c" / "manifest.json").unlink()
     assert not Collection.exists(tmp_path / "c")
-    create(tmp_path / "c").close()
+    with pytest.raises(CollectionError, match="has no manifest.json but its documents.sqlite holds 10 documents"):
+        create(tmp_path / "c")
+    create(tmp_path / "c", overwrite=True).close()
+    # a directory left by an interrupted create (no manifest yet, no documents, only our files) may be created over
+    create(tmp_path / "e").close()
+    (tmp_path / "e" / "manifest.json").unlink()
+    create(tmp_path / "e").close()
 
 
 def test_hnsw_commit_compacts_tombstones(tmp_path):
