@@ -92,11 +92,11 @@ def as_document(doc: Document | Mapping[str, Any]) -> Document:
 
 
 def _from_mapping(doc: Mapping[str, Any]) -> Document:
+    """A dict's fields as a Document (every field but id, text, title and metadata is metadata); ``as_document``
+    checks the values."""
     missing = [key for key in ("id", "text") if key not in doc]
     if missing:
         raise UsageError(f"document {dict(doc)!r:.80} has no {missing[0]!r} field")
-    if not isinstance(doc["text"], str) or not doc["text"].strip():
-        raise UsageError(f"document {doc['id']!r}: field 'text' must be a non-empty string")
     metadata = dict(doc.get("metadata") or {})
     metadata.update({k: v for k, v in doc.items() if k not in ("id", "text", "title", "metadata")})
     doc_id = doc["id"]
