@@ -219,9 +219,9 @@ class _Builder:
             if (problem := unicode_problem(value)) is not None:
                 raise self.error(problem, line, name)
         metadata = self._metadata(record)
-        bad_key = next((k for k, v in metadata.items() if unicode_problem(k) or unicode_problem(v)), None)
-        if bad_key is not None:
-            raise self.error(unicode_problem(bad_key) or unicode_problem(metadata[bad_key]), line, bad_key)  # type: ignore[arg-type]
+        for key, value in metadata.items():
+            if (problem := unicode_problem(key) or unicode_problem(value)) is not None:
+                raise self.error(problem, line, key)
         previous = self.seen.get(doc_id)
         if previous is not None:
             raise self.error(f"duplicate id {doc_id!r} (first seen on line {previous})", line, f.id)
