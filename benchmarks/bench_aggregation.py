@@ -11,20 +11,20 @@ feedback 10:0.5, k = 100) from bench_levers' collections (``--cache``), passage 
 stored int8 tokens, query tokens include [CLS]/[SEP] (the default's "special"). Without the collections or the
 datasets the script says so and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
-from common import THRESHOLDS, cacm_split, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 import numpy as np  # noqa: E402
-
 from bench_levers import FUSION_GRID, markdown  # noqa: E402
 from bench_special_tokens import token_sets, torch_minilm  # noqa: E402
+from common import THRESHOLDS, cacm_split, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
+
 from twostage.engine import Engine  # noqa: E402
 from twostage.eval.datasets import load_folder  # noqa: E402
 from twostage.eval.metrics import evaluate  # noqa: E402
@@ -75,8 +75,7 @@ def candidate_scores(name: str, data: Path, cache: Path, model) -> tuple[dict, d
         runs: dict[tuple, dict] = {}
         for qid, result, query in zip(qids, results, queries):
             hits = result.hits
-            passages = [p / np.linalg.norm(p, axis=1, keepdims=True)
-                        for p in store.get_many([h.doc_id for h in hits])]
+            passages = [p / np.linalg.norm(p, axis=1, keepdims=True) for p in store.get_many([h.doc_id for h in hits])]
             sims = [query @ p.T for p in passages]
             first = [h.retrieval_score for h in hits]
             for aggregation, score in AGGREGATIONS.items():
@@ -85,13 +84,19 @@ def candidate_scores(name: str, data: Path, cache: Path, model) -> tuple[dict, d
                     final = second if fusion is None else fuse_scores(first, second, Fusion.parse(fusion))
                     order = np.argsort(-np.asarray(final, dtype=np.float64), kind="stable")
                     runs.setdefault((aggregation, fusion), {})[qid] = {
-                        hits[i].doc_id: float(len(hits) - rank) for rank, i in enumerate(order)}
+                        hits[i].doc_id: float(len(hits) - rank) for rank, i in enumerate(order)
+                    }
     return runs, dataset.qrels
 
 
 def scored(run: dict, qrels: dict, threshold: int, qids: list[str]):
-    return evaluate({q: run[q] for q in qids}, {q: qrels[q] for q in qids}, ("nDCG@10", "MRR@10"),
-                    rel_threshold=threshold, complete=True)
+    return evaluate(
+        {q: run[q] for q in qids},
+        {q: qrels[q] for q in qids},
+        ("nDCG@10", "MRR@10"),
+        rel_threshold=threshold,
+        complete=True,
+    )
 
 
 def rows_for(runs: dict, keys: list[tuple], qrels: dict, threshold: int, qids: list[str]) -> list[dict]:
@@ -100,8 +105,12 @@ def rows_for(runs: dict, keys: list[tuple], qrels: dict, threshold: int, qids: l
     rows = []
     for key in keys:
         result = scored(runs[key], qrels, threshold, qids)
-        row = {"aggregation": key[0], "fusion": key[1] or "none", "queries": len(qids),
-               **{k: round(v, 4) for k, v in result.aggregate.items()}}
+        row = {
+            "aggregation": key[0],
+            "fusion": key[1] or "none",
+            "queries": len(qids),
+            **{k: round(v, 4) for k, v in result.aggregate.items()},
+        }
         if key != DEFAULT:
             row["p nDCG@10 vs default"] = round(compare(base, result.per_query, "nDCG@10").p_randomization, 4)
         rows.append(row)
@@ -130,34 +139,48 @@ def main() -> int:
     tune, held = cacm_split(runs[DEFAULT])
     tune_ndcg = {key: scored(run, qrels, 1, tune).aggregate["nDCG@10"] for key, run in runs.items()}
     chosen = best(tune_ndcg)
-    keys = list(dict.fromkeys([DEFAULT, *(best({k: v for k, v in tune_ndcg.items() if k[0] == a}) for a in AGGREGATIONS)]))
+    keys = list(
+        dict.fromkeys([DEFAULT, *(best({k: v for k, v in tune_ndcg.items() if k[0] == a}) for a in AGGREGATIONS)])
+    )
     tables = {"cacm-tune": rows_for(runs, keys, qrels, 1, tune), "cacm-held-out": rows_for(runs, keys, qrels, 1, held)}
     held_ndcg = {key: scored(runs[key], qrels, 1, held).aggregate["nDCG@10"] for key in (DEFAULT, chosen)}
     passed = passes_gate(chosen, held_ndcg)
     if passed:
         dl20_runs, dl20_qrels = candidate_scores("msmarco-dl20", args.data, args.cache, model)
-        tables["msmarco-dl20"] = rows_for(dl20_runs, [DEFAULT, chosen], dl20_qrels, THRESHOLDS["msmarco-dl20"],
-                                          list(dl20_runs[DEFAULT]))
-    verdict = ("the default stays (nothing beat it on cacm-tune)" if chosen == DEFAULT else
-               "passed held-out cacm; msmarco-dl20 scored below" if passed else
-               "failed held-out cacm, so msmarco-dl20 was not scored")
+        tables["msmarco-dl20"] = rows_for(
+            dl20_runs, [DEFAULT, chosen], dl20_qrels, THRESHOLDS["msmarco-dl20"], list(dl20_runs[DEFAULT])
+        )
+    verdict = (
+        "the default stays (nothing beat it on cacm-tune)"
+        if chosen == DEFAULT
+        else "passed held-out cacm; msmarco-dl20 scored below"
+        if passed
+        else "failed held-out cacm, so msmarco-dl20 was not scored"
+    )
     report = {
         "created_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "cpu": machine(), "k": K, "prf": PRF,
+        "cpu": machine(),
+        "k": K,
+        "prf": PRF,
         "chosen_on_cacm_tune": {"aggregation": chosen[0], "fusion": chosen[1], "nDCG@10": round(tune_ndcg[chosen], 4)},
         "verdict": verdict,
         "grid": [{"aggregation": a, "fusion": f, "cacm-tune nDCG@10": round(v, 4)} for (a, f), v in tune_ndcg.items()],
-        "tables": tables, "seconds": round(time.time() - started, 1),
+        "tables": tables,
+        "seconds": round(time.time() - started, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "aggregation.json").write_text(json.dumps(report, indent=1))
     cols = ["aggregation", "fusion", "nDCG@10", "MRR@10", "p nDCG@10 vs default"]
-    md = ["# MaxSim aggregation over passage tokens (benchmarks/bench_aggregation.py)", "",
-          f"The default's candidates (dense, feedback {PRF}, k = {K}), stored int8 tokens, [CLS]/[SEP] among the query "
-          f"tokens; each aggregation with its best fusion on cacm-tune ({len(AGGREGATIONS)} aggregations x "
-          f"{len(FUSION_GRID)} fusion settings). Chosen on cacm-tune: {chosen[0]} with fusion {chosen[1]} "
-          f"(nDCG@10 {tune_ndcg[chosen]:.4f}); {verdict}. p: paired randomization test against the default "
-          f"(max, minmax:0.8). {report['cpu']}, {report['seconds']} s.", ""]
+    md = [
+        "# MaxSim aggregation over passage tokens (benchmarks/bench_aggregation.py)",
+        "",
+        f"The default's candidates (dense, feedback {PRF}, k = {K}), stored int8 tokens, [CLS]/[SEP] among the query "
+        f"tokens; each aggregation with its best fusion on cacm-tune ({len(AGGREGATIONS)} aggregations x "
+        f"{len(FUSION_GRID)} fusion settings). Chosen on cacm-tune: {chosen[0]} with fusion {chosen[1]} "
+        f"(nDCG@10 {tune_ndcg[chosen]:.4f}); {verdict}. p: paired randomization test against the default "
+        f"(max, minmax:0.8). {report['cpu']}, {report['seconds']} s.",
+        "",
+    ]
     for title, rows in tables.items():
         md += [markdown(rows, title, cols), ""]
     (args.out / "aggregation.md").write_text("\n".join(md))

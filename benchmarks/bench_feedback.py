@@ -14,6 +14,7 @@ Settings are chosen on cacm-tune (bench_levers' split: the cacm queries at even 
 and reported on cacm-held-out and msmarco-dl20, never tuned on. Collections are bench_levers' (int8 tokens, built
 once into ``--cache``). Quality only: the variants run in batches here, so no per-query latency is measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,11 +22,10 @@ import json
 import sys
 import time
 
+import numpy as np  # noqa: E402
+from bench_levers import build_collection, markdown, metrics  # noqa: E402
 from common import THRESHOLDS, cacm_split, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
-import numpy as np  # noqa: E402
-
-from bench_levers import build_collection, markdown, metrics  # noqa: E402
 from twostage.engine import MAXSIM_DEFAULTS, Engine  # noqa: E402
 from twostage.eval.datasets import load_folder  # noqa: E402
 from twostage.eval.significance import compare  # noqa: E402
@@ -81,8 +81,12 @@ class Feedback:
     def reranked_feedback(self, k: int, beta: float) -> dict[str, dict[str, float]]:
         """Rocchio over the default's final top ``k``, a second dense search, the default's rerank and fusion."""
         collection, prf = self.engine.collection, PRF(k, beta)
-        moved = np.stack([rocchio(v, collection.embeddings_of([h.doc_id for h in r.hits[:k]]), prf)
-                          for v, r in zip(self.vectors, self.default)])
+        moved = np.stack(
+            [
+                rocchio(v, collection.embeddings_of([h.doc_id for h in r.hits[:k]]), prf)
+                for v, r in zip(self.vectors, self.default)
+            ]
+        )
         run = {}
         for qid, text, found in zip(self.qids, self.texts, collection.search(moved, K)):
             ids = [doc_id for doc_id, _ in found]
@@ -103,8 +107,9 @@ class Feedback:
             ids = np.concatenate(content_token_ids(self.engine.encoder, [d.text_for_encoding() for d in docs]))
             if len(ids) != len(tokens):
                 raise SystemExit(f"stored tokens ({len(tokens)}) and token ids ({len(ids)}) of {top} disagree")
-            kmeans = faiss.Kmeans(tokens.shape[1], min(CLUSTERS, len(tokens)), niter=20, seed=1, verbose=False,
-                                  min_points_per_centroid=1)  # a few passages: ~200 tokens for 24 centroids
+            kmeans = faiss.Kmeans(
+                tokens.shape[1], min(CLUSTERS, len(tokens)), niter=20, seed=1, verbose=False, min_points_per_centroid=1
+            )  # a few passages: ~200 tokens for 24 centroids
             kmeans.train(tokens)
             centroids = unit(kmeans.centroids)
             self._clusters[key] = (centroids, np.asarray(self.idf(ids[(centroids @ tokens.T).argmax(axis=1)])))
@@ -135,23 +140,29 @@ def main() -> int:
     for name, ds in sets.items():
         build_collection(ds, encoder, args.cache / name)
     tune_qids, held_qids = cacm_split(sets["cacm"].queries)
-    parts = {"cacm-tune": ("cacm", tune_qids), "cacm-held-out": ("cacm", held_qids),
-             "msmarco-dl20": ("msmarco-dl20", list(sets["msmarco-dl20"].queries))}
+    parts = {
+        "cacm-tune": ("cacm", tune_qids),
+        "cacm-held-out": ("cacm", held_qids),
+        "msmarco-dl20": ("msmarco-dl20", list(sets["msmarco-dl20"].queries)),
+    }
     engines = {name: Engine.open(args.cache / name, encoder=encoder, reranker="maxsim") for name in sets}
 
     def score(part: str, run: dict) -> float:
         dataset = parts[part][0]
         return metrics(run, sets[dataset].qrels, THRESHOLDS[dataset])[0]["nDCG@10"]
 
-    feedback = {part: Feedback(engines[ds], {q: sets[ds].queries[q] for q in qids})
-                for part, (ds, qids) in parts.items()}
+    feedback = {
+        part: Feedback(engines[ds], {q: sets[ds].queries[q] for q in qids}) for part, (ds, qids) in parts.items()
+    }
     tune = feedback["cacm-tune"]
     print("tuning on cacm-tune", file=sys.stderr)
     grid = {f"reranked feedback {k}:{b:g}": score("cacm-tune", tune.reranked_feedback(k, b)) for k, b in RERANKED_GRID}
     grid |= {f"expansion {k}:{e}:{b:g}": score("cacm-tune", tune.expansion(k, e, b)) for k, e, b in EXPANSION_GRID}
     default_tune = score("cacm-tune", tune.runs(tune.default))
-    best = {kind: max((s for s in grid if s.startswith(kind)), key=grid.__getitem__)
-            for kind in ("reranked feedback", "expansion")}
+    best = {
+        kind: max((s for s in grid if s.startswith(kind)), key=grid.__getitem__)
+        for kind in ("reranked feedback", "expansion")
+    }
     print(f"chosen: {best}", file=sys.stderr)
 
     tables = {}
@@ -161,8 +172,11 @@ def main() -> int:
         systems = {"dense": fb.runs(fb.dense), "engine default (MAXSIM_DEFAULTS)": fb.runs(fb.default)}
         for kind, setting in best.items():
             values = [float(x) for x in setting.rsplit(" ", 1)[1].split(":")]
-            systems[setting] = (fb.reranked_feedback(int(values[0]), values[1]) if kind == "reranked feedback"
-                                else fb.expansion(int(values[0]), int(values[1]), values[2]))
+            systems[setting] = (
+                fb.reranked_feedback(int(values[0]), values[1])
+                if kind == "reranked feedback"
+                else fb.expansion(int(values[0]), int(values[1]), values[2])
+            )
         measured = {name: metrics(run, sets[dataset].qrels, THRESHOLDS[dataset]) for name, run in systems.items()}
         rows = []
         for name, (aggregate, per_query) in measured.items():
@@ -177,8 +191,12 @@ def main() -> int:
         "created_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "cpu": machine(),
         "k": K,
-        "tuned_on": {"dataset": "cacm", "queries": parts["cacm-tune"][1], "measure": "nDCG@10",
-                     "engine default": round(default_tune, 4)},
+        "tuned_on": {
+            "dataset": "cacm",
+            "queries": parts["cacm-tune"][1],
+            "measure": "nDCG@10",
+            "engine default": round(default_tune, 4),
+        },
         "grid": {name: round(v, 4) for name, v in grid.items()},
         "chosen": best,
         "tables": tables,
@@ -189,10 +207,14 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "feedback.json").write_text(json.dumps(result, indent=1))
     cols = ["system", "nDCG@10", "MRR@10", "R@100", "p vs dense", "p vs default"]
-    md = ["# Feedback from the reranked list and expansion embeddings (benchmarks/bench_feedback.py)", "",
-          f"Chosen on cacm-tune ({len(parts['cacm-tune'][1])} queries) by nDCG@10, where the engine default scores "
-          f"{default_tune:.4f}: " + "; ".join(f"{s} ({grid[s]:.4f})" for s in best.values()) + ". k = 100; p: paired "
-          f"randomization test on nDCG@10 (10,000 resamples). {result['cpu']}; {result['seconds']:.0f} s.", ""]
+    md = [
+        "# Feedback from the reranked list and expansion embeddings (benchmarks/bench_feedback.py)",
+        "",
+        f"Chosen on cacm-tune ({len(parts['cacm-tune'][1])} queries) by nDCG@10, where the engine default scores "
+        f"{default_tune:.4f}: " + "; ".join(f"{s} ({grid[s]:.4f})" for s in best.values()) + ". k = 100; p: paired "
+        f"randomization test on nDCG@10 (10,000 resamples). {result['cpu']}; {result['seconds']:.0f} s.",
+        "",
+    ]
     for part, rows in tables.items():
         md += [markdown(rows, part, cols), ""]
     md += ["Tuning grid (cacm-tune nDCG@10): " + ", ".join(f"{s} {v:.4f}" for s, v in grid.items()), ""]

@@ -18,6 +18,7 @@ Sections, each twostage beside plain sentence-transformers at its defaults (``en
 - quality: nDCG@10 of dense retrieval on msmarco-dl20, device path against the CPU path (fp32, sentence-transformers).
 Passages beyond the corpus's size are copies with a number appended, so no text repeats (no cache or dedup effects).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,18 +30,25 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-from common import DATA_ROOT, REPO, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from typing import Any
 
 import numpy as np  # noqa: E402
+from common import DATA_ROOT, REPO, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 DATA = DATA_ROOT / "msmarco-dl20"
 EXAMPLES = REPO / "examples" / "corpus.jsonl"
 #: issue 15's targets on one H200
-TARGETS = {"index_per_s": 30_000, "index_ratio": 6.6, "encode_per_s": 40_000, "rerank_per_s": 30_000,
-           "ce_p50_ms_1000": 50.0, "ce_p50_ms_100": 10.0, "ndcg_delta": 0.002}
+TARGETS = {
+    "index_per_s": 30_000,
+    "index_ratio": 6.6,
+    "encode_per_s": 40_000,
+    "rerank_per_s": 30_000,
+    "ce_p50_ms_1000": 50.0,
+    "ce_p50_ms_100": 10.0,
+    "ndcg_delta": 0.002,
+}
 FULL = {"passages": 200_000, "pairs": 50_000, "queries": 50, "depths": [100, 1000]}
 QUICK = {"passages": 300, "pairs": 200, "queries": 2, "depths": [10, 30]}
 
@@ -191,12 +199,19 @@ def bench_rerank(args: argparse.Namespace, ce_dir: str, corpus: dict[str, str], 
     ours.score_batch(queries[:2], lists[:2])
     ours_s, _ = timed(lambda: ours.score_batch(queries, lists), args.device)
     log(f"rerank: plain {len(pairs) / plain_s:,.0f} pairs/s, twostage {len(pairs) / ours_s:,.0f} pairs/s")
-    return {"pairs": len(pairs), "plain_per_s": len(pairs) / plain_s, "rerank_per_s": len(pairs) / ours_s,
-            "ratio": plain_s / ours_s, "plain": plain, "ours": ours}
+    return {
+        "pairs": len(pairs),
+        "plain_per_s": len(pairs) / plain_s,
+        "rerank_per_s": len(pairs) / ours_s,
+        "ratio": plain_s / ours_s,
+        "plain": plain,
+        "ours": ours,
+    }
 
 
-def bench_latency(args: argparse.Namespace, bi_dir: str, corpus: dict[str, str], plain: Any, ours: Any,
-                  options: Any) -> dict:
+def bench_latency(
+    args: argparse.Namespace, bi_dir: str, corpus: dict[str, str], plain: Any, ours: Any, options: Any
+) -> dict:
     """One query at a time, per depth: cross-encoder plain and twostage, MaxSim on the fly and from stored tokens."""
     from twostage.reranker.base import Candidate
     from twostage.reranker.maxsim import MaxSimReranker, mapping_lookup
@@ -213,17 +228,19 @@ def bench_latency(args: argparse.Namespace, bi_dir: str, corpus: dict[str, str],
                 store[f"{qi}-{di}"] = vectors
         stored = MaxSimReranker(encoder, batch_size=32, token_store=mapping_lookup(store))
         systems: dict[str, Callable[[int], Any]] = {
-            "cross-encoder plain": lambda i: plain.predict([(queries[i], t) for t in lists[i]], batch_size=32,
-                                                           show_progress_bar=False),
+            "cross-encoder plain": lambda i: plain.predict(
+                [(queries[i], t) for t in lists[i]], batch_size=32, show_progress_bar=False
+            ),
             "cross-encoder twostage": lambda i: ours.score(queries[i], lists[i]),
             "maxsim on the fly": lambda i: maxsim.score(queries[i], lists[i]),
             "maxsim stored tokens": lambda i: stored.score_candidates(
-                [queries[i]], [[Candidate(f"{i}-{d}", t) for d, t in enumerate(lists[i])]]),
+                [queries[i]], [[Candidate(f"{i}-{d}", t) for d, t in enumerate(lists[i])]]
+            ),
         }
         times: dict[str, list[float]] = {name: [] for name in systems}
         names = list(systems)
         for i in range(len(queries)):
-            for name in names[i % len(names):] + names[: i % len(names)]:  # rotating order
+            for name in names[i % len(names) :] + names[: i % len(names)]:  # rotating order
                 seconds, _ = timed(lambda: systems[name](i), args.device)
                 if i >= 2:  # the first two queries warm up
                     times[name].append(seconds * 1000)
@@ -278,16 +295,28 @@ def environment(device: str) -> dict:
 
     cpu = platform.processor()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    env = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": device, "cpu": cpu,
-           "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-           "load_average_start": os.getloadavg()}
+    env = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "device": device,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "load_average_start": os.getloadavg(),
+    }
     if device.startswith("cuda"):
-        env.update(gpu=torch.cuda.get_device_name(torch.device(device)), cuda=torch.version.cuda,
-                   bf16=torch.cuda.is_bf16_supported())
+        env.update(
+            gpu=torch.cuda.get_device_name(torch.device(device)),
+            cuda=torch.version.cuda,
+            bf16=torch.cuda.is_bf16_supported(),
+        )
     return env
 
 
@@ -295,10 +324,12 @@ def markdown(report: dict) -> str:
     env, enc, rr, lat, q = (report[k] for k in ("environment", "encode", "rerank", "latency", "quality"))
     on = env.get("gpu") or f"CPU ({env['cpu']}, smoke run: not GPU figures)"
     lines = [
-        "# twostage on a device beside plain sentence-transformers", "",
+        "# twostage on a device beside plain sentence-transformers",
+        "",
         f"`python benchmarks/bench_gpu.py {' '.join(report['argv'])}` on {on}, torch {env['torch']}, {env['date']}; "
         f"load average {env['load_average_start'][0]:.2f} at the start, {report['load_average_end'][0]:.2f} at the end.",
-        "Models of the MiniLM-L6 shape with random weights for speed; the real all-MiniLM-L6-v2 for quality.", "",
+        "Models of the MiniLM-L6 shape with random weights for speed; the real all-MiniLM-L6-v2 for quality.",
+        "",
         "| measured in the same run | plain sentence-transformers | twostage | ratio | target (one H200) |",
         "|---|---:|---:|---:|---|",
         f"| encode, passages/s ({enc['passages']:,} passages, {enc['precision']}) | {enc['plain_per_s']:,.0f} | "
@@ -311,18 +342,27 @@ def markdown(report: dict) -> str:
     for depth, rows in lat.items():
         plain, ours = rows["cross-encoder plain"], rows["cross-encoder twostage"]
         target = {"100": "≤ 10 ms", "1000": "≤ 50 ms"}.get(depth, "—")
-        lines.append(f"| one query at depth {depth}, cross-encoder p50 (p95) ms | {plain['p50_ms']:.1f} "
-                     f"({plain['p95_ms']:.1f}) | {ours['p50_ms']:.1f} ({ours['p95_ms']:.1f}) | "
-                     f"{ours['p50_ms'] / plain['p50_ms']:.2f}x | {target} |")
+        lines.append(
+            f"| one query at depth {depth}, cross-encoder p50 (p95) ms | {plain['p50_ms']:.1f} "
+            f"({plain['p95_ms']:.1f}) | {ours['p50_ms']:.1f} ({ours['p95_ms']:.1f}) | "
+            f"{ours['p50_ms'] / plain['p50_ms']:.2f}x | {target} |"
+        )
         for name in ("maxsim on the fly", "maxsim stored tokens"):
-            lines.append(f"| one query at depth {depth}, {name} p50 (p95) ms | — | {rows[name]['p50_ms']:.1f} "
-                         f"({rows[name]['p95_ms']:.1f}) | — | — |")
+            lines.append(
+                f"| one query at depth {depth}, {name} p50 (p95) ms | — | {rows[name]['p50_ms']:.1f} "
+                f"({rows[name]['p95_ms']:.1f}) | — | — |"
+            )
     if q:
-        lines.append(f"| nDCG@10 msmarco-dl20 dense ({q['queries']} queries, {q['passages']:,} passages) | "
-                     f"CPU path {q['cpu path']['ndcg@10']:.4f} | {q['device path']['ndcg@10']:.4f} "
-                     f"({q['device path']['precision']}) | {q['delta']:+.4f} | within 0.002 |")
-    lines += ["", f"Batches run by the encode path: {enc['batches']:,}; out-of-memory back-offs: {enc['oom_backoffs']}.",
-              "Plain: `SentenceTransformer.encode` / `CrossEncoder.predict` at batch 32, fp32. Full numbers: the JSON beside this file."]
+        lines.append(
+            f"| nDCG@10 msmarco-dl20 dense ({q['queries']} queries, {q['passages']:,} passages) | "
+            f"CPU path {q['cpu path']['ndcg@10']:.4f} | {q['device path']['ndcg@10']:.4f} "
+            f"({q['device path']['precision']}) | {q['delta']:+.4f} | within 0.002 |"
+        )
+    lines += [
+        "",
+        f"Batches run by the encode path: {enc['batches']:,}; out-of-memory back-offs: {enc['oom_backoffs']}.",
+        "Plain: `SentenceTransformer.encode` / `CrossEncoder.predict` at batch 32, fp32. Full numbers: the JSON beside this file.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -333,14 +373,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--passages", type=int, help=f"passages encoded and indexed (default {FULL['passages']:,})")
     parser.add_argument("--pairs", type=int, help=f"cross-encoder pairs for throughput (default {FULL['pairs']:,})")
     parser.add_argument("--queries", type=int, help=f"queries timed per depth (default {FULL['queries']})")
-    parser.add_argument("--depths", type=lambda s: [int(x) for x in s.split(",")],
-                        help="candidate depths timed one query at a time (default 100,1000)")
+    parser.add_argument(
+        "--depths",
+        type=lambda s: [int(x) for x in s.split(",")],
+        help="candidate depths timed one query at a time (default 100,1000)",
+    )
     parser.add_argument("--max-batch", type=int, default=4096, help="most rows per device batch (default 4096)")
     parser.add_argument("--workers", type=int, default=None, help="tokeniser processes (default: cores - 1, max 8)")
     parser.add_argument("--index-type", default="flat", help="collection index type for the index section")
     parser.add_argument("--no-quality", action="store_true", help="skip the nDCG@10 comparison")
-    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results on a GPU, else "
-                        "runs/bench-gpu-<device>)")
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default benchmarks/results on a GPU, else runs/bench-gpu-<device>)"
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     for key in ("passages", "pairs", "queries", "depths"):
@@ -349,15 +393,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            print(f"bench_gpu: --device {args.device}, but torch sees no CUDA device (run with --device cpu --quick "
-                  "for a smoke run)", file=sys.stderr)
+            print(
+                f"bench_gpu: --device {args.device}, but torch sees no CUDA device (run with --device cpu --quick "
+                "for a smoke run)",
+                file=sys.stderr,
+            )
             return 2
     out = args.out or (RESULTS if args.device.startswith("cuda") else REPO / "runs" / f"bench-gpu-{args.device}")
     from twostage.runtime.device_encode import DeviceOptions
 
     options = DeviceOptions(max_batch=args.max_batch, workers=args.workers)
-    report: dict[str, Any] = {"argv": list(argv if argv is not None else sys.argv[1:]),
-                              "environment": environment(args.device), "targets": TARGETS}
+    report: dict[str, Any] = {
+        "argv": list(argv if argv is not None else sys.argv[1:]),
+        "environment": environment(args.device),
+        "targets": TARGETS,
+    }
     corpus, source = read_corpus()
     report["corpus"] = str(source.relative_to(REPO.parent) if source.is_relative_to(REPO.parent) else source)
     log(f"{len(corpus):,} passages from {report['corpus']}; device {args.device}")

@@ -14,6 +14,7 @@ with ``reranker.score_fusion.fuse_scores``, exactly what ``fusion=`` makes the e
 Collections (int8 tokens) are built once into ``--cache`` (default runs/bench-levers/) and reused. Without the
 datasets the script says so and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import THRESHOLDS, cacm_order, cacm_split, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
-
 import numpy as np  # noqa: E402
+from common import THRESHOLDS, cacm_order, cacm_split, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 from twostage.engine import Engine  # noqa: E402
 from twostage.eval.datasets import Dataset, load_folder  # noqa: E402
@@ -64,8 +64,13 @@ class System:
         """Every lever named, "none" where off, so the engine's defaults never creep in (unless ``default``)."""
         if self.default:
             return {"rerank": self.rerank}
-        return {"rerank": self.rerank, "first_stage": self.first_stage, "prf": self.prf or "none",
-                "query_tokens": self.query_tokens or "plain", "fusion": self.fusion or "none"}
+        return {
+            "rerank": self.rerank,
+            "first_stage": self.first_stage,
+            "prf": self.prf or "none",
+            "query_tokens": self.query_tokens or "plain",
+            "fusion": self.fusion or "none",
+        }
 
 
 @dataclass
@@ -82,8 +87,9 @@ def build_collection(dataset: Dataset, encoder: BiEncoder, path: Path) -> dict:
         return json.loads(record.read_text())
     print(f"building {path} ({len(docs)} documents, int8 tokens; once)", file=sys.stderr)
     started = time.perf_counter()
-    with Engine.create(path, encoder=encoder, reranker=None, index_type="flat", overwrite=True,
-                       store_tokens="int8") as engine:
+    with Engine.create(
+        path, encoder=encoder, reranker=None, index_type="flat", overwrite=True, store_tokens="int8"
+    ) as engine:
         engine.add(docs)
     info = {"documents": len(docs), "seconds": round(time.perf_counter() - started, 1)}
     record.write_text(json.dumps(info))
@@ -108,8 +114,9 @@ def grid_passes() -> list[tuple[str, str | None, str]]:
     return dense + hybrid
 
 
-def tune(engine: Engine, queries: dict[str, str], qrels: dict, threshold: int,
-         known: dict[tuple, float] | None = None) -> dict:
+def tune(
+    engine: Engine, queries: dict[str, str], qrels: dict, threshold: int, known: dict[tuple, float] | None = None
+) -> dict:
     """nDCG@10 on the tuning queries for every first stage x prf x query-token x fusion setting; one engine pass per
     first stage x prf x tokens. Settings in ``known`` (an earlier run's grid, same queries) are not recomputed."""
     qids = list(queries)
@@ -117,8 +124,15 @@ def tune(engine: Engine, queries: dict[str, str], qrels: dict, threshold: int,
     for first_stage, prf, tokens in grid_passes():
         if all((first_stage, prf, tokens, fusion) in grid for fusion in FUSION_GRID):
             continue
-        results = engine.search_many([queries[q] for q in qids], k=K, top_n=K, first_stage=first_stage,
-                                     prf=prf or "none", query_tokens=tokens, fusion="none")
+        results = engine.search_many(
+            [queries[q] for q in qids],
+            k=K,
+            top_n=K,
+            first_stage=first_stage,
+            prf=prf or "none",
+            query_tokens=tokens,
+            fusion="none",
+        )
         pairs = {}
         for qid, result in zip(qids, results):
             hits = sorted(result.hits, key=lambda h: h.retrieval_rank)  # the first stage's order
@@ -137,6 +151,7 @@ def tune(engine: Engine, queries: dict[str, str], qrels: dict, threshold: int,
 def choose(grid: dict[tuple, float]) -> dict[str, tuple]:
     """Best setting per lever alone (the others off, dense first stage) and the best combination, by tuning
     nDCG@10; keys are (first stage, prf, query tokens, fusion)."""
+
     def best(keys):
         return max(keys, key=lambda key: (round(grid[key], 6), key == ("dense", None, "plain", None)))
 
@@ -147,8 +162,7 @@ def choose(grid: dict[tuple, float]) -> dict[str, tuple]:
         "rrf": ("dense", None, "plain", "rrf"),
         "prf": best([k for k in dense if k[1] is not None and k[2] == "plain" and k[3] is None]),
         "tokens": best([k for k in dense if k[1] is None and k[3] is None and k[2] != "plain"]),
-        "first stage": best([k for k in keys if k[0] != "dense" and k[1] is None and k[2] == "plain"
-                             and k[3] is None]),
+        "first stage": best([k for k in keys if k[0] != "dense" and k[1] is None and k[2] == "plain" and k[3] is None]),
         "combination": best(keys),
     }
 
@@ -168,8 +182,7 @@ def systems_from(choice: dict[str, tuple]) -> list[System]:
     out += [System(f"+ tokens {t}", query_tokens=t) for t in TOKEN_GRID[1:]]
     out.append(System(f"{hybrid}+maxsim", first_stage=hybrid))
     s, p, t, f = choice["combination"]
-    out.append(System(f"best: {s} / prf {p} / tokens {t} / fusion {f}", first_stage=s, prf=p, query_tokens=t,
-                      fusion=f))
+    out.append(System(f"best: {s} / prf {p} / tokens {t} / fusion {f}", first_stage=s, prf=p, query_tokens=t, fusion=f))
     out.append(System("engine default (MAXSIM_DEFAULTS)", default=True))
     return list(dict.fromkeys(out))
 
@@ -223,9 +236,14 @@ def markdown(table: list[dict], title: str, cols: list[str] = TABLE_COLUMNS) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     levers_arguments(parser, "where the collections are built (once) and reused")
-    parser.add_argument("--grid", type=Path, default=None, metavar="LEVERS.JSON",
-                        help="reuse the tuning grid of an earlier levers.json (same tuning queries): only settings "
-                             "it lacks are computed")
+    parser.add_argument(
+        "--grid",
+        type=Path,
+        default=None,
+        metavar="LEVERS.JSON",
+        help="reuse the tuning grid of an earlier levers.json (same tuning queries): only settings "
+        "it lacks are computed",
+    )
     args = parser.parse_args()
     if not (args.data / "msmarco-dl20").is_dir() or not (args.data / "cacm").is_dir():
         print(f"bench_levers: msmarco-dl20 and cacm not found in {args.data}; nothing to do")
@@ -243,8 +261,10 @@ def main() -> int:
         saved = json.loads(args.grid.read_text())
         if saved["tuned_on"]["queries"] != tune_qids:
             raise SystemExit(f"{args.grid}: tuned on other queries than this run's cacm-tune")
-        known = {(g.get("first_stage", "dense"), g["prf"], g["query_tokens"], g["fusion"]): g["nDCG@10"]
-                 for g in saved["grid"]}
+        known = {
+            (g.get("first_stage", "dense"), g["prf"], g["query_tokens"], g["fusion"]): g["nDCG@10"]
+            for g in saved["grid"]
+        }
         print(f"tuning grid from {args.grid} ({len(known)} settings)", file=sys.stderr)
     print(f"tuning on {len(tune_qids)} cacm queries", file=sys.stderr)
     grid = tune(engines["cacm"], {q: cacm.queries[q] for q in tune_qids}, cacm.qrels, 1, known)
@@ -272,10 +292,20 @@ def main() -> int:
         "load_average_after": load,
         "k": K,
         "tuned_on": {"dataset": "cacm", "queries": tune_qids, "measure": "nDCG@10"},
-        "grid": [{"first_stage": s, "prf": p, "query_tokens": t, "fusion": f, "nDCG@10": round(v, 4)}
-                 for (s, p, t, f), v in grid.items()],
-        "chosen": {k: {"first_stage": v[0], "prf": v[1], "query_tokens": v[2], "fusion": v[3],
-                       "tune nDCG@10": round(grid[v], 4)} for k, v in choice.items()},
+        "grid": [
+            {"first_stage": s, "prf": p, "query_tokens": t, "fusion": f, "nDCG@10": round(v, 4)}
+            for (s, p, t, f), v in grid.items()
+        ],
+        "chosen": {
+            k: {
+                "first_stage": v[0],
+                "prf": v[1],
+                "query_tokens": v[2],
+                "fusion": v[3],
+                "tune nDCG@10": round(grid[v], 4),
+            }
+            for k, v in choice.items()
+        },
         "tables": tables,
         "collections": builds,
         "seconds": round(time.time() - started, 1),
@@ -291,8 +321,10 @@ def main() -> int:
         f"Latency per query through Engine.search, systems interleaved per query; CPU: {cpu}; load average after "
         f"each dataset: {', '.join(f'{k} {v[0]:.2f} {v[1]:.2f} {v[2]:.2f}' for k, v in load.items())}.",
         "",
-        "Chosen on cacm-tune: " + "; ".join(f"{k}: {v[0]}, prf {v[1]}, tokens {v[2]}, fusion {v[3]} "
-                                           f"(nDCG@10 {grid[v]:.4f})" for k, v in choice.items()),
+        "Chosen on cacm-tune: "
+        + "; ".join(
+            f"{k}: {v[0]}, prf {v[1]}, tokens {v[2]}, fusion {v[3]} (nDCG@10 {grid[v]:.4f})" for k, v in choice.items()
+        ),
         "",
     ]
     for title, table in tables.items():

@@ -9,6 +9,7 @@ The collection (float16 tokens) is built once into runs/bench-maxsim/ and reused
 it exactly as indexing would write them (int8 rows, pooled first for a pooled store, which a 2bit/1bit store then
 re-encodes with a codec learned from them; pq likewise). Without ../shared/data/msmarco-dl20 the script says so and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,10 +25,10 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np  # noqa: E402
 from common import DATA_ROOT, REPO, RESULTS, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
-import numpy as np  # noqa: E402
-
+from twostage.engine import Engine  # noqa: E402
 from twostage.eval.datasets import Dataset, load_folder  # noqa: E402
 from twostage.eval.metrics import evaluate  # noqa: E402
 from twostage.eval.significance import compare  # noqa: E402
@@ -35,7 +36,6 @@ from twostage.indexes.documents import Document  # noqa: E402
 from twostage.indexes.token_store import DEFAULT_POOL, LEARNED, TokenStore  # noqa: E402
 from twostage.reranker.maxsim import MaxSimReranker  # noqa: E402
 from twostage.retriever.biencoder import BiEncoder  # noqa: E402
-from twostage.engine import Engine  # noqa: E402
 from twostage.runtime.cpu import cpu_info  # noqa: E402
 
 DATA = DATA_ROOT / "msmarco-dl20"
@@ -43,8 +43,15 @@ CACHE = REPO / "runs" / "bench-maxsim"
 MEASURES = ("nDCG@10", "MRR@10", "R@100")
 DEPTHS = (20, 50, 100)
 #: "ENCODING stored" is unpooled; "ENCODING pooled stored" pooled by --pool (default: what a new 2bit collection gets)
-VARIANTS = ("2bit pooled stored", "pq stored", "2bit stored", "1bit stored", "int8 stored", "float16 stored",
-            "on the fly")
+VARIANTS = (
+    "2bit pooled stored",
+    "pq stored",
+    "2bit stored",
+    "1bit stored",
+    "int8 stored",
+    "float16 stored",
+    "on the fly",
+)
 
 
 @dataclass
@@ -72,7 +79,9 @@ def build_collection(docs: list[Document], encoder: BiEncoder, path: Path) -> di
         if info.get("documents") == len(docs):
             return info
     print(f"building {path} ({len(docs)} passages, float16 tokens; once)", file=sys.stderr)
-    engine = Engine.create(path, encoder=encoder, reranker=None, index_type="flat", overwrite=True, store_tokens="float16")
+    engine = Engine.create(
+        path, encoder=encoder, reranker=None, index_type="flat", overwrite=True, store_tokens="float16"
+    )
     with engine:
         report = engine.add(docs)
     info = {"documents": len(docs), "seconds": round(report.seconds, 1)}
@@ -80,8 +89,9 @@ def build_collection(docs: list[Document], encoder: BiEncoder, path: Path) -> di
     return info
 
 
-def derived_store(source: TokenStore, doc_ids: list[str], path: Path, encoding: str, pool: float = 1.0
-                  ) -> tuple[TokenStore, float | None]:
+def derived_store(
+    source: TokenStore, doc_ids: list[str], path: Path, encoding: str, pool: float = 1.0
+) -> tuple[TokenStore, float | None]:
     """A store holding exactly what indexing with ``encoding`` (and ``--token-pool pool``) would write from the same
     float16 tokens (for 2bit / 1bit / pq: int8 rows, then the codec learned from them and the rows re-encoded), and the
     seconds that last step took."""
@@ -97,8 +107,9 @@ def derived_store(source: TokenStore, doc_ids: list[str], path: Path, encoding: 
     return store, seconds
 
 
-def seeded_store(int8_path: Path, path: Path, encoding: str, seed: int, pool: float | None = None
-                 ) -> tuple[TokenStore, float | None]:
+def seeded_store(
+    int8_path: Path, path: Path, encoding: str, seed: int, pool: float | None = None
+) -> tuple[TokenStore, float | None]:
     """The int8 rows with an ``encoding`` codec learned from ``seed`` (indexing's own codec is seed 0), pooled by
     ``pool`` (``twostage tokens --convert --pool``), built once: how much one learned codec's draw moves the scores,
     which a single store cannot tell."""
@@ -139,12 +150,17 @@ def codec_spread(runs: dict[tuple[str, int], SystemRun], dataset: Dataset, varia
             diffs = np.array([[codec[q] - base[q] for q in qids] for codec in (per_query((n, depth)) for n in names)])
             per_q = diffs.mean(axis=0)  # each query's loss, averaged over the codecs
             half = float(stats.t.ppf(0.975, len(qids) - 1) * per_q.std(ddof=1) / np.sqrt(len(qids)))
-            test = compare({q: {"nDCG@10": base[q]} for q in qids},
-                           {q: {"nDCG@10": base[q] + d} for q, d in zip(qids, per_q)}, "nDCG@10")
-            out[name][depth] = {"each": [round(float(d), 4) for d in diffs.mean(axis=1)],
-                                "mean": round(float(per_q.mean()), 4),
-                                "ci95": [round(float(per_q.mean()) - half, 4), round(float(per_q.mean()) + half, 4)],
-                                "p": round(test.p_randomization, 4)}
+            test = compare(
+                {q: {"nDCG@10": base[q]} for q in qids},
+                {q: {"nDCG@10": base[q] + d} for q, d in zip(qids, per_q)},
+                "nDCG@10",
+            )
+            out[name][depth] = {
+                "each": [round(float(d), 4) for d in diffs.mean(axis=1)],
+                "mean": round(float(per_q.mean()), 4),
+                "ci95": [round(float(per_q.mean()) - half, 4), round(float(per_q.mean()) + half, 4)],
+                "p": round(test.p_randomization, 4),
+            }
     return out
 
 
@@ -155,7 +171,9 @@ def index_cost(docs: list[Document], model: str, sample: int) -> dict:
     out: dict = {"passages": len(subset)}
     with tempfile.TemporaryDirectory() as tmp:
         for label, store_tokens in (("dense only", False), ("with int8 tokens", True), ("dense only, again", False)):
-            engine = Engine.create(Path(tmp) / label, encoder=encoder, reranker=None, index_type="flat", store_tokens=store_tokens)
+            engine = Engine.create(
+                Path(tmp) / label, encoder=encoder, reranker=None, index_type="flat", store_tokens=store_tokens
+            )
             with engine:
                 out[label] = round(engine.add(subset).seconds, 2)
     dense = (out["dense only"] + out["dense only, again"]) / 2
@@ -168,8 +186,9 @@ def index_cost(docs: list[Document], model: str, sample: int) -> dict:
 LEVERS = {"off": {"prf": "none", "query_tokens": "plain", "fusion": "none"}, "default": {}}
 
 
-def run_queries(engines: dict[tuple[str, int], Engine], queries: dict[str, str], levers: dict | None = None
-                ) -> dict[tuple[str, int], SystemRun]:
+def run_queries(
+    engines: dict[tuple[str, int], Engine], queries: dict[str, str], levers: dict | None = None
+) -> dict[tuple[str, int], SystemRun]:
     """Every query through every system, one at a time, interleaved so CPU contention hits all systems alike."""
     levers = levers or {}
     runs = {key: SystemRun(*key) for key in engines}
@@ -238,16 +257,25 @@ def markdown(report: dict) -> str:
     for row in report["rows"]:
         name = "dense first stage" if row["system"] == "dense" else f"+ MaxSim, {row['system']}"
         cells = [name, str(row["depth"])] + [f"{row[m]:.4f}" for m in MEASURES]
-        cells += [f"{row[f'{s}_median_ms']:.0f} / {row[f'{s}_p95_ms']:.0f}" for s in ("encode", "search", "rerank", "total")]
+        cells += [
+            f"{row[f'{s}_median_ms']:.0f} / {row[f'{s}_p95_ms']:.0f}" for s in ("encode", "search", "rerank", "total")
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("R@100 is measured on the returned list, so at depth 20 and 50 it is the first stage's R@20 / R@50.")
     lines.append("")
     for s in report["storage"]:
-        codec = (f"; plus the codec, {s['codec_bytes']:,} bytes = {s['codec_bytes_per_passage']:,.0f} per passage of "
-                 f"this pool" + (f"; learning it and re-encoding the int8 rows took {s['codec_seconds']} s"
-                 if s["codec_seconds"] is not None else "; the store was reused from an earlier run")
-                 if s["codec_bytes"] else "")
+        codec = (
+            f"; plus the codec, {s['codec_bytes']:,} bytes = {s['codec_bytes_per_passage']:,.0f} per passage of "
+            f"this pool"
+            + (
+                f"; learning it and re-encoding the int8 rows took {s['codec_seconds']} s"
+                if s["codec_seconds"] is not None
+                else "; the store was reused from an earlier run"
+            )
+            if s["codec_bytes"]
+            else ""
+        )
         lines.append(
             f"- {s['encoding']} tokens: {s['bytes_per_passage']:,.0f} bytes per passage ({s['tokens_per_passage']} "
             f"tokens x {s['bytes_per_token']} bytes), {s['total_mb']} MB for the pool "
@@ -264,30 +292,58 @@ def markdown(report: dict) -> str:
         lines.append(f"- {variant} vs float16 nDCG@10 difference, per depth: {diffs}.")
     for variant, per_depth in report.get("codec_spread", {}).items():
         k = len(next(iter(per_depth.values()))["each"])
-        lines.append(f"- {variant} over {k} learned codecs (seed 0 = indexing's own, then seeds 1..{k - 1}), nDCG@10 "
-                     "minus float16's, mean (each) [95% interval of the mean over queries; paired p]: " + "; ".join(
-                         f"depth {d}: {v['mean']:+.4f} ({', '.join(f'{x:+.4f}' for x in v['each'])})"
-                         + (f" [{v['ci95'][0]:+.4f} to {v['ci95'][1]:+.4f}; p = {v['p']:.2f}]" if "ci95" in v else "")
-                         for d, v in per_depth.items()) + ".")
+        lines.append(
+            f"- {variant} over {k} learned codecs (seed 0 = indexing's own, then seeds 1..{k - 1}), nDCG@10 "
+            "minus float16's, mean (each) [95% interval of the mean over queries; paired p]: "
+            + "; ".join(
+                f"depth {d}: {v['mean']:+.4f} ({', '.join(f'{x:+.4f}' for x in v['each'])})"
+                + (f" [{v['ci95'][0]:+.4f} to {v['ci95'][1]:+.4f}; p = {v['p']:.2f}]" if "ci95" in v else "")
+                for d, v in per_depth.items()
+            )
+            + "."
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help=f"dataset folder (default {DATA})")
-    parser.add_argument("--cache", type=Path, default=CACHE, help=f"where the collection is built once (default {CACHE})")
+    parser.add_argument(
+        "--cache", type=Path, default=CACHE, help=f"where the collection is built once (default {CACHE})"
+    )
     parser.add_argument("--model", default=None, help="bi-encoder (default: the packaged all-MiniLM-L6-v2)")
-    parser.add_argument("--index-sample", type=int, default=500,
-                        help="passages for the index-time comparison (0: skip it, keeping the last report's figures)")
-    parser.add_argument("--levers", choices=tuple(LEVERS), default="off",
-                        help="off: plain MaxSim (default); default: the engine's default search options for MaxSim")
-    parser.add_argument("--pool", type=float, default=DEFAULT_POOL["2bit"], metavar="F",
-                        help=f"the token pool factor of the 'pooled' variants (default {DEFAULT_POOL['2bit']:g})")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated MaxSim variants to run (default all: {', '.join(VARIANTS)})")
-    parser.add_argument("--codec-seeds", type=int, default=0, metavar="N",
-                        help="also learn N more codecs (seeds 1..N) for each learned encoding run (2bit, 1bit, pq) "
-                             "and report the mean nDCG@10 difference to float16 over all of them")
+    parser.add_argument(
+        "--index-sample",
+        type=int,
+        default=500,
+        help="passages for the index-time comparison (0: skip it, keeping the last report's figures)",
+    )
+    parser.add_argument(
+        "--levers",
+        choices=tuple(LEVERS),
+        default="off",
+        help="off: plain MaxSim (default); default: the engine's default search options for MaxSim",
+    )
+    parser.add_argument(
+        "--pool",
+        type=float,
+        default=DEFAULT_POOL["2bit"],
+        metavar="F",
+        help=f"the token pool factor of the 'pooled' variants (default {DEFAULT_POOL['2bit']:g})",
+    )
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated MaxSim variants to run (default all: {', '.join(VARIANTS)})",
+    )
+    parser.add_argument(
+        "--codec-seeds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also learn N more codecs (seeds 1..N) for each learned encoding run (2bit, 1bit, pq) "
+        "and report the mean nDCG@10 difference to float16 over all of them",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier timings on a shared CPU)")
     parser.add_argument("--queries", type=int, default=None, help="only the first N queries (a quick look)")
     parser.add_argument("--build-only", action="store_true", help="build the cached collection and stop")
@@ -318,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     stores: dict[str, TokenStore] = {"float16": fp16}
     codec_seconds: dict[str, float | None] = {"float16": None}
+
     def file_name(key: str) -> str:  # "2bit pooled" -> tokens-2bit-pool2.5
         encoding, *pooled = key.split()
         return f"tokens-{encoding}" + (f"-pool{args.pool:g}" if pooled else "")
@@ -327,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         if name.endswith("stored") and key != "float16":
             pool = args.pool if "pooled" in key else 1.0
             stores[key], codec_seconds[key] = derived_store(
-                fp16, [d.id for d in docs], args.cache / f"{file_name(key)}.sqlite", encoding, pool)
+                fp16, [d.id for d in docs], args.cache / f"{file_name(key)}.sqlite", encoding, pool
+            )
     seeded: list[str] = []
     if args.codec_seeds > 0:
         int8_path = args.cache / "tokens-int8.sqlite"
@@ -337,11 +395,18 @@ def main(argv: list[str] | None = None) -> int:
             for seed in range(1, args.codec_seeds + 1):
                 key = f"{base} stored, seed {seed}"
                 stores[key], codec_seconds[key] = seeded_store(
-                    int8_path, args.cache / f"{file_name(base)}-seed{seed}.sqlite", base.split()[0], seed,
-                    args.pool if "pooled" in base else None)
+                    int8_path,
+                    args.cache / f"{file_name(base)}-seed{seed}.sqlite",
+                    base.split()[0],
+                    seed,
+                    args.pool if "pooled" in base else None,
+                )
                 seeded.append(key)
-    rerankers = {(e if e in seeded else f"{e} stored"): MaxSimReranker(encoder, token_store=s.get_many)
-                 for e, s in stores.items() if e != "float16"}
+    rerankers = {
+        (e if e in seeded else f"{e} stored"): MaxSimReranker(encoder, token_store=s.get_many)
+        for e, s in stores.items()
+        if e != "float16"
+    }
     rerankers["float16 stored"] = engine.reranker  # the product wiring: "maxsim" on a collection with stored tokens
     rerankers["on the fly"] = MaxSimReranker(encoder)
     engines: dict[tuple[str, int], Engine] = {("dense", 100): Engine(engine.collection, encoder, None)}
@@ -373,14 +438,18 @@ def main(argv: list[str] | None = None) -> int:
         "levers": args.levers,
         "pool": args.pool if any("pooled" in v for v in variants) else None,
         "rows": rows,
-        "storage": [{**storage(s, encoder.dimension), "codec_seconds": codec_seconds[e]} for e, s in stores.items()
-                    if e not in seeded],
+        "storage": [
+            {**storage(s, encoder.dimension), "codec_seconds": codec_seconds[e]}
+            for e, s in stores.items()
+            if e not in seeded
+        ],
         "codec_spread": codec_spread(runs, dataset, variants, args.codec_seeds),
         "index_cost": cost,
         "collection_build": build,
         "vs_float16_ndcg": {
             name: {d: round(by_key[(name, d)]["nDCG@10"] - by_key[("float16 stored", d)]["nDCG@10"], 4) for d in DEPTHS}
-            for name in variants if name != "float16 stored" and ("float16 stored", DEPTHS[0]) in by_key
+            for name in variants
+            if name != "float16 stored" and ("float16 stored", DEPTHS[0]) in by_key
         },
     }
     engine.close()

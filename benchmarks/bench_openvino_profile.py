@@ -8,6 +8,7 @@ on openvino and openvino-int8, compiled as twostage compiles them (one latency r
 PERF_COUNT, over 256 msmarco-dl20 passages (sorted by length, batches of 32) and 256 query-passage pairs (4 queries
 x their BM25 top 64). Without the dataset the script says so and exits 0.
 """
+
 from __future__ import annotations
 
 import collections
@@ -17,11 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np  # noqa: E402
+from bench_speed import DATA, benchmark_cross_encoder, read_data  # noqa: E402
 from common import RESULTS, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
-import numpy as np  # noqa: E402
-
-from bench_speed import DATA, benchmark_cross_encoder, read_data  # noqa: E402
 from twostage.runtime.backends import configure_threads  # noqa: E402
 from twostage.runtime.config import cache_root  # noqa: E402
 
@@ -44,8 +44,11 @@ def profile(path: Path, backend: str, feeds: list[dict[str, np.ndarray]]) -> dic
     """Seconds per (operation, kernel) over ``feeds``, after one untimed pass, with the product's compile settings."""
     import openvino as ov
 
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": configure_threads(),
-                              "PERF_COUNT": True}
+    config: dict[str, Any] = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": configure_threads(),
+        "PERF_COUNT": True,
+    }
     if backend.endswith("int8"):
         config["INFERENCE_PRECISION_HINT"] = "f32"  # as runtime.backends compiles int8 models
     compiled = ov.Core().compile_model(str(path), "CPU", config)
@@ -67,8 +70,9 @@ def batches(tokenizer: Any, texts: list, pairs: bool) -> list[dict[str, np.ndarr
     args = (lambda part: ([q for q, _ in part], [p for _, p in part])) if pairs else (lambda part: (part,))
     out = []
     for start in range(0, len(texts), BATCH):
-        encoded = tokenizer(*args(texts[start : start + BATCH]), padding=True, truncation=True, max_length=256,
-                            return_tensors="np")
+        encoded = tokenizer(
+            *args(texts[start : start + BATCH]), padding=True, truncation=True, max_length=256, return_tensors="np"
+        )
         out.append({k: np.asarray(v, dtype=np.int64) for k, v in encoded.items()})
     return out
 
@@ -81,33 +85,51 @@ def main() -> int:
 
     data = read_data(4)
     passages = sorted(list(data["passages"].values())[:256], key=len)
-    pairs = sorted(((data["queries"][q], data["passages"][d]) for q in data["qids"] for d in data["top"][q][:64]),
-                   key=lambda pair: len(pair[0]) + len(pair[1]))
+    pairs = sorted(
+        ((data["queries"][q], data["passages"][d]) for q in data["qids"] for d in data["top"][q][:64]),
+        key=lambda pair: len(pair[0]) + len(pair[1]),
+    )
     ce_dir = benchmark_cross_encoder(cache_root() / "bench" / "minilm-cross-encoder")
-    inputs = {"bi-encoder": batches(AutoTokenizer.from_pretrained(minilm_path()), passages, False),
-              "cross-encoder": batches(AutoTokenizer.from_pretrained(str(ce_dir)), pairs, True)}
+    inputs = {
+        "bi-encoder": batches(AutoTokenizer.from_pretrained(minilm_path()), passages, False),
+        "cross-encoder": batches(AutoTokenizer.from_pretrained(str(ce_dir)), pairs, True),
+    }
     rows = []
     for stage, feeds in inputs.items():
         for backend in BACKENDS:
             measured = profile(exported(stage, backend, ce_dir), backend, feeds)
             total = sum(measured["ops"].values())
             int8 = sum(v for (_, kernel), v in measured["ops"].items() if "i8" in kernel.lower())
-            top = [{"op": op, "kernel": kernel, "share": round(v / total, 3)}
-                   for (op, kernel), v in measured["ops"].most_common(6)]
-            rows.append({"stage": stage, "backend": backend, "wall_s": round(measured["wall_s"], 2),
-                         "int8_kernel_share": round(int8 / total, 3), "top": top})
+            top = [
+                {"op": op, "kernel": kernel, "share": round(v / total, 3)}
+                for (op, kernel), v in measured["ops"].most_common(6)
+            ]
+            rows.append(
+                {
+                    "stage": stage,
+                    "backend": backend,
+                    "wall_s": round(measured["wall_s"], 2),
+                    "int8_kernel_share": round(int8 / total, 3),
+                    "top": top,
+                }
+            )
     where = f"{machine()}, load average {os.getloadavg()[0]:.1f} at the end"
     report = {"created_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "machine": where, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "openvino_profile.json").write_text(json.dumps(report, indent=1) + "\n")
-    lines = ["# Where OpenVINO spends its time (benchmarks/bench_openvino_profile.py)", "",
-             f"{where}; 256 passages and 256 query-passage pairs, batches of {BATCH}, one latency request.", "",
-             "| model | backend | seconds | in int8 kernels | largest (operation / kernel: share) |",
-             "| --- | --- | ---: | ---: | --- |"]
+    lines = [
+        "# Where OpenVINO spends its time (benchmarks/bench_openvino_profile.py)",
+        "",
+        f"{where}; 256 passages and 256 query-passage pairs, batches of {BATCH}, one latency request.",
+        "",
+        "| model | backend | seconds | in int8 kernels | largest (operation / kernel: share) |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
     for row in rows:
         largest = "; ".join(f"{t['op']} / {t['kernel']}: {t['share']:.0%}" for t in row["top"])
-        lines.append(f"| {row['stage']} | {row['backend']} | {row['wall_s']} | {row['int8_kernel_share']:.0%} | "
-                     f"{largest} |")
+        lines.append(
+            f"| {row['stage']} | {row['backend']} | {row['wall_s']} | {row['int8_kernel_share']:.0%} | {largest} |"
+        )
     (RESULTS / "openvino_profile.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -10,6 +10,7 @@ script says so and exits 0. Every encoder (the single process and each actor) ru
 thread, and the embedding cache is emptied before every indexing run, so each run encodes every passage. Ray runs as
 a local cluster on 127.0.0.1 with 4 logical CPUs (on this 2-core machine 4 actors share 2 cores).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,13 @@ import time
 from pathlib import Path
 
 from common import DATA_ROOT, REPO, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
+
 CACHE_DIR = Path(tempfile.mkdtemp(prefix="bench-scale-cache-"))
 os.environ["TWOSTAGE_CACHE_DIR"] = str(CACHE_DIR)  # private, emptied before each indexing run
 # read when ray is imported: a local cluster on 127.0.0.1 with a token of this run's own (not one written to ~/.ray)
-os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-                   "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+os.environ.update(
+    {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+)
 
 from twostage.engine import Engine  # noqa: E402
 from twostage.indexes.readers import read_corpus  # noqa: E402
@@ -69,10 +72,16 @@ def latencies(engines: dict[str, Engine], queries: list[str], rounds: int) -> di
                 t2 = time.perf_counter()
                 total[name].append((t1 - t0) * 1000)
                 lookup[name].append((t2 - t1) * 1000)
-    return {name: {"p50_ms": round(statistics.median(total[name]), 2), "p95_ms": round(percentile(total[name], 95), 2),
-                   "search_fetch_p50_ms": round(statistics.median(lookup[name]), 2),
-                   "search_fetch_p95_ms": round(percentile(lookup[name], 95), 2), "queries": len(total[name])}
-            for name in engines}
+    return {
+        name: {
+            "p50_ms": round(statistics.median(total[name]), 2),
+            "p95_ms": round(percentile(total[name], 95), 2),
+            "search_fetch_p50_ms": round(statistics.median(lookup[name]), 2),
+            "search_fetch_p95_ms": round(percentile(lookup[name], 95), 2),
+            "queries": len(total[name]),
+        }
+        for name in engines
+    }
 
 
 def main() -> int:
@@ -95,24 +104,42 @@ def main() -> int:
         docs.append(doc)
         if len(docs) == args.passages:
             break
-    queries = [line.split("\t", 1)[1].strip() for line in (DATA / "queries.tsv").read_text().splitlines() if "\t" in line]
+    queries = [
+        line.split("\t", 1)[1].strip() for line in (DATA / "queries.tsv").read_text().splitlines() if "\t" in line
+    ]
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     one_thread = RuntimeConfig(device="cpu", backend="torch", threads=1)
-    report: dict = {"cpu": cpu_info().model, "cores": os.cpu_count(), "passages": len(docs), "depth": DEPTH,
-                    "model": "all-MiniLM-L6-v2 (torch, 1 thread per encoder)", "load_average_start": os.getloadavg(),
-                    "indexing": [], "latency": []}
+    report: dict = {
+        "cpu": cpu_info().model,
+        "cores": os.cpu_count(),
+        "passages": len(docs),
+        "depth": DEPTH,
+        "model": "all-MiniLM-L6-v2 (torch, 1 thread per encoder)",
+        "load_average_start": os.getloadavg(),
+        "indexing": [],
+        "latency": [],
+    }
 
     # ---- indexing: the single-process path, then Ray with 1, 2, 4 actors (and as many shards)
     empty_cache()
     t0 = time.perf_counter()
-    with Engine.create(args.work / "single", model=model, reranker=None, index_type="flat", runtime=one_thread) as engine:
+    with Engine.create(
+        args.work / "single", model=model, reranker=None, index_type="flat", runtime=one_thread
+    ) as engine:
         engine.add(docs)
         stats = engine.collection.stats()
     seconds = time.perf_counter() - t0
-    report["indexing"].append({"system": "single process (no Ray), 1 collection", "actors": 0, "shards": 1,
-                               "seconds": round(seconds, 1), "passages_per_s": round(len(docs) / seconds, 1),
-                               "load_average": os.getloadavg()})
+    report["indexing"].append(
+        {
+            "system": "single process (no Ray), 1 collection",
+            "actors": 0,
+            "shards": 1,
+            "seconds": round(seconds, 1),
+            "passages_per_s": round(len(docs) / seconds, 1),
+            "load_average": os.getloadavg(),
+        }
+    )
     report["bytes_per_passage"] = {
         "vectors_flat": round(stats["vectors_bytes"] / len(docs), 1),
         "documents_sqlite": round(stats["documents_bytes"] / len(docs), 1),
@@ -121,18 +148,44 @@ def main() -> int:
     print(report["indexing"][-1], flush=True)
     _stay_on_loopback({})
     ray_dir = tempfile.mkdtemp(prefix="bsray-", dir="/tmp")  # short: Ray's socket paths live under it
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _temp_dir=ray_dir,
-             runtime_env={"env_vars": {"TWOSTAGE_CACHE_DIR": str(CACHE_DIR), "HF_HUB_OFFLINE": "1",
-                                       "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}})
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=ray_dir,
+        runtime_env={
+            "env_vars": {
+                "TWOSTAGE_CACHE_DIR": str(CACHE_DIR),
+                "HF_HUB_OFFLINE": "1",
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            }
+        },
+    )
     for n in COUNTS:
         empty_cache()
         t0 = time.perf_counter()
-        add, size = index_distributed(docs, args.work / f"ray{n}", address="auto", shards=n, actors=n, model=model,
-                                      index_type="flat", runtime=one_thread)
+        add, size = index_distributed(
+            docs,
+            args.work / f"ray{n}",
+            address="auto",
+            shards=n,
+            actors=n,
+            model=model,
+            index_type="flat",
+            runtime=one_thread,
+        )
         seconds = time.perf_counter() - t0
-        report["indexing"].append({"system": f"Ray, {n} encoder actor(s), {n} shard(s)", "actors": n, "shards": n,
-                                   "seconds": round(seconds, 1), "encode_write_seconds": round(add.seconds, 1),
-                                   "passages_per_s": round(len(docs) / seconds, 1), "load_average": os.getloadavg()})
+        report["indexing"].append(
+            {
+                "system": f"Ray, {n} encoder actor(s), {n} shard(s)",
+                "actors": n,
+                "shards": n,
+                "seconds": round(seconds, 1),
+                "encode_write_seconds": round(add.seconds, 1),
+                "passages_per_s": round(len(docs) / seconds, 1),
+                "load_average": os.getloadavg(),
+            }
+        )
         assert size == len(docs)
         print(report["indexing"][-1], flush=True)
     base = next(r for r in report["indexing"] if r["actors"] == 1)["passages_per_s"]
@@ -144,10 +197,12 @@ def main() -> int:
 
     engines = {"one collection, in process": Engine.open(args.work / "single", reranker=None, runtime=one_thread)}
     for n in COUNTS:
-        engines[f"{n} shard(s), threads in process"] = Engine.open(args.work / f"ray{n}", reranker=None,
-                                                                   runtime=one_thread)
-        engines[f"{n} shard(s), Ray actors"] = Engine.open(args.work / f"ray{n}", reranker=None, runtime=one_thread,
-                                                           ray="auto")
+        engines[f"{n} shard(s), threads in process"] = Engine.open(
+            args.work / f"ray{n}", reranker=None, runtime=one_thread
+        )
+        engines[f"{n} shard(s), Ray actors"] = Engine.open(
+            args.work / f"ray{n}", reranker=None, runtime=one_thread, ray="auto"
+        )
         assert isinstance(engines[f"{n} shard(s), Ray actors"].collection, RayShardedCollection)
     measured = latencies(engines, queries, args.rounds)
     for name, engine in engines.items():
@@ -157,7 +212,9 @@ def main() -> int:
         if "Ray" in name:  # Ray's overhead: the same shards searched in process, measured on the same queries
             local = measured[f"{shards} shard(s), threads in process"]
             row["ray_overhead_p50_ms"] = round(row["p50_ms"] - local["p50_ms"], 2)
-            row["ray_overhead_search_fetch_p50_ms"] = round(row["search_fetch_p50_ms"] - local["search_fetch_p50_ms"], 2)
+            row["ray_overhead_search_fetch_p50_ms"] = round(
+                row["search_fetch_p50_ms"] - local["search_fetch_p50_ms"], 2
+            )
         report["latency"].append(row)
     report["load_average_end"] = os.getloadavg()
     ray.shutdown()
@@ -174,32 +231,54 @@ def main() -> int:
 def markdown(report: dict) -> str:
     load = lambda xs: " ".join(f"{x:.1f}" for x in xs)  # noqa: E731
     lines = [
-        f"# Scale-out on one machine ({report['cpu']}, {report['cores']} cores)", "",
+        f"# Scale-out on one machine ({report['cpu']}, {report['cores']} cores)",
+        "",
         f"{report['passages']} msmarco-dl20 passages, {report['model']}; load average "
         f"{load(report['load_average_start'])} at the start, {load(report['load_average_end'])} at the end (the "
         "benchmark's own processes count in it, up to 4 actors; other jobs on the machine inflate absolute figures); "
         "ratios were measured side by side in this run. Indexing times include starting the "
-        "actors and loading one model in each.", "",
-        "## Indexing", "",
-        "| system | seconds | passages/s | vs 1 actor | load average (1/5/15 min) |", "|---|---:|---:|---:|---|",
+        "actors and loading one model in each.",
+        "",
+        "## Indexing",
+        "",
+        "| system | seconds | passages/s | vs 1 actor | load average (1/5/15 min) |",
+        "|---|---:|---:|---:|---|",
     ]
     for r in report["indexing"]:
-        lines.append(f"| {r['system']} | {r['seconds']} | {r['passages_per_s']} | {r['speedup_vs_1_actor']}x | "
-                     f"{load(r['load_average'])} |")
-    lines += ["", f"## First-stage query latency at depth {report['depth']} (ms, one query at a time)", "",
-              "| system | p50 | p95 | search+fetch p50 | search+fetch p95 | Ray overhead p50 (whole / search+fetch) |",
-              "|---|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {r['system']} | {r['seconds']} | {r['passages_per_s']} | {r['speedup_vs_1_actor']}x | "
+            f"{load(r['load_average'])} |"
+        )
+    lines += [
+        "",
+        f"## First-stage query latency at depth {report['depth']} (ms, one query at a time)",
+        "",
+        "| system | p50 | p95 | search+fetch p50 | search+fetch p95 | Ray overhead p50 (whole / search+fetch) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in report["latency"]:
-        overhead = (f"{r['ray_overhead_p50_ms']:+} / {r['ray_overhead_search_fetch_p50_ms']:+}"
-                    if "ray_overhead_p50_ms" in r else "")
-        lines.append(f"| {r['system']} | {r['p50_ms']} | {r['p95_ms']} | {r['search_fetch_p50_ms']} | "
-                     f"{r['search_fetch_p95_ms']} | {overhead} |")
-    lines += ["", "Ray overhead: the Ray-served shards against the same shards searched by threads in this process, "
-              "both measured on each query in turn. The whole first stage includes encoding the query."]
+        overhead = (
+            f"{r['ray_overhead_p50_ms']:+} / {r['ray_overhead_search_fetch_p50_ms']:+}"
+            if "ray_overhead_p50_ms" in r
+            else ""
+        )
+        lines.append(
+            f"| {r['system']} | {r['p50_ms']} | {r['p95_ms']} | {r['search_fetch_p50_ms']} | "
+            f"{r['search_fetch_p95_ms']} | {overhead} |"
+        )
+    lines += [
+        "",
+        "Ray overhead: the Ray-served shards against the same shards searched by threads in this process, "
+        "both measured on each query in turn. The whole first stage includes encoding the query.",
+    ]
     b = report["bytes_per_passage"]
-    lines += ["", f"Bytes per passage (flat index, this corpus): vectors {b['vectors_flat']}, documents.sqlite "
-              f"{b['documents_sqlite']} (text of {b['text_chars_mean']} characters on average, metadata and the "
-              "float32 embedding).", ""]
+    lines += [
+        "",
+        f"Bytes per passage (flat index, this corpus): vectors {b['vectors_flat']}, documents.sqlite "
+        f"{b['documents_sqlite']} (text of {b['text_chars_mean']} characters on average, metadata and the "
+        "float32 embedding).",
+        "",
+    ]
     return "\n".join(lines)
 
 

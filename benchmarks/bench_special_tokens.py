@@ -9,6 +9,7 @@ encoded once with sentence-transformers (torch) and each variant keeps or drops 
 forward pass, so the four variants differ in nothing else. Candidates come from collections built by
 bench_levers.py (``--cache``, default runs/bench-levers/); without them or the datasets the script says so and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import THRESHOLDS, cacm_split, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
-
 import numpy as np  # noqa: E402
+from common import THRESHOLDS, cacm_split, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 from twostage.engine import Engine  # noqa: E402
 from twostage.eval.datasets import load_folder  # noqa: E402
@@ -41,8 +41,9 @@ def token_sets(model, texts: list[str], prompt: str | None = None) -> dict[str, 
     special_ids = np.asarray(model.tokenizer.all_special_ids)
     out = {"plain": [], "special": []}
     for start in range(0, len(texts), 64):
-        outputs = model.encode(texts[start:start + 64], output_value=None, batch_size=32, show_progress_bar=False,
-                               prompt=prompt)
+        outputs = model.encode(
+            texts[start : start + 64], output_value=None, batch_size=32, show_progress_bar=False, prompt=prompt
+        )
         for o in outputs:
             attended = o["attention_mask"].bool().cpu().numpy()
             ids = o["input_ids"].cpu().numpy()
@@ -83,8 +84,12 @@ def dense_candidates(name: str, data: Path, cache: Path, model) -> Candidates:
     passages = token_sets(model, [texts[d] for d in doc_ids])
     qids = list(candidates)
     queries = token_sets(model, [dataset.queries[q] for q in qids])
-    return Candidates(candidates, {side: dict(zip(doc_ids, v)) for side, v in passages.items()},
-                      {side: dict(zip(qids, v)) for side, v in queries.items()}, dataset.qrels)
+    return Candidates(
+        candidates,
+        {side: dict(zip(doc_ids, v)) for side, v in passages.items()},
+        {side: dict(zip(qids, v)) for side, v in queries.items()},
+        dataset.qrels,
+    )
 
 
 def runs_for(name: str, data: Path, cache: Path, model) -> tuple[dict, dict]:
@@ -94,19 +99,29 @@ def runs_for(name: str, data: Path, cache: Path, model) -> tuple[dict, dict]:
     for q_side, p_side in VARIANTS:
         runs[(q_side, p_side)] = {
             qid: {d: maxsim(found.queries[q_side][qid], found.passages[p_side][d]) for d in docs}
-            for qid, docs in found.per_query.items()}
+            for qid, docs in found.per_query.items()
+        }
     return runs, found.qrels
 
 
 def table(runs: dict, qrels: dict, threshold: int, qids: list[str]) -> list[dict]:
     rows, base = [], None
     for variant in VARIANTS:
-        result = evaluate({q: runs[variant][q] for q in qids}, {q: qrels[q] for q in qids}, ("nDCG@10", "MRR@10"),
-                          rel_threshold=threshold, complete=True)
+        result = evaluate(
+            {q: runs[variant][q] for q in qids},
+            {q: qrels[q] for q in qids},
+            ("nDCG@10", "MRR@10"),
+            rel_threshold=threshold,
+            complete=True,
+        )
         if variant == BASELINE:
             base = result.per_query
-        row = {"query tokens": variant[0], "passage tokens": variant[1], "queries": len(qids),
-               **{k: round(v, 4) for k, v in result.aggregate.items()}}
+        row = {
+            "query tokens": variant[0],
+            "passage tokens": variant[1],
+            "queries": len(qids),
+            **{k: round(v, 4) for k, v in result.aggregate.items()},
+        }
         if variant != BASELINE:
             row["p nDCG@10 vs plain/plain"] = round(compare(base, result.per_query, "nDCG@10").p_randomization, 4)
         rows.append(row)
@@ -118,8 +133,10 @@ def torch_minilm(script: str, data: Path, cache: Path):
     else None, after saying what is missing (the script then exits 0)."""
     missing = [n for n in THRESHOLDS if not (data / n).is_dir() or not (cache / n).is_dir()]
     if missing:
-        print(f"{script}: {', '.join(missing)} not found in {data} / {cache} (build them with "
-              "benchmarks/bench_levers.py --cache DIR); nothing to do")
+        print(
+            f"{script}: {', '.join(missing)} not found in {data} / {cache} (build them with "
+            "benchmarks/bench_levers.py --cache DIR); nothing to do"
+        )
         return None
     import torch
     from sentence_transformers import SentenceTransformer
@@ -141,23 +158,30 @@ def main() -> int:
     tune_qids, held_qids = cacm_split(cacm_runs[BASELINE])
     tables["cacm-tune"] = table(cacm_runs, cacm_qrels, 1, tune_qids)
     tables["cacm-held-out"] = table(cacm_runs, cacm_qrels, 1, held_qids)
-    chosen = max(tables["cacm-tune"],
-                 key=lambda r: (r["nDCG@10"], (r["query tokens"], r["passage tokens"]) == BASELINE))
+    chosen = max(
+        tables["cacm-tune"], key=lambda r: (r["nDCG@10"], (r["query tokens"], r["passage tokens"]) == BASELINE)
+    )
     dl20_runs, dl20_qrels = runs_for("msmarco-dl20", args.data, args.cache, model)
     tables["msmarco-dl20"] = table(dl20_runs, dl20_qrels, 2, list(dl20_runs[BASELINE]))
     report = {
         "created_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "cpu": machine(), "k": K,
+        "cpu": machine(),
+        "k": K,
         "chosen_on_cacm_tune": {"query tokens": chosen["query tokens"], "passage tokens": chosen["passage tokens"]},
-        "tables": tables, "seconds": round(time.time() - started, 1),
+        "tables": tables,
+        "seconds": round(time.time() - started, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "special_tokens.json").write_text(json.dumps(report, indent=1))
     cols = ["query tokens", "passage tokens", "nDCG@10", "MRR@10", "p nDCG@10 vs plain/plain"]
-    md = ["# MaxSim with and without [CLS]/[SEP] (benchmarks/bench_special_tokens.py)", "",
-          f"Dense top {K} reranked by plain MaxSim (no fusion, feedback or IDF), all-MiniLM-L6-v2 on torch, float16 "
-          f"tokens. Chosen on cacm-tune: query {chosen['query tokens']}, passage {chosen['passage tokens']}. "
-          f"p: paired randomization test against plain/plain. {report['cpu']}, {report['seconds']} s.", ""]
+    md = [
+        "# MaxSim with and without [CLS]/[SEP] (benchmarks/bench_special_tokens.py)",
+        "",
+        f"Dense top {K} reranked by plain MaxSim (no fusion, feedback or IDF), all-MiniLM-L6-v2 on torch, float16 "
+        f"tokens. Chosen on cacm-tune: query {chosen['query tokens']}, passage {chosen['passage tokens']}. "
+        f"p: paired randomization test against plain/plain. {report['cpu']}, {report['seconds']} s.",
+        "",
+    ]
     for title, rows in tables.items():
         md += [f"**{title}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         md += ["| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |" for r in rows] + [""]

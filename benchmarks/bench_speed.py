@@ -14,6 +14,7 @@ same architecture and cost as cross-encoder/ms-marco-MiniLM-L6-v2 (not available
 representative but its scores are meaningless; rerank *quality* per backend is measured with the offline default
 reranker, MaxSim over the bi-encoder, which runs on the bi-encoder's backend.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,12 +27,12 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-from common import DATA_ROOT, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from typing import Any
 
 import numpy as np  # noqa: E402
+from common import DATA_ROOT, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
 
 DATA = DATA_ROOT / "msmarco-dl20"
 TARGETS = {"encode": 3.0, "rerank": 2.5, "latency100": 0.4, "ndcg_delta": 0.01}
@@ -158,8 +159,15 @@ def bench_reranking(ce: Any, rerankers: dict[str, Any], data: dict, qids: list[s
     return out
 
 
-def bench_latency(st: Any, ce: Any, engines: dict[str, Any], texts: list[str], baseline_vectors: np.ndarray,
-                  queries: list[str], depths: Sequence[int]) -> dict:
+def bench_latency(
+    st: Any,
+    ce: Any,
+    engines: dict[str, Any],
+    texts: list[str],
+    baseline_vectors: np.ndarray,
+    queries: list[str],
+    depths: Sequence[int],
+) -> dict:
     """Per-query wall time of the whole pipeline (encode, search, rerank, sort) at each depth, interleaved."""
     import faiss
 
@@ -220,8 +228,11 @@ def search_variants(index: Any, exact: Callable) -> list[tuple[str, Any, dict]]:
 
     if index.is_lossy and index.is_trained:  # untrained, it still searches its exact buffer
         rescore = f" + exact re-score of {REFINE_FACTOR}k from SQLite"
-        return [(" codes only", None, {}), (rescore, exact, {}),
-                (f"{rescore}, 4x nprobe", exact, {"nprobe": 4 * index.nprobe})]
+        return [
+            (" codes only", None, {}),
+            (rescore, exact, {}),
+            (f"{rescore}, 4x nprobe", exact, {"nprobe": 4 * index.nprobe}),
+        ]
     if "HNSW" in index.factory:
         return [("", None, {}), (", 4x efSearch", None, {"ef_search": 4 * index.ef_search})]
     return [("", None, {})]
@@ -241,8 +252,13 @@ def bench_vectors(sizes: Sequence[int], n_queries: int, kinds: Sequence[str]) ->
 
     dim = 384
     queries = synthetic_vectors(n_queries, dim, seed=7)
-    out: dict[str, Any] = {"dimension": dim, "queries": n_queries, "threads": faiss.omp_get_max_threads(),
-                           "refine_factor": REFINE_FACTOR, "sizes": {}}
+    out: dict[str, Any] = {
+        "dimension": dim,
+        "queries": n_queries,
+        "threads": faiss.omp_get_max_threads(),
+        "refine_factor": REFINE_FACTOR,
+        "sizes": {},
+    }
     for n in sizes:
         started = time.perf_counter()
         vectors = synthetic_vectors(n, dim, seed=1)
@@ -256,13 +272,19 @@ def bench_vectors(sizes: Sequence[int], n_queries: int, kinds: Sequence[str]) ->
         store_dir = tempfile.mkdtemp(prefix="bench-store-")
         store = DocumentStore(Path(store_dir) / "documents.sqlite")
         started = time.perf_counter()
-        internal = np.concatenate([
-            store.upsert([Document(str(i), "") for i in range(a, min(n, a + 100_000))], vectors[a : a + 100_000]).new_ids
-            for a in range(0, n, 100_000)
-        ])
+        internal = np.concatenate(
+            [
+                store.upsert(
+                    [Document(str(i), "") for i in range(a, min(n, a + 100_000))], vectors[a : a + 100_000]
+                ).new_ids
+                for a in range(0, n, 100_000)
+            ]
+        )
         log(f"  {n:,} vectors stored in SQLite in {time.perf_counter() - started:.0f}s")
         truth = internal[truth]
-        rows: dict[str, Any] = {"baseline IndexFlatIP": {"qps": n_queries / exact_s, "recall@10": 1.0, "bytes_per_vector": 4 * dim}}
+        rows: dict[str, Any] = {
+            "baseline IndexFlatIP": {"qps": n_queries / exact_s, "recall@10": 1.0, "bytes_per_vector": 4 * dim}
+        }
         for kind in kinds:
             index = VectorIndex.create(dim, kind, expected_size=n)
             started = time.perf_counter()
@@ -278,8 +300,13 @@ def bench_vectors(sizes: Sequence[int], n_queries: int, kinds: Sequence[str]) ->
                 _, ids = index.search(queries, 10, exact=rescore, **effort)
                 search_s = time.perf_counter() - started
                 recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)]))
-                settings = ({"efSearch": effort.get("ef_search", index.ef_search)} if kind == "hnsw" else
-                            {"nprobe": effort.get("nprobe", index.nprobe)} if kind == "ivfpq" else {})
+                settings = (
+                    {"efSearch": effort.get("ef_search", index.ef_search)}
+                    if kind == "hnsw"
+                    else {"nprobe": effort.get("nprobe", index.nprobe)}
+                    if kind == "ivfpq"
+                    else {}
+                )
                 rows[f"twostage {kind} ({index.factory}){suffix}"] = {
                     "build_s": build_s,
                     "qps": n_queries / search_s,
@@ -287,7 +314,9 @@ def bench_vectors(sizes: Sequence[int], n_queries: int, kinds: Sequence[str]) ->
                     "bytes_per_vector": size / n,
                     "settings": settings,
                 }
-                log(f"  {n:,} {kind}{suffix}: build {build_s:.0f}s, {n_queries / search_s:.0f} q/s, recall@10 {recall:.3f}")
+                log(
+                    f"  {n:,} {kind}{suffix}: build {build_s:.0f}s, {n_queries / search_s:.0f} q/s, recall@10 {recall:.3f}"
+                )
             del index
             gc.collect()
         out["sizes"][str(n)] = rows
@@ -331,7 +360,9 @@ def bench_quality(encoders: dict[str, Any], data: dict, qids: list[str]) -> dict
             "maxsim": evaluate(maxsim_run, qrels, measures, rel_threshold=2).aggregate,
             "seconds": time.perf_counter() - started,
         }
-        log(f"  quality {backend}: {out['systems'][backend]['bi-encoder']} / maxsim {out['systems'][backend]['maxsim']}")
+        log(
+            f"  quality {backend}: {out['systems'][backend]['bi-encoder']} / maxsim {out['systems'][backend]['maxsim']}"
+        )
     return out
 
 
@@ -346,16 +377,20 @@ def profile(encoder: Any, reranker: Any, texts: list[str], data: dict, qids: lis
     ids, _ = runtime_encode.token_ids(tokenizer, texts, limit)
     order = np.argsort([-len(i) for i in ids], kind="stable")
     cores = physical_cores()
-    doc_batches = [runtime_encode.pad(ids, rows, tokenizer.pad_token_id or 0)
-                   for rows in np.array_split(order, runtime_encode.batch_count(len(ids), encoder.batch_size, cores))]
+    doc_batches = [
+        runtime_encode.pad(ids, rows, tokenizer.pad_token_id or 0)
+        for rows in np.array_split(order, runtime_encode.batch_count(len(ids), encoder.batch_size, cores))
+    ]
     queries = [data["queries"][q] for q in qids]
     candidates = [[data["passages"][d] for d in data["top"][q]] for q in qids]
     pair_q = [q for q, docs in zip(queries, candidates) for _ in docs]
     pair_t = [t for docs in candidates for t in docs]
     features, _ = reranker._tokenize(pair_q, pair_t)
     porder = np.argsort([-len(i) for i in features["input_ids"]], kind="stable")
-    pair_batches = [reranker._pad(features, rows)
-                    for rows in np.array_split(porder, runtime_encode.batch_count(len(porder), reranker.batch_size, cores))]
+    pair_batches = [
+        reranker._pad(features, rows)
+        for rows in np.array_split(porder, runtime_encode.batch_count(len(porder), reranker.batch_size, cores))
+    ]
     saved_cache, encoder.cache = encoder.cache, None
     parts = {
         "encode: whole encode_documents": lambda: encoder.encode_documents(texts),
@@ -389,9 +424,17 @@ def auto_choices(model: str, ce_dir: Path) -> dict:
     from twostage.retriever.backend_choice import bi_encoder_choice
 
     found = {"bi-encoder": bi_encoder_choice(model), "cross-encoder": cross_encoder_choice(str(ce_dir))}
-    return {stage: {"choice": c.choice, "passed": [m.backend for m in c.measurements if m.passed],
-                    "measured_at": c.measured_at, "measure_seconds": c.measure_seconds, "load_seconds": c.load_seconds}
-            for stage, c in found.items() if c is not None}
+    return {
+        stage: {
+            "choice": c.choice,
+            "passed": [m.backend for m in c.measurements if m.passed],
+            "measured_at": c.measured_at,
+            "measure_seconds": c.measure_seconds,
+            "load_seconds": c.load_seconds,
+        }
+        for stage, c in found.items()
+        if c is not None
+    }
 
 
 def auto_lines(report: dict) -> list[str]:
@@ -406,11 +449,13 @@ def auto_lines(report: dict) -> list[str]:
         best = max(eligible, key=eligible.get)
         share, speedup = systems[auto["choice"]]["speedup"] / eligible[best], systems[auto["choice"]]["speedup"]
         target = AUTO_TARGETS[section]
-        lines.append(f"- {stage}: auto chose **{auto['choice']}** (calibrated {auto['measured_at']}, "
-                     f"{auto['measure_seconds']:.1f} s measuring); in this run's {unit} it is {share:.2f}x the "
-                     f"fastest backend that passed the gate ({best}, {eligible[best]:.2f}x the baseline). Passed: "
-                     f"{', '.join(auto['passed'])}. Issue 13: within 5% of the fastest {_met(share >= 0.95)}; "
-                     f"{speedup:.2f}x the baseline against >= {target:g}x {_met(speedup >= target)}.")
+        lines.append(
+            f"- {stage}: auto chose **{auto['choice']}** (calibrated {auto['measured_at']}, "
+            f"{auto['measure_seconds']:.1f} s measuring); in this run's {unit} it is {share:.2f}x the "
+            f"fastest backend that passed the gate ({best}, {eligible[best]:.2f}x the baseline). Passed: "
+            f"{', '.join(auto['passed'])}. Issue 13: within 5% of the fastest {_met(share >= 0.95)}; "
+            f"{speedup:.2f}x the baseline against >= {target:g}x {_met(speedup >= target)}."
+        )
     return lines + [""] if lines else []
 
 
@@ -430,7 +475,11 @@ def environment() -> dict:
         pass
     cpu = platform.processor()
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+        cpu = next(
+            l.split(":", 1)[1].strip()
+            for l in Path("/proc/cpuinfo").read_text().splitlines()
+            if l.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     versions = {}
@@ -464,21 +513,26 @@ def targets(report: dict, default: str) -> list[dict]:
         dense_delta = None
         if "torch" in qual and backend in qual:
             dense_delta = qual[backend]["bi-encoder"]["nDCG@10"] - qual["torch"]["bi-encoder"]["nDCG@10"]
-        rows.append({
-            "backend": backend,
-            "default": backend == default,
-            "encode_speedup": enc.get(backend, {}).get("speedup"),
-            "rerank_speedup": rer.get(backend, {}).get("speedup"),
-            "latency100_ratio": lat.get(backend, {}).get("ratio"),
-            "ndcg_delta_maxsim": delta,
-            "ndcg_delta_dense": dense_delta,
-        })
+        rows.append(
+            {
+                "backend": backend,
+                "default": backend == default,
+                "encode_speedup": enc.get(backend, {}).get("speedup"),
+                "rerank_speedup": rer.get(backend, {}).get("speedup"),
+                "latency100_ratio": lat.get(backend, {}).get("ratio"),
+                "ndcg_delta_maxsim": delta,
+                "ndcg_delta_dense": dense_delta,
+            }
+        )
     for row in rows:
         checks = [
             row["encode_speedup"] is not None and row["encode_speedup"] >= TARGETS["encode"],
             row["rerank_speedup"] is not None and row["rerank_speedup"] >= TARGETS["rerank"],
             row["latency100_ratio"] is not None and row["latency100_ratio"] <= TARGETS["latency100"],
-            all(d is not None and abs(d) <= TARGETS["ndcg_delta"] for d in (row["ndcg_delta_maxsim"], row["ndcg_delta_dense"])),
+            all(
+                d is not None and abs(d) <= TARGETS["ndcg_delta"]
+                for d in (row["ndcg_delta_maxsim"], row["ndcg_delta_dense"])
+            ),
         ]
         row["met"] = checks
     return rows
@@ -531,8 +585,10 @@ def markdown(report: dict) -> str:
             "| --- | ---: | ---: | ---: |",
         ]
         for name, s in e["systems"].items():
-            lines.append(f"| {_label(name, tags, bi_auto)} | {fmt(s['docs_per_s'], 1)} | {fmt(s['tokens_per_s'], 0)} | "
-                         f"{fmt(s['speedup'])}x |")
+            lines.append(
+                f"| {_label(name, tags, bi_auto)} | {fmt(s['docs_per_s'], 1)} | {fmt(s['tokens_per_s'], 0)} | "
+                f"{fmt(s['speedup'])}x |"
+            )
         lines += ["", f"Tokenising all {e['documents']} passages alone takes {fmt(e['tokenize_seconds'])} s.", ""]
     if "reranking" in report:
         r = report["reranking"]
@@ -543,8 +599,10 @@ def markdown(report: dict) -> str:
             "| --- | ---: | ---: | ---: |",
         ]
         for name, s in r["systems"].items():
-            lines.append(f"| {_label(name, tags, ce_auto)} | {fmt(s['pairs_per_s'], 1)} | {fmt(s['speedup'])}x | "
-                         f"{fmt(s['truncated'])} |")
+            lines.append(
+                f"| {_label(name, tags, ce_auto)} | {fmt(s['pairs_per_s'], 1)} | {fmt(s['speedup'])}x | "
+                f"{fmt(s['truncated'])} |"
+            )
         lines.append("")
     if "profile" in report:
         p = report["profile"]
@@ -556,8 +614,12 @@ def markdown(report: dict) -> str:
         ]
         for name, s in p["parts"].items():
             lines.append(f"| {name} | {fmt(s['seconds'])} | {fmt(100 * s['share'], 0)}% |")
-        lines += ["", "Tokenisation runs while earlier batches are in the model (pipelined), so parts may add up to "
-                  "more than 100%; whatever is left is padding, pooling and Python.", ""]
+        lines += [
+            "",
+            "Tokenisation runs while earlier batches are in the model (pipelined), so parts may add up to "
+            "more than 100%; whatever is left is padding, pooling and Python.",
+            "",
+        ]
     if "latency" in report:
         lat = report["latency"]
         depths = list(lat["depths"])
@@ -587,8 +649,10 @@ def markdown(report: dict) -> str:
             for name, s in rows.items():
                 extra = ", ".join(f"{k} {val}" for k, val in s.get("settings", {}).items())
                 label = f"{name}{' (' + extra + ')' if extra else ''}"
-                lines.append(f"| {int(n):,} | {label} | {fmt(s.get('build_s'), 0)} | {fmt(s['qps'], 0)} | "
-                             f"{fmt(s['recall@10'], 3)} | {fmt(s['bytes_per_vector'], 0)} |")
+                lines.append(
+                    f"| {int(n):,} | {label} | {fmt(s.get('build_s'), 0)} | {fmt(s['qps'], 0)} | "
+                    f"{fmt(s['recall@10'], 3)} | {fmt(s['bytes_per_vector'], 0)} |"
+                )
         lines += [
             "",
             "bytes/vector is the index file alone; every collection also keeps each float32 vector in SQLite "
@@ -608,11 +672,17 @@ def markdown(report: dict) -> str:
         ]
         for name, s in q["systems"].items():
             if "bi-encoder" in s:
-                lines.append(f"| {_label(name, tags, bi_auto)} | {fmt(s['bi-encoder']['nDCG@10'], 4)} | {fmt(s['bi-encoder']['MRR@10'], 4)} | "
-                             f"{fmt(s['maxsim']['nDCG@10'], 4)} | {fmt(s['maxsim']['MRR@10'], 4)} |")
+                lines.append(
+                    f"| {_label(name, tags, bi_auto)} | {fmt(s['bi-encoder']['nDCG@10'], 4)} | {fmt(s['bi-encoder']['MRR@10'], 4)} | "
+                    f"{fmt(s['maxsim']['nDCG@10'], 4)} | {fmt(s['maxsim']['MRR@10'], 4)} |"
+                )
             else:
                 lines.append(f"| {name} | {fmt(s['nDCG@10'], 4)} | {fmt(s['MRR@10'], 4)} | | |")
-        lines += ["", "The baseline computes exactly what the torch backend computes (same model, same arithmetic).", ""]
+        lines += [
+            "",
+            "The baseline computes exactly what the torch backend computes (same model, same arithmetic).",
+            "",
+        ]
     if report.get("targets"):
         lines += [
             "## Targets (ratios against the baseline, same run)",
@@ -625,18 +695,24 @@ def markdown(report: dict) -> str:
             ok = [_met(m) for m in row["met"]]
             nd = f"{fmt(row['ndcg_delta_dense'], 4)} / {fmt(row['ndcg_delta_maxsim'], 4)}"
             name = row["backend"] + ((" (auto)" if auto else " (default)") if row["default"] else "")
-            lines.append(f"| {name} | {fmt(row['encode_speedup'])}x {ok[0]} | {fmt(row['rerank_speedup'])}x {ok[1]} | "
-                         f"{fmt(row['latency100_ratio'])}x {ok[2]} | {nd} {ok[3]} |")
+            lines.append(
+                f"| {name} | {fmt(row['encode_speedup'])}x {ok[0]} | {fmt(row['rerank_speedup'])}x {ok[1]} | "
+                f"{fmt(row['latency100_ratio'])}x {ok[2]} | {nd} {ok[3]} |"
+            )
         lines.append("")
     if report.get("cross_encoder"):
-        note = (f"Notes: the cross-encoder is `{report['cross_encoder']}` (`--cross-encoder`), a trained one of "
-                "ms-marco-MiniLM-L6-v2's architecture and cost; rerank quality per backend is measured with MaxSim over "
-                "the bi-encoder (which runs on the bi-encoder's backend), the cross-encoder's by auto's quality gate.")
+        note = (
+            f"Notes: the cross-encoder is `{report['cross_encoder']}` (`--cross-encoder`), a trained one of "
+            "ms-marco-MiniLM-L6-v2's architecture and cost; rerank quality per backend is measured with MaxSim over "
+            "the bi-encoder (which runs on the bi-encoder's backend), the cross-encoder's by auto's quality gate."
+        )
     else:
-        note = ("Notes: the cross-encoder is all-MiniLM-L6-v2 with a fresh seeded single-logit head (the architecture and "
-                "cost of cross-encoder/ms-marco-MiniLM-L6-v2, which is not available offline): its speed is "
-                "representative, its scores are meaningless, so rerank quality per backend is measured with MaxSim over "
-                "the bi-encoder (which runs on the bi-encoder's backend). ")
+        note = (
+            "Notes: the cross-encoder is all-MiniLM-L6-v2 with a fresh seeded single-logit head (the architecture and "
+            "cost of cross-encoder/ms-marco-MiniLM-L6-v2, which is not available offline): its speed is "
+            "representative, its scores are meaningless, so rerank quality per backend is measured with MaxSim over "
+            "the bi-encoder (which runs on the bi-encoder's backend). "
+        )
     lines += [note, ""]
     return "\n".join(lines)
 
@@ -693,9 +769,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sections", default="encode,rerank,profile,latency,quality,vectors")
     parser.add_argument("--sizes", default=None, help="comma-separated vector counts (default 100000,1000000)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--cross-encoder", type=Path, default=None, metavar="DIR",
-                        help="a trained cross-encoder to rerank with (default: all-MiniLM-L6-v2 with a fresh head, "
-                             "whose scores mean nothing, so int8 backends may fail auto's quality gate)")
+    parser.add_argument(
+        "--cross-encoder",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a trained cross-encoder to rerank with (default: all-MiniLM-L6-v2 with a fresh head, "
+        "whose scores mean nothing, so int8 backends may fail auto's quality gate)",
+    )
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"{DATA} is not present (evaluation data lives beside the repo in ../shared/data); nothing to do")
@@ -717,12 +798,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
+    from twostage.engine import Engine
     from twostage.reranker.cross_encoder import CrossEncoderReranker
-    from twostage.runtime.backends import configure_threads
-    from twostage.runtime.config import cache_root
     from twostage.retriever.biencoder import BiEncoder
     from twostage.retriever.cache import EmbeddingCache
-    from twostage.engine import Engine
+    from twostage.runtime.backends import configure_threads
+    from twostage.runtime.config import cache_root
 
     configure_threads()
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
@@ -758,17 +839,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["profile"] = profile(encoders[b], rerankers[b], texts[:200], data, data["qids"][:2])
     if "latency" in sections:
         log("end-to-end latency")
-        baseline_vectors = (report.get("encoding", {}).get("embeddings", {}).get("baseline")
-                            if "encoding" in report else None)
+        baseline_vectors = (
+            report.get("encoding", {}).get("embeddings", {}).get("baseline") if "encoding" in report else None
+        )
         if baseline_vectors is None:
             baseline_vectors = np.asarray(st.encode(texts), dtype=np.float32)
         engines = {}
         docs = [{"id": str(i), "text": t} for i, t in enumerate(texts)]
         for b in backends:  # vectors come from the embedding cache the encoding section filled
-            engines[b] = Engine.create(work / f"collection-{b}", encoder=encoders[b], reranker=rerankers[b],
-                                       index_type="flat", backend=b)
+            engines[b] = Engine.create(
+                work / f"collection-{b}", encoder=encoders[b], reranker=rerankers[b], index_type="flat", backend=b
+            )
             engines[b].add(docs)
-        queries = [data["queries"][q] for q in data["qids"][-plan["e2e_queries"]:]]
+        queries = [data["queries"][q] for q in data["qids"][-plan["e2e_queries"] :]]
         report["latency"] = bench_latency(st, ce, engines, texts, baseline_vectors, queries, depths=(100, 20))
         for engine in engines.values():
             engine.close()

@@ -11,6 +11,7 @@ before (torch and sentence-transformers imported), measured in the same run for 
 ``--backend torch`` (runs/bench-startup-torch/), since a collection built by an int8 backend is always searched with
 its own int8 model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,11 +57,23 @@ def prepare() -> str:
         if not (path / "manifest.json").is_file():
             shutil.rmtree(path, ignore_errors=True)
             backend = [] if key == "default" else ["--backend", key]
-            subprocess.run(twostage_cmd("index", str(REPO / "examples" / "corpus.jsonl"), "--index", str(path),
-                                        "--store-tokens", "-q", *backend), check=True, env=environment())
+            subprocess.run(
+                twostage_cmd(
+                    "index",
+                    str(REPO / "examples" / "corpus.jsonl"),
+                    "--index",
+                    str(path),
+                    "--store-tokens",
+                    "-q",
+                    *backend,
+                ),
+                check=True,
+                env=environment(),
+            )
     for _, args, _, code, key in CASES:
-        done = subprocess.run(twostage_cmd("search", str(COLLECTIONS[key]), *args), capture_output=True,
-                              env=environment())
+        done = subprocess.run(
+            twostage_cmd("search", str(COLLECTIONS[key]), *args), capture_output=True, env=environment()
+        )
         assert done.returncode == code, done.stderr.decode()
     manifest = json.loads((COLLECTIONS["default"] / "manifest.json").read_text(encoding="utf-8"))
     return str(manifest.get("extra", {}).get("backend", "unknown"))
@@ -96,11 +109,16 @@ def main() -> int:
         "runs": args.runs,
         "default_collection_backend": default_backend,
         "cases": [
-            {"case": name, "command": f"twostage search DIR {' '.join(repr(a) if not a or ' ' in a else a for a in case_args)}",
-             "median_s": round(statistics.median(times[name]), 3), "min_s": round(min(times[name]), 3),
-             "max_s": round(max(times[name]), 3), "target_s": target,
-             "met": None if target is None else statistics.median(times[name]) <= target,
-             "seconds": [round(t, 3) for t in times[name]]}
+            {
+                "case": name,
+                "command": f"twostage search DIR {' '.join(repr(a) if not a or ' ' in a else a for a in case_args)}",
+                "median_s": round(statistics.median(times[name]), 3),
+                "min_s": round(min(times[name]), 3),
+                "max_s": round(max(times[name]), 3),
+                "target_s": target,
+                "met": None if target is None else statistics.median(times[name]) <= target,
+                "seconds": [round(t, 3) for t in times[name]],
+            }
             for name, case_args, target, _, _ in CASES
         ],
     }
@@ -122,8 +140,9 @@ def main() -> int:
     for case in report["cases"]:
         target = f"≤ {case['target_s']}" if case["target_s"] is not None else "—"
         met = "—" if case["met"] is None else ("yes" if case["met"] else "no")
-        lines.append(f"| {case['case']} | {case['median_s']:.2f} | {case['min_s']:.2f}–{case['max_s']:.2f} | "
-                     f"{target} | {met} |")
+        lines.append(
+            f"| {case['case']} | {case['median_s']:.2f} | {case['min_s']:.2f}–{case['max_s']:.2f} | {target} | {met} |"
+        )
     (RESULTS / "startup.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     return 0

@@ -1,5 +1,6 @@
 """What every benchmark starts with: the repository importable, hub downloads off (everything here is offline),
 where evaluation data and results live, and the packaged bi-encoder. Import it before anything from twostage."""
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ model's ``report.json`` (its ``test`` section is the same harness on the same 54
 table row per system with nDCG@10 and MRR@10 (label >= 2), plus each model's recipe, steps and time. The prose of
 ``training.md`` (what was tried, limitations) is written by hand around the table this prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,15 @@ def harness_rows(path: Path) -> list[dict]:
     """Rows for dense and dense+rerank@d from a harness results.json (``twostage eval --out``)."""
     report = json.loads(path.read_text())
     keep = ("dense", "dense+rerank@20", "dense+rerank@50", "dense+rerank@100")
-    return [{"system": name.replace("rerank", "MaxSim"), "nDCG@10": system["metrics"]["nDCG@10"],
-             "MRR@10": system["metrics"]["MRR@10"]} for name, system in report["systems"].items() if name in keep]
+    return [
+        {
+            "system": name.replace("rerank", "MaxSim"),
+            "nDCG@10": system["metrics"]["nDCG@10"],
+            "MRR@10": system["metrics"]["MRR@10"],
+        }
+        for name, system in report["systems"].items()
+        if name in keep
+    ]
 
 
 def model_rows(spec: str) -> tuple[list[dict], dict]:
@@ -39,14 +47,25 @@ def model_rows(spec: str) -> tuple[list[dict], dict]:
         name = system.replace("rerank", label) if report["kind"] == "reranker" else f"dense ({label})"
         rows.append({"system": name, "nDCG@10": values["nDCG@10"], "MRR@10": values["MRR@10"]})
     training = report["training"]
-    summary = {"model": label, "kind": report["kind"], "base": report["base"], "loss": report["loss"],
-               "labels": report["data"]["labels"], "train_queries": report["data"]["train_queries"],
-               "val_queries": report["data"]["val_queries"], "depth": report["data"]["depth"],
-               "rows": report["data"]["rows"], "settings": report["settings"], "steps": training["steps"],
-               "train_seconds": training["seconds"], "total_seconds": report["total_seconds"],
-               "stopped_by": training["stopped_by"], "best_step": training["best_step"],
-               "loss_first_last": [training["first_loss"], training["last_loss"]],
-               "validation": report["validation"]}
+    summary = {
+        "model": label,
+        "kind": report["kind"],
+        "base": report["base"],
+        "loss": report["loss"],
+        "labels": report["data"]["labels"],
+        "train_queries": report["data"]["train_queries"],
+        "val_queries": report["data"]["val_queries"],
+        "depth": report["data"]["depth"],
+        "rows": report["data"]["rows"],
+        "settings": report["settings"],
+        "steps": training["steps"],
+        "train_seconds": training["seconds"],
+        "total_seconds": report["total_seconds"],
+        "stopped_by": training["stopped_by"],
+        "best_step": training["best_step"],
+        "loss_first_last": [training["first_loss"], training["last_loss"]],
+        "validation": report["validation"],
+    }
     return rows, summary
 
 
@@ -61,8 +80,12 @@ def main() -> None:
         more, summary = model_rows(model)
         rows += more
         summaries.append(summary)
-    out = {"dataset": "msmarco-dl20 (54 judged queries, held out from all training)", "rel_threshold": 2,
-           "rows": rows, "models": summaries}
+    out = {
+        "dataset": "msmarco-dl20 (54 judged queries, held out from all training)",
+        "rel_threshold": 2,
+        "rows": rows,
+        "models": summaries,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "training.json").write_text(json.dumps(out, indent=2) + "\n")
     print("| system | nDCG@10 | MRR@10 |\n|---|---|---|")

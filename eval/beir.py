@@ -1,4 +1,5 @@
 """Read the BEIR file formats: `queries.jsonl` and `qrels/<split>.tsv` (header `query-id corpus-id score`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,17 +30,20 @@ def read_beir_qrels(path: str | Path) -> Qrels:
         if not fields or (number == 1 and fields[0] == "query-id"):
             continue
         if len(fields) != 3:
-            raise EvalInputError(f"expected 3 fields (query-id corpus-id score), got {len(fields)}",
-                                 path=path, line=number)
+            raise EvalInputError(
+                f"expected 3 fields (query-id corpus-id score), got {len(fields)}", path=path, line=number
+            )
         qid, docid, text = fields
         try:
             label = int(text)
         except ValueError:
-            raise EvalInputError(f"expected an integer score, got {text!r}", path=path, line=number,
-                                 field="3 (score)") from None
+            raise EvalInputError(
+                f"expected an integer score, got {text!r}", path=path, line=number, field="3 (score)"
+            ) from None
         judged = qrels.setdefault(qid, {})
         if docid in judged and judged[docid] != label:
-            raise EvalInputError(f"document {docid} of query {qid} is judged twice with different scores",
-                                 path=path, line=number)
+            raise EvalInputError(
+                f"document {docid} of query {qid} is judged twice with different scores", path=path, line=number
+            )
         judged[docid] = label
     return qrels

@@ -1,4 +1,5 @@
 """Stream corpus documents as `{"id", "title", "text"}` dicts from JSONL or MS MARCO TSV files."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

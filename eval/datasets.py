@@ -15,6 +15,7 @@
 
 Queries are kept only where they have judgments (as BEIR's loader does); a judged query without text is an error.
 """
+
 from __future__ import annotations
 
 import os
@@ -73,8 +74,7 @@ def _find(folder: Path, name: str) -> Path | None:
 def _require(folder: Path, name: str, layout: str) -> Path:
     found = _find(folder, name)
     if found is None:
-        raise DatasetError(f"dataset folder {folder} is missing {name} (or {name}.gz), which the {layout} "
-                           "layout needs")
+        raise DatasetError(f"dataset folder {folder} is missing {name} (or {name}.gz), which the {layout} layout needs")
     return found
 
 
@@ -86,9 +86,11 @@ def detect_format(folder: Path) -> str:
         return "msmarco"
     if _find(folder, "queries.tsv") or _find(folder, "qrels.txt") or _find(folder, "corpus.jsonl"):
         return "uniform"
-    raise DatasetError(f"{folder} is not a dataset folder: expected queries.tsv + qrels.txt [+ corpus.jsonl] "
-                       "(uniform), queries.jsonl + qrels/<split>.tsv [+ corpus.jsonl] (BEIR), or "
-                       "queries.<split>.tsv + qrels.<split>.tsv [+ collection.tsv] (MS MARCO); .gz accepted")
+    raise DatasetError(
+        f"{folder} is not a dataset folder: expected queries.tsv + qrels.txt [+ corpus.jsonl] "
+        "(uniform), queries.jsonl + qrels/<split>.tsv [+ corpus.jsonl] (BEIR), or "
+        "queries.<split>.tsv + qrels.<split>.tsv [+ collection.tsv] (MS MARCO); .gz accepted"
+    )
 
 
 def _runs(folder: Path) -> dict[str, Path]:
@@ -124,8 +126,10 @@ def load_folder(folder: str | Path, *, split: str | None = None) -> Dataset:
         qrels_file = _find(folder / "qrels", f"{split}.tsv")
         if qrels_file is None:
             splits = sorted(p.name.split(".")[0] for p in (folder / "qrels").glob("*.tsv*"))
-            raise DatasetError(f"dataset folder {folder} is missing qrels/{split}.tsv, which the BEIR layout "
-                               f"needs for split {split!r} (splits present: {', '.join(splits) or 'none'})")
+            raise DatasetError(
+                f"dataset folder {folder} is missing qrels/{split}.tsv, which the BEIR layout "
+                f"needs for split {split!r} (splits present: {', '.join(splits) or 'none'})"
+            )
         qrels = read_beir_qrels(qrels_file)
         queries = read_beir_queries(queries_path)
         corpus = _find(folder, "corpus.jsonl")
@@ -140,8 +144,7 @@ def load_folder(folder: str | Path, *, split: str | None = None) -> Dataset:
     return Dataset(folder.name, _judged_queries(queries, qrels, queries_path), qrels, corpus, _runs(folder), source)
 
 
-def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None,
-                 split: str | None = None) -> Dataset:
+def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None, split: str | None = None) -> Dataset:
     """Load a dataset from a folder, a name on the search path, or the Hugging Face hub (module docstring)."""
     path = Path(name_or_path).expanduser()
     if path.exists():
@@ -159,5 +162,6 @@ def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None
         where = ", ".join(str(p) for p in searched)
         raise DatasetError(f"dataset {name!r} is not a folder and not on the search path ({where}); {exc}") from None
     queries = _judged_queries(queries, qrels, f"the queries of {name}")
-    return Dataset(name, queries, qrels, None, {}, f"Hugging Face hub {name}, split {split or 'test'}",
-                   hub_corpus=corpus)
+    return Dataset(
+        name, queries, qrels, None, {}, f"Hugging Face hub {name}, split {split or 'test'}", hub_corpus=corpus
+    )

@@ -7,6 +7,7 @@ bi-encoder (with stored MaxSim token vectors, and the collection's own lexical i
 code `twostage search --queries Q --run OUT` runs. Reranking a given run alone needs no collection (its texts come
 from the corpus) and goes through the engine's rerank step. See `eval.systems`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,18 +23,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from twostage.errors import UsageError
 from twostage.eval.datasets import Dataset
-from twostage.reranker.resolve import DEFAULT_RERANKER
-from twostage.runtime.backends import FLOAT_BACKENDS
-from twostage.runtime.config import RuntimeConfig, cache_root, runtime_config
 from twostage.eval.errors import EvalInputError
 from twostage.eval.metrics import DEFAULT_MEASURES, evaluate, parse_measure
 from twostage.eval.significance import Comparison, compare
-from twostage.eval.systems import SystemRun, engine_options, engine_system, parse_levers, rerank_run_system, \
-    rerank_texts_needed
+from twostage.eval.systems import (
+    SystemRun,
+    engine_options,
+    engine_system,
+    parse_levers,
+    rerank_run_system,
+    rerank_texts_needed,
+)
 from twostage.eval.timing import StageTimings
 from twostage.eval.trec import Run, read_run
-from twostage.errors import UsageError
+from twostage.reranker.resolve import DEFAULT_RERANKER
+from twostage.runtime.backends import FLOAT_BACKENDS
+from twostage.runtime.config import RuntimeConfig, cache_root, runtime_config
 
 DEFAULT_DEPTHS = (10, 20, 50, 100)
 FIRST_STAGE_DEPTH = 1000
@@ -132,8 +139,9 @@ def default_rel_threshold(dataset_name: str) -> int:
     return 2 if dataset_name.lower().startswith("msmarco-dl") else 1
 
 
-def resolve_systems(requested: Sequence[str] | None, depths: Sequence[int], *, have_run: bool,
-                    have_reranker: bool) -> list[SystemSpec]:
+def resolve_systems(
+    requested: Sequence[str] | None, depths: Sequence[int], *, have_run: bool, have_reranker: bool
+) -> list[SystemSpec]:
     """Parse `--systems` names (bm25, dense, hybrid, run, dense+rerank@20, or dense+rerank for every depth);
     None gives every system that applies, in the table's order."""
     depths = sorted(set(int(d) for d in depths))
@@ -145,8 +153,9 @@ def resolve_systems(requested: Sequence[str] | None, depths: Sequence[int], *, h
         return _table_order(specs)
     specs: list[SystemSpec] = []
     if not [name for name in requested if name.strip()]:
-        raise EvalInputError("--systems names no system; expected bm25, dense, hybrid or run, each alone or "
-                             "+rerank[@D]")
+        raise EvalInputError(
+            "--systems names no system; expected bm25, dense, hybrid or run, each alone or +rerank[@D]"
+        )
     for name in requested:
         if not name.strip():
             continue
@@ -157,16 +166,20 @@ def resolve_systems(requested: Sequence[str] | None, depths: Sequence[int], *, h
             _check_levers(name, levers)
         match = _SYSTEM_RE.match(name)
         if not match:
-            raise EvalInputError(f"unknown system {name!r}; expected bm25, dense, hybrid or run, each alone or "
-                                 "+rerank[@D]")
+            raise EvalInputError(
+                f"unknown system {name!r}; expected bm25, dense, hybrid or run, each alone or +rerank[@D]"
+            )
         stage, is_rerank = match.group(1), "+rerank" in name
         if stage == "run" and not have_run:
             raise EvalInputError(f"system {name!r} needs --rerank-run FILE")
         if is_rerank:
             if not have_reranker:
                 raise EvalInputError(f"system {name!r} needs a reranker, but --no-rerank was given")
-            specs += [SystemSpec(stage, int(match.group(2)), levers)] if match.group(2) else [
-                SystemSpec(stage, d, levers) for d in depths]
+            specs += (
+                [SystemSpec(stage, int(match.group(2)), levers)]
+                if match.group(2)
+                else [SystemSpec(stage, d, levers) for d in depths]
+            )
         else:
             specs.append(SystemSpec(stage, levers=levers))
     for spec in specs:
@@ -186,8 +199,10 @@ def _check_levers(name: str, levers: str) -> None:
     except ValueError as err:
         raise EvalInputError(f"system {name}/{levers}: {err}") from None
     if name.startswith("bm25") and options.get("prf", "none") != "none":
-        raise EvalInputError(f"system {name}/{levers}: pseudo-relevance feedback (prf) moves the query vector: it "
-                             "needs a dense or hybrid first stage")
+        raise EvalInputError(
+            f"system {name}/{levers}: pseudo-relevance feedback (prf) moves the query vector: it "
+            "needs a dense or hybrid first stage"
+        )
 
 
 def check_config(config: EvalConfig) -> list[SystemSpec]:
@@ -211,8 +226,9 @@ def check_config(config: EvalConfig) -> list[SystemSpec]:
             parse_measure(measure)
         except ValueError as err:
             raise EvalInputError(str(err)) from None
-    specs = resolve_systems(config.systems, depths, have_run=config.rerank_run is not None,
-                            have_reranker=config.reranker is not None)
+    specs = resolve_systems(
+        config.systems, depths, have_run=config.rerank_run is not None, have_reranker=config.reranker is not None
+    )
     if any(s.first_stage != "run" and s.depth and s.depth > config.first_stage_depth for s in specs):
         raise EvalInputError(f"a rerank depth exceeds the first-stage depth {config.first_stage_depth}")
     names = [s.name for s in specs]
@@ -231,8 +247,11 @@ def _documents(dataset: Dataset, keep: set[str] | None = None) -> list:
     """The dataset's corpus (or its documents in `keep`) as `indexes.documents.Document`s (title None if absent)."""
     from twostage.indexes.documents import Document
 
-    return [Document(d["id"], d["text"], d["title"] or None) for d in dataset.iter_corpus()
-            if keep is None or d["id"] in keep]
+    return [
+        Document(d["id"], d["text"], d["title"] or None)
+        for d in dataset.iter_corpus()
+        if keep is None or d["id"] in keep
+    ]
 
 
 def _runtime(config: EvalConfig) -> RuntimeConfig:
@@ -252,16 +271,23 @@ def _second_stage(engine: Any, encoder: Any, spec: Any, runtime: RuntimeConfig) 
     if isinstance(spec, Reranker):
         return spec, []
     device, _ = runtime.placement()  # auto stays auto: the stage reads this machine's measured choice
-    reranker, notice = load_reranker(spec, encoder=encoder, device=device, batch_size=runtime.batch_size,
-                                     backend=runtime.backend, threads=runtime.threads)
+    reranker, notice = load_reranker(
+        spec,
+        encoder=encoder,
+        device=device,
+        batch_size=runtime.batch_size,
+        backend=runtime.backend,
+        threads=runtime.threads,
+    )
     return reranker, [notice] if notice else []
 
 
 def default_index_dir(dataset: Dataset, encoder: Any) -> Path:
     """`$TWOSTAGE_CACHE_DIR` (else ~/.cache/twostage) `/collections/<dataset>-<hash of source and model>`."""
     vectors = "" if encoder.backend in FLOAT_BACKENDS else f"|{encoder.backend}"  # int8 vectors need their own
-    key = hashlib.sha256(f"{dataset.source}|{encoder.fingerprint}{vectors}|tokens-{EVAL_TOKENS}".encode("utf-8")
-                         ).hexdigest()[:12]
+    key = hashlib.sha256(f"{dataset.source}|{encoder.fingerprint}{vectors}|tokens-{EVAL_TOKENS}".encode()).hexdigest()[
+        :12
+    ]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.name) or "dataset"
     return cache_root() / "collections" / f"{slug}-{key}"
 
@@ -291,21 +317,25 @@ def collection_mismatch(collection: Any, docs: list) -> Mismatch | None:
         return Mismatch("extra", f"it holds {stored} documents, {extra} of them not in the corpus of {len(docs)}")
     changed = sum(1 for doc in docs if doc.id in hashes and hashes[doc.id] != content_hash(doc))
     if changed:
-        return Mismatch("changed", f"{changed} of its {stored} documents differ from the corpus (text, title or "
-                                   "metadata)")
+        return Mismatch(
+            "changed", f"{changed} of its {stored} documents differ from the corpus (text, title or metadata)"
+        )
     return None
 
 
 def _refusal(path: Path, problem: Mismatch) -> EvalInputError:
-    return EvalInputError(f"{path} holds a collection that is not the one eval builds for this dataset "
-                          f"({problem.reason}); "
-                          "it is left as it is: pass --overwrite to replace it, or choose another --index")
+    return EvalInputError(
+        f"{path} holds a collection that is not the one eval builds for this dataset "
+        f"({problem.reason}); "
+        "it is left as it is: pass --overwrite to replace it, or choose another --index"
+    )
 
 
 def check_index_dir(path: Path, docs: list) -> None:
     """Before any model loads: refuse a `--index` folder that is not a directory, or that holds a collection other
     than this dataset's (`collection_mismatch`); an empty or missing folder, or this dataset's collection, pass."""
-    from twostage.indexes.sharded import collection_exists, open_collection as open_stored
+    from twostage.indexes.sharded import collection_exists
+    from twostage.indexes.sharded import open_collection as open_stored
 
     if path.exists() and not path.is_dir():
         raise EvalInputError("exists and is not a directory; --index names a collection folder", path=path)
@@ -320,8 +350,9 @@ def check_index_dir(path: Path, docs: list) -> None:
         raise _refusal(path, problem)
 
 
-def open_collection(path: Path, docs: list, encoder: Any, config: EvalConfig, log: Callable[[str], None], *,
-                    owned: bool = False):
+def open_collection(
+    path: Path, docs: list, encoder: Any, config: EvalConfig, log: Callable[[str], None], *, owned: bool = False
+):
     """An engine over exactly `docs` at `path`, storing MaxSim token vectors: resumed when eval built it for these
     documents (unchanged ones skipped). A collection that is not that (`collection_mismatch`) is replaced only with
     `config.overwrite`, or when `owned` (eval's own cache folder, `default_index_dir`; there changed texts are
@@ -330,8 +361,15 @@ def open_collection(path: Path, docs: list, encoder: Any, config: EvalConfig, lo
     from twostage.indexes.sharded import collection_exists
 
     def create(overwrite: bool) -> Any:
-        return Engine.create(path, encoder=encoder, reranker=config.reranker, index_type=config.index_type,
-                             runtime=_runtime(config), store_tokens=EVAL_TOKENS, overwrite=overwrite)
+        return Engine.create(
+            path,
+            encoder=encoder,
+            reranker=config.reranker,
+            index_type=config.index_type,
+            runtime=_runtime(config),
+            store_tokens=EVAL_TOKENS,
+            overwrite=overwrite,
+        )
 
     if config.overwrite and collection_exists(path):
         log(f"{path}: replacing the collection it holds (--overwrite)")
@@ -343,8 +381,11 @@ def open_collection(path: Path, docs: list, encoder: Any, config: EvalConfig, lo
             if "without token storage" not in str(err):
                 raise
             engine = None
-        problem = (collection_mismatch(engine.collection, docs) if engine is not None
-                   else Mismatch("tokens", "it stores no token vectors"))
+        problem = (
+            collection_mismatch(engine.collection, docs)
+            if engine is not None
+            else Mismatch("tokens", "it stores no token vectors")
+        )
         if problem is not None and not owned:
             if engine is not None:
                 engine.close()
@@ -360,23 +401,35 @@ def open_collection(path: Path, docs: list, encoder: Any, config: EvalConfig, lo
         report = engine.add(docs, progress=bar.update)
     if len(engine.collection) != len(docs):
         engine.close()
-        raise EvalInputError(f"{path}: the collection holds {len(engine.collection)} documents after indexing "
-                             f"{len(docs)}; delete it and run again")
-    info = {"path": str(path), "documents": len(docs), "added": report.added, "replaced": report.replaced,
-            "unchanged": report.unchanged, "truncated": report.truncated, "seconds": round(report.seconds, 3),
-            "factory": engine.collection.index.factory}
+        raise EvalInputError(
+            f"{path}: the collection holds {len(engine.collection)} documents after indexing "
+            f"{len(docs)}; delete it and run again"
+        )
+    info = {
+        "path": str(path),
+        "documents": len(docs),
+        "added": report.added,
+        "replaced": report.replaced,
+        "unchanged": report.unchanged,
+        "truncated": report.truncated,
+        "seconds": round(report.seconds, 3),
+        "factory": engine.collection.index.factory,
+    }
     return engine, info
 
 
 def _versions() -> dict[str, str]:
     """Versions of Python, the platform and every library that changes a score or a timing."""
+    import sqlite3
     from importlib import metadata
 
-    import sqlite3
-
-    out = {"python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version, "platform": platform.platform(),
-           "cpus": str(os.cpu_count()),
-           "load_average_1_5_15min": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    out = {
+        "python": sys.version.split()[0],
+        "sqlite": sqlite3.sqlite_version,
+        "platform": platform.platform(),
+        "cpus": str(os.cpu_count()),
+        "load_average_1_5_15min": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
     for package in ("twostage", "torch", "transformers", "sentence-transformers", "faiss-cpu", "numpy", "scipy"):
         try:
             out[package] = metadata.version(package)
@@ -456,10 +509,20 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
             # an existing collection is searched as Engine.open would: an int8 one with its own backend, a float one
             # with a float backend (an int8 choice becomes its float parent), so --index takes any of the same model
             device, backend = query_placement(read_manifest(existing), runtime, existing)
-        encoder = config.encoder or BiEncoder(config.model or DEFAULT_BI_ENCODER, device=device,
-                                              batch_size=runtime.batch_size, backend=backend, threads=runtime.threads)
-        models["bi_encoder"] = {"name": encoder.name, "source": str(encoder.source), "origin": encoder.origin,
-                                "fingerprint": encoder.fingerprint, "backend": encoder.backend_tag}
+        encoder = config.encoder or BiEncoder(
+            config.model or DEFAULT_BI_ENCODER,
+            device=device,
+            batch_size=runtime.batch_size,
+            backend=backend,
+            threads=runtime.threads,
+        )
+        models["bi_encoder"] = {
+            "name": encoder.name,
+            "source": str(encoder.source),
+            "origin": encoder.origin,
+            "fingerprint": encoder.fingerprint,
+            "backend": encoder.backend_tag,
+        }
     if need_collection:
         path = Path(config.index_dir) if config.index_dir else default_index_dir(dataset, encoder)
         log(f"collection: {path}")
@@ -470,8 +533,10 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
             notices.extend(reranker_notices)
             for notice in reranker_notices:
                 log(notice)
-            models["reranker"] = {"spec": getattr(config.reranker, "name", config.reranker),
-                                  "name": getattr(reranker, "name", None)}
+            models["reranker"] = {
+                "spec": getattr(config.reranker, "name", config.reranker),
+                "name": getattr(reranker, "name", None),
+            }
         runs = _run_systems(specs, queries, docs, engine, reranker, given, config, log)
     finally:
         if engine is not None:
@@ -492,33 +557,67 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
     for spec in specs:
         system = runs[spec.name]
         result = evaluate(system.run, qrels, measures, rel_threshold=rel, complete=True)
-        results.append(SystemResult(spec.name, spec.first_stage, spec.depth, system.run, result.aggregate,
-                                    result.per_query, system.timings))
+        results.append(
+            SystemResult(
+                spec.name, spec.first_stage, spec.depth, system.run, result.aggregate, result.per_query, system.timings
+            )
+        )
     base = next(r for r in results if r.name == baseline)
     for result in results:
         if result is not base:
-            result.vs_baseline = {m: compare(base.per_query, result.per_query, m, n_resamples=config.n_resamples)
-                                  for m in measures}
-    config_record = {f.name: getattr(config, f.name) for f in fields(config)
-                     if f.name not in ("encoder", "batch_size", "backend")}
+            result.vs_baseline = {
+                m: compare(base.per_query, result.per_query, m, n_resamples=config.n_resamples) for m in measures
+            }
+    config_record = {
+        f.name: getattr(config, f.name) for f in fields(config) if f.name not in ("encoder", "batch_size", "backend")
+    }
     config_record.update(runtime=asdict(_runtime(config)))  # the effective settings, shorthands applied
-    config_record.update(reranker=getattr(config.reranker, "name", config.reranker), depths=depths,
-                         systems=names, rerank_run=None if config.rerank_run is None else str(config.rerank_run),
-                         index_dir=indexing.get("path"), measures=measures, rel_threshold=rel, baseline=baseline,
-                         significance={"measure_in_table": "nDCG@10", "tests": ["paired randomization (two-sided)",
-                                                                                "paired t-test (two-sided)"],
-                                       "n_resamples": config.n_resamples, "seed": 0})
-    return EvalReport(
-        dataset=dataset.name, dataset_source=dataset.source, n_queries=len(qids),
-        n_documents=len(docs) if need_collection else None, rel_threshold=rel, measures=measures,
+    config_record.update(
+        reranker=getattr(config.reranker, "name", config.reranker),
         depths=depths,
-        baseline=baseline, systems=results, models=models, config=config_record, indexing=indexing,
-        notices=notices, versions=_versions(), elapsed_s=time.perf_counter() - started,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        systems=names,
+        rerank_run=None if config.rerank_run is None else str(config.rerank_run),
+        index_dir=indexing.get("path"),
+        measures=measures,
+        rel_threshold=rel,
+        baseline=baseline,
+        significance={
+            "measure_in_table": "nDCG@10",
+            "tests": ["paired randomization (two-sided)", "paired t-test (two-sided)"],
+            "n_resamples": config.n_resamples,
+            "seed": 0,
+        },
+    )
+    return EvalReport(
+        dataset=dataset.name,
+        dataset_source=dataset.source,
+        n_queries=len(qids),
+        n_documents=len(docs) if need_collection else None,
+        rel_threshold=rel,
+        measures=measures,
+        depths=depths,
+        baseline=baseline,
+        systems=results,
+        models=models,
+        config=config_record,
+        indexing=indexing,
+        notices=notices,
+        versions=_versions(),
+        elapsed_s=time.perf_counter() - started,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
-def _run_systems(specs: list[SystemSpec], queries: dict[str, str], docs: list, engine: Any, reranker: Any,
-                 given: Run | None, config: EvalConfig, log: Callable[[str], None]) -> dict[str, SystemRun]:
+def _run_systems(
+    specs: list[SystemSpec],
+    queries: dict[str, str],
+    docs: list,
+    engine: Any,
+    reranker: Any,
+    given: Run | None,
+    config: EvalConfig,
+    log: Callable[[str], None],
+) -> dict[str, SystemRun]:
     """The run (and timings) of every system in `specs`: each engine configuration through the engine, a given run
     as it is, and its reranked forms through the engine's rerank step."""
     from twostage.retriever.fusion import FirstStage
@@ -529,19 +628,26 @@ def _run_systems(specs: list[SystemSpec], queries: dict[str, str], docs: list, e
             continue
         stage = FirstStage(spec.first_stage, rrf_k=config.rrf_k).label
         log(f"{spec.name}: searching through the engine")
-        out[spec.name] = engine_system(engine, queries, engine_options(stage, spec.depth, config.first_stage_depth,
-                                                                       spec.levers),
-                                       progress=config.progress, label=spec.name)
+        out[spec.name] = engine_system(
+            engine,
+            queries,
+            engine_options(stage, spec.depth, config.first_stage_depth, spec.levers),
+            progress=config.progress,
+            label=spec.name,
+        )
     if given is not None:
         out["run"] = SystemRun(given, None)
         run_depths = [s.depth for s in specs if s.first_stage == "run" and s.depth]
         by_id = {doc.id: doc for doc in docs}
         missing = rerank_texts_needed(given, list(queries), max(run_depths, default=0)) - set(by_id)
         if missing:
-            raise EvalInputError(f"{config.rerank_run}: {len(missing)} documents of the run are not in the dataset's "
-                                 f"corpus (e.g. {sorted(missing)[:3]}); the reranker needs their text")
+            raise EvalInputError(
+                f"{config.rerank_run}: {len(missing)} documents of the run are not in the dataset's "
+                f"corpus (e.g. {sorted(missing)[:3]}); the reranker needs their text"
+            )
         for depth in run_depths:
             log(f"run+rerank@{depth}: reranking the top {depth} of {config.rerank_run}")
-            out[f"run+rerank@{depth}"] = rerank_run_system(reranker, queries, given, by_id, depth,
-                                                           progress=config.progress, label=f"run+rerank@{depth}")
+            out[f"run+rerank@{depth}"] = rerank_run_system(
+                reranker, queries, given, by_id, depth, progress=config.progress, label=f"run+rerank@{depth}"
+            )
     return out

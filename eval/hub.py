@@ -3,6 +3,7 @@
 Offline it fails within seconds with a `DatasetError` instead of retrying for half a minute: unless offline mode is
 set (HF_HUB_OFFLINE=1, then only the local cache is used), the runtime's hub probe (`runtime.hub`) is asked first.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -32,12 +33,15 @@ def load_hub_beir(name: str, split: str = "test") -> tuple[Queries, Qrels, Any]:
     try:
         import datasets
     except ImportError:  # pragma: no cover - datasets is a project dependency
-        raise DatasetError(f"could not load dataset {name!r}: the `datasets` package is not installed; "
-                           + _ADVICE) from None
+        raise DatasetError(
+            f"could not load dataset {name!r}: the `datasets` package is not installed; " + _ADVICE
+        ) from None
     offline = _offline_mode()
     if not offline and not hub_reachable():
-        raise DatasetError(f"could not load dataset {name!r} from the Hugging Face hub: offline / "
-                           f"{hub_unavailable_reason()}; " + _ADVICE)
+        raise DatasetError(
+            f"could not load dataset {name!r} from the Hugging Face hub: offline / "
+            f"{hub_unavailable_reason()}; " + _ADVICE
+        )
     qrels_name, qrels_config = (f"{name}-qrels", None) if name.startswith("BeIR/") else (name, "default")
     try:
         corpus = datasets.load_dataset(name, "corpus", split="corpus")
@@ -45,14 +49,18 @@ def load_hub_beir(name: str, split: str = "test") -> tuple[Queries, Qrels, Any]:
         qrel_rows = datasets.load_dataset(qrels_name, qrels_config, split=split)
     except ConnectionError as exc:
         if offline:
-            raise DatasetError(f"could not load dataset {name!r} from the Hugging Face hub: offline / unreachable "
-                               "(offline mode is on, HF_HUB_OFFLINE, and it is not in the local Hugging Face "
-                               "cache); " + _LOCAL) from None
-        raise DatasetError(f"could not load dataset {name!r} from the Hugging Face hub: offline / unreachable "
-                           f"({exc}); " + _ADVICE) from None
+            raise DatasetError(
+                f"could not load dataset {name!r} from the Hugging Face hub: offline / unreachable "
+                "(offline mode is on, HF_HUB_OFFLINE, and it is not in the local Hugging Face "
+                "cache); " + _LOCAL
+            ) from None
+        raise DatasetError(
+            f"could not load dataset {name!r} from the Hugging Face hub: offline / unreachable ({exc}); " + _ADVICE
+        ) from None
     except Exception as exc:  # the hub client raises many types (not found, gated, bad config...)
-        raise DatasetError(f"could not load dataset {name!r} from the Hugging Face hub: "
-                           f"{type(exc).__name__}: {exc}; " + _ADVICE) from None
+        raise DatasetError(
+            f"could not load dataset {name!r} from the Hugging Face hub: {type(exc).__name__}: {exc}; " + _ADVICE
+        ) from None
     qrels: Qrels = {}
     for row in qrel_rows:
         qrels.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = int(row["score"])

@@ -13,6 +13,7 @@ Semantics, all as trec_eval:
 - queries in the qrels but not in the run are ignored (mean over the run's judged queries), or count as 0 with
   `complete=True` (trec_eval `-c`); run queries not in the qrels are ignored. Both are listed in the result.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,11 +28,18 @@ DEFAULT_MEASURES = ("MRR@10", "nDCG@10", "R@10", "R@100", "R@1000", "MAP")
 
 # Accepted spellings (lower-case) of each measure's canonical name.
 _ALIASES = {
-    "ndcg": "nDCG", "ndcg_cut": "nDCG",
-    "mrr": "MRR", "rr": "MRR", "recip_rank": "MRR",
-    "r": "R", "recall": "R",
-    "p": "P", "precision": "P",
-    "map": "MAP", "ap": "MAP", "map_cut": "MAP",
+    "ndcg": "nDCG",
+    "ndcg_cut": "nDCG",
+    "mrr": "MRR",
+    "rr": "MRR",
+    "recip_rank": "MRR",
+    "r": "R",
+    "recall": "R",
+    "p": "P",
+    "precision": "P",
+    "map": "MAP",
+    "ap": "MAP",
+    "map_cut": "MAP",
 }
 _NEEDS_CUTOFF = {"R", "P"}
 _MEASURE_RE = re.compile(r"^\s*([A-Za-z_]+?)(?:\s*[@._]\s*(\d+))?\s*$")
@@ -81,6 +89,7 @@ class EvalResult:
 
 def _ndcg(rels: Sequence[int], ideal: Sequence[int], cutoff: int | None) -> float:
     """trec_eval ndcg_cut: sum of label / log2(rank + 1) over the top `cutoff`, over the same for the ideal."""
+
     def dcg(gains: Iterable[int]) -> float:
         total = 0.0
         for i, gain in enumerate(gains):
@@ -94,7 +103,7 @@ def _ndcg(rels: Sequence[int], ideal: Sequence[int], cutoff: int | None) -> floa
 
 def _score(measure: Measure, rels: Sequence[int], ideal: Sequence[int], num_rel: int, threshold: int) -> float:
     """One measure for one query, from the labels of its ranked documents (-1 = unjudged)."""
-    top = rels[:measure.cutoff]
+    top = rels[: measure.cutoff]
     if measure.name == "nDCG":
         return _ndcg(rels, ideal, measure.cutoff)
     if measure.name == "MRR":
@@ -115,8 +124,14 @@ def _score(measure: Measure, rels: Sequence[int], ideal: Sequence[int], num_rel:
     raise ValueError(f"unsupported measure {measure}")
 
 
-def evaluate_query(scores: Mapping[str, float], labels: Mapping[str, int], measures: Sequence[Measure], *,
-                   rel_threshold: int = 1, judged_only: bool = False) -> dict[str, float]:
+def evaluate_query(
+    scores: Mapping[str, float],
+    labels: Mapping[str, int],
+    measures: Sequence[Measure],
+    *,
+    rel_threshold: int = 1,
+    judged_only: bool = False,
+) -> dict[str, float]:
     """Score one query's documents `{docid: score}` against its judgments `{docid: label}`."""
     rels = [labels.get(docid, -1) for docid, _ in ranked(dict(scores))]
     rels = [rel if rel >= 0 else -1 for rel in rels]
@@ -133,8 +148,15 @@ def _check_scores(qid: str, scores: Mapping[str, float]) -> None:
             raise EvalInputError(f"run: score of document {docid!r} for query {qid!r} is NaN")
 
 
-def evaluate(run: Run, qrels: Qrels, measures: Iterable[str | Measure] = DEFAULT_MEASURES, *,
-             rel_threshold: int = 1, judged_only: bool = False, complete: bool = False) -> EvalResult:
+def evaluate(
+    run: Run,
+    qrels: Qrels,
+    measures: Iterable[str | Measure] = DEFAULT_MEASURES,
+    *,
+    rel_threshold: int = 1,
+    judged_only: bool = False,
+    complete: bool = False,
+) -> EvalResult:
     """Evaluate `run` against `qrels` with trec_eval semantics (see the module docstring).
 
     `rel_threshold` is the lowest label counted relevant by MRR, R, P and MAP (2 for TREC DL); nDCG is graded.
@@ -154,13 +176,16 @@ def evaluate(run: Run, qrels: Qrels, measures: Iterable[str | Measure] = DEFAULT
     for qid, labels in qrels.items():
         if qid in run:
             _check_scores(qid, run[qid])
-            per_query[qid] = evaluate_query(run[qid], labels, parsed, rel_threshold=rel_threshold,
-                                            judged_only=judged_only)
+            per_query[qid] = evaluate_query(
+                run[qid], labels, parsed, rel_threshold=rel_threshold, judged_only=judged_only
+            )
         elif complete:
             per_query[qid] = {str(m): 0.0 for m in parsed}
     if not per_query:
-        raise EvalInputError(f"no query has both results and judgments (run: {len(run)} queries, "
-                             f"qrels: {len(qrels)} queries); are the query ids the same?")
+        raise EvalInputError(
+            f"no query has both results and judgments (run: {len(run)} queries, "
+            f"qrels: {len(qrels)} queries); are the query ids the same?"
+        )
     aggregate = {}
     for m in parsed:
         key = str(m)
@@ -171,8 +196,13 @@ def evaluate(run: Run, qrels: Qrels, measures: Iterable[str | Measure] = DEFAULT
     return EvalResult(aggregate, per_query, len(per_query), missing, extra)
 
 
-def format_table(rows: Sequence[Mapping[str, object]], *, columns: Sequence[str] | None = None,
-                 digits: int = 4, column_digits: Mapping[str, int] | None = None) -> str:
+def format_table(
+    rows: Sequence[Mapping[str, object]],
+    *,
+    columns: Sequence[str] | None = None,
+    digits: int = 4,
+    column_digits: Mapping[str, int] | None = None,
+) -> str:
     """Render rows of `{column: value}` as an aligned plain-text table (floats to `digits` places, or to
     `column_digits[column]` for the columns it names)."""
     if columns is None:
@@ -187,13 +217,11 @@ def format_table(rows: Sequence[Mapping[str, object]], *, columns: Sequence[str]
         return str(value)
 
     cells = [[cell(row.get(col), col) for col in columns] for row in rows]
-    numeric = [all(isinstance(row.get(col), (int, float)) or row.get(col) is None for row in rows)
-               for col in columns]
+    numeric = [all(isinstance(row.get(col), (int, float)) or row.get(col) is None for row in rows) for col in columns]
     widths = [max([len(col)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w)
-                         for v, w, num in zip(values, widths, numeric)).rstrip()
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(list(columns)), rule] + [line(r) for r in cells])

@@ -1,4 +1,5 @@
 """PNG plots of an `EvalReport` with matplotlib (Agg): quality against rerank depth, and against latency."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,10 @@ def _pyplot():
 def _subtitle(report: EvalReport) -> str:
     encoder = report.models.get("bi_encoder", {}).get("name", "-").split("/")[-1]
     reranker = str(report.models.get("reranker", {}).get("name") or "none").split("/")[-1]
-    return (f"{report.n_queries} queries, relevant = label >= {report.rel_threshold}; bi-encoder {encoder}, "
-            f"reranker {reranker}")
+    return (
+        f"{report.n_queries} queries, relevant = label >= {report.rel_threshold}; bi-encoder {encoder}, "
+        f"reranker {reranker}"
+    )
 
 
 def _gain_is_significant(first: SystemResult | None, result: SystemResult, measure: str, alpha: float = 0.05) -> bool:
@@ -57,29 +60,51 @@ def plot_quality_vs_depth(report: EvalReport, path: Path) -> bool:
             if name in by_name:
                 value = by_name[name].metrics[measure]
                 ax.axhline(value, color=COLORS[name], linestyle="--", linewidth=1.4, label=f"{name} ({value:.3f})")
-        values = {(f, r.depth or 0): r.metrics[measure] for f in families for r in report.systems
-                  if r.first_stage == f}
+        values = {(f, r.depth or 0): r.metrics[measure] for f in families for r in report.systems if r.first_stage == f}
         for family in families:
             label = _family_label(report, family)
             first = by_name.get(family)
             points = [(positions[r.depth], r) for r in report.systems if r.first_stage == family and r.depth]
             if first is not None:
                 base = first.metrics[measure]
-                ax.axhline(base, color=COLORS[family], linestyle="--", linewidth=1.4,
-                           label=f"{label}, first stage ({base:.3f})")
+                ax.axhline(
+                    base,
+                    color=COLORS[family],
+                    linestyle="--",
+                    linewidth=1.4,
+                    label=f"{label}, first stage ({base:.3f})",
+                )
                 points.insert(0, (0, first))
             color = RERANK_COLORS[family]
-            ax.plot([x for x, _ in points], [r.metrics[measure] for _, r in points], color=color, linewidth=2,
-                    label=f"{label} + reranker")
+            ax.plot(
+                [x for x, _ in points],
+                [r.metrics[measure] for _, r in points],
+                color=color,
+                linewidth=2,
+                label=f"{label} + reranker",
+            )
             for x, result in points:
                 y = result.metrics[measure]
                 # label above the point unless another family's point at this depth is higher
                 above = all(v <= y for (f, d), v in values.items() if d == (result.depth or 0) and f != family)
                 filled = result.depth is None or _gain_is_significant(first, result, measure)
-                ax.plot(x, y, "o", markersize=8, color=color if result.depth else COLORS[family],
-                        markerfacecolor=None if filled else "white")
-                ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 9 if above else -15),
-                            ha="center", fontsize=8, color=color)
+                ax.plot(
+                    x,
+                    y,
+                    "o",
+                    markersize=8,
+                    color=color if result.depth else COLORS[family],
+                    markerfacecolor=None if filled else "white",
+                )
+                ax.annotate(
+                    f"{y:.3f}",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(0, 9 if above else -15),
+                    ha="center",
+                    fontsize=8,
+                    color=color,
+                )
         ax.set_xticks(list(positions.values()))
         ax.set_xticklabels(["0\n(first stage)"] + [str(d) for d in depths])
         ax.set_xlabel("rerank depth (top-d candidates scored by the reranker)")
@@ -89,9 +114,12 @@ def plot_quality_vs_depth(report: EvalReport, path: Path) -> bool:
         ax.margins(y=0.12)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False)
-    fig.suptitle(f"{report.dataset}: quality against rerank depth\n{_subtitle(report)}\nfilled marker: "
-                 "significant change from its own first stage (paired randomization test, p < 0.05); "
-                 "hollow: not significant", fontsize=10)
+    fig.suptitle(
+        f"{report.dataset}: quality against rerank depth\n{_subtitle(report)}\nfilled marker: "
+        "significant change from its own first stage (paired randomization test, p < 0.05); "
+        "hollow: not significant",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -126,8 +154,17 @@ def plot_quality_vs_latency(report: EvalReport, path: Path) -> bool:
             ax.plot(*zip(*chain), color="#bbbbbb", linewidth=1, linestyle=":", zorder=1)
         for result, median, p95 in timed:
             y = result.metrics[measure]
-            ax.errorbar([median], [y], xerr=[[0.0], [max(p95 - median, 0.0)]], fmt="o", markersize=8, capsize=3,
-                        color=colors[result.name], label=result.name, zorder=2)
+            ax.errorbar(
+                [median],
+                [y],
+                xerr=[[0.0], [max(p95 - median, 0.0)]],
+                fmt="o",
+                markersize=8,
+                capsize=3,
+                color=colors[result.name],
+                label=result.name,
+                zorder=2,
+            )
             text = f"@{result.depth}" if result.depth else result.name
             offset = (0, -14) if result.depth else (0, 8)
             ax.annotate(text, (median, y), textcoords="offset points", xytext=offset, ha="center", fontsize=8)
@@ -140,8 +177,11 @@ def plot_quality_vs_latency(report: EvalReport, path: Path) -> bool:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
     load = report.versions.get("load_average_1_5_15min", "?").split()[0]
-    fig.suptitle(f"{report.dataset}: quality against query latency (one query at a time, "
-                 f"{report.versions.get('cpus', '?')} CPUs, load average {load})\n{_subtitle(report)}", fontsize=11)
+    fig.suptitle(
+        f"{report.dataset}: quality against query latency (one query at a time, "
+        f"{report.versions.get('cpus', '?')} CPUs, load average {load})\n{_subtitle(report)}",
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -4,6 +4,7 @@ in the spirit of Pyserini's regression YAML) and the check of an `EvalReport` ag
 Record after a deliberate change: run `twostage eval DATASET`, then `python -m twostage.eval.regression
 runs/eval-DATASET/results.json --ci-systems ...` (rewrites the file; review the diff before committing it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,10 +34,16 @@ def config_from_expected(expected: dict[str, Any], *, systems: list[str] | None 
     """The `EvalConfig` the expectations were produced with, for `systems` (default: every recorded system)."""
     cfg = expected["config"]
     return EvalConfig(
-        model=expected["models"]["bi_encoder"], reranker=expected["models"]["reranker"],
-        systems=systems or list(expected["systems"]), depths=cfg["depths"],
-        first_stage_depth=cfg["first_stage_depth"], rrf_k=cfg["rrf_k"], index_type=cfg["index_type"],
-        rel_threshold=expected["rel_threshold"], **overrides)
+        model=expected["models"]["bi_encoder"],
+        reranker=expected["models"]["reranker"],
+        systems=systems or list(expected["systems"]),
+        depths=cfg["depths"],
+        first_stage_depth=cfg["first_stage_depth"],
+        rrf_k=cfg["rrf_k"],
+        index_type=cfg["index_type"],
+        rel_threshold=expected["rel_threshold"],
+        **overrides,
+    )
 
 
 def check_report(report: EvalReport, expected: dict[str, Any]) -> list[str]:
@@ -47,8 +54,10 @@ def check_report(report: EvalReport, expected: dict[str, Any]) -> list[str]:
         problems.append(f"{report.n_queries} queries evaluated, {expected['queries']} expected")
     fingerprint = report.models.get("bi_encoder", {}).get("fingerprint")
     if fingerprint and fingerprint != expected["models"]["bi_encoder_fingerprint"]:
-        problems.append(f"bi-encoder weights differ from the recorded ones (fingerprint {fingerprint[:12]}, "
-                        f"expected {expected['models']['bi_encoder_fingerprint'][:12]})")
+        problems.append(
+            f"bi-encoder weights differ from the recorded ones (fingerprint {fingerprint[:12]}, "
+            f"expected {expected['models']['bi_encoder_fingerprint'][:12]})"
+        )
     for result in report.systems:
         wanted = expected["systems"].get(result.name)
         if wanted is None:
@@ -61,8 +70,9 @@ def check_report(report: EvalReport, expected: dict[str, Any]) -> list[str]:
     return problems
 
 
-def expected_from_results(results: dict[str, Any], *, ci_systems: list[str],
-                          tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
+def expected_from_results(
+    results: dict[str, Any], *, ci_systems: list[str], tolerance: float = DEFAULT_TOLERANCE
+) -> dict[str, Any]:
     """The expected-scores document for the `results.json` of a real `twostage eval` run (4 decimals)."""
     config = results["config"]
     rerank_run = config.get("rerank_run")
@@ -71,19 +81,31 @@ def expected_from_results(results: dict[str, Any], *, ci_systems: list[str],
         "queries": results["dataset"]["queries"],
         "documents": results["dataset"]["documents"],
         "rel_threshold": results["dataset"]["rel_threshold"],
-        "models": {"bi_encoder": results["models"]["bi_encoder"]["name"],
-                   "bi_encoder_fingerprint": results["models"]["bi_encoder"]["fingerprint"],
-                   "reranker": results["models"].get("reranker", {}).get("name")},
-        "config": {"depths": results["depths"], "first_stage_depth": config["first_stage_depth"],
-                   "rrf_k": config["rrf_k"], "index_type": config["index_type"],
-                   "index_factory": results.get("indexing", {}).get("factory"),
-                   "bm25": results["models"].get("bm25"),
-                   "rerank_run": None if rerank_run is None else Path(rerank_run).name.removesuffix(".trec")},
+        "models": {
+            "bi_encoder": results["models"]["bi_encoder"]["name"],
+            "bi_encoder_fingerprint": results["models"]["bi_encoder"]["fingerprint"],
+            "reranker": results["models"].get("reranker", {}).get("name"),
+        },
+        "config": {
+            "depths": results["depths"],
+            "first_stage_depth": config["first_stage_depth"],
+            "rrf_k": config["rrf_k"],
+            "index_type": config["index_type"],
+            "index_factory": results.get("indexing", {}).get("factory"),
+            "bm25": results["models"].get("bm25"),
+            "rerank_run": None if rerank_run is None else Path(rerank_run).name.removesuffix(".trec"),
+        },
         "tolerance": tolerance,
         "ci_systems": ci_systems,
-        "systems": {name: {m: round(system["metrics"][m], 4) for m in REGRESSION_MEASURES}
-                    for name, system in results["systems"].items()},
-        "versions": {k: v for k, v in results["versions"].items() if k not in ("platform", "cpus", "torch_threads", "load_average_1_5_15min")},
+        "systems": {
+            name: {m: round(system["metrics"][m], 4) for m in REGRESSION_MEASURES}
+            for name, system in results["systems"].items()
+        },
+        "versions": {
+            k: v
+            for k, v in results["versions"].items()
+            if k not in ("platform", "cpus", "torch_threads", "load_average_1_5_15min")
+        },
     }
 
 

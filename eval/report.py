@@ -1,4 +1,5 @@
 """Write an `EvalReport` out: the terminal table, a JSON file, one TREC run per system, a per-query CSV, plots."""
+
 from __future__ import annotations
 
 import csv
@@ -59,17 +60,21 @@ def format_report_table(report: EvalReport) -> str:
     encoder = models.get("bi_encoder", {}).get("name", "-")
     reranker = models.get("reranker", {}).get("name") or "none"
     docs = f"{report.n_documents} documents, " if report.n_documents else ""
-    header = (f"{report.dataset}: {report.n_queries} queries, {docs}relevant = label >= {report.rel_threshold} "
-              f"(nDCG graded)\nbi-encoder {encoder}; reranker {reranker}")
+    header = (
+        f"{report.dataset}: {report.n_queries} queries, {docs}relevant = label >= {report.rel_threshold} "
+        f"(nDCG graded)\nbi-encoder {encoder}; reranker {reranker}"
+    )
     columns = ["system", *TABLE_MEASURES, "p rand", "p t-test", "median ms", "p95 ms"]
     table = format_table(table_rows(report), columns=columns, column_digits={"median ms": 1, "p95 ms": 1})
-    notes = [f"p: paired two-sided randomization test ({report.config.get('significance', {}).get('n_resamples')}"
-             f" resamples) and paired t-test on {SIGNIFICANCE_MEASURE} against {report.baseline}, "
-             f"{report.n_queries} queries.",
-             "latency: per query, one at a time, encode + search + rerank: median and p95 on "
-             f"{report.versions.get('cpus', '?')} CPUs (load average at the end "
-             f"{report.versions.get('load_average_1_5_15min', '?')}).",
-             f"MRR, R and MAP count label >= {report.rel_threshold}; nDCG uses the graded labels."]
+    notes = [
+        f"p: paired two-sided randomization test ({report.config.get('significance', {}).get('n_resamples')}"
+        f" resamples) and paired t-test on {SIGNIFICANCE_MEASURE} against {report.baseline}, "
+        f"{report.n_queries} queries.",
+        "latency: per query, one at a time, encode + search + rerank: median and p95 on "
+        f"{report.versions.get('cpus', '?')} CPUs (load average at the end "
+        f"{report.versions.get('load_average_1_5_15min', '?')}).",
+        f"MRR, R and MAP count label >= {report.rel_threshold}; nDCG uses the graded labels.",
+    ]
     if any(r.first_stage == "run" and r.depth for r in report.systems):
         notes.append("run+rerank latency is the reranker's only (the given run's first stage was not timed).")
     if any(r.depth for r in report.systems):
@@ -89,12 +94,25 @@ def report_to_dict(report: EvalReport) -> dict[str, Any]:
             "metrics": result.metrics,
             "timings_ms": None if result.timings is None else result.timings.summary(),
             "latency_ms": {"median": median, "p95": p95},
-            "vs_baseline": {m: {"baseline": report.baseline, "delta": c.delta, "p_randomization": c.p_randomization,
-                                "p_ttest": _finite(c.p_ttest), "n": c.n} for m, c in result.vs_baseline.items()},
+            "vs_baseline": {
+                m: {
+                    "baseline": report.baseline,
+                    "delta": c.delta,
+                    "p_randomization": c.p_randomization,
+                    "p_ttest": _finite(c.p_ttest),
+                    "n": c.n,
+                }
+                for m, c in result.vs_baseline.items()
+            },
         }
     return {
-        "dataset": {"name": report.dataset, "source": report.dataset_source, "queries": report.n_queries,
-                    "documents": report.n_documents, "rel_threshold": report.rel_threshold},
+        "dataset": {
+            "name": report.dataset,
+            "source": report.dataset_source,
+            "queries": report.n_queries,
+            "documents": report.n_documents,
+            "rel_threshold": report.rel_threshold,
+        },
         "models": report.models,
         "depths": report.depths,
         "baseline": report.baseline,
@@ -157,12 +175,16 @@ def _previous_outputs(out: Path) -> set[str]:
         runs = {entry.get("run_file") or f"{RUNS_DIR}/{run_file_name(name)}" for name, entry in systems.items()}
     except (OSError, ValueError, AttributeError):
         return set()
-    return {name for name in runs | {DEPTH_PLOT, LATENCY_PLOT} if isinstance(name, str) and "/.." not in name
-            and not name.startswith(("/", ".."))}
+    return {
+        name
+        for name in runs | {DEPTH_PLOT, LATENCY_PLOT}
+        if isinstance(name, str) and "/.." not in name and not name.startswith(("/", ".."))
+    }
 
 
-def write_report(report: EvalReport, out_dir: str | Path, *, runs: bool = True, per_query: bool = True,
-                 plots: bool = True) -> dict[str, Path]:
+def write_report(
+    report: EvalReport, out_dir: str | Path, *, runs: bool = True, per_query: bool = True, plots: bool = True
+) -> dict[str, Path]:
     """Write every output into `out_dir`; returns what was written, by kind.
 
     Everything is first written into a hidden folder inside `out_dir` and moved into place only once all of it was
@@ -198,10 +220,12 @@ def write_report(report: EvalReport, out_dir: str | Path, *, runs: bool = True, 
         order += [TABLE_TXT, RESULTS_JSON]
         # what would stop a move is found before the first one
         blocked = ([out / RUNS_DIR] if runs and (out / RUNS_DIR).exists() and not (out / RUNS_DIR).is_dir() else []) + [
-            out / name for name in order if (out / name).is_dir()]
+            out / name for name in order if (out / name).is_dir()
+        ]
         if blocked:
-            raise EvalInputError("is in the way of an output file; move it away or choose another --out",
-                                 path=blocked[0])
+            raise EvalInputError(
+                "is in the way of an output file; move it away or choose another --out", path=blocked[0]
+            )
         if runs:
             (out / RUNS_DIR).mkdir(exist_ok=True)
         for name in order:

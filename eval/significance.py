@@ -3,6 +3,7 @@
 The randomization (permutation) test is the one recommended for IR by Smucker, Allan & Carterette (CIKM 2007);
 the paired t-test is given alongside because most papers report it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -16,12 +17,13 @@ from twostage.eval.metrics import parse_measure
 def _differences(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
     a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a_arr.shape != b_arr.shape or a_arr.ndim != 1:
-        raise ValueError(f"paired scores must be two 1-D sequences of equal length, got {a_arr.shape} and {b_arr.shape}")
+        raise ValueError(
+            f"paired scores must be two 1-D sequences of equal length, got {a_arr.shape} and {b_arr.shape}"
+        )
     return b_arr - a_arr
 
 
-def paired_randomization_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10000,
-                              seed: int = 0) -> float:
+def paired_randomization_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10000, seed: int = 0) -> float:
     """Two-sided p-value that the mean of b - a is 0, by randomly swapping each query's pair of scores.
 
     p = (1 + resamples with |mean difference| >= observed) / (1 + n_resamples), so it is never 0;
@@ -71,8 +73,14 @@ class Comparison:
     p_ttest: float
 
 
-def compare(per_query_a: Mapping[str, Mapping[str, float]], per_query_b: Mapping[str, Mapping[str, float]],
-            measure: str, *, n_resamples: int = 10000, seed: int = 0) -> Comparison:
+def compare(
+    per_query_a: Mapping[str, Mapping[str, float]],
+    per_query_b: Mapping[str, Mapping[str, float]],
+    measure: str,
+    *,
+    n_resamples: int = 10000,
+    seed: int = 0,
+) -> Comparison:
     """Compare two `EvalResult.per_query` tables on `measure` (e.g. "nDCG@10"; aliases like "RR@10" accepted).
 
     Pass the baseline as a. Both must cover the same queries (evaluate with `complete=True` when a system
@@ -80,8 +88,10 @@ def compare(per_query_a: Mapping[str, Mapping[str, float]], per_query_b: Mapping
     """
     if set(per_query_a) != set(per_query_b):
         only_a, only_b = set(per_query_a) - set(per_query_b), set(per_query_b) - set(per_query_a)
-        raise ValueError(f"systems were evaluated on different queries ({len(only_a)} only in a, "
-                         f"{len(only_b)} only in b); evaluate both with complete=True")
+        raise ValueError(
+            f"systems were evaluated on different queries ({len(only_a)} only in a, "
+            f"{len(only_b)} only in b); evaluate both with complete=True"
+        )
     measure = str(parse_measure(measure))
     qids = list(per_query_a)
     if not qids:
@@ -92,5 +102,12 @@ def compare(per_query_a: Mapping[str, Mapping[str, float]], per_query_b: Mapping
     except KeyError:
         raise ValueError(f"measure {measure!r} is missing from the per-query scores") from None
     mean_a, mean_b = float(np.mean(a)), float(np.mean(b))
-    return Comparison(measure, len(qids), mean_a, mean_b, mean_b - mean_a,
-                      paired_randomization_test(a, b, n_resamples=n_resamples, seed=seed), paired_t_test(a, b))
+    return Comparison(
+        measure,
+        len(qids),
+        mean_a,
+        mean_b,
+        mean_b - mean_a,
+        paired_randomization_test(a, b, n_resamples=n_resamples, seed=seed),
+        paired_t_test(a, b),
+    )

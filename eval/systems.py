@@ -7,6 +7,7 @@ warm-up query goes first (lazy initialisation is not a query's cost). A system r
 top d of its candidates; the rest keep their first-stage order beneath (``SearchResult.run``), so R@100 / R@1000
 of a reranked system stay comparable with its first stage.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -52,12 +53,19 @@ def parse_levers(text: str) -> dict[str, str]:
 def engine_options(first_stage: str, depth: int | None, k: int, levers: str = "") -> dict[str, Any]:
     """The ``Engine.search`` options of one system: ``first_stage`` (a ``FirstStage`` spec) with ``k`` candidates,
     the top ``depth`` reranked (none when None), plus its lever options."""
-    return {"first_stage": first_stage, "k": k, "top_n": k, "rerank": depth is not None, "rerank_depth": depth,
-            **parse_levers(levers)}
+    return {
+        "first_stage": first_stage,
+        "k": k,
+        "top_n": k,
+        "rerank": depth is not None,
+        "rerank_depth": depth,
+        **parse_levers(levers),
+    }
 
 
-def engine_system(engine, queries: Queries, options: Mapping[str, Any], *, progress: bool = False,
-                  label: str = "search") -> SystemRun:
+def engine_system(
+    engine, queries: Queries, options: Mapping[str, Any], *, progress: bool = False, label: str = "search"
+) -> SystemRun:
     """One system's run through ``Engine.search_queries`` (one query at a time), with the engine's stage timings."""
     qids = list(queries)
     k = max(1, min(int(options["k"]), len(engine.collection)))
@@ -68,8 +76,16 @@ def engine_system(engine, queries: Queries, options: Mapping[str, Any], *, progr
     return SystemRun({qid: results[qid].run() for qid in qids}, _timings(results[q] for q in qids))
 
 
-def rerank_run_system(reranker, queries: Queries, given: Run, documents: Mapping[str, Any], depth: int, *,
-                      progress: bool = False, label: str = "rerank") -> SystemRun:
+def rerank_run_system(
+    reranker,
+    queries: Queries,
+    given: Run,
+    documents: Mapping[str, Any],
+    depth: int,
+    *,
+    progress: bool = False,
+    label: str = "rerank",
+) -> SystemRun:
     """A given run's top ``depth`` per query reranked by the engine's rerank step (texts from ``documents``,
     doc id -> ``Document``), the rest beneath in the run's order; "rerank" timed (the run's own first stage was not)."""
     from twostage.engine import hit_from, rerank_hits
@@ -80,8 +96,10 @@ def rerank_run_system(reranker, queries: Queries, given: Run, documents: Mapping
     lists = {qid: ranked(dict(given.get(qid, {}))) for qid in qids}
 
     def hits_of(qid: str) -> list:  # below the depth a document's text is never read: one outside the corpus is kept
-        return [hit_from(documents.get(docid) or Document(docid, ""), score, rank)
-                for rank, (docid, score) in enumerate(lists[qid], start=1)]
+        return [
+            hit_from(documents.get(docid) or Document(docid, ""), score, rank)
+            for rank, (docid, score) in enumerate(lists[qid], start=1)
+        ]
 
     first = next((q for q in qids if lists[q]), None)
     if first is not None:  # warm-up, on hits of its own
@@ -91,8 +109,13 @@ def rerank_run_system(reranker, queries: Queries, given: Run, documents: Mapping
     with _progress(len(qids), label, progress) as bar:
         for qid in qids:
             (hits,), seconds = rerank_hits(reranker, [queries[qid]], [hits_of(qid)], depth)
-            result = SearchResult(query=queries[qid], hits=hits, timings=Timings(rerank_s=seconds),
-                                  candidates=len(hits), reranker=getattr(reranker, "name", None))
+            result = SearchResult(
+                query=queries[qid],
+                hits=hits,
+                timings=Timings(rerank_s=seconds),
+                candidates=len(hits),
+                reranker=getattr(reranker, "name", None),
+            )
             run[qid] = result.run()
             timings.add("rerank", seconds)
             bar.update(1)

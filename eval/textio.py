@@ -3,6 +3,7 @@
 Readers go through `iter_lines`, which reads UTF-8 (a leading byte-order mark dropped, as `utf-8-sig` does) and turns
 bytes that are not UTF-8, a corrupt gzip stream or an unreadable file into one `EvalInputError` naming the file and
 line, in the words the corpus reader uses (`indexes.readers`)."""
+
 from __future__ import annotations
 
 import gzip
@@ -49,10 +50,11 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
             for number, line in enumerate(handle, start=1):
                 bad = _ESCAPED.search(line)
                 if bad:
-                    at = len(line[:bad.start()].encode("utf-8", "surrogateescape")) + 1
+                    at = len(line[: bad.start()].encode("utf-8", "surrogateescape")) + 1
                     byte = ord(bad.group()) - 0xDC00
-                    raise EvalInputError(f"not valid UTF-8 (byte 0x{byte:02x} at byte {at} of the line)",
-                                         path=path, line=number)
+                    raise EvalInputError(
+                        f"not valid UTF-8 (byte 0x{byte:02x} at byte {at} of the line)", path=path, line=number
+                    )
                 yield number, line
     except FileNotFoundError:
         raise EvalInputError("no such file", path=path) from None
@@ -60,8 +62,9 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
         raise EvalInputError("is a directory, not a file", path=path) from None
     except (OSError, EOFError, zlib.error) as err:  # unreadable, or a corrupt / truncated gzip stream
         reason = os_reason(err) if isinstance(err, OSError) else str(err) or type(err).__name__
-        raise EvalInputError(f"cannot read the file: {reason}", path=path,
-                             line=number + 1 if number else None) from None
+        raise EvalInputError(
+            f"cannot read the file: {reason}", path=path, line=number + 1 if number else None
+        ) from None
 
 
 def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:

@@ -1,4 +1,5 @@
 """Per-query, per-stage latencies (encode query, vector/lexical search, rerank) and their median and p95."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -3,6 +3,7 @@
 Data model (as BEIR and pytrec_eval): qrels `{qid: {docid: label}}`, run `{qid: {docid: score}}`,
 queries `{qid: text}`. Every reader accepts gzip files (name ending in `.gz`); errors name file and line.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,13 +40,18 @@ def read_qrels(path: str | Path) -> Qrels:
             raise EvalInputError(f"expected 4 fields (qid 0 docid label), got {len(fields)}", path=path, line=number)
         qid, _, docid, text = fields
         if not _ASCII_INT.fullmatch(text):
-            raise EvalInputError(f"expected an integer relevance label, got {text!r}",
-                                 path=path, line=number, field="4 (label)")
+            raise EvalInputError(
+                f"expected an integer relevance label, got {text!r}", path=path, line=number, field="4 (label)"
+            )
         label = int(text)
         judged = qrels.setdefault(qid, {})
         if docid in judged and judged[docid] != label:
-            raise EvalInputError(f"document {docid} of query {qid} is judged {label} here but {judged[docid]} "
-                                 f"on line {seen_on[qid, docid]}", path=path, line=number)
+            raise EvalInputError(
+                f"document {docid} of query {qid} is judged {label} here but {judged[docid]} "
+                f"on line {seen_on[qid, docid]}",
+                path=path,
+                line=number,
+            )
         judged[docid] = label
         seen_on.setdefault((qid, docid), number)
     return qrels
@@ -64,16 +70,18 @@ def read_run_with_tag(path: str | Path, *, on_duplicate: OnDuplicate = "error") 
     tag: str | None = None
     for number, fields in _records(path):
         if len(fields) != 6:
-            raise EvalInputError(f"expected 6 fields (qid Q0 docid rank score tag), got {len(fields)}",
-                                 path=path, line=number)
+            raise EvalInputError(
+                f"expected 6 fields (qid Q0 docid rank score tag), got {len(fields)}", path=path, line=number
+            )
         qid, _, docid, _, text, line_tag = fields
         try:
             if not text.isascii() or "_" in text:  # Python's float() also takes '1_0' and full-width digits
                 raise ValueError(text)
             score = float(text)
         except ValueError:
-            raise EvalInputError(f"expected a numeric score, got {text!r}", path=path, line=number,
-                                 field="5 (score)") from None
+            raise EvalInputError(
+                f"expected a numeric score, got {text!r}", path=path, line=number, field="5 (score)"
+            ) from None
         if math.isnan(score):
             raise EvalInputError("score is NaN", path=path, line=number, field="5 (score)")
         if tag is None:
@@ -81,8 +89,11 @@ def read_run_with_tag(path: str | Path, *, on_duplicate: OnDuplicate = "error") 
         scores = run.setdefault(qid, {})
         if docid in scores:
             if on_duplicate == "error":
-                raise EvalInputError(f"duplicate document {docid} for query {qid} (first on line "
-                                     f"{seen_on[qid, docid]})", path=path, line=number)
+                raise EvalInputError(
+                    f"duplicate document {docid} for query {qid} (first on line {seen_on[qid, docid]})",
+                    path=path,
+                    line=number,
+                )
             if on_duplicate == "max":
                 scores[docid] = max(scores[docid], score)
             continue
@@ -103,8 +114,9 @@ def ranked(scores: dict[str, float]) -> list[tuple[str, float]]:
 
 def _check_token(value: str, what: str, qid: str) -> None:
     if not value or any(c.isspace() for c in value):
-        raise EvalInputError(f"{what} {value!r} (query {qid!r}) is empty or contains whitespace; "
-                             "TREC run files cannot hold it")
+        raise EvalInputError(
+            f"{what} {value!r} (query {qid!r}) is empty or contains whitespace; TREC run files cannot hold it"
+        )
 
 
 def write_run(run: Run, path: str | Path, tag: str = "twostage", depth: int | None = None) -> None:

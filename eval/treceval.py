@@ -1,5 +1,6 @@
 """trec_eval's interface over `eval.metrics`: its measure names (families expand to its standard cutoffs) and
 its output lines `measure<TAB>qid|all<TAB>value`, so `twostage eval --run --qrels` reads like trec_eval."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -50,8 +51,9 @@ def expand_measures(specs: Sequence[str] | None) -> list[NamedMeasure]:
     return list({m.label: m for m in out}.values())
 
 
-def format_trec_eval(result: EvalResult, measures: Sequence[NamedMeasure], *, run_tag: str | None,
-                     per_query: bool = False) -> str:
+def format_trec_eval(
+    result: EvalResult, measures: Sequence[NamedMeasure], *, run_tag: str | None, per_query: bool = False
+) -> str:
     """trec_eval's text output: optional per-query lines, then `runid`, `num_q` and each measure over `all`."""
     lines = []
     if per_query:
@@ -65,10 +67,14 @@ def format_trec_eval(result: EvalResult, measures: Sequence[NamedMeasure], *, ru
 
 def result_to_json(result: EvalResult, measures: Sequence[NamedMeasure], *, per_query: bool) -> dict:
     """The same numbers at full precision, keyed by the printed names."""
-    out: dict = {"n_queries": result.n_queries,
-                 "aggregate": {m.label: result.aggregate[str(m.measure)] for m in measures},
-                 "missing_queries": result.missing_queries, "extra_queries": result.extra_queries}
+    out: dict = {
+        "n_queries": result.n_queries,
+        "aggregate": {m.label: result.aggregate[str(m.measure)] for m in measures},
+        "missing_queries": result.missing_queries,
+        "extra_queries": result.extra_queries,
+    }
     if per_query:
-        out["per_query"] = {qid: {m.label: values[str(m.measure)] for m in measures}
-                            for qid, values in result.per_query.items()}
+        out["per_query"] = {
+            qid: {m.label: values[str(m.measure)] for m in measures} for qid, values in result.per_query.items()
+        }
     return out

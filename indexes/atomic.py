@@ -2,13 +2,15 @@
 
 A reader (or a process restarted after ``kill -9``) therefore sees either the old file or the new one, never half of one.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import CollectionError
 

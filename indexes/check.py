@@ -5,6 +5,7 @@ ids against the documents' ids, token rows (MaxSim) and any FTS5 table against t
 writer lock and rebuilds what SQLite can rebuild (the vector index, the manifest's counts and dimension, token rows of
 deleted documents, an FTS5 index); what it cannot (a damaged SQLite file, a lost manifest) is said, with what to do.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -63,8 +64,10 @@ def _inspect(path: Path, report: CheckReport) -> None:
         manifest = Collection._read_manifest(path / MANIFEST)
     except CollectionError as err:
         report.problems.append(str(err))
-        report.unrepairable.append(f"{MANIFEST} records the bi-encoder and cannot be rebuilt from SQLite: restore it "
-                                   f"from a backup (or re-index the documents into a new directory)")
+        report.unrepairable.append(
+            f"{MANIFEST} records the bi-encoder and cannot be rebuilt from SQLite: restore it "
+            f"from a backup (or re-index the documents into a new directory)"
+        )
         return
     db = path / DOCUMENTS
     try:
@@ -90,26 +93,35 @@ def _inspect_sqlite(path: Path, con: sqlite3.Connection, manifest: Manifest, rep
         first = " ".join(rows[0].split())[:300]  # SQLite's first finding can span lines; one line here
         more = f" (and {len(rows) - 1} more findings)" if len(rows) > 1 else ""
         report.problems.append(f"{db} fails SQLite's integrity_check: {first}{more}")
-        report.unrepairable.append(f"{DOCUMENTS} is damaged and is the source of truth: restore it from a backup "
-                                   f"(the sqlite3 shell's '.recover' may save the rows it can still read)")
+        report.unrepairable.append(
+            f"{DOCUMENTS} is damaged and is the source of truth: restore it from a backup "
+            f"(the sqlite3 shell's '.recover' may save the rows it can still read)"
+        )
         return
     if "docs" not in tables:
         report.problems.append(f"{db} holds no documents table (emptied or replaced)")
         report.unrepairable.append(f"{DOCUMENTS} has lost the documents: restore it from a backup")
         return
-    stored = np.fromiter((r[0] for r in con.execute("SELECT internal_id FROM docs ORDER BY internal_id")), dtype=np.int64)
+    stored = np.fromiter(
+        (r[0] for r in con.execute("SELECT internal_id FROM docs ORDER BY internal_id")), dtype=np.int64
+    )
     report.documents = len(stored)
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
     generation, dimension = int(meta.get("generation", 0)), meta.get("dimension")
     if dimension is not None and int(dimension) != manifest.dimension:
-        report.problems.append(f"{MANIFEST} says dimension {manifest.dimension} but the stored embeddings have "
-                               f"{dimension}")
+        report.problems.append(
+            f"{MANIFEST} says dimension {manifest.dimension} but the stored embeddings have {dimension}"
+        )
     if manifest.generation > generation:
-        report.problems.append(f"{DOCUMENTS} is at generation {generation}, behind the manifest's "
-                               f"{manifest.generation}: documents were lost (a truncated or older copy); repair "
-                               f"rebuilds the index from the {len(stored)} that remain")
+        report.problems.append(
+            f"{DOCUMENTS} is at generation {generation}, behind the manifest's "
+            f"{manifest.generation}: documents were lost (a truncated or older copy); repair "
+            f"rebuilds the index from the {len(stored)} that remain"
+        )
     if manifest.document_count != len(stored):
-        report.problems.append(f"{MANIFEST} counts {manifest.document_count} documents, {DOCUMENTS} holds {len(stored)}")
+        report.problems.append(
+            f"{MANIFEST} counts {manifest.document_count} documents, {DOCUMENTS} holds {len(stored)}"
+        )
     _inspect_index(path, manifest, stored, report)
     _inspect_tables(con, tables, report)
 
@@ -136,17 +148,21 @@ def _inspect_tables(con: sqlite3.Connection, tables: dict[str, str], report: Che
     """Token rows (MaxSim) and token statistics of deleted documents; an FTS5 table out of step with the documents."""
     for table in ("tokens", "doc_terms"):
         if table in tables:
-            orphans = con.execute(f"SELECT COUNT(*) FROM {table} WHERE doc_id NOT IN (SELECT doc_id FROM docs)").fetchone()[0]
+            orphans = con.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE doc_id NOT IN (SELECT doc_id FROM docs)"
+            ).fetchone()[0]
             if orphans:
                 report.problems.append(f"{orphans} row(s) of table {table!r} belong to no document")
     documents = con.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
     for name in _fts_tables(tables):
         rows = con.execute(f'SELECT COUNT(*) FROM "{name}_docsize"').fetchone()[0]
-        strays = con.execute(f'SELECT COUNT(*) FROM "{name}_docsize" WHERE id NOT IN (SELECT internal_id FROM docs)'
-                             ).fetchone()[0]
+        strays = con.execute(
+            f'SELECT COUNT(*) FROM "{name}_docsize" WHERE id NOT IN (SELECT internal_id FROM docs)'
+        ).fetchone()[0]
         if rows != documents or strays:
-            report.problems.append(f"full-text table {name!r} indexes {rows} rows ({strays} of no document) for "
-                                   f"{documents} documents")
+            report.problems.append(
+                f"full-text table {name!r} indexes {rows} rows ({strays} of no document) for {documents} documents"
+            )
 
 
 def _fts_tables(tables: dict[str, str]) -> list[str]:
@@ -177,10 +193,14 @@ def _repair(path: Path, report: CheckReport) -> None:
                 manifest.dimension = int(dimension)
                 report.repaired.append(f"{MANIFEST}: dimension set to the stored embeddings' {dimension}")
             with store.transaction() as con:
-                tables = {r[0]: (r[1] or "") for r in con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")}
+                tables = {
+                    r[0]: (r[1] or "") for r in con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
+                }
                 for table in ("tokens", "doc_terms"):
                     if table in tables:
-                        gone = con.execute(f"DELETE FROM {table} WHERE doc_id NOT IN (SELECT doc_id FROM docs)").rowcount
+                        gone = con.execute(
+                            f"DELETE FROM {table} WHERE doc_id NOT IN (SELECT doc_id FROM docs)"
+                        ).rowcount
                         if gone:
                             report.repaired.append(f"removed {gone} row(s) of {table!r} that belonged to no document")
                 for name in _fts_tables(tables):

@@ -8,31 +8,33 @@ FAISS index from the embeddings SQLite holds. A ``kill -9`` at any moment theref
 With ``index_type="auto"`` the index follows the collection's size: ``commit`` rebuilds a flat index as HNSW once
 it holds 100k documents, and HNSW as IVF-PQ at 2M (pass ``expected_size`` to ``create`` to start with the right one).
 """
+
 from __future__ import annotations
 
 import logging
 import sqlite3
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write_json, read_json, is_temp_file
+from .atomic import atomic_write_json, is_temp_file, read_json
 from .document_store import DocumentStore, UpsertResult, open_store, storage_errors
-from .lock import DEFAULT_WAIT, LOCK_FILE, LockBusy, ReadOnlyCollection, WriterLock
+from .documents import Document
+from .errors import CollectionError, StorageError
 from .lexical import LexicalIndex
+from .lock import DEFAULT_WAIT, LOCK_FILE, LockBusy, ReadOnlyCollection, WriterLock
+from .protocols import VectorIndexLike
 from .token_df import TokenDF
 from .token_pooling import check_factor
 from .token_store import DEFAULT_ENCODING as DEFAULT_TOKEN_ENCODING
 from .token_store import ENCODINGS as TOKEN_ENCODINGS
 from .token_store import TRAIN_AT, TokenStore, default_pool
-from .documents import Document
-from .errors import CollectionError, StorageError
-from .protocols import VectorIndexLike
 from .vector_index import resolve_factory, vector_index_class
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: Any, source: Path) -> "Manifest":
+    def from_dict(cls, data: Any, source: Path) -> Manifest:
         """Validate a parsed ``manifest.json``; anything missing or mistyped is a CollectionError naming the field."""
         if not isinstance(data, dict):
             raise CollectionError(f"{source}: expected a JSON object")
@@ -89,8 +91,15 @@ class Manifest:
                 raise CollectionError(f"{source}: field {name!r} is missing")
             if not isinstance(data[name], kind) or isinstance(data[name], bool):
                 raise CollectionError(f"{source}: field {name!r} should be {kind.__name__}, got {data[name]!r}")
-        optional = {"normalized": bool, "index_type": str, "factory": str, "document_count": int, "vector_count": int,
-                    "generation": int, "extra": dict}
+        optional = {
+            "normalized": bool,
+            "index_type": str,
+            "factory": str,
+            "document_count": int,
+            "vector_count": int,
+            "generation": int,
+            "extra": dict,
+        }
         for name, kind in optional.items():
             if name in data and not isinstance(data[name], kind):
                 raise CollectionError(f"{source}: field {name!r} should be {kind.__name__}, got {data[name]!r}")
@@ -170,19 +179,26 @@ class Collection:
         store_tokens: bool | str = False,
         token_pool: float | None = None,
         vector_index: str = "faiss",
-    ) -> "Collection":
+    ) -> Collection:
         """A new, empty collection. Refuses a directory holding other files, and an existing collection unless overwrite.
         ``token_pool`` (with ``store_tokens``) merges each passage's stored tokens ``token_pool`` to one
         (``indexes.token_pooling``); None: the encoding's default (``token_store.DEFAULT_POOL``: 2.5 for 2bit)."""
         path = Path(path)
         token_encoding = DEFAULT_TOKEN_ENCODING if store_tokens is True else str(store_tokens)
         if store_tokens and token_encoding not in TOKEN_ENCODINGS:
-            raise CollectionError(f"token encoding must be one of {', '.join(TOKEN_ENCODINGS)} (got {token_encoding!r})")
+            raise CollectionError(
+                f"token encoding must be one of {', '.join(TOKEN_ENCODINGS)} (got {token_encoding!r})"
+            )
         if token_pool is not None and not store_tokens:
             raise CollectionError("a token pool factor needs stored tokens (store_tokens / --store-tokens)")
         try:
-            token_pool = (check_factor(token_pool) if token_pool is not None
-                          else default_pool(token_encoding) if store_tokens else 1.0)
+            token_pool = (
+                check_factor(token_pool)
+                if token_pool is not None
+                else default_pool(token_encoding)
+                if store_tokens
+                else 1.0
+            )
         except ValueError as err:
             raise CollectionError(str(err)) from None
         if path.exists() and not path.is_dir():
@@ -199,17 +215,29 @@ class Collection:
         with storage_errors(path / DOCUMENTS):
             path.mkdir(parents=True, exist_ok=True)
             with WriterLock(path).holding(cls.lock_wait):
-                return cls._create_locked(path, index, model_name=model_name, model_fingerprint=model_fingerprint,
-                                          dimension=dimension, normalized=normalized, index_type=index_type,
-                                          vector_index=vector_index, extra=extra, overwrite=overwrite,
-                                          store_tokens=store_tokens, token_encoding=token_encoding,
-                                          token_pool=token_pool)
+                return cls._create_locked(
+                    path,
+                    index,
+                    model_name=model_name,
+                    model_fingerprint=model_fingerprint,
+                    dimension=dimension,
+                    normalized=normalized,
+                    index_type=index_type,
+                    vector_index=vector_index,
+                    extra=extra,
+                    overwrite=overwrite,
+                    store_tokens=store_tokens,
+                    token_encoding=token_encoding,
+                    token_pool=token_pool,
+                )
 
     @staticmethod
     def _check_own_files(path: Path) -> None:
         """Refuse a directory holding anything but a collection's own files (or temp files of an interrupted write)."""
         if path.is_dir():
-            foreign = sorted(p.name for p in path.iterdir() if p.name not in OWN_FILES and not is_temp_file(p, OWN_FILES))
+            foreign = sorted(
+                p.name for p in path.iterdir() if p.name not in OWN_FILES and not is_temp_file(p, OWN_FILES)
+            )
             if foreign:
                 raise CollectionError(
                     f"{path} is not empty and is not a collection (it holds {', '.join(foreign[:3])}"
@@ -231,14 +259,29 @@ class Collection:
             count = None
         if count != 0:
             held = f"{count} documents" if count is not None else "an unreadable database"
-            raise CollectionError(f"{path} has no {MANIFEST} but its {DOCUMENTS} holds {held}: run 'twostage check "
-                                  f"{path}' (or restore the manifest), or replace it with --overwrite (overwrite=True)")
+            raise CollectionError(
+                f"{path} has no {MANIFEST} but its {DOCUMENTS} holds {held}: run 'twostage check "
+                f"{path}' (or restore the manifest), or replace it with --overwrite (overwrite=True)"
+            )
 
     @classmethod
-    def _create_locked(cls, path: Path, index: VectorIndexLike, *, model_name: str, model_fingerprint: str,
-                       dimension: int, normalized: bool, index_type: str, vector_index: str,
-                       extra: dict[str, Any] | None, overwrite: bool, store_tokens: bool | str, token_encoding: str,
-                       token_pool: float = 1.0) -> "Collection":
+    def _create_locked(
+        cls,
+        path: Path,
+        index: VectorIndexLike,
+        *,
+        model_name: str,
+        model_fingerprint: str,
+        dimension: int,
+        normalized: bool,
+        index_type: str,
+        vector_index: str,
+        extra: dict[str, Any] | None,
+        overwrite: bool,
+        store_tokens: bool | str,
+        token_encoding: str,
+        token_pool: float = 1.0,
+    ) -> Collection:
         """The file-writing part of :meth:`create`, under the writer lock so two creators cannot interleave."""
         if cls.exists(path) and not overwrite:
             raise CollectionError(f"{path} already holds a collection: open it, or pass overwrite=True to replace it")
@@ -275,13 +318,14 @@ class Collection:
         return collection
 
     @classmethod
-    def open(cls, path: str | Path) -> "Collection":
+    def open(cls, path: str | Path) -> Collection:
         """Open an existing collection. A vector index behind SQLite (a crash) is brought up to date from the stored
         embeddings, compared by ids; documents behind the index, or a damaged SQLite file, are refused untouched."""
         path = Path(path)
         if not path.is_dir():
-            raise CollectionError(f"collection directory {path} " + ("is a file, not a directory" if path.exists()
-                                                                      else "does not exist"))
+            raise CollectionError(
+                f"collection directory {path} " + ("is a file, not a directory" if path.exists() else "does not exist")
+            )
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise CollectionError(f"{path} is not a collection: {MANIFEST} is missing")
@@ -302,7 +346,7 @@ class Collection:
         return collection
 
     @classmethod
-    def _open_with(cls, path: Path, manifest: Manifest, store: DocumentStore, index_class: Any) -> "Collection":
+    def _open_with(cls, path: Path, manifest: Manifest, store: DocumentStore, index_class: Any) -> Collection:
         """The checks and the repair of :meth:`open` once the store is open."""
         generation = store.generation
         stored_dimension = store.get_meta("dimension")
@@ -315,7 +359,10 @@ class Collection:
         try:
             index = index_class.load(path / VECTORS)
             if index.dimension != manifest.dimension:
-                index, reason = None, f"index dimension {index.dimension} differs from the manifest's {manifest.dimension}"
+                index, reason = (
+                    None,
+                    f"index dimension {index.dimension} differs from the manifest's {manifest.dimension}",
+                )
         except CollectionError as err:
             index, reason = None, str(err)
         ahead = max(manifest.generation, getattr(index, "generation", None) or 0)
@@ -331,12 +378,17 @@ class Collection:
             collection._rebuild_index(manifest.factory)
         elif not collection._catch_up():
             return collection
-        log.warning("%s: the vector index was behind the documents (%s); brought up to date from the stored "
-                    "embeddings", path, reason or "its ids differ from the stored documents'")
+        log.warning(
+            "%s: the vector index was behind the documents (%s); brought up to date from the stored embeddings",
+            path,
+            reason or "its ids differ from the stored documents'",
+        )
         problems = store.check()
         if problems:
-            raise StorageError(f"{path / DOCUMENTS} fails SQLite's quick_check ({problems[0]}); nothing was rewritten: "
-                               f"run 'twostage check {path}' to see what can be saved")
+            raise StorageError(
+                f"{path / DOCUMENTS} fails SQLite's quick_check ({problems[0]}); nothing was rewritten: "
+                f"run 'twostage check {path}' to see what can be saved"
+            )
         collection.recovered = True
         collection._save_if_free()
         return collection
@@ -416,7 +468,10 @@ class Collection:
 
     # ------------------------------------------------------------------ writes
     def upsert(
-        self, docs: Sequence[Document], embeddings: np.ndarray, tokens: Sequence[np.ndarray] | None = None,
+        self,
+        docs: Sequence[Document],
+        embeddings: np.ndarray,
+        tokens: Sequence[np.ndarray] | None = None,
         terms: Sequence[np.ndarray] | None = None,
     ) -> UpsertResult:
         """Store documents and their vectors (committed to SQLite at once); an existing id is replaced.
@@ -515,8 +570,10 @@ class Collection:
         try:
             self.index.save(self.path / VECTORS, generation=generation)
         except RuntimeError as err:  # FAISS's own write error (a full disk, a read-only place)
-            raise StorageError(f"{self.path}: cannot write {VECTORS} ({' '.join(str(err).split())[-160:]}); the "
-                               f"documents are safe in {DOCUMENTS} and the next open rebuilds the index") from None
+            raise StorageError(
+                f"{self.path}: cannot write {VECTORS} ({' '.join(str(err).split())[-160:]}); the "
+                f"documents are safe in {DOCUMENTS} and the next open rebuilds the index"
+            ) from None
         self.manifest.generation = generation
         self.manifest.factory = self.index.factory
         self.manifest.document_count = self._count
@@ -551,7 +608,11 @@ class Collection:
             self._begin_write()
             if index_type is not None:
                 try:
-                    factory = vector_index_class(self.manifest.vector_index).create(self.manifest.dimension, index_type, self.store.count()).factory
+                    factory = (
+                        vector_index_class(self.manifest.vector_index)
+                        .create(self.manifest.dimension, index_type, self.store.count())
+                        .factory
+                    )
                 except ValueError as err:
                     raise CollectionError(str(err)) from None
                 self.manifest.index_type = index_type
@@ -607,15 +668,19 @@ class Collection:
                 if len(allowed) <= EXACT_FILTER_MAX:
                     hits = _exact_search(queries, self.store.embeddings(allowed), allowed, k)
                 else:
-                    hits = self.index.search_lists(queries, k, allowed_ids=allowed, exact=self.store.embeddings,
-                                                   ef_search=ef_search, nprobe=nprobe)
+                    hits = self.index.search_lists(
+                        queries, k, allowed_ids=allowed, exact=self.store.embeddings, ef_search=ef_search, nprobe=nprobe
+                    )
             else:
-                hits = self.index.search_lists(queries, k, exact=self.store.embeddings, ef_search=ef_search, nprobe=nprobe)
+                hits = self.index.search_lists(
+                    queries, k, exact=self.store.embeddings, ef_search=ef_search, nprobe=nprobe
+                )
             names = self.store.doc_ids({i for row in hits for i, _ in row})
         return [by_score([(names[i], score) for i, score in row if i in names]) for row in hits]
 
-    def lexical_search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
-                       ) -> list[list[tuple[str, float]]]:
+    def lexical_search(
+        self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
+    ) -> list[list[tuple[str, float]]]:
         """BM25 top-``k`` ``(doc_id, score)`` per query text, best first (``indexes.lexical``); a collection made
         before the lexical index existed is indexed from its stored texts first, in one transaction."""
         if k < 1:
@@ -625,7 +690,8 @@ class Collection:
                 if self.read_only:
                     raise ReadOnlyCollection(
                         f"{self.path} has no lexical (BM25) index yet and is read-only here: search it once where it "
-                        f"can be written (any bm25 or hybrid search builds the index), then search it here")
+                        f"can be written (any bm25 or hybrid search builds the index), then search it here"
+                    )
                 log.info("%s: building the lexical index from %d stored documents", self.path, self._count)
                 held = self._writer.held
                 self._begin_write()  # a write, even from a search: one writer at a time
@@ -726,7 +792,7 @@ class Collection:
                 self._writer.release()
                 self.store.close()
 
-    def __enter__(self) -> "Collection":
+    def __enter__(self) -> Collection:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -760,4 +826,3 @@ def _exact_search(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: 
         top = np.argsort(-row, kind="stable")[:k]
         out.append([(int(ids[j]), float(row[j])) for j in top])
     return out
-

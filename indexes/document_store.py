@@ -3,6 +3,7 @@
 It is the collection's source of truth: the FAISS index can always be rebuilt from it. Internal ids come from
 ``AUTOINCREMENT`` and are never reused, so a stale vector can never alias a newer document.
 """
+
 from __future__ import annotations
 
 import errno
@@ -10,10 +11,11 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +73,9 @@ class DocumentStore:
         self._con = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
         if not create and not self._has_docs_table():
             self._con.close()
-            raise StorageError(f"{self.path} holds no documents table (emptied or replaced); nothing was changed: restore it from a backup")
+            raise StorageError(
+                f"{self.path} holds no documents table (emptied or replaced); nothing was changed: restore it from a backup"
+            )
         mode = self._con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"{self.path}: cannot switch SQLite to WAL mode (got {mode!r})")
@@ -82,7 +86,10 @@ class DocumentStore:
                     self._con.execute(statement)
 
     def _has_docs_table(self) -> bool:
-        return self._con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'docs'").fetchone() is not None
+        return (
+            self._con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'docs'").fetchone()
+            is not None
+        )
 
     def check(self, full: bool = False) -> list[str]:
         """SQLite's own ``quick_check`` (or with ``full`` the slower ``integrity_check``): empty when the file is sound."""
@@ -193,7 +200,9 @@ class DocumentStore:
         with self._lock:
             for chunk in _chunks(list(doc_ids)):
                 marks = ",".join("?" * len(chunk))
-                found.update(self._con.execute(f"SELECT doc_id, internal_id FROM docs WHERE doc_id IN ({marks})", chunk))
+                found.update(
+                    self._con.execute(f"SELECT doc_id, internal_id FROM docs WHERE doc_id IN ({marks})", chunk)
+                )
         return found
 
     def _select(self, columns: str, key: str, values: Sequence[Any]) -> dict[Any, tuple]:
@@ -281,7 +290,9 @@ class DocumentStore:
             params.extend(values)
         where = " AND ".join(f"({c})" for c in clauses) or "1"
         with self._lock:
-            rows = self._con.execute(f"SELECT internal_id FROM docs WHERE {where} ORDER BY internal_id", params).fetchall()
+            rows = self._con.execute(
+                f"SELECT internal_id FROM docs WHERE {where} ORDER BY internal_id", params
+            ).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def count(self) -> int:
@@ -328,8 +339,9 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
     """A read-only connection; where SQLite cannot even create its shared-memory file, the file is read as immutable."""
     last: sqlite3.Error | None = None
     for flags in ("mode=ro", "mode=ro&immutable=1"):
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True, isolation_level=None,
-                              check_same_thread=False, timeout=30)
+        con = sqlite3.connect(
+            f"{path.resolve().as_uri()}?{flags}", uri=True, isolation_level=None, check_same_thread=False, timeout=30
+        )
         try:
             con.execute("SELECT COUNT(*) FROM docs").fetchone()
             return con
@@ -346,14 +358,19 @@ def storage_error(err: BaseException, path: Path) -> StorageError:
     code = getattr(err, "errno", None)
     lowered = text.lower()
     if code == errno.ENOSPC or "disk is full" in lowered or "no space" in lowered:
-        return StorageError(f"{directory}: the disk is full ({text}); free some space and run the same command again "
-                            f"(the collection keeps its last committed state)")
+        return StorageError(
+            f"{directory}: the disk is full ({text}); free some space and run the same command again "
+            f"(the collection keeps its last committed state)"
+        )
     if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in lowered or "read-only" in lowered:
         return StorageError(f"{directory} is read-only ({text}): it can be searched but not changed")
-    if isinstance(err, sqlite3.DatabaseError) and ("malformed" in lowered or "not a database" in lowered
-                                                   or "corrupt" in lowered):
-        return StorageError(f"{path} is damaged ({text}); run 'twostage check {directory}' to see what can be "
-                            f"saved, or restore it from a backup")
+    if isinstance(err, sqlite3.DatabaseError) and (
+        "malformed" in lowered or "not a database" in lowered or "corrupt" in lowered
+    ):
+        return StorageError(
+            f"{path} is damaged ({text}); run 'twostage check {directory}' to see what can be "
+            f"saved, or restore it from a backup"
+        )
     return StorageError(f"{path}: {text}")
 
 

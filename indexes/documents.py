@@ -1,4 +1,5 @@
 """The one document record every stage passes around: an external string id, its text, an optional title and metadata."""
+
 from __future__ import annotations
 
 import hashlib

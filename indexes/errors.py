@@ -1,4 +1,5 @@
 """Errors the index layer raises; each names the file, line and field at fault so a user can fix the input."""
+
 from __future__ import annotations
 
 

@@ -6,11 +6,13 @@ first takes back its old terms (FTS5's ``'delete'`` command, given the stored te
 and b = 0.75 fixed; queries are OR-ed terms with English stop words left out. The ``meta`` key ``lexical`` records
 that the index is complete: a collection made before it existed is indexed from its stored texts on first need.
 """
+
 from __future__ import annotations
 
 import re
 import sqlite3
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from .document_store import DocumentStore, _match_clause
 
@@ -64,11 +66,15 @@ class LexicalIndex:
             _create_table(con)
             last = -1
             while True:
-                rows = con.execute("SELECT internal_id, title, text FROM docs WHERE internal_id > ? "
-                                   "ORDER BY internal_id LIMIT ?", (last, _BATCH)).fetchall()
+                rows = con.execute(
+                    "SELECT internal_id, title, text FROM docs WHERE internal_id > ? ORDER BY internal_id LIMIT ?",
+                    (last, _BATCH),
+                ).fetchall()
                 if not rows:
                     break
-                con.executemany(f"INSERT INTO {TABLE}(rowid, body) VALUES (?, ?)", [(i, _body(t, x)) for i, t, x in rows])
+                con.executemany(
+                    f"INSERT INTO {TABLE}(rowid, body) VALUES (?, ?)", [(i, _body(t, x)) for i, t, x in rows]
+                )
                 count += len(rows)
                 last = int(rows[-1][0])
             self.documents.set_meta("lexical", RECORD)
@@ -81,23 +87,30 @@ class LexicalIndex:
             return
         with self.documents.transaction() as con:
             for start in range(0, len(doc_ids), 900):
-                chunk = [str(d) for d in doc_ids[start:start + 900]]
+                chunk = [str(d) for d in doc_ids[start : start + 900]]
                 marks = ",".join("?" * len(chunk))
-                rows = con.execute(f"SELECT internal_id, title, text FROM docs WHERE doc_id IN ({marks})", chunk).fetchall()
-                con.executemany(f"INSERT INTO {TABLE}({TABLE}, rowid, body) VALUES ('delete', ?, ?)",
-                                [(i, _body(t, x)) for i, t, x in rows])
+                rows = con.execute(
+                    f"SELECT internal_id, title, text FROM docs WHERE doc_id IN ({marks})", chunk
+                ).fetchall()
+                con.executemany(
+                    f"INSERT INTO {TABLE}({TABLE}, rowid, body) VALUES ('delete', ?, ?)",
+                    [(i, _body(t, x)) for i, t, x in rows],
+                )
 
     def add(self, internal_ids: Iterable[int], bodies: Iterable[str]) -> None:
         """Index new documents under their internal ids (``Document.text_for_encoding()`` as the body)."""
         if not self.ready:
             return
         with self.documents.transaction() as con:
-            con.executemany(f"INSERT INTO {TABLE}(rowid, body) VALUES (?, ?)",
-                            [(int(i), body) for i, body in zip(internal_ids, bodies)])
+            con.executemany(
+                f"INSERT INTO {TABLE}(rowid, body) VALUES (?, ?)",
+                [(int(i), body) for i, body in zip(internal_ids, bodies)],
+            )
 
     # ------------------------------------------------------------------ reads
-    def search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
-               ) -> list[list[tuple[int, float]]]:
+    def search(
+        self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
+    ) -> list[list[tuple[int, float]]]:
         """Top-``k`` ``(internal id, BM25 score)`` per query, best first (scores positive: FTS5's negated); documents
         sharing no term with the query are left out; ``filter`` keeps documents whose metadata matches."""
         where, params = "", []
@@ -105,9 +118,11 @@ class LexicalIndex:
             clause, values = _match_clause(str(key), value)
             where += f" AND ({clause})"
             params.extend(values)
-        sql = (f"SELECT rowid, -bm25({TABLE}) FROM {TABLE} WHERE {TABLE} MATCH ?"
-               + (f" AND rowid IN (SELECT internal_id FROM docs WHERE 1{where})" if where else "")
-               + " ORDER BY rank LIMIT ?")
+        sql = (
+            f"SELECT rowid, -bm25({TABLE}) FROM {TABLE} WHERE {TABLE} MATCH ?"
+            + (f" AND rowid IN (SELECT internal_id FROM docs WHERE 1{where})" if where else "")
+            + " ORDER BY rank LIMIT ?"
+        )
         out = []
         with self.documents.reading() as con:
             for query in queries:

@@ -4,6 +4,7 @@ Every writing process (CLI ``index``/``add``/``delete``/``check --repair``, the 
 changes the collection; the holder's pid and command are written into the file so that a second writer, after
 waiting ``wait`` seconds, can say who holds it. The OS drops the lock when its holder dies (``kill -9`` included).
 """
+
 from __future__ import annotations
 
 import errno
@@ -11,9 +12,9 @@ import fcntl
 import os
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import CollectionError
 
@@ -60,8 +61,9 @@ class WriterLock:
             fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-                raise ReadOnlyCollection(f"{self.directory} is read-only ({err.strerror}): it can be searched but "
-                                         f"not changed") from None
+                raise ReadOnlyCollection(
+                    f"{self.directory} is read-only ({err.strerror}): it can be searched but not changed"
+                ) from None
             raise CollectionError(f"{self.directory}: cannot create {LOCK_FILE} ({err.strerror})") from None
         deadline = time.monotonic() + max(0.0, wait)
         while True:
@@ -97,7 +99,7 @@ class WriterLock:
             os.close(fd)
 
     @contextmanager
-    def holding(self, wait: float = DEFAULT_WAIT) -> Iterator["WriterLock"]:
+    def holding(self, wait: float = DEFAULT_WAIT) -> Iterator[WriterLock]:
         """The lock for the duration of a ``with`` block."""
         self.acquire(wait)
         try:
@@ -105,7 +107,7 @@ class WriterLock:
         finally:
             self.release()
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         self.acquire()
         return self
 

@@ -8,6 +8,7 @@ chosen on cacm by agreement with float16 MaxSim's top 10 over 100 dense candidat
 size (48 x 6 bits, 96 x 3), unrotated PQ, residual PQ and PCA-reduced 2-bit residual codes (README, "MaxSim").
 Decoding is a table gather per sub-vector (numpy) and one matrix product back out of the rotation.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,8 +69,15 @@ class ProductCodec:
         return int(self._pq.code_size)
 
     @classmethod
-    def train(cls, sample: np.ndarray, *, subvectors: int | None = None, nbits: int = NBITS, rotate: bool = True,
-              seed: int = 123) -> "ProductCodec":
+    def train(
+        cls,
+        sample: np.ndarray,
+        *,
+        subvectors: int | None = None,
+        nbits: int = NBITS,
+        rotate: bool = True,
+        seed: int = 123,
+    ) -> ProductCodec:
         """Learn sub-centroids from unit-length token vectors ``(n, dim)``, after :func:`balanced_rotation` unless
         ``rotate`` is False; a sample too small for ``2**nbits`` sub-centroids (~39 points each) gets fewer bits."""
         import faiss
@@ -104,13 +112,21 @@ class ProductCodec:
 
     def to_blobs(self) -> dict[str, bytes | int | None]:
         """The codec as SQLite column values."""
-        return {"nbits": self.nbits, "m": self.subvectors, "dim": self.dim, "codebooks": self.codebooks.tobytes(),
-                "rotation": None if self.rotation is None else self.rotation.tobytes()}
+        return {
+            "nbits": self.nbits,
+            "m": self.subvectors,
+            "dim": self.dim,
+            "codebooks": self.codebooks.tobytes(),
+            "rotation": None if self.rotation is None else self.rotation.tobytes(),
+        }
 
     @classmethod
-    def from_blobs(cls, nbits: int, m: int, dim: int, codebooks: bytes, rotation: bytes | None) -> "ProductCodec":
-        return cls(nbits, np.frombuffer(codebooks, dtype=np.float32).reshape(m, 2**nbits, dim // m),
-                   None if rotation is None else np.frombuffer(rotation, dtype=np.float32).reshape(dim, dim))
+    def from_blobs(cls, nbits: int, m: int, dim: int, codebooks: bytes, rotation: bytes | None) -> ProductCodec:
+        return cls(
+            nbits,
+            np.frombuffer(codebooks, dtype=np.float32).reshape(m, 2**nbits, dim // m),
+            None if rotation is None else np.frombuffer(rotation, dtype=np.float32).reshape(dim, dim),
+        )
 
 
 def balanced_rotation(sample: np.ndarray, subvectors: int) -> np.ndarray:

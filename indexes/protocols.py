@@ -1,9 +1,11 @@
 """What the engine needs from a collection and what a collection needs from its vector index, as small protocols:
 so a sharded collection can stand in for one directory, and another vector index for FAISS."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -38,12 +40,20 @@ class CollectionLike(Protocol):
 
     def __len__(self) -> int: ...
 
-    def search(self, query_vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None = None, *,
-               ef_search: int | None = None, nprobe: int | None = None) -> list[list[tuple[str, float]]]:
+    def search(
+        self,
+        query_vectors: np.ndarray,
+        k: int,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> list[list[tuple[str, float]]]:
         """Top-``k`` ``(doc_id, score)`` per query vector, best first."""
 
-    def lexical_search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
-                       ) -> list[list[tuple[str, float]]]:
+    def lexical_search(
+        self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
+    ) -> list[list[tuple[str, float]]]:
         """BM25 top-``k`` ``(doc_id, score)`` per query text, best first (``indexes.lexical``)."""
 
     def get(self, doc_ids: Sequence[str]) -> list[Document | None]:
@@ -55,8 +65,9 @@ class CollectionLike(Protocol):
     def iter_documents(self) -> Iterator[Document]:
         """Every document."""
 
-    def upsert(self, docs: Sequence[Document], embeddings: np.ndarray, tokens: Sequence[np.ndarray] | None = None,
-               **extra: Any) -> Any:
+    def upsert(
+        self, docs: Sequence[Document], embeddings: np.ndarray, tokens: Sequence[np.ndarray] | None = None, **extra: Any
+    ) -> Any:
         """Store documents with their vectors (and token vectors); an existing id is replaced."""
 
     def delete(self, doc_ids: Sequence[str]) -> Any:
@@ -104,8 +115,16 @@ class VectorIndexLike(Protocol):
 
     def compact(self, vectors_by_id: Iterable[Batch]) -> None: ...
 
-    def search_lists(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, exact: Any = None, *,
-                     ef_search: int | None = None, nprobe: int | None = None) -> list[list[tuple[int, float]]]:
+    def search_lists(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed_ids: np.ndarray | None = None,
+        exact: Any = None,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> list[list[tuple[int, float]]]:
         """Top-``k`` ``(internal id, score)`` per query; ``allowed_ids`` restricts, ``exact`` re-scores lossy codes."""
 
     def save(self, path: str | Path, *, generation: int | None = None) -> None: ...

@@ -3,6 +3,7 @@
 Every bad input raises :class:`CorpusError` naming the file, the 1-based line (for Parquet and Hugging Face datasets
 the 1-based data row; for a JSON array the item) and the field at fault.
 """
+
 from __future__ import annotations
 
 import csv
@@ -11,9 +12,10 @@ import gzip
 import json
 import math
 import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from .documents import Document, id_problem, unicode_problem
 from .errors import CorpusError
@@ -87,7 +89,9 @@ def count_corpus(source: str | Path) -> int | None:
                 tail = block[-1:]
             lines += 1 if tail and tail != b"\n" else 0  # a last line without a newline
         if fmt in ("tsv", "csv") and first:
-            cells = first.decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r\n").split("\t" if fmt == "tsv" else ",")
+            cells = (
+                first.decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r\n").split("\t" if fmt == "tsv" else ",")
+            )
             lines -= 1 if _looks_like_header(cells, _FieldSpec()) else 0
         return lines
     except Exception:  # only a progress-bar hint: any trouble means 'unknown'
@@ -175,7 +179,9 @@ def _resolve_fields(keys: Sequence[str], spec: _FieldSpec, label: str, line: int
         if given is not None:
             found = _find(keys, [given])
             if found is None and required:
-                raise CorpusError(f"{role} field {given!r} not found (fields: {shown})", path=label, line=line, field=given)
+                raise CorpusError(
+                    f"{role} field {given!r} not found (fields: {shown})", path=label, line=line, field=given
+                )
             return found
         found = _find(keys, candidates)
         if found is None and required:
@@ -316,7 +322,9 @@ def _decoded(raw_lines: Iterable[bytes], label: str, bad: dict[int, UnicodeDecod
 
 def _utf8_error(label: str, line: int, err: UnicodeDecodeError, field: str | None) -> CorpusError:
     byte = err.object[err.start : err.start + 1].hex()
-    return CorpusError(f"not valid UTF-8 (byte 0x{byte} at byte {err.start + 1} of the line)", path=label, line=line, field=field)
+    return CorpusError(
+        f"not valid UTF-8 (byte 0x{byte} at byte {err.start + 1} of the line)", path=label, line=line, field=field
+    )
 
 
 def _has_surrogates(value: Any) -> bool:
@@ -376,7 +384,9 @@ def _read_json_array(path: Path, label: str, compressed: bool, spec: _FieldSpec)
         records = json.loads(raw.decode("utf-8").lstrip("\ufeff"))
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise CorpusError(f"not valid UTF-8 (byte 0x{raw[err.start:err.start + 1].hex()})", path=label, line=line) from None
+        raise CorpusError(
+            f"not valid UTF-8 (byte 0x{raw[err.start : err.start + 1].hex()})", path=label, line=line
+        ) from None
     except json.JSONDecodeError as err:
         raise CorpusError(f"malformed JSON: {err.msg} (column {err.colno})", path=label, line=err.lineno) from None
     builder: _Builder | None = None

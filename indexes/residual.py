@@ -10,6 +10,7 @@ A token is stored as its nearest centroid's id (uint16) and its residual's bucke
 to a byte: ``2 + dim * bits / 8`` bytes (98 for a 384-d model at 2 bits, 50 at 1 bit). Decoding is a table lookup per
 packed byte plus the centroid, so it costs a gather over the candidates' tokens and no arithmetic per bit.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,8 +61,10 @@ class ResidualCodec:
             raise ValueError(f"residual codes need a dimension divisible by 8 (got {dim})")
         levels = 2**self.bits
         if self.cutoffs.shape != (dim, levels - 1) or self.weights.shape != (dim, levels):
-            raise ValueError(f"cutoffs/weights of shape {self.cutoffs.shape}/{self.weights.shape} do not fit "
-                             f"{dim} dimensions at {self.bits} bits")
+            raise ValueError(
+                f"cutoffs/weights of shape {self.cutoffs.shape}/{self.weights.shape} do not fit "
+                f"{dim} dimensions at {self.bits} bits"
+            )
         self._index = None  # faiss inner-product index over the centroids, built on first encode
         self._set_table()
 
@@ -75,8 +78,16 @@ class ResidualCodec:
         return 2 + self.dim * self.bits // 8
 
     @classmethod
-    def train(cls, sample: np.ndarray, bits: int, *, n_centroids: int | None = None, n_tokens: int | None = None,
-              seed: int = 123, niter: int = 20) -> "ResidualCodec":
+    def train(
+        cls,
+        sample: np.ndarray,
+        bits: int,
+        *,
+        n_centroids: int | None = None,
+        n_tokens: int | None = None,
+        seed: int = 123,
+        niter: int = 20,
+    ) -> ResidualCodec:
         """Learn a codec from unit-length token vectors ``(n, dim)``. ``n_centroids`` defaults to
         :func:`default_centroids` of ``n_tokens`` (the collection's token count; default the sample's)."""
         import faiss
@@ -137,16 +148,24 @@ class ResidualCodec:
 
     def to_blobs(self) -> dict[str, bytes | int]:
         """The codec as SQLite column values (float32 blobs; centroids as float16, as they are used unit length)."""
-        return {"bits": self.bits, "k": len(self.centroids), "dim": self.dim,
-                "centroids": self.centroids.astype(np.float16).tobytes(),
-                "cutoffs": self.cutoffs.tobytes(), "weights": self.weights.tobytes()}
+        return {
+            "bits": self.bits,
+            "k": len(self.centroids),
+            "dim": self.dim,
+            "centroids": self.centroids.astype(np.float16).tobytes(),
+            "cutoffs": self.cutoffs.tobytes(),
+            "weights": self.weights.tobytes(),
+        }
 
     @classmethod
-    def from_blobs(cls, bits: int, k: int, dim: int, centroids: bytes, cutoffs: bytes, weights: bytes) -> "ResidualCodec":
+    def from_blobs(cls, bits: int, k: int, dim: int, centroids: bytes, cutoffs: bytes, weights: bytes) -> ResidualCodec:
         levels = 2**bits
-        return cls(bits, np.frombuffer(centroids, dtype=np.float16).reshape(k, dim).astype(np.float32),
-                   np.frombuffer(cutoffs, dtype=np.float32).reshape(dim, levels - 1),
-                   np.frombuffer(weights, dtype=np.float32).reshape(dim, levels))
+        return cls(
+            bits,
+            np.frombuffer(centroids, dtype=np.float16).reshape(k, dim).astype(np.float32),
+            np.frombuffer(cutoffs, dtype=np.float32).reshape(dim, levels - 1),
+            np.frombuffer(weights, dtype=np.float32).reshape(dim, levels),
+        )
 
 
 def _bucket_means(residuals: np.ndarray, cutoffs: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -5,13 +5,15 @@ Each document lives in exactly one shard, chosen by a stable hash of its id (BLA
 and searches alone, with its own crash safety; a search asks every shard for its top-k (in threads) and merges them
 exactly: the best k of the union, by score, ties broken by doc id.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,21 +64,29 @@ class ShardManifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, path: Path) -> "ShardManifest":
+    def read(cls, path: Path) -> ShardManifest:
         """Parse and validate ``shards.json``; anything wrong is a CollectionError naming the file and field."""
         data = read_json(path)
         if not isinstance(data, dict):
             raise CollectionError(f"{path}: expected a JSON object")
-        kinds = {"format_version": int, "shard_count": int, "routing": str, "model_name": str,
-                 "model_fingerprint": str, "dimension": int}
+        kinds = {
+            "format_version": int,
+            "shard_count": int,
+            "routing": str,
+            "model_name": str,
+            "model_fingerprint": str,
+            "dimension": int,
+        }
         for name, kind in kinds.items():
             if name not in data:
                 raise CollectionError(f"{path}: field {name!r} is missing")
             if not isinstance(data[name], kind) or isinstance(data[name], bool):
                 raise CollectionError(f"{path}: field {name!r} should be {kind.__name__}, got {data[name]!r}")
         if data["format_version"] > SHARD_FORMAT_VERSION:
-            raise CollectionError(f"{path}: sharded format {data['format_version']} is newer than this version "
-                                  f"supports ({SHARD_FORMAT_VERSION}); upgrade twostage")
+            raise CollectionError(
+                f"{path}: sharded format {data['format_version']} is newer than this version "
+                f"supports ({SHARD_FORMAT_VERSION}); upgrade twostage"
+            )
         if data["shard_count"] < 1:
             raise CollectionError(f"{path}: field 'shard_count' must be at least 1, got {data['shard_count']}")
         if data["routing"] != ROUTING:
@@ -139,10 +149,16 @@ class ShardedCollection:
         self.path = path
         self.manifest = manifest
         self.shards = shards
-        self.token_store = (ShardedTokenStore([s.token_store for s in shards])
-                            if all(s.token_store is not None for s in shards) else None)
-        self.token_df = (ShardedTokenDF([s.token_df for s in shards])
-                         if all(getattr(s, "token_df", None) is not None for s in shards) else None)
+        self.token_store = (
+            ShardedTokenStore([s.token_store for s in shards])
+            if all(s.token_store is not None for s in shards)
+            else None
+        )
+        self.token_df = (
+            ShardedTokenDF([s.token_df for s in shards])
+            if all(getattr(s, "token_df", None) is not None for s in shards)
+            else None
+        )
         #: True when any shard found its vector index behind SQLite (an interrupted run) and rebuilt it
         self.recovered = any(s.recovered for s in shards)
         self._pool = ThreadPoolExecutor(max_workers=len(shards), thread_name_prefix="shard")
@@ -154,7 +170,9 @@ class ShardedCollection:
         return (Path(path) / SHARDS_MANIFEST).is_file()
 
     @classmethod
-    def create(cls, path: str | Path, *, shards: int, overwrite: bool = False, **collection_args: Any) -> "ShardedCollection":
+    def create(
+        cls, path: str | Path, *, shards: int, overwrite: bool = False, **collection_args: Any
+    ) -> ShardedCollection:
         """N empty shards (``collection_args`` as for :meth:`Collection.create`), then the top manifest, written last."""
         path = Path(path)
         if not isinstance(shards, int) or shards < 1:
@@ -165,10 +183,14 @@ class ShardedCollection:
             raise CollectionError(f"{path} already holds a sharded collection: open it, or pass overwrite=True")
         if path.is_dir():
             names = {SHARDS_MANIFEST, *(shard_name(i) for i in range(max(shards, _existing_count(path))))}
-            foreign = sorted(p.name for p in path.iterdir() if p.name not in names and not p.name.startswith(f".{SHARDS_MANIFEST}."))
+            foreign = sorted(
+                p.name for p in path.iterdir() if p.name not in names and not p.name.startswith(f".{SHARDS_MANIFEST}.")
+            )
             if foreign:
-                raise CollectionError(f"{path} is not empty and is not a sharded collection (it holds "
-                                      f"{', '.join(foreign[:3])}); choose a new or empty directory")
+                raise CollectionError(
+                    f"{path} is not empty and is not a sharded collection (it holds "
+                    f"{', '.join(foreign[:3])}); choose a new or empty directory"
+                )
             (path / SHARDS_MANIFEST).unlink(missing_ok=True)  # first: a half-replaced directory is not a collection
             for i in range(shards, _existing_count(path)):
                 _remove_shard(path / shard_name(i))
@@ -183,15 +205,21 @@ class ShardedCollection:
             raise
         first = created[0].manifest
         manifest = ShardManifest(
-            format_version=SHARD_FORMAT_VERSION, shard_count=shards, routing=ROUTING, model_name=first.model_name,
-            model_fingerprint=first.model_fingerprint, dimension=first.dimension, normalized=first.normalized,
-            index_type=first.index_type, extra=dict(first.extra),
+            format_version=SHARD_FORMAT_VERSION,
+            shard_count=shards,
+            routing=ROUTING,
+            model_name=first.model_name,
+            model_fingerprint=first.model_fingerprint,
+            dimension=first.dimension,
+            normalized=first.normalized,
+            index_type=first.index_type,
+            extra=dict(first.extra),
         )
         atomic_write_json(path / SHARDS_MANIFEST, asdict(manifest))
         return cls(path, manifest, created)
 
     @classmethod
-    def open(cls, path: str | Path) -> "ShardedCollection":
+    def open(cls, path: str | Path) -> ShardedCollection:
         """Open every shard (each recovers alone from a crash) and check they agree with the top manifest."""
         path = Path(path)
         manifest = ShardManifest.read(path / SHARDS_MANIFEST)
@@ -200,14 +228,18 @@ class ShardedCollection:
             for i in range(manifest.shard_count):
                 shard_path = path / shard_name(i)
                 if not Collection.exists(shard_path):
-                    raise CollectionError(f"{path} is damaged: {shard_name(i)} is missing "
-                                          f"(the manifest names {manifest.shard_count} shards)")
+                    raise CollectionError(
+                        f"{path} is damaged: {shard_name(i)} is missing "
+                        f"(the manifest names {manifest.shard_count} shards)"
+                    )
                 shard = Collection.open(shard_path)
                 shards.append(shard)
                 if shard.manifest.model_fingerprint != manifest.model_fingerprint:
-                    raise CollectionError(f"{shard_path} was built with another bi-encoder than {path}/{SHARDS_MANIFEST} "
-                                          f"names (fingerprint {shard.manifest.model_fingerprint[:12]}, "
-                                          f"not {manifest.model_fingerprint[:12]})")
+                    raise CollectionError(
+                        f"{shard_path} was built with another bi-encoder than {path}/{SHARDS_MANIFEST} "
+                        f"names (fingerprint {shard.manifest.model_fingerprint[:12]}, "
+                        f"not {manifest.model_fingerprint[:12]})"
+                    )
         except BaseException:
             for shard in shards:
                 shard.close()
@@ -243,8 +275,13 @@ class ShardedCollection:
                 shard.release_writer()
             raise
 
-    def upsert(self, docs: Sequence[Document], embeddings: np.ndarray, tokens: Sequence[np.ndarray] | None = None,
-               terms: Sequence[np.ndarray] | None = None) -> list[UpsertResult]:
+    def upsert(
+        self,
+        docs: Sequence[Document],
+        embeddings: np.ndarray,
+        tokens: Sequence[np.ndarray] | None = None,
+        terms: Sequence[np.ndarray] | None = None,
+    ) -> list[UpsertResult]:
         """Store each document (with its vector, tokens and token ids) in its owning shard; one result per shard."""
         docs = list(docs)
         embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -253,11 +290,14 @@ class ShardedCollection:
         self.hold_writers()
         results = []
         for index, positions in sorted(self._by_shard([d.id for d in docs]).items()):
-            results.append(self.shards[index].upsert(
-                [docs[p] for p in positions], embeddings[positions],
-                tokens=None if tokens is None else [tokens[p] for p in positions],
-                **({} if terms is None else {"terms": [terms[p] for p in positions]}),
-            ))
+            results.append(
+                self.shards[index].upsert(
+                    [docs[p] for p in positions],
+                    embeddings[positions],
+                    tokens=None if tokens is None else [tokens[p] for p in positions],
+                    **({} if terms is None else {"terms": [terms[p] for p in positions]}),
+                )
+            )
         return results
 
     def delete(self, doc_ids: Sequence[str]) -> DeleteResult:
@@ -273,15 +313,26 @@ class ShardedCollection:
         self._each(lambda shard: shard.commit())
 
     # ------------------------------------------------------------------ reads
-    def search(self, query_vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None = None, *,
-               ef_search: int | None = None, nprobe: int | None = None) -> list[list[tuple[str, float]]]:
+    def search(
+        self,
+        query_vectors: np.ndarray,
+        k: int,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> list[list[tuple[str, float]]]:
         """Every shard's top-``k`` per query, merged exactly (see :func:`merge_top_k`)."""
-        per_shard = self._each(lambda shard: shard.search(query_vectors, min(k, max(len(shard), 1)), filter=filter,
-                                                          ef_search=ef_search, nprobe=nprobe))
+        per_shard = self._each(
+            lambda shard: shard.search(
+                query_vectors, min(k, max(len(shard), 1)), filter=filter, ef_search=ef_search, nprobe=nprobe
+            )
+        )
         return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(per_shard[0]))]
 
-    def lexical_search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
-                       ) -> list[list[tuple[str, float]]]:
+    def lexical_search(
+        self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
+    ) -> list[list[tuple[str, float]]]:
         """Every shard's BM25 top-``k``, merged by score. Each shard scores with its own statistics (document
         frequencies, mean length), so scores and the order near ties differ slightly from one collection's; the
         documents matching a query are the same."""
@@ -325,9 +376,17 @@ class ShardedCollection:
         """Totals over the shards, then each shard's own counts, for ``twostage info``."""
         per_shard = self._each(lambda shard: shard.stats())
         m = self.manifest
-        totals = {key: sum(s[key] for s in per_shard)
-                  for key in ("document_count", "vector_count", "tombstones", "vectors_bytes", "documents_bytes",
-                              "disk_bytes")}
+        totals = {
+            key: sum(s[key] for s in per_shard)
+            for key in (
+                "document_count",
+                "vector_count",
+                "tombstones",
+                "vectors_bytes",
+                "documents_bytes",
+                "disk_bytes",
+            )
+        }
         return {
             "path": str(self.path),
             "shard_count": m.shard_count,
@@ -339,8 +398,16 @@ class ShardedCollection:
             "index_type": m.index_type,
             **totals,
             "extra": dict(m.extra),
-            "shards": [{"shard": shard_name(i), "document_count": s["document_count"], "factory": s["factory"],
-                        "generation": s["generation"], "disk_bytes": s["disk_bytes"]} for i, s in enumerate(per_shard)],
+            "shards": [
+                {
+                    "shard": shard_name(i),
+                    "document_count": s["document_count"],
+                    "factory": s["factory"],
+                    "generation": s["generation"],
+                    "disk_bytes": s["disk_bytes"],
+                }
+                for i, s in enumerate(per_shard)
+            ],
         }
 
     # ------------------------------------------------------------------ lifetime
@@ -351,7 +418,7 @@ class ShardedCollection:
         finally:
             self._pool.shutdown(wait=True)
 
-    def __enter__(self) -> "ShardedCollection":
+    def __enter__(self) -> ShardedCollection:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,10 +6,11 @@ writes them in the same transaction as the document itself, so they are in step 
 whatever crashes. A document written without its token ids (or a collection built before this table existed) leaves
 ``len(self)`` short of the collection's size, and :meth:`TokenDF.rebuild` recounts from the stored texts.
 """
+
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -37,8 +38,10 @@ class TokenDF:
         doc_ids = [str(d) for d in doc_ids]
         if len(doc_ids) != len(term_ids):
             raise ValueError(f"{len(doc_ids)} doc ids but {len(term_ids)} token id lists")
-        sets = [np.unique(np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64))
-                for ids in term_ids]
+        sets = [
+            np.unique(np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64))
+            for ids in term_ids
+        ]
         with self.documents.transaction() as con:
             self._take_back(con, doc_ids)
             counts = Counter(int(t) for ids in sets for t in ids)
@@ -46,16 +49,19 @@ class TokenDF:
                 "INSERT INTO token_df(token_id, df) VALUES (?, ?) ON CONFLICT(token_id) DO UPDATE SET df = df + excluded.df",
                 counts.items(),
             )
-            con.executemany("INSERT INTO doc_terms(doc_id, ids) VALUES (?, ?)",
-                            [(d, ids.tobytes()) for d, ids in zip(doc_ids, sets)])
+            con.executemany(
+                "INSERT INTO doc_terms(doc_id, ids) VALUES (?, ?)",
+                [(d, ids.tobytes()) for d, ids in zip(doc_ids, sets)],
+            )
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         """Take back the counts of these documents (unknown ids are ignored)."""
         with self.documents.transaction() as con:
             self._take_back(con, [str(d) for d in doc_ids])
 
-    def rebuild(self, texts: Iterable[tuple[str, str]], term_ids: Callable[[list[str]], list[np.ndarray]],
-                batch: int = 1024) -> None:
+    def rebuild(
+        self, texts: Iterable[tuple[str, str]], term_ids: Callable[[list[str]], list[np.ndarray]], batch: int = 1024
+    ) -> None:
         """Recount from scratch over ``(doc_id, text)`` pairs, tokenised by ``term_ids``, in one transaction."""
         with self.documents.transaction() as con:
             con.execute("DELETE FROM token_df")

@@ -7,6 +7,7 @@ little score; merging them stores ``factor`` times fewer vectors. The clustering
 (``scipy.cluster.hierarchy``), as in the paper: deterministic, and 1.5 ms of one core for a 76-token MS MARCO
 passage (benchmarks/bench_token_pooling.py).
 """
+
 from __future__ import annotations
 
 import math

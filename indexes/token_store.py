@@ -25,11 +25,12 @@ Inside a collection the table lives in ``documents.sqlite`` and shares its conne
 document and its tokens (or removes stale ones) in one transaction: a replaced or deleted document's tokens are
 never served, whatever crashes. :meth:`TokenStore.open` makes a standalone store in a file of its own.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -119,8 +120,9 @@ class TokenStore:
     recorded in its file.
     """
 
-    def __init__(self, documents: DocumentStore, *, encoding: str = DEFAULT_ENCODING, pool: float = 1.0,
-                 owned: bool = False):
+    def __init__(
+        self, documents: DocumentStore, *, encoding: str = DEFAULT_ENCODING, pool: float = 1.0, owned: bool = False
+    ):
         _check_encoding(encoding)
         pool = check_factor(pool)
         self.documents = documents
@@ -147,7 +149,7 @@ class TokenStore:
         self._refresh()
 
     @classmethod
-    def open(cls, path: str | Path, *, encoding: str = DEFAULT_ENCODING, pool: float = 1.0) -> "TokenStore":
+    def open(cls, path: str | Path, *, encoding: str = DEFAULT_ENCODING, pool: float = 1.0) -> TokenStore:
         """A standalone token store in its own SQLite file (created if needed)."""
         return cls(DocumentStore(path), encoding=encoding, pool=pool, owned=True)
 
@@ -192,18 +194,26 @@ class TokenStore:
             self._refresh()
             new_pool = self.pool if pool is None else check_factor(pool)
             if new_pool != self.pool and self.pool != 1.0:
-                raise ValueError(f"its tokens are already pooled by {self.pool:g}; pooling them differently "
-                                 "needs the passages' own tokens (re-index with --token-pool)")
+                raise ValueError(
+                    f"its tokens are already pooled by {self.pool:g}; pooling them differently "
+                    "needs the passages' own tokens (re-index with --token-pool)"
+                )
             extra_pool = new_pool if new_pool != self.pool else 1.0  # what this conversion pools by
             codec = self._train(encoding, seed, extra_pool) if encoding in LEARNED else None
             con.execute("DELETE FROM token_codec")
             con.execute("DELETE FROM token_pq")
             if isinstance(codec, ResidualCodec):
-                con.execute("INSERT INTO token_codec(id, bits, k, dim, centroids, cutoffs, weights) "
-                            "VALUES (1, :bits, :k, :dim, :centroids, :cutoffs, :weights)", codec.to_blobs())
+                con.execute(
+                    "INSERT INTO token_codec(id, bits, k, dim, centroids, cutoffs, weights) "
+                    "VALUES (1, :bits, :k, :dim, :centroids, :cutoffs, :weights)",
+                    codec.to_blobs(),
+                )
             elif codec is not None:
-                con.execute("INSERT INTO token_pq(id, nbits, m, dim, codebooks, rotation) "
-                            "VALUES (1, :nbits, :m, :dim, :codebooks, :rotation)", codec.to_blobs())
+                con.execute(
+                    "INSERT INTO token_pq(id, nbits, m, dim, codebooks, rotation) "
+                    "VALUES (1, :nbits, :m, :dim, :codebooks, :rotation)",
+                    codec.to_blobs(),
+                )
             old_encoding, old_codec, old_version, old_pool = self.encoding, self.codec, self._version, self.pool
             self.documents.set_meta("token_encoding", encoding)
             self.documents.set_meta("token_codec_version", old_version + 1)
@@ -214,7 +224,9 @@ class TokenStore:
                 while True:
                     batch = con.execute(
                         "SELECT doc_id, encoding, n_tokens, dim, scales, vectors FROM tokens WHERE doc_id > ? "
-                        "ORDER BY doc_id LIMIT ?", (last, CONVERT_BATCH)).fetchall()
+                        "ORDER BY doc_id LIMIT ?",
+                        (last, CONVERT_BATCH),
+                    ).fetchall()
                     if not batch:
                         break
                     last = batch[-1][0]
@@ -271,11 +283,21 @@ class TokenStore:
         if version == self._version:
             return
         with self.documents.reading() as con:
-            row = con.execute("SELECT bits, k, dim, centroids, cutoffs, weights FROM token_codec WHERE id = 1").fetchone()
-            pq = (con.execute("SELECT nbits, m, dim, codebooks, rotation FROM token_pq WHERE id = 1").fetchone()
-                  if self._pq_table else None)
-        self.codec = (ResidualCodec.from_blobs(*row) if row is not None
-                      else ProductCodec.from_blobs(*pq) if pq is not None else None)
+            row = con.execute(
+                "SELECT bits, k, dim, centroids, cutoffs, weights FROM token_codec WHERE id = 1"
+            ).fetchone()
+            pq = (
+                con.execute("SELECT nbits, m, dim, codebooks, rotation FROM token_pq WHERE id = 1").fetchone()
+                if self._pq_table
+                else None
+            )
+        self.codec = (
+            ResidualCodec.from_blobs(*row)
+            if row is not None
+            else ProductCodec.from_blobs(*pq)
+            if pq is not None
+            else None
+        )
         self.encoding = self.documents.get_meta("token_encoding", self.encoding)
         self.pool = float(self.documents.get_meta("token_pool", 1.0))
         self._version = version
@@ -313,11 +335,13 @@ class TokenStore:
                 "SELECT COUNT(*), IFNULL(SUM(n_tokens), 0), IFNULL(SUM(LENGTH(vectors) + IFNULL(LENGTH(scales), 0)), 0) "
                 "FROM tokens"
             ).fetchone()
-            codec = con.execute("SELECT IFNULL(SUM(LENGTH(centroids) + LENGTH(cutoffs) + LENGTH(weights)), 0) "
-                                "FROM token_codec").fetchone()[0]
+            codec = con.execute(
+                "SELECT IFNULL(SUM(LENGTH(centroids) + LENGTH(cutoffs) + LENGTH(weights)), 0) FROM token_codec"
+            ).fetchone()[0]
             if self._pq_table:
-                codec += con.execute("SELECT IFNULL(SUM(LENGTH(codebooks) + IFNULL(LENGTH(rotation), 0)), 0) "
-                                     "FROM token_pq").fetchone()[0]
+                codec += con.execute(
+                    "SELECT IFNULL(SUM(LENGTH(codebooks) + IFNULL(LENGTH(rotation), 0)), 0) FROM token_pq"
+                ).fetchone()[0]
         return TokenStats(int(passages), int(tokens), int(size), int(codec))
 
     def bytes_per_passage(self) -> float:
@@ -357,7 +381,8 @@ def _check_encoding(encoding: str) -> None:
 
 def _write(con, rows: list[tuple]) -> None:
     con.executemany(
-        "INSERT OR REPLACE INTO tokens(doc_id, encoding, n_tokens, dim, scales, vectors) VALUES (?, ?, ?, ?, ?, ?)", rows
+        "INSERT OR REPLACE INTO tokens(doc_id, encoding, n_tokens, dim, scales, vectors) VALUES (?, ?, ?, ?, ?, ?)",
+        rows,
     )
 
 

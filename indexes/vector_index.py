@@ -7,12 +7,13 @@ HNSW cannot remove vectors, so removals there become tombstones that every searc
 Indexes that keep compressed codes (PQ, SQ) rank approximately; given the exact vectors (the collection's SQLite copy),
 a search fetches ``REFINE_FACTOR`` times k and re-scores those exactly, as FAISS's ``IndexRefine`` does from RAM.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import faiss
 import numpy as np
@@ -118,7 +119,7 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def create(cls, dimension: int, index_type: str = "auto", expected_size: int | None = None) -> "VectorIndex":
+    def create(cls, dimension: int, index_type: str = "auto", expected_size: int | None = None) -> VectorIndex:
         """An empty index; ``index_type`` is auto/flat/hnsw/ivfpq or any FAISS factory string (metric is always IP)."""
         if dimension < 1:
             raise ValueError(f"dimension must be positive (got {dimension})")
@@ -127,7 +128,7 @@ class VectorIndex:
         buffer = None if main.is_trained else _new_buffer(dimension)
         return cls(dimension, index_type, factory, main, buffer)
 
-    def empty_copy(self) -> "VectorIndex":
+    def empty_copy(self) -> VectorIndex:
         """A new, empty index of the same type, factory and search settings."""
         fresh = VectorIndex.create(self.dimension, self.factory)
         fresh.index_type = self.index_type
@@ -251,7 +252,9 @@ class VectorIndex:
             if fresh._buffer.ntotal >= fresh.min_train or (retrain and fresh._buffer.ntotal >= hard_minimum):
                 fresh._train_from_buffer()
             elif retrain:
-                raise ValueError(f"{fresh._buffer.ntotal} vectors are too few to train {self.factory!r} (need {hard_minimum})")
+                raise ValueError(
+                    f"{fresh._buffer.ntotal} vectors are too few to train {self.factory!r} (need {hard_minimum})"
+                )
         fresh._train_at = fresh.min_train
         self._replace_with(fresh)
 
@@ -263,7 +266,7 @@ class VectorIndex:
         """Rebuild and (re)train from all ``(ids, vectors)`` batches, e.g. once an IVF index has grown."""
         self.rebuild(vectors_by_id, retrain=True)
 
-    def _replace_with(self, other: "VectorIndex") -> None:
+    def _replace_with(self, other: VectorIndex) -> None:
         """Take over ``other``'s state in place, so holders of this object see the rebuilt index."""
         generation = self.generation
         self.__dict__.update(other.__dict__)
@@ -322,8 +325,7 @@ class VectorIndex:
         """:meth:`search` as one ``[(id, score), ...]`` list per query, padding stripped."""
         scores, ids = self.search(queries, k, allowed_ids, exact, ef_search=ef_search, nprobe=nprobe)
         return [
-            [(int(i), float(s)) for i, s in zip(id_row, score_row) if i >= 0]
-            for id_row, score_row in zip(ids, scores)
+            [(int(i), float(s)) for i, s in zip(id_row, score_row) if i >= 0] for id_row, score_row in zip(ids, scores)
         ]
 
     def _search_target(
@@ -413,7 +415,7 @@ class VectorIndex:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "VectorIndex":
+    def load(cls, path: str | Path) -> VectorIndex:
         """Read an index written by :meth:`save`; a missing, unreadable or mismatched pair raises CollectionError."""
         path = Path(path)
         sidecar = cls.sidecar_path(path)

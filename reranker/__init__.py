@@ -2,6 +2,7 @@
 
 Imported on first use, so that catching ``RerankerLoadError`` (the CLI's error path) does not load torch.
 """
+
 from __future__ import annotations
 
 from importlib import import_module

@@ -1,4 +1,5 @@
 """The cross-encoder's side of ``--backend auto``: how to load and probe it on one backend, and its measured choice."""
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ def cross_encoder_probe(model: str, backend: str, *, batch_size: int = 32, threa
     return Probe(lambda: reranker.score_batch(queries, candidates), work)
 
 
-def cross_encoder_choice(model: str, *, batch_size: int = 32, threads: int | None = None,
-                         recalibrate: bool = False) -> Calibration:
+def cross_encoder_choice(
+    model: str, *, batch_size: int = 32, threads: int | None = None, recalibrate: bool = False
+) -> Calibration:
     """The measured choice for cross-encoder ``model`` on this machine: cached, else measured now (and cached)."""
     source = locate_cross_encoder(model).source  # a model that cannot be found fails here, in one line
     fingerprint = model_fingerprint(source if os.path.isdir(source) else load_cross_encoder(model))

@@ -3,6 +3,7 @@
 Failures (a missing optional dependency, an export error) become ``RerankerLoadError`` with the same one-line message
 the bi-encoder gives, naming the ``pip install "twostage[...]"`` extra.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,7 +27,9 @@ def cross_encoder_runtime(cross_encoder: Any, backend: str, max_length: int) -> 
             backend=backend,
             fingerprint=model_fingerprint(cross_encoder),
             task="sequence-classification",
-            sample=sample_inputs(tokenizer, [("a query", "a short passage"), ("another query", "a passage")], max_length),
+            sample=sample_inputs(
+                tokenizer, [("a query", "a short passage"), ("another query", "a passage")], max_length
+            ),
             calibration=lambda: calibration_batches(tokenizer, calibration_pairs(), max_length),
         )
     except ModelLoadError as error:

@@ -1,9 +1,11 @@
 """The one small base class every second stage implements: score (query, text) pairs, then sort."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

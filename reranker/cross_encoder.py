@@ -1,17 +1,19 @@
 """Second stage with a sentence-transformers cross-encoder: raw logits, length-sorted batches, truncation counted."""
+
 from __future__ import annotations
 
 import threading
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from twostage.runtime.autotune import measured, stage_backend
 from twostage.runtime.backends import configure_threads, physical_cores
-from twostage.runtime.models import model_fingerprint
 from twostage.runtime.device_encode import DeviceOptions, DeviceScorer, wanted
 from twostage.runtime.encode import batch_count
+from twostage.runtime.models import model_fingerprint
 
 from .backends import cross_encoder_runtime
 from .base import Reranker
@@ -55,14 +57,17 @@ class CrossEncoderReranker(Reranker):
         configure_threads(threads)
         #: "auto" on the CPU is this machine's measured choice for this model (``runtime.autotune``)
         auto = measured(backend, str(self.device))  # fingerprinting is only needed to look the choice up
-        self.backend = stage_backend(backend, str(self.device), "cross-encoder",
-                                     model_fingerprint(self.cross_encoder) if auto else "")
+        self.backend = stage_backend(
+            backend, str(self.device), "cross-encoder", model_fingerprint(self.cross_encoder) if auto else ""
+        )
         self.runtime = cross_encoder_runtime(self.cross_encoder, self.backend, self.max_length)
         #: pairs through ``runtime.device_encode`` (all candidates of a query as one batch, bf16): on a GPU, or on the
         #: CPU when ``device_options`` are given
         self.device_scorer = (
             DeviceScorer(self.model, self.tokenizer, self.max_length, self.device, device_options)
-            if self.backend == "torch" and getattr(self.tokenizer, "is_fast", False) and wanted(self.device, device_options)
+            if self.backend == "torch"
+            and getattr(self.tokenizer, "is_fast", False)
+            and wanted(self.device, device_options)
             else None
         )
         self._lock = threading.Lock()

@@ -5,10 +5,12 @@ Specs: ``none`` (no second stage), ``maxsim`` (late interaction over the collect
 ``cross-encoder:NAME|PATH``, and a bare hub id or directory, which is a cross-encoder too. A new kind is one
 :func:`register_reranker` call; ``--reranker KIND:ARG`` then reaches it from the CLI, the server and eval.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .base import Reranker, RerankerLoadError
 from .maxsim import MaxSimReranker, TokenStore
@@ -128,8 +130,12 @@ def _cross_encoder(arg: str, context: LoadContext) -> Reranker:
     from .cross_encoder import CrossEncoderReranker
 
     return CrossEncoderReranker(
-        arg, device=context.device, batch_size=context.batch_size, max_length=context.max_length,
-        backend=context.backend, threads=context.threads,
+        arg,
+        device=context.device,
+        batch_size=context.batch_size,
+        max_length=context.max_length,
+        backend=context.backend,
+        threads=context.threads,
     )
 
 

@@ -8,11 +8,13 @@ empty one, keeps its special tokens so it still has a score.) Passage vectors ar
 so scores from a precomputed token store equal scores computed on the fly. :class:`QueryTokens` changes the query
 side only: [CLS]/[SEP] summed too, and/or each query token's term weighted by its IDF in the collection.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,7 +58,7 @@ class QueryTokens:
         return "+".join(([self.weighting] if self.weighting else []) + (["special"] if self.special else [])) or "plain"
 
     @classmethod
-    def parse(cls, spec: "str | QueryTokens") -> "QueryTokens":
+    def parse(cls, spec: str | QueryTokens) -> QueryTokens:
         """``plain``, ``idf``, ``special`` or ``idf+special``; ValueError naming the spec."""
         if isinstance(spec, QueryTokens):
             return spec
@@ -88,13 +90,16 @@ class MaxSimReranker(Reranker):
         self.query_tokens = QueryTokens()
         self.token_weights: TokenWeights | None = None
 
-    def with_query_tokens(self, query_tokens: QueryTokens | str, token_weights: TokenWeights | None = None
-                          ) -> "MaxSimReranker":
+    def with_query_tokens(
+        self, query_tokens: QueryTokens | str, token_weights: TokenWeights | None = None
+    ) -> MaxSimReranker:
         """A copy (sharing the model) that sums over the query tokens ``query_tokens`` says; "idf" needs
         ``token_weights`` (token ids -> IDF)."""
         query_tokens = QueryTokens.parse(query_tokens)
         if query_tokens.weighting and token_weights is None:
-            raise ValueError(f"query token weighting {query_tokens.weighting!r} needs the collection's token statistics")
+            raise ValueError(
+                f"query token weighting {query_tokens.weighting!r} needs the collection's token statistics"
+            )
         other = copy.copy(self)
         other.query_tokens, other.token_weights = query_tokens, token_weights
         return other
@@ -156,8 +161,9 @@ class MaxSimReranker(Reranker):
             start += len(candidates)
         return out
 
-    def _score_light(self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]],
-                     flat: list[Candidate]) -> list[np.ndarray] | None:
+    def _score_light(
+        self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]], flat: list[Candidate]
+    ) -> list[np.ndarray] | None:
         """Scores in numpy on ``light`` (the bi-encoder's exported model): queries encoded now, passages read from
         ``token_store`` or, where it has none, encoded now as a store would keep them. The torch-free path of a
         search; None without ``light`` (the torch path scores instead)."""
@@ -169,8 +175,15 @@ class MaxSimReranker(Reranker):
             stored[i] = vectors
         out, start = [], 0
         for query, candidates in zip(self._light_queries(queries), candidates_per_query):
-            out.append(np.array([float((_unit(np.asarray(p, dtype=np.float32)) @ query.T).max(axis=0).sum())
-                                 for p in stored[start : start + len(candidates)]], dtype=np.float32))
+            out.append(
+                np.array(
+                    [
+                        float((_unit(np.asarray(p, dtype=np.float32)) @ query.T).max(axis=0).sum())
+                        for p in stored[start : start + len(candidates)]
+                    ],
+                    dtype=np.float32,
+                )
+            )
             start += len(candidates)
         return out
 
@@ -238,8 +251,9 @@ class MaxSimReranker(Reranker):
 
         if self.query_tokens == QueryTokens():
             return self._encode(queries)[0]
-        outputs = self.model.encode(list(queries), output_value=None, batch_size=self.batch_size,
-                                    show_progress_bar=False)
+        outputs = self.model.encode(
+            list(queries), output_value=None, batch_size=self.batch_size, show_progress_bar=False
+        )
         vectors = []
         for out in outputs:
             attended = out["attention_mask"].bool()

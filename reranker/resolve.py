@@ -4,6 +4,7 @@ cache, the hub only when reachable), and refuse what is not a single-score cross
 Every failure becomes one ``RerankerLoadError`` line saying what failed and what to pass instead, never a traceback,
 and an offline machine gets its answer in about two seconds instead of minutes of download retries.
 """
+
 from __future__ import annotations
 
 import json

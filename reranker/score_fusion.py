@@ -7,12 +7,12 @@ from every candidate, whereas min-max pins each scale to the single best and wor
 weight: 1/(k + first-stage rank) + 1/(k + second-stage rank), k = 60 as in Cormack et al. (2009).
 The first-stage score travels with each :class:`Candidate`, so this stays on the reranker side of the pipeline.
 """
+
 from __future__ import annotations
 
 import math
-
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class Fusion:
         return "rrf" if self.method == "rrf" else f"{self.method}:{self.weight:g}"
 
     @classmethod
-    def parse(cls, spec: "str | Fusion") -> "Fusion":
+    def parse(cls, spec: str | Fusion) -> Fusion:
         """``rrf``, ``zscore``, ``minmax`` or ``METHOD:WEIGHT`` (e.g. ``zscore:0.3``); ValueError naming the spec."""
         if isinstance(spec, Fusion):
             return spec

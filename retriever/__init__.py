@@ -3,6 +3,7 @@
 Importing is cheap: names load on first use, and torch/sentence-transformers and bm25s only when a BiEncoder or
 BM25Retriever is built.
 """
+
 from __future__ import annotations
 
 from importlib import import_module

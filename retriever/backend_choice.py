@@ -1,4 +1,5 @@
 """The bi-encoder's side of ``--backend auto``: how to load and probe it on one backend, and its measured choice."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,9 @@ def fingerprint_of(model: str) -> str:
     return model_fingerprint(source) if os.path.isdir(source) else ""
 
 
-def bi_encoder_choice(model: str, *, batch_size: int = 32, threads: int | None = None,
-                      recalibrate: bool = False) -> Calibration | None:
+def bi_encoder_choice(
+    model: str, *, batch_size: int = 32, threads: int | None = None, recalibrate: bool = False
+) -> Calibration | None:
     """The measured choice for ``model`` on this machine: cached, else measured now (and cached); None for a model
     with no local files."""
     fingerprint = fingerprint_of(model)

@@ -1,18 +1,20 @@
 """The first-stage encoder: a SentenceTransformer resolved offline-first, with an embedding cache and truncation counts."""
+
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from twostage.indexes.documents import text_hash
+from twostage.retriever.cache import EmbeddingCache
 from twostage.runtime import encode as runtime_encode
 from twostage.runtime.autotune import stage_backend
 from twostage.runtime.backends import Runtime, configure_threads, resolve_backend, use_backend
-from twostage.retriever.cache import EmbeddingCache
 from twostage.runtime.models import DEFAULT_BI_ENCODER, ModelLoadError, model_fingerprint, resolve_model
 
 if TYPE_CHECKING:
@@ -126,7 +128,8 @@ class BiEncoder:
         #: documents through ``runtime.device_encode`` (bucketed, bf16, workers tokenising ahead): on a GPU, or on
         #: the CPU when ``device_options`` are given; None = sentence-transformers' own loop or the exported runtime
         self.device_encoder = (
-            None if self.light is not None  # an exported backend: never the torch device path
+            None
+            if self.light is not None  # an exported backend: never the torch device path
             else _device_encoder(self.model, device, device_options, self.backend, self.document_prompt)
         )
 

@@ -1,10 +1,12 @@
 """Lexical first stage: BM25 over bm25s (Lucene scoring, Anserini's k1=0.9, b=0.4), with save/load."""
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from twostage.indexes.documents import Document
 from twostage.retriever.fusion import trec_order

@@ -3,14 +3,15 @@
 Re-indexing unchanged text then costs a lookup instead of a forward pass. Any cache failure (corrupt file,
 read-only disk) switches the cache off with a single warning; indexing itself never fails because of it.
 """
+
 from __future__ import annotations
 
 import os
 import sqlite3
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -135,7 +136,9 @@ class EmbeddingCache:
                 conn = self._connection()
                 if fingerprint is None:
                     return conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
-                return conn.execute("SELECT COUNT(*) FROM embeddings WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
+                return conn.execute("SELECT COUNT(*) FROM embeddings WHERE fingerprint = ?", (fingerprint,)).fetchone()[
+                    0
+                ]
             except (sqlite3.Error, OSError) as exc:
                 self._disable(exc)
                 return 0

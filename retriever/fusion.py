@@ -6,12 +6,13 @@ Ranks are 1-based. For a run given as {docid: score}, ranks come from sorting as
 ties broken by docid in *descending* string order, so the rank RRF uses is the rank trec_eval would evaluate. For a
 run given as a ranked list, the list order is the rank. Fused output is ordered the same trec_eval way.
 """
+
 from __future__ import annotations
 
 import math
-
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence, overload
+from typing import overload
 
 DictRun = Mapping[str, Mapping[str, float]]  # {qid: {docid: score}}
 ListRun = Sequence[Sequence[tuple[str, float]]]  # per query: [(docid, score), ...] best first
@@ -22,7 +23,9 @@ def trec_order(scores: Mapping[str, float]) -> list[tuple[str, float]]:
     return sorted(scores.items(), key=lambda item: (item[1], item[0]), reverse=True)
 
 
-def _fuse_one(ranked_lists: Sequence[Sequence[str]], k: float, weights: Sequence[float], depth: int | None) -> dict[str, float]:
+def _fuse_one(
+    ranked_lists: Sequence[Sequence[str]], k: float, weights: Sequence[float], depth: int | None
+) -> dict[str, float]:
     """RRF scores for one query given each run's docids in rank order."""
     fused: dict[str, float] = {}
     for docids, weight in zip(ranked_lists, weights):
@@ -66,9 +69,7 @@ def reciprocal_rank_fusion(runs, k=60, weights=None, depth=None):
         qids = list(dict.fromkeys(qid for run in runs for qid in run))
         return {
             qid: dict(
-                trec_order(
-                    _fuse_one([[d for d, _ in trec_order(run.get(qid, {}))] for run in runs], k, weights, depth)
-                )
+                trec_order(_fuse_one([[d for d, _ in trec_order(run.get(qid, {}))] for run in runs], k, weights, depth))
             )
             for qid in qids
         }
@@ -145,7 +146,7 @@ class FirstStage:
         return f"hybrid:weighted:{self.weight:g}"
 
     @classmethod
-    def parse(cls, spec: "str | FirstStage | None") -> "FirstStage":
+    def parse(cls, spec: str | FirstStage | None) -> FirstStage:
         """``dense`` | ``bm25`` | ``hybrid`` | ``hybrid:rrf[:K]`` | ``hybrid:weighted[:W]`` (W the dense weight);
         ValueError naming the spec."""
         if isinstance(spec, FirstStage):
@@ -155,8 +156,9 @@ class FirstStage:
         parts = str(spec).strip().lower().split(":")
         kind, fusion, value = (parts + ["", ""])[:3]
         if len(parts) > 3 or (kind != "hybrid" and len(parts) > 1):
-            raise ValueError(f"first stage {spec!r}: expected dense, bm25, hybrid, hybrid:rrf[:K] or "
-                             f"hybrid:weighted[:W]")
+            raise ValueError(
+                f"first stage {spec!r}: expected dense, bm25, hybrid, hybrid:rrf[:K] or hybrid:weighted[:W]"
+            )
         number = None
         if value:
             try:
@@ -168,8 +170,9 @@ class FirstStage:
             return cls(kind, fusion)
         return cls(kind, fusion, rrf_k=number) if fusion == "rrf" else cls(kind, fusion, weight=number)
 
-    def fuse(self, dense: Sequence[Sequence[tuple[str, float]]], lexical: Sequence[Sequence[tuple[str, float]]],
-             k: int) -> list[list[tuple[str, float]]]:
+    def fuse(
+        self, dense: Sequence[Sequence[tuple[str, float]]], lexical: Sequence[Sequence[tuple[str, float]]], k: int
+    ) -> list[list[tuple[str, float]]]:
         """Per query, the top ``k`` of the dense and lexical lists fused as this stage says (hybrid only)."""
         if self.fusion == "rrf":
             fused = reciprocal_rank_fusion([lexical, dense], k=self.rrf_k)

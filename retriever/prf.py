@@ -4,6 +4,7 @@ q' = normalize(alpha * q + beta * mean(vectors of the top ``k`` documents)), the
 The document vectors are the collection's stored embeddings, so feedback costs one lookup and one more search, no
 encoding. With unit vectors only the ratio beta / alpha matters; alpha is kept at 1 and beta is the setting.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,7 @@ class PRF:
         return f"prf:{self.k}:{self.beta:g}"
 
     @classmethod
-    def parse(cls, spec: "str | PRF") -> "PRF":
+    def parse(cls, spec: str | PRF) -> PRF:
         """``K`` or ``K:BETA`` (e.g. ``3:0.5``); ValueError naming the spec."""
         if isinstance(spec, PRF):
             return spec

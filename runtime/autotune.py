@@ -6,22 +6,29 @@ like torch (nDCG@10 within :data:`GATE` of torch's, torch's own top 10 being the
 is chosen. The choice is a small JSON file under ``<cache root>/backends/``, keyed by the CPU model, its ISA flags,
 the thread count, the model fingerprint and the installed runtimes' versions; reading it imports no torch.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from time import gmtime, perf_counter, strftime
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from twostage.runtime.backends import (BACKENDS, configure_threads, default_backend, missing_dependencies,
-                                       resolve_backend)
+from twostage.runtime.backends import (
+    BACKENDS,
+    configure_threads,
+    default_backend,
+    missing_dependencies,
+    resolve_backend,
+)
 from twostage.runtime.config import cache_root
 from twostage.runtime.cpu import cpu_info
 
@@ -86,8 +93,15 @@ def cache_key(stage: str, fingerprint: str) -> dict[str, Any]:
             versions[name] = version(name)
         except PackageNotFoundError:
             versions[name] = None
-    return {"format": FORMAT, "stage": stage, "fingerprint": fingerprint, "cpu": cpu.model, "isa": list(cpu.isa),
-            "threads": configure_threads(), "versions": versions}
+    return {
+        "format": FORMAT,
+        "stage": stage,
+        "fingerprint": fingerprint,
+        "cpu": cpu.model,
+        "isa": list(cpu.isa),
+        "threads": configure_threads(),
+        "versions": versions,
+    }
 
 
 def cache_path(key: dict[str, Any]) -> Path:
@@ -120,8 +134,9 @@ def stage_backend(requested: str | None, device: str, stage: str, fingerprint: s
     return found.choice if found else default_backend(device)
 
 
-def calibrate(stage: str, fingerprint: str, load: Callable[[str], Probe], *, budget_s: float | None = None,
-              rounds: int = 2) -> Calibration:
+def calibrate(
+    stage: str, fingerprint: str, load: Callable[[str], Probe], *, budget_s: float | None = None, rounds: int = 2
+) -> Calibration:
     """Measure every installed backend of ``stage`` (``load(backend)`` opens one; exports are built there), choose,
     and cache the choice. Throughput units run in rotating order, round after round, until ``budget_s`` of measuring
     have passed (default :data:`BUDGET_S`; at least ``rounds``); a backend's rate is its best unit, so load from other
@@ -157,9 +172,16 @@ def calibrate(stage: str, fingerprint: str, load: Callable[[str], Probe], *, bud
     eligible = [m for m in results.values() if m.passed and m.per_second]
     choice = max(eligible, key=lambda m: m.per_second or 0.0).backend if eligible else "torch"
     key = cache_key(stage, fingerprint)
-    calibration = Calibration(stage, choice, list(results.values()), key, round(measure_s, 2),
-                              round(sum(m.load_seconds for m in results.values()), 2),
-                              strftime("%Y-%m-%d %H:%M UTC", gmtime()), cache_path(key))
+    calibration = Calibration(
+        stage,
+        choice,
+        list(results.values()),
+        key,
+        round(measure_s, 2),
+        round(sum(m.load_seconds for m in results.values()), 2),
+        strftime("%Y-%m-%d %H:%M UTC", gmtime()),
+        cache_path(key),
+    )
     _write(calibration)
     return calibration
 
@@ -172,7 +194,7 @@ def _throughput(probes: dict[str, Probe], budget_s: float, rounds: int) -> tuple
     best: dict[str, tuple[float, int]] = {}
     done = 0
     while done < rounds or perf_counter() - started < budget_s:
-        for name in names[done % len(names):] + names[: done % len(names)]:
+        for name in names[done % len(names) :] + names[: done % len(names)]:
             t0 = perf_counter()
             items = probes[name].work()
             seconds = perf_counter() - t0

@@ -10,15 +10,17 @@
 Exports are made once and cached (``runtime/export.py``). The default is the fastest backend that keeps quality
 (see ``benchmarks/results/speed.md``) among those whose dependencies are installed; ``TWOSTAGE_BACKEND`` overrides it.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -238,7 +240,9 @@ def _openvino(path: Path, backend: str, cores: int) -> Runtime:
     return Runtime(backend, path, names, precision, run, _openvino_pipeline(path, config))
 
 
-def _openvino_pipeline(path: Path, config: dict[str, Any]) -> Callable[[Iterable[dict[str, np.ndarray]]], list[np.ndarray]]:
+def _openvino_pipeline(
+    path: Path, config: dict[str, Any]
+) -> Callable[[Iterable[dict[str, np.ndarray]]], list[np.ndarray]]:
     """Batches through a THROUGHPUT-compiled copy: one single-threaded stream per core, requests in flight together.
 
     On a few cores this beats one multi-threaded request per batch (no per-operator thread barriers), and the next
@@ -253,9 +257,13 @@ def _openvino_pipeline(path: Path, config: dict[str, Any]) -> Callable[[Iterable
         with lock:
             if "queue" not in state:
                 compiled = _OV_CORE.compile_model(str(path), "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
-                state["queue"] = ov.AsyncInferQueue(compiled, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+                state["queue"] = ov.AsyncInferQueue(
+                    compiled, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+                )
             queue, results = state["queue"], {}
-            queue.set_callback(lambda request, index: results.__setitem__(index, request.get_output_tensor(0).data.copy()))
+            queue.set_callback(
+                lambda request, index: results.__setitem__(index, request.get_output_tensor(0).data.copy())
+            )
             count = 0
             for count, feed in enumerate(feeds, start=1):
                 queue.start_async(feed, count - 1)
@@ -272,10 +280,16 @@ def sample_inputs(tokenizer: Any, texts: Sequence[Any], max_length: int | None) 
     args = ([t[0] for t in texts], [t[1] for t in texts]) if pairs else (list(texts),)
     kwargs = {"max_length": max_length} if max_length else {}
     batch = tokenizer(*args, padding=True, truncation=True, return_tensors="np", **kwargs)
-    return {k: np.asarray(v, dtype=np.int64) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return {
+        k: np.asarray(v, dtype=np.int64)
+        for k, v in batch.items()
+        if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
 
 
-def calibration_batches(tokenizer: Any, texts: Sequence[Any], max_length: int | None, size: int = 8) -> list[dict[str, np.ndarray]]:
+def calibration_batches(
+    tokenizer: Any, texts: Sequence[Any], max_length: int | None, size: int = 8
+) -> list[dict[str, np.ndarray]]:
     """``texts`` in tokenised batches of ``size``, for static quantisation."""
     return [sample_inputs(tokenizer, texts[i : i + size], max_length) for i in range(0, len(texts), size)]
 
@@ -295,7 +309,9 @@ def _runtime_module(runtime: Runtime, config: Any, output: str) -> Any:
             self.runtime = runtime
             self.config = config
 
-        def forward(self, input_ids: Any = None, attention_mask: Any = None, token_type_ids: Any = None, **_: Any) -> dict:
+        def forward(
+            self, input_ids: Any = None, attention_mask: Any = None, token_type_ids: Any = None, **_: Any
+        ) -> dict:
             given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
             arrays = {k: v.cpu().numpy() for k, v in given.items() if v is not None}
             return {output: torch.from_numpy(self.runtime(arrays))}
@@ -329,7 +345,9 @@ def use_backend(st_model: Any, backend: str, fingerprint: str, runtime: Runtime 
     return runtime
 
 
-def exported_runtime(model: Any, *, backend: str, fingerprint: str, task: str, sample: dict, calibration: Callable) -> Runtime:
+def exported_runtime(
+    model: Any, *, backend: str, fingerprint: str, task: str, sample: dict, calibration: Callable
+) -> Runtime:
     """Export (or reuse the cached export of) a transformers model and open it; failures become one ModelLoadError."""
     from twostage.runtime.export import cached_export
 

@@ -3,6 +3,7 @@
 Written for this project (free to use). Static quantisation fixes each layer's activation range from these inputs,
 so they mimic what a search engine sees: keyword queries, questions, and passages of one to four sentences.
 """
+
 from __future__ import annotations
 
 QUERIES = [
@@ -99,4 +100,6 @@ def calibration_texts() -> list[str]:
 def calibration_pairs() -> list[tuple[str, str]]:
     """(query, passage) pairs for a cross-encoder: each query with its own passage and with an unrelated one."""
     n = len(QUERIES)
-    return [(q, PASSAGES[i]) for i, q in enumerate(QUERIES)] + [(q, PASSAGES[(i + 7) % n]) for i, q in enumerate(QUERIES)]
+    return [(q, PASSAGES[i]) for i, q in enumerate(QUERIES)] + [
+        (q, PASSAGES[(i + 7) % n]) for i, q in enumerate(QUERIES)
+    ]

@@ -1,5 +1,6 @@
 """One runtime configuration (device, backend, batch size, threads), built once by the CLI, server, eval, training
 or the Python API and handed to the engine, so every stage runs with the same settings."""
+
 from __future__ import annotations
 
 import argparse
@@ -80,7 +81,7 @@ class RuntimeConfig:
         if self.threads is not None and self.threads < 1:
             raise RuntimeConfigError(f"threads must be at least 1, got {self.threads}")
 
-    def with_(self, **changes: object) -> "RuntimeConfig":
+    def with_(self, **changes: object) -> RuntimeConfig:
         """A copy with some fields changed (e.g. the backend a collection was built with)."""
         return replace(self, **changes)
 
@@ -115,8 +116,13 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, batch_size: bool =
     from twostage.runtime.backends import BACKENDS
 
     group = parser.add_argument_group("runtime")
-    group.add_argument("--device", type=_device_arg, default="auto", metavar="cpu|cuda|cuda:N|auto",
-                       help="where the models run (default auto: cuda when torch sees a GPU, else cpu)")
+    group.add_argument(
+        "--device",
+        type=_device_arg,
+        default="auto",
+        metavar="cpu|cuda|cuda:N|auto",
+        help="where the models run (default auto: cuda when torch sees a GPU, else cpu)",
+    )
     group.add_argument(
         "--backend",
         choices=("auto", *BACKENDS),
@@ -126,10 +132,19 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, batch_size: bool =
         "with an int8 backend is always searched with it)",
     )
     if batch_size:
-        group.add_argument("--batch-size", type=int, default=RuntimeConfig.batch_size,
-                           help=f"texts per encoder / reranker batch (default {RuntimeConfig.batch_size})")
-    group.add_argument("--threads", type=int, default=None, metavar="N",
-                       help="intra-op threads for the models (default one per physical core)")
+        group.add_argument(
+            "--batch-size",
+            type=int,
+            default=RuntimeConfig.batch_size,
+            help=f"texts per encoder / reranker batch (default {RuntimeConfig.batch_size})",
+        )
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="intra-op threads for the models (default one per physical core)",
+    )
 
 
 def runtime_from_args(args: argparse.Namespace, *, batch_size: bool = True) -> RuntimeConfig:

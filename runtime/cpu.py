@@ -1,5 +1,6 @@
 """What CPU this is: its model name and the instruction-set extensions that decide which inference backend is fastest
 (AVX-512, VNNI, bf16, AMX), read from /proc/cpuinfo; benchmarks print it beside every speed figure."""
+
 from __future__ import annotations
 
 import platform

@@ -6,12 +6,14 @@ on the CPU the same steps are plain synchronous copies, which is how the tests d
 of the model in worker processes (``runtime.tokenize_pool``). Used by the bi-encoder (:class:`DeviceEncoder`) and the
 cross-encoder (:class:`DeviceScorer`) when they run on a GPU, or when given :class:`DeviceOptions` explicitly.
 """
+
 from __future__ import annotations
 
 import contextlib
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -168,15 +170,17 @@ class DeviceRunner:
         budget = max(1, memory // bytes_per_token(self.config, width, self.dtype))
         return min(budget, self.cap) if self.cap is not None else budget
 
-    def run(self, tokens: Tokenized, forward: Forward, out: np.ndarray, *, pad_id: int, types: bool,
-            left: bool = False) -> None:
+    def run(
+        self, tokens: Tokenized, forward: Forward, out: np.ndarray, *, pad_id: int, types: bool, left: bool = False
+    ) -> None:
         """``out[i] = forward(row i)`` for every row of ``tokens``, batched longest first."""
         if not len(tokens):
             return
         work = deque(buckets(tokens.lengths, self.budget(int(tokens.lengths.max())), self.options.max_batch))
         pending: deque[tuple[np.ndarray, torch.Tensor, Any]] = deque()
-        autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
+        )
         with torch.inference_mode(), autocast:
             while work:
                 rows = work.popleft()
@@ -243,8 +247,9 @@ class DeviceEncoder:
     def __init__(self, st_model: Any, device: str | torch.device, options: DeviceOptions | None = None):
         options = options or DeviceOptions()
         self.model = st_model
-        self.pool = TokenizerPool(st_model.tokenizer, limit=st_model.max_seq_length, workers=options.workers,
-                                  piece=options.piece)
+        self.pool = TokenizerPool(
+            st_model.tokenizer, limit=st_model.max_seq_length, workers=options.workers, piece=options.piece
+        )
         self.runner = DeviceRunner(device, options, st_model[0].auto_model.config)
         self.options = options
 
@@ -257,8 +262,12 @@ class DeviceEncoder:
         texts are tokenised by the workers while the previous window runs on the device."""
         if self.pool.limit != self.model.max_seq_length:  # max_seq_length was changed after loading
             self.pool.close()
-            self.pool = TokenizerPool(self.model.tokenizer, limit=self.model.max_seq_length,
-                                      workers=self.options.workers, piece=self.options.piece)
+            self.pool = TokenizerPool(
+                self.model.tokenizer,
+                limit=self.model.max_seq_length,
+                workers=self.options.workers,
+                piece=self.options.piece,
+            )
         prompted = [prompt + t for t in texts] if prompt else list(texts)
         out = np.empty((len(texts), self.model.get_embedding_dimension()), dtype=np.float32)
         cut: list[int] = []
@@ -266,8 +275,14 @@ class DeviceEncoder:
         forward = _sentence_forward(self.model, normalize)
         size = self.options.window
         for start, tokens in zip(range(0, len(prompted), size), self.pool.stream(_windows(prompted, size))):
-            self.runner.run(tokens, forward, out[start : start + size], pad_id=tokenizer.pad_token_id or 0,
-                            types=False, left=tokenizer.padding_side == "left")
+            self.runner.run(
+                tokens,
+                forward,
+                out[start : start + size],
+                pad_id=tokenizer.pad_token_id or 0,
+                types=False,
+                left=tokenizer.padding_side == "left",
+            )
             cut.extend(start + int(i) for i in np.flatnonzero(tokens.cut))
         return out, cut
 
@@ -279,8 +294,14 @@ class DeviceScorer:
     """Cross-encoder logits (first column) for (query, passage) pairs through the device path; all pairs of a query,
     at any candidate depth that fits the memory budget, run as one batch."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_length: int, device: str | torch.device,
-                 options: DeviceOptions | None = None):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_length: int,
+        device: str | torch.device,
+        options: DeviceOptions | None = None,
+    ):
         options = options or DeviceOptions()
         self.model = model
         self.tokenizer = tokenizer
@@ -298,9 +319,14 @@ class DeviceScorer:
         tokens = self.pool.tokenize(pairs, piece=max(MIN_PIECE, -(-len(pairs) // max(1, self.pool.workers))))
         out = np.zeros(len(tokens), dtype=np.float32)
         types = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ("token_type_ids",))
-        self.runner.run(tokens, lambda batch: self.model(**batch).logits[:, 0], out,
-                        pad_id=self.tokenizer.pad_token_id or 0, types=types,
-                        left=self.tokenizer.padding_side == "left")
+        self.runner.run(
+            tokens,
+            lambda batch: self.model(**batch).logits[:, 0],
+            out,
+            pad_id=self.tokenizer.pad_token_id or 0,
+            types=types,
+            left=self.tokenizer.padding_side == "left",
+        )
         return out, int(tokens.cut.sum())
 
     def close(self) -> None:

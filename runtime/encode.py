@@ -5,9 +5,11 @@ without a second pass), length-sorted batches stream through ``Runtime.map`` (pi
 batch is tokenised while the current ones run), and the model's own modules after the transformer (Pooling, Dense,
 Normalize) turn token vectors into sentence vectors exactly as ``SentenceTransformer.encode`` would.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,14 +31,18 @@ def supports(st_model: Any, prompt: str) -> bool:
 def token_ids(tokenizer: Any, texts: Sequence[str], limit: int | None) -> tuple[list[list[int]], list[int]]:
     """Token ids per text, cut to ``limit`` as the library cuts them, and the positions that were cut."""
     ids = list(
-        tokenizer(list(texts), truncation=False, return_attention_mask=False, return_token_type_ids=False, verbose=False)[
-            "input_ids"
-        ]
+        tokenizer(
+            list(texts), truncation=False, return_attention_mask=False, return_token_type_ids=False, verbose=False
+        )["input_ids"]
     )
     cut = [i for i, row in enumerate(ids) if limit and len(row) > limit]
     if cut:
         short = tokenizer(
-            [texts[i] for i in cut], truncation=True, max_length=limit, return_attention_mask=False, return_token_type_ids=False
+            [texts[i] for i in cut],
+            truncation=True,
+            max_length=limit,
+            return_attention_mask=False,
+            return_token_type_ids=False,
         )["input_ids"]
         for i, row in zip(cut, short):
             ids[i] = list(row)
@@ -95,7 +101,10 @@ def encode(
     out = np.empty((len(texts), st_model.get_embedding_dimension()), dtype=np.float32)
     with torch.inference_mode():
         for rows, states, mask in zip(batches, hidden, masks):
-            features: dict[str, Any] = {"token_embeddings": torch.from_numpy(states), "attention_mask": torch.from_numpy(mask)}
+            features: dict[str, Any] = {
+                "token_embeddings": torch.from_numpy(states),
+                "attention_mask": torch.from_numpy(mask),
+            }
             for module in modules:
                 features = module(features)
             vectors = features["sentence_embedding"].float()

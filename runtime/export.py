@@ -12,6 +12,7 @@ Why not those helpers themselves: they need Optimum's backends, and neither inst
 ``optimum-intel[openvino]`` replaces torch with a multi-GB CUDA build and pins transformers 5.5. Calling the same
 libraries directly keeps the dependency set small and the CPU torch build in place.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,9 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -108,7 +110,9 @@ def _ordered(sample: Inputs) -> Inputs:
     return {name: out[name] for name in INPUT_ORDER if name in out}
 
 
-def _build(model: Any, backend: str, task: str, sample: Inputs, calibration: Callable[[], list[Inputs]], tmp: Path) -> Path:
+def _build(
+    model: Any, backend: str, task: str, sample: Inputs, calibration: Callable[[], list[Inputs]], tmp: Path
+) -> Path:
     """Run the export recipe for ``backend`` inside ``tmp``; returns the main output file."""
     if backend in ("onnx", "onnx-int8"):
         raw = _export_onnx(model, task, sample, tmp / "raw.onnx")

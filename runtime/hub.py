@@ -1,5 +1,6 @@
 """The one answer to "may and can we reach the Hugging Face Hub?", decided in under two seconds, so an offline run
 fails (or falls back) at once instead of after minutes of download retries. Models and datasets both ask it."""
+
 from __future__ import annotations
 
 import functools
@@ -17,7 +18,9 @@ _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 def hub_offline() -> bool:
     """True when the user forbade Hub access (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``), read at call time."""
-    return any((os.environ.get(var) or "").strip().upper() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        (os.environ.get(var) or "").strip().upper() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def hub_address() -> tuple[str, int, bool]:
@@ -44,12 +47,13 @@ def _probe(host: str, port: int, tls: bool, timeout: float) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _endpoint_reachable(host: str, port: int, tls: bool, timeout: float) -> bool:
     """Run the probe in a daemon thread so a hanging DNS lookup cannot exceed ``timeout``; memoised per process."""
     result: list[bool] = []
-    worker = threading.Thread(target=lambda: result.append(_probe(host, port, tls, timeout)), name="hub-probe",
-                              daemon=True)
+    worker = threading.Thread(
+        target=lambda: result.append(_probe(host, port, tls, timeout)), name="hub-probe", daemon=True
+    )
     worker.start()
     worker.join(timeout)
     return bool(result and result[0])

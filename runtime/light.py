@@ -7,12 +7,14 @@ directory's own configuration (``modules.json``, ``1_Pooling/config.json``, ``se
 it returns None whenever a model is not transformer + Pooling (+ Normalize), or no export is cached yet, and the
 caller then loads the model through sentence-transformers as before.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +73,9 @@ class LightEncoder:
                 out[i] = TokenOutput(hidden[j, : len(ids[i])].astype(np.float32, copy=True), ids[i])
         return out  # type: ignore[return-value]
 
-    def encode(self, texts: Sequence[str], prompt: str = "", batch_size: int = 32, normalize: bool = True) -> np.ndarray:
+    def encode(
+        self, texts: Sequence[str], prompt: str = "", batch_size: int = 32, normalize: bool = True
+    ) -> np.ndarray:
         """Sentence vectors ``(n, dimension)`` float32: pooled as the model's Pooling module pools, then normalised."""
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
         for i, out in enumerate(self.token_outputs(texts, prompt, batch_size)):

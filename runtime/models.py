@@ -3,6 +3,7 @@
 Resolution order: local directory, local Hugging Face cache, the Hub (only when reachable), the packaged
 all-MiniLM-L6-v2 copy (default bi-encoder only). Offline, it decides in well under two seconds.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -4,16 +4,19 @@ Workers receive the tokenizer once, as its JSON, and import only ``tokenizers`` 
 comes back as flat int32 arrays (ids, token types) plus per-row lengths and a truncation flag. ``workers=0`` runs the
 same function in this process, so the parallel result equals the serial one by construction (and by test).
 """
+
 from __future__ import annotations
 
 import multiprocessing
 import os
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
+
 
 @dataclass
 class Tokenized:
@@ -26,13 +29,15 @@ class Tokenized:
 
     @property
     def starts(self) -> np.ndarray:
-        return np.concatenate(([0], np.cumsum(self.lengths)[:-1])).astype(np.int64) if len(self.lengths) else self.lengths
+        return (
+            np.concatenate(([0], np.cumsum(self.lengths)[:-1])).astype(np.int64) if len(self.lengths) else self.lengths
+        )
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     @classmethod
-    def concat(cls, parts: Sequence["Tokenized"]) -> "Tokenized":
+    def concat(cls, parts: Sequence[Tokenized]) -> Tokenized:
         """The rows of ``parts``, in order, as one Tokenized."""
         if not parts:
             empty = np.zeros(0, dtype=np.int32)
@@ -109,8 +114,9 @@ class TokenizerPool:
             return tokenize(self._local, inputs)
         return Tokenized.concat(list(self.stream([inputs], piece=piece)))
 
-    def stream(self, groups: Iterable[Sequence[Any]], ahead: int | None = None, piece: int | None = None
-               ) -> Iterator[Tokenized]:
+    def stream(
+        self, groups: Iterable[Sequence[Any]], ahead: int | None = None, piece: int | None = None
+    ) -> Iterator[Tokenized]:
         """One Tokenized per group, in order; while the caller uses one group, later pieces are being tokenised
         (up to ``ahead`` pieces in flight, default two per worker)."""
         if self.workers == 0:

@@ -1,4 +1,5 @@
 """Shared test set-up: offline by default, a private embedding cache, and the models every suite needs."""
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 # Evaluation data (never part of the repository): $TWOSTAGE_TEST_DATA, else $TWOSTAGE_DATA, else the folder beside the
 # checkout. Product code finds datasets by name through $TWOSTAGE_DATA, so the suite sets it when the data is here.
-SHARED_DATA = Path(os.environ.get("TWOSTAGE_TEST_DATA") or os.environ.get("TWOSTAGE_DATA") or REPO.parent / "shared" / "data")
+SHARED_DATA = Path(
+    os.environ.get("TWOSTAGE_TEST_DATA") or os.environ.get("TWOSTAGE_DATA") or REPO.parent / "shared" / "data"
+)
 if SHARED_DATA.is_dir():
     os.environ.setdefault("TWOSTAGE_DATA", str(SHARED_DATA))
 sys.path.insert(0, str(Path(__file__).resolve().parent))

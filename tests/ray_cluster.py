@@ -7,6 +7,7 @@ Nodes run in a private temp dir on private ports with their own auth token (the 
 :meth:`LocalRayCluster.stop` ends exactly the processes started from that dir (``ray stop`` would end every Ray
 process of this user on the machine).
 """
+
 from __future__ import annotations
 
 import os
@@ -46,19 +47,43 @@ class LocalRayCluster:
         self.env = {**os.environ, **LOOPBACK_ENV, **self.auth_env}
 
     def _ray_start(self, *args: str) -> None:
-        command = [sys.executable, __file__, "start", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
-                   "--object-store-memory", str(100 * 1024 * 1024),
-                   "--dashboard-agent-listen-port", str(free_port()), *args]
+        command = [
+            sys.executable,
+            __file__,
+            "start",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--disable-usage-stats",
+            "--object-store-memory",
+            str(100 * 1024 * 1024),
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            *args,
+        ]
         done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=START_TIMEOUT)
         if done.returncode != 0:
             raise RuntimeError(f"ray start failed ({done.returncode}): {(done.stderr or done.stdout)[-600:]}")
 
     def start_head(self, num_cpus: int = 1) -> None:
         # a killed node is declared dead after ~3 s instead of Ray's default ~15-30 s
-        health = '{"health_check_period_ms": 1000, "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3}'
-        self._ray_start("--head", "--port", str(self.port), "--num-cpus", str(num_cpus), "--temp-dir",
-                        str(self.temp_dir), "--include-dashboard", "false", "--dashboard-port", str(free_port()),
-                        "--system-config", health)
+        health = (
+            '{"health_check_period_ms": 1000, "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3}'
+        )
+        self._ray_start(
+            "--head",
+            "--port",
+            str(self.port),
+            "--num-cpus",
+            str(num_cpus),
+            "--temp-dir",
+            str(self.temp_dir),
+            "--include-dashboard",
+            "false",
+            "--dashboard-port",
+            str(free_port()),
+            "--system-config",
+            health,
+        )
 
     def add_worker(self, num_cpus: int = 1, resources: str | None = None) -> None:
         extra = ["--resources", resources] if resources else []

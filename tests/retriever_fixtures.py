@@ -1,4 +1,5 @@
 """Helpers shared by the retriever test modules: an offline environment and the packaged MiniLM directory."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,6 +1,7 @@
 """The package layout holds: dependencies point one way (runtime <- stages and indexes <- engine <- CLI/server, eval
 and training beside), found by reading every module's imports with ast (lazy imports inside functions count too);
 and the wheel installs one import name, ``twostage``."""
+
 from __future__ import annotations
 
 import ast
@@ -92,7 +93,12 @@ def test_a_stage_never_imports_the_other_stage(graph):
 def test_stages_and_indexes_import_nothing_above_them(graph):
     """A stage or indexes imports only the runtime (and, for stages, indexes' documents): never eval, training, the
     engine, the CLI or the server; the runtime imports no other package at all."""
-    allowed = {"retriever": {"runtime", "indexes"}, "reranker": {"runtime", "indexes"}, "indexes": set(), "runtime": set()}
+    allowed = {
+        "retriever": {"runtime", "indexes"},
+        "reranker": {"runtime", "indexes"},
+        "indexes": set(),
+        "runtime": set(),
+    }
     bad = [f"{a} imports {b}" for la, lb, a, b in edges(graph) if la in allowed and lb not in allowed[la]]
     assert bad == []
 
@@ -106,7 +112,9 @@ def test_training_needs_only_stages_engine_and_eval_metrics(graph):
     """Training mines with the engine and validates with eval's metrics (and reads queries with eval's readers);
     never eval's harness: the front end composes the two."""
     standalone = {"twostage.eval.metrics", "twostage.eval.datasets", "twostage.eval.trec", "twostage.eval"}
-    bad = [f"{a} imports {b}" for la, lb, a, b in edges(graph) if la == "training" and lb == "eval" and b not in standalone]
+    bad = [
+        f"{a} imports {b}" for la, lb, a, b in edges(graph) if la == "training" and lb == "eval" and b not in standalone
+    ]
     assert bad == []
 
 
@@ -122,7 +130,7 @@ def test_no_import_cycle_between_packages(graph):
         path.append(node)
         for nxt in sorted(layers[node]):
             if state.get(nxt) == "open":
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = "done"
@@ -148,8 +156,10 @@ def test_collections_and_the_vector_index_meet_the_protocols(tmp_path):
     from twostage.indexes.sharded import ShardedCollection
 
     settings = dict(model_name="m", model_fingerprint="f", dimension=4)
-    with Collection.create(tmp_path / "one", **settings) as one, \
-            ShardedCollection.create(tmp_path / "many", shards=2, **settings) as many:
+    with (
+        Collection.create(tmp_path / "one", **settings) as one,
+        ShardedCollection.create(tmp_path / "many", shards=2, **settings) as many,
+    ):
         for collection in (one, many):
             assert isinstance(collection, CollectionLike)
             collection.upsert([Document("d1", "text")], np.eye(4, dtype=np.float32)[:1])
@@ -166,8 +176,11 @@ def test_collections_and_the_vector_index_meet_the_protocols(tmp_path):
 
 def test_no_product_code_names_the_surrounding_folders():
     """Evaluation data is found through --data-dir, $TWOSTAGE_DATA or ./data; never ``../shared``."""
-    bad = [str(path.relative_to(REPO)) for path in modules().values() if "../shared" in path.read_text(encoding="utf-8")
-           or "shared/data" in path.read_text(encoding="utf-8")]
+    bad = [
+        str(path.relative_to(REPO))
+        for path in modules().values()
+        if "../shared" in path.read_text(encoding="utf-8") or "shared/data" in path.read_text(encoding="utf-8")
+    ]
     assert bad == []
 
 
@@ -182,9 +195,22 @@ def test_the_wheel_installs_one_top_level_name(tmp_path):
         shutil.copytree(REPO / folder, source / folder, ignore=ignore)
     out = tmp_path / "wheel"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out),
-         str(source)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(out),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = out.glob("twostage-*.whl")

@@ -2,6 +2,7 @@
 per stage, the choice is cached per machine and model and reused without measuring, a corrupt cache is measured
 again, an explicit backend (or $TWOSTAGE_BACKEND) wins, int8 collections keep their own model, and
 ``twostage info --backends`` prints the table."""
+
 from __future__ import annotations
 
 import json
@@ -114,8 +115,9 @@ def test_choice_is_cached_per_machine_and_model_and_reused(clock, monkeypatch):
 
 
 def test_explicit_backend_environment_and_gpu_win_over_the_cached_choice(clock, monkeypatch):
-    calibrate("bi-encoder", "e" * 64, fake_loader(clock, dict.fromkeys(autotune.BACKENDS, 1.0) | {"onnx": 0.1}),
-              budget_s=0)
+    calibrate(
+        "bi-encoder", "e" * 64, fake_loader(clock, dict.fromkeys(autotune.BACKENDS, 1.0) | {"onnx": 0.1}), budget_s=0
+    )
     assert stage_backend("auto", "cpu", "bi-encoder", "e" * 64) == "onnx"
     assert stage_backend("openvino", "cpu", "bi-encoder", "e" * 64) == "openvino"
     assert stage_backend("auto", "cuda", "bi-encoder", "e" * 64) == "torch"
@@ -133,8 +135,11 @@ def test_corrupt_cache_is_measured_again(clock, tiny_bi_encoder_dir, monkeypatch
     assert len(load.loaded) == 5
     assert backend_choice.bi_encoder_choice(str(tiny_bi_encoder_dir)).choice == "openvino-int8"
     assert len(load.loaded) == 5  # the second call measured nothing
-    for garbage in ("{not json", json.dumps({"choice": "onnx"}), json.dumps({**json.loads(first.path.read_text()),
-                                                                          "choice": "tensorrt"})):
+    for garbage in (
+        "{not json",
+        json.dumps({"choice": "onnx"}),
+        json.dumps({**json.loads(first.path.read_text()), "choice": "tensorrt"}),
+    ):
         first.path.write_text(garbage)
         assert read_choice("bi-encoder", fingerprint) is None
         assert backend_choice.bi_encoder_choice(str(tiny_bi_encoder_dir)).choice == "openvino-int8"
@@ -146,23 +151,26 @@ def test_engine_indexes_with_the_measured_choice_and_int8_collections_keep_their
 ):
     pytest.importorskip("onnxruntime")
     fingerprint = model_fingerprint(str(tiny_bi_encoder_dir))
-    calibrate("bi-encoder", fingerprint, fake_loader(clock, dict.fromkeys(autotune.BACKENDS, 1.0) | {"onnx": 0.1}),
-              budget_s=0)
+    calibrate(
+        "bi-encoder", fingerprint, fake_loader(clock, dict.fromkeys(autotune.BACKENDS, 1.0) | {"onnx": 0.1}), budget_s=0
+    )
     monkeypatch.setattr(backend_choice, "calibrate", lambda *a, **k: pytest.fail("measured although cached"))
     with Engine.create(tmp_path / "auto", model=str(tiny_bi_encoder_dir), reranker=None, index_type="flat") as engine:
         assert engine.encoder.backend == "onnx" and engine.collection.manifest.extra["backend"] == "onnx"
     with Engine.open(tmp_path / "auto", reranker=None) as engine:
         assert engine.encoder.backend == "onnx"
-    with Engine.create(tmp_path / "int8", model=str(tiny_bi_encoder_dir), reranker=None, index_type="flat",
-                       backend="onnx-int8") as engine:  # an explicit backend wins over the cached choice
+    with Engine.create(
+        tmp_path / "int8", model=str(tiny_bi_encoder_dir), reranker=None, index_type="flat", backend="onnx-int8"
+    ) as engine:  # an explicit backend wins over the cached choice
         assert engine.collection.manifest.extra["backend"] == "onnx-int8"
     with Engine.open(tmp_path / "int8", reranker=None) as engine:  # an int8 collection keeps its own model
         assert engine.encoder.backend == "onnx-int8"
     assert compatible_query_backend("torch", stage_backend("auto", "cpu", "bi-encoder", fingerprint)) == "onnx"
 
 
-def test_info_backends_prints_the_table_and_the_choice(clock, tiny_bi_encoder_dir, tiny_cross_encoder_dir, capsys,
-                                                       monkeypatch):
+def test_info_backends_prints_the_table_and_the_choice(
+    clock, tiny_bi_encoder_dir, tiny_cross_encoder_dir, capsys, monkeypatch
+):
     from twostage.reranker import backend_choice as reranker_choice
 
     encoder_load = fake_loader(clock, dict.fromkeys(autotune.BACKENDS, 1.0) | {"openvino": 0.5})
@@ -198,16 +206,30 @@ def test_info_needs_a_directory_or_backends(capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_index_says_so_before_measuring_and_is_quiet_once_cached(clock, tiny_bi_encoder_dir, tmp_path, capsys,
-                                                                  monkeypatch):
+def test_index_says_so_before_measuring_and_is_quiet_once_cached(
+    clock, tiny_bi_encoder_dir, tmp_path, capsys, monkeypatch
+):
     """The first ``twostage index`` on a machine announces the measuring (it takes up to a minute), later ones not."""
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"id": "a", "text": "one passage"}\n{"id": "b", "text": "another passage"}\n')
     timings = dict.fromkeys(autotune.BACKENDS, 1.0) | {"torch": 0.1}  # fake timings, torch's own scores
-    monkeypatch.setattr(backend_choice, "calibrate",
-                        lambda stage, fp, load: calibrate(stage, fp, fake_loader(clock, timings), budget_s=0))
+    monkeypatch.setattr(
+        backend_choice,
+        "calibrate",
+        lambda stage, fp, load: calibrate(stage, fp, fake_loader(clock, timings), budget_s=0),
+    )
     for run, announced in (("first", True), ("second", False)):
-        code = main(["index", str(corpus), "--index", str(tmp_path / run), "--model", str(tiny_bi_encoder_dir),
-                     "--index-type", "flat"])
+        code = main(
+            [
+                "index",
+                str(corpus),
+                "--index",
+                str(tmp_path / run),
+                "--model",
+                str(tiny_bi_encoder_dir),
+                "--index-type",
+                "flat",
+            ]
+        )
         assert code == 0 and ("measuring this machine's backends" in capsys.readouterr().err) is announced
     assert read_choice("bi-encoder", model_fingerprint(str(tiny_bi_encoder_dir))).choice == "torch"

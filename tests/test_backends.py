@@ -1,5 +1,6 @@
 """Inference backends: every backend ranks like torch within tolerance, exports are cached and reused, collections
 record their backend and are searched with a compatible one, and a missing optional dependency names its extra."""
+
 from __future__ import annotations
 
 import sys
@@ -7,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from twostage.retriever.biencoder import BiEncoder
 from twostage.runtime import export
 from twostage.runtime.backends import BACKENDS, compatible_query_backend, default_backend, missing_dependencies
-from twostage.retriever.biencoder import BiEncoder
 from twostage.runtime.models import ModelLoadError
 
 QUERIES = ["how many people live in berlin", "famous museums in paris", "rivers of germany"]
@@ -88,7 +89,9 @@ def test_second_load_reuses_the_cached_export(backend, tiny_bi_encoder_dir, tmp_
     monkeypatch.setenv("TWOSTAGE_CACHE_DIR", str(tmp_path))
     builds: list[str] = []
     build = export._build
-    monkeypatch.setattr(export, "_build", lambda model, backend, *args: builds.append(backend) or build(model, backend, *args))
+    monkeypatch.setattr(
+        export, "_build", lambda model, backend, *args: builds.append(backend) or build(model, backend, *args)
+    )
     first = BiEncoder(str(tiny_bi_encoder_dir), cache=None, backend=backend)
     assert builds == [backend]
     path = first.runtime.path

@@ -2,6 +2,7 @@
 bench_speed judges the auto choice against issue 13's targets, how bench_maxsim pools learned codecs and derives pooled
 stores, bench_token_pooling's table and choice (no models run), bench_aggregation's variants and its gate before the
 test set, and bench_feedback's two levers on a tiny model's collection."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,7 +16,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load(name: str):
-    if str(BENCHMARKS) not in sys.path:  # as running ``python benchmarks/NAME.py`` does: benchmarks/common.py importable
+    if (
+        str(BENCHMARKS) not in sys.path
+    ):  # as running ``python benchmarks/NAME.py`` does: benchmarks/common.py importable
         sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -37,15 +40,24 @@ def speed():
 def test_levers_grid_covers_every_first_stage(levers):
     passes = levers.grid_passes()
     assert len(passes) == len(levers.PRF_GRID) * len(levers.TOKEN_GRID) + len(levers.HYBRID_GRID) * len(
-        levers.HYBRID_PRF_GRID) * len(levers.TOKEN_GRID)
+        levers.HYBRID_PRF_GRID
+    ) * len(levers.TOKEN_GRID)
     assert {stage for stage, _, _ in passes} == {"dense", *levers.HYBRID_GRID}
 
 
 def test_levers_choose_keeps_each_lever_alone_and_the_best_combination(levers):
-    grid = {key: 0.40 for key in [("dense", None, "plain", None), ("dense", None, "plain", "rrf"),
-                                  ("dense", None, "plain", "zscore:0.7"), ("dense", "1:1", "plain", None),
-                                  ("dense", None, "special", None), ("hybrid", None, "plain", None),
-                                  ("hybrid", "10:0.5", "idf", "zscore:0.2")]}
+    grid = {
+        key: 0.40
+        for key in [
+            ("dense", None, "plain", None),
+            ("dense", None, "plain", "rrf"),
+            ("dense", None, "plain", "zscore:0.7"),
+            ("dense", "1:1", "plain", None),
+            ("dense", None, "special", None),
+            ("hybrid", None, "plain", None),
+            ("hybrid", "10:0.5", "idf", "zscore:0.2"),
+        ]
+    }
     grid[("dense", None, "plain", "zscore:0.7")] = 0.45
     grid[("hybrid", None, "plain", None)] = 0.43
     grid[("hybrid", "10:0.5", "idf", "zscore:0.2")] = 0.50
@@ -56,17 +68,30 @@ def test_levers_choose_keeps_each_lever_alone_and_the_best_combination(levers):
     names = [s.name for s in levers.systems_from(choice)]
     assert "hybrid" in names and "hybrid+maxsim" in names and names[-1] == "engine default (MAXSIM_DEFAULTS)"
     best = next(s for s in levers.systems_from(choice) if s.name.startswith("best:"))
-    assert best.options() == {"rerank": True, "first_stage": "hybrid", "prf": "10:0.5", "query_tokens": "idf",
-                              "fusion": "zscore:0.2"}
+    assert best.options() == {
+        "rerank": True,
+        "first_stage": "hybrid",
+        "prf": "10:0.5",
+        "query_tokens": "idf",
+        "fusion": "zscore:0.2",
+    }
 
 
 def test_speed_auto_lines_judge_issue_13_targets(speed):
     report = {
         "auto": {
-            "bi-encoder": {"choice": "openvino-int8", "passed": ["torch", "openvino-int8"], "measured_at": "now",
-                           "measure_seconds": 7.0},
-            "cross-encoder": {"choice": "torch", "passed": ["torch", "onnx"], "measured_at": "now",
-                              "measure_seconds": 7.5},
+            "bi-encoder": {
+                "choice": "openvino-int8",
+                "passed": ["torch", "openvino-int8"],
+                "measured_at": "now",
+                "measure_seconds": 7.0,
+            },
+            "cross-encoder": {
+                "choice": "torch",
+                "passed": ["torch", "onnx"],
+                "measured_at": "now",
+                "measure_seconds": 7.5,
+            },
         },
         "encoding": {"systems": {"torch": {"speedup": 1.03}, "openvino-int8": {"speedup": 4.2}}},
         "reranking": {"systems": {"torch": {"speedup": 1.15}, "onnx": {"speedup": 1.25}}},
@@ -117,10 +142,13 @@ def test_feedback_variants_on_a_tiny_collection(tmp_path, tiny_bi_encoder_dir):
     from twostage.engine import Engine
     from twostage.retriever.biencoder import BiEncoder
 
-    docs = [{"id": f"d{i}", "text": f"{topic} passage {i} about {topic} and more words on {topic}"}
-            for i, topic in enumerate(["berlin museums", "paris food", "river boats", "mountain trains"] * 3)]
-    with Engine.create(tmp_path / "c", encoder=BiEncoder(str(tiny_bi_encoder_dir)), reranker="maxsim",
-                       store_tokens="int8") as engine:
+    docs = [
+        {"id": f"d{i}", "text": f"{topic} passage {i} about {topic} and more words on {topic}"}
+        for i, topic in enumerate(["berlin museums", "paris food", "river boats", "mountain trains"] * 3)
+    ]
+    with Engine.create(
+        tmp_path / "c", encoder=BiEncoder(str(tiny_bi_encoder_dir)), reranker="maxsim", store_tokens="int8"
+    ) as engine:
         engine.add(docs)
         fb = feedback.Feedback(engine, {"q1": "museums in berlin", "q2": "boats on the river"})
         default = fb.runs(fb.default)
@@ -136,6 +164,7 @@ def test_maxsim_derives_a_pooled_store_as_indexing_writes_it(maxsim, tmp_path):
     """bench_maxsim's "pooled" variants: a store pooled at write like ``--token-pool``, and a seeded codec pooled by
     conversion like ``twostage tokens --convert --pool``."""
     import numpy as np
+
     from twostage.indexes.token_store import TokenStore
 
     rng = np.random.default_rng(0)
@@ -165,11 +194,19 @@ def test_token_pooling_benchmark_measures_and_reports_on_toy_candidates():
 
     docs = [f"d{i}" for i in range(30)]
     queries = [f"q{i}" for i in range(4)]
-    found = pooling.Candidates({q: docs for q in queries}, {"plain": {d: unit(20) for d in docs}},
-                               {"plain": {q: unit(5) for q in queries}}, {q: {docs[i]: 1} for i, q in enumerate(queries)})
+    found = pooling.Candidates(
+        {q: docs for q in queries},
+        {"plain": {d: unit(20) for d in docs}},
+        {"plain": {q: unit(5) for q in queries}},
+        {q: {docs[i]: 1} for i, q in enumerate(queries)},
+    )
     rows = pooling.measure(found, 1, {"tune": queries[:2], "held-out": queries[2:]}, (1.0, 2.5))
-    assert [(r["factor"], r["encoding"]) for r in rows] == [(1.0, "float16"), (1.0, "2bit"), (2.5, "float16"),
-                                                             (2.5, "2bit")]
+    assert [(r["factor"], r["encoding"]) for r in rows] == [
+        (1.0, "float16"),
+        (1.0, "2bit"),
+        (2.5, "float16"),
+        (2.5, "2bit"),
+    ]
     assert rows[0]["top10_agreement"] == 1.0 and rows[0]["tune p"] == 1.0
     assert rows[2]["tokens_per_passage"] == 8 and rows[3]["bytes_per_passage"] == 8 * (2 + 16 * 2 // 8)
     dl20 = [{**r, "all nDCG@10": r["tune nDCG@10"], "all p": r["tune p"]} for r in rows]
@@ -187,10 +224,15 @@ def test_aggregation_variants_and_the_gate_before_the_test_set():
     plain = aggregation.AGGREGATIONS["max"](sims)
     assert plain == pytest.approx(sims.max(axis=1).sum())
     assert aggregation._power(1)(np.abs(sims)) == pytest.approx(aggregation.AGGREGATIONS["max"](np.abs(sims)))
-    assert aggregation._top(1)(sims) == pytest.approx(plain) and aggregation._bidirectional(0.0)(sims) == pytest.approx(plain)
+    assert aggregation._top(1)(sims) == pytest.approx(plain) and aggregation._bidirectional(0.0)(sims) == pytest.approx(
+        plain
+    )
     assert aggregation.AGGREGATIONS["power:8"](sims) < aggregation.AGGREGATIONS["power:2"](sims) < plain
     default, other = aggregation.DEFAULT, ("power:8", None)
-    assert aggregation.best({default: 0.5, other: 0.5}) == default and aggregation.best({default: 0.5, other: 0.6}) == other
+    assert (
+        aggregation.best({default: 0.5, other: 0.5}) == default
+        and aggregation.best({default: 0.5, other: 0.6}) == other
+    )
     assert not aggregation.passes_gate(other, {default: 0.56, other: 0.53})
     assert aggregation.passes_gate(other, {default: 0.56, other: 0.57})
     assert not aggregation.passes_gate(default, {default: 0.56})

@@ -1,4 +1,5 @@
 """The ``twostage`` command line on real files: in-process through ``main(argv)``, and once as a real subprocess."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES
+
 from twostage.cli import main
 
 
@@ -33,7 +34,10 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     done = subprocess.run(
         [sys.executable, "-m", "twostage.cli", "index", str(bad), "--index", str(tmp_path / "c"), "--quiet"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 2, done.stderr
     assert "bad.jsonl, line 2" in done.stderr and "Traceback" not in done.stderr
@@ -78,7 +82,9 @@ def test_filter_and_batch_run(example_index, tmp_path):
     assert out.returncode == 0, out.stderr
     assert {h["metadata"]["topic"] for h in json.loads(out.stdout)["hits"]} == {"cities"}
     run = tmp_path / "run.trec"
-    done = twostage("search", str(example_index), "--queries", str(EXAMPLES / "queries.tsv"), "--run", str(run), "--no-rerank")
+    done = twostage(
+        "search", str(example_index), "--queries", str(EXAMPLES / "queries.tsv"), "--run", str(run), "--no-rerank"
+    )
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in run.read_text().splitlines()]
     assert len({r[0] for r in rows}) == 10 and all(len(r) == 6 and r[1] == "Q0" for r in rows)
@@ -91,7 +97,17 @@ def test_add_delete_on_existing_collection(example_index, tmp_path):
     assert done.returncode == 0 and "1 added" in done.stdout, done.stderr
     done = twostage("delete", str(example_index), "new-1", "cities-01")
     assert done.returncode == 0, done.stderr
-    out = twostage("search", str(example_index), "How many people live in Berlin?", "--no-rerank", "--json", "--k", "200", "--top", "200")
+    out = twostage(
+        "search",
+        str(example_index),
+        "How many people live in Berlin?",
+        "--no-rerank",
+        "--json",
+        "--k",
+        "200",
+        "--top",
+        "200",
+    )
     ids = [h["doc_id"] for h in json.loads(out.stdout)["hits"]]
     assert "cities-01" not in ids and "new-1" not in ids and len(ids) == 99
 
@@ -105,7 +121,10 @@ def test_add_delete_on_existing_collection(example_index, tmp_path):
         ('{"id": "a", "text": 42}\n', "'text'"),
         ("", "empty"),
         # a lone surrogate (JSON can escape one, UTF-8 cannot store it) and an id no TREC run can hold
-        ('{"id": "a", "text": "fine"}\n{"id": "b", "text": "ok \\ud800 x"}\n', "line 2, field 'text': not valid Unicode"),
+        (
+            '{"id": "a", "text": "fine"}\n{"id": "b", "text": "ok \\ud800 x"}\n',
+            "line 2, field 'text': not valid Unicode",
+        ),
         ('{"id": "a", "text": "fine"}\n{"id": "b", "text": "x", "tag": "\\udfff"}\n', "line 2, field 'tag'"),
         ('{"id": "a b", "text": "fine"}\n', "line 1, field 'id'"),
     ],
@@ -131,19 +150,35 @@ def test_search_first_stage_and_rerank_depth(example_index, tmp_path):
     reranks the top D and writes the rest beneath in a run; a bad spec is one line, exit 2."""
     query = "How many people live in Berlin?"
     for stage in ("bm25", "hybrid", "hybrid:weighted:0.3"):
-        done = twostage("search", str(example_index), query, "--first-stage", stage, "--no-rerank", "--json",
-                        "--top", "3")
+        done = twostage(
+            "search", str(example_index), query, "--first-stage", stage, "--no-rerank", "--json", "--top", "3"
+        )
         assert done.returncode == 0, done.stderr
         hits = json.loads(done.stdout)["hits"]
         assert len(hits) == 3 and any(h["doc_id"].startswith("cities-") for h in hits), (stage, hits)
-    table = twostage("search", str(example_index), query, "--first-stage", "hybrid", "--reranker", "maxsim",
-                     "--top", "3")
+    table = twostage(
+        "search", str(example_index), query, "--first-stage", "hybrid", "--reranker", "maxsim", "--top", "3"
+    )
     assert table.returncode == 0 and "cities-" in table.stdout, table.stderr
     queries = tmp_path / "q.tsv"
     queries.write_text(f"q1\t{query}\nq2\tphotosynthesis\n", encoding="utf-8")
     run = tmp_path / "out.trec"
-    done = twostage("search", str(example_index), "--queries", str(queries), "--run", str(run), "--k", "10",
-                    "--first-stage", "hybrid", "--reranker", "maxsim", "--rerank-depth", "3")
+    done = twostage(
+        "search",
+        str(example_index),
+        "--queries",
+        str(queries),
+        "--run",
+        str(run),
+        "--k",
+        "10",
+        "--first-stage",
+        "hybrid",
+        "--reranker",
+        "maxsim",
+        "--rerank-depth",
+        "3",
+    )
     assert done.returncode == 0, done.stderr
     lines = [line.split() for line in run.read_text().splitlines()]
     assert len(lines) == 20 and [int(line[3]) for line in lines[:10]] == list(range(1, 11))
@@ -159,12 +194,17 @@ def test_empty_query_is_refused(example_index):
 def test_search_effort_options(tmp_path):
     """--ef-search / --nprobe reach the index: an HNSW collection answers with more effort, bad values are refused."""
     directory = tmp_path / "hnsw-index"
-    assert twostage("index", str(EXAMPLES / "corpus.jsonl"), "--index", str(directory), "--index-type", "hnsw",
-                    "--quiet").returncode == 0
+    assert (
+        twostage(
+            "index", str(EXAMPLES / "corpus.jsonl"), "--index", str(directory), "--index-type", "hnsw", "--quiet"
+        ).returncode
+        == 0
+    )
     query = "How many people live in Berlin?"
     plain = json.loads(twostage("search", str(directory), query, "--no-rerank", "--json", "--top", "5").stdout)
-    more = twostage("search", str(directory), query, "--no-rerank", "--json", "--top", "5", "--ef-search", "400",
-                    "--nprobe", "8")  # nprobe does not apply to HNSW: accepted, ignored
+    more = twostage(
+        "search", str(directory), query, "--no-rerank", "--json", "--top", "5", "--ef-search", "400", "--nprobe", "8"
+    )  # nprobe does not apply to HNSW: accepted, ignored
     assert more.returncode == 0, more.stderr
     assert [h["doc_id"] for h in json.loads(more.stdout)["hits"]] == [h["doc_id"] for h in plain["hits"]]
     refused = twostage("search", str(directory), query, "--no-rerank", "--nprobe", "0")
@@ -175,6 +215,7 @@ def test_failure_paths_are_one_line_and_change_nothing(example_index, tmp_path):
     """What a sweep of bad input found, each now one line with exit status 2 and the collection as it was: a delete
     naming an unknown id, an argument that is not UTF-8, a --run file with nowhere to go, a non-finite feedback
     weight; and -q, which every command takes."""
+
     def count() -> int:
         return json.loads(twostage("info", str(example_index), "--json").stdout)["document_count"]
 
@@ -186,14 +227,20 @@ def test_failure_paths_are_one_line_and_change_nothing(example_index, tmp_path):
     assert done.returncode == 2 and done.stderr == "twostage: error: the argument 'ber\\\\xfflin' is not valid UTF-8\n"
     queries = tmp_path / "q.tsv"
     queries.write_text("q1\tberlin\n", encoding="utf-8")
-    for run, expected in ((tmp_path / "nowhere" / "x.trec", "nowhere is not a directory"), (tmp_path, "is a directory")):
+    for run, expected in (
+        (tmp_path / "nowhere" / "x.trec", "nowhere is not a directory"),
+        (tmp_path, "is a directory"),
+    ):
         done = twostage("search", str(example_index), "--queries", str(queries), "--run", str(run))
         assert done.returncode == 2 and f"--run {run}: " in done.stderr and expected in done.stderr, done.stderr
         assert len(done.stderr.splitlines()) == 1
     done = twostage("search", str(example_index), "berlin", "--prf", "3:inf")
     assert done.returncode == 2 and "finite" in done.stderr
-    for command in (["info", str(example_index)], ["check", str(example_index)],
-                    ["search", str(example_index), "berlin", "--no-rerank", "--top", "1"]):
+    for command in (
+        ["info", str(example_index)],
+        ["check", str(example_index)],
+        ["search", str(example_index), "berlin", "--no-rerank", "--top", "1"],
+    ):
         done = twostage(*command, "-q")
         assert done.returncode == 0, (command, done.stderr)
     assert "unrecognized arguments" not in twostage("tokens", str(example_index), "-q").stderr
@@ -202,12 +249,16 @@ def test_failure_paths_are_one_line_and_change_nothing(example_index, tmp_path):
     done = twostage("info", str(EXAMPLES / "corpus.jsonl"))
     assert done.returncode == 2 and done.stderr.strip().endswith("is a file, not a directory")
     # resuming an index with another index type or token encoding than the collection has is refused, not ignored
-    done = twostage("index", str(EXAMPLES / "corpus.jsonl"), "--index", str(example_index), "--index-type", "hnsw", "-q")
+    done = twostage(
+        "index", str(EXAMPLES / "corpus.jsonl"), "--index", str(example_index), "--index-type", "hnsw", "-q"
+    )
     assert done.returncode == 2 and "has a Flat index, not hnsw" in done.stderr
     assert count() == before
-    for args in (["search", str(example_index), "berlin", "--fusion", "rrf:nan"],
-                 ["search", str(example_index), "berlin", "--first-stage", "hybrid:rrf:inf"],
-                 ["delete", str(example_index), "cities-02", "--wait", "nan"]):
+    for args in (
+        ["search", str(example_index), "berlin", "--fusion", "rrf:nan"],
+        ["search", str(example_index), "berlin", "--first-stage", "hybrid:rrf:inf"],
+        ["delete", str(example_index), "cities-02", "--wait", "nan"],
+    ):
         done = twostage(*args)
         assert done.returncode == 2 and ("finite" in done.stderr or "must be 0 or more" in done.stderr), args
     assert count() == before
@@ -219,7 +270,10 @@ def test_failure_paths_are_one_line_and_change_nothing(example_index, tmp_path):
     (damaged / "manifest.json").unlink()
     size = (damaged / "documents.sqlite").stat().st_size
     done = twostage("index", str(EXAMPLES / "corpus.jsonl"), "--index", str(damaged), "-q")
-    assert done.returncode == 2 and f"has no manifest.json but its documents.sqlite holds {before} documents" in done.stderr
+    assert (
+        done.returncode == 2
+        and f"has no manifest.json but its documents.sqlite holds {before} documents" in done.stderr
+    )
     assert (damaged / "documents.sqlite").stat().st_size == size and not (damaged / "manifest.json").exists()
 
 

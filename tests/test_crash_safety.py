@@ -1,4 +1,5 @@
 """``kill -9`` in the middle of ``index``/``add`` leaves a loadable collection; re-running finishes without duplicates."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,9 @@ def _committed(directory: Path) -> int:
 def _kill_when_committed(args: list[str], directory: Path, at_least: int) -> int:
     """Start ``twostage ARGS``, SIGKILL it once ``at_least`` documents are committed, return the count then."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "twostage.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "twostage.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and _committed(directory) < at_least:
         time.sleep(0.02)
@@ -49,7 +52,9 @@ def _kill_when_committed(args: list[str], directory: Path, at_least: int) -> int
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "twostage.cli", *args], env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "twostage.cli", *args], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def _assert_consistent(directory: Path, expected: int) -> None:

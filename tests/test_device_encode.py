@@ -3,6 +3,7 @@
 Parallel tokenisation equals serial (and the library's), batches follow the memory budget, out-of-memory errors are
 survived by halving, the writer thread keeps chunks in order and stops after a failure, device errors are one line,
 and vectors from the bf16 path search a collection built by the fp32 path (and vice versa)."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import EXAMPLES
+
 from twostage.runtime import device_encode
 from twostage.runtime.device_encode import (
     DeviceMemoryError,
@@ -22,7 +23,7 @@ from twostage.runtime.device_encode import (
     bytes_per_token,
     pad,
 )
-from twostage.runtime.tokenize_pool import TokenizerPool, Tokenized
+from twostage.runtime.tokenize_pool import Tokenized, TokenizerPool
 
 TEXTS = [json.loads(line)["text"] for line in (EXAMPLES / "corpus.jsonl").read_text().splitlines()][:40]
 LONG = [" ".join(TEXTS[i : i + 8]) for i in range(0, 40, 8)]  # past a 64-token limit
@@ -110,6 +111,7 @@ def _sum_forward(limit: int | None = None, seen: list | None = None):
         if limit is not None and ids.numel() > limit:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return (ids * batch["attention_mask"]).sum(1, keepdim=True).float()
+
     return forward
 
 
@@ -193,8 +195,9 @@ def test_cross_encoder_scores_a_whole_depth_as_one_batch(tiny_cross_encoder_dir)
     got = device.score("how many people live in berlin", passages)
     assert np.allclose(expected, got, atol=1e-5)
     assert device.device_scorer.runner.batches == 1 and device.truncated == reference.truncated
-    assert np.allclose(device.score_batch(["a", "b"], [passages[:3], passages[3:5]])[1], reference.score("b", passages[3:5]),
-                       atol=1e-5)
+    assert np.allclose(
+        device.score_batch(["a", "b"], [passages[:3], passages[3:5]])[1], reference.score("b", passages[3:5]), atol=1e-5
+    )
 
 
 def test_maxsim_scores_match_on_the_cpu_path():
@@ -211,12 +214,14 @@ def test_maxsim_scores_match_on_the_cpu_path():
 def test_bf16_vectors_search_an_fp32_collection_and_back(tmp_path, minilm, minilm_path):
     from twostage import Engine
     from twostage.retriever.biencoder import BiEncoder
-
     from twostage.retriever.cache import EmbeddingCache
 
     # the cache (keyed apart from fp32, below) spares the engine a second bf16 encoding of the same passages
-    bf16 = BiEncoder(str(minilm_path), cache=EmbeddingCache(tmp_path / "cache.sqlite"),
-                     device_options=DeviceOptions(precision="bf16", workers=0))
+    bf16 = BiEncoder(
+        str(minilm_path),
+        cache=EmbeddingCache(tmp_path / "cache.sqlite"),
+        device_options=DeviceOptions(precision="bf16", workers=0),
+    )
     assert bf16.backend_tag == "torch/bf16" and bf16.cache_key != minilm.cache_key  # cached apart from fp32
     docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS[:20])]
     queries = ["How many people live in Berlin?", "museums in Paris", "violin makers"]
@@ -243,6 +248,7 @@ def test_writer_runs_steps_in_order_and_nothing_after_a_failure():
             if i == 3:
                 raise OSError("disk full")
             done.append(i)
+
         return run
 
     with pytest.raises(OSError, match="disk full"):

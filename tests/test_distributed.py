@@ -1,5 +1,6 @@
 """Ray for real: a head and a worker node started with ``ray start`` on 127.0.0.1, indexing across them, searching
 through shard actors and reranker replicas, and a worker node killed mid-indexing."""
+
 from __future__ import annotations
 
 import contextlib
@@ -33,6 +34,7 @@ TEST_SECONDS = 240
 def deadline(seconds: int):
     """Raise TimeoutError in this (the main) thread once ``seconds`` have passed: a hung cluster fails a test instead
     of the CI job."""
+
     def expire(*_):
         raise TimeoutError(f"ran past {seconds} s")
 
@@ -80,8 +82,9 @@ def reference(tmp_path_factory, tiny_bi_encoder_dir):
     root = tmp_path_factory.mktemp("ray-ref")
     docs = corpus(300, seed=7)
     (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
-    with Engine.create(root / "one", model=str(tiny_bi_encoder_dir), reranker=None, index_type="flat",
-                       store_tokens="int8") as engine:
+    with Engine.create(
+        root / "one", model=str(tiny_bi_encoder_dir), reranker=None, index_type="flat", store_tokens="int8"
+    ) as engine:
         engine.add(docs)
     return root, docs
 
@@ -91,9 +94,27 @@ def ray_built(cluster, reference, tiny_bi_encoder_dir):
     """The same corpus indexed by ``twostage index --shards 4 --ray`` on 2 encoder actors, one per node."""
     root, _ = reference
     with deadline(TEST_SECONDS):  # module fixtures run before the per-test limit: bound this one too
-        code, out, err = twostage("index", str(root / "corpus.jsonl"), "-i", str(root / "ray4"), "--model",
-                                  str(tiny_bi_encoder_dir), "--index-type", "flat", "--store-tokens", "int8",
-                                  "--shards", "4", "--ray", cluster.address, "--actors", "2", "--device", "cpu", "-q")
+        code, out, err = twostage(
+            "index",
+            str(root / "corpus.jsonl"),
+            "-i",
+            str(root / "ray4"),
+            "--model",
+            str(tiny_bi_encoder_dir),
+            "--index-type",
+            "flat",
+            "--store-tokens",
+            "int8",
+            "--shards",
+            "4",
+            "--ray",
+            cluster.address,
+            "--actors",
+            "2",
+            "--device",
+            "cpu",
+            "-q",
+        )
     assert code == 0, err
     assert "300 added" in out and "4 shards" in out
     return root / "ray4"
@@ -107,19 +128,26 @@ def test_cluster_has_two_nodes_on_loopback(cluster, ray_built):
 
 
 @pytest.mark.parametrize("reranker", [None, "maxsim", "tiny-cross-encoder"])
-def test_search_through_shard_actors_equals_one_collection(cluster, reference, ray_built, reranker,
-                                                           tiny_cross_encoder_dir):
+def test_search_through_shard_actors_equals_one_collection(
+    cluster, reference, ray_built, reranker, tiny_cross_encoder_dir
+):
     from twostage.distributed import open_ray_engine
 
     root, _ = reference
     spec = str(tiny_cross_encoder_dir) if reranker == "tiny-cross-encoder" else reranker
     rerank = spec is not None
-    with Engine.open(root / "one", reranker=spec) as one, \
-            open_ray_engine(ray_built, address=cluster.address, reranker=spec, replicas=2,
-                            runtime=RuntimeConfig(device="cpu")) as served:
+    with (
+        Engine.open(root / "one", reranker=spec) as one,
+        open_ray_engine(
+            ray_built, address=cluster.address, reranker=spec, replicas=2, runtime=RuntimeConfig(device="cpu")
+        ) as served,
+    ):
         for k in (30, 300):
-            assert_same_hits(one.search_many(queries(), k=k, top_n=k, rerank=rerank),
-                             served.search_many(queries(), k=k, top_n=k, rerank=rerank), reranked=rerank)
+            assert_same_hits(
+                one.search_many(queries(), k=k, top_n=k, rerank=rerank),
+                served.search_many(queries(), k=k, top_n=k, rerank=rerank),
+                reranked=rerank,
+            )
 
 
 def test_writes_through_ray_reach_the_owning_shard(cluster, ray_built, tiny_bi_encoder_dir, tmp_path):
@@ -129,8 +157,9 @@ def test_writes_through_ray_reach_the_owning_shard(cluster, ray_built, tiny_bi_e
 
     copy = tmp_path / "copy"
     shutil.copytree(ray_built, copy)
-    with open_ray_engine(copy, address=cluster.address, reranker=None, replicas=1,
-                         runtime=RuntimeConfig(device="cpu")) as served:
+    with open_ray_engine(
+        copy, address=cluster.address, reranker=None, replicas=1, runtime=RuntimeConfig(device="cpu")
+    ) as served:
         served.add([{"id": "new-doc", "text": "a museum island in the river of berlin"}])
         assert served.delete(["p00003", "missing"]).missing == ["missing"]
         assert served.search("a museum island in the river of berlin", k=5, rerank=False).hits[0].doc_id == "new-doc"
@@ -156,18 +185,33 @@ def test_killed_worker_node_loses_nothing(cluster, reference, tiny_bi_encoder_di
             killed["processes"] = cluster.kill_node("victim")
             killed["at"] = killed["written"]
 
-    report, size = index_distributed(docs, tmp_path / "k", address=cluster.address, shards=SHARDS, actors=3,
-                                     model=str(tiny_bi_encoder_dir), index_type="flat",
-                                     runtime=RuntimeConfig(device="cpu", batch_size=16), progress=progress)
+    report, size = index_distributed(
+        docs,
+        tmp_path / "k",
+        address=cluster.address,
+        shards=SHARDS,
+        actors=3,
+        model=str(tiny_bi_encoder_dir),
+        index_type="flat",
+        runtime=RuntimeConfig(device="cpu", batch_size=16),
+        progress=progress,
+    )
     assert killed["processes"] > 0 and killed["at"] < len(docs), killed
     assert size == len(docs) and report.added == len(docs)
     with open_collection(tmp_path / "k") as collection:
         stored = [doc.id for doc in collection.iter_documents()]
         assert len(stored) == len(set(stored)) == len(docs)
         assert sum(len(shard.index) for shard in collection.shards) == len(docs)
-    report, size = index_distributed(docs, tmp_path / "k", address=cluster.address, shards=SHARDS, actors=2,
-                                     model=str(tiny_bi_encoder_dir), index_type="flat",
-                                     runtime=RuntimeConfig(device="cpu"))
+    report, size = index_distributed(
+        docs,
+        tmp_path / "k",
+        address=cluster.address,
+        shards=SHARDS,
+        actors=2,
+        model=str(tiny_bi_encoder_dir),
+        index_type="flat",
+        runtime=RuntimeConfig(device="cpu"),
+    )
     assert (report.unchanged, report.added, size) == (len(docs), 0, len(docs))
 
 
@@ -179,11 +223,19 @@ def test_an_address_where_no_cluster_listens_is_refused_in_seconds(tmp_path, tin
 
     source, directory = tmp_path / "corpus.jsonl", tmp_path / "s"
     source.write_text("".join(json.dumps(doc) + "\n" for doc in corpus(30)), encoding="utf-8")
-    assert twostage("index", str(source), "--index", str(directory), "--shards", "2", "--model",
-                    str(tiny_bi_encoder_dir), "-q")[0] == 0
+    assert (
+        twostage(
+            "index", str(source), "--index", str(directory), "--shards", "2", "--model", str(tiny_bi_encoder_dir), "-q"
+        )[0]
+        == 0
+    )
     started = time.monotonic()  # a process of its own: this one may already be joined to the tests' cluster
-    done = subprocess.run([sys.executable, "-m", "twostage.cli", "search", str(directory), "berlin", "--ray",
-                           "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "twostage.cli", "search", str(directory), "berlin", "--ray", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     code, err = done.returncode, done.stderr
     assert code == 2 and err.startswith("twostage search: error: --ray 127.0.0.1:1: cannot reach a Ray cluster there")
     assert time.monotonic() - started < 30 and len(err.splitlines()) == 1

@@ -1,24 +1,32 @@
 """The engine end to end on a real FAISS index, a real SQLite file and the real packaged bi-encoder."""
+
 from __future__ import annotations
 
 import json
 import time
 
 import pytest
-
 from conftest import EXAMPLES
+
+from twostage import Engine, UsageError
 from twostage.indexes.documents import Document
 from twostage.indexes.readers import read_corpus
 from twostage.reranker.cross_encoder import CrossEncoderReranker
 from twostage.retriever.biencoder import BiEncoder
-from twostage import Engine, UsageError
 
 BERLIN = [
-    Document("b1", "Berlin has a population of about 3.7 million registered inhabitants, making it the largest city in Germany."),
-    Document("b2", "Around 3.8 million people live in Berlin, and the wider metropolitan region is home to over six million."),
+    Document(
+        "b1",
+        "Berlin has a population of about 3.7 million registered inhabitants, making it the largest city in Germany.",
+    ),
+    Document(
+        "b2", "Around 3.8 million people live in Berlin, and the wider metropolitan region is home to over six million."
+    ),
     Document("b3", "The number of residents of Berlin grew by roughly forty thousand people last year."),
     Document("m1", "Berlin's Museum Island holds five world-famous museums, including the Pergamon Museum."),
-    Document("m2", "The Berlin Wall Memorial and the East Side Gallery attract millions of tourists to Berlin every year."),
+    Document(
+        "m2", "The Berlin Wall Memorial and the East Side Gallery attract millions of tourists to Berlin every year."
+    ),
     Document("m3", "Berlin is known for its nightlife, its techno clubs and its many art galleries."),
     Document("p1", "Paris has about 2.1 million inhabitants within its city limits."),
     Document("p2", "The Louvre in Paris is the most visited art museum in the world."),
@@ -58,7 +66,10 @@ def test_example_collection_search_and_rerank(tmp_path, minilm, tiny_cross_encod
     assert rerank_scores == sorted(rerank_scores, reverse=True)
     assert all(h.retrieval_rank is not None and 1 <= h.retrieval_rank <= 20 for h in result.hits)
     # The tiny model's scores equal a direct call on the same (query, passage) pairs.
-    direct = reranker.score("How many people live in Berlin?", [Document(h.doc_id, h.text, h.title).text_for_encoding() for h in result.hits])
+    direct = reranker.score(
+        "How many people live in Berlin?",
+        [Document(h.doc_id, h.text, h.title).text_for_encoding() for h in result.hits],
+    )
     assert [round(x, 5) for x in direct] == [round(x, 5) for x in rerank_scores]
     payload = json.loads(json.dumps(result.to_dict()))
     assert payload["hits"][0]["doc_id"] == result.hits[0].doc_id
@@ -122,8 +133,13 @@ def test_bad_requests_get_clear_errors(berlin_engine):
         berlin_engine.add([Document("ok", "fine"), Document("two words", "x")])
     with pytest.raises(UsageError, match="field 'text': not valid Unicode"):
         berlin_engine.add([Document("ok", "fine"), {"id": "s", "text": "lone \ud800"}])
-    for bad in (Document("z", "x", metadata={"v": float("nan")}), Document("z", "x", title=["a"]), Document(7, "x"),
-                {"id": None, "text": "x"}, Document("z", "x", metadata={"s": {1}})):  # after 300 good ones
+    for bad in (
+        Document("z", "x", metadata={"v": float("nan")}),
+        Document("z", "x", title=["a"]),
+        Document(7, "x"),
+        {"id": None, "text": "x"},
+        Document("z", "x", metadata={"s": {1}}),
+    ):  # after 300 good ones
         with pytest.raises(UsageError, match="metadata is not JSON|'title'|must be a string"):
             berlin_engine.add([Document(f"g{i}", "good text") for i in range(300)] + [bad])
     assert len(berlin_engine.collection) == len(BERLIN)  # nothing lost
@@ -141,7 +157,11 @@ def test_other_bi_encoder_is_refused(tmp_path, minilm, tiny_bi_encoder_dir):
 
 def test_reindexing_unchanged_corpus_reuses_cached_embeddings(tmp_path, minilm_path):
     """A second ``index`` of the same texts into a new collection is ≥10x faster: embeddings come from the cache."""
-    docs = [Document(f"{d.id}-{i}", f"{d.text} (copy {i})", d.title) for i in range(3) for d in read_corpus(EXAMPLES / "corpus.jsonl")]
+    docs = [
+        Document(f"{d.id}-{i}", f"{d.text} (copy {i})", d.title)
+        for i in range(3)
+        for d in read_corpus(EXAMPLES / "corpus.jsonl")
+    ]
     from twostage.retriever.cache import EmbeddingCache
 
     cache = EmbeddingCache(tmp_path / "cache.sqlite")

@@ -1,4 +1,5 @@
 """`twostage eval --run RUN --qrels QRELS` prints what trec_eval prints (checked against pytrec_eval)."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import pytrec_eval
-
 from conftest import EXAMPLES
-from twostage.eval.trec import read_qrels, write_run
+
 from twostage.cli import main
+from twostage.eval.trec import read_qrels, write_run
 
 TREC_MEASURES = ["ndcg_cut_10", "recip_rank", "recall_100", "P_10", "map", "ndcg"]
 
@@ -49,8 +50,19 @@ def parse(output: str) -> dict[tuple[str, str], str]:
 
 @pytest.mark.parametrize("level", [1, 2])
 def test_output_equals_pytrec_eval(run_file, qrels, capsys, level):
-    code = main(["eval", "--run", str(run_file), "--qrels", str(EXAMPLES / "qrels.txt"), "--per-query", "-l", str(level),
-                 *[arg for m in TREC_MEASURES for arg in ("-m", m)]])
+    code = main(
+        [
+            "eval",
+            "--run",
+            str(run_file),
+            "--qrels",
+            str(EXAMPLES / "qrels.txt"),
+            "--per-query",
+            "-l",
+            str(level),
+            *[arg for m in TREC_MEASURES for arg in ("-m", m)],
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0
     printed = parse(captured.out)
@@ -65,8 +77,23 @@ def test_output_equals_pytrec_eval(run_file, qrels, capsys, level):
 
 
 def test_json_is_full_precision(run_file, qrels, capsys):
-    assert main(["eval", "--run", str(run_file), "--qrels", str(EXAMPLES / "qrels.txt"), "--json", "-l", "2",
-                 "-m", ",".join(TREC_MEASURES)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--run",
+                str(run_file),
+                "--qrels",
+                str(EXAMPLES / "qrels.txt"),
+                "--json",
+                "-l",
+                "2",
+                "-m",
+                ",".join(TREC_MEASURES),
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     expected = pytrec(qrels, run_file, 2)
     assert data["runid"] == "small" and data["rel_threshold"] == 2 and data["extra_queries"] == ["extra"]
@@ -77,8 +104,24 @@ def test_json_is_full_precision(run_file, qrels, capsys):
 
 
 def test_complete_counts_missing_queries_as_zero(run_file, qrels, capsys):
-    assert main(["eval", "--run", str(run_file), "--qrels", str(EXAMPLES / "qrels.txt"), "-c", "--json",
-                 "-m", "map", "-m", "nDCG@10"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--run",
+                str(run_file),
+                "--qrels",
+                str(EXAMPLES / "qrels.txt"),
+                "-c",
+                "--json",
+                "-m",
+                "map",
+                "-m",
+                "nDCG@10",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     expected = pytrec(qrels, run_file, 1)
     assert data["n_queries"] == len(qrels)
@@ -87,8 +130,9 @@ def test_complete_counts_missing_queries_as_zero(run_file, qrels, capsys):
 
 
 def test_family_names_expand_to_trec_eval_cutoffs(run_file, capsys):
-    assert main(["eval", "--run", str(run_file), "--qrels", str(EXAMPLES / "qrels.txt"), "-m", "P", "-m",
-                 "ndcg_cut"]) == 0
+    assert (
+        main(["eval", "--run", str(run_file), "--qrels", str(EXAMPLES / "qrels.txt"), "-m", "P", "-m", "ndcg_cut"]) == 0
+    )
     names = [name for name, qid in parse(capsys.readouterr().out) if qid == "all"]
     cutoffs = [5, 10, 15, 20, 30, 100, 200, 500, 1000]
     assert names == ["runid", "num_q"] + [f"P_{k}" for k in cutoffs] + [f"ndcg_cut_{k}" for k in cutoffs]
@@ -100,12 +144,15 @@ def test_default_measures(run_file, capsys):
     assert names == ["runid", "num_q", "MRR@10", "nDCG@10", "R@10", "R@100", "R@1000", "MAP"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--run", "RUN"], "needs both --run RUN and --qrels QRELS"),
-    (["DATASET", "--run", "RUN", "--qrels", "QRELS"], "not both"),
-    ([], "give a DATASET"),
-    (["--run", "RUN", "--qrels", "QRELS", "-m", "bogus"], "unknown measure"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--run", "RUN"], "needs both --run RUN and --qrels QRELS"),
+        (["DATASET", "--run", "RUN", "--qrels", "QRELS"], "not both"),
+        ([], "give a DATASET"),
+        (["--run", "RUN", "--qrels", "QRELS", "-m", "bogus"], "unknown measure"),
+    ],
+)
 def test_usage_errors(args, message, run_file, capsys):
     args = [str(run_file) if a == "RUN" else str(EXAMPLES / "qrels.txt") if a == "QRELS" else a for a in args]
     assert main(["eval", *args]) == 2
@@ -120,8 +167,10 @@ def test_bad_run_file_names_file_and_line(tmp_path, capsys):
 
 
 def test_trec_eval_mode_loads_no_model_library(run_file):
-    code = ("import sys; from twostage.cli import main; "
-            f"rc = main(['eval', '--run', {str(run_file)!r}, '--qrels', {str(EXAMPLES / 'qrels.txt')!r}]); "
-            "print('torch' in sys.modules, rc)")
+    code = (
+        "import sys; from twostage.cli import main; "
+        f"rc = main(['eval', '--run', {str(run_file)!r}, '--qrels', {str(EXAMPLES / 'qrels.txt')!r}]); "
+        "print('torch' in sys.modules, rc)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "False 0", done.stderr

@@ -1,4 +1,5 @@
 """Dataset loading: the three folder layouts (gzip too), the shortcut search path, clear errors, hub offline."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 from twostage.eval.datasets import Dataset, dataset_search_path, detect_format, load_dataset
 from twostage.eval.errors import DatasetError, EvalInputError
-
-from conftest import SHARED_DATA
 
 
 def write(path: Path, text: str, gz: bool = False) -> Path:
@@ -35,17 +35,26 @@ def jsonl(records: list[dict]) -> str:
 def make_uniform(folder: Path, gz: bool = False) -> Path:
     write(folder / "queries.tsv", "1\tfirst query\n2\tsecond query\n3\tunjudged query\n", gz)
     write(folder / "qrels.txt", "1 0 d1 2\n1 0 d2 0\n2 0 d3 1\n", gz)
-    write(folder / "corpus.jsonl", jsonl([{"id": "d1", "text": "one"}, {"id": "d2", "title": "T", "text": "two"},
-                                           {"id": "d3", "text": "three"}]), gz)
+    write(
+        folder / "corpus.jsonl",
+        jsonl([{"id": "d1", "text": "one"}, {"id": "d2", "title": "T", "text": "two"}, {"id": "d3", "text": "three"}]),
+        gz,
+    )
     write(folder / "runs" / "bm25.trec", "1 Q0 d1 1 2.0 bm25\n", gz)
     return folder
 
 
 def make_beir(folder: Path, gz: bool = False) -> Path:
-    write(folder / "corpus.jsonl", jsonl([{"_id": "d1", "title": "Title 1", "text": "one"},
-                                           {"_id": "d2", "title": "", "text": "two"}]), gz)
-    write(folder / "queries.jsonl", jsonl([{"_id": "q1", "text": "a question", "metadata": {}},
-                                            {"_id": "q2", "text": "train question"}]), gz)
+    write(
+        folder / "corpus.jsonl",
+        jsonl([{"_id": "d1", "title": "Title 1", "text": "one"}, {"_id": "d2", "title": "", "text": "two"}]),
+        gz,
+    )
+    write(
+        folder / "queries.jsonl",
+        jsonl([{"_id": "q1", "text": "a question", "metadata": {}}, {"_id": "q2", "text": "train question"}]),
+        gz,
+    )
     write(folder / "qrels" / "test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t0\n", gz)
     write(folder / "qrels" / "train.tsv", "query-id\tcorpus-id\tscore\nq2\td2\t1\n", gz)
     return folder
@@ -67,9 +76,11 @@ def test_uniform_folder(tmp_path, gz):
     assert ds.queries == {"1": "first query", "2": "second query"}  # only judged queries
     assert ds.qrels == {"1": {"d1": 2, "d2": 0}, "2": {"d3": 1}}
     assert list(ds.runs) == ["bm25"] and ds.runs["bm25"].is_file()
-    assert list(ds.iter_corpus()) == [{"id": "d1", "title": "", "text": "one"},
-                                      {"id": "d2", "title": "T", "text": "two"},
-                                      {"id": "d3", "title": "", "text": "three"}]
+    assert list(ds.iter_corpus()) == [
+        {"id": "d1", "title": "", "text": "one"},
+        {"id": "d2", "title": "T", "text": "two"},
+        {"id": "d3", "title": "", "text": "three"},
+    ]
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -78,8 +89,10 @@ def test_beir_folder(tmp_path, gz):
     ds = load_dataset(folder)
     assert detect_format(folder) == "beir" and "split test" in ds.source
     assert ds.queries == {"q1": "a question"} and ds.qrels == {"q1": {"d1": 1, "d2": 0}}
-    assert list(ds.iter_corpus()) == [{"id": "d1", "title": "Title 1", "text": "one"},
-                                      {"id": "d2", "title": "", "text": "two"}]
+    assert list(ds.iter_corpus()) == [
+        {"id": "d1", "title": "Title 1", "text": "one"},
+        {"id": "d2", "title": "", "text": "two"},
+    ]
     assert load_dataset(folder, split="train").queries == {"q2": "train question"}
     with pytest.raises(DatasetError, match=r"missing qrels/dev.tsv.*splits present: test, train"):
         load_dataset(folder, split="dev")
@@ -186,14 +199,18 @@ except DatasetError as exc:
 
 @pytest.mark.parametrize("hub_offline", [False, True], ids=["network-blocked", "HF_HUB_OFFLINE"])
 def test_hub_dataset_offline_fails_fast_and_clearly(tmp_path, hub_offline):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TWOSTAGE_DATA")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TWOSTAGE_DATA")
+    }
     env.update(HF_HOME=str(tmp_path / "hf-home"), HF_DATASETS_CACHE=str(tmp_path / "hf-datasets"))
     if hub_offline:
         env["HF_HUB_OFFLINE"] = "1"
     started = time.monotonic()
-    child = subprocess.run([sys.executable, "-c", BLOCKED_NETWORK], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=60)
+    child = subprocess.run(
+        [sys.executable, "-c", BLOCKED_NETWORK], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert child.returncode == 0, child.stderr
     answer = json.loads(child.stdout.strip().splitlines()[-1])
     message = answer["error"]
@@ -225,8 +242,11 @@ def test_shared_datasets_load_by_name():
 def test_hub_corpus_rows_become_documents():
     import datasets
 
-    rows = datasets.Dataset.from_list([{"_id": "d1", "title": None, "text": "one"},
-                                       {"_id": "d2", "title": "T", "text": "two"}])
+    rows = datasets.Dataset.from_list(
+        [{"_id": "d1", "title": None, "text": "one"}, {"_id": "d2", "title": "T", "text": "two"}]
+    )
     ds = Dataset("hub", {}, {}, None, {}, "test", hub_corpus=rows)
-    assert list(ds.iter_corpus()) == [{"id": "d1", "title": "", "text": "one"},
-                                      {"id": "d2", "title": "T", "text": "two"}]
+    assert list(ds.iter_corpus()) == [
+        {"id": "d1", "title": "", "text": "one"},
+        {"id": "d2", "title": "T", "text": "two"},
+    ]

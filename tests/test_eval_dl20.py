@@ -1,22 +1,28 @@
 """Published TREC DL 2020 runs score as trec_eval and ir_measures say (skipped without ../shared/data)."""
+
 from __future__ import annotations
 
 import ir_measures
 import pytest
+from conftest import SHARED_DATA
 from ir_measures import AP, RR, R, nDCG
 
 from twostage.eval.datasets import load_dataset
 from twostage.eval.metrics import evaluate
 from twostage.eval.trec import read_run
 
-from conftest import SHARED_DATA
-
 DL20 = SHARED_DATA / "msmarco-dl20"
 pytestmark = pytest.mark.skipif(not DL20.is_dir(), reason=f"{DL20} is not present (data lives in ../shared/data)")
 
 # TREC DL conventions: nDCG@10 graded; MRR and recall count label >= 2 as relevant.
-MEASURES = {"nDCG@10": nDCG @ 10, "MRR@10": RR(rel=2) @ 10, "R@10": R(rel=2) @ 10, "R@100": R(rel=2) @ 100,
-            "R@1000": R(rel=2) @ 1000, "MAP": AP(rel=2)}
+MEASURES = {
+    "nDCG@10": nDCG @ 10,
+    "MRR@10": RR(rel=2) @ 10,
+    "R@10": R(rel=2) @ 10,
+    "R@100": R(rel=2) @ 100,
+    "R@1000": R(rel=2) @ 1000,
+    "MAP": AP(rel=2),
+}
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 Most cases run without a model: trec_eval mode (`--run/--qrels`), or dataset mode with only the given run (`--systems
 run --rerank-run FILE`). The collection and lever-option cases use the tiny bi-encoder of tests/tiny_models.py."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,21 @@ import pytest
 
 from twostage.cli import main
 
-CORPUS = [{"id": f"d{i}", "text": text} for i, text in enumerate([
-    "Berlin is the capital of Germany.", "Paris is the capital of France.", "The Louvre is a museum in Paris.",
-    "The telescope was launched in December.", "Bread is baked from flour and water.",
-    "Rome is the capital of Italy.", "Cells divide by mitosis.", "The moon orbits the earth."])]
+CORPUS = [
+    {"id": f"d{i}", "text": text}
+    for i, text in enumerate(
+        [
+            "Berlin is the capital of Germany.",
+            "Paris is the capital of France.",
+            "The Louvre is a museum in Paris.",
+            "The telescope was launched in December.",
+            "Bread is baked from flour and water.",
+            "Rome is the capital of Italy.",
+            "Cells divide by mitosis.",
+            "The moon orbits the earth.",
+        ]
+    )
+]
 QUERIES = "q1\tcapital of Germany\nq2\tmuseum in Paris\n"
 QRELS = "q1 0 d0 2\nq1 0 d5 1\nq2 0 d2 2\n"
 RUN = "q1 Q0 d0 1 3.0 given\nq1 Q0 d1 2 2.0 given\nq2 Q0 d2 1 3.0 given\nq2 Q0 d1 2 1.0 given\n"
@@ -48,8 +60,9 @@ def _one_line_error(capsys, argv: list[str]) -> str:
 @pytest.mark.parametrize("bad", ["run", "qrels"])
 def test_trec_mode_names_the_file_and_line_that_is_not_utf8(tmp_path, capsys, bad):
     run = _write(tmp_path / "r.trec", RUN.encode().replace(b"q2 Q0 d2", b"q2 Q0 d\xff2") if bad == "run" else RUN)
-    qrels = _write(tmp_path / "q.qrels", QRELS.encode().replace(b"q1 0 d5", b"q1 0 d\xff5") if bad == "qrels"
-                   else QRELS)
+    qrels = _write(
+        tmp_path / "q.qrels", QRELS.encode().replace(b"q1 0 d5", b"q1 0 d\xff5") if bad == "qrels" else QRELS
+    )
     line = _one_line_error(capsys, ["eval", "--run", str(run), "--qrels", str(qrels)])
     path, number = (run, 3) if bad == "run" else (qrels, 2)
     assert f"{path}, line {number}: not valid UTF-8 (byte 0xff" in line
@@ -57,8 +70,19 @@ def test_trec_mode_names_the_file_and_line_that_is_not_utf8(tmp_path, capsys, ba
 
 def test_dataset_queries_that_are_not_utf8(tmp_path, capsys):
     folder = _dataset(tmp_path / "ds", queries=b"q1\tcapital of Germany\nq2\tmus\xffeum\n")
-    line = _one_line_error(capsys, ["eval", str(folder), "--systems", "run", "--rerank-run",
-                                    str(_write(tmp_path / "r.trec", RUN)), "--out", str(tmp_path / "out")])
+    line = _one_line_error(
+        capsys,
+        [
+            "eval",
+            str(folder),
+            "--systems",
+            "run",
+            "--rerank-run",
+            str(_write(tmp_path / "r.trec", RUN)),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert f"{folder / 'queries.tsv'}, line 2: not valid UTF-8" in line
     assert not (tmp_path / "out").exists()
 
@@ -66,16 +90,19 @@ def test_dataset_queries_that_are_not_utf8(tmp_path, capsys):
 def test_rerank_run_that_is_not_utf8(tmp_path, capsys):
     folder = _dataset(tmp_path / "ds")
     run = _write(tmp_path / "bad.trec", RUN.encode().replace(b"given\nq2", b"giv\xfeen\nq2", 1))
-    line = _one_line_error(capsys, ["eval", str(folder), "--systems", "run", "--rerank-run", str(run),
-                                    "--out", str(tmp_path / "out")])
+    line = _one_line_error(
+        capsys, ["eval", str(folder), "--systems", "run", "--rerank-run", str(run), "--out", str(tmp_path / "out")]
+    )
     assert f"{run}, line 2: not valid UTF-8 (byte 0xfe" in line
 
 
 def test_search_queries_that_are_not_utf8(tmp_path, capsys):
     """`twostage search --queries` reads with the same reader; the file is read before the collection opens."""
     queries = _write(tmp_path / "q.tsv", b"q1\tBer\xfflin\n")
-    line = _one_line_error(capsys, ["search", str(tmp_path / "no-collection"), "--queries", str(queries),
-                                    "--run", str(tmp_path / "o.trec")])
+    line = _one_line_error(
+        capsys,
+        ["search", str(tmp_path / "no-collection"), "--queries", str(queries), "--run", str(tmp_path / "o.trec")],
+    )
     assert f"{queries}, line 1: not valid UTF-8 (byte 0xff at byte 7 of the line)" in line
     assert not (tmp_path / "o.trec").exists()
 
@@ -98,13 +125,18 @@ def test_a_leading_bom_is_not_part_of_the_first_id(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- 3. --systems "" and a negative --rrf-k
-@pytest.mark.parametrize("args, words", [(["--systems", ""], "--systems names no system"),
-                                         (["--systems", ","], "--systems names no system"),
-                                         (["--rrf-k", "-1", "--systems", "hybrid"], "--rrf-k must be"),
-                                         (["--rrf-k", "nan", "--systems", "hybrid"], "--rrf-k must be"),
-                                         (["--systems", "bm25/prf=3:0.5"], "needs a dense or hybrid first stage"),
-                                         (["--systems", "dense/prf=x"], "system dense/prf=x: prf"),
-                                         (["-l", "0"], "-l/--rel-threshold")])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--systems", ""], "--systems names no system"),
+        (["--systems", ","], "--systems names no system"),
+        (["--rrf-k", "-1", "--systems", "hybrid"], "--rrf-k must be"),
+        (["--rrf-k", "nan", "--systems", "hybrid"], "--rrf-k must be"),
+        (["--systems", "bm25/prf=3:0.5"], "needs a dense or hybrid first stage"),
+        (["--systems", "dense/prf=x"], "system dense/prf=x: prf"),
+        (["-l", "0"], "-l/--rel-threshold"),
+    ],
+)
 def test_bad_options_are_refused_before_anything_loads(tmp_path, capsys, monkeypatch, args, words):
     import twostage.eval.datasets as datasets
 
@@ -118,8 +150,13 @@ def test_run_file_names_are_safe_and_unambiguous():
     from twostage.eval.report import run_file_name
 
     assert run_file_name("dense+rerank@20") == "dense+rerank@20.trec"  # safe names keep their file names
-    names = ["dense/prf=3:0.5", "dense+rerank@100/fusion=zscore:0.7", "dense+rerank@100/default",
-             "dense/prf=3:0.5/fusion=rrf", "dense/prf=3%3A0.5"]
+    names = [
+        "dense/prf=3:0.5",
+        "dense+rerank@100/fusion=zscore:0.7",
+        "dense+rerank@100/default",
+        "dense/prf=3:0.5/fusion=rrf",
+        "dense/prf=3%3A0.5",
+    ]
     files = [run_file_name(n) for n in names]
     assert len(set(files)) == len(files)
     assert all("/" not in f and ":" not in f and "\\" not in f for f in files)
@@ -132,8 +169,23 @@ def test_readme_lever_systems_evaluate_end_to_end(tmp_path, capsys, tiny_bi_enco
 
     folder = _dataset(tmp_path / "ds")
     systems = ["dense", "dense+rerank@5/fusion=zscore:0.7", "dense+rerank@5/default", "dense/prf=3:0.5"]
-    code = main(["eval", str(folder), "--model", str(tiny_bi_encoder_dir), "--reranker", "maxsim", "--systems",
-                 *systems, "--index", str(tmp_path / "c"), "--out", str(tmp_path / "out"), "-q"])
+    code = main(
+        [
+            "eval",
+            str(folder),
+            "--model",
+            str(tiny_bi_encoder_dir),
+            "--reranker",
+            "maxsim",
+            "--systems",
+            *systems,
+            "--index",
+            str(tmp_path / "c"),
+            "--out",
+            str(tmp_path / "out"),
+            "-q",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     data = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -198,20 +250,37 @@ def _count(path: Path, capsys) -> int:
 
 
 @pytest.mark.parametrize("kind", ["other documents", "changed text", "no token vectors"])
-def test_an_index_dir_holding_another_collection_is_refused_and_left_alone(tmp_path, capsys, tiny_bi_encoder_dir,
-                                                                          kind):
+def test_an_index_dir_holding_another_collection_is_refused_and_left_alone(tmp_path, capsys, tiny_bi_encoder_dir, kind):
     path = tmp_path / "mine"
-    docs = {"other documents": [{"id": f"x{i}", "text": f"my own document {i}"} for i in range(12)],
-            "changed text": [{**d, "text": d["text"] + " (edited)"} for d in CORPUS[:3]],
-            "no token vectors": CORPUS[:3]}[kind]
+    docs = {
+        "other documents": [{"id": f"x{i}", "text": f"my own document {i}"} for i in range(12)],
+        "changed text": [{**d, "text": d["text"] + " (edited)"} for d in CORPUS[:3]],
+        "no token vectors": CORPUS[:3],
+    }[kind]
     stored = _collection(path, tiny_bi_encoder_dir, docs, store_tokens=False if kind == "no token vectors" else "int8")
     capsys.readouterr()  # the model's own loading messages
     files = sorted(p.name for p in path.iterdir())
-    line = _one_line_error(capsys, ["eval", str(_dataset(tmp_path / "ds")), "--model", str(tiny_bi_encoder_dir),
-                                    "--systems", "bm25", "--index", str(path), "--out", str(tmp_path / "out")])
+    line = _one_line_error(
+        capsys,
+        [
+            "eval",
+            str(_dataset(tmp_path / "ds")),
+            "--model",
+            str(tiny_bi_encoder_dir),
+            "--systems",
+            "bm25",
+            "--index",
+            str(path),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert f"{path} holds a collection that is not the one eval builds" in line and "--overwrite" in line
-    assert {"other documents": "12 of them not in the corpus of 8", "changed text": "3 of its 3 documents differ",
-            "no token vectors": "no token vectors"}[kind] in line
+    assert {
+        "other documents": "12 of them not in the corpus of 8",
+        "changed text": "3 of its 3 documents differ",
+        "no token vectors": "no token vectors",
+    }[kind] in line
     assert _count(path, capsys) == stored and sorted(p.name for p in path.iterdir()) == files
     assert not (tmp_path / "out").exists()
 
@@ -220,8 +289,20 @@ def test_overwrite_replaces_it_and_evals_own_collection_is_reused(tmp_path, caps
     path = tmp_path / "mine"
     _collection(path, tiny_bi_encoder_dir, [{"id": f"x{i}", "text": f"my own document {i}"} for i in range(12)])
     folder = _dataset(tmp_path / "ds")
-    argv = ["eval", str(folder), "--model", str(tiny_bi_encoder_dir), "--no-rerank", "--systems", "bm25",
-            "--index", str(path), "--out", str(tmp_path / "out"), "-q"]
+    argv = [
+        "eval",
+        str(folder),
+        "--model",
+        str(tiny_bi_encoder_dir),
+        "--no-rerank",
+        "--systems",
+        "bm25",
+        "--index",
+        str(path),
+        "--out",
+        str(tmp_path / "out"),
+        "-q",
+    ]
     assert main([*argv, "--overwrite"]) == 0, capsys.readouterr().err
     capsys.readouterr()
     assert _count(path, capsys) == len(CORPUS)
@@ -236,8 +317,13 @@ def test_trec_mode_names_the_missing_file(tmp_path, capsys, missing):
     run = _write(tmp_path / "r.trec", RUN)
     qrels = _write(tmp_path / "q.qrels", QRELS)
     nope = tmp_path / "in" / "nope"
-    argv = ["eval", "--run", str(nope if missing == "run" else run),
-            "--qrels", str(nope if missing == "qrels" else qrels)]
+    argv = [
+        "eval",
+        "--run",
+        str(nope if missing == "run" else run),
+        "--qrels",
+        str(nope if missing == "qrels" else qrels),
+    ]
     line = _one_line_error(capsys, argv)
     assert f"error: {nope}: no such file (given by --{missing})" in line and "documents.sqlite" not in line
     line = _one_line_error(capsys, ["eval", "--run", str(tmp_path), "--qrels", str(qrels)])
@@ -268,8 +354,19 @@ def test_an_unwritable_out_is_named(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(tempfile, "TemporaryFile", read_only)  # root ignores permission bits: refuse as a RO mount
     out = tmp_path / "ro" / "out"
-    line = _one_line_error(capsys, ["eval", str(_dataset(tmp_path / "ds")), "--systems", "run", "--rerank-run",
-                                    str(_write(tmp_path / "r.trec", RUN)), "--out", str(out)])
+    line = _one_line_error(
+        capsys,
+        [
+            "eval",
+            str(_dataset(tmp_path / "ds")),
+            "--systems",
+            "run",
+            "--rerank-run",
+            str(_write(tmp_path / "r.trec", RUN)),
+            "--out",
+            str(out),
+        ],
+    )
     assert f"{out}: cannot write the output folder: Permission denied (in {tmp_path})" in line
 
 

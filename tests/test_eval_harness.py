@@ -1,5 +1,6 @@
 """The evaluation harness on the example set: every output written and well-formed, its numbers equal to
 `eval.metrics` and `eval.significance` on the written runs, reranking equal to the engine's own."""
+
 from __future__ import annotations
 
 import csv
@@ -9,8 +10,8 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES
+
 from twostage.eval.datasets import load_dataset
 from twostage.eval.errors import EvalInputError
 from twostage.eval.harness import EvalConfig, SystemSpec, default_rel_threshold, resolve_systems, run_evaluation
@@ -20,8 +21,21 @@ from twostage.eval.significance import compare
 from twostage.eval.trec import ranked, read_run, write_run
 
 DEPTHS = (5, 10, 20)
-ALL_SYSTEMS = ["bm25", "dense", "dense+rerank@5", "dense+rerank@10", "dense+rerank@20", "hybrid", "hybrid+rerank@5",
-               "hybrid+rerank@10", "hybrid+rerank@20", "run", "run+rerank@5", "run+rerank@10", "run+rerank@20"]
+ALL_SYSTEMS = [
+    "bm25",
+    "dense",
+    "dense+rerank@5",
+    "dense+rerank@10",
+    "dense+rerank@20",
+    "hybrid",
+    "hybrid+rerank@5",
+    "hybrid+rerank@10",
+    "hybrid+rerank@20",
+    "run",
+    "run+rerank@5",
+    "run+rerank@10",
+    "run+rerank@20",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +58,14 @@ def given_run(dataset_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def config(minilm, tiny_cross_encoder_dir, given_run, tmp_path_factory) -> EvalConfig:
-    return EvalConfig(encoder=minilm, reranker=str(tiny_cross_encoder_dir), depths=DEPTHS, rerank_run=given_run,
-                      index_dir=tmp_path_factory.mktemp("eval-index") / "collection", n_resamples=2000)
+    return EvalConfig(
+        encoder=minilm,
+        reranker=str(tiny_cross_encoder_dir),
+        depths=DEPTHS,
+        rerank_run=given_run,
+        index_dir=tmp_path_factory.mktemp("eval-index") / "collection",
+        n_resamples=2000,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +114,13 @@ def test_json_metrics_equal_evaluate_on_the_written_runs(out, dataset_dir):
     with open(out / "per_query.csv", newline="") as handle:
         per_query = {(r["system"], r["qid"]): r for r in csv.DictReader(handle)}
     for name, system in data["systems"].items():
-        result = evaluate(read_run(out / "runs" / f"{name}.trec"), qrels, data["measures"],
-                          rel_threshold=data["dataset"]["rel_threshold"], complete=True)
+        result = evaluate(
+            read_run(out / "runs" / f"{name}.trec"),
+            qrels,
+            data["measures"],
+            rel_threshold=data["dataset"]["rel_threshold"],
+            complete=True,
+        )
         assert result.aggregate == pytest.approx(system["metrics"], abs=1e-12), name
         for qid, values in result.per_query.items():
             assert {m: float(per_query[name, qid][m]) for m in values} == pytest.approx(values, abs=1e-12)
@@ -153,8 +178,9 @@ def test_dense_rerank_equals_the_engines_own_rerank(report, config, dataset_dir,
             for qid, query in queries.items():
                 result = engine.search(query, k=depth, top_n=depth)
                 assert [docid for docid, _ in ranked(run[qid])[:depth]] == [h.doc_id for h in result.hits]
-                assert [run[qid][h.doc_id] for h in result.hits] == pytest.approx([h.rerank_score for h in result.hits],
-                                                                                  abs=1e-5)
+                assert [run[qid][h.doc_id] for h in result.hits] == pytest.approx(
+                    [h.rerank_score for h in result.hits], abs=1e-5
+                )
 
 
 def test_eval_systems_are_the_cli_batch_search(report, config, dataset_dir, tmp_path):
@@ -165,8 +191,27 @@ def test_eval_systems_are_the_cli_batch_search(report, config, dataset_dir, tmp_
     queries = tmp_path / "q.tsv"
     queries.write_text("".join(f"{qid}\t{text}\n" for qid, text in dataset.queries.items()), encoding="utf-8")
     out = tmp_path / "hybrid.trec"
-    assert main(["search", str(config.index_dir), "--queries", str(queries), "--run", str(out), "--k", "1000",
-                 "--first-stage", "hybrid", "--reranker", config.reranker, "--rerank-depth", "10"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                str(config.index_dir),
+                "--queries",
+                str(queries),
+                "--run",
+                str(out),
+                "--k",
+                "1000",
+                "--first-stage",
+                "hybrid",
+                "--reranker",
+                config.reranker,
+                "--rerank-depth",
+                "10",
+            ]
+        )
+        == 0
+    )
     cli_run = read_run(out)
     eval_run = report.system("hybrid+rerank@10").run
     for qid in dataset.queries:
@@ -206,8 +251,9 @@ def test_rerank_run_reranks_the_given_runs_top_d(report, given_run, dataset_dir,
 
 
 def test_systems_subset_reuses_the_collection(dataset_dir, config):
-    subset = EvalConfig(**{**config.__dict__, "systems": ["bm25", "dense+rerank@3"], "rerank_run": None,
-                           "baseline": "bm25"})
+    subset = EvalConfig(
+        **{**config.__dict__, "systems": ["bm25", "dense+rerank@3"], "rerank_run": None, "baseline": "bm25"}
+    )
     report = run_evaluation(load_dataset(dataset_dir), subset)
     assert [r.name for r in report.systems] == ["bm25", "dense+rerank@3"]
     assert report.depths == [3]
@@ -224,15 +270,31 @@ def test_missing_baseline_falls_back_with_a_notice(dataset_dir, config):
 def test_resolve_systems():
     names = lambda specs: [s.name for s in specs]  # noqa: E731
     assert names(resolve_systems(None, [20, 10], have_run=False, have_reranker=True)) == [
-        "bm25", "dense", "dense+rerank@10", "dense+rerank@20", "hybrid", "hybrid+rerank@10", "hybrid+rerank@20"]
+        "bm25",
+        "dense",
+        "dense+rerank@10",
+        "dense+rerank@20",
+        "hybrid",
+        "hybrid+rerank@10",
+        "hybrid+rerank@20",
+    ]
     assert names(resolve_systems(["bm25+rerank@10", "hybrid+rerank@5"], [10], have_run=False, have_reranker=True)) == [
-        "bm25+rerank@10", "hybrid+rerank@5"]
+        "bm25+rerank@10",
+        "hybrid+rerank@5",
+    ]
     assert names(resolve_systems(None, [10], have_run=True, have_reranker=False)) == ["bm25", "dense", "hybrid", "run"]
     assert names(resolve_systems(["run+rerank", "dense"], [10, 20], have_run=True, have_reranker=True)) == [
-        "dense", "run+rerank@10", "run+rerank@20"]
+        "dense",
+        "run+rerank@10",
+        "run+rerank@20",
+    ]
     assert resolve_systems(["Dense+Rerank@7"], [10], have_run=False, have_reranker=True) == [SystemSpec("dense", 7)]
-    for bad, kwargs in [(["run"], {}), (["dense+rerank@10"], {"have_reranker": False}), (["splade"], {}),
-                        (["run/prf=3"], {"have_run": True})]:
+    for bad, kwargs in [
+        (["run"], {}),
+        (["dense+rerank@10"], {"have_reranker": False}),
+        (["splade"], {}),
+        (["run/prf=3"], {"have_run": True}),
+    ]:
         options = {"have_run": False, "have_reranker": True, **kwargs}
         with pytest.raises(EvalInputError):
             resolve_systems(bad, [10], **options)
@@ -246,9 +308,28 @@ def test_default_rel_threshold():
 def test_cli_dataset_mode(dataset_dir, minilm_path, tiny_cross_encoder_dir, config, tmp_path, capsys):
     from twostage.cli import main
 
-    code = main(["eval", str(dataset_dir), "--model", str(minilm_path), "--reranker", str(tiny_cross_encoder_dir),
-                 "--systems", "bm25,dense", "dense+rerank@10", "--index", str(config.index_dir), "--out",
-                 str(tmp_path / "out"), "--max-queries", "4", "--quiet", "--backend", "onnx"])
+    code = main(
+        [
+            "eval",
+            str(dataset_dir),
+            "--model",
+            str(minilm_path),
+            "--reranker",
+            str(tiny_cross_encoder_dir),
+            "--systems",
+            "bm25,dense",
+            "dense+rerank@10",
+            "--index",
+            str(config.index_dir),
+            "--out",
+            str(tmp_path / "out"),
+            "--max-queries",
+            "4",
+            "--quiet",
+            "--backend",
+            "onnx",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "dense+rerank@10" in captured.out and "p rand" in captured.out
@@ -271,8 +352,10 @@ def test_reranking_a_given_run_alone_needs_no_collection(dataset_dir, config, tm
     assert [r.name for r in report.systems] == ["run", "run+rerank@5"] and report.baseline == "run"
     assert report.indexing == {} and not (tmp_path / "unused").exists()
     assert report.system("run+rerank@5").metrics == pytest.approx(
-        evaluate(report.system("run+rerank@5").run, load_dataset(dataset_dir).qrels, report.measures,
-                 complete=True).aggregate)
+        evaluate(
+            report.system("run+rerank@5").run, load_dataset(dataset_dir).qrels, report.measures, complete=True
+        ).aggregate
+    )
 
 
 def test_int8_backends_get_their_own_default_collection(dataset_dir, monkeypatch, tmp_path):
@@ -283,24 +366,34 @@ def test_int8_backends_get_their_own_default_collection(dataset_dir, monkeypatch
 
     monkeypatch.setenv("TWOSTAGE_CACHE_DIR", str(tmp_path))
     dataset = load_dataset(dataset_dir)
-    folder = {b: default_index_dir(dataset, SimpleNamespace(fingerprint="f" * 64, backend=b))
-              for b in ("torch", "onnx", "openvino", "onnx-int8", "openvino-int8")}
+    folder = {
+        b: default_index_dir(dataset, SimpleNamespace(fingerprint="f" * 64, backend=b))
+        for b in ("torch", "onnx", "openvino", "onnx-int8", "openvino-int8")
+    }
     assert folder["torch"] == folder["onnx"] == folder["openvino"]
     assert len({folder["torch"], folder["onnx-int8"], folder["openvino-int8"]}) == 3
     assert all(path.parent == tmp_path / "collections" for path in folder.values())
 
 
-def test_index_built_on_another_backend_is_searched_by_the_engines_rule(dataset_dir, config, minilm_path, report,
-                                                                        monkeypatch):
+def test_index_built_on_another_backend_is_searched_by_the_engines_rule(
+    dataset_dir, config, minilm_path, report, monkeypatch
+):
     """--index with a collection built on torch and an int8 backend asked for: eval searches it with the int8
     backend's float parent, as Engine.open would, instead of refusing; one bi-encoder is loaded, on that backend."""
     from twostage.retriever.biencoder import BiEncoder
 
     loaded, init = [], BiEncoder.__init__
-    monkeypatch.setattr(BiEncoder, "__init__", lambda self, *a, **kw: (loaded.append(kw.get("backend")),
-                                                                       init(self, *a, **kw))[1])
-    other = EvalConfig(model=str(minilm_path), backend="openvino-int8", reranker=None, systems=["dense"],
-                       index_dir=config.index_dir, n_resamples=200)
+    monkeypatch.setattr(
+        BiEncoder, "__init__", lambda self, *a, **kw: (loaded.append(kw.get("backend")), init(self, *a, **kw))[1]
+    )
+    other = EvalConfig(
+        model=str(minilm_path),
+        backend="openvino-int8",
+        reranker=None,
+        systems=["dense"],
+        index_dir=config.index_dir,
+        n_resamples=200,
+    )
     result = run_evaluation(load_dataset(dataset_dir), other)
     assert loaded == ["openvino"]
     assert result.models["bi_encoder"]["backend"].startswith("openvino/")

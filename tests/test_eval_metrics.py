@@ -1,4 +1,5 @@
 """eval.metrics equals trec_eval (through pytrec_eval) and ir_measures, on hand-built and random runs."""
+
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ import ir_measures
 import numpy as np
 import pytest
 import pytrec_eval
-from ir_measures import AP, RR, R, P, nDCG
+from ir_measures import AP, RR, P, R, nDCG
 
 from twostage.eval.metrics import DEFAULT_MEASURES, EvalResult, Measure, evaluate, format_table, parse_measure
 
@@ -15,17 +16,27 @@ TOL = 1e-9
 
 # Our measure -> (trec_eval measure name, how to read our value from its output).
 TREC_NAMES = {
-    "nDCG@5": "ndcg_cut_5", "nDCG@10": "ndcg_cut_10", "nDCG": "ndcg",
-    "R@5": "recall_5", "R@10": "recall_10", "R@20": "recall_20", "R@100": "recall_100",
-    "P@5": "P_5", "P@10": "P_10", "MAP": "map", "MAP@10": "map_cut_10", "MRR": "recip_rank",
+    "nDCG@5": "ndcg_cut_5",
+    "nDCG@10": "ndcg_cut_10",
+    "nDCG": "ndcg",
+    "R@5": "recall_5",
+    "R@10": "recall_10",
+    "R@20": "recall_20",
+    "R@100": "recall_100",
+    "P@5": "P_5",
+    "P@10": "P_10",
+    "MAP": "map",
+    "MAP@10": "map_cut_10",
+    "MRR": "recip_rank",
 }
 MEASURES = list(TREC_NAMES) + ["MRR@10", "MRR@3"]
 
 
 def trec_eval_reference(run, qrels, rel_threshold, judged_only=False):
     """Per-query values of MEASURES computed by trec_eval's own code (pytrec_eval)."""
-    evaluator = pytrec_eval.RelevanceEvaluator(qrels, set(TREC_NAMES.values()), relevance_level=rel_threshold,
-                                               judged_docs_only_flag=int(judged_only))
+    evaluator = pytrec_eval.RelevanceEvaluator(
+        qrels, set(TREC_NAMES.values()), relevance_level=rel_threshold, judged_docs_only_flag=int(judged_only)
+    )
     out = {}
     for qid, values in evaluator.evaluate(run).items():
         ours = {m: values[name] for m, name in TREC_NAMES.items()}
@@ -39,9 +50,17 @@ def trec_eval_reference(run, qrels, rel_threshold, judged_only=False):
 def ir_measures_reference(run, qrels, rel_threshold, with_rr=True):
     """Aggregates from ir_measures (which counts judged queries missing from the run as 0, like -c)."""
     t = rel_threshold
-    measures = {"nDCG@10": nDCG @ 10, "nDCG@5": nDCG @ 5, "nDCG": nDCG, "R@10": R(rel=t) @ 10,
-                "R@20": R(rel=t) @ 20, "P@5": P(rel=t) @ 5, "MAP": AP(rel=t), "MAP@10": AP(rel=t) @ 10,
-                "MRR": RR(rel=t)}
+    measures = {
+        "nDCG@10": nDCG @ 10,
+        "nDCG@5": nDCG @ 5,
+        "nDCG": nDCG,
+        "R@10": R(rel=t) @ 10,
+        "R@20": R(rel=t) @ 20,
+        "P@5": P(rel=t) @ 5,
+        "MAP": AP(rel=t),
+        "MAP@10": AP(rel=t) @ 10,
+        "MRR": RR(rel=t),
+    }
     if with_rr:  # ir_measures computes RR@k with its msmarco provider, which breaks score ties the other way
         measures["MRR@10"] = RR(rel=t) @ 10
     values = ir_measures.calc_aggregate(list(measures.values()), qrels, run)
@@ -57,17 +76,17 @@ def assert_close(ours: dict, reference: dict, context: str = "") -> None:
 # a run query missing from the qrels, and a query whose judgments are all non-relevant.
 QRELS = {
     "q1": {"d1": 2, "d2": 0, "d3": 1, "d5": 3},
-    "q2": {"d1": 0, "d5": 0},                   # no relevant document
+    "q2": {"d1": 0, "d5": 0},  # no relevant document
     "q3": {"d9": 1, "d8": 2},
-    "q4": {"d1": 1},                            # not in the run
-    "q5": {"a": 1, "b": 1, "c": 1, "d": 1},     # all tied in the run
+    "q4": {"d1": 1},  # not in the run
+    "q5": {"a": 1, "b": 1, "c": 1, "d": 1},  # all tied in the run
 }
 RUN = {
     "q1": {"d1": 1.0, "d2": 2.0, "d4": 3.0, "d3": 1.0, "d5": 0.5},
     "q2": {"d1": 1.0, "d2": 0.5},
     "q3": {"a": 1.0, "d9": 0.5, "x": 0.5, "d8": 0.1},
     "q5": {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.0, "e": 0.0, "f": 0.0},
-    "q9": {"x": 1.0},                           # not judged at all
+    "q9": {"x": 1.0},  # not judged at all
 }
 
 
@@ -159,8 +178,11 @@ def test_random_runs_equal_trec_eval_and_ir_measures(seed):
             for qid, values in reference.items():
                 assert_close(result.per_query[qid], values, f"seed {seed} {qid} l{rel_threshold} J{judged_only}")
         complete = evaluate(run, qrels, MEASURES, rel_threshold=rel_threshold, complete=True)
-        assert_close(complete.aggregate, ir_measures_reference(run, qrels, rel_threshold, with_rr=not ties),
-                     f"seed {seed} l{rel_threshold}")
+        assert_close(
+            complete.aggregate,
+            ir_measures_reference(run, qrels, rel_threshold, with_rr=not ties),
+            f"seed {seed} l{rel_threshold}",
+        )
 
 
 def test_parse_measure_accepts_common_and_trec_eval_spellings():
@@ -193,8 +215,9 @@ def test_evaluate_rejects_unusable_input():
 
 
 def test_format_table_aligns_columns():
-    table = format_table([{"system": "bm25", "nDCG@10": 0.47963, "n": 54},
-                          {"system": "bm25+ce", "nDCG@10": 0.7, "n": 54}])
+    table = format_table(
+        [{"system": "bm25", "nDCG@10": 0.47963, "n": 54}, {"system": "bm25+ce", "nDCG@10": 0.7, "n": 54}]
+    )
     lines = table.splitlines()
     assert lines[0].split() == ["system", "nDCG@10", "n"]
     assert lines[2].split() == ["bm25", "0.4796", "54"]

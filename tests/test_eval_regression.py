@@ -7,14 +7,15 @@ last two; measured 4.7 min wall on a 2-vCPU VM at load average ~10). Dense-index
 the whole corpus took about 11 CPU-minutes there (30 min wall under that load), so the dense systems are checked
 only with TWOSTAGE_FULL_REGRESSION=1. Skipped without ../shared/data.
 """
+
 from __future__ import annotations
 
 import os
 import time
 
 import pytest
-
 from conftest import shared_dataset
+
 from twostage.eval.datasets import load_dataset
 from twostage.eval.harness import run_evaluation
 from twostage.eval.regression import check_report, config_from_expected, load_expected
@@ -41,8 +42,14 @@ def test_expected_file_is_complete(expected):
 
 
 def _check(dl20, expected, systems, encoder, tmp_path, *, vectors_unused: bool = False) -> float:
-    config = config_from_expected(expected, systems=systems, encoder=encoder, index_dir=tmp_path / "collection",
-                                  rerank_run=dl20.runs[expected["config"]["rerank_run"]], n_resamples=1000)
+    config = config_from_expected(
+        expected,
+        systems=systems,
+        encoder=encoder,
+        index_dir=tmp_path / "collection",
+        rerank_run=dl20.runs[expected["config"]["rerank_run"]],
+        n_resamples=1000,
+    )
     started = time.perf_counter()
     report = run_evaluation(dl20, config)
     elapsed = time.perf_counter() - started
@@ -62,14 +69,17 @@ def test_ci_configuration_reproduces_expected_scores(dl20, expected, minilm, tin
     lexical = [s for s in expected["ci_systems"] if s == "bm25"]
     given = [s for s in expected["ci_systems"] if s not in lexical]
     assert all(s == "run" or s.startswith("run+") for s in given), given
-    elapsed = _check(dl20, expected, lexical, BiEncoder(str(tiny_bi_encoder_dir)), tmp_path / "lexical",
-                     vectors_unused=True)
+    elapsed = _check(
+        dl20, expected, lexical, BiEncoder(str(tiny_bi_encoder_dir)), tmp_path / "lexical", vectors_unused=True
+    )
     elapsed += _check(dl20, expected, given, minilm, tmp_path / "given")
     print(f"msmarco-dl20 {expected['ci_systems']}: {elapsed:.0f}s")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FULL, reason="dense-indexes the whole corpus (minutes on 2 cores); set TWOSTAGE_FULL_REGRESSION=1")
+@pytest.mark.skipif(
+    not FULL, reason="dense-indexes the whole corpus (minutes on 2 cores); set TWOSTAGE_FULL_REGRESSION=1"
+)
 def test_full_configuration_reproduces_expected_scores(dl20, expected, minilm, tmp_path):
     elapsed = _check(dl20, expected, list(expected["systems"]), minilm, tmp_path)
     print(f"msmarco-dl20, every system: {elapsed:.0f}s")

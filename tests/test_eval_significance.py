@@ -1,4 +1,5 @@
 """Paired significance tests: identical systems are not different, a consistently better one is."""
+
 from __future__ import annotations
 
 import itertools
@@ -38,7 +39,7 @@ def test_randomization_test_matches_the_exact_permutation_test():
 
 def test_compare_per_query_results():
     qrels = {f"q{i}": {"good": 1, "bad": 0} for i in range(50)}
-    worse = {q: {"bad": 2.0, "good": 1.0} for q in qrels}   # relevant doc at rank 2
+    worse = {q: {"bad": 2.0, "good": 1.0} for q in qrels}  # relevant doc at rank 2
     better = {q: {"good": 2.0, "bad": 1.0} for q in qrels}  # relevant doc at rank 1
     a, b = evaluate(worse, qrels, ["MRR@10"]), evaluate(better, qrels, ["MRR@10"])
     result = compare(a.per_query, b.per_query, "RR@10")

@@ -1,4 +1,5 @@
 """TREC qrels/run/query files: reading, writing, gzip, and errors that name the file and line."""
+
 from __future__ import annotations
 
 import gzip
@@ -70,7 +71,9 @@ def test_run_duplicate_document_names_both_lines(tmp_path):
 
 def test_run_with_five_fields_names_file_and_line(tmp_path):
     path = write(tmp_path / "run.trec", "1 Q0 d1 1 3.5 bm25\n1 Q0 d2 2 2.0\n")
-    with pytest.raises(EvalInputError, match=r"run.trec, line 2: expected 6 fields \(qid Q0 docid rank score tag\), got 5"):
+    with pytest.raises(
+        EvalInputError, match=r"run.trec, line 2: expected 6 fields \(qid Q0 docid rank score tag\), got 5"
+    ):
         read_run(path)
 
 
@@ -89,8 +92,13 @@ def test_write_run_orders_as_trec_eval_and_round_trips(tmp_path, name):
     opener = gzip.open if name.endswith(".gz") else open
     with opener(path, "rt") as handle:
         lines = [line.split() for line in handle]
-    assert [(l[0], l[2], l[3]) for l in lines] == [("2", "b", "1"), ("2", "a", "2"), ("2", "c", "3"),
-                                                    ("1", "y", "1"), ("1", "x", "2")]
+    assert [(l[0], l[2], l[3]) for l in lines] == [
+        ("2", "b", "1"),
+        ("2", "a", "2"),
+        ("2", "c", "3"),
+        ("1", "y", "1"),
+        ("1", "x", "2"),
+    ]
     assert {l[1] for l in lines} == {"Q0"} and {l[5] for l in lines} == {"mine"}
     assert read_run(path) == run  # scores written exactly
 

@@ -1,4 +1,5 @@
 """Everyday use (issue 11): a query on the default backend starts without torch, and the rough edges a new user hit."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from conftest import EXAMPLES
 from test_cli import twostage
+
 from twostage.results import Hit, SearchResult, Timings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,8 +26,18 @@ def tiny_index(tmp_path_factory, tiny_bi_encoder_dir: Path) -> Path:
     """The example corpus indexed on the default backend (OpenVINO: exported once) with stored tokens (the suite's
     own default is torch: conftest sets TWOSTAGE_BACKEND)."""
     directory = tmp_path_factory.mktemp("everyday") / "index"
-    done = twostage("index", str(EXAMPLES / "corpus.jsonl"), "-i", str(directory), "--model", str(tiny_bi_encoder_dir),
-                    "--store-tokens", "--backend", "openvino", "-q")
+    done = twostage(
+        "index",
+        str(EXAMPLES / "corpus.jsonl"),
+        "-i",
+        str(directory),
+        "--model",
+        str(tiny_bi_encoder_dir),
+        "--store-tokens",
+        "--backend",
+        "openvino",
+        "-q",
+    )
     assert done.returncode == 0, done.stderr
     return directory
 
@@ -89,8 +100,9 @@ def test_stats_reports_the_encoders_backend() -> None:
     from twostage.server import _engine_info
 
     encoder = SimpleNamespace(name="m", backend_tag="openvino/bf16")
-    engine = SimpleNamespace(info=lambda: {"index_type": "flat"}, reranker=None, encoder=encoder, notices=[],
-                             collection=[1, 2])
+    engine = SimpleNamespace(
+        info=lambda: {"index_type": "flat"}, reranker=None, encoder=encoder, notices=[], collection=[1, 2]
+    )
     assert _engine_info(engine)["backend"] == "openvino/bf16"
 
 
@@ -111,8 +123,9 @@ def test_batch_run_holds_every_candidate(tiny_index: Path, tmp_path: Path) -> No
     queries = tmp_path / "q.tsv"
     queries.write_text("1\tBerlin population\n2\tviolin makers\n", encoding="utf-8")
     run = tmp_path / "run.trec"
-    done = twostage("search", str(tiny_index), "--queries", str(queries), "--run", str(run), "--k", "30",
-                    "--backend", "openvino")
+    done = twostage(
+        "search", str(tiny_index), "--queries", str(queries), "--run", str(run), "--k", "30", "--backend", "openvino"
+    )
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in run.read_text().splitlines()]
     for qid in ("1", "2"):
@@ -161,7 +174,8 @@ def test_interrupted_message_starts_its_own_line(monkeypatch: pytest.MonkeyPatch
 
 
 def test_reranker_fallback_notice_once_in_each_interfaces_words(tiny_index: Path, tiny_bi_encoder_dir: Path) -> None:
-    from twostage import Engine, engine as engine_module
+    from twostage import Engine
+    from twostage import engine as engine_module
     from twostage.retriever.biencoder import BiEncoder
 
     encoder = BiEncoder(str(tiny_bi_encoder_dir), backend="openvino")
@@ -184,7 +198,7 @@ def test_reranker_fallback_notice_once_in_each_interfaces_words(tiny_index: Path
 
 def test_setup_script_picks_the_cpu_torch_build_and_falls_back_to_pypi() -> None:
     script = (ROOT / "run").read_text()
-    assert 'TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu' in script
+    assert "TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu" in script
     assert 'pip install "$TORCH" --index-url "$TORCH_INDEX_URL" || pip install "$TORCH"' in script
     assert os.access(ROOT / "run", os.X_OK)
     readme = (ROOT / "README.md").read_text()
@@ -193,8 +207,20 @@ def test_setup_script_picks_the_cpu_torch_build_and_falls_back_to_pypi() -> None
 
 
 def test_eval_shows_progress_like_index(tmp_path: Path, tiny_bi_encoder_dir: Path) -> None:
-    args = ["eval", str(EXAMPLES), "--model", str(tiny_bi_encoder_dir), "--systems", "bm25", "dense", "--no-rerank",
-            "--index", str(tmp_path / "index"), "--out", str(tmp_path / "out")]
+    args = [
+        "eval",
+        str(EXAMPLES),
+        "--model",
+        str(tiny_bi_encoder_dir),
+        "--systems",
+        "bm25",
+        "dense",
+        "--no-rerank",
+        "--index",
+        str(tmp_path / "index"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     shown = twostage(*args)
     assert shown.returncode == 0, shown.stderr
     assert "doc/s" in shown.stderr and "query/s" in shown.stderr  # the indexing bar and the per-system query bars

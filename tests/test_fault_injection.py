@@ -5,6 +5,7 @@ damaged SQLite and FAISS files, documents behind the index, a read-only director
 disk (a tiny tmpfs) and bad input late in a corpus. Writer processes drive ``Collection`` directly (what ``add``,
 ``delete`` and the server do beneath the encoder) so that each starts in about a second.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from twostage.indexes.collection import Collection
 from twostage.indexes.documents import Document
 
 DIM = 16
-WRITER = r'''
+WRITER = r"""
 import json, sys, zlib
 import numpy as np
 from twostage.indexes.collection import Collection
@@ -47,7 +48,7 @@ with Collection.open(directory) as c:
             c.delete(ids)
         c.commit()
         print("ACK", flush=True)
-'''
+"""
 
 
 def _env() -> dict[str, str]:
@@ -58,15 +59,21 @@ def _writer(tmp: Path, directory: Path, steps: list, tag: str, wait: float = 60)
     script = tmp / "writer.py"
     script.write_text(WRITER)
     plan = json.dumps({"steps": steps, "tag": tag, "wait": wait})
-    return subprocess.Popen([sys.executable, str(script), str(directory), plan], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(directory), plan],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _cli(*args: str, process: bool = False) -> subprocess.CompletedProcess:
     """``twostage ARGS`` in a process of its own, or (faster: no imports) through ``main`` in this one."""
     if process:
-        return subprocess.run([sys.executable, "-m", "twostage.cli", *args], env=_env(), capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "twostage.cli", *args], env=_env(), capture_output=True, text=True, timeout=120
+        )
     from twostage.cli import main
 
     out, err = io.StringIO(), io.StringIO()
@@ -112,8 +119,13 @@ def _plan(rng: random.Random, prefix: str, steps: int) -> list:
         if s % 4 == 3:
             plan.append(["del", [f"{prefix}{rng.randrange(40 * s)}" for _ in range(10)]])
         else:
-            plan.append(["put", [f"{prefix}{40 * s + i}" for i in range(40)] + [f"{prefix}{rng.randrange(40 * s + 1)}"
-                                                                               for _ in range(5)]])
+            plan.append(
+                [
+                    "put",
+                    [f"{prefix}{40 * s + i}" for i in range(40)]
+                    + [f"{prefix}{rng.randrange(40 * s + 1)}" for _ in range(5)],
+                ]
+            )
             plan[-1][1] = list(dict.fromkeys(plan[-1][1]))
     return plan
 
@@ -136,7 +148,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_write(tmp_path: Path, in
         acked = 1 + out.count("ACK")
         found = _documents(directory)
         # a step is one SQLite transaction: every acknowledged step is there, and at most the one in flight
-        assert found in states[acked: acked + 2], f"attempt {attempt}: {acked} steps acknowledged, another state found"
+        assert found in states[acked : acked + 2], f"attempt {attempt}: {acked} steps acknowledged, another state found"
     proc = _writer(tmp_path, directory, steps, "v1")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -157,7 +169,9 @@ def test_two_writer_processes_replacing_the_same_documents_lose_nothing(tmp_path
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0 and out.count("ACK") == 10, err
         _no_traceback(err)
-    expected = {f"d{i}" for i in range(200)} | {f"a{s}" for s in range(0, 200, 20)} | {f"b{s}" for s in range(0, 200, 20)}
+    expected = (
+        {f"d{i}" for i in range(200)} | {f"a{s}" for s in range(0, 200, 20)} | {f"b{s}" for s in range(0, 200, 20)}
+    )
     assert _documents(directory) == expected
 
 
@@ -177,8 +191,9 @@ def test_a_second_writer_waits_then_names_the_holder(tmp_path: Path) -> None:
     assert _documents(directory) == {"y"}
 
 
-def test_server_and_cli_writers_interleave_and_the_server_sees_their_writes(tmp_path: Path,
-                                                                           tiny_bi_encoder_dir: Path) -> None:
+def test_server_and_cli_writers_interleave_and_the_server_sees_their_writes(
+    tmp_path: Path, tiny_bi_encoder_dir: Path
+) -> None:
     from fastapi.testclient import TestClient
 
     from twostage import Engine
@@ -193,12 +208,18 @@ def test_server_and_cli_writers_interleave_and_the_server_sees_their_writes(tmp_
     auth = {"Authorization": "Bearer t"}
     with TestClient(app) as client:
         # a real `twostage add` beside the server's own writes: each takes the collection's writer lock in turn
-        cli = subprocess.Popen([sys.executable, "-m", "twostage.cli", "add", str(directory), str(corpus), "-q",
-                                "--wait", "60"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "twostage.cli", "add", str(directory), str(corpus), "-q", "--wait", "60"],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         n = 0
         while cli.poll() is None or n < 8:
-            reply = client.post("/documents", json={"documents": [{"id": f"h{n}", "text": f"http text {n}"}]},
-                                headers=auth)
+            reply = client.post(
+                "/documents", json={"documents": [{"id": f"h{n}", "text": f"http text {n}"}]}, headers=auth
+            )
             assert reply.status_code == 200, reply.text
             n += 1
         out, err = cli.communicate(timeout=120)
@@ -227,9 +248,11 @@ def _put(directory: Path, ids: list[str], seed: int = 0) -> None:
     vectors = np.random.default_rng(seed).standard_normal((len(ids), DIM)).astype("float32")
     with Collection.open(directory) as c:
         for start in range(0, len(ids), 100):
-            part = vectors[start:start + 100]
-            c.upsert([Document(id=i, text=f"text {i}") for i in ids[start:start + 100]],
-                     part / np.linalg.norm(part, axis=1, keepdims=True))
+            part = vectors[start : start + 100]
+            c.upsert(
+                [Document(id=i, text=f"text {i}") for i in ids[start : start + 100]],
+                part / np.linalg.norm(part, axis=1, keepdims=True),
+            )
             c.commit()
 
 
@@ -242,8 +265,11 @@ def _collection_of(tmp_path: Path, n: int = 300) -> Path:
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
     """The collection's files (not the lock file, not SQLite's own transient -wal/-shm files)."""
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())
-            if p.name != "writer.lock" and not p.name.endswith(("-wal", "-shm"))}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(directory.iterdir())
+        if p.name != "writer.lock" and not p.name.endswith(("-wal", "-shm"))
+    }
 
 
 @pytest.mark.parametrize("damage", ["empty", "half", "header", "middle"])
@@ -259,7 +285,7 @@ def test_a_damaged_documents_file_is_one_line_and_nothing_is_rewritten(tmp_path:
         db.write_bytes(b"\0" * 100 + data[100:])
     else:  # 64 KB of garbage in the middle of the file
         middle = len(data) // 2
-        db.write_bytes(data[:middle] + random.Random(5).randbytes(65536) + data[middle + 65536:])
+        db.write_bytes(data[:middle] + random.Random(5).randbytes(65536) + data[middle + 65536 :])
     before = _snapshot(directory)
     for args in (["info", str(directory)], ["delete", str(directory), "d1"], ["check", str(directory)]):
         done = _cli(*args)
@@ -367,9 +393,11 @@ def test_a_read_only_collection_can_be_searched_but_not_changed(tmp_path: Path) 
             pytest.skip("the read-only bind mount is writable here")
         info = _cli("info", str(view))
         assert info.returncode == 0 and "document_count" in info.stdout, info.stderr
-        script = ("import numpy as np; from twostage.indexes.collection import Collection; "
-                  f"c = Collection.open({str(view)!r}); print(len(c.search(np.ones({DIM}, 'float32'), 500)[0]), "
-                  "c.read_only)")
+        script = (
+            "import numpy as np; from twostage.indexes.collection import Collection; "
+            f"c = Collection.open({str(view)!r}); print(len(c.search(np.ones({DIM}, 'float32'), 500)[0]), "
+            "c.read_only)"
+        )
         done = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=60)
         assert done.stdout.split() == ["100", "True"], done.stderr
         delete = _cli("delete", str(view), "d1")
@@ -389,8 +417,9 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_committed_state(tmp_path: Pa
         corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"short {i}"}) + "\n" for i in range(50)))
         assert main(["index", str(corpus), "--index", str(directory), "--model", str(tiny_bi_encoder_dir), "-q"]) == 0
         big = tmp_path / "big.jsonl"
-        big.write_text("".join(json.dumps({"id": f"b{i}", "text": f"long {i} " + "word " * 2000}) + "\n"
-                               for i in range(100)))
+        big.write_text(
+            "".join(json.dumps({"id": f"b{i}", "text": f"long {i} " + "word " * 2000}) + "\n" for i in range(100))
+        )
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             code = main(["add", str(directory), str(big), "-q"])
@@ -408,8 +437,9 @@ def _corpus_lines(prefix: str, n: int) -> list[bytes]:
     return [json.dumps({"id": f"{prefix}{i}", "text": f"passage number {i} about rivers"}).encode() for i in range(n)]
 
 
-@pytest.mark.parametrize("fault", ["malformed line 561", "duplicate id at 560", "invalid UTF-8 at 581",
-                                   "truncated gzip"])
+@pytest.mark.parametrize(
+    "fault", ["malformed line 561", "duplicate id at 560", "invalid UTF-8 at 581", "truncated gzip"]
+)
 def test_bad_input_late_in_the_corpus_changes_nothing(tmp_path: Path, tiny_bi_encoder_dir: Path, fault: str) -> None:
     from twostage.cli import main
 
@@ -431,8 +461,10 @@ def test_bad_input_late_in_the_corpus_changes_nothing(tmp_path: Path, tiny_bi_en
     corpus = tmp_path / name
     corpus.write_bytes(data)
     before = _snapshot(directory)
-    for args in (["add", str(directory), str(corpus), "-q"],
-                 ["index", str(corpus), "--index", str(tmp_path / "new"), "--model", str(tiny_bi_encoder_dir), "-q"]):
+    for args in (
+        ["add", str(directory), str(corpus), "-q"],
+        ["index", str(corpus), "--index", str(tmp_path / "new"), "--model", str(tiny_bi_encoder_dir), "-q"],
+    ):
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             assert main(args) == 2

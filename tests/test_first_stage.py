@@ -1,5 +1,6 @@
 """The first stage as a choice (dense, bm25, hybrid) and the collection's lexical index (SQLite FTS5 in
 documents.sqlite) kept in step with add, replace and delete, crash-safely."""
+
 from __future__ import annotations
 
 import signal

@@ -1,4 +1,5 @@
 """Collection: SQLite + FAISS + manifest in one directory; upsert/replace/delete/filter/search, reopen, crash recovery."""
+
 from __future__ import annotations
 
 import json
@@ -21,13 +22,20 @@ def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
 
 def docs(n: int, prefix: str = "d") -> list[Document]:
     return [
-        Document(f"{prefix}{i}", f"text {i}", f"title {i}" if i % 2 else None, {"year": 2000 + i % 5, "lang": "en" if i % 2 else "de"})
+        Document(
+            f"{prefix}{i}",
+            f"text {i}",
+            f"title {i}" if i % 2 else None,
+            {"year": 2000 + i % 5, "lang": "en" if i % 2 else "de"},
+        )
         for i in range(n)
     ]
 
 
 def create(path, index_type: str = "flat", **kwargs) -> Collection:
-    return Collection.create(path, model_name="m", model_fingerprint="fp", dimension=DIM, index_type=index_type, **kwargs)
+    return Collection.create(
+        path, model_name="m", model_fingerprint="fp", dimension=DIM, index_type=index_type, **kwargs
+    )
 
 
 def search_ids(collection: Collection, vectors: np.ndarray, k: int, **kwargs) -> list[list[str]]:
@@ -40,12 +48,18 @@ def test_upsert_replace_delete_search_reopen(tmp_path, index_type):
     with create(tmp_path / "c", index_type) as collection:
         result = collection.upsert(docs(300), vectors)
         assert len(result.added) == 300 and result.replaced == {} and len(collection) == 300
-        assert search_ids(collection, vectors[:5], 1) == [["d0"], ["d1"], ["d2"], ["d3"], ["d4"]] or index_type == "hnsw"
+        assert (
+            search_ids(collection, vectors[:5], 1) == [["d0"], ["d1"], ["d2"], ["d3"], ["d4"]] or index_type == "hnsw"
+        )
 
         # replace d1 with new text and a vector equal to d0's: fresh internal id, old vector gone
         old_internal = int(result.new_ids[1])
         again = collection.upsert([Document("d1", "new text")], vectors[:1])
-        assert again.replaced == {"d1": old_internal} and again.added == [] and int(again.new_ids[0]) > int(result.new_ids[-1])
+        assert (
+            again.replaced == {"d1": old_internal}
+            and again.added == []
+            and int(again.new_ids[0]) > int(result.new_ids[-1])
+        )
         top = collection.search(vectors[:1], 2)[0]
         assert {doc_id for doc_id, _ in top} == {"d0", "d1"}
         assert collection.get(["d1", "nope"]) == [Document("d1", "new text"), None]

@@ -1,4 +1,5 @@
 """Corpus readers: every format, field guessing, and a clear file/line/field error for each kind of bad input."""
+
 from __future__ import annotations
 
 import gzip
@@ -44,7 +45,10 @@ def test_jsonl_fields_title_and_metadata(tmp_path):
 
 
 def test_jsonl_gz_and_guessed_beir_fields(tmp_path):
-    records = [{"_id": 7, "contents": "seven", "metadata": {"url": "u"}}, {"_id": 8, "contents": "eight", "tags": ["a", "b"]}]
+    records = [
+        {"_id": 7, "contents": "seven", "metadata": {"url": "u"}},
+        {"_id": 8, "contents": "eight", "tags": ["a", "b"]},
+    ]
     path = _jsonl(tmp_path / "c.jsonl.gz", records, opener=gzip.open)
     docs = list(read_corpus(path))
     assert docs == [Document("7", "seven", None, {"url": "u"}), Document("8", "eight", None, {"tags": ["a", "b"]})]
@@ -70,7 +74,10 @@ def test_tsv_with_header_and_gz(tmp_path):
         out.write(text)
     for name in ("c.tsv", "c.tsv.gz"):
         docs = list(read_corpus(tmp_path / name))
-        assert docs == [Document("d1", "first text", "One", {"lang": "en"}), Document("d2", "second text", None, {"lang": "de"})]
+        assert docs == [
+            Document("d1", "first text", "One", {"lang": "en"}),
+            Document("d2", "second text", None, {"lang": "de"}),
+        ]
     assert count_corpus(tmp_path / "c.tsv") == 2
 
 
@@ -87,7 +94,10 @@ def test_csv_with_quotes_and_newlines(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text('id,text,year\nd1,"hello, world",2020\nd2,"two\nlines",2021\n', encoding="utf-8")
     docs = list(read_corpus(path))
-    assert docs == [Document("d1", "hello, world", None, {"year": "2020"}), Document("d2", "two\nlines", None, {"year": "2021"})]
+    assert docs == [
+        Document("d1", "hello, world", None, {"year": "2020"}),
+        Document("d2", "two\nlines", None, {"year": "2021"}),
+    ]
 
 
 def test_parquet(tmp_path):
@@ -251,7 +261,10 @@ def test_parquet_row_errors(tmp_path):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"id": ["a", "b", "a"], "text": ["x", "y", "z"]}), tmp_path / "c.parquet")
-    assert _error(tmp_path / "c.parquet") == f"{tmp_path / 'c.parquet'}, line 3, field 'id': duplicate id 'a' (first seen on line 1)"
+    assert (
+        _error(tmp_path / "c.parquet")
+        == f"{tmp_path / 'c.parquet'}, line 3, field 'id': duplicate id 'a' (first seen on line 1)"
+    )
     (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
     assert _error(tmp_path / "broken.parquet").startswith(f"{tmp_path / 'broken.parquet'}: cannot read Parquet")
 
@@ -260,7 +273,10 @@ def test_unsupported_format_and_given_field_not_found(tmp_path):
     (tmp_path / "c.xml").write_text("<x/>", encoding="utf-8")
     assert "unsupported corpus format" in _error(tmp_path / "c.xml")
     path = _jsonl(tmp_path / "c.jsonl", RECORDS)
-    assert _error(path, text_field="body") == f"{path}, line 1, field 'body': text field 'body' not found (fields: id, title, text, lang, year)"
+    assert (
+        _error(path, text_field="body")
+        == f"{path}, line 1, field 'body': text field 'body' not found (fields: id, title, text, lang, year)"
+    )
 
 
 def test_reading_streams(tmp_path):

@@ -1,4 +1,5 @@
 """VectorIndex on random unit vectors: add/search/remove/save/load on every index type, filters, lazy training."""
+
 from __future__ import annotations
 
 import json
@@ -78,7 +79,12 @@ def test_add_search_remove_save_load(tmp_path, data, index_type, exact):
     path = tmp_path / "vectors.faiss"
     index.save(path, generation=7)
     loaded = VectorIndex.load(path)
-    assert (loaded.generation, len(loaded), loaded.factory, loaded.is_trained) == (7, len(index), index.factory, index.is_trained)
+    assert (loaded.generation, len(loaded), loaded.factory, loaded.is_trained) == (
+        7,
+        len(index),
+        index.factory,
+        index.is_trained,
+    )
     assert loaded.tombstone_count == index.tombstone_count
     if exact:
         np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
@@ -167,8 +173,15 @@ def test_edge_cases(tmp_path):
 
 @pytest.mark.parametrize(
     "factory, lossy",
-    [("Flat", False), ("HNSW16", False), ("IVF16,Flat", False), ("IVF16,PQ8", True), ("PQ8", True), ("SQ8", True),
-     ("HNSW16,PQ8", True)],
+    [
+        ("Flat", False),
+        ("HNSW16", False),
+        ("IVF16,Flat", False),
+        ("IVF16,PQ8", True),
+        ("PQ8", True),
+        ("SQ8", True),
+        ("HNSW16,PQ8", True),
+    ],
 )
 def test_is_lossy(factory, lossy):
     assert VectorIndex.create(DIM, factory).is_lossy == lossy

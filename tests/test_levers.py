@@ -1,5 +1,6 @@
 """Second-stage levers (issue 14): score fusion, Rocchio feedback, MaxSim query-token weighting and the token
 document-frequency table kept in step with add / replace / delete; all on tiny models."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -34,8 +35,9 @@ def test_fuse_scores_zscore_minmax_and_rrf():
     z = lambda x: (np.array(x) - np.mean(x)) / np.std(x)  # noqa: E731
     np.testing.assert_allclose(fuse_scores(first, second, Fusion("zscore", 0.3)), 0.3 * z(second) + 0.7 * z(first))
     np.testing.assert_allclose(fuse_scores(first, second, Fusion("minmax", 0.5)), [0.5, 0.75, 0.25])
-    np.testing.assert_allclose(fuse_scores(first, second, Fusion.parse("rrf")),
-                               [1 / 61 + 1 / 63, 1 / 62 + 1 / 61, 1 / 63 + 1 / 62])
+    np.testing.assert_allclose(
+        fuse_scores(first, second, Fusion.parse("rrf")), [1 / 61 + 1 / 63, 1 / 62 + 1 / 61, 1 / 63 + 1 / 62]
+    )
     # weight 1 keeps the second stage's order, weight 0 the first's; constant scores contribute nothing
     assert np.argsort(-fuse_scores(first, second, Fusion("zscore", 1.0))).tolist() == [1, 2, 0]
     assert np.argsort(-fuse_scores(first, second, Fusion("minmax", 0.0))).tolist() == [0, 1, 2]
@@ -130,6 +132,7 @@ def test_engine_keeps_token_df_in_step_with_add_replace_delete(tmp_path, tiny_en
 # ------------------------------------------------------------------ query-token weighting
 def reference_maxsim(model: SentenceTransformer, query: str, passage: str, weights=None, special=False) -> float:
     """numpy MaxSim: weighted query tokens (specials optional, weight 1) against the passage's content tokens."""
+
     def tokens(text, keep_special):
         out = model.encode([text], output_value=None, show_progress_bar=False)[0]
         ids = out["input_ids"].numpy()
@@ -159,8 +162,9 @@ def test_query_token_weights_and_special_tokens_match_a_numpy_reference(tiny_bi_
     for spec, special in (("idf", False), ("special", False), ("idf+special", True), ("special", True)):
         tokens = QueryTokens.parse(spec)
         ranker = plain.with_query_tokens(tokens, weights)
-        expected = [reference_maxsim(model, query, p, weights if tokens.weighting else None, tokens.special)
-                    for p in passages]
+        expected = [
+            reference_maxsim(model, query, p, weights if tokens.weighting else None, tokens.special) for p in passages
+        ]
         np.testing.assert_allclose(ranker.score(query, passages), expected, rtol=1e-4, atol=1e-4)
     assert plain.query_tokens == QueryTokens()  # copies do not change the original
     with pytest.raises(ValueError, match="token statistics"):
@@ -195,8 +199,9 @@ def test_levers_are_options_of_engine_search(tmp_path, tiny_encoder):
         default = engine.search(query, k=4, top_n=4)
         explicit = engine.search(query, k=4, top_n=4, **MAXSIM_DEFAULTS)
         assert [(h.doc_id, h.rerank_score) for h in default.hits] == [(h.doc_id, h.rerank_score) for h in explicit.hits]
-        assert [h.retrieval_score for h in engine.search(query, k=4, rerank=False).hits] == sorted(first.values(),
-                                                                                                 reverse=True)
+        assert [h.retrieval_score for h in engine.search(query, k=4, rerank=False).hits] == sorted(
+            first.values(), reverse=True
+        )
         for bad in ({"fusion": "best"}, {"prf": "0"}, {"query_tokens": "bm25"}):
             with pytest.raises(UsageError):
                 engine.search(query, **bad)
@@ -211,8 +216,24 @@ def test_search_command_takes_the_lever_flags(tmp_path, tiny_encoder, capsys):
         engine.add(DOCS)
         expected = engine.search("museum in paris", k=4, top_n=2, prf="1", query_tokens="idf", fusion="rrf")
     levers = ["--prf", "1", "--query-tokens", "idf", "--fusion", "rrf"]
-    assert main(["search", str(tmp_path / "c"), "museum in paris", "--reranker", "maxsim", "--k", "4", "--top", "2",
-                 "--json", *levers]) == 0
+    assert (
+        main(
+            [
+                "search",
+                str(tmp_path / "c"),
+                "museum in paris",
+                "--reranker",
+                "maxsim",
+                "--k",
+                "4",
+                "--top",
+                "2",
+                "--json",
+                *levers,
+            ]
+        )
+        == 0
+    )
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert [h["doc_id"] for h in hits] == [h.doc_id for h in expected.hits]
     assert main(["search", str(tmp_path / "c"), "museum", "--reranker", "maxsim", "--fusion", "best"]) == 2
@@ -228,7 +249,10 @@ def test_eval_system_specs_carry_lever_options(tmp_path, tiny_encoder):
     from twostage.eval.trec import ranked
 
     spec = resolve_systems(["dense+rerank@3/fusion=rrf/prf=1:0.5"], [10], have_run=False, have_reranker=True)
-    assert spec == [SystemSpec("dense", 3, "fusion=rrf/prf=1:0.5")] and spec[0].name == "dense+rerank@3/fusion=rrf/prf=1:0.5"
+    assert (
+        spec == [SystemSpec("dense", 3, "fusion=rrf/prf=1:0.5")]
+        and spec[0].name == "dense+rerank@3/fusion=rrf/prf=1:0.5"
+    )
     for bad in ("dense/boost=2", "dense/prf", "run/prf=3"):
         with pytest.raises(EvalInputError):
             resolve_systems([bad], [10], have_run=False, have_reranker=True)
@@ -237,9 +261,16 @@ def test_eval_system_specs_carry_lever_options(tmp_path, tiny_encoder):
     (folder / "corpus.jsonl").write_text("".join(f'{{"id": "{d["id"]}", "text": "{d["text"]}"}}\n' for d in DOCS))
     (folder / "queries.tsv").write_text("q1\tmuseum in paris\nq2\tberlin population\n")
     (folder / "qrels.txt").write_text("q1 0 d 1\nq2 0 a 1\n")
-    systems = ["dense", "dense/prf=1:0.5", "dense+rerank@3", "dense+rerank@3/default", "dense+rerank@3/fusion=zscore:0.5"]
-    config = EvalConfig(encoder=tiny_encoder, reranker="maxsim", systems=systems, index_dir=tmp_path / "index",
-                        n_resamples=100)
+    systems = [
+        "dense",
+        "dense/prf=1:0.5",
+        "dense+rerank@3",
+        "dense+rerank@3/default",
+        "dense+rerank@3/fusion=zscore:0.5",
+    ]
+    config = EvalConfig(
+        encoder=tiny_encoder, reranker="maxsim", systems=systems, index_dir=tmp_path / "index", n_resamples=100
+    )
     report = run_evaluation(load_dataset(folder), config)
     assert [r.name for r in report.systems] == systems
     with Engine.open(tmp_path / "index", encoder=tiny_encoder, reranker="maxsim") as engine:

@@ -1,4 +1,5 @@
 """CrossEncoderReranker against sentence-transformers' own CrossEncoder on a tiny random model (offline, no downloads)."""
+
 from __future__ import annotations
 
 import inspect

@@ -1,4 +1,5 @@
 """Loading rerankers offline: fast, one-line RerankerLoadErrors, and the MaxSim fallback for the implicit default only."""
+
 from __future__ import annotations
 
 import shutil
@@ -63,6 +64,7 @@ def test_unreachable_hub_without_offline_env_fails_fast(monkeypatch):
 def test_hub_check_is_bounded_even_when_connect_hangs(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
     def hang(*args, **kwargs):
         time.sleep(1.5)
         raise OSError("timed out")

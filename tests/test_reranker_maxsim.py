@@ -1,4 +1,5 @@
 """MaxSimReranker: exact late-interaction arithmetic on a tiny bi-encoder, token store parity, and one real-model ranking."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -108,15 +109,20 @@ def test_light_path_encodes_passages_without_stored_tokens(minilm_path):
     loaded), content tokens in float16 as a store keeps them, and they rank as the torch path ranks them."""
     from twostage.retriever.biencoder import BiEncoder
 
-    texts = ["Berlin has about 3.7 million inhabitants.", "The Louvre is an art museum in Paris.",
-             "Volcanoes erupt when magma rises to the surface.", "Sourdough bread needs a fermented starter."]
+    texts = [
+        "Berlin has about 3.7 million inhabitants.",
+        "The Louvre is an art museum in Paris.",
+        "Volcanoes erupt when magma rises to the surface.",
+        "Sourdough bread needs a fermented starter.",
+    ]
     candidates = [Candidate(f"d{i}", t) for i, t in enumerate(texts)]
     queries = ["How many people live in Berlin?", "bread starter"]
     BiEncoder(str(minilm_path), backend="openvino", cache=None).encode_documents(["x"])  # the export, once
     encoder = BiEncoder(str(minilm_path), backend="openvino", cache=None)
     assert encoder.light is not None
-    light = MaxSimReranker(encoder, token_store=mapping_lookup({"d1": MaxSimReranker(encoder)._light_passages(
-        [texts[1]])[0]}))
+    light = MaxSimReranker(
+        encoder, token_store=mapping_lookup({"d1": MaxSimReranker(encoder)._light_passages([texts[1]])[0]})
+    )
     scores = light.score_candidates(queries, [candidates, candidates])
     assert encoder._model is None  # no SentenceTransformer (torch) was needed
     reference = MaxSimReranker(BiEncoder(str(minilm_path), backend="torch", cache=None))

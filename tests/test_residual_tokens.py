@@ -1,5 +1,6 @@
 """Compressed token vectors (2bit / 1bit residual codes, pq product codes): exact packing, MaxSim close to float16 on
 real passages, a codec learned when enough tokens exist, in-place conversion that is all-or-nothing, and the CLI."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,16 +10,21 @@ import json
 import numpy as np
 import pytest
 
+from twostage.cli import main
 from twostage.indexes.collection import Collection
 from twostage.indexes.documents import Document
 from twostage.indexes.product import ProductCodec, default_subvectors
 from twostage.indexes.residual import ResidualCodec, default_centroids
 from twostage.indexes.token_store import MIN_TRAIN, TokenStore
 from twostage.reranker.maxsim import MaxSimReranker
-from twostage.cli import main
 
-QUERIES = ["How many people live in Berlin?", "the largest planet in the solar system", "how do cells divide",
-           "fermented bread starter", "art museums in Paris"]
+QUERIES = [
+    "How many people live in Berlin?",
+    "the largest planet in the solar system",
+    "how do cells divide",
+    "fermented bread starter",
+    "art museums in Paris",
+]
 
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -80,7 +86,9 @@ def test_compressed_tokens_score_maxsim_close_to_float16_on_real_passages(tmp_pa
         stores[encoding] = store
     sizes = {e: s.bytes_per_passage() for e, s in stores.items()}
     tokens_per_passage = sum(len(t) for t in tokens) / len(tokens)
-    assert sizes["2bit"] == pytest.approx(tokens_per_passage * 98) and sizes["1bit"] == pytest.approx(tokens_per_passage * 50)
+    assert sizes["2bit"] == pytest.approx(tokens_per_passage * 98) and sizes["1bit"] == pytest.approx(
+        tokens_per_passage * 50
+    )
     assert sizes["1bit"] <= 3_200 and sizes["int8"] / sizes["2bit"] > 3.9 and sizes["int8"] / sizes["1bit"] > 7.7
     pq = stores["pq"].codec  # ~2,100 tokens: 5-bit codes (9 bits, the full size, needs 39 x 512 = 19,968 tokens)
     assert (pq.subvectors, pq.nbits) == (32, 5) and sizes["pq"] == pytest.approx(tokens_per_passage * 20)
@@ -113,8 +121,15 @@ def test_codec_is_learned_on_commit_and_conversion_is_all_or_nothing(tmp_path, m
     docs = [Document(f"d{i}", f"text {i}") for i in range(40)]
     tokens = [unit(rng, 30, 16) for _ in docs]  # 1,200 tokens: enough to learn a codec at commit
     embeddings = unit(rng, len(docs), 8)
-    with Collection.create(tmp_path / "c", model_name="m", model_fingerprint="f", dimension=8, index_type="flat",
-                           store_tokens=True, token_pool=1) as collection:
+    with Collection.create(
+        tmp_path / "c",
+        model_name="m",
+        model_fingerprint="f",
+        dimension=8,
+        index_type="flat",
+        store_tokens=True,
+        token_pool=1,
+    ) as collection:
         store = collection.token_store
         collection.upsert(docs[:1], embeddings[:1], tokens=tokens[:1])
         collection.commit()  # 30 tokens < MIN_TRAIN: kept as int8 for now
@@ -124,8 +139,10 @@ def test_codec_is_learned_on_commit_and_conversion_is_all_or_nothing(tmp_path, m
         collection.commit()
         assert store.codec is not None and store.bytes_per_passage() == 30 * (2 + 16 * 2 // 8)
         before = store.get_many([d.id for d in docs])
-        assert all(np.mean(np.sum(b / np.linalg.norm(b, axis=1, keepdims=True) * t, axis=1)) > 0.8
-                   for b, t in zip(before, tokens))
+        assert all(
+            np.mean(np.sum(b / np.linalg.norm(b, axis=1, keepdims=True) * t, axis=1)) > 0.8
+            for b, t in zip(before, tokens)
+        )
         collection.upsert(docs[:1], embeddings[:1], tokens=tokens[:1])  # new rows use the learned codec
         np.testing.assert_allclose(store.get("d0"), store.codec.decode(*store.codec.encode(tokens[0])), atol=1e-6)
 
@@ -143,7 +160,9 @@ def test_codec_is_learned_on_commit_and_conversion_is_all_or_nothing(tmp_path, m
             np.testing.assert_allclose(again.get("d5"), before[5], atol=1e-6)
         collection.convert_tokens("1bit")
         assert store.bytes_per_passage() == 30 * (2 + 16 // 8)
-        assert json.loads((tmp_path / "c" / "manifest.json").read_text())["extra"]["token_store"] == {"encoding": "1bit"}
+        assert json.loads((tmp_path / "c" / "manifest.json").read_text())["extra"]["token_store"] == {
+            "encoding": "1bit"
+        }
         collection.convert_tokens("float16")
         assert store.codec is None and store.stats().codec_bytes == 0 and store.get("d1").dtype == np.float16
 
@@ -158,8 +177,9 @@ def twostage(*args: str) -> tuple[int, str, str]:
 def test_tokens_command_converts_in_place_and_refuses_collections_without_tokens(tmp_path):
     rng = np.random.default_rng(4)
     docs = [Document(f"d{i}", f"text {i}") for i in range(40)]
-    with Collection.create(tmp_path / "c", model_name="m", model_fingerprint="f", dimension=8, index_type="flat",
-                           store_tokens="int8") as collection:
+    with Collection.create(
+        tmp_path / "c", model_name="m", model_fingerprint="f", dimension=8, index_type="flat", store_tokens="int8"
+    ) as collection:
         collection.upsert(docs, unit(rng, 40, 8), tokens=[unit(rng, 30, 16) for _ in docs])
         collection.commit()
     code, out, err = twostage("tokens", str(tmp_path / "c"), "--convert", "2bit")
@@ -211,8 +231,10 @@ def test_a_store_whose_pq_table_predates_rotation_gains_the_column(tmp_path):
     import sqlite3
 
     with sqlite3.connect(tmp_path / "t.sqlite") as con:
-        con.execute("CREATE TABLE token_pq (id INTEGER PRIMARY KEY CHECK (id = 1), nbits INTEGER NOT NULL, "
-                    "m INTEGER NOT NULL, dim INTEGER NOT NULL, codebooks BLOB NOT NULL)")
+        con.execute(
+            "CREATE TABLE token_pq (id INTEGER PRIMARY KEY CHECK (id = 1), nbits INTEGER NOT NULL, "
+            "m INTEGER NOT NULL, dim INTEGER NOT NULL, codebooks BLOB NOT NULL)"
+        )
     con.close()
     rng = np.random.default_rng(7)
     store = TokenStore.open(tmp_path / "t.sqlite", encoding="pq")

@@ -1,4 +1,5 @@
 """BiEncoder with the real packaged all-MiniLM-L6-v2: quality sanity, ordering, truncation, cache, dense search."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from retriever_fixtures import packaged_minilm, set_offline
 
 from twostage.retriever.biencoder import BiEncoder, EncodeResult
 from twostage.retriever.cache import EmbeddingCache
 from twostage.runtime.models import DEFAULT_BI_ENCODER, ModelLoadError, model_fingerprint
-from retriever_fixtures import packaged_minilm, set_offline
 
 BERLIN = "Berlin is the capital of Germany and has a population of about 3.7 million inhabitants."
 UNRELATED = "The cheetah is the fastest land animal and hunts gazelles on the savanna."
@@ -93,7 +94,9 @@ def test_second_run_is_served_by_the_cache(tmp_path: Path, monkeypatch: pytest.M
     fresh = BiEncoder(packaged_minilm(), cache=EmbeddingCache(path))
     encoded: list[int] = []
     encode = fresh.model.encode_document
-    monkeypatch.setattr(fresh.model, "encode_document", lambda batch, **kw: encoded.append(len(batch)) or encode(batch, **kw))
+    monkeypatch.setattr(
+        fresh.model, "encode_document", lambda batch, **kw: encoded.append(len(batch)) or encode(batch, **kw)
+    )
     second = fresh.encode_documents(texts)
     assert second.cache_hits == 200 and encoded == []
     np.testing.assert_array_equal(second.embeddings, first.embeddings)

@@ -1,4 +1,5 @@
 """EmbeddingCache: round trips, fingerprint isolation, many processes, and degrading to no cache on bad files."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,4 +1,5 @@
 """BM25 over bm25s on a toy corpus, and reciprocal rank fusion checked against hand computation."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -92,7 +93,11 @@ def test_rrf_on_per_query_lists_uses_list_order() -> None:
     dense = [[("d1", 0.9), ("d2", 0.8)], [("z", 0.1)]]
     bm25 = [[("d2", 7.0), ("d3", 6.0)], []]
     fused = reciprocal_rank_fusion([dense, bm25])
-    assert fused[0] == [("d2", pytest.approx(1 / 62 + 1 / 61)), ("d1", pytest.approx(1 / 61)), ("d3", pytest.approx(1 / 62))]
+    assert fused[0] == [
+        ("d2", pytest.approx(1 / 62 + 1 / 61)),
+        ("d1", pytest.approx(1 / 61)),
+        ("d3", pytest.approx(1 / 62)),
+    ]
     assert fused[1] == [("z", pytest.approx(1 / 61))]
 
 

@@ -1,4 +1,5 @@
 """Model resolution decides fast offline; fingerprints follow model content, not location."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from retriever_fixtures import packaged_minilm, set_offline
 
 from twostage.runtime.models import DEFAULT_BI_ENCODER, ModelLoadError, hub_reachable, model_fingerprint, resolve_model
-from retriever_fixtures import packaged_minilm, set_offline
 
 
 @pytest.fixture(autouse=True)
@@ -121,6 +122,7 @@ def test_fingerprint_same_for_copy_elsewhere(minilm_copy: Path) -> None:
 
 def light_clone(source: Path, target: Path) -> Path:
     """Copy a model directory, symlinking the big weight file instead of copying it."""
+
     def copy(src: str, dst: str) -> None:
         if src.endswith(".safetensors"):
             Path(dst).symlink_to(src)
@@ -146,7 +148,9 @@ def test_fingerprint_ignores_docs_and_versions(minilm_copy: Path, tmp_path: Path
         ("sentence_bert_config.json", {"max_seq_length": 128}),
     ],
 )
-def test_fingerprint_changes_with_tiny_config_change(minilm_copy: Path, tmp_path: Path, relative: str, change: dict) -> None:
+def test_fingerprint_changes_with_tiny_config_change(
+    minilm_copy: Path, tmp_path: Path, relative: str, change: dict
+) -> None:
     copy = light_clone(minilm_copy, tmp_path / "m")
     config_path = copy / relative
     config = json.loads(config_path.read_text())

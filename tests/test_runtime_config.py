@@ -1,5 +1,6 @@
 """One RuntimeConfig (device, backend, batch size, threads), built once and handed over: checked on construction,
 placed on a concrete device and backend, and passed by the engine, the CLI, eval and training to both stages."""
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,9 @@ def test_placement_on_this_machine():
 def test_shorthands_override_the_config():
     base = RuntimeConfig(device="cpu", batch_size=8)
     assert runtime_config(base, backend=None, batch_size=None) is base
-    assert runtime_config(base, backend="torch", batch_size=4) == RuntimeConfig(device="cpu", backend="torch",
-                                                                                batch_size=4)
+    assert runtime_config(base, backend="torch", batch_size=4) == RuntimeConfig(
+        device="cpu", backend="torch", batch_size=4
+    )
     assert runtime_config(None) == RuntimeConfig()
 
 
@@ -102,8 +104,9 @@ def spies(monkeypatch):
 
 def test_engine_hands_the_settings_to_both_stages(tmp_path, tiny_bi_encoder_dir, tiny_cross_encoder_dir, spies):
     runtime = RuntimeConfig(device="cpu", backend="torch", batch_size=7, threads=1)
-    with Engine.create(tmp_path / "c", model=str(tiny_bi_encoder_dir), reranker=str(tiny_cross_encoder_dir),
-                       runtime=runtime) as engine:
+    with Engine.create(
+        tmp_path / "c", model=str(tiny_bi_encoder_dir), reranker=str(tiny_cross_encoder_dir), runtime=runtime
+    ) as engine:
         engine.add(DOCS)
         assert engine.runtime == runtime and (engine.device, engine.backend) == ("cpu", "torch")
         assert engine.encoder.batch_size == 7 and torch.get_num_threads() == 1
@@ -121,8 +124,12 @@ def test_engine_hands_the_settings_to_both_stages(tmp_path, tiny_bi_encoder_dir,
 def test_cuda_with_a_cpu_only_backend_is_refused_by_the_cli(tmp_path, tiny_bi_encoder_dir, spies):
     from twostage.cli import main
 
-    Engine.create(tmp_path / "c", model=str(tiny_bi_encoder_dir), reranker=None,
-                  runtime=RuntimeConfig(device="cpu", backend="torch")).close()
+    Engine.create(
+        tmp_path / "c",
+        model=str(tiny_bi_encoder_dir),
+        reranker=None,
+        runtime=RuntimeConfig(device="cpu", backend="torch"),
+    ).close()
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = main(["search", str(tmp_path / "c"), "berlin", "--device", "cuda", "--backend", "onnx", "--json"])

@@ -1,8 +1,10 @@
 """The HTTP API over real HTTP: a uvicorn server on 127.0.0.1, a real collection, the real bi-encoder, httpx."""
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -10,17 +12,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
-import json
 import pytest
-
 from conftest import EXAMPLES
+
+from twostage import Engine
 from twostage.indexes.readers import read_corpus
 from twostage.reranker.cross_encoder import CrossEncoderReranker
-from twostage import Engine
 from twostage.server import ServerConfig, ServerThread, create_app
 
 TOKEN = "s3cret-test-token"
@@ -39,7 +41,9 @@ def collection(tmp_path_factory: pytest.TempPathFactory, minilm) -> Path:
 @pytest.fixture(scope="module")
 def server(collection: Path, minilm, tiny_cross_encoder_dir: Path) -> Iterator[ServerThread]:
     reranker = CrossEncoderReranker(str(tiny_cross_encoder_dir))
-    app = create_app(lambda: Engine.open(collection, encoder=minilm, reranker=reranker), ServerConfig(token=TOKEN, k=30))
+    app = create_app(
+        lambda: Engine.open(collection, encoder=minilm, reranker=reranker), ServerConfig(token=TOKEN, k=30)
+    )
     with ServerThread(app) as running:
         yield running
     assert app.state.stats.counts["server_errors"] == 0, "a request produced a 5xx"
@@ -102,8 +106,13 @@ def test_no_cdn_backed_docs_page(client: httpx.Client) -> None:
 
 
 def test_documents_take_top_level_metadata_like_corpus_files(client: httpx.Client) -> None:
-    doc = {"id": "api/shape", "text": "A numbat eats termites.", "topic": "animals", "year": 2024,
-           "metadata": {"source": "api"}}
+    doc = {
+        "id": "api/shape",
+        "text": "A numbat eats termites.",
+        "topic": "animals",
+        "year": 2024,
+        "metadata": {"source": "api"},
+    }
     added = client.post("/documents", json={"documents": [doc]}, headers=AUTH)
     assert added.status_code == 200, added.text
     stored = client.get("/documents/api/shape").json()
@@ -161,20 +170,28 @@ def test_first_stage_is_a_request_field(client: httpx.Client) -> None:
     """first_stage, like the CLI's --first-stage: dense by default, bm25 and hybrid on request, echoed back."""
     dense = search(client, query="sourdough starter flour", k=20, top_n=5, rerank=False)
     bm25 = search(client, query="sourdough starter flour", k=20, top_n=5, rerank=False, first_stage="bm25")
-    hybrid = search(client, query="sourdough starter flour", k=20, top_n=5, rerank=False,
-                    first_stage="hybrid:weighted:0.7")
-    assert (dense["first_stage"], bm25["first_stage"], hybrid["first_stage"]) == ("dense", "bm25", "hybrid:weighted:0.7")
+    hybrid = search(
+        client, query="sourdough starter flour", k=20, top_n=5, rerank=False, first_stage="hybrid:weighted:0.7"
+    )
+    assert (dense["first_stage"], bm25["first_stage"], hybrid["first_stage"]) == (
+        "dense",
+        "bm25",
+        "hybrid:weighted:0.7",
+    )
     assert bm25["timings"]["encode_s"] == 0 and bm25["hits"][0]["retrieval_score"] > 0
     assert bm25["hits"][0]["doc_id"] in {h["doc_id"] for h in hybrid["hits"]}
-    reply = client.post("/search/batch", json={"queries": ["sourdough starter flour", BERLIN], "first_stage": "hybrid",
-                                               "k": 20, "top_n": 5})
+    reply = client.post(
+        "/search/batch",
+        json={"queries": ["sourdough starter flour", BERLIN], "first_stage": "hybrid", "k": 20, "top_n": 5},
+    )
     assert reply.status_code == 200 and [r["first_stage"] for r in reply.json()["results"]] == ["hybrid", "hybrid"]
     bad = client.post("/search", json={"query": "a", "first_stage": "sparse"})
     assert bad.status_code == 422 and "first_stage" in bad.json()["error"]
 
 
-def test_second_stage_levers_are_request_fields(client: httpx.Client, collection: Path, minilm,
-                                               tiny_cross_encoder_dir: Path) -> None:
+def test_second_stage_levers_are_request_fields(
+    client: httpx.Client, collection: Path, minilm, tiny_cross_encoder_dir: Path
+) -> None:
     """prf, fusion and rerank_depth, like the CLI's --prf / --fusion / --rerank-depth: the same hits as the engine
     given the same options, echoed back; omitted ones are null (the engine's defaults); malformed ones are 422."""
     levers = {"prf": "3:0.5", "fusion": "rrf", "rerank_depth": 10}
@@ -185,8 +202,12 @@ def test_second_stage_levers_are_request_fields(client: httpx.Client, collection
     assert served["hits"][0]["score"] == pytest.approx(direct.hits[0].score, abs=1e-5)
     assert {name: served[name] for name in levers} == levers
     assert all(search(client, query=BERLIN)[name] is None for name in ("prf", "query_tokens", "fusion", "rerank_depth"))
-    for body, field in (({"prf": "x:y"}, "prf"), ({"fusion": "minmax:7"}, "fusion"),
-                        ({"query_tokens": "loud"}, "query_tokens"), ({"rerank_depth": 0}, "rerank_depth")):
+    for body, field in (
+        ({"prf": "x:y"}, "prf"),
+        ({"fusion": "minmax:7"}, "fusion"),
+        ({"query_tokens": "loud"}, "query_tokens"),
+        ({"rerank_depth": 0}, "rerank_depth"),
+    ):
         bad = client.post("/search", json={"query": BERLIN, **body})
         assert bad.status_code == 422 and bad.json()["error"].startswith(field), bad.text
 
@@ -199,9 +220,11 @@ def test_batcher_batches_only_equal_first_stages() -> None:
     engine = _RecordingEngine()
     batcher = Batcher(lambda: engine, window_s=0.2, max_batch_queries=8)
     batcher.start()
-    futures = [batcher.search(["a"], k=5, top_n=1, rerank=True), batcher.search(["b"], k=5, top_n=1, rerank=True,
-                                                                                first_stage="bm25"),
-               batcher.search(["c"], k=5, top_n=1, rerank=True)]
+    futures = [
+        batcher.search(["a"], k=5, top_n=1, rerank=True),
+        batcher.search(["b"], k=5, top_n=1, rerank=True, first_stage="bm25"),
+        batcher.search(["c"], k=5, top_n=1, rerank=True),
+    ]
     wait(futures, timeout=30)
     batcher.close()
     assert engine.calls[:2] == [("search", (("a", "c"), 5)), ("search", (("b",), 5, "bm25"))]
@@ -239,8 +262,12 @@ def test_batch_equals_single_searches(client: httpx.Client) -> None:
 
 
 def test_add_get_replace_delete_without_restart(client: httpx.Client) -> None:
-    doc = {"id": "api/quokka", "title": "Quokkas", "text": "The quokka is a small wallaby living on Rottnest Island near Perth.",
-           "metadata": {"topic": "animals", "year": 2024, "verified": True, "weight_kg": 3.5, "note": None}}
+    doc = {
+        "id": "api/quokka",
+        "title": "Quokkas",
+        "text": "The quokka is a small wallaby living on Rottnest Island near Perth.",
+        "metadata": {"topic": "animals", "year": 2024, "verified": True, "weight_kg": 3.5, "note": None},
+    }
     added = client.post("/documents", json={"documents": [doc]}, headers=AUTH)
     assert added.status_code == 200, added.text
     assert added.json()["added"] == 1 and added.json()["documents"] == 101
@@ -250,7 +277,9 @@ def test_add_get_replace_delete_without_restart(client: httpx.Client) -> None:
     assert top["hits"][0]["doc_id"] == "api/quokka"
     again = client.post("/documents", json={"documents": [doc]}, headers=AUTH).json()
     assert again["unchanged"] == 1 and again["documents"] == 101
-    changed = client.post("/documents", json={"documents": [doc | {"text": doc["text"] + " It is nocturnal."}]}, headers=AUTH)
+    changed = client.post(
+        "/documents", json={"documents": [doc | {"text": doc["text"] + " It is nocturnal."}]}, headers=AUTH
+    )
     assert changed.json()["replaced"] == 1
     assert "nocturnal" in client.get("/documents/api/quokka").json()["text"]
     deleted = client.delete("/documents/api/quokka", headers=AUTH)
@@ -288,9 +317,12 @@ def test_writes_need_the_token(client: httpx.Client) -> None:
 def test_protected_reads(server: ServerThread, client: httpx.Client) -> None:
     with reconfigured(server, protect_reads=True):
         assert client.get("/health").json()["reads_protected"] is True
-        for method, path, kwargs in [("post", "/search", {"json": {"query": BERLIN}}),
-                                     ("post", "/search/batch", {"json": {"queries": [BERLIN]}}),
-                                     ("get", "/documents/cities-01", {}), ("get", "/stats", {})]:
+        for method, path, kwargs in [
+            ("post", "/search", {"json": {"query": BERLIN}}),
+            ("post", "/search/batch", {"json": {"queries": [BERLIN]}}),
+            ("get", "/documents/cities-01", {}),
+            ("get", "/stats", {}),
+        ]:
             assert client.request(method, path, **kwargs).status_code == 401, path
             assert client.request(method, path, headers={"Authorization": "Bearer nope"}, **kwargs).status_code == 403
             assert client.request(method, path, headers=AUTH, **kwargs).status_code == 200, path
@@ -312,8 +344,16 @@ def test_read_only_without_a_token(server: ServerThread, client: httpx.Client) -
 # --------------------------------------------------------------------------- limits
 def test_documented_limit_defaults() -> None:
     config = ServerConfig()
-    assert config.limits() == {"max_query_chars": 1000, "max_k": 1000, "max_top_n": 100, "max_ef_search": 4096,
-                               "max_nprobe": 4096, "max_batch": 64, "max_body_bytes": 1_000_000, "max_docs_per_add": 1000}
+    assert config.limits() == {
+        "max_query_chars": 1000,
+        "max_k": 1000,
+        "max_top_n": 100,
+        "max_ef_search": 4096,
+        "max_nprobe": 4096,
+        "max_batch": 64,
+        "max_body_bytes": 1_000_000,
+        "max_docs_per_add": 1000,
+    }
     assert (config.batch_window_ms, config.max_batch_queries, config.read_only) == (5, 32, True)
 
 
@@ -340,12 +380,13 @@ def test_each_limit_has_a_clear_4xx(client: httpx.Client) -> None:
 
 def _chunked(data: bytes) -> Iterator[bytes]:
     for start in range(0, len(data), 65536):
-        yield data[start:start + 65536]
+        yield data[start : start + 65536]
 
 
 def test_streamed_body_over_the_limit_without_length(client: httpx.Client) -> None:
-    reply = client.post("/search", content=_chunked(b"[" + b"1," * 600_000 + b"1]"),
-                        headers={"content-type": "application/json"})
+    reply = client.post(
+        "/search", content=_chunked(b"[" + b"1," * 600_000 + b"1]"), headers={"content-type": "application/json"}
+    )
     assert reply.status_code == 413 and "max_body_bytes" in reply.json()["error"]
 
 
@@ -375,7 +416,13 @@ BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("filter-string", "POST", "/search", {"json": {"query": "a", "filter": "topic=cities"}}, 422),
     ("filter-nested", "POST", "/search", {"json": {"query": "a", "filter": {"topic": {"$ne": 1}}}}, 422),
     ("filter-nan", "POST", "/search", {"content": b'{"query": "a", "filter": {"year": NaN}}', "headers": JSON}, 422),
-    ("filter-infinity", "POST", "/search", {"content": b'{"query": "a", "filter": {"year": Infinity}}', "headers": JSON}, 422),
+    (
+        "filter-infinity",
+        "POST",
+        "/search",
+        {"content": b'{"query": "a", "filter": {"year": Infinity}}', "headers": JSON},
+        422,
+    ),
     ("filter-huge-int", "POST", "/search", {"json": {"query": "a", "filter": {"year": 10**30}}}, 422),
     ("unknown-field", "POST", "/search", {"json": {"query": "a", "topn": 3}}, 422),
     ("body-is-list", "POST", "/search", {"json": ["a"]}, 422),
@@ -385,8 +432,13 @@ BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("invalid-utf8", "POST", "/search", {"content": b'{"query": "caf\xe9 \xff\xfe"}', "headers": JSON}, 400),
     ("lone-surrogate", "POST", "/search", {"content": b'{"query": "\\ud800 berlin"}', "headers": JSON}, 422),
     ("deep-nesting", "POST", "/search", {"content": b"[" * 100_000 + b"]" * 100_000, "headers": JSON}, 400),
-    ("not-json-content-type", "POST", "/search", {"content": b"query=berlin",
-                                                  "headers": {"content-type": "application/x-www-form-urlencoded"}}, 422),
+    (
+        "not-json-content-type",
+        "POST",
+        "/search",
+        {"content": b"query=berlin", "headers": {"content-type": "application/x-www-form-urlencoded"}},
+        422,
+    ),
     ("batch-missing", "POST", "/search/batch", {"json": {"query": "a"}}, 422),
     ("batch-empty", "POST", "/search/batch", {"json": {"queries": []}}, 422),
     ("batch-not-list", "POST", "/search/batch", {"json": {"queries": "a"}}, 422),
@@ -398,15 +450,41 @@ BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("add-empty-text", "POST", "/documents", {"json": {"documents": [{"id": "x", "text": ""}]}, "headers": AUTH}, 422),
     ("add-id-number", "POST", "/documents", {"json": {"documents": [{"id": 7, "text": "y"}]}, "headers": AUTH}, 422),
     ("add-id-empty", "POST", "/documents", {"json": {"documents": [{"id": "", "text": "y"}]}, "headers": AUTH}, 422),
-    ("add-id-huge", "POST", "/documents", {"json": {"documents": [{"id": "x" * 5000, "text": "y"}]}, "headers": AUTH}, 422),
-    ("add-metadata-nested", "POST", "/documents",
-     {"json": {"documents": [{"id": "x", "text": "y", "metadata": {"a": [1, 2]}}]}, "headers": AUTH}, 422),
-    ("add-metadata-nan", "POST", "/documents",
-     {"content": b'{"documents": [{"id": "x", "text": "y", "metadata": {"a": NaN}}]}', "headers": JSON | AUTH}, 422),
-    ("add-duplicate-ids", "POST", "/documents",
-     {"json": {"documents": [{"id": "dup", "text": "a"}, {"id": "dup", "text": "b"}]}, "headers": AUTH}, 400),
-    ("add-surrogate-text", "POST", "/documents",
-     {"content": b'{"documents": [{"id": "x", "text": "\\udfff"}]}', "headers": JSON | AUTH}, 422),
+    (
+        "add-id-huge",
+        "POST",
+        "/documents",
+        {"json": {"documents": [{"id": "x" * 5000, "text": "y"}]}, "headers": AUTH},
+        422,
+    ),
+    (
+        "add-metadata-nested",
+        "POST",
+        "/documents",
+        {"json": {"documents": [{"id": "x", "text": "y", "metadata": {"a": [1, 2]}}]}, "headers": AUTH},
+        422,
+    ),
+    (
+        "add-metadata-nan",
+        "POST",
+        "/documents",
+        {"content": b'{"documents": [{"id": "x", "text": "y", "metadata": {"a": NaN}}]}', "headers": JSON | AUTH},
+        422,
+    ),
+    (
+        "add-duplicate-ids",
+        "POST",
+        "/documents",
+        {"json": {"documents": [{"id": "dup", "text": "a"}, {"id": "dup", "text": "b"}]}, "headers": AUTH},
+        400,
+    ),
+    (
+        "add-surrogate-text",
+        "POST",
+        "/documents",
+        {"content": b'{"documents": [{"id": "x", "text": "\\udfff"}]}', "headers": JSON | AUTH},
+        422,
+    ),
     ("get-unknown-id", "GET", "/documents/no-such-doc", {}, 404),
     ("get-percent-ff", "GET", "/documents/%FF%FE", {}, 404),
     ("get-no-id", "GET", "/documents/", {}, 404),
@@ -415,11 +493,19 @@ BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("wrong-method", "PUT", "/search", {"json": {"query": "a"}}, 405),
     ("get-search", "GET", "/search", {}, 405),
     ("unknown-route", "GET", "/no/such/route", {}, 404),
-    ("auth-garbage", "POST", "/documents", {"json": {"documents": []}, "headers": {"Authorization": "Basic Zm9vOmJhcg=="}}, 401),
+    (
+        "auth-garbage",
+        "POST",
+        "/documents",
+        {"json": {"documents": []}, "headers": {"Authorization": "Basic Zm9vOmJhcg=="}},
+        401,
+    ),
 ]
 
 
-@pytest.mark.parametrize("method,path,kwargs,status", [case[1:] for case in BAD_REQUESTS], ids=[c[0] for c in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    "method,path,kwargs,status", [case[1:] for case in BAD_REQUESTS], ids=[c[0] for c in BAD_REQUESTS]
+)
 def test_bad_requests_get_a_clear_4xx(client: httpx.Client, method: str, path: str, kwargs: dict, status: int) -> None:
     reply = client.request(method, path, **kwargs)
     assert reply.status_code == status, reply.text[:300]
@@ -470,13 +556,17 @@ def _raw(server: ServerThread, request: bytes) -> int:
     return int(reply.split(b" ", 2)[1])
 
 
-@pytest.mark.parametrize("request_bytes", [
-    b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: abc\r\n\r\n{}",
-    b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: -5\r\n\r\n{}",
-    b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n{}",
-    b"GET /documents/caf\xc3\xa9\xff HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"NONSENSE\r\n\r\n",
-], ids=["length-not-a-number", "length-negative", "length-huge", "raw-bytes-in-path", "not-http"])
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: abc\r\n\r\n{}",
+        b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: -5\r\n\r\n{}",
+        b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n{}",
+        b"GET /documents/caf\xc3\xa9\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"NONSENSE\r\n\r\n",
+    ],
+    ids=["length-not-a-number", "length-negative", "length-huge", "raw-bytes-in-path", "not-http"],
+)
 def test_malformed_http_gets_a_4xx(server: ServerThread, request_bytes: bytes) -> None:
     assert 400 <= _raw(server, request_bytes) < 500
 
@@ -493,10 +583,29 @@ def test_twostage_serve_command(collection: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(collection, copy)
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "TWOSTAGE_TOKEN"} | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "twostage.cli", "serve", str(copy), "--port", str(port), "--k", "15",
-                             "--backend", "onnx"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    env = {k: v for k, v in os.environ.items() if k != "TWOSTAGE_TOKEN"} | {
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "twostage.cli",
+            "serve",
+            str(copy),
+            "--port",
+            str(port),
+            "--k",
+            "15",
+            "--backend",
+            "onnx",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -541,8 +650,17 @@ class _RecordingEngine:
         self.threads: set[int] = set()
         self._thread_id = threading.get_ident
 
-    def search_many(self, queries: list[str], k: int, top_n: int, rerank: bool, filter: Any,
-                    ef_search: int | None = None, nprobe: int | None = None, first_stage: str = "dense") -> list[tuple]:
+    def search_many(
+        self,
+        queries: list[str],
+        k: int,
+        top_n: int,
+        rerank: bool,
+        filter: Any,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        first_stage: str = "dense",
+    ) -> list[tuple]:
         self.threads.add(self._thread_id())
         if "boom" in queries:
             raise ValueError("boom")

@@ -5,6 +5,7 @@ server it started on the loopback interface. Throughput and latency percentiles 
 ``test-artifacts/server_load.json``; ``benchmarks/bench_server_load.sh`` runs this test with
 ``TWOSTAGE_RESULTS_DIR=benchmarks/results`` to refresh the numbers the README quotes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,17 +13,18 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-
 from conftest import EXAMPLES, REPO
+
+from twostage import Engine
 from twostage.indexes.readers import read_corpus
 from twostage.reranker.cross_encoder import CrossEncoderReranker
-from twostage import Engine
 from twostage.server import ServerConfig, ServerThread, create_app
 
 TOKEN = "load-test-token"
@@ -58,9 +60,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, minilm, tiny_cross_encoder_
 
 
 def new_doc(i: int, version: int = 1) -> dict[str, Any]:
-    return {"id": f"load-{i:03d}", "title": f"Load test document {i}",
-            "text": f"Load test passage number {i}, version {version}, about lighthouses and coastal navigation.",
-            "metadata": {"source": "load", "version": version}}
+    return {
+        "id": f"load-{i:03d}",
+        "title": f"Load test document {i}",
+        "text": f"Load test passage number {i}, version {version}, about lighthouses and coastal navigation.",
+        "metadata": {"source": "load", "version": version},
+    }
 
 
 class Log:
@@ -129,7 +134,10 @@ async def run_load(url: str, log: Log) -> float:
     limits = httpx.Limits(max_connections=SEARCH_CLIENTS + 4, max_keepalive_connections=SEARCH_CLIENTS + 4)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         started = time.perf_counter()
-        tasks = [search_client(client, n, log) for n in range(SEARCH_CLIENTS)] + [adder(client, log), deleter(client, log)]
+        tasks = [search_client(client, n, log) for n in range(SEARCH_CLIENTS)] + [
+            adder(client, log),
+            deleter(client, log),
+        ]
         await asyncio.wait_for(asyncio.gather(*tasks), TIME_CAP_S)
         return time.perf_counter() - started
 
@@ -139,7 +147,10 @@ def sequential_baseline(url: str, n: int = 16) -> float:
     with httpx.Client(base_url=url, timeout=60) as client:
         started = time.perf_counter()
         for i in range(n):
-            assert client.post("/search", json={"query": QUERIES[i % len(QUERIES)], "rerank": i % 4 != 0}).status_code == 200
+            assert (
+                client.post("/search", json={"query": QUERIES[i % len(QUERIES)], "rerank": i % 4 != 0}).status_code
+                == 200
+            )
         return n / (time.perf_counter() - started)
 
 
@@ -162,8 +173,9 @@ def test_concurrent_searches_adds_and_deletes(server: ServerThread) -> None:
     with httpx.Client(base_url=server.url, timeout=60) as client:
         stats = client.get("/stats").json()
         assert stats["documents"] == len(expected)
-        everything = client.post("/search", json={"query": "lighthouses and coastal navigation", "k": 1000,
-                                                  "top_n": 1000, "rerank": False}).json()
+        everything = client.post(
+            "/search", json={"query": "lighthouses and coastal navigation", "k": 1000, "top_n": 1000, "rerank": False}
+        ).json()
         ids = [h["doc_id"] for h in everything["hits"]]
         assert len(ids) == len(set(ids)) == everything["candidates"] == len(expected)
         assert set(ids) == expected
@@ -185,9 +197,16 @@ def test_concurrent_searches_adds_and_deletes(server: ServerThread) -> None:
         "search_latency_ms": percentiles(log.search_latencies),
         "write_latency_ms": percentiles(log.write_latencies),
         "batching": {key: batching[key] for key in ("batches", "queries", "mean_batch_size", "max_batch_size")},
-        "setup": {"documents": len(expected), "k": K, "top_n": TOP_N, "bi_encoder": stats["models"]["bi_encoder"],
-                  "reranker": "tiny test cross-encoder (3 of 4 searches reranked)",
-                  "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        "setup": {
+            "documents": len(expected),
+            "k": K,
+            "top_n": TOP_N,
+            "bi_encoder": stats["models"]["bi_encoder"],
+            "reranker": "tiny test cross-encoder (3 of 4 searches reranked)",
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+        },
     }
     print("\nserver load test:", json.dumps(report, indent=2))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

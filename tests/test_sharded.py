@@ -1,4 +1,5 @@
 """Sharded collections without Ray: exact equality with one collection, routing of writes, info and the CLI."""
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,14 @@ def built(tmp_path_factory, tiny_bi_encoder_dir):
     root = tmp_path_factory.mktemp("sharded")
     docs = corpus(240)
     for name, shards in (("one", None), ("four", SHARDS)):
-        with Engine.create(root / name, model=str(tiny_bi_encoder_dir), reranker=None, index_type="flat",
-                           store_tokens="int8", shards=shards) as engine:
+        with Engine.create(
+            root / name,
+            model=str(tiny_bi_encoder_dir),
+            reranker=None,
+            index_type="flat",
+            store_tokens="int8",
+            shards=shards,
+        ) as engine:
             engine.add(docs)
     return root, docs
 
@@ -74,9 +81,11 @@ def test_four_shards_return_exactly_the_single_collection_results(built, reranke
     with Engine.open(root / "one", reranker=spec) as one, Engine.open(root / "four", reranker=spec) as four:
         assert isinstance(four.collection, ShardedCollection) and len(four.collection) == len(one.collection)
         for k, filter in ((50, None), (240, None), (20, {"topic": "t1"})):
-            assert_same_hits(one.search_many(queries(), k=k, top_n=k, rerank=spec is not None, filter=filter),
-                             four.search_many(queries(), k=k, top_n=k, rerank=spec is not None, filter=filter),
-                             reranked=spec is not None)
+            assert_same_hits(
+                one.search_many(queries(), k=k, top_n=k, rerank=spec is not None, filter=filter),
+                four.search_many(queries(), k=k, top_n=k, rerank=spec is not None, filter=filter),
+                reranked=spec is not None,
+            )
 
 
 def test_every_shard_is_an_ordinary_collection(built):
@@ -93,9 +102,17 @@ def test_every_shard_is_an_ordinary_collection(built):
 def test_routing_is_a_stable_hash():
     # fixed values: BLAKE2b of the UTF-8 id, so every process and machine routes alike (never Python's hash())
     assert [shard_of(d, 4) for d in ("p00000", "p00001", "d-ü", "")] == [
-        shard_of(d, 4) for d in ("p00000", "p00001", "d-ü", "")]
-    assert shard_of("p00000", 4) == int.from_bytes(__import__("hashlib").blake2b(b"p00000", digest_size=8).digest(), "big") % 4
-    assert merge_top_k([[("b", 0.5), ("a", 0.1)], [("a2", 0.5), ("c", 0.9)]], 3) == [("c", 0.9), ("a2", 0.5), ("b", 0.5)]
+        shard_of(d, 4) for d in ("p00000", "p00001", "d-ü", "")
+    ]
+    assert (
+        shard_of("p00000", 4)
+        == int.from_bytes(__import__("hashlib").blake2b(b"p00000", digest_size=8).digest(), "big") % 4
+    )
+    assert merge_top_k([[("b", 0.5), ("a", 0.1)], [("a2", 0.5), ("c", 0.9)]], 3) == [
+        ("c", 0.9),
+        ("a2", 0.5),
+        ("b", 0.5),
+    ]
 
 
 def test_writes_reach_the_owning_shard(tmp_path, tiny_bi_encoder_dir):
@@ -118,8 +135,9 @@ def test_cli_index_shards_info_and_resume(tmp_path, tiny_bi_encoder_dir):
     path = tmp_path / "c.jsonl"
     path.write_text("".join(json.dumps(d) + "\n" for d in corpus(80, seed=5)), encoding="utf-8")
     directory = tmp_path / "idx"
-    code, out, err = twostage("index", str(path), "-i", str(directory), "--model", str(tiny_bi_encoder_dir),
-                              "--shards", "4", "-q")
+    code, out, err = twostage(
+        "index", str(path), "-i", str(directory), "--model", str(tiny_bi_encoder_dir), "--shards", "4", "-q"
+    )
     assert code == 0, err
     code, out, err = twostage("info", str(directory), "--json")
     info = json.loads(out)
@@ -127,11 +145,13 @@ def test_cli_index_shards_info_and_resume(tmp_path, tiny_bi_encoder_dir):
     assert sum(s["document_count"] for s in info["shards"]) == 80
     code, out, _ = twostage("info", str(directory))
     assert "shard-003" in out and "shard_count" in out
-    code, out, err = twostage("index", str(path), "-i", str(directory), "--model", str(tiny_bi_encoder_dir),
-                              "--shards", "4", "-q")
+    code, out, err = twostage(
+        "index", str(path), "-i", str(directory), "--model", str(tiny_bi_encoder_dir), "--shards", "4", "-q"
+    )
     assert code == 0 and "0 added" in out and "80 unchanged" in out, out + err
-    code, out, err = twostage("index", str(path), "-i", str(directory), "--model", str(tiny_bi_encoder_dir),
-                              "--shards", "2", "-q")
+    code, out, err = twostage(
+        "index", str(path), "-i", str(directory), "--model", str(tiny_bi_encoder_dir), "--shards", "2", "-q"
+    )
     assert code == 2 and "has 4 shards" in err and "Traceback" not in err
     code, out, err = twostage("delete", str(directory), "p00001")
     assert code == 0 and "79 remain" in out
@@ -164,8 +184,11 @@ def test_read_manifest_reads_either_kind_without_opening_it(tmp_path, shards):
     from twostage.indexes.sharded import ShardedCollection, read_manifest
 
     args = dict(model_name="m", model_fingerprint="f" * 64, dimension=8, extra={"backend": "onnx-int8"})
-    made = Collection.create(tmp_path / "c", **args) if shards is None else ShardedCollection.create(
-        tmp_path / "c", shards=shards, **args)
+    made = (
+        Collection.create(tmp_path / "c", **args)
+        if shards is None
+        else ShardedCollection.create(tmp_path / "c", shards=shards, **args)
+    )
     made.close()
     manifest = read_manifest(tmp_path / "c")
     assert manifest.extra["backend"] == "onnx-int8" and manifest.dimension == 8
@@ -193,8 +216,11 @@ def test_a_write_stops_before_any_shard_changes_when_one_is_busy(tmp_path, built
 
     before = counts()
     with WriterLock(directory / shard_name(2)).holding():
-        for args in (["add", str(directory), str(extra), "-q"], ["delete", str(directory), "p00000", "p00001", "p00002"],
-                     ["tokens", str(directory), "--convert", "2bit"]):
+        for args in (
+            ["add", str(directory), str(extra), "-q"],
+            ["delete", str(directory), "p00000", "p00001", "p00002"],
+            ["tokens", str(directory), "--convert", "2bit"],
+        ):
             code, _, err = twostage(*args, "--wait", "0.2")
             last = err.strip().splitlines()[-1]  # (in this process the model's loading bar may come first)
             assert code == 2 and last.startswith("twostage ") and "is being changed by another process" in last, args

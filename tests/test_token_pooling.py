@@ -1,4 +1,5 @@
 """Token pooling (indexes/token_pooling.py): counts, merges, the store's record of it, conversion and the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_residual_tokens import QUERIES, _Candidate, twostage, unit
 
 from twostage.indexes.collection import Collection
 from twostage.indexes.documents import Document
@@ -13,8 +15,6 @@ from twostage.indexes.errors import CollectionError
 from twostage.indexes.token_pooling import check_factor, pool_tokens, pooled_count
 from twostage.indexes.token_store import TokenStore
 from twostage.reranker.maxsim import MaxSimReranker
-
-from test_residual_tokens import QUERIES, _Candidate, twostage, unit
 
 
 def test_pooling_keeps_floor_n_over_factor_unit_vectors_and_merges_duplicates_first():
@@ -55,8 +55,9 @@ def test_conversion_pools_an_unpooled_store_once_and_refuses_to_pool_again(tmp_p
     rng = np.random.default_rng(2)
     docs = [Document(f"d{i}", f"text {i}") for i in range(60)]
     tokens = [unit(rng, 40, 16) for _ in docs]
-    with Collection.create(tmp_path / "c", model_name="m", model_fingerprint="f", dimension=8, index_type="flat",
-                           store_tokens="int8") as collection:
+    with Collection.create(
+        tmp_path / "c", model_name="m", model_fingerprint="f", dimension=8, index_type="flat", store_tokens="int8"
+    ) as collection:
         collection.upsert(docs, unit(rng, len(docs), 8), tokens=tokens)
         collection.commit()
         store = collection.token_store
@@ -85,15 +86,17 @@ def test_conversion_pools_an_unpooled_store_once_and_refuses_to_pool_again(tmp_p
 
 def test_the_cli_pools_at_index_time_and_on_conversion_and_refuses_bad_factors(tmp_path):
     corpus = Path(__file__).resolve().parents[1] / "examples" / "corpus.jsonl"
-    code, out, err = twostage("index", str(corpus), "--index", str(tmp_path / "p"), "--store-tokens", "2bit",
-                              "--token-pool", "2", "-q")
+    code, out, err = twostage(
+        "index", str(corpus), "--index", str(tmp_path / "p"), "--store-tokens", "2bit", "--token-pool", "2", "-q"
+    )
     assert code == 0, err
     code, out, err = twostage("tokens", str(tmp_path / "p"))
     assert code == 0 and "2bit tokens pooled by 2, 100 passages" in out
     code, out, err = twostage("search", str(tmp_path / "p"), "How many people live in Berlin?", "--json")
     assert code == 0 and json.loads(out)["hits"][0]["doc_id"] == "cities-01"
-    code, out, err = twostage("index", str(corpus), "--index", str(tmp_path / "p"), "--store-tokens", "2bit",
-                              "--token-pool", "3", "-q")
+    code, out, err = twostage(
+        "index", str(corpus), "--index", str(tmp_path / "p"), "--store-tokens", "2bit", "--token-pool", "3", "-q"
+    )
     assert code == 2 and "pools its tokens by 2, not 3" in err.strip().splitlines()[-1]  # after "resuming"
     code, out, err = twostage("index", str(corpus), "--index", str(tmp_path / "p"), "--store-tokens", "int8", "-q")
     assert code == 2 and "stores 2bit tokens, not int8; convert them with" in err.strip().splitlines()[-1]
@@ -128,12 +131,17 @@ def test_pooled_tokens_keep_maxsim_rankings_close_on_real_passages(tmp_path, min
     pooled.close()
 
 
-
 def test_a_new_2bit_collection_pools_by_default_and_the_others_do_not(tmp_path):
     made = {}
-    for name, tokens, pool in (("default", True, None), ("int8", "int8", None), ("unpooled", "2bit", 1), ("pq", "pq", 3)):
-        with Collection.create(tmp_path / name, model_name="m", model_fingerprint="f", dimension=8,
-                               store_tokens=tokens, token_pool=pool) as collection:
+    for name, tokens, pool in (
+        ("default", True, None),
+        ("int8", "int8", None),
+        ("unpooled", "2bit", 1),
+        ("pq", "pq", 3),
+    ):
+        with Collection.create(
+            tmp_path / name, model_name="m", model_fingerprint="f", dimension=8, store_tokens=tokens, token_pool=pool
+        ) as collection:
             made[name] = collection.token_store.pool
             collection.commit()
     assert made == {"default": 2.5, "int8": 1.0, "unpooled": 1.0, "pq": 3.0}
@@ -142,8 +150,9 @@ def test_a_new_2bit_collection_pools_by_default_and_the_others_do_not(tmp_path):
     with pytest.raises(CollectionError, match="needs stored tokens"):
         Collection.create(tmp_path / "none", model_name="m", model_fingerprint="f", dimension=8, token_pool=2)
     with pytest.raises(CollectionError, match="token pool factor"):
-        Collection.create(tmp_path / "bad", model_name="m", model_fingerprint="f", dimension=8, store_tokens=True,
-                          token_pool=0.5)
+        Collection.create(
+            tmp_path / "bad", model_name="m", model_fingerprint="f", dimension=8, store_tokens=True, token_pool=0.5
+        )
 
 
 def test_a_sharded_collection_pools_every_shard_and_refuses_another_factor_on_resume(tmp_path, tiny_bi_encoder_dir):
@@ -153,8 +162,9 @@ def test_a_sharded_collection_pools_every_shard_and_refuses_another_factor_on_re
 
     tiny_encoder = BiEncoder(str(tiny_bi_encoder_dir))
     docs = [Document(f"d{i}", f"passage {i} about topic {i % 5} with a few more words") for i in range(20)]
-    with Engine.create(tmp_path / "s", encoder=tiny_encoder, reranker=None, store_tokens="int8", token_pool=2,
-                       shards=2) as engine:
+    with Engine.create(
+        tmp_path / "s", encoder=tiny_encoder, reranker=None, store_tokens="int8", token_pool=2, shards=2
+    ) as engine:
         engine.add(docs)
         assert engine.collection.token_store.pool == 2.0
         assert {shard.token_store.pool for shard in engine.collection.shards} == {2.0}

@@ -1,4 +1,5 @@
 """Stored MaxSim token vectors: compact and exact enough, never stale, atomic with their documents, used at query time."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from twostage import Engine, UsageError
+from twostage.cli import main
 from twostage.indexes.collection import Collection
 from twostage.indexes.documents import Document
 from twostage.indexes.token_store import TokenStore
 from twostage.reranker.maxsim import MaxSimReranker, encode_with_tokens
-from twostage import Engine, UsageError
-from twostage.cli import main
 
 DIM = 8
 CITIES = [
@@ -68,7 +69,9 @@ def test_roundtrip_float16_exact_int8_within_half_a_step(tmp_path):
 
 
 def make_collection(path: Path) -> Collection:
-    return Collection.create(path, model_name="m", model_fingerprint="f", dimension=DIM, index_type="flat", store_tokens="int8")
+    return Collection.create(
+        path, model_name="m", model_fingerprint="f", dimension=DIM, index_type="flat", store_tokens="int8"
+    )
 
 
 def vectors(n: int, seed: int = 0) -> np.ndarray:
@@ -163,8 +166,9 @@ def count_passage_encodes(minilm, monkeypatch):
 
 def test_stored_tokens_score_like_on_the_fly_and_no_passage_is_encoded(tmp_path, minilm, count_passage_encodes):
     queries = ["How many people live in Berlin?", "museums in berlin"]
-    with Engine.create(tmp_path / "c", encoder=minilm, reranker="maxsim", index_type="flat", store_tokens=True,
-                       token_pool=1) as engine:  # unpooled: the same vectors as on the fly
+    with Engine.create(
+        tmp_path / "c", encoder=minilm, reranker="maxsim", index_type="flat", store_tokens=True, token_pool=1
+    ) as engine:  # unpooled: the same vectors as on the fly
         engine.add(CITIES)
         assert len(count_passage_encodes) == len(CITIES)  # one pass at index time gives vectors and tokens
         count_passage_encodes.clear()
@@ -210,7 +214,9 @@ def offline_collection(tmp_path, monkeypatch, tiny_bi_encoder_dir) -> Path:
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": d.id, "text": d.text}) + "\n" for d in CITIES), encoding="utf-8")
     directory = tmp_path / "c"
-    code, out, err = twostage("index", str(corpus), "-i", str(directory), "--model", str(tiny_bi_encoder_dir), "--store-tokens", "-q")
+    code, out, err = twostage(
+        "index", str(corpus), "-i", str(directory), "--model", str(tiny_bi_encoder_dir), "--store-tokens", "-q"
+    )
     assert code == 0, err
     return directory
 

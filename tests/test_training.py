@@ -1,6 +1,7 @@
 """``twostage train``: a handful of steps with tiny models on a tiny synthetic collection — loss falls, the best
 checkpoint reloads (``CrossEncoder(DIR)``, ``--reranker DIR``), resume continues, ``--max-steps`` and the time
 budget are honoured, the split is by query, and the teacher's MaxSim scores equal a direct computation."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,32 @@ import random
 import numpy as np
 import pytest
 
-from twostage.training.common import ScoredList, TrainSettings
 from twostage.training import data as train_data
+from twostage.training.common import ScoredList, TrainSettings
 from twostage.training.run import TrainOptions, parse_duration, train
 
-TOPICS = ["berlin", "paris", "london", "rome", "madrid", "vienna", "tokyo", "amsterdam", "munich", "hamburg",
-          "thames", "seine", "danube", "rhine", "spree", "museum", "opera", "cathedral", "castle", "bridge"]
+TOPICS = [
+    "berlin",
+    "paris",
+    "london",
+    "rome",
+    "madrid",
+    "vienna",
+    "tokyo",
+    "amsterdam",
+    "munich",
+    "hamburg",
+    "thames",
+    "seine",
+    "danube",
+    "rhine",
+    "spree",
+    "museum",
+    "opera",
+    "cathedral",
+    "castle",
+    "bridge",
+]
 FACETS = ["population", "history", "weather", "river", "university", "music"]
 FILLER = "the a of in and is known for its many old new large small famous".split()
 
@@ -54,13 +75,32 @@ def collection(corpus_and_queries, tiny_bi_encoder_dir, tmp_path_factory):
 
 
 def options(tmp_path, folder, collection, base, **overrides) -> TrainOptions:
-    settings = TrainSettings(learning_rate=5e-4, head_learning_rate=5e-3, warmup_ratio=0.0, batch_size=8,
-                             max_steps=overrides.pop("max_steps", 8), eval_steps=overrides.pop("eval_steps", 4),
-                             logging_steps=1, time_budget_s=overrides.pop("time_budget_s", None), progress=False,
-                             epochs=overrides.pop("epochs", 3.0))
-    values = dict(kind="reranker", out=tmp_path / "model", collection=collection,
-                  queries=str(folder / "queries.tsv"), base=str(base), max_queries=None, val_queries=6, depth=12,
-                  val_depth=10, max_length=64, settings=settings, exclude=[str(folder / "test.tsv")])
+    settings = TrainSettings(
+        learning_rate=5e-4,
+        head_learning_rate=5e-3,
+        warmup_ratio=0.0,
+        batch_size=8,
+        max_steps=overrides.pop("max_steps", 8),
+        eval_steps=overrides.pop("eval_steps", 4),
+        logging_steps=1,
+        time_budget_s=overrides.pop("time_budget_s", None),
+        progress=False,
+        epochs=overrides.pop("epochs", 3.0),
+    )
+    values = dict(
+        kind="reranker",
+        out=tmp_path / "model",
+        collection=collection,
+        queries=str(folder / "queries.tsv"),
+        base=str(base),
+        max_queries=None,
+        val_queries=6,
+        depth=12,
+        val_depth=10,
+        max_length=64,
+        settings=settings,
+        exclude=[str(folder / "test.tsv")],
+    )
     values.update(overrides)
     return TrainOptions(**values)
 
@@ -78,14 +118,16 @@ def test_split_is_by_query_and_deterministic():
 
 
 def test_overlapping_test_queries_are_excluded_by_id_and_text():
-    kept, dropped = train_data.exclude_overlap({"1": "What is RNA?", "2": "rna what is", "3": "dna"},
-                                               {"1": "x", "9": "what is  rna"})
+    kept, dropped = train_data.exclude_overlap(
+        {"1": "What is RNA?", "2": "rna what is", "3": "dna"}, {"1": "x", "9": "what is  rna"}
+    )
     assert dropped == ["1"] and set(kept) == {"2", "3"}
 
 
 def test_row_layouts_follow_the_teacher():
-    item = ScoredList("q", "query", [f"d{i}" for i in range(6)], [f"t{i}" for i in range(6)],
-                      [0.1, 0.9, 0.5, 0.3, 0.2, 0.0])
+    item = ScoredList(
+        "q", "query", [f"d{i}" for i in range(6)], [f"t{i}" for i in range(6)], [0.1, 0.9, 0.5, 0.3, 0.2, 0.0]
+    )
     rows = train_data.margin_rows([item], negatives=2, seed=0, positive_from=1)
     assert rows["positive"] == ["t1"]  # the teacher's best
     assert rows["label"][0][0] == 0.9 and all(v < 0.9 for v in rows["label"][0][1:])
@@ -113,8 +155,9 @@ def test_teacher_scores_equal_a_direct_maxsim(collection, tiny_bi_encoder_dir):
 
     def vectors(text: str, half: bool) -> np.ndarray:
         out = model.encode([text], output_value=None, show_progress_bar=False)[0]
-        keep = out["attention_mask"].numpy().astype(bool) & ~np.isin(out["input_ids"].numpy(),
-                                                                    model.tokenizer.all_special_ids)
+        keep = out["attention_mask"].numpy().astype(bool) & ~np.isin(
+            out["input_ids"].numpy(), model.tokenizer.all_special_ids
+        )
         v = out["token_embeddings"].numpy()[keep].astype(np.float64)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         if half:
@@ -127,8 +170,9 @@ def test_teacher_scores_equal_a_direct_maxsim(collection, tiny_bi_encoder_dir):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_reranker_distillation_trains_reloads_and_resumes(tmp_path, corpus_and_queries, collection,
-                                                          tiny_cross_encoder_dir):
+def test_reranker_distillation_trains_reloads_and_resumes(
+    tmp_path, corpus_and_queries, collection, tiny_cross_encoder_dir
+):
     from sentence_transformers import CrossEncoder
 
     from twostage.reranker import CrossEncoderReranker, load_reranker
@@ -151,8 +195,10 @@ def test_reranker_distillation_trains_reloads_and_resumes(tmp_path, corpus_and_q
     reranker, notice = load_reranker(str(out), explicit=True)
     assert isinstance(reranker, CrossEncoderReranker) and notice is None
     scores = reranker.score("population of berlin", ["berlin population", "opera music"])
-    raw = model.predict([("population of berlin", "berlin population"), ("population of berlin", "opera music")],
-                        activation_fn=__import__("torch").nn.Identity())
+    raw = model.predict(
+        [("population of berlin", "berlin population"), ("population of berlin", "opera music")],
+        activation_fn=__import__("torch").nn.Identity(),
+    )
     np.testing.assert_allclose(scores, raw, rtol=1e-4, atol=1e-4)
 
     # Resume: a longer --max-steps continues from the newest checkpoint instead of starting over.
@@ -164,8 +210,17 @@ def test_reranker_distillation_trains_reloads_and_resumes(tmp_path, corpus_and_q
 
 def test_time_budget_and_judged_training(tmp_path, corpus_and_queries, collection, tiny_cross_encoder_dir):
     folder, _ = corpus_and_queries
-    opts = options(tmp_path, folder, collection, tiny_cross_encoder_dir, max_steps=50, time_budget_s=0.0,
-                   teacher=None, qrels=str(folder / "qrels.txt"), loss="bce")
+    opts = options(
+        tmp_path,
+        folder,
+        collection,
+        tiny_cross_encoder_dir,
+        max_steps=50,
+        time_budget_s=0.0,
+        teacher=None,
+        qrels=str(folder / "qrels.txt"),
+        loss="bce",
+    )
     report = train(opts, log=quiet)
     assert report["training"]["stopped_by"] == "time_budget" and report["training"]["steps"] == 1
     assert report["data"]["labels"].startswith("judgments")
@@ -178,8 +233,17 @@ def test_retriever_training_and_reindex(tmp_path, corpus_and_queries, collection
     from twostage.engine import Engine
 
     folder, docs = corpus_and_queries
-    opts = options(tmp_path, folder, collection, tiny_bi_encoder_dir, kind="retriever", max_steps=4, eval_steps=2,
-                   loss="mnrl", depth=12)
+    opts = options(
+        tmp_path,
+        folder,
+        collection,
+        tiny_bi_encoder_dir,
+        kind="retriever",
+        max_steps=4,
+        eval_steps=2,
+        loss="mnrl",
+        depth=12,
+    )
     report = train(opts, log=quiet)
     assert report["training"]["steps"] == 4
     assert SentenceTransformer(str(opts.out), device="cpu").get_embedding_dimension() == 32
@@ -188,16 +252,42 @@ def test_retriever_training_and_reindex(tmp_path, corpus_and_queries, collection
         assert engine.search("population of berlin", k=3, rerank=False).hits
 
 
-def test_cli_train_reranker_honours_max_steps(tmp_path, corpus_and_queries, collection, tiny_cross_encoder_dir,
-                                              capsys):
+def test_cli_train_reranker_honours_max_steps(tmp_path, corpus_and_queries, collection, tiny_cross_encoder_dir, capsys):
     from twostage.cli import main
 
     folder, _ = corpus_and_queries
     out = tmp_path / "cli-model"
-    rc = main(["train", "reranker", "--collection", str(collection), "--queries", str(folder / "queries.tsv"),
-               "--base", str(tiny_cross_encoder_dir), "--out", str(out), "--max-steps", "3", "--eval-steps", "3",
-               "--val-queries", "5", "--depth", "10", "--batch-size", "4", "--max-length", "64", "--quiet",
-               "--loss", "listwise-kl", "--temperature", "2"])
+    rc = main(
+        [
+            "train",
+            "reranker",
+            "--collection",
+            str(collection),
+            "--queries",
+            str(folder / "queries.tsv"),
+            "--base",
+            str(tiny_cross_encoder_dir),
+            "--out",
+            str(out),
+            "--max-steps",
+            "3",
+            "--eval-steps",
+            "3",
+            "--val-queries",
+            "5",
+            "--depth",
+            "10",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "64",
+            "--quiet",
+            "--loss",
+            "listwise-kl",
+            "--temperature",
+            "2",
+        ]
+    )
     assert rc == 0
     assert json.loads((out / "report.json").read_text())["training"]["steps"] == 3
     assert "3 steps" in capsys.readouterr().out
@@ -207,25 +297,66 @@ def test_cli_rejects_bad_budget_and_missing_collection(tmp_path, capsys):
     from twostage.cli import main
 
     assert parse_duration("45m") == 2700 and parse_duration("1.5h") == 5400 and parse_duration("90") == 90
-    rc = main(["train", "reranker", "--collection", str(tmp_path / "nope"), "--queries", "x.tsv",
-               "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "train",
+            "reranker",
+            "--collection",
+            str(tmp_path / "nope"),
+            "--queries",
+            "x.tsv",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 2 and "no such collection" in capsys.readouterr().err
-    rc = main(["train", "reranker", "--collection", str(tmp_path), "--queries", "x.tsv", "--out", str(tmp_path / "o"),
-               "--time-budget", "soon"])
+    rc = main(
+        [
+            "train",
+            "reranker",
+            "--collection",
+            str(tmp_path),
+            "--queries",
+            "x.tsv",
+            "--out",
+            str(tmp_path / "o"),
+            "--time-budget",
+            "soon",
+        ]
+    )
     assert rc == 2
 
 
-@pytest.mark.parametrize("option, expected", [
-    (["--lr=-1"], "--lr must be a positive number"), (["--lr", "nan"], "--lr must be"),
-    (["--warmup", "2"], "--warmup is a fraction"), (["--negatives", "0"], "--negatives must be"),
-    (["--temperature", "0"], "--temperature must be"), (["--max-steps", "0"], "--max-steps must be"),
-    (["--epochs", "0"], "--epochs must be"), (["--max-length", "0"], "--max-length must be"),
-    (["--time-budget", "-5"], "--time-budget must be positive"), (["--list-size", "1"], "--list-size must be"),
-])
+@pytest.mark.parametrize(
+    "option, expected",
+    [
+        (["--lr=-1"], "--lr must be a positive number"),
+        (["--lr", "nan"], "--lr must be"),
+        (["--warmup", "2"], "--warmup is a fraction"),
+        (["--negatives", "0"], "--negatives must be"),
+        (["--temperature", "0"], "--temperature must be"),
+        (["--max-steps", "0"], "--max-steps must be"),
+        (["--epochs", "0"], "--epochs must be"),
+        (["--max-length", "0"], "--max-length must be"),
+        (["--time-budget", "-5"], "--time-budget must be positive"),
+        (["--list-size", "1"], "--list-size must be"),
+    ],
+)
 def test_cli_rejects_a_bad_recipe_before_any_model_loads(tmp_path, capsys, option, expected):
     from twostage.cli import main
 
-    rc = main(["train", "reranker", "--collection", str(tmp_path), "--queries", "x.tsv", "--out", str(tmp_path / "o"),
-               *option])
+    rc = main(
+        [
+            "train",
+            "reranker",
+            "--collection",
+            str(tmp_path),
+            "--queries",
+            "x.tsv",
+            "--out",
+            str(tmp_path / "o"),
+            *option,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and expected in err and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()

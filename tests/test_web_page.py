@@ -3,28 +3,41 @@
 Screenshots go to ``test-artifacts/`` (gitignored). Skipped, with the reason, where /usr/bin/chromium is absent:
 install it with ``apt-get install -y chromium`` (``.ci/run`` does).
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from conftest import EXAMPLES, REPO
+
+from twostage import Engine
 from twostage.indexes.readers import read_corpus
 from twostage.reranker.cross_encoder import CrossEncoderReranker
-from twostage import Engine
 from twostage.server import ServerConfig, ServerThread, create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is absent: install Debian's browser with 'apt-get install -y chromium'", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)")
+    pytest.skip(
+        f"{CHROMIUM} is absent: install Debian's browser with 'apt-get install -y chromium'", allow_module_level=True
+    )
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, minilm, tiny_cross_encoder_
 
 
 @pytest.fixture(scope="module")
-def page(server: ServerThread) -> Iterator["sync_api.Page"]:
+def page(server: ServerThread) -> Iterator[sync_api.Page]:
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -50,7 +63,7 @@ def page(server: ServerThread) -> Iterator["sync_api.Page"]:
         browser.close()
 
 
-def test_search_page_end_to_end(server: ServerThread, page: "sync_api.Page") -> None:
+def test_search_page_end_to_end(server: ServerThread, page: sync_api.Page) -> None:
     expect = sync_api.expect
     page.goto(server.url + "/")
     expect(page.locator("#server-status")).to_contain_text("connected · 100 documents · read-only")

@@ -4,6 +4,7 @@ They load through the ordinary sentence-transformers entry points (``CrossEncode
 ``SentenceTransformer(dir)``), so code under test exercises the same loading path as with real models.
 Their scores are meaningless; tests compare them against the library, never against relevance.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,10 +5,12 @@ Contrastive (MultipleNegativesRankingLoss: in-batch negatives plus one mined har
 with the cross-encoder trainer in ``training.common``. A collection is re-encoded with the result by
 ``twostage index CORPUS --index NEW_DIR --model OUT_DIR``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +34,9 @@ def bi_encoder_scores(model: Any, query: str, texts: list[str]) -> np.ndarray:
     if not texts:
         return np.zeros(0, dtype=np.float32)
     q = model.encode_query([query], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    d = model.encode_document(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
-                              batch_size=32)
+    d = model.encode_document(
+        texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False, batch_size=32
+    )
     return (np.asarray(d) @ np.asarray(q)[0]).astype(np.float32)
 
 
@@ -64,7 +67,17 @@ def train_bi_encoder(
     from sentence_transformers.base.sampler import BatchSamplers
 
     extra = {"batch_sampler": BatchSamplers.NO_DUPLICATES} if loss_name == "mnrl" else {}
-    trainer, outcome = fit(SentenceTransformerTrainer, SentenceTransformerTrainingArguments, model, train_dataset,
-                           make_loss(model, loss_name), evaluator, out_dir, settings, extra=extra, log=log)
+    trainer, outcome = fit(
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        model,
+        train_dataset,
+        make_loss(model, loss_name),
+        evaluator,
+        out_dir,
+        settings,
+        extra=extra,
+        log=log,
+    )
     trainer.model.save(str(out_dir))
     return outcome

@@ -2,13 +2,15 @@
 outcome of a run, the validation evaluator (nDCG@10 with trec_eval semantics), the time-budget and loss-log callbacks,
 and one ``fit`` that builds the trainer, keeps the best checkpoint, resumes after an interruption and honours
 ``max_steps`` and a time budget."""
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,8 +88,10 @@ class RankingEvaluator:
 
     def run(self, model: Any) -> dict[str, dict[str, float]]:
         """The model's scores for every validation list, as a TREC run."""
-        return {item.qid: dict(zip(item.doc_ids, map(float, self.score_fn(model, item.query, item.texts))))
-                for item in self.lists}
+        return {
+            item.qid: dict(zip(item.doc_ids, map(float, self.score_fn(model, item.query, item.texts))))
+            for item in self.lists
+        }
 
     def metrics(self, model: Any) -> dict[str, float]:
         """``{"ndcg@10", "mrr@10"}`` of ``model`` on the validation lists."""
@@ -150,13 +154,18 @@ def trainer_callbacks() -> tuple[type, type]:
             self.log = log
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            record = {"step": state.global_step, **{k: v for k, v in (logs or {}).items()
-                                                    if isinstance(v, (int, float))}}
+            record = {
+                "step": state.global_step,
+                **{k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))},
+            }
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             if self.log and any(k.startswith("eval_") for k in record):
-                shown = ", ".join(f"{k[5:]} {v:.4f}" for k, v in record.items() if k.startswith("eval_")
-                                  and not k.endswith(("runtime", "per_second")))
+                shown = ", ".join(
+                    f"{k[5:]} {v:.4f}"
+                    for k, v in record.items()
+                    if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))
+                )
                 self.log(f"step {state.global_step}/{state.max_steps}: {shown}")
 
     return TimeBudgetCallback, LossLogCallback
@@ -168,8 +177,15 @@ def checkpoint_dir(out_dir: Path) -> Path:
     return Path(out_dir) / "checkpoints"
 
 
-def training_arguments(args_cls: type, out_dir: Path, settings: TrainSettings, metric: str, *,
-                       device: str = "cpu", extra: dict[str, Any] | None = None) -> Any:
+def training_arguments(
+    args_cls: type,
+    out_dir: Path,
+    settings: TrainSettings,
+    metric: str,
+    *,
+    device: str = "cpu",
+    extra: dict[str, Any] | None = None,
+) -> Any:
     """Trainer arguments: evaluate and save every ``eval_steps``, keep the best by ``metric``, log to a file only;
     on the GPU only when ``device`` (where the model is) is one."""
     steps = settings.max_steps if settings.max_steps is not None else -1
@@ -208,20 +224,36 @@ def last_checkpoint(out_dir: Path) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
-def fit(trainer_cls: type, args_cls: type, model: Any, train_dataset: Any, loss: Any, evaluator: "RankingEvaluator",
-        out_dir: Path, settings: TrainSettings, *, extra: dict[str, Any] | None = None,
-        log: Callable[[str], None] | None = None) -> tuple[Any, TrainOutcome]:
+def fit(
+    trainer_cls: type,
+    args_cls: type,
+    model: Any,
+    train_dataset: Any,
+    loss: Any,
+    evaluator: RankingEvaluator,
+    out_dir: Path,
+    settings: TrainSettings,
+    *,
+    extra: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[Any, TrainOutcome]:
     """Arguments, callbacks and a ``trainer_cls`` trainer for ``model``, trained by :func:`run_trainer`: the trainer
     (its model now the best checkpoint) and the outcome. Both trainers differ only in the classes, loss and ``extra``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    args = training_arguments(args_cls, out_dir, settings, f"{evaluator.name}_{PRIMARY_METRIC}",
-                              device=model.device.type, extra=extra)
+    args = training_arguments(
+        args_cls, out_dir, settings, f"{evaluator.name}_{PRIMARY_METRIC}", device=model.device.type, extra=extra
+    )
     budget_cls, log_cls = trainer_callbacks()
     budget = budget_cls(settings.time_budget_s)
-    trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, loss=loss,
-                          evaluator=evaluator.as_st_evaluator(),
-                          callbacks=[budget, log_cls(out_dir / "train_log.jsonl", log)])
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        loss=loss,
+        evaluator=evaluator.as_st_evaluator(),
+        callbacks=[budget, log_cls(out_dir / "train_log.jsonl", log)],
+    )
     return trainer, run_trainer(trainer, out_dir, settings, budget)
 
 
@@ -241,10 +273,21 @@ def run_trainer(trainer: Any, out_dir: Path, settings: TrainSettings, budget_cal
         stopped = "schedule"
     best_step = _checkpoint_step(state.best_model_checkpoint)
     losses = [(int(r["step"]), float(r["loss"])) for r in state.log_history if "loss" in r]
-    evaluations = [{k: v for k, v in r.items() if k == "step" or k.startswith("eval_")}
-                   for r in state.log_history if any(k.startswith("eval_") for k in r)]
-    return TrainOutcome(steps=state.global_step, seconds=seconds, stopped_by=stopped, resumed_from=resume,
-                        best_step=best_step, best_metric=state.best_metric, losses=losses, evaluations=evaluations)
+    evaluations = [
+        {k: v for k, v in r.items() if k == "step" or k.startswith("eval_")}
+        for r in state.log_history
+        if any(k.startswith("eval_") for k in r)
+    ]
+    return TrainOutcome(
+        steps=state.global_step,
+        seconds=seconds,
+        stopped_by=stopped,
+        resumed_from=resume,
+        best_step=best_step,
+        best_metric=state.best_metric,
+        losses=losses,
+        evaluations=evaluations,
+    )
 
 
 def _checkpoint_step(path: str | None) -> int | None:

@@ -1,9 +1,11 @@
 """Fine-tune a cross-encoder on sentence-transformers' training stack (CrossEncoderTrainer, its losses); the trainer
 plumbing it shares with the bi-encoder trainer is in ``training.common``."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +20,13 @@ def cross_encoder_scores(model: Any, query: str, texts: list[str]) -> np.ndarray
 
     if not texts:
         return np.zeros(0, dtype=np.float32)
-    scores = model.predict([(query, t) for t in texts], activation_fn=torch.nn.Identity(), batch_size=32,
-                           show_progress_bar=False, convert_to_numpy=True)
+    scores = model.predict(
+        [(query, t) for t in texts],
+        activation_fn=torch.nn.Identity(),
+        batch_size=32,
+        show_progress_bar=False,
+        convert_to_numpy=True,
+    )
     return np.asarray(scores, dtype=np.float32).reshape(-1)
 
 
@@ -34,8 +41,9 @@ def load_student(base: str, *, max_length: int | None = 256, device: str = "cpu"
         resolved = resolve_model(base, kind="bi-encoder")
     except ModelLoadError:
         resolved = resolve_model(base, kind="cross-encoder")
-    return CrossEncoder(resolved.source, num_labels=1, max_length=max_length, device=device,
-                        local_files_only=resolved.origin != "hub")
+    return CrossEncoder(
+        resolved.source, num_labels=1, max_length=max_length, device=device, local_files_only=resolved.origin != "hub"
+    )
 
 
 def make_loss(model: Any, name: str) -> Any:
@@ -70,7 +78,17 @@ def train_cross_encoder(
     if settings.head_learning_rate:
         # the pooler on [CLS] was never trained by a mean-pooling bi-encoder, and the classifier is new: both fast
         extra["learning_rate_mapping"] = {r"(classifier|pooler)\.": settings.head_learning_rate}
-    trainer, outcome = fit(CrossEncoderTrainer, CrossEncoderTrainingArguments, model, train_dataset,
-                           make_loss(model, loss_name), evaluator, out_dir, settings, extra=extra, log=log)
+    trainer, outcome = fit(
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+        model,
+        train_dataset,
+        make_loss(model, loss_name),
+        evaluator,
+        out_dir,
+        settings,
+        extra=extra,
+        log=log,
+    )
     trainer.model.save_pretrained(str(out_dir))
     return outcome

@@ -1,11 +1,13 @@
 """Training data from ranked candidate lists: the query-level split, judged or teacher labels, and the row layouts
 the sentence-transformers losses read (margin-MSE tuples, listwise lists, contrastive triples)."""
+
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 from twostage.training.common import ScoredList
 
@@ -44,8 +46,9 @@ def judged_lists(lists: Sequence[ScoredList], qrels: dict[str, dict[str, int]], 
         keep = [i for i, d in enumerate(item.doc_ids) if d in labels or unjudged == "negative"]
         scores = [float(max(labels.get(item.doc_ids[i], 0), 0)) for i in keep]
         if any(s > 0 for s in scores) and any(s <= 0 for s in scores):
-            out.append(ScoredList(item.qid, item.query, [item.doc_ids[i] for i in keep],
-                                  [item.texts[i] for i in keep], scores))
+            out.append(
+                ScoredList(item.qid, item.query, [item.doc_ids[i] for i in keep], [item.texts[i] for i in keep], scores)
+            )
     return out
 
 
@@ -54,8 +57,9 @@ TEACHER_GRADES = ((1, 3), (3, 2), (5, 1))
 TEACHER_REL_THRESHOLD = 2
 
 
-def teacher_qrels(lists: Sequence[ScoredList], grades: Sequence[tuple[int, int]] = TEACHER_GRADES
-                  ) -> dict[str, dict[str, int]]:
+def teacher_qrels(
+    lists: Sequence[ScoredList], grades: Sequence[tuple[int, int]] = TEACHER_GRADES
+) -> dict[str, dict[str, int]]:
     """Graded pseudo-judgments from the teacher's order: its top 1 → 3, ranks 2-3 → 2, ranks 4-5 → 1, the rest 0.
     Validation nDCG@10 against them measures how well a student reproduces the top of the teacher's list."""
     qrels: dict[str, dict[str, int]] = {}
@@ -72,20 +76,25 @@ def _teacher_order(item: ScoredList) -> list[int]:
     return sorted(range(len(item.scores)), key=lambda i: (-item.scores[i], i))
 
 
-def margin_rows(lists: Sequence[ScoredList], negatives: int, seed: int, *, positive_from: int = 3,
-                rows_per_query: int = 1) -> dict[str, list[Any]]:
+def margin_rows(
+    lists: Sequence[ScoredList], negatives: int, seed: int, *, positive_from: int = 3, rows_per_query: int = 1
+) -> dict[str, list[Any]]:
     """(query, positive, negative_1..n) rows with the teacher's scores ``[pos, neg_1..neg_n]`` as labels (margin-MSE):
     the positive is one of the teacher's top ``positive_from``, the negatives are drawn from below it."""
     rng = random.Random(seed)
-    rows: dict[str, list[Any]] = {"query": [], "positive": [],
-                                  **{f"negative_{j + 1}": [] for j in range(negatives)}, "label": []}
+    rows: dict[str, list[Any]] = {
+        "query": [],
+        "positive": [],
+        **{f"negative_{j + 1}": [] for j in range(negatives)},
+        "label": [],
+    }
     for item in lists:
         order = _teacher_order(item)
         if len(order) < negatives + 1:
             continue
         for _ in range(rows_per_query):
             p = rng.randrange(min(positive_from, len(order) - negatives))
-            below = order[p + 1:]
+            below = order[p + 1 :]
             picked = rng.sample(below, negatives)
             rows["query"].append(item.query)
             rows["positive"].append(item.texts[order[p]])
@@ -95,8 +104,9 @@ def margin_rows(lists: Sequence[ScoredList], negatives: int, seed: int, *, posit
     return rows
 
 
-def listwise_rows(lists: Sequence[ScoredList], size: int, temperature: float, seed: int, *,
-                  keep_top: int = 2) -> dict[str, list[Any]]:
+def listwise_rows(
+    lists: Sequence[ScoredList], size: int, temperature: float, seed: int, *, keep_top: int = 2
+) -> dict[str, list[Any]]:
     """(query, [docs], [scores / temperature]) rows for a listwise softmax loss: the teacher's top ``keep_top`` plus a
     random sample of the rest, shuffled, so each list spans easy and hard negatives."""
     if temperature <= 0:

@@ -5,6 +5,7 @@ Steps, each resumable: the mined and teacher-scored lists are cached in ``OUT/da
 newest checkpoint in ``OUT/checkpoints/``; the best checkpoint by validation nDCG@10 is saved to ``OUT``; the report
 is ``OUT/report.json`` and ``OUT/report.md``.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,17 +14,17 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
+from twostage.errors import UsageError
 from twostage.runtime.config import RuntimeConfig, resolve_device
 from twostage.training.common import ScoredList, TrainOutcome, TrainSettings
 
-from twostage.errors import UsageError
-from .data import TEACHER_REL_THRESHOLD, exclude_overlap, judged_lists, split_by_query, teacher_qrels, \
-    with_scores
+from .data import TEACHER_REL_THRESHOLD, exclude_overlap, judged_lists, split_by_query, teacher_qrels, with_scores
 
 DATA_VERSION = 1
 Log = Callable[[str], None]
@@ -111,30 +112,42 @@ def select_queries(opts: TrainOptions, log: Log) -> tuple[dict[str, str], dict[s
     if opts.max_queries is not None:
         train_ids = train_ids[: opts.max_queries]
     chosen = {q: kept[q] for q in val_ids + train_ids}
-    info = {"queries_source": source, "queries_available": len(queries), "held_out": held_specs,
-            "excluded_overlap": len(dropped), "train_query_ids": train_ids, "val_query_ids": val_ids}
+    info = {
+        "queries_source": source,
+        "queries_available": len(queries),
+        "held_out": held_specs,
+        "excluded_overlap": len(dropped),
+        "train_query_ids": train_ids,
+        "val_query_ids": val_ids,
+    }
     return chosen, qrels, info
 
 
 # --------------------------------------------------------------------------- mining and teacher scoring
 def mine(engine: Any, queries: dict[str, str], depth: int, log: Log, progress: bool) -> list[ScoredList]:
     """Each query's dense top ``depth`` from the collection (first-stage scores kept as the list's scores)."""
-    from twostage.indexes.documents import Document
     from tqdm.auto import tqdm
+
+    from twostage.indexes.documents import Document
 
     qids = list(queries)
     out: list[ScoredList] = []
     log(f"mining the dense top {depth} of {len(qids)} queries from {engine.collection.path}")
     with tqdm(total=len(qids), desc="mining", unit="query", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(qids), 128):
-            chunk = qids[start:start + 128]
+            chunk = qids[start : start + 128]
             results = engine.search_many([queries[q] for q in chunk], k=depth, top_n=depth, rerank=False)
             for qid, result in zip(chunk, results):
                 hits = result.hits
-                out.append(ScoredList(
-                    qid, queries[qid], [h.doc_id for h in hits],
-                    [Document(h.doc_id, h.text, h.title).text_for_encoding() for h in hits],
-                    [float(h.retrieval_score) for h in hits]))
+                out.append(
+                    ScoredList(
+                        qid,
+                        queries[qid],
+                        [h.doc_id for h in hits],
+                        [Document(h.doc_id, h.text, h.title).text_for_encoding() for h in hits],
+                        [float(h.retrieval_score) for h in hits],
+                    )
+                )
             bar.update(len(chunk))
     return out
 
@@ -146,9 +159,15 @@ def load_teacher(spec: str, engine: Any, lists: Sequence[ScoredList], log: Log, 
     from twostage.reranker.maxsim import MaxSimReranker, mapping_lookup
 
     if spec.strip().lower() != "maxsim":
-        reranker, _ = load_reranker(spec, encoder=engine.encoder, explicit=True, device=engine.device,
-                                    batch_size=engine.runtime.batch_size, backend=engine.backend,
-                                    threads=engine.runtime.threads)
+        reranker, _ = load_reranker(
+            spec,
+            encoder=engine.encoder,
+            explicit=True,
+            device=engine.device,
+            batch_size=engine.runtime.batch_size,
+            backend=engine.backend,
+            threads=engine.runtime.threads,
+        )
         return reranker
     stored = getattr(engine.collection, "token_store", None)
     if stored is not None:
@@ -165,7 +184,7 @@ def load_teacher(spec: str, engine: Any, lists: Sequence[ScoredList], log: Log, 
 
     with tqdm(total=len(ids), desc="token vectors", unit="doc", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(ids), 512):
-            chunk = ids[start:start + 512]
+            chunk = ids[start : start + 512]
             store.update(zip(chunk, teacher.passage_token_embeddings([texts[d] for d in chunk])))
             bar.update(len(chunk))
     teacher.token_store = mapping_lookup(store)
@@ -181,7 +200,7 @@ def teacher_scores(teacher: Any, lists: Sequence[ScoredList], progress: bool, ch
     scores: list[list[float]] = []
     with tqdm(total=len(lists), desc="teacher", unit="query", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(lists), chunk):
-            part = lists[start:start + chunk]
+            part = lists[start : start + chunk]
             candidates = [[Candidate(d, t) for d, t in zip(x.doc_ids, x.texts)] for x in part]
             rows = teacher.score_candidates([x.query for x in part], candidates)
             scores.extend([float(v) for v in row] for row in rows)
@@ -214,9 +233,16 @@ def combine_labels(lists: Sequence[ScoredList], qrels: dict[str, dict[str, int]]
 
 # --------------------------------------------------------------------------- cache of prepared lists
 def _data_key(opts: TrainOptions, info: dict[str, Any]) -> dict[str, Any]:
-    return {"version": DATA_VERSION, "collection": str(Path(opts.collection).resolve()), "queries": opts.queries,
-            "teacher": opts.teacher, "depth": opts.depth, "seed": opts.settings.seed,
-            "train": info["train_query_ids"], "val": info["val_query_ids"]}
+    return {
+        "version": DATA_VERSION,
+        "collection": str(Path(opts.collection).resolve()),
+        "queries": opts.queries,
+        "teacher": opts.teacher,
+        "depth": opts.depth,
+        "seed": opts.settings.seed,
+        "train": info["train_query_ids"],
+        "val": info["val_query_ids"],
+    }
 
 
 def _save_lists(path: Path, key: dict[str, Any], lists: Sequence[ScoredList], teacher: list[list[float]] | None):
@@ -225,12 +251,24 @@ def _save_lists(path: Path, key: dict[str, Any], lists: Sequence[ScoredList], te
     with tmp.open("w", encoding="utf-8") as handle:
         handle.write(json.dumps(key) + "\n")
         for i, item in enumerate(lists):
-            handle.write(json.dumps({"qid": item.qid, "query": item.query, "doc_ids": item.doc_ids,
-                                     "dense": item.scores, "teacher": teacher[i] if teacher else None}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "qid": item.qid,
+                        "query": item.query,
+                        "doc_ids": item.doc_ids,
+                        "dense": item.scores,
+                        "teacher": teacher[i] if teacher else None,
+                    }
+                )
+                + "\n"
+            )
     tmp.replace(path)
 
 
-def _load_lists(path: Path, key: dict[str, Any], engine: Any) -> tuple[list[ScoredList], list[list[float]] | None] | None:
+def _load_lists(
+    path: Path, key: dict[str, Any], engine: Any
+) -> tuple[list[ScoredList], list[list[float]] | None] | None:
     """Cached lists when they were made with the same settings (texts re-read from the collection), else None."""
     from twostage.indexes.documents import Document
 
@@ -273,8 +311,11 @@ def prepare_data(opts: TrainOptions, log: Log) -> PreparedData:
                 teacher = teacher_scores(model, lists, opts.settings.progress)
                 del model
             _save_lists(cache, key, lists, teacher)
-        info["collection"] = {"path": str(opts.collection), "documents": len(engine.collection),
-                              "bi_encoder": engine.encoder.name}
+        info["collection"] = {
+            "path": str(opts.collection),
+            "documents": len(engine.collection),
+            "bi_encoder": engine.encoder.name,
+        }
     by_qid = {item.qid: item for item in lists}
     train_ids = [q for q in info["train_query_ids"] if q in by_qid]
     val_ids = [q for q in info["val_query_ids"] if q in by_qid]
@@ -293,11 +334,18 @@ def prepare_data(opts: TrainOptions, log: Log) -> PreparedData:
         val = [_cut(by_qid[q], opts.val_depth) for q in val_ids]
         val_qrels = {q: qrels[q] for q in val_ids if q in qrels}
         labels = f"judgments (unjudged candidates: {opts.unjudged})"
-    info.update(labels=labels, depth=opts.depth, val_depth=opts.val_depth, train_queries=len(train),
-                val_queries=len(val), mined_candidates=sum(len(x.doc_ids) for x in lists),
-                prepare_seconds=round(time.monotonic() - started, 1))
-    info["val_qrels"] = "teacher's order (top1=3, 2-3=2, 4-5=1, rest 0)" if teacher is not None and not qrels \
-        else "judgments"
+    info.update(
+        labels=labels,
+        depth=opts.depth,
+        val_depth=opts.val_depth,
+        train_queries=len(train),
+        val_queries=len(val),
+        mined_candidates=sum(len(x.doc_ids) for x in lists),
+        prepare_seconds=round(time.monotonic() - started, 1),
+    )
+    info["val_qrels"] = (
+        "teacher's order (top1=3, 2-3=2, 4-5=1, rest 0)" if teacher is not None and not qrels else "judgments"
+    )
     return PreparedData(train, val, val_qrels, info)
 
 
@@ -389,8 +437,10 @@ def train(opts: TrainOptions, log: Log | None = None, *, evaluate_test: TestEval
     val_before = evaluator.metrics(model)
     log(f"validation before: nDCG@10 {val_before['ndcg@10']:.4f}, MRR@10 {val_before['mrr@10']:.4f}")
     outcome = trainer_fn(model, dataset, loss, evaluator, out, opts.settings, log=log)
-    log(f"trained {outcome.steps} steps in {outcome.seconds:.0f}s (stopped by {outcome.stopped_by}); "
-        f"best validation nDCG@10 {outcome.best_metric} at step {outcome.best_step}")
+    log(
+        f"trained {outcome.steps} steps in {outcome.seconds:.0f}s (stopped by {outcome.stopped_by}); "
+        f"best validation nDCG@10 {outcome.best_metric} at step {outcome.best_step}"
+    )
     val_after = _after(outcome, evaluator.name)
 
     test: dict[str, Any] = {}
@@ -400,8 +450,7 @@ def train(opts: TrainOptions, log: Log | None = None, *, evaluate_test: TestEval
         finally:
             if before_dir is not None:
                 shutil.rmtree(before_dir, ignore_errors=True)
-    report = _report(opts, base, loss, data, n_rows, outcome, val_before, val_after, test,
-                     time.monotonic() - started)
+    report = _report(opts, base, loss, data, n_rows, outcome, val_before, val_after, test, time.monotonic() - started)
     write_report(out, report)
     log(f"model: {out}; report: {out / 'report.md'}")
     return report
@@ -423,22 +472,46 @@ def _after(outcome: TrainOutcome, name: str) -> dict[str, float] | None:
 
 
 # --------------------------------------------------------------------------- report
-def _report(opts: TrainOptions, base: str, loss: str, data: PreparedData, n_rows: int, outcome: TrainOutcome,
-            before: dict[str, float], after: dict[str, float] | None, test: dict[str, Any], seconds: float
-            ) -> dict[str, Any]:
+def _report(
+    opts: TrainOptions,
+    base: str,
+    loss: str,
+    data: PreparedData,
+    n_rows: int,
+    outcome: TrainOutcome,
+    before: dict[str, float],
+    after: dict[str, float] | None,
+    test: dict[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
     info = {k: v for k, v in data.info.items() if k not in ("train_query_ids", "val_query_ids")}
     settings = asdict(opts.settings)
     return {
-        "kind": opts.kind, "model_dir": str(opts.out), "base": base, "loss": loss,
+        "kind": opts.kind,
+        "model_dir": str(opts.out),
+        "base": base,
+        "loss": loss,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "data": {**info, "rows": n_rows, "teacher": opts.teacher, "negatives": opts.negatives,
-                 "list_size": opts.list_size, "temperature": opts.temperature, "max_length": opts.max_length},
+        "data": {
+            **info,
+            "rows": n_rows,
+            "teacher": opts.teacher,
+            "negatives": opts.negatives,
+            "list_size": opts.list_size,
+            "temperature": opts.temperature,
+            "max_length": opts.max_length,
+        },
         "settings": settings,
-        "training": {"steps": outcome.steps, "seconds": round(outcome.seconds, 1), "stopped_by": outcome.stopped_by,
-                     "resumed_from": outcome.resumed_from, "best_step": outcome.best_step,
-                     "first_loss": outcome.losses[0][1] if outcome.losses else None,
-                     "last_loss": outcome.losses[-1][1] if outcome.losses else None,
-                     "evaluations": outcome.evaluations},
+        "training": {
+            "steps": outcome.steps,
+            "seconds": round(outcome.seconds, 1),
+            "stopped_by": outcome.stopped_by,
+            "resumed_from": outcome.resumed_from,
+            "best_step": outcome.best_step,
+            "first_loss": outcome.losses[0][1] if outcome.losses else None,
+            "last_loss": outcome.losses[-1][1] if outcome.losses else None,
+            "evaluations": outcome.evaluations,
+        },
         "validation": {"before": before, "after": after},
         "test": test,
         "total_seconds": round(seconds, 1),
@@ -457,7 +530,8 @@ def render_report(report: dict[str, Any]) -> str:
     data, training = report["data"], report["training"]
     s = report["settings"]
     lines = [
-        f"# twostage train {report['kind']}: {report['model_dir']}", "",
+        f"# twostage train {report['kind']}: {report['model_dir']}",
+        "",
         f"- base: `{report['base']}`; loss: {report['loss']}; labels: {data['labels']}",
         f"- queries: {data['train_queries']} train / {data['val_queries']} validation (split by query) from "
         f"{data['queries_source']}; held out: {', '.join(data['held_out']) or 'none'} "
@@ -469,17 +543,25 @@ def render_report(report: dict[str, Any]) -> str:
         f"- training: {training['steps']} steps in {training['seconds']:.0f} s (stopped by {training['stopped_by']}"
         f"{', resumed from ' + training['resumed_from'] if training['resumed_from'] else ''}); "
         f"loss {_fmt(training['first_loss'])} → {_fmt(training['last_loss'])}; best step {training['best_step']}",
-        f"- total time: {report['total_seconds']:.0f} s", "",
-        f"## Validation ({data['val_queries']} queries, top {data['val_depth']}, qrels: {data['val_qrels']})", "",
-        "| | nDCG@10 | MRR@10 |", "|---|---|---|",
+        f"- total time: {report['total_seconds']:.0f} s",
+        "",
+        f"## Validation ({data['val_queries']} queries, top {data['val_depth']}, qrels: {data['val_qrels']})",
+        "",
+        "| | nDCG@10 | MRR@10 |",
+        "|---|---|---|",
     ]
     for name in ("before", "after"):
         values = report["validation"].get(name) or {}
         lines.append(f"| {name} | {_fmt(values.get('ndcg@10'))} | {_fmt(values.get('mrr@10'))} |")
     test = report.get("test") or {}
     if test:
-        lines += ["", f"## Test: {test['dataset']} ({test['queries']} held-out queries)", "",
-                  "| system | model | nDCG@10 | MRR@10 |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Test: {test['dataset']} ({test['queries']} held-out queries)",
+            "",
+            "| system | model | nDCG@10 | MRR@10 |",
+            "|---|---|---|---|",
+        ]
         for which in ("before", "after"):
             for system, values in (test.get(which) or {}).items():
                 lines.append(f"| {system} | {which} | {_fmt(values.get('nDCG@10'))} | {_fmt(values.get('MRR@10'))} |")
@@ -491,7 +573,7 @@ def _fmt(value: Any) -> str:
 
 
 def parse_duration(text: str | None) -> float | None:
-    """"90", "90s", "45m", "1.5h" → seconds; None stays None."""
+    """ "90", "90s", "45m", "1.5h" → seconds; None stays None."""
     if text is None:
         return None
     value = str(text).strip().lower()

@@ -1,4 +1,5 @@
 """twostage: index a collection, search it with a bi-encoder + FAISS, rerank with a cross-encoder, measure it."""
+
 from __future__ import annotations
 
 from importlib import import_module

@@ -11,6 +11,7 @@ The engine (and its SQLite connection) lives in a single dedicated thread. Reque
 
 Callers get a :class:`concurrent.futures.Future`; async code awaits it with :func:`asyncio.wrap_future`.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,10 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 log = logging.getLogger("twostage.batcher")
 
@@ -45,8 +47,16 @@ class _SearchJob:
     @property
     def key(self) -> tuple[int, int, bool, str, int | None, int | None, str, str]:
         """Jobs with equal keys can share one ``search_many`` pass."""
-        return (self.k, self.top_n, self.rerank, json.dumps(self.filter, sort_keys=True), self.ef_search, self.nprobe,
-                self.first_stage, json.dumps(self.levers, sort_keys=True))
+        return (
+            self.k,
+            self.top_n,
+            self.rerank,
+            json.dumps(self.filter, sort_keys=True),
+            self.ef_search,
+            self.nprobe,
+            self.first_stage,
+            json.dumps(self.levers, sort_keys=True),
+        )
 
 
 @dataclass
@@ -147,9 +157,18 @@ class Batcher:
         levers: Mapping[str, Any] | None = None,
     ) -> Future:
         """A future for ``engine.search_many(queries, ...)``, possibly answered in a batch with other callers."""
-        job = _SearchJob(list(queries), k, top_n, rerank, dict(filter) if filter else None, Future(),
-                         ef_search=ef_search, nprobe=nprobe, first_stage=first_stage,
-                         levers={name: value for name, value in (levers or {}).items() if value is not None})
+        job = _SearchJob(
+            list(queries),
+            k,
+            top_n,
+            rerank,
+            dict(filter) if filter else None,
+            Future(),
+            ef_search=ef_search,
+            nprobe=nprobe,
+            first_stage=first_stage,
+            levers={name: value for name, value in (levers or {}).items() if value is not None},
+        )
         self._put(job)
         return job.future
 
@@ -238,9 +257,17 @@ class Batcher:
         first = jobs[0]
         queries = [q for job in jobs for q in job.queries]
         try:
-            results = self.engine.search_many(queries, k=first.k, top_n=first.top_n, rerank=first.rerank,
-                                              filter=first.filter, ef_search=first.ef_search, nprobe=first.nprobe,
-                                              first_stage=first.first_stage, **first.levers)
+            results = self.engine.search_many(
+                queries,
+                k=first.k,
+                top_n=first.top_n,
+                rerank=first.rerank,
+                filter=first.filter,
+                ef_search=first.ef_search,
+                nprobe=first.nprobe,
+                first_stage=first.first_stage,
+                **first.levers,
+            )
         except Exception as err:
             if len(jobs) == 1:
                 _fail(first.future, err)

@@ -1,4 +1,5 @@
 """The ``twostage`` command line: index | add | delete | info | tokens | search | eval | serve | train."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,14 +8,16 @@ import os
 import sqlite3
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from twostage.indexes.token_store import ENCODINGS as TOKEN_ENCODINGS
 from twostage.runtime.config import runtime_from_args
 
 from .errors import UsageError
 from .search_options import first_stage_spec, reranker_spec
+
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that carry a message meant for the user: printed as one line, no traceback."""
@@ -24,7 +27,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from twostage.runtime.models import ModelLoadError
 
     errors: list[type[BaseException]] = [
-        UsageError, CorpusError, CollectionError, RerankerLoadError, ModelLoadError, RuntimeConfigError
+        UsageError,
+        CorpusError,
+        CollectionError,
+        RerankerLoadError,
+        ModelLoadError,
+        RuntimeConfigError,
     ]
     try:
         from twostage.eval.errors import EvalInputError
@@ -70,15 +78,30 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "unless --token-pool says otherwise), pq (product "
         "codes, 0.75 bits per dimension: 36 bytes), 1bit (~50), int8 (~388) or float16 (768)",
     )
-    p.add_argument("--token-pool", type=_pool_factor, default=None, metavar="F",
-                   help="with --store-tokens: merge each passage's token vectors F to one (Ward clustering, cluster "
-                   "means; token pooling) before storing them, F times fewer bytes (default: 2.5 for 2bit, 1 = no "
-                   "pooling for the others)")
-    p.add_argument("--shards", type=_positive_int, default=None, metavar="N",
-                   help="build a sharded collection: N collections in DIR, documents routed by a hash of their id")
+    p.add_argument(
+        "--token-pool",
+        type=_pool_factor,
+        default=None,
+        metavar="F",
+        help="with --store-tokens: merge each passage's token vectors F to one (Ward clustering, cluster "
+        "means; token pooling) before storing them, F times fewer bytes (default: 2.5 for 2bit, 1 = no "
+        "pooling for the others)",
+    )
+    p.add_argument(
+        "--shards",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="build a sharded collection: N collections in DIR, documents routed by a hash of their id",
+    )
     _ray_option(p, "encode on a Ray cluster's actor pool ('auto', or the head's HOST:PORT); needs --shards")
-    p.add_argument("--actors", type=_positive_int, default=None, metavar="N",
-                   help="with --ray: encoder actors, one model each (default one per cluster CPU, or GPU with --device cuda)")
+    p.add_argument(
+        "--actors",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="with --ray: encoder actors, one model each (default one per cluster CPU, or GPU with --device cuda)",
+    )
     _corpus_options(p)
     _encode_options(p)
 
@@ -98,31 +121,53 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="check a collection's files against each other; --repair rebuilds from SQLite")
     p.add_argument("directory")
-    p.add_argument("--repair", action="store_true",
-                   help="rebuild what the documents database can rebuild (vector index, manifest counts, token rows)")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild what the documents database can rebuild (vector index, manifest counts, token rows)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_wait_argument(p)
 
     p = sub.add_parser("info", help="describe a collection, or (--backends) the backends measured on this machine")
     p.add_argument("directory", nargs="?", help="collection directory (not needed with --backends)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--backends", action="store_true",
-                   help="the measured backend table and the choice per stage (measured now when not cached yet)")
-    p.add_argument("--calibrate", action="store_true",
-                   help="with --backends: measure again, replacing the cached choice")
-    p.add_argument("--model", default=None, help="with --backends: the bi-encoder (default: the collection's, else "
-                   "all-MiniLM-L6-v2)")
-    p.add_argument("--reranker", default=None, metavar="NAME|PATH",
-                   help="with --backends: a cross-encoder to measure too (default: the default one, if found)")
+    p.add_argument(
+        "--backends",
+        action="store_true",
+        help="the measured backend table and the choice per stage (measured now when not cached yet)",
+    )
+    p.add_argument(
+        "--calibrate", action="store_true", help="with --backends: measure again, replacing the cached choice"
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="with --backends: the bi-encoder (default: the collection's, else all-MiniLM-L6-v2)",
+    )
+    p.add_argument(
+        "--reranker",
+        default=None,
+        metavar="NAME|PATH",
+        help="with --backends: a cross-encoder to measure too (default: the default one, if found)",
+    )
 
     p = sub.add_parser("tokens", help="show, or convert in place, a collection's stored MaxSim token vectors")
     p.add_argument("directory")
-    p.add_argument("--convert", choices=TOKEN_ENCODINGS, metavar="2bit|pq|1bit|int8|float16",
-                   help="re-encode every stored passage's tokens (a 2bit/1bit/pq codec is learned afresh from the "
-                   "collection); one SQLite transaction per shard, so a crash leaves them as they were")
-    p.add_argument("--pool", type=_pool_factor, default=None, metavar="F",
-                   help="with --convert: also merge each passage's tokens F to one (token pooling); only tokens not "
-                   "pooled yet")
+    p.add_argument(
+        "--convert",
+        choices=TOKEN_ENCODINGS,
+        metavar="2bit|pq|1bit|int8|float16",
+        help="re-encode every stored passage's tokens (a 2bit/1bit/pq codec is learned afresh from the "
+        "collection); one SQLite transaction per shard, so a crash leaves them as they were",
+    )
+    p.add_argument(
+        "--pool",
+        type=_pool_factor,
+        default=None,
+        metavar="F",
+        help="with --convert: also merge each passage's tokens F to one (token pooling); only tokens not pooled yet",
+    )
     add_wait_argument(p)
 
     p = sub.add_parser("search", help="search a collection (one query, or a batch from --queries)")
@@ -153,8 +198,13 @@ def add_wait_argument(p: argparse.ArgumentParser) -> None:
     """``--wait SECONDS``: how long a write waits for another process's write (the collection's writer lock)."""
     from twostage.indexes.lock import DEFAULT_WAIT
 
-    p.add_argument("--wait", type=_wait_seconds, default=DEFAULT_WAIT, metavar="SECONDS",
-                   help=f"how long to wait for another process writing to the collection (default {DEFAULT_WAIT:g})")
+    p.add_argument(
+        "--wait",
+        type=_wait_seconds,
+        default=DEFAULT_WAIT,
+        metavar="SECONDS",
+        help=f"how long to wait for another process writing to the collection (default {DEFAULT_WAIT:g})",
+    )
 
 
 def _corpus_options(p: argparse.ArgumentParser) -> None:
@@ -212,23 +262,50 @@ def _search_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="only documents whose metadata KEY equals VALUE (repeatable; all must match)",
     )
-    p.add_argument("--ef-search", type=int, default=None, metavar="N",
-                   help="HNSW: candidates explored per query (default 128, at least --k); more = higher recall, slower")
-    p.add_argument("--nprobe", type=int, default=None, metavar="N",
-                   help="IVF: inverted lists scanned per query (default nlist/64, at least 16); more = higher recall, slower")
-    p.add_argument("--prf", default=None, metavar="K[:BETA]",
-                   help="pseudo-relevance feedback: move the query vector towards its top K documents "
-                        "(weight BETA, default 0.5) and search again; 'none' = off (unset: the engine's default "
-                        "when maxsim reranks, see README 'Second-stage levers')")
-    p.add_argument("--query-tokens", default=None, metavar="SPEC",
-                   help="maxsim query tokens: plain | idf (weighted by IDF in the collection) | special "
-                        "([CLS]/[SEP] too) | idf+special (unset: the engine's default)")
-    p.add_argument("--fusion", default=None, metavar="SPEC",
-                   help="final score from both stages: rrf | zscore:W | minmax:W (W = second stage's weight); "
-                        "'none' = the second stage's score alone (unset: the engine's default when maxsim reranks)")
-    p.add_argument("--rerank-depth", type=int, default=None, metavar="D",
-                   help="rerank only the top D of the --k candidates; the rest follow in first-stage order "
-                        "(default: all; what `twostage eval` calls rerank@D)")
+    p.add_argument(
+        "--ef-search",
+        type=int,
+        default=None,
+        metavar="N",
+        help="HNSW: candidates explored per query (default 128, at least --k); more = higher recall, slower",
+    )
+    p.add_argument(
+        "--nprobe",
+        type=int,
+        default=None,
+        metavar="N",
+        help="IVF: inverted lists scanned per query (default nlist/64, at least 16); more = higher recall, slower",
+    )
+    p.add_argument(
+        "--prf",
+        default=None,
+        metavar="K[:BETA]",
+        help="pseudo-relevance feedback: move the query vector towards its top K documents "
+        "(weight BETA, default 0.5) and search again; 'none' = off (unset: the engine's default "
+        "when maxsim reranks, see README 'Second-stage levers')",
+    )
+    p.add_argument(
+        "--query-tokens",
+        default=None,
+        metavar="SPEC",
+        help="maxsim query tokens: plain | idf (weighted by IDF in the collection) | special "
+        "([CLS]/[SEP] too) | idf+special (unset: the engine's default)",
+    )
+    p.add_argument(
+        "--fusion",
+        default=None,
+        metavar="SPEC",
+        help="final score from both stages: rrf | zscore:W | minmax:W (W = second stage's weight); "
+        "'none' = the second stage's score alone (unset: the engine's default when maxsim reranks)",
+    )
+    p.add_argument(
+        "--rerank-depth",
+        type=int,
+        default=None,
+        metavar="D",
+        help="rerank only the top D of the --k candidates; the rest follow in first-stage order "
+        "(default: all; what `twostage eval` calls rerank@D)",
+    )
     add_runtime_arguments(p)
 
 
@@ -307,7 +384,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         from twostage.indexes.sharded import collection_exists
 
         if collection_exists(args.directory):
-            print(f"{args.directory} already holds a collection: resuming (unchanged documents are skipped)", file=sys.stderr)
+            print(
+                f"{args.directory} already holds a collection: resuming (unchanged documents are skipped)",
+                file=sys.stderr,
+            )
     if args.ray:
         return _index_on_ray(args)
     total = _validate_corpus(args)
@@ -357,15 +437,19 @@ def _announce_calibration(model: str, runtime: Any) -> None:
     if measured(runtime.backend, device):
         fingerprint = fingerprint_of(model)
         if fingerprint and read_choice(STAGE, fingerprint) is None:
-            print("--backend auto: measuring this machine's backends for this model (once; see twostage info "
-                  "--backends) ...", file=sys.stderr)
+            print(
+                "--backend auto: measuring this machine's backends for this model (once; see twostage info "
+                "--backends) ...",
+                file=sys.stderr,
+            )
 
 
 def _index_on_ray(args: argparse.Namespace) -> int:
     """``index --ray``: the same collection, encoded on a Ray actor pool (twostage.distributed, imported only here)."""
+    from tqdm.auto import tqdm
+
     from twostage.indexes.readers import count_corpus
     from twostage.runtime.models import DEFAULT_BI_ENCODER
-    from tqdm.auto import tqdm
 
     if not args.shards:
         raise UsageError("--ray builds a sharded collection: give --shards N too")
@@ -376,14 +460,24 @@ def _index_on_ray(args: argparse.Namespace) -> int:
     total = count_corpus(args.corpus) if Path(args.corpus).exists() else None
     with tqdm(total=total, unit="doc", desc="indexing", disable=args.quiet, file=sys.stderr) as bar:
         report, size = index_distributed(
-            _read_corpus(args), args.directory, address=args.ray, shards=args.shards, actors=args.actors,
-            model=args.model or DEFAULT_BI_ENCODER, index_type=args.index_type, overwrite=args.overwrite,
-            store_tokens=args.store_tokens, token_pool=args.token_pool, runtime=runtime_from_args(args),
+            _read_corpus(args),
+            args.directory,
+            address=args.ray,
+            shards=args.shards,
+            actors=args.actors,
+            model=args.model or DEFAULT_BI_ENCODER,
+            index_type=args.index_type,
+            overwrite=args.overwrite,
+            store_tokens=args.store_tokens,
+            token_pool=args.token_pool,
+            runtime=runtime_from_args(args),
             progress=bar.update,
         )
-    print(f"{args.directory}: {report.added} added, {report.replaced} replaced, {report.unchanged} unchanged "
-          f"({size} documents in {args.shards} shards) in {report.seconds:.1f}s on Ray; "
-          f"{report.cache_hits} embeddings from cache")
+    print(
+        f"{args.directory}: {report.added} added, {report.replaced} replaced, {report.unchanged} unchanged "
+        f"({size} documents in {args.shards} shards) in {report.seconds:.1f}s on Ray; "
+        f"{report.cache_hits} embeddings from cache"
+    )
     return 0
 
 
@@ -430,8 +524,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(json.dumps([{**r.__dict__, "status": r.status} for r in reports], indent=2))
         return status
     for report in reports:
-        print(f"{report.path}: {report.documents} documents; "
-              + ("whole" if not report.problems else f"{len(report.problems)} problem(s)"))
+        print(
+            f"{report.path}: {report.documents} documents; "
+            + ("whole" if not report.problems else f"{len(report.problems)} problem(s)")
+        )
         for line in report.problems:
             print(f"problem: {line}")
         for line in report.repaired:
@@ -460,8 +556,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         for key, value in stats.items():
             print(f"{key:<{width}}  {value}")
         for shard in shards:  # a sharded collection: one line per shard
-            print(f"{shard['shard']:<{width}}  {shard['document_count']} documents, {shard['factory']}, "
-                  f"{shard['disk_bytes']} bytes")
+            print(
+                f"{shard['shard']:<{width}}  {shard['document_count']} documents, {shard['factory']}, "
+                f"{shard['disk_bytes']} bytes"
+            )
     return 0
 
 
@@ -496,18 +594,26 @@ def _backends_info(args: argparse.Namespace) -> int:
     cpu, threads = cpu_info(), configure_threads()
     override = os.environ.get("TWOSTAGE_BACKEND", "").strip().lower()
     if args.json:
-        stages = {stage: {"model": name, **({**asdict(c), "path": str(c.path)} if c else {"choice": None})}
-                  for stage, (name, c) in found.items()}
-        print(json.dumps({"cpu": cpu.model, "isa": cpu.isa, "threads": threads, "override": override or None,
-                          "stages": stages}, indent=2))
+        stages = {
+            stage: {"model": name, **({**asdict(c), "path": str(c.path)} if c else {"choice": None})}
+            for stage, (name, c) in found.items()
+        }
+        print(
+            json.dumps(
+                {"cpu": cpu.model, "isa": cpu.isa, "threads": threads, "override": override or None, "stages": stages},
+                indent=2,
+            )
+        )
         return 0
     print(f"cpu: {cpu.model} ({', '.join(cpu.isa) or 'none of the listed ISA extensions'}), {threads} threads")
     for stage, (name, calibration) in found.items():
         if calibration is None:
             print(f"{stage} {name}: no local files to measure; the default preference is used")
             continue
-        print(f"{stage} {name}: {calibration.choice} (measured {calibration.measured_at}: "
-              f"{calibration.measure_seconds:.1f} s measuring, {calibration.load_seconds:.1f} s loading and exports)")
+        print(
+            f"{stage} {name}: {calibration.choice} (measured {calibration.measured_at}: "
+            f"{calibration.measure_seconds:.1f} s measuring, {calibration.load_seconds:.1f} s loading and exports)"
+        )
         print(f"  cache: {calibration.path}")
         print("\n".join(describe(calibration)))
     if "cross-encoder" not in found:
@@ -536,9 +642,11 @@ def cmd_tokens(args: argparse.Namespace) -> int:
             after = shard.token_store.stats()
             change = f"{before.bytes_per_passage:,.0f} -> " if args.convert else ""
             pooled = f" pooled by {shard.token_store.pool:g}" if shard.token_store.pool != 1.0 else ""
-            print(f"{shard.path}: {shard.token_store.encoding} tokens{pooled}, {after.passages} passages, "
-                  f"{after.tokens_per_passage:.1f} tokens and {change}{after.bytes_per_passage:,.0f} bytes per passage"
-                  + (f", codec {after.codec_bytes:,} bytes" if after.codec_bytes else ""))
+            print(
+                f"{shard.path}: {shard.token_store.encoding} tokens{pooled}, {after.passages} passages, "
+                f"{after.tokens_per_passage:.1f} tokens and {change}{after.bytes_per_passage:,.0f} bytes per passage"
+                + (f", codec {after.codec_bytes:,} bytes" if after.codec_bytes else "")
+            )
     return 0
 
 
@@ -555,19 +663,30 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.rerank_depth is not None and args.rerank_depth < 1:
         raise UsageError(f"--rerank-depth must be a positive integer (got {args.rerank_depth})")
     if args.rerank_depth is not None and args.rerank_depth > args.k:
-        raise UsageError(f"--rerank-depth {args.rerank_depth} is more than the --k {args.k} candidates there are to "
-                         f"rerank; lower it or raise --k")
+        raise UsageError(
+            f"--rerank-depth {args.rerank_depth} is more than the --k {args.k} candidates there are to "
+            f"rerank; lower it or raise --k"
+        )
     queries = _read_queries(args.queries) if args.queries else None
     if args.run:
         writable_file(args.run, "--run")
     from .engine import Engine
 
-    with Engine.open(args.directory, reranker=reranker_spec(args), runtime=runtime_from_args(args),
-                     ray=args.ray) as engine:
+    with Engine.open(
+        args.directory, reranker=reranker_spec(args), runtime=runtime_from_args(args), ray=args.ray
+    ) as engine:
         if queries is not None:
             return _search_batch(engine, args, filters, queries)
-        result = engine.search(args.query, k=args.k, top_n=args.top_n, rerank=not args.no_rerank, filter=filters,
-                               ef_search=args.ef_search, nprobe=args.nprobe, **_lever_options(args))
+        result = engine.search(
+            args.query,
+            k=args.k,
+            top_n=args.top_n,
+            rerank=not args.no_rerank,
+            filter=filters,
+            ef_search=args.ef_search,
+            nprobe=args.nprobe,
+            **_lever_options(args),
+        )
         _print_notices(engine, result.notices)
         if args.json:
             print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
@@ -587,8 +706,13 @@ def _print_notices(engine: Any, notices: Sequence[str]) -> None:
 def _lever_options(args: argparse.Namespace) -> dict[str, str]:
     """``--prf``, ``--query-tokens``, ``--fusion``, ``--first-stage`` and ``--rerank-depth`` as given (absent ones keep
     the engine's defaults)."""
-    given = {"prf": args.prf, "query_tokens": args.query_tokens, "fusion": args.fusion,
-             "first_stage": first_stage_spec(args), "rerank_depth": args.rerank_depth}
+    given = {
+        "prf": args.prf,
+        "query_tokens": args.query_tokens,
+        "fusion": args.fusion,
+        "first_stage": first_stage_spec(args),
+        "rerank_depth": args.rerank_depth,
+    }
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -620,16 +744,23 @@ def _read_queries(path: Path) -> dict[str, str]:
     return queries
 
 
-def _search_batch(engine: Any, args: argparse.Namespace, filters: dict[str, str] | None,
-                  queries: dict[str, str]) -> int:
+def _search_batch(
+    engine: Any, args: argparse.Namespace, filters: dict[str, str] | None, queries: dict[str, str]
+) -> int:
     from twostage.eval.trec import write_run
 
     qids = list(queries)
     # a TREC run holds every candidate (as Pyserini's do), so recall at any depth up to --k can be measured
     top_n = max(args.k, args.top_n) if args.run else args.top_n
     by_qid = engine.search_queries(
-        queries, k=args.k, top_n=top_n, rerank=not args.no_rerank, filter=filters,
-        ef_search=args.ef_search, nprobe=args.nprobe, **_lever_options(args),
+        queries,
+        k=args.k,
+        top_n=top_n,
+        rerank=not args.no_rerank,
+        filter=filters,
+        ef_search=args.ef_search,
+        nprobe=args.nprobe,
+        **_lever_options(args),
     )
     results = [by_qid[q] for q in qids]
     _print_notices(engine, results[0].notices if results else [])
@@ -737,8 +868,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (sqlite3.Error, OSError) as err:  # storage trouble not met where it is mapped: still one line, exit 2
-        print(f"twostage {args.command}: error: {_storage_message(err, getattr(args, 'directory', None))}",
-              file=sys.stderr)
+        print(
+            f"twostage {args.command}: error: {_storage_message(err, getattr(args, 'directory', None))}",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -5,6 +5,7 @@ during indexing: actors only encode, and each encoded batch is written through `
 SQLite at once, FAISS written on commit), so a crash or a killed worker costs at most the batches in flight, and a
 re-run skips every committed document. Serving, each shard is opened by one actor, which is then its only writer.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,15 +13,22 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from twostage.indexes.documents import Document
 from twostage.indexes.errors import CollectionError
-from twostage.indexes.sharded import (SHARDS_MANIFEST, ShardManifest, ShardedCollection, merge_top_k, shard_name,
-                                      shard_of)
+from twostage.indexes.sharded import (
+    SHARDS_MANIFEST,
+    ShardedCollection,
+    ShardManifest,
+    merge_top_k,
+    shard_name,
+    shard_of,
+)
 from twostage.reranker.base import Candidate, Reranker
 from twostage.runtime.config import RuntimeConfig
 
@@ -34,8 +42,16 @@ WINDOW = 65536
 #: a window whose pipeline fails (a node or actor lost for good) is retried from what was committed this often
 WINDOW_ATTEMPTS = 3
 #: environment the driver hands to every actor, so workers started elsewhere read the same caches and offline settings
-FORWARDED_ENV = ("TWOSTAGE_CACHE_DIR", "TWOSTAGE_BACKEND", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME",
-                 "HF_HUB_CACHE", "TOKENIZERS_PARALLELISM", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+FORWARDED_ENV = (
+    "TWOSTAGE_CACHE_DIR",
+    "TWOSTAGE_BACKEND",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "TOKENIZERS_PARALLELISM",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+)
 LOOPBACK = ("127.0.0.1", "localhost")
 
 
@@ -101,11 +117,14 @@ class EncoderActor:
         from twostage.retriever.biencoder import BiEncoder
 
         device, _ = runtime.placement()
-        self.encoder = BiEncoder(model, device=device, batch_size=runtime.batch_size, backend=backend,
-                                 threads=runtime.threads)
+        self.encoder = BiEncoder(
+            model, device=device, batch_size=runtime.batch_size, backend=backend, threads=runtime.threads
+        )
         if self.encoder.fingerprint != fingerprint:
-            raise CollectionError(f"the bi-encoder {model!r} on this worker has fingerprint "
-                                  f"{self.encoder.fingerprint[:12]}, not the collection's {fingerprint[:12]}")
+            raise CollectionError(
+                f"the bi-encoder {model!r} on this worker has fingerprint "
+                f"{self.encoder.fingerprint[:12]}, not the collection's {fingerprint[:12]}"
+            )
         self.tokens = tokens
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -117,7 +136,9 @@ class EncoderActor:
         if self.tokens:
             out["embedding"], tokens = encode_with_tokens(self.encoder, texts)
             # ragged per-passage arrays travel as bytes plus their token counts
-            out["tokens"] = np.array([np.ascontiguousarray(t, dtype=np.float16).tobytes() for t in tokens], dtype=object)
+            out["tokens"] = np.array(
+                [np.ascontiguousarray(t, dtype=np.float16).tobytes() for t in tokens], dtype=object
+            )
             out["n_tokens"] = np.array([len(t) for t in tokens], dtype=np.int64)
         else:
             encoded = self.encoder.encode_documents(texts)
@@ -147,17 +168,30 @@ def index_distributed(
     GPU with ``--device cuda``). Returns the report and the collection's final size."""
     ray = connect(address)
     runtime = runtime or RuntimeConfig()
-    engine = Engine.create(directory, model=model, reranker=None, index_type=index_type, overwrite=overwrite,
-                           store_tokens=store_tokens, token_pool=token_pool, runtime=runtime, shards=shards)
+    engine = Engine.create(
+        directory,
+        model=model,
+        reranker=None,
+        index_type=index_type,
+        overwrite=overwrite,
+        store_tokens=store_tokens,
+        token_pool=token_pool,
+        runtime=runtime,
+        shards=shards,
+    )
     with engine:
         collection = engine.collection
         device, _ = runtime.placement()
         per_actor = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": 1}
         if actors is None:
             actors = max(1, int(ray.cluster_resources().get("GPU" if "num_gpus" in per_actor else "CPU", 1)))
-        encode_args = dict(model=str(engine.encoder.source),  # the resolved model files, the same on every node
-                           fingerprint=collection.manifest.model_fingerprint, runtime=runtime,
-                           backend=engine.encoder.backend, tokens=collection.token_store is not None)
+        encode_args = dict(
+            model=str(engine.encoder.source),  # the resolved model files, the same on every node
+            fingerprint=collection.manifest.model_fingerprint,
+            runtime=runtime,
+            backend=engine.encoder.backend,
+            tokens=collection.token_store is not None,
+        )
         report = AddReport()
         started = time.perf_counter()
         seen: set[str] = set()
@@ -172,9 +206,17 @@ def index_distributed(
         return report, len(collection)
 
 
-def _index_window(ray: Any, engine: Engine, window: list[Document], encode_args: dict[str, Any],
-                  per_actor: dict[str, int], actors: int, batch_size: int, report: AddReport,
-                  progress: Callable[[int], None] | None) -> None:
+def _index_window(
+    ray: Any,
+    engine: Engine,
+    window: list[Document],
+    encode_args: dict[str, Any],
+    per_actor: dict[str, int],
+    actors: int,
+    batch_size: int,
+    report: AddReport,
+    progress: Callable[[int], None] | None,
+) -> None:
     """Encode and write the window's new or changed documents; a failed pipeline is rerun on what is still missing."""
     collection = engine.collection
     existing = {doc.id: doc for doc in collection.get([d.id for d in window]) if doc is not None}
@@ -185,8 +227,9 @@ def _index_window(ray: Any, engine: Engine, window: list[Document], encode_args:
         progress(len(window) - len(todo))
     for attempt in range(1, WINDOW_ATTEMPTS + 1):
         try:
-            _encode_and_write(ray, engine, todo, encode_args, per_actor, actors, batch_size, report, replacing,
-                              progress)
+            _encode_and_write(
+                ray, engine, todo, encode_args, per_actor, actors, batch_size, report, replacing, progress
+            )
             return
         except ray.exceptions.RayError as err:
             if attempt == WINDOW_ATTEMPTS:
@@ -196,9 +239,18 @@ def _index_window(ray: Any, engine: Engine, window: list[Document], encode_args:
             todo = [d for d in todo if not (d.id in written and _same(written[d.id], d))]
 
 
-def _encode_and_write(ray: Any, engine: Engine, todo: list[Document], encode_args: dict[str, Any],
-                      per_actor: dict[str, int], actors: int, batch_size: int, report: AddReport,
-                      replacing: set[str], progress: Callable[[int], None] | None) -> None:
+def _encode_and_write(
+    ray: Any,
+    engine: Engine,
+    todo: list[Document],
+    encode_args: dict[str, Any],
+    per_actor: dict[str, int],
+    actors: int,
+    batch_size: int,
+    report: AddReport,
+    replacing: set[str],
+    progress: Callable[[int], None] | None,
+) -> None:
     from twostage.reranker.maxsim import content_token_ids
 
     if not todo:
@@ -210,22 +262,35 @@ def _encode_and_write(ray: Any, engine: Engine, todo: list[Document], encode_arg
     rows = [{"row": i, "text": texts[i]} for i in sorted(range(len(todo)), key=lambda i: -len(texts[i]))]
     blocks = max(1, min(len(rows) // batch_size, 4 * actors))
     encoded = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
-        EncoderActor, fn_constructor_kwargs=encode_args, batch_size=batch_size, batch_format="numpy",
+        EncoderActor,
+        fn_constructor_kwargs=encode_args,
+        batch_size=batch_size,
+        batch_format="numpy",
         # all actors at once; after losing some (a node died) the pool goes on with the rest
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors), **per_actor,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
+        **per_actor,
     )
     dim = collection.manifest.dimension
     for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
         docs = [todo[int(i)] for i in batch["row"]]
         tokens = None
         if "tokens" in batch:
-            tokens = [np.frombuffer(b, dtype=np.float16).reshape(int(n), dim)
-                      for b, n in zip(batch["tokens"], batch["n_tokens"])]
+            tokens = [
+                np.frombuffer(b, dtype=np.float16).reshape(int(n), dim)
+                for b, n in zip(batch["tokens"], batch["n_tokens"])
+            ]
         # token ids for MaxSim's IDF weights: tokenising only, done here with the driver's own tokenizer
-        terms = (content_token_ids(engine.encoder, [d.text_for_encoding() for d in docs])
-                 if getattr(collection, "token_df", None) is not None else None)
-        collection.upsert(docs, np.asarray(batch["embedding"], dtype=np.float32), tokens=tokens,
-                          **({} if terms is None else {"terms": terms}))
+        terms = (
+            content_token_ids(engine.encoder, [d.text_for_encoding() for d in docs])
+            if getattr(collection, "token_df", None) is not None
+            else None
+        )
+        collection.upsert(
+            docs,
+            np.asarray(batch["embedding"], dtype=np.float32),
+            tokens=tokens,
+            **({} if terms is None else {"terms": terms}),
+        )
         replaced = sum(1 for d in docs if d.id in replacing)
         report.replaced += replaced
         report.added += len(docs) - replaced
@@ -244,8 +309,9 @@ class ShardActor:
 
         self.collection = Collection.open(path)
 
-    def search(self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None, ef_search: int | None,
-               nprobe: int | None) -> list[list[tuple[str, float]]]:
+    def search(
+        self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None, ef_search: int | None, nprobe: int | None
+    ) -> list[list[tuple[str, float]]]:
         size = max(len(self.collection), 1)
         return self.collection.search(vectors, min(k, size), filter=filter, ef_search=ef_search, nprobe=nprobe)
 
@@ -269,7 +335,7 @@ class ShardActor:
 class PrefetchedTokens:
     """MaxSim's token store for a Ray-served collection: the vectors fetched with the candidates' documents."""
 
-    def __init__(self, collection: "RayShardedCollection"):
+    def __init__(self, collection: RayShardedCollection):
         self.collection = collection
         self.encoding = "float16"
         self.latest: dict[str, np.ndarray] = {}
@@ -297,12 +363,14 @@ class RayShardedCollection:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: str | Path, *, address: str) -> "RayShardedCollection":
+    def open(cls, path: str | Path, *, address: str) -> RayShardedCollection:
         """Start one actor per shard of the sharded collection at ``path`` (every shard opened where its actor runs)."""
         path = Path(path).resolve()
         if not ShardedCollection.exists(path):
-            raise UsageError(f"--ray serves a sharded collection, and {path} has no {SHARDS_MANIFEST}; "
-                             f"build one with 'twostage index CORPUS --index DIR --shards N'")
+            raise UsageError(
+                f"--ray serves a sharded collection, and {path} has no {SHARDS_MANIFEST}; "
+                f"build one with 'twostage index CORPUS --index DIR --shards N'"
+            )
         manifest = ShardManifest.read(path / SHARDS_MANIFEST)
         ray = connect(address)
         remote = ray.remote(num_cpus=0)(ShardActor)
@@ -320,14 +388,22 @@ class RayShardedCollection:
     def _all(self, method: str, *args: Any) -> list[Any]:
         return self._ray.get([actor.call.remote(method, *args) for actor in self.actors])
 
-    def search(self, query_vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None = None, *,
-               ef_search: int | None = None, nprobe: int | None = None) -> list[list[tuple[str, float]]]:
+    def search(
+        self,
+        query_vectors: np.ndarray,
+        k: int,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> list[list[tuple[str, float]]]:
         vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
         per_shard = self._ray.get([a.search.remote(vectors, k, filter, ef_search, nprobe) for a in self.actors])
         return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(vectors))]
 
-    def lexical_search(self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
-                       ) -> list[list[tuple[str, float]]]:
+    def lexical_search(
+        self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
+    ) -> list[list[tuple[str, float]]]:
         """Every shard actor's BM25 top-``k``, merged (per-shard statistics: see ``ShardedCollection.lexical_search``)."""
         per_shard = self._all("lexical_search", list(queries), k, filter)
         return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(queries))]
@@ -337,7 +413,9 @@ class RayShardedCollection:
         ids = [str(d) for d in doc_ids]
         groups = self._by_shard(ids)
         want_tokens = self.token_store is not None
-        replies = self._ray.get([self.actors[i].get.remote([ids[p] for p in pos], want_tokens) for i, pos in groups.items()])
+        replies = self._ray.get(
+            [self.actors[i].get.remote([ids[p] for p in pos], want_tokens) for i, pos in groups.items()]
+        )
         out: list[Document | None] = [None] * len(ids)
         tokens: dict[str, np.ndarray] = {}
         for (_, positions), (docs, found) in zip(groups.items(), replies):
@@ -353,16 +431,26 @@ class RayShardedCollection:
         _, found = self._ray.get(self.actors[shard_of(doc_id, len(self.actors))].get.remote([doc_id], True))
         return found.get(doc_id)
 
-    def upsert(self, docs: Sequence[Document], embeddings: np.ndarray, tokens: Sequence[np.ndarray] | None = None,
-               terms: Sequence[np.ndarray] | None = None) -> list[Any]:
+    def upsert(
+        self,
+        docs: Sequence[Document],
+        embeddings: np.ndarray,
+        tokens: Sequence[np.ndarray] | None = None,
+        terms: Sequence[np.ndarray] | None = None,
+    ) -> list[Any]:
         """Each document to the actor that owns its shard."""
         docs = list(docs)
         embeddings = np.asarray(embeddings, dtype=np.float32)
         calls = []
         for index, positions in self._by_shard([d.id for d in docs]).items():
-            calls.append(self.actors[index].call.remote(
-                "upsert", [docs[p] for p in positions], embeddings[positions],
-                tokens=None if tokens is None else [tokens[p] for p in positions]))
+            calls.append(
+                self.actors[index].call.remote(
+                    "upsert",
+                    [docs[p] for p in positions],
+                    embeddings[positions],
+                    tokens=None if tokens is None else [tokens[p] for p in positions],
+                )
+            )
         return self._ray.get(calls)
 
     def delete(self, doc_ids: Sequence[str]) -> Any:
@@ -370,7 +458,9 @@ class RayShardedCollection:
 
         ids = list(dict.fromkeys(str(d) for d in doc_ids))
         groups = self._by_shard(ids)
-        results = self._ray.get([self.actors[i].call.remote("delete", [ids[p] for p in pos]) for i, pos in groups.items()])
+        results = self._ray.get(
+            [self.actors[i].call.remote("delete", [ids[p] for p in pos]) for i, pos in groups.items()]
+        )
         missing = {d for r in results for d in r.missing}
         return DeleteResult(deleted=[d for d in ids if d not in missing], missing=[d for d in ids if d in missing])
 
@@ -382,8 +472,9 @@ class RayShardedCollection:
         ids = [str(d) for d in doc_ids]
         groups = self._by_shard(ids)
         out = np.empty((len(ids), self.manifest.dimension), dtype=np.float32)
-        replies = self._ray.get([self.actors[i].call.remote("embeddings_of", [ids[p] for p in pos])
-                                 for i, pos in groups.items()])
+        replies = self._ray.get(
+            [self.actors[i].call.remote("embeddings_of", [ids[p] for p in pos]) for i, pos in groups.items()]
+        )
         for positions, vectors in zip(groups.values(), replies):
             out[positions] = vectors
         return out
@@ -392,7 +483,9 @@ class RayShardedCollection:
         ids = [str(d) for d in doc_ids]
         groups = self._by_shard(ids)
         found: dict[str, str] = {}
-        for reply in self._ray.get([self.actors[i].call.remote("hashes", [ids[p] for p in pos]) for i, pos in groups.items()]):
+        for reply in self._ray.get(
+            [self.actors[i].call.remote("hashes", [ids[p] for p in pos]) for i, pos in groups.items()]
+        ):
             found.update(reply)
         return found
 
@@ -402,10 +495,17 @@ class RayShardedCollection:
     def stats(self) -> dict[str, Any]:
         per_shard = self._all("stats")
         totals = {key: sum(s[key] for s in per_shard) for key in ("document_count", "vector_count", "disk_bytes")}
-        return {"path": str(self.path), "shard_count": self.manifest.shard_count, "served_by": "ray actors",
-                "model_name": self.manifest.model_name, "index_type": self.manifest.index_type, **totals,
-                "shards": [{"shard": shard_name(i), "document_count": s["document_count"]}
-                           for i, s in enumerate(per_shard)]}
+        return {
+            "path": str(self.path),
+            "shard_count": self.manifest.shard_count,
+            "served_by": "ray actors",
+            "model_name": self.manifest.model_name,
+            "index_type": self.manifest.index_type,
+            **totals,
+            "shards": [
+                {"shard": shard_name(i), "document_count": s["document_count"]} for i, s in enumerate(per_shard)
+            ],
+        }
 
     def close(self) -> None:
         """Commit and close every shard, then end the actors."""
@@ -419,7 +519,7 @@ class RayShardedCollection:
                     self._ray.kill(actor)
                 self.actors = []
 
-    def __enter__(self) -> "RayShardedCollection":
+    def __enter__(self) -> RayShardedCollection:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -435,11 +535,19 @@ class RerankerReplica:
         from twostage.retriever.biencoder import BiEncoder
 
         device, cross_backend = runtime.placement()
-        encoder = BiEncoder(model, device=device, batch_size=runtime.batch_size, backend=backend,
-                            threads=runtime.threads) if model else None
+        encoder = (
+            BiEncoder(model, device=device, batch_size=runtime.batch_size, backend=backend, threads=runtime.threads)
+            if model
+            else None
+        )
         self.reranker, self.notice = load_reranker(
-            spec, encoder=encoder, device=device, batch_size=runtime.batch_size, backend=cross_backend,
-            threads=runtime.threads)
+            spec,
+            encoder=encoder,
+            device=device,
+            batch_size=runtime.batch_size,
+            backend=cross_backend,
+            threads=runtime.threads,
+        )
 
     def describe(self) -> str:
         return self.reranker.name
@@ -467,12 +575,15 @@ class RerankerPool(Reranker):
     def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
         return self.score_candidates([query], [[Candidate(str(i), t) for i, t in enumerate(texts)]])[0]
 
-    def score_candidates(self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]]) -> list[np.ndarray]:
+    def score_candidates(
+        self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]]
+    ) -> list[np.ndarray]:
         return self._ray.get(self._replica().score.remote(list(queries), [list(c) for c in candidates_per_query]))
 
 
-def open_ray_engine(directory: str | Path, *, address: str, reranker: str | None, replicas: int,
-                    runtime: RuntimeConfig) -> Engine:
+def open_ray_engine(
+    directory: str | Path, *, address: str, reranker: str | None, replicas: int, runtime: RuntimeConfig
+) -> Engine:
     """An engine over a Ray-served sharded collection. A cross-encoder reranks on ``replicas`` replica actors; MaxSim
     (named, or the offline fallback) runs in this process on the engine's own bi-encoder, since its only model work is
     the query and shipping 100 candidates' token vectors to a replica would cost more than scoring them here."""
@@ -484,8 +595,10 @@ def open_ray_engine(directory: str | Path, *, address: str, reranker: str | None
     ray = connect(address)
     try:
         remote = ray.remote(num_cpus=0)(RerankerReplica)
-        actors = [remote.remote(reranker, str(engine.encoder.source), runtime, engine.encoder.backend)
-                  for _ in range(max(1, replicas))]
+        actors = [
+            remote.remote(reranker, str(engine.encoder.source), runtime, engine.encoder.backend)
+            for _ in range(max(1, replicas))
+        ]
         name = ray.get(actors[0].describe.remote())
     except BaseException:
         engine.close()

@@ -1,14 +1,16 @@
 """The engine: a collection, the bi-encoder that built it and a reranker, composed into index-and-search."""
+
 from __future__ import annotations
 
 import json
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -17,9 +19,9 @@ from twostage.indexes.documents import Document, id_problem, unicode_problem
 from twostage.indexes.protocols import CollectionLike, ManifestLike
 from twostage.indexes.sharded import ShardedCollection, collection_exists, open_collection
 from twostage.reranker.base import Candidate, Reranker
-from twostage.reranker.resolve import DEFAULT_RERANKER
 from twostage.reranker.loading import RerankerFallbackWarning, load_reranker
 from twostage.reranker.maxsim import MaxSimReranker, QueryTokens, content_token_ids, encode_with_tokens
+from twostage.reranker.resolve import DEFAULT_RERANKER
 from twostage.reranker.score_fusion import FusedReranker, Fusion
 from twostage.retriever.biencoder import BiEncoder, EncodeResult
 from twostage.retriever.fusion import FirstStage
@@ -149,7 +151,7 @@ class Engine:
         backend: str | None = None,
         runtime: RuntimeConfig | None = None,
         shards: int | None = None,
-    ) -> "Engine":
+    ) -> Engine:
         """A new, empty collection at ``path`` (or the existing one there, resumed, when built by the same model).
 
         ``shards=N`` builds a sharded collection (``indexes.sharded``): N collections, documents routed by id hash.
@@ -168,8 +170,10 @@ class Engine:
             found = len(engine.collection.shards) if isinstance(engine.collection, ShardedCollection) else None
             if shards is not None and found != shards:
                 engine.close()
-                raise UsageError(f"collection {path} {f'has {found} shards' if found else 'is not sharded'}, but "
-                                 f"--shards {shards} was given; index into a new directory (or with --overwrite)")
+                raise UsageError(
+                    f"collection {path} {f'has {found} shards' if found else 'is not sharded'}, but "
+                    f"--shards {shards} was given; index into a new directory (or with --overwrite)"
+                )
             if store_tokens and engine.collection.token_store is None:
                 engine.close()
                 raise UsageError(
@@ -180,16 +184,22 @@ class Engine:
             factory = _factory_of(engine.collection)
             if not _same_index_type(index_type, engine.collection.manifest.index_type, factory):
                 engine.close()
-                raise UsageError(f"collection {path} has a {factory} index, not {index_type}; index into a new "
-                                 "directory (or with --overwrite) to change it")
+                raise UsageError(
+                    f"collection {path} has a {factory} index, not {index_type}; index into a new "
+                    "directory (or with --overwrite) to change it"
+                )
             if isinstance(store_tokens, str) and stored is not None and stored.encoding != store_tokens:
                 engine.close()
-                raise UsageError(f"collection {path} stores {stored.encoding} tokens, not {store_tokens}; convert them "
-                                 f"with 'twostage tokens {path} --convert {store_tokens}' (or name no encoding)")
+                raise UsageError(
+                    f"collection {path} stores {stored.encoding} tokens, not {store_tokens}; convert them "
+                    f"with 'twostage tokens {path} --convert {store_tokens}' (or name no encoding)"
+                )
             if token_pool is not None and stored is not None and stored.pool != token_pool:
                 engine.close()
-                raise UsageError(f"collection {path} pools its tokens by {stored.pool:g}, not {token_pool:g}; index "
-                                 "into a new directory (or with --overwrite) to change it")
+                raise UsageError(
+                    f"collection {path} pools its tokens by {stored.pool:g}, not {token_pool:g}; index "
+                    "into a new directory (or with --overwrite) to change it"
+                )
             return engine
         device, chosen = runtime.placement()
         if encoder is None and measured(runtime.backend, device):  # auto: measured here once per machine and model
@@ -227,7 +237,7 @@ class Engine:
         backend: str | None = None,
         runtime: RuntimeConfig | None = None,
         ray: str | None = None,
-    ) -> "Engine":
+    ) -> Engine:
         """Open an existing collection (single or sharded) with the bi-encoder that built it; a different bi-encoder
         is refused. ``ray`` ("auto" or a cluster address) serves a sharded collection's shards from Ray actors.
 
@@ -246,7 +256,10 @@ class Engine:
         try:
             device, query_backend = query_placement(manifest, runtime, path)
             encoder = encoder or BiEncoder(
-                model or manifest.model_name, device=device, batch_size=runtime.batch_size, backend=query_backend,
+                model or manifest.model_name,
+                device=device,
+                batch_size=runtime.batch_size,
+                backend=query_backend,
                 threads=runtime.threads,
             )
         except BaseException:
@@ -271,7 +284,7 @@ class Engine:
     def close(self) -> None:
         self.collection.close()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -328,8 +341,9 @@ class Engine:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _add_chunk(self, chunk: list[Document], report: AddReport, write: Callable[[Callable[[], object]], None]
-                   ) -> None:
+    def _add_chunk(
+        self, chunk: list[Document], report: AddReport, write: Callable[[Callable[[], object]], None]
+    ) -> None:
         existing = {doc.id: doc for doc in self.collection.get([d.id for d in chunk]) if doc is not None}
         todo = [d for d in chunk if not _same(existing.get(d.id), d)]
         report.unchanged += len(chunk) - len(todo)
@@ -385,9 +399,20 @@ class Engine:
         ``query_tokens`` ("plain", "idf", "special", "idf+special") weighs MaxSim's query tokens; ``fusion`` ("rrf",
         "zscore:W", "minmax:W") fuses both stages' scores into the final one. Each "default" is
         ``MAXSIM_DEFAULTS``' setting when MaxSim reranks the search, else off; None or "none" is off."""
-        return self.search_many([query], k=k, top_n=top_n, rerank=rerank, filter=filter, ef_search=ef_search,
-                                nprobe=nprobe, prf=prf, query_tokens=query_tokens, fusion=fusion,
-                                first_stage=first_stage, rerank_depth=rerank_depth)[0]
+        return self.search_many(
+            [query],
+            k=k,
+            top_n=top_n,
+            rerank=rerank,
+            filter=filter,
+            ef_search=ef_search,
+            nprobe=nprobe,
+            prf=prf,
+            query_tokens=query_tokens,
+            fusion=fusion,
+            first_stage=first_stage,
+            rerank_depth=rerank_depth,
+        )[0]
 
     def search_many(
         self,
@@ -411,13 +436,17 @@ class Engine:
         if rerank_depth is not None and (not isinstance(rerank_depth, int) or rerank_depth < 1):
             raise UsageError(f"rerank_depth must be a positive integer (got {rerank_depth!r})")
         if rerank_depth is not None and rerank_depth > k:
-            raise UsageError(f"rerank_depth {rerank_depth} is more than the k={k} candidates there are to rerank; "
-                             f"lower it or raise k")
+            raise UsageError(
+                f"rerank_depth {rerank_depth} is more than the k={k} candidates there are to rerank; "
+                f"lower it or raise k"
+            )
         stage = _parse_first_stage(first_stage)
         prf, query_tokens, fusion = self._levers(rerank, stage, prf, query_tokens, fusion)
         if prf is not None and not stage.uses_dense:
-            raise UsageError(f"pseudo-relevance feedback moves the query vector: it needs a dense or hybrid first "
-                             f"stage, not {stage.label}")
+            raise UsageError(
+                f"pseudo-relevance feedback moves the query vector: it needs a dense or hybrid first "
+                f"stage, not {stage.label}"
+            )
         notices = []
         size = len(self.collection)
         if k > size:
@@ -425,14 +454,17 @@ class Engine:
         n = len(queries)
 
         candidate_lists, encode_s, search_s = self._retrieve(
-            stage, queries, min(k, max(size, 1)), dict(filter) if filter else None, ef_search, nprobe, prf)
+            stage, queries, min(k, max(size, 1)), dict(filter) if filter else None, ef_search, nprobe, prf
+        )
 
         docs = self._fetch(candidate_lists)
         reranker = self._second_stage(query_tokens, fusion) if rerank else None
         if rerank and reranker is None and self._reranker_spec is None and not self.notices:
             notices.append("no reranker configured; showing first-stage order")
-        hit_lists = [[hit_from(docs[doc_id], score, rank) for rank, (doc_id, score) in enumerate(cands, start=1)]
-                     for cands in candidate_lists]
+        hit_lists = [
+            [hit_from(docs[doc_id], score, rank) for rank, (doc_id, score) in enumerate(cands, start=1)]
+            for cands in candidate_lists
+        ]
         rerank_s = 0.0
         if reranker is not None:
             hit_lists, rerank_s = rerank_hits(reranker, queries, hit_lists, rerank_depth)
@@ -451,8 +483,14 @@ class Engine:
             )
         return results
 
-    def search_queries(self, queries: Mapping[str, str], *, one_at_a_time: bool = False,
-                       progress: Callable[[int], None] | None = None, **options: Any) -> dict[str, SearchResult]:
+    def search_queries(
+        self,
+        queries: Mapping[str, str],
+        *,
+        one_at_a_time: bool = False,
+        progress: Callable[[int], None] | None = None,
+        **options: Any,
+    ) -> dict[str, SearchResult]:
         """``qid -> query`` searched with ``search_many``'s options: what ``twostage search --queries Q --run OUT`` and
         every ``twostage eval`` system run. ``one_at_a_time`` makes each query's timings its own latency."""
         qids = list(queries)
@@ -468,9 +506,16 @@ class Engine:
                 progress(1)
         return out
 
-    def _retrieve(self, stage: FirstStage, queries: list[str], k: int, filter: dict[str, Any] | None,
-                  ef_search: int | None, nprobe: int | None, prf: PRF | None
-                  ) -> tuple[list[list[tuple[str, float]]], float, float]:
+    def _retrieve(
+        self,
+        stage: FirstStage,
+        queries: list[str],
+        k: int,
+        filter: dict[str, Any] | None,
+        ef_search: int | None,
+        nprobe: int | None,
+        prf: PRF | None,
+    ) -> tuple[list[list[tuple[str, float]]], float, float]:
         """The first stage: dense (query vectors, PRF if asked), lexical (BM25 over the collection) or both fused;
         returns the candidate lists and the seconds spent encoding and searching, for all queries together."""
         started = time.perf_counter()
@@ -491,8 +536,9 @@ class Engine:
             lists = stage.fuse(dense, lexical, k)
         return lists, encode_s, time.perf_counter() - started - encode_s
 
-    def _levers(self, rerank: bool, stage: FirstStage, prf: Any, query_tokens: Any, fusion: Any
-                ) -> tuple[PRF | None, QueryTokens | None, Fusion | None]:
+    def _levers(
+        self, rerank: bool, stage: FirstStage, prf: Any, query_tokens: Any, fusion: Any
+    ) -> tuple[PRF | None, QueryTokens | None, Fusion | None]:
         """The search's feedback, query-token and fusion settings: those given, and for each "default" the one in
         ``MAXSIM_DEFAULTS`` when MaxSim reranks this search (feedback only with a dense first stage), else off."""
         given = {"prf": prf, "query_tokens": query_tokens, "fusion": fusion}
@@ -506,10 +552,12 @@ class Engine:
 
     def _feedback(self, vectors: Any, candidate_lists: list[list[tuple[str, float]]], prf: PRF) -> Any:
         """Each query vector moved towards its top ``prf.k`` candidates' stored vectors (``retriever.prf.rocchio``)."""
-        return np.stack([
-            rocchio(vector, self.collection.embeddings_of([doc_id for doc_id, _ in cands[: prf.k]]), prf)
-            for vector, cands in zip(vectors, candidate_lists)
-        ])
+        return np.stack(
+            [
+                rocchio(vector, self.collection.embeddings_of([doc_id for doc_id, _ in cands[: prf.k]]), prf)
+                for vector, cands in zip(vectors, candidate_lists)
+            ]
+        )
 
     def _second_stage(self, query_tokens: QueryTokens | None, fusion: Fusion | None) -> Reranker | None:
         """The reranker for one search: MaxSim with its query-token option, wrapped to fuse scores when asked."""
@@ -518,8 +566,9 @@ class Engine:
             return None
         if query_tokens is not None and (isinstance(reranker, MaxSimReranker) or query_tokens != QueryTokens()):
             if not isinstance(reranker, MaxSimReranker):
-                raise UsageError(f"query token options ({query_tokens.label}) apply to the maxsim reranker only, "
-                                 f"not {reranker.name}")
+                raise UsageError(
+                    f"query token options ({query_tokens.label}) apply to the maxsim reranker only, not {reranker.name}"
+                )
             reranker = reranker.with_query_tokens(query_tokens, self.token_idf() if query_tokens.weighting else None)
         return FusedReranker(reranker, fusion) if fusion is not None else reranker
 
@@ -527,11 +576,14 @@ class Engine:
         """IDF of token ids in this collection (``indexes.token_df``), recounted first if it is not in step."""
         table = self.collection.token_df
         if table is None:
-            raise UsageError(f"IDF query weighting needs a collection built with --store-tokens "
-                             f"({self.collection.path} was not)")
+            raise UsageError(
+                f"IDF query weighting needs a collection built with --store-tokens ({self.collection.path} was not)"
+            )
         if len(table) != len(self.collection):
-            table.rebuild(((d.id, d.text_for_encoding()) for d in self.collection.iter_documents()),
-                          lambda texts: content_token_ids(self.encoder, texts))
+            table.rebuild(
+                ((d.id, d.text_for_encoding()) for d in self.collection.iter_documents()),
+                lambda texts: content_token_ids(self.encoder, texts),
+            )
         return table.idf
 
     def _fetch(self, candidate_lists: list[list[tuple[str, float]]]) -> dict[str, Document]:
@@ -600,8 +652,15 @@ def _same_index_type(given: str, recorded: str, factory: str) -> bool:
     """Whether ``index_type`` as given to a resumed ``create`` names the index the collection has: ``auto``, the name
     it was built with, the kind its factory string is (flat, hnsw, ivfpq) or the factory string itself."""
     wanted = given.strip().lower()
-    kind = ("flat" if factory == "Flat" else "hnsw" if factory.startswith("HNSW")
-            else "ivfpq" if factory.startswith("IVF") and ",PQ" in factory else factory.lower())
+    kind = (
+        "flat"
+        if factory == "Flat"
+        else "hnsw"
+        if factory.startswith("HNSW")
+        else "ivfpq"
+        if factory.startswith("IVF") and ",PQ" in factory
+        else factory.lower()
+    )
     return wanted in ("auto", recorded.strip().lower(), kind, factory.lower())
 
 
@@ -632,14 +691,17 @@ def query_placement(manifest: ManifestLike, runtime: RuntimeConfig, path: str | 
     query_backend = compatible_query_backend(stored_backend, wanted)
     if query_backend not in FLOAT_BACKENDS and device != "cpu":
         if runtime.device != "auto":
-            raise UsageError(f"collection {path} was built with the {stored_backend} backend, which runs on the CPU "
-                             f"only; search it with --device cpu (or auto)")
+            raise UsageError(
+                f"collection {path} was built with the {stored_backend} backend, which runs on the CPU "
+                f"only; search it with --device cpu (or auto)"
+            )
         device = "cpu"
     return device, query_backend
 
 
-def parse_levers(prf: PRF | str | None = None, query_tokens: QueryTokens | str | None = None,
-                 fusion: Fusion | str | None = None) -> tuple[PRF | None, QueryTokens | None, Fusion | None]:
+def parse_levers(
+    prf: PRF | str | None = None, query_tokens: QueryTokens | str | None = None, fusion: Fusion | str | None = None
+) -> tuple[PRF | None, QueryTokens | None, Fusion | None]:
     """The search's feedback, query-token and fusion options from their specs ("none" = off); UsageError if malformed
     (the server checks a request's fields with it before queueing the search)."""
     try:
@@ -692,13 +754,19 @@ def hit_from(doc: Document, score: float, rank: int) -> Hit:
     )
 
 
-def rerank_hits(reranker: Reranker, queries: Sequence[str], hit_lists: Sequence[list[Hit]], depth: int | None = None
-                ) -> tuple[list[list[Hit]], float]:
+def rerank_hits(
+    reranker: Reranker, queries: Sequence[str], hit_lists: Sequence[list[Hit]], depth: int | None = None
+) -> tuple[list[list[Hit]], float]:
     """The engine's second stage: each query's top ``depth`` hits (all when None) scored in one batched pass and
     sorted by it, the rest beneath in first-stage order; returns the hit lists and the seconds spent scoring.
     Candidates go by doc id as well as text, so MaxSim reads stored token vectors instead of encoding passages."""
-    candidates = [[Candidate(h.doc_id, Document(h.doc_id, h.text, h.title).text_for_encoding(), h.retrieval_score)
-                   for h in hits[:depth]] for hits in hit_lists]
+    candidates = [
+        [
+            Candidate(h.doc_id, Document(h.doc_id, h.text, h.title).text_for_encoding(), h.retrieval_score)
+            for h in hits[:depth]
+        ]
+        for hits in hit_lists
+    ]
     started = time.perf_counter()
     score_lists = reranker.score_candidates(list(queries), candidates) if any(candidates) else [[] for _ in queries]
     seconds = time.perf_counter() - started
@@ -708,7 +776,7 @@ def rerank_hits(reranker: Reranker, queries: Sequence[str], hit_lists: Sequence[
 def _apply_rerank(hits: list[Hit], scores: Sequence[float]) -> list[Hit]:
     """Attach second-stage scores to the first ``len(scores)`` hits and sort those by them (ties keep first-stage
     order); hits beyond the rerank depth follow in first-stage order, without a rerank score."""
-    head, rest = hits[: len(scores)], hits[len(scores):]
+    head, rest = hits[: len(scores)], hits[len(scores) :]
     for hit, score in zip(head, scores):
         hit.rerank_score = float(score)
     ordered = sorted(head, key=lambda h: -h.rerank_score) + rest  # sorted() is stable

@@ -1,4 +1,5 @@
 """Errors the engine raises for misuse that the user can fix (bad query, wrong model for a collection, ...)."""
+
 from __future__ import annotations
 
 

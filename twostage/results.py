@@ -1,4 +1,5 @@
 """Plain, JSON-serialisable results of a search: hits with both stage scores and ranks, and per-stage timings."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

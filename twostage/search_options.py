@@ -1,4 +1,5 @@
 """The search options ``twostage search`` and ``twostage serve`` share, declared once, and the reranker they name."""
+
 from __future__ import annotations
 
 import argparse

@@ -19,6 +19,7 @@ progress, or (with Retry-After) while another process holds the collection's wri
 not among ``--allowed-hosts``. A filter on a metadata key
 that no document has matches nothing (200 with no hits), like a key whose value no document has.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,9 +30,10 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
@@ -39,7 +41,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt, StrictStr, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twostage.indexes.documents import id_problem
@@ -93,8 +105,16 @@ class ServerConfig:
         return not self.token
 
     def limits(self) -> dict[str, int]:
-        keys = ("max_query_chars", "max_k", "max_top_n", "max_ef_search", "max_nprobe", "max_batch", "max_body_bytes",
-                "max_docs_per_add")
+        keys = (
+            "max_query_chars",
+            "max_k",
+            "max_top_n",
+            "max_ef_search",
+            "max_nprobe",
+            "max_batch",
+            "max_body_bytes",
+            "max_docs_per_add",
+        )
         return {key: getattr(self, key) for key in keys}
 
 
@@ -162,24 +182,34 @@ class SearchOptions(_Strict):
     rerank: StrictBool | None = Field(None, description="run the second stage (CLI --no-rerank is false)")
     filter: dict[Text, Scalar | None] | None = Field(
         None,
-        description="metadata KEY → VALUE, all must match (CLI --filter KEY=VALUE; \"2020\" matches 2020, null matches null); "
+        description='metadata KEY → VALUE, all must match (CLI --filter KEY=VALUE; "2020" matches 2020, null matches null); '
         "an unknown key matches nothing",
     )
-    ef_search: StrictInt | None = Field(None, description="HNSW search effort (CLI --ef-search); omitted → the index's own")
+    ef_search: StrictInt | None = Field(
+        None, description="HNSW search effort (CLI --ef-search); omitted → the index's own"
+    )
     nprobe: StrictInt | None = Field(None, description="IVF lists scanned (CLI --nprobe); omitted → the index's own")
     first_stage: Text | None = Field(
-        None, description="dense | bm25 | hybrid | hybrid:rrf:K | hybrid:weighted:W (CLI --first-stage); omitted → "
-        "server default")
+        None,
+        description="dense | bm25 | hybrid | hybrid:rrf:K | hybrid:weighted:W (CLI --first-stage); omitted → "
+        "server default",
+    )
     prf: Text | None = Field(
-        None, description="pseudo-relevance feedback K[:BETA] (CLI --prf); \"none\" off; omitted → the engine's default")
+        None, description='pseudo-relevance feedback K[:BETA] (CLI --prf); "none" off; omitted → the engine\'s default'
+    )
     query_tokens: Text | None = Field(
-        None, description="MaxSim query-token weighting plain | idf | special | idf+special (CLI --query-tokens); "
-        "omitted → the engine's default")
+        None,
+        description="MaxSim query-token weighting plain | idf | special | idf+special (CLI --query-tokens); "
+        "omitted → the engine's default",
+    )
     fusion: Text | None = Field(
-        None, description="fuse both stages' scores: rrf | zscore:W | minmax:W (CLI --fusion); \"none\" off; omitted → "
-        "the engine's default")
+        None,
+        description='fuse both stages\' scores: rrf | zscore:W | minmax:W (CLI --fusion); "none" off; omitted → '
+        "the engine's default",
+    )
     rerank_depth: StrictInt | None = Field(
-        None, description="rerank only the top this many candidates (CLI --rerank-depth); omitted → all k")
+        None, description="rerank only the top this many candidates (CLI --rerank-depth); omitted → all k"
+    )
 
 
 class SearchRequest(SearchOptions):
@@ -287,8 +317,15 @@ class QueryStats:
 
     def __init__(self, window: int):
         self.latencies: deque[float] = deque(maxlen=window)
-        self.counts = {"search_requests": 0, "batch_requests": 0, "queries": 0, "adds": 0, "deletes": 0,
-                       "client_errors": 0, "server_errors": 0}
+        self.counts = {
+            "search_requests": 0,
+            "batch_requests": 0,
+            "queries": 0,
+            "adds": 0,
+            "deletes": 0,
+            "client_errors": 0,
+            "server_errors": 0,
+        }
         self.started = time.time()
 
     def record(self, seconds: float, queries: int, batch: bool) -> None:
@@ -347,8 +384,11 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
 
     def check_token(credentials: HTTPAuthorizationCredentials | None) -> None:
         if credentials is None:
-            raise ApiError(401, "this needs the server's token: send 'Authorization: Bearer TOKEN'",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "this needs the server's token: send 'Authorization: Bearer TOKEN'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         if not hmac.compare_digest(credentials.credentials.encode(), str(config.token).encode()):
             raise ApiError(403, "wrong token")
 
@@ -377,8 +417,12 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
             "documents": batcher.documents,
             "read_only": config.read_only,
             "reads_protected": bool(config.protect_reads and config.token),
-            "defaults": {"k": config.k, "top_n": config.top_n, "rerank": config.rerank,
-                         "first_stage": config.first_stage},
+            "defaults": {
+                "k": config.k,
+                "top_n": config.top_n,
+                "rerank": config.rerank,
+                "first_stage": config.first_stage,
+            },
             "limits": config.limits(),
         }
 
@@ -412,7 +456,9 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
         stats.record(elapsed, len(req.queries), batch=True)
         return {"results": [_result(r, opts, elapsed) for r in results], "latency_ms": elapsed * 1000}
 
-    @app.get("/documents/{doc_id:path}", response_model=DocumentOut, dependencies=reads, responses={404: {"model": ErrorOut}})
+    @app.get(
+        "/documents/{doc_id:path}", response_model=DocumentOut, dependencies=reads, responses={404: {"model": ErrorOut}}
+    )
     async def get_document(doc_id: str) -> dict[str, Any]:
         """A stored document by id."""
         doc = (await _await(batcher.call(lambda engine: engine.get([doc_id]))))[0]
@@ -424,16 +470,25 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     async def add_documents(req: AddRequest) -> dict[str, Any]:
         """Add documents, or replace those whose id exists; searchable as soon as this returns."""
         if len(req.documents) > config.max_docs_per_add:
-            raise ApiError(413, f"{len(req.documents)} documents in one call; the limit is "
-                                f"{config.max_docs_per_add} (max_docs_per_add): split them over several calls")
+            raise ApiError(
+                413,
+                f"{len(req.documents)} documents in one call; the limit is "
+                f"{config.max_docs_per_add} (max_docs_per_add): split them over several calls",
+            )
         docs = [d.model_dump() for d in req.documents]
         report = await _await(batcher.call(lambda engine: engine.add(docs), write=True))
         stats.counts["adds"] += 1
-        return {**{k: getattr(report, k) for k in ("added", "replaced", "unchanged", "truncated", "seconds")},
-                "documents": batcher.documents}
+        return {
+            **{k: getattr(report, k) for k in ("added", "replaced", "unchanged", "truncated", "seconds")},
+            "documents": batcher.documents,
+        }
 
-    @app.delete("/documents/{doc_id:path}", response_model=DeleteResponse, dependencies=writes,
-                responses={404: {"model": ErrorOut}})
+    @app.delete(
+        "/documents/{doc_id:path}",
+        response_model=DeleteResponse,
+        dependencies=writes,
+        responses={404: {"model": ErrorOut}},
+    )
     async def delete_document(doc_id: str) -> dict[str, Any]:
         """Delete a document; it never comes back in results."""
         report = await _await(batcher.call(lambda engine: engine.delete([doc_id]), write=True))
@@ -453,13 +508,20 @@ def _options(req: SearchOptions, config: ServerConfig, queries: list[str]) -> di
         if not query.strip():
             raise ApiError(422, f"{where} is empty; give some words to search for")
         if len(query) > config.max_query_chars:
-            raise ApiError(422, f"{where} has {len(query)} characters; the limit is {config.max_query_chars} (max_query_chars)")
+            raise ApiError(
+                422, f"{where} has {len(query)} characters; the limit is {config.max_query_chars} (max_query_chars)"
+            )
     k = config.k if req.k is None else req.k
     top_n = config.top_n if req.top_n is None else req.top_n
     limits = [("k", k, config.max_k), ("top_n", top_n, config.max_top_n)]
-    limits += [(name, value, limit) for name, value, limit in
-               (("ef_search", req.ef_search, config.max_ef_search), ("nprobe", req.nprobe, config.max_nprobe))
-               if value is not None]
+    limits += [
+        (name, value, limit)
+        for name, value, limit in (
+            ("ef_search", req.ef_search, config.max_ef_search),
+            ("nprobe", req.nprobe, config.max_nprobe),
+        )
+        if value is not None
+    ]
     for name, value, limit in limits:
         if value < 1:
             raise ApiError(422, f"{name} must be a positive integer (got {value})")
@@ -479,8 +541,16 @@ def _options(req: SearchOptions, config: ServerConfig, queries: list[str]) -> di
         except UsageError as err:
             raise ApiError(422, f"{name}: {err}") from None
     levers["rerank_depth"] = req.rerank_depth
-    return {"k": k, "top_n": top_n, "rerank": rerank, "filter": req.filter or None, "ef_search": req.ef_search,
-            "nprobe": req.nprobe, "first_stage": first_stage, "levers": levers}
+    return {
+        "k": k,
+        "top_n": top_n,
+        "rerank": rerank,
+        "filter": req.filter or None,
+        "ef_search": req.ef_search,
+        "nprobe": req.nprobe,
+        "first_stage": first_stage,
+        "levers": levers,
+    }
 
 
 def _result(result: Any, opts: dict[str, Any], elapsed: float) -> dict[str, Any]:
@@ -547,9 +617,13 @@ def _install_error_handlers(app: FastAPI, stats: QueryStats) -> None:
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         message = err.detail if isinstance(err.detail, str) else "request failed"
         if err.status_code == 400 and "parsing the body" in message:  # FastAPI keeps the reason as the cause
-            message = ("the body is nested too deeply to be read as JSON" if isinstance(err.__cause__, RecursionError)
-                       else "the body is not valid UTF-8" if isinstance(err.__cause__, UnicodeDecodeError)
-                       else "the body could not be read as JSON")
+            message = (
+                "the body is nested too deeply to be read as JSON"
+                if isinstance(err.__cause__, RecursionError)
+                else "the body is not valid UTF-8"
+                if isinstance(err.__cause__, UnicodeDecodeError)
+                else "the body could not be read as JSON"
+            )
         return reply(err.status_code, message, None, getattr(err, "headers", None))
 
     async def usage_error(request: Request, err: Exception) -> JSONResponse:
@@ -564,8 +638,9 @@ def _install_error_handlers(app: FastAPI, stats: QueryStats) -> None:
         if isinstance(err, LockBusy):  # another process is writing: the client may try again shortly
             # the holder's pid, command line and the path on disk are for the machine's own log, not for clients
             log.warning("%s", err)
-            return reply(503, "the collection is being changed by another process; try again shortly", None,
-                         {"Retry-After": "1"})
+            return reply(
+                503, "the collection is being changed by another process; try again shortly", None, {"Retry-After": "1"}
+            )
         if isinstance(err, ReadOnlyCollection):
             return reply(403, str(err))
         log.error("%s %s: %s", request.method, request.url.path, err)
@@ -594,8 +669,11 @@ def _request_errors() -> tuple[type[Exception], ...]:
 
 def _clean(error: dict[str, Any]) -> dict[str, Any]:
     """A validation error without its (possibly huge or unserialisable) input."""
-    return {"loc": [p if isinstance(p, (str, int)) else str(p) for p in error.get("loc", ())],
-            "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))}
+    return {
+        "loc": [p if isinstance(p, (str, int)) else str(p) for p in error.get("loc", ())],
+        "msg": str(error.get("msg", "")),
+        "type": str(error.get("type", "")),
+    }
 
 
 class BodyLimit:
@@ -727,7 +805,11 @@ async def _drain(receive: Callable, budget: int) -> int:
 
 async def _send_error(send: Callable, status: int, error: str) -> None:
     body = json.dumps({"error": error, "detail": None}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -752,7 +834,7 @@ class ServerThread:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> "ServerThread":
+    def start(self, timeout: float = 30.0) -> ServerThread:
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
@@ -766,7 +848,7 @@ class ServerThread:
         self.thread.join(timeout)
         self.sock.close()
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

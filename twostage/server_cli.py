@@ -1,4 +1,5 @@
 """``twostage serve``: arguments and start-up of the HTTP server."""
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ def check_listen_address(host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Uvicorn binds
             probe.bind((host, port))
     except OSError as err:
-        raise UsageError(f"cannot listen on {host}:{port} ({err.strerror or err}); pick another --port, or 0 for a "
-                         f"free one") from None
+        raise UsageError(
+            f"cannot listen on {host}:{port} ({err.strerror or err}); pick another --port, or 0 for a free one"
+        ) from None
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,30 +78,64 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     add_runtime_arguments(p)
     limits = p.add_argument_group("limits against abuse (each answered with a 4xx error)")
     for flag, field, text in _LIMITS:
-        limits.add_argument(flag, type=int, default=getattr(defaults, field), dest=field,
-                            help=f"{text} (default {getattr(defaults, field)})")
-    limits.add_argument("--max-connections", type=int, default=defaults.max_connections,
-                        help=f"requests in progress before new ones get 503; idle connections do not count and "
-                             f"/health always answers (default {defaults.max_connections})")
-    p.add_argument("--allowed-hosts", default=None, metavar="NAME,...",
-                   help="Host header names to serve, comma-separated, '*' for any (default: the --host address, "
-                        "localhost, 127.0.0.1 and ::1); other names get 400, so a web page cannot rebind to this server")
+        limits.add_argument(
+            flag,
+            type=int,
+            default=getattr(defaults, field),
+            dest=field,
+            help=f"{text} (default {getattr(defaults, field)})",
+        )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help=f"requests in progress before new ones get 503; idle connections do not count and "
+        f"/health always answers (default {defaults.max_connections})",
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        default=None,
+        metavar="NAME,...",
+        help="Host header names to serve, comma-separated, '*' for any (default: the --host address, "
+        "localhost, 127.0.0.1 and ::1); other names get 400, so a web page cannot rebind to this server",
+    )
     from .cli import add_wait_argument
 
     add_wait_argument(p)
     batching = p.add_argument_group("batching")
-    batching.add_argument("--batch-window-ms", type=float, default=defaults.batch_window_ms,
-                          help=f"how long to wait for more queries to batch together (default {defaults.batch_window_ms:g})")
-    batching.add_argument("--max-batch-queries", type=int, default=defaults.max_batch_queries,
-                          help=f"queries per encoder/rerank pass (default {defaults.max_batch_queries})")
+    batching.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=defaults.batch_window_ms,
+        help=f"how long to wait for more queries to batch together (default {defaults.batch_window_ms:g})",
+    )
+    batching.add_argument(
+        "--max-batch-queries",
+        type=int,
+        default=defaults.max_batch_queries,
+        help=f"queries per encoder/rerank pass (default {defaults.max_batch_queries})",
+    )
     scale = p.add_argument_group("scale-out (a sharded collection on Ray)")
-    scale.add_argument("--ray", default=None, metavar="auto|HOST:PORT",
-                       help="serve a sharded collection from Ray: one actor per shard, writes routed to the owning "
-                       "shard, reranking on a pool of replica actors (pip install 'twostage[ray]')")
-    scale.add_argument("--reranker-replicas", type=int, default=2, metavar="N",
-                       help="with --ray: reranker replica actors, one model each (default 2)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                   help="uvicorn's log level (default info)")
+    scale.add_argument(
+        "--ray",
+        default=None,
+        metavar="auto|HOST:PORT",
+        help="serve a sharded collection from Ray: one actor per shard, writes routed to the owning "
+        "shard, reranking on a pool of replica actors (pip install 'twostage[ray]')",
+    )
+    scale.add_argument(
+        "--reranker-replicas",
+        type=int,
+        default=2,
+        metavar="N",
+        help="with --ray: reranker replica actors, one model each (default 2)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level (default info)",
+    )
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -108,7 +144,13 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     from .server import ServerConfig
 
     values = {field: getattr(args, field) for _, field, _ in _LIMITS}
-    for name, value in [*values.items(), ("max_connections", args.max_connections), ("k", args.k), ("top_n", args.top_n), ("max_batch_queries", args.max_batch_queries)]:
+    for name, value in [
+        *values.items(),
+        ("max_connections", args.max_connections),
+        ("k", args.k),
+        ("top_n", args.top_n),
+        ("max_batch_queries", args.max_batch_queries),
+    ]:
         if value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
     if not 0 <= args.batch_window_ms <= MAX_BATCH_WINDOW_MS:  # NaN fails this too
@@ -138,8 +180,8 @@ def _allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
 def run_serve(args: argparse.Namespace) -> int:
     """Open the collection (in the engine worker), say how it is served, then run uvicorn until interrupted."""
     import uvicorn
-    from twostage.indexes.sharded import collection_exists
 
+    from twostage.indexes.sharded import collection_exists
     from twostage.runtime.config import runtime_from_args
 
     from .engine import Engine
@@ -150,7 +192,9 @@ def run_serve(args: argparse.Namespace) -> int:
     if config.protect_reads and config.read_only:
         raise UsageError(f"--protect-reads needs a token (--token or ${TOKEN_ENV})")
     if not collection_exists(args.directory):
-        raise UsageError(f"{args.directory} holds no collection; build one with 'twostage index CORPUS --index {args.directory}'")
+        raise UsageError(
+            f"{args.directory} holds no collection; build one with 'twostage index CORPUS --index {args.directory}'"
+        )
     check_listen_address(args.host, args.port)
     spec = reranker_spec(args)
     runtime = runtime_from_args(args)
@@ -159,21 +203,33 @@ def run_serve(args: argparse.Namespace) -> int:
             raise UsageError(f"--reranker-replicas must be at least 1 (got {args.reranker_replicas})")
         from .distributed import open_ray_engine  # imported only with --ray: importing ray is slow
 
-        app = create_app(lambda: open_ray_engine(args.directory, address=args.ray, reranker=spec,
-                                                 replicas=args.reranker_replicas, runtime=runtime), config)
+        app = create_app(
+            lambda: open_ray_engine(
+                args.directory, address=args.ray, reranker=spec, replicas=args.reranker_replicas, runtime=runtime
+            ),
+            config,
+        )
     else:
         app = create_app(lambda: Engine.open(args.directory, reranker=spec, runtime=runtime), config)
     engine = app.state.batcher.engine
     for notice in engine.notices:  # once, here and in /stats; never repeated in search responses
         print(notice, file=sys.stderr)
     reranker = getattr(engine.reranker, "name", None) if spec else None
-    print(f"twostage serve: {app.state.batcher.documents} documents in {args.directory}; "
-          f"bi-encoder {engine.encoder.name} ({engine.encoder.backend_tag}), reranker {reranker or 'none (first stage only)'}", file=sys.stderr)
+    print(
+        f"twostage serve: {app.state.batcher.documents} documents in {args.directory}; "
+        f"bi-encoder {engine.encoder.name} ({engine.encoder.backend_tag}), reranker {reranker or 'none (first stage only)'}",
+        file=sys.stderr,
+    )
     if config.read_only:
-        print(f"read-only: no token set, so adding and deleting documents is refused (set --token or ${TOKEN_ENV})",
-              file=sys.stderr)
+        print(
+            f"read-only: no token set, so adding and deleting documents is refused (set --token or ${TOKEN_ENV})",
+            file=sys.stderr,
+        )
     else:
-        print("writes need the token" + (", and so do reads" if config.protect_reads else "; reads are open"), file=sys.stderr)
+        print(
+            "writes need the token" + (", and so do reads" if config.protect_reads else "; reads are open"),
+            file=sys.stderr,
+        )
     if not _is_loopback(args.host):
         print(f"note: listening on {args.host}, reachable from other machines", file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
@@ -181,8 +237,11 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"search page: {where}  (API schema at /openapi.json)", file=sys.stderr)
     sys.stderr.flush()
     if args.host in ("0.0.0.0", "::") and not args.allowed_hosts:
-        print("note: only requests addressed to localhost are served; pass --allowed-hosts with this machine's "
-              "names (or '*') to serve the others", file=sys.stderr)
+        print(
+            "note: only requests addressed to localhost are served; pass --allowed-hosts with this machine's "
+            "names (or '*') to serve the others",
+            file=sys.stderr,
+        )
     # no limit_concurrency: uvicorn counts idle sockets too; RequestBudget counts requests and spares /health
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
     return 0

@@ -6,11 +6,12 @@ After a failed write no later write runs; the error is raised to the caller at i
 ``with`` block. When the caller itself fails, the writes already submitted still finish before its error propagates,
 so what was committed is exactly a prefix of the chunks, as without the thread.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 _STOP = object()
 
@@ -26,7 +27,7 @@ class OrderedWriter:
         #: steps finished, in order (for reports and tests)
         self.done = 0
 
-    def __enter__(self) -> "OrderedWriter":
+    def __enter__(self) -> OrderedWriter:
         self._thread.start()
         return self
 
