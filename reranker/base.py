@@ -9,16 +9,27 @@ from typing import Any
 
 import numpy as np
 
+#: what to pass instead of a reranker that cannot be loaded, in the Python API's words and in the command line's
+INSTEAD_PYTHON = "pass reranker=PATH (a local cross-encoder directory), reranker='maxsim', or reranker=None"
+INSTEAD_CLI = "pass --reranker PATH (a local cross-encoder directory), --reranker maxsim, or --no-rerank"
+
 
 class RerankerLoadError(RuntimeError):
-    """A reranker model that cannot be loaded; the message says why and what to pass instead.
+    """A reranker model that cannot be loaded; the message says why and, with ``advise``, what to pass instead: in
+    Python's words as ``str(error)``, in the command line's from :meth:`cli_message`.
 
     ``reason`` is the short why (e.g. "not available offline"), for one-line notices built around it.
     """
 
-    def __init__(self, message: str, *, reason: str = ""):
-        super().__init__(message)
+    def __init__(self, message: str, *, reason: str = "", advise: bool = False):
+        super().__init__(f"{message}; {INSTEAD_PYTHON}" if advise else message)
+        self.detail = message
+        self.advise = advise
         self.reason = reason or message
+
+    def cli_message(self) -> str:
+        """The message with the command line's advice (``--reranker ...``) instead of Python's."""
+        return f"{self.detail}; {INSTEAD_CLI}" if self.advise else self.detail
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Turn a reranker spec string into a reranker through a registry of kinds, falling back to MaxSim only for the
 implicit default.
 
-Specs: ``none`` (no second stage), ``maxsim`` (late interaction over the collection's bi-encoder),
-``cross-encoder:NAME|PATH``, and a bare hub id or directory, which is a cross-encoder too. A new kind is one
+Specs: ``none`` (no second stage), ``maxsim`` (late interaction over the collection's bi-encoder, or without one
+the default bi-encoder), ``maxsim:NAME|PATH`` (over that bi-encoder), ``cross-encoder:NAME|PATH``, and a bare hub id
+or directory, which is a cross-encoder too. Every kind loads by name alone: no collection is needed. A new kind is one
 :func:`register_reranker` call; ``--reranker KIND:ARG`` then reaches it from the CLI, the server and eval.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from twostage.runtime.models import DEFAULT_BI_ENCODER, ModelLoadError
 
 from .base import Reranker, RerankerLoadError
 from .maxsim import MaxSimReranker, TokenStore
@@ -86,7 +89,8 @@ def load_reranker(
 
     ``backend``/``device``/``threads`` run a cross-encoder (MaxSim follows the bi-encoder). Only when ``spec`` is the
     implicit default (``explicit`` None: decided by :func:`is_implicit_default`) and the default cross-encoder cannot
-    be loaded, this falls back to MaxSim over ``encoder`` and says so in the notice; otherwise RerankerLoadError."""
+    be loaded, this falls back to MaxSim over ``encoder`` (the default bi-encoder when None) and says so in the
+    notice; otherwise RerankerLoadError."""
     if spec is None:
         return None, None
     context = LoadContext(encoder, token_store, device, batch_size, max_length, backend, threads)
@@ -95,7 +99,7 @@ def load_reranker(
         return _KINDS[kind](arg, context), None
     except RerankerLoadError as error:
         implicit = is_implicit_default(spec) if explicit is None else not explicit
-        if not implicit or (kind, arg) != ("cross-encoder", DEFAULT_RERANKER) or encoder is None:
+        if not implicit or (kind, arg) != ("cross-encoder", DEFAULT_RERANKER):
             raise
         why = "is not available offline" if error.reason == OFFLINE else f"cannot be loaded ({error.reason})"
         notice = f"reranker: {DEFAULT_RERANKER} {why}; using late-interaction MaxSim over the bi-encoder instead"
@@ -109,23 +113,20 @@ def _none(arg: str, context: LoadContext) -> None:
 
 
 def _maxsim(arg: str, context: LoadContext) -> MaxSimReranker:
-    """``maxsim``: late interaction over the collection's bi-encoder, reading its token store when there is one."""
-    _no_argument("maxsim", arg)
-    if context.encoder is None:
-        raise RerankerLoadError(
-            "reranker: --reranker maxsim needs the collection's bi-encoder, and none was given",
-            reason="no bi-encoder for maxsim",
-        )
-    return MaxSimReranker(context.encoder, token_store=context.token_store, batch_size=context.batch_size)
+    """``maxsim``: late interaction over the collection's bi-encoder, reading its token store when there is one;
+    ``maxsim:NAME|PATH`` or no collection: over that bi-encoder (default: all-MiniLM-L6-v2), loaded here."""
+    if context.encoder is not None and not arg:
+        return MaxSimReranker(context.encoder, token_store=context.token_store, batch_size=context.batch_size)
+    try:
+        return MaxSimReranker(arg or DEFAULT_BI_ENCODER, batch_size=context.batch_size, device=context.device)
+    except ModelLoadError as error:
+        raise RerankerLoadError(f"reranker: maxsim: {error}", reason="bi-encoder not found") from None
 
 
 def _cross_encoder(arg: str, context: LoadContext) -> Reranker:
     """``cross-encoder:NAME|PATH`` (or the bare name/path); torch is imported only once the model is found."""
     if not arg:
-        raise RerankerLoadError(
-            "reranker: an empty cross-encoder name; pass --reranker cross-encoder:NAME|PATH, maxsim or none",
-            reason="empty name",
-        )
+        raise RerankerLoadError("reranker: an empty cross-encoder name", reason="empty name", advise=True)
     locate_cross_encoder(arg)
     from .cross_encoder import CrossEncoderReranker
 

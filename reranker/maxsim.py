@@ -12,11 +12,14 @@ side only: [CLS]/[SEP] summed too, and/or each query token's term weighted by it
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from twostage.runtime.models import DEFAULT_BI_ENCODER, load_sentence_transformer, resolve_model
 
 if TYPE_CHECKING:  # torch is imported where a model runs: scoring stored tokens on an exported backend needs none
     import torch
@@ -70,12 +73,22 @@ class QueryTokens:
 
 
 class MaxSimReranker(Reranker):
-    """Late-interaction reranker over the first stage's own bi-encoder (a ``SentenceTransformer`` or an object whose
-    ``.model`` is one); optional ``token_store`` supplies precomputed passage token vectors by doc id."""
+    """Late-interaction reranker over a bi-encoder: a model name or directory (loaded here, offline-first), a
+    ``SentenceTransformer``, or an object whose ``.model`` is one (the first stage's own ``BiEncoder``); optional
+    ``token_store`` supplies precomputed passage token vectors by doc id."""
 
     name = "maxsim"
 
-    def __init__(self, encoder: Any, *, token_store: TokenStore | None = None, batch_size: int = 32):
+    def __init__(
+        self,
+        encoder: Any = DEFAULT_BI_ENCODER,
+        *,
+        token_store: TokenStore | None = None,
+        batch_size: int = 32,
+        device: str = "cpu",
+    ):
+        if isinstance(encoder, (str, os.PathLike)):  # a name: the model alone, no collection needed
+            encoder = load_sentence_transformer(resolve_model(encoder, kind="bi-encoder"), device=device)
         #: the bi-encoder's exported model without torch (``runtime.light``): encodes queries, and the candidates
         #: whose tokens are not stored, in ``score_candidates``; None when the encoder has none
         self.light = getattr(encoder, "light", None)

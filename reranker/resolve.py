@@ -18,7 +18,6 @@ from twostage.runtime.models import ModelLoadError, ResolvedModel, resolve_model
 from .base import RerankerLoadError
 
 DEFAULT_RERANKER = "cross-encoder/ms-marco-MiniLM-L6-v2"
-INSTEAD = "pass --reranker PATH (a local cross-encoder directory), --reranker maxsim, or --no-rerank"
 NOT_LOCAL = "not found locally (no such directory, not in the Hugging Face cache)"
 #: the ``RerankerLoadError.reason`` when the model would have to be downloaded and cannot be
 OFFLINE = "not available offline"
@@ -99,7 +98,7 @@ def _check_architectures(spec: str, architectures: list[str]) -> None:
 
 
 def _fail(spec: str, detail: str, reason: str) -> NoReturn:
-    raise RerankerLoadError(f"reranker: cannot load {spec}: {detail}; {INSTEAD}", reason=reason)
+    raise RerankerLoadError(f"reranker: cannot load {spec}: {detail}", reason=reason, advise=True)
 
 
 def _looks_like_path(spec: str) -> bool:

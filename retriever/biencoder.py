@@ -15,7 +15,14 @@ from twostage.retriever.cache import EmbeddingCache
 from twostage.runtime import encode as runtime_encode
 from twostage.runtime.autotune import stage_backend
 from twostage.runtime.backends import Runtime, configure_threads, resolve_backend, use_backend
-from twostage.runtime.models import DEFAULT_BI_ENCODER, ModelLoadError, model_fingerprint, resolve_model
+from twostage.runtime.models import (
+    DEFAULT_BI_ENCODER,
+    ModelLoadError,
+    ResolvedModel,
+    load_sentence_transformer,
+    model_fingerprint,
+    resolve_model,
+)
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -35,17 +42,6 @@ class EncodeResult:
     embeddings: np.ndarray  # float32, shape (n, dimension)
     truncated: int
     cache_hits: int
-
-
-def _load_sentence_transformer(source: str, *, local: bool, device: str, what: str) -> SentenceTransformer:
-    """Load a SentenceTransformer, turning any failure into a one-line ModelLoadError."""
-    try:
-        from sentence_transformers import SentenceTransformer
-
-        return SentenceTransformer(source, device=device, local_files_only=local)
-    except Exception as exc:  # noqa: BLE001 - every load failure reads the same to the user
-        reason = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise ModelLoadError(f"could not load bi-encoder {what}: {type(exc).__name__}: {reason}") from None
 
 
 def _device_encoder(
@@ -150,12 +146,7 @@ class BiEncoder:
     def model(self) -> SentenceTransformer:
         """The SentenceTransformer (on the chosen backend), loaded on first use where ``light`` serves queries."""
         if self._model is None:
-            model = _load_sentence_transformer(
-                self.source,
-                local=self.origin != "hub",
-                device=self.device,
-                what=f"{self.name!r} from {self.source} ({self.origin})",
-            )
+            model = load_sentence_transformer(ResolvedModel(self.source, self.origin, self.name), device=self.device)
             self.fingerprint = self.fingerprint or model_fingerprint(model)
             if self.light is not None:
                 model.max_seq_length = self.light.max_seq_length

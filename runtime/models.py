@@ -108,6 +108,19 @@ def resolve_model(name_or_path: str | os.PathLike[str], *, kind: ModelKind = "bi
     )
 
 
+def load_sentence_transformer(resolved: ResolvedModel, *, device: str = "cpu") -> Any:
+    """The ``SentenceTransformer`` at ``resolved`` (from :func:`resolve_model`), never downloading what is local;
+    any failure becomes a one-line ModelLoadError."""
+    what = f"{resolved.name!r} from {resolved.source} ({resolved.origin})"
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(resolved.source, device=device, local_files_only=resolved.origin != "hub")
+    except Exception as exc:  # noqa: BLE001 - every load failure reads the same to the user
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ModelLoadError(f"could not load bi-encoder {what}: {type(exc).__name__}: {reason}") from None
+
+
 # ---------------------------------------------------------------- fingerprints
 
 # Files that never change what a model computes: docs, VCS metadata, training leftovers, other runtimes' weights.

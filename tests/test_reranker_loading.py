@@ -35,9 +35,11 @@ def encoder(tiny_bi_encoder_dir):
 
 
 def assert_says_what_to_do(error: RerankerLoadError) -> None:
-    message = str(error)
-    assert "\n" not in message and message.startswith("reranker: ")
-    assert "--reranker PATH" in message and "--reranker maxsim" in message and "--no-rerank" in message
+    """Python callers are told what to pass in Python's words; the CLI's message names its flags."""
+    message, cli = str(error), error.cli_message()
+    assert "\n" not in message and message.startswith("reranker: ") and "--" not in message
+    assert "reranker=PATH" in message and "reranker='maxsim'" in message and "reranker=None" in message
+    assert "--reranker PATH" in cli and "--reranker maxsim" in cli and "--no-rerank" in cli
 
 
 def test_default_by_name_offline_fails_fast_with_advice():
@@ -120,15 +122,19 @@ def test_model_in_the_local_hf_cache_loads_without_network(tmp_path, tiny_cross_
     assert from_cache.score("berlin people", texts).tolist() == from_dir.score("berlin people", texts).tolist()
 
 
-def test_load_reranker_specs(tiny_cross_encoder_dir, encoder):
+def test_load_reranker_specs(tiny_cross_encoder_dir, tiny_bi_encoder_dir, encoder):
     assert load_reranker(None, explicit=False) == (None, None)
     assert load_reranker("none", explicit=True) == (None, None)
     maxsim, notice = load_reranker("maxsim", encoder=encoder, explicit=True)
     assert isinstance(maxsim, MaxSimReranker) and notice is None
     cross, notice = load_reranker(str(tiny_cross_encoder_dir), explicit=True, batch_size=8)
     assert isinstance(cross, CrossEncoderReranker) and cross.batch_size == 8 and notice is None
-    with pytest.raises(RerankerLoadError, match="maxsim needs"):
-        load_reranker("maxsim", explicit=True)
+    alone, notice = load_reranker("maxsim", explicit=True)  # no collection: over the default bi-encoder
+    assert isinstance(alone, MaxSimReranker) and notice is None
+    named, _ = load_reranker(f"maxsim:{tiny_bi_encoder_dir}")
+    assert named.score("berlin people", ["berlin", "paris"]).shape == (2,)
+    with pytest.raises(RerankerLoadError, match="maxsim: bi-encoder model directory"):
+        load_reranker("maxsim:/no/such/model")
 
 
 def test_implicit_default_falls_back_to_maxsim_with_a_notice(encoder):
@@ -148,8 +154,8 @@ def test_explicit_or_non_default_spec_raises(encoder, tmp_path):
     assert_says_what_to_do(info.value)
     with pytest.raises(RerankerLoadError):
         load_reranker(str(tmp_path / "missing"), encoder=encoder, explicit=False)
-    with pytest.raises(RerankerLoadError):
-        load_reranker(DEFAULT_RERANKER, encoder=None, explicit=False)  # nothing to fall back on
+    fallback, notice = load_reranker(DEFAULT_RERANKER, encoder=None, explicit=False)  # no collection: MiniLM
+    assert isinstance(fallback, MaxSimReranker) and "MaxSim" in notice
 
 
 def test_spec_strings_name_a_kind_and_its_argument():
@@ -171,7 +177,7 @@ def test_registry_loads_each_kind(tiny_cross_encoder_dir, encoder):
     texts = ["berlin has a population of 3 million", "paris museum"]
     assert prefixed.score("berlin people", texts).tolist() == bare.score("berlin people", texts).tolist()
     with pytest.raises(RerankerLoadError, match="takes no argument"):
-        load_reranker("maxsim:extra", encoder=encoder)
+        load_reranker("none:extra", encoder=encoder)
     with pytest.raises(RerankerLoadError, match="empty cross-encoder name"):
         load_reranker("cross-encoder:")
 
@@ -193,3 +199,11 @@ def test_only_the_implicit_default_falls_back(encoder):
     assert isinstance(fallback, MaxSimReranker) and "using late-interaction MaxSim" in notice
     with pytest.raises(RerankerLoadError):
         load_reranker(f"cross-encoder:{DEFAULT_RERANKER}", encoder=encoder)  # named by the user: no fallback
+
+
+def test_maxsim_by_bi_encoder_name_needs_no_collection(tiny_bi_encoder_dir):
+    by_path = MaxSimReranker(str(tiny_bi_encoder_dir))
+    by_model = MaxSimReranker(SentenceTransformer(str(tiny_bi_encoder_dir), device="cpu"))
+    texts = ["berlin has a population of 3 million", "paris museum"]
+    assert by_path.score("berlin people", texts).tolist() == by_model.score("berlin people", texts).tolist()
+    assert [row["corpus_id"] for row in by_path.rank("berlin people", texts)] in ([0, 1], [1, 0])

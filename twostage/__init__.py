@@ -16,6 +16,8 @@ _EXPORTS = {
     "SearchResult": ".results",
     "Timings": ".results",
     "UsageError": ".errors",
+    "Ranker": ".ranking",
+    "rank": ".ranking",
 }
 __all__ = list(_EXPORTS)
 

@@ -858,8 +858,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         Collection.lock_wait = max(0.0, args.wait)
     try:
         return COMMANDS[args.command](args)
-    except _user_errors() as err:
-        print(f"twostage {args.command}: error: {err}", file=sys.stderr)
+    except _user_errors() as err:  # a reranker that cannot load advises in flags here, in Python's words elsewhere
+        message = err.cli_message() if hasattr(err, "cli_message") else err
+        print(f"twostage {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # on a line of its own, not after a progress bar's
         print("\ninterrupted; the collection keeps its last committed state", file=sys.stderr)
