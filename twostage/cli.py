@@ -56,8 +56,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"twostage {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("index", help="build a collection from a corpus file or Hugging Face dataset")
-    p.add_argument("corpus", help="JSONL, TSV, CSV or Parquet file (optionally .gz), or a Hugging Face dataset name")
+    p = sub.add_parser("index", help="build a collection from files and folders, a corpus file or a dataset")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="PATH",
+        help="files and folders (.txt, .md, .html, .pdf, .docx; folders recursively), or one JSONL, TSV, CSV or "
+        "Parquet corpus file (optionally .gz), BEIR folder or Hugging Face dataset name",
+    )
     p.add_argument("--index", "-i", required=True, dest="directory", help="collection directory to create")
     p.add_argument("--model", default=None, help="bi-encoder: hub id or local directory (default all-MiniLM-L6-v2)")
     p.add_argument(
@@ -104,7 +110,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     _corpus_options(p)
     _encode_options(p)
+    from .files_cli import add_file_arguments
 
+    add_file_arguments(p)
     add_wait_argument(p)
 
     p = sub.add_parser("add", help="add or replace documents in an existing collection")
@@ -369,6 +377,10 @@ def _print_add_report(report: Any, directory: str, engine: Any) -> None:
         f"({len(engine.collection)} documents) in {report.seconds:.1f}s; "
         f"{report.cache_hits} embeddings from cache"
     )
+    _print_truncated(report, engine)
+
+
+def _print_truncated(report: Any, engine: Any) -> None:
     if report.truncated:
         print(
             f"note: {report.truncated} document(s) were longer than the model's limit of "
@@ -380,6 +392,18 @@ def _print_add_report(report: Any, directory: str, engine: Any) -> None:
 def cmd_index(args: argparse.Namespace) -> int:
     if args.token_pool is not None and not args.store_tokens:
         raise UsageError("--token-pool pools stored token vectors: give --store-tokens too")
+    from .files_cli import index_files, is_document_input
+
+    documents = [is_document_input(path, args.include) for path in args.inputs]
+    if any(documents):
+        if not all(documents):
+            raise UsageError("give either files and folders of documents, or one corpus file (JSONL, CSV, ...)")
+        if args.ray:
+            raise UsageError("--ray indexes corpus files; index files and folders without it")
+        return _removing_new_directory(args, lambda: index_files(args, args.inputs, _encoder_for(args)))
+    if len(args.inputs) > 1:
+        raise UsageError("give one corpus file (JSONL, CSV, ...) at a time; files and folders may be several")
+    args.corpus = args.inputs[0]
     if not args.overwrite and Path(args.directory).exists():
         from twostage.indexes.sharded import collection_exists
 
@@ -391,10 +415,15 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.ray:
         return _index_on_ray(args)
     total = _validate_corpus(args)
+    return _removing_new_directory(args, lambda: _index_into(args, total))
+
+
+def _removing_new_directory(args: argparse.Namespace, run: Any) -> int:
+    """``run()``; a failed index into a new directory leaves no directory (an interrupted one resumes)."""
     created = not Path(args.directory).exists()
     try:
-        return _index_into(args, total)
-    except Exception:  # a failed index into a new directory leaves no directory (an interrupted one resumes)
+        return run()
+    except Exception:
         if created and Path(args.directory).is_dir():
             import shutil
 
@@ -403,6 +432,32 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _index_into(args: argparse.Namespace, total: int) -> int:
+    with _create_engine(args) as engine:
+        report = _add_with_progress(engine, args, total)
+        _print_add_report(report, args.directory, engine)
+    return 0
+
+
+def _encoder_for(args: argparse.Namespace) -> Any:
+    """For files_cli: ``encode(documents, total, remove)`` adds documents with a progress bar into the collection
+    ``index`` creates or resumes, deletes the ids in ``remove``, and returns (add report, documents now held)."""
+
+    def encode(documents: Any, total: int, remove: Sequence[str]) -> tuple[Any, int]:
+        from tqdm.auto import tqdm
+
+        with _create_engine(args) as engine:
+            with tqdm(total=total, unit="doc", desc="indexing", disable=args.quiet, file=sys.stderr) as bar:
+                report = engine.add(documents, progress=bar.update)
+            if remove:
+                engine.delete(list(remove))
+            _print_truncated(report, engine)
+            return report, len(engine.collection)
+
+    return encode
+
+
+def _create_engine(args: argparse.Namespace) -> Any:
+    """The engine ``index`` writes with: the collection in ``--index`` created, or resumed when it exists."""
     from twostage.runtime.models import DEFAULT_BI_ENCODER
 
     from .engine import Engine
@@ -410,7 +465,7 @@ def _index_into(args: argparse.Namespace, total: int) -> int:
     runtime = runtime_from_args(args)
     if not args.quiet:
         _announce_calibration(args.model or DEFAULT_BI_ENCODER, runtime)
-    engine = Engine.create(
+    return Engine.create(
         args.directory,
         model=args.model or DEFAULT_BI_ENCODER,
         index_type=args.index_type,
@@ -421,10 +476,6 @@ def _index_into(args: argparse.Namespace, total: int) -> int:
         runtime=runtime,
         shards=args.shards,
     )
-    with engine:
-        report = _add_with_progress(engine, args, total)
-        _print_add_report(report, args.directory, engine)
-    return 0
 
 
 def _announce_calibration(model: str, runtime: Any) -> None:
