@@ -8,7 +8,7 @@ exactly: the best k of the union, by score, ties broken by doc id.
 
 from __future__ import annotations
 
-import hashlib
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -17,29 +17,19 @@ from typing import Any
 
 import numpy as np
 
+from . import intent
 from .atomic import atomic_write_json, read_json
 from .collection import MANIFEST, Collection, DeleteResult, by_score
 from .document_store import UpsertResult
 from .documents import Document
 from .errors import CollectionError
-from .token_df import TokenDF
+from .routing import ROUTING, shard_name, shard_of
+from .sharded_tokens import ShardedTokenDF, ShardedTokenStore
+
+log = logging.getLogger(__name__)
 
 SHARDS_MANIFEST = "shards.json"
 SHARD_FORMAT_VERSION = 1
-#: the only routing so far; recorded so that a future one cannot silently misroute an old collection
-ROUTING = "blake2b-64-mod"
-
-
-def shard_of(doc_id: str, shard_count: int) -> int:
-    """The shard that owns ``doc_id``: BLAKE2b (8 bytes, big-endian) of its UTF-8 bytes mod ``shard_count``.
-
-    Stable across processes, machines and Python versions (unlike ``hash()``), so any writer routes alike."""
-    digest = hashlib.blake2b(str(doc_id).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % shard_count
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:03d}"
 
 
 def merge_top_k(lists: Sequence[Sequence[tuple[str, float]]], k: int) -> list[tuple[str, float]]:
@@ -95,53 +85,6 @@ class ShardManifest:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-class ShardedTokenStore:
-    """Token vectors read from the owning shard's store (what MaxSim asks for by doc id)."""
-
-    def __init__(self, stores: Sequence[Any]):
-        self.stores = list(stores)
-        self.encoding = self.stores[0].encoding
-        self.pool = self.stores[0].pool  # every shard is created with the same token pool factor
-
-    def get(self, doc_id: str) -> np.ndarray | None:
-        return self.stores[shard_of(doc_id, len(self.stores))].get(doc_id)
-
-    def get_many(self, doc_ids: Sequence[str]) -> list[np.ndarray | None]:
-        """Each doc's vectors in the order asked: one batched read per shard."""
-        ids = [str(d) for d in doc_ids]
-        out: list[np.ndarray | None] = [None] * len(ids)
-        by_shard: dict[int, list[int]] = {}
-        for i, doc_id in enumerate(ids):
-            by_shard.setdefault(shard_of(doc_id, len(self.stores)), []).append(i)
-        for shard, positions in by_shard.items():
-            for i, array in zip(positions, self.stores[shard].get_many([ids[i] for i in positions])):
-                out[i] = array
-        return out
-
-
-class ShardedTokenDF:
-    """Token document frequencies summed over the shards, so IDF weights equal an unsharded collection's."""
-
-    def __init__(self, tables: Sequence[TokenDF]):
-        self.tables = list(tables)
-
-    def __len__(self) -> int:
-        return sum(len(table) for table in self.tables)
-
-    def df(self, token_ids: Sequence[int]) -> np.ndarray:
-        return np.sum([table.df(token_ids) for table in self.tables], axis=0)
-
-    idf = TokenDF.idf  # the same formula, over the summed counts
-
-    def rebuild(self, texts: Iterable[tuple[str, str]], term_ids: Callable[[list[str]], list[np.ndarray]]) -> None:
-        """Recount every shard from its own ``(doc_id, text)`` pairs."""
-        groups: list[list[tuple[str, str]]] = [[] for _ in self.tables]
-        for doc_id, text in texts:
-            groups[shard_of(doc_id, len(self.tables))].append((doc_id, text))
-        for table, pairs in zip(self.tables, groups):
-            table.rebuild(pairs, term_ids)
-
-
 class ShardedCollection:
     """N collections behind the methods the engine uses on one: routed writes, merged searches, summed counts."""
 
@@ -161,6 +104,8 @@ class ShardedCollection:
         )
         #: True when any shard found its vector index behind SQLite (an interrupted run) and rebuilt it
         self.recovered = any(s.recovered for s in shards)
+        #: the interrupted sharded write this process finished (``finish_interrupted``), if any
+        self.finished: intent.Intent | None = None
         self._pool = ThreadPoolExecutor(max_workers=len(shards), thread_name_prefix="shard")
 
     # ------------------------------------------------------------------ construction
@@ -264,16 +209,59 @@ class ShardedCollection:
     # ------------------------------------------------------------------ writes
     def hold_writers(self) -> None:
         """Every shard's writer lock, taken before the first shard is written: a shard another process is changing
-        (or a read-only one) stops the write before any shard changed. Each lock goes with that shard's commit."""
+        (or a read-only one) stops the write before any shard changed. Each lock goes with that shard's commit.
+        Under them, a write another process left half done (its intent record) is first finished."""
         taken: list[Collection] = []
         try:
             for shard in self.shards:
                 if shard.hold_writer():
                     taken.append(shard)
+            self._finish_interrupted()
         except BaseException:
             for shard in taken:
                 shard.release_writer()
             raise
+
+    def _finish_interrupted(self) -> None:
+        """Roll forward the sharded write recorded in ``intent.json`` (an earlier writer was killed, or failed, between
+        shards), under every shard's lock (held by the caller); it is kept in :attr:`finished`."""
+        record = intent.read_intent(self.path)
+        if record is None:
+            (self.path / intent.SPOOL).unlink(missing_ok=True)  # litter of a write that had finished
+            return
+        if record.shard_count != len(self.shards):
+            raise CollectionError(
+                f"{self.path / intent.INTENT} names {record.shard_count} shards, the collection has "
+                f"{len(self.shards)}: run 'twostage check {self.path}'"
+            )
+        log.warning("%s: finishing %s that was interrupted", self.path, record.describe())
+        step = intent.shard_step(self.path, record)
+        intent.carry_out(self.path, record, lambda i: self._step(i, step))
+        self.finished = record
+
+    def _step(self, index: int, step: Callable[[int, Any], None]) -> None:
+        """One shard's part of a recorded write; its lock is held again after (a conversion lets it go)."""
+        step(index, self.shards[index])
+        self.shards[index].hold_writer()
+
+    def _sharded_write(
+        self, record: intent.Intent, step: Callable[[int, Collection], None], spool: dict[str, Any] | None = None
+    ) -> None:
+        """Apply ``step`` to each shard ``record`` names as pending, recorded first when more than one takes part (one
+        shard's transaction is atomic by itself). The caller holds every writer lock (:meth:`hold_writers`)."""
+        involved = record.pending()
+        if len(involved) > 1:
+            intent.begin(self.path, record, spool)
+            intent.carry_out(self.path, record, lambda i: self._step(i, step))
+        else:
+            for i in involved:
+                self._step(i, step)
+
+    def _record(self, operation: str, arguments: dict[str, Any], shards: Iterable[int]) -> intent.Intent:
+        """An intent record for a write to ``shards`` (the others are marked done from the start)."""
+        involved = set(shards)
+        done = [i for i in range(len(self.shards)) if i not in involved]
+        return intent.Intent(operation, arguments, len(self.shards), done=done)
 
     def upsert(
         self,
@@ -282,32 +270,66 @@ class ShardedCollection:
         tokens: Sequence[np.ndarray] | None = None,
         terms: Sequence[np.ndarray] | None = None,
     ) -> list[UpsertResult]:
-        """Store each document (with its vector, tokens and token ids) in its owning shard; one result per shard."""
+        """Store each document (with its vector, tokens and token ids) in its owning shard, in all of the shards or
+        none (``indexes.intent``: an add's chunk is spooled first); one result per shard changed."""
         docs = list(docs)
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if len(embeddings) != len(docs):
             raise ValueError(f"{len(docs)} documents but {len(embeddings)} embeddings")
         self.hold_writers()
-        results = []
-        for index, positions in sorted(self._by_shard([d.id for d in docs]).items()):
+        groups = self._by_shard([d.id for d in docs])
+        results: list[UpsertResult] = []
+
+        def step(i: int, shard: Collection) -> None:
+            positions = groups[i]
+            part = None if terms is None else {"terms": [terms[p] for p in positions]}
             results.append(
-                self.shards[index].upsert(
+                shard.upsert(
                     [docs[p] for p in positions],
                     embeddings[positions],
                     tokens=None if tokens is None else [tokens[p] for p in positions],
-                    **({} if terms is None else {"terms": [terms[p] for p in positions]}),
+                    **(part or {}),
                 )
             )
+
+        record = self._record("upsert", {"ids": [d.id for d in docs]}, groups)
+        spool = (
+            intent.spool_upsert(
+                docs, embeddings, None if tokens is None else list(tokens), None if terms is None else list(terms)
+            )
+            if len(groups) > 1
+            else None
+        )
+        self._sharded_write(record, step, spool)
         return results
 
     def delete(self, doc_ids: Sequence[str]) -> DeleteResult:
-        """Delete by id in the owning shards; ``deleted`` and ``missing`` keep the order given."""
+        """Delete by id in the owning shards, in all of them or none; ``deleted`` and ``missing`` keep the order given."""
         ids = list(dict.fromkeys(str(d) for d in doc_ids))
         self.hold_writers()
+        groups = self._by_shard(ids)
         missing: set[str] = set()
-        for index, positions in self._by_shard(ids).items():
-            missing.update(self.shards[index].delete([ids[p] for p in positions]).missing)
+
+        def step(i: int, shard: Collection) -> None:
+            missing.update(shard.delete([ids[p] for p in groups[i]]).missing)
+
+        self._sharded_write(self._record("delete", {"ids": ids}, groups), step)
         return DeleteResult(deleted=[d for d in ids if d not in missing], missing=[d for d in ids if d in missing])
+
+    def convert_tokens(self, encoding: str, pool: float | None = None) -> None:
+        """Re-encode every shard's token vectors (``Collection.convert_tokens``), in all shards or none; re-running a
+        conversion that was interrupted finishes it without converting the finished shards again."""
+        if any(shard.token_store is None for shard in self.shards):
+            raise CollectionError(f"collection {self.path} stores no token vectors (build it with --store-tokens)")
+        self.hold_writers()
+        arguments = {"encoding": encoding, "pool": pool}
+        if self.finished is not None and (self.finished.operation, self.finished.arguments) == (
+            "convert_tokens",
+            arguments,
+        ):
+            return
+        record = self._record("convert_tokens", arguments, range(len(self.shards)))
+        self._sharded_write(record, lambda i, shard: shard.convert_tokens(encoding, pool=pool))
 
     def commit(self) -> None:
         self._each(lambda shard: shard.commit())
@@ -430,6 +452,15 @@ def open_collection(path: str | Path) -> Collection | ShardedCollection:
     if ShardedCollection.exists(path):
         return ShardedCollection.open(path)
     return Collection.open(path)
+
+
+def finish_interrupted(collection: Collection | ShardedCollection) -> intent.Intent | None:
+    """For a writer about to change ``collection``: take its writer locks and finish the sharded write an earlier
+    process left half done; returns that write (None for an unsharded collection, whose writes are each atomic)."""
+    if not isinstance(collection, ShardedCollection):
+        return None
+    collection.hold_writers()
+    return collection.finished
 
 
 def read_manifest(path: str | Path) -> Any:

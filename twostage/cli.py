@@ -543,19 +543,21 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from twostage.indexes.sharded import open_collection
+    from twostage.indexes.sharded import finish_interrupted, open_collection
 
     # Deleting needs no model: open the collection alone, so it works even where the bi-encoder cannot load.
     # all or nothing: an id that is not there (a typo, most likely) deletes none of the others either
     with open_collection(args.directory) as collection:
         ids = list(dict.fromkeys(str(i) for i in args.ids))
-        missing = [doc_id for doc_id, doc in zip(ids, collection.get(ids)) if doc is None]
+        finished = finish_interrupted(collection)  # re-running an interrupted delete finishes it: those ids count
+        already = set(finished.arguments["ids"]) if finished and finished.operation == "delete" else set()
+        missing = [doc_id for doc_id, doc in zip(ids, collection.get(ids)) if doc is None and doc_id not in already]
         if missing:
             shown = ", ".join(map(repr, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise UsageError(f"{args.directory} has no document {shown}; nothing deleted")
-        result = collection.delete(ids)
+        collection.delete(ids)
         collection.commit()
-        print(f"{args.directory}: deleted {len(result.deleted)} document(s); {len(collection)} remain")
+        print(f"{args.directory}: deleted {len(ids)} document(s); {len(collection)} remain")
     return 0
 
 
@@ -684,12 +686,10 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         shards = getattr(collection, "shards", [collection])
         if any(shard.token_store is None for shard in shards):
             raise UsageError(f"collection {args.directory} stores no token vectors (build it with --store-tokens)")
-        if args.convert and len(shards) > 1:
-            collection.hold_writers()  # every shard can be converted, or none is (each lock goes with its conversion)
-        for shard in shards:
-            before = shard.token_store.stats()
-            if args.convert:
-                shard.convert_tokens(args.convert, pool=args.pool)
+        sizes = [shard.token_store.stats() for shard in shards]
+        if args.convert:  # a sharded collection converts every shard or none (an intent record finishes it)
+            collection.convert_tokens(args.convert, pool=args.pool)
+        for shard, before in zip(shards, sizes):
             after = shard.token_store.stats()
             change = f"{before.bytes_per_passage:,.0f} -> " if args.convert else ""
             pooled = f" pooled by {shard.token_store.pool:g}" if shard.token_store.pool != 1.0 else ""
