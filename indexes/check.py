@@ -11,9 +11,11 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .check_content import inspect_content, repair_content
 from .collection import DOCUMENTS, MANIFEST, VECTORS, Collection, Manifest
 from .document_store import DocumentStore, storage_errors
 from .errors import CollectionError
@@ -52,14 +54,14 @@ def check_collection(path: str | Path, *, repair: bool = False, wait: float | No
         _inspect(path, report)
         return report
     with WriterLock(path).holding(Collection.lock_wait if wait is None else wait):
-        _inspect(path, report)
+        repairs = _inspect(path, report)
         if report.problems and not report.unrepairable:
-            _repair(path, report)
+            _repair(path, report, repairs)
     return report
 
 
-def _inspect(path: Path, report: CheckReport) -> None:
-    """Fill ``report.problems`` (and ``unrepairable``) without writing anything."""
+def _inspect(path: Path, report: CheckReport) -> dict[str, Any]:
+    """Fill ``report.problems`` (and ``unrepairable``) without writing anything; returns the content repairs due."""
     try:
         manifest = Collection._read_manifest(path / MANIFEST)
     except CollectionError as err:
@@ -68,21 +70,25 @@ def _inspect(path: Path, report: CheckReport) -> None:
             f"{MANIFEST} records the bi-encoder and cannot be rebuilt from SQLite: restore it "
             f"from a backup (or re-index the documents into a new directory)"
         )
-        return
+        return {}
     db = path / DOCUMENTS
     try:
         con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as err:
         report.problems.append(f"{db}: cannot be opened ({err})")
         report.unrepairable.append(f"{DOCUMENTS} cannot be opened: restore it from a backup")
-        return
+        return {}
     try:
-        _inspect_sqlite(path, con, manifest, report)
+        return _inspect_sqlite(path, con, manifest, report)
+    except sqlite3.DatabaseError as err:  # a table or column another command reads is missing or unreadable
+        report.problems.append(f"{db}: {err}")
+        report.unrepairable.append(f"{DOCUMENTS} lacks what this version reads: restore it from a backup")
+        return {}
     finally:
         con.close()
 
 
-def _inspect_sqlite(path: Path, con: sqlite3.Connection, manifest: Manifest, report: CheckReport) -> None:
+def _inspect_sqlite(path: Path, con: sqlite3.Connection, manifest: Manifest, report: CheckReport) -> dict[str, Any]:
     db = path / DOCUMENTS
     try:
         rows = [str(r[0]) for r in con.execute("PRAGMA integrity_check(20)")]
@@ -97,17 +103,18 @@ def _inspect_sqlite(path: Path, con: sqlite3.Connection, manifest: Manifest, rep
             f"{DOCUMENTS} is damaged and is the source of truth: restore it from a backup "
             f"(the sqlite3 shell's '.recover' may save the rows it can still read)"
         )
-        return
+        return {}
     if "docs" not in tables:
         report.problems.append(f"{db} holds no documents table (emptied or replaced)")
         report.unrepairable.append(f"{DOCUMENTS} has lost the documents: restore it from a backup")
-        return
+        return {}
     stored = np.fromiter(
         (r[0] for r in con.execute("SELECT internal_id FROM docs ORDER BY internal_id")), dtype=np.int64
     )
     report.documents = len(stored)
+    content = inspect_content(con, tables, manifest, manifest.dimension)
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
-    generation, dimension = int(meta.get("generation", 0)), meta.get("dimension")
+    generation, dimension = _meta_int(meta, "generation", 0), _meta_int(meta, "dimension", None)
     if dimension is not None and int(dimension) != manifest.dimension:
         report.problems.append(
             f"{MANIFEST} says dimension {manifest.dimension} but the stored embeddings have {dimension}"
@@ -124,9 +131,25 @@ def _inspect_sqlite(path: Path, con: sqlite3.Connection, manifest: Manifest, rep
         )
     _inspect_index(path, manifest, stored, report)
     _inspect_tables(con, tables, report)
+    report.problems.extend(content.problems)
+    report.unrepairable.extend(content.unrepairable)
+    return content.repairs
+
+
+def _meta_int(meta: dict[str, Any], key: str, default: int | None) -> int | None:
+    """An integer meta value (stored as JSON text); one that is not is reported by ``check_content``."""
+    try:
+        return int(meta[key]) if key in meta else default
+    except (TypeError, ValueError):
+        return default
 
 
 def _inspect_index(path: Path, manifest: Manifest, stored: np.ndarray, report: CheckReport) -> None:
+    if (path / VECTORS).is_dir():
+        report.problems.append(f"{VECTORS} is a directory, not the vector index")
+        if any((path / VECTORS).iterdir()):
+            report.unrepairable.append(f"{VECTORS} is a directory holding files: move it away, then repair")
+        return
     try:
         index = vector_index_class(manifest.vector_index).load(path / VECTORS)
     except CollectionError as err:
@@ -182,12 +205,23 @@ def _rebuild_fts(store: DocumentStore, con: sqlite3.Connection, name: str, repor
         report.unrepairable.append(f"full-text table {name!r} cannot be rebuilt here ({err})")
 
 
-def _repair(path: Path, report: CheckReport) -> None:
-    """Rebuild from SQLite: orphan token rows, FTS5 tables, the manifest's dimension and counts, the vector index."""
+def _repair(path: Path, report: CheckReport, repairs: dict[str, Any]) -> None:
+    """Rebuild from SQLite: meta records, orphan token rows, FTS5 tables, the manifest's fingerprint, dimension and
+    counts, the vector index (an empty directory in its place is removed first)."""
     manifest = Collection._read_manifest(path / MANIFEST)
+    if (path / VECTORS).is_dir():
+        (path / VECTORS).rmdir()
     with storage_errors(path / DOCUMENTS):
         store = DocumentStore(path / DOCUMENTS, create=False)
         try:
+            with store.transaction() as con:
+                report.repaired.extend(repair_content(con, repairs))
+            if repairs.get("lexical"):
+                LexicalIndex(store).build()
+                report.repaired.append(f"rebuilt the lexical table {LEXICAL_TABLE!r} from the stored texts")
+            if "model_fingerprint" in repairs:
+                manifest.model_fingerprint = repairs["model_fingerprint"]
+                report.repaired.append(f"{MANIFEST}: bi-encoder fingerprint restored from {DOCUMENTS}")
             dimension = store.get_meta("dimension")
             if dimension is not None and int(dimension) != manifest.dimension:
                 manifest.dimension = int(dimension)

@@ -28,7 +28,7 @@ from .document_store import DocumentStore, UpsertResult, open_store, storage_err
 from .documents import Document
 from .errors import CollectionError, StorageError
 from .lexical import LexicalIndex
-from .lock import DEFAULT_WAIT, LOCK_FILE, LockBusy, ReadOnlyCollection, WriterLock
+from .lock import DEFAULT_WAIT, LOCK_FILE, ReadOnlyCollection, WriterLock
 from .protocols import VectorIndexLike
 from .token_df import TokenDF
 from .token_pooling import check_factor
@@ -136,6 +136,7 @@ class Collection:
         self.index = index
         #: True when :meth:`open` found the FAISS file behind SQLite (an interrupted run) and rebuilt it
         self.recovered = False
+        self._repair_saved = False  # the first write saves an index an open rebuilt in memory (``_save_repair``)
         #: True where the directory cannot be written: searches and reads work, writes raise ReadOnlyCollection
         self.read_only = store.read_only
         self._dirty = False  # this process changed the collection (or repaired its index) since the last commit
@@ -149,7 +150,10 @@ class Collection:
         self.token_store: TokenStore | None = None
         if manifest.extra.get("token_store"):
             recorded = manifest.extra["token_store"]
-            self.token_store = TokenStore(store, encoding=recorded["encoding"], pool=recorded.get("pool", 1.0))
+            try:
+                self.token_store = TokenStore(store, encoding=recorded.get("encoding"), pool=recorded.get("pool", 1.0))
+            except (ValueError, TypeError) as err:
+                raise CollectionError(f"{path / MANIFEST}: field 'extra.token_store': {err}") from None
             # the SQLite file's record wins: a crash may have come between a conversion and its manifest write
             manifest.extra["token_store"] = self._token_record()
         #: document frequency per token id (MaxSim's IDF query weights), kept beside the token store by upsert/delete
@@ -311,6 +315,9 @@ class Collection:
             if token_pool != 1.0:
                 manifest.extra["token_store"]["pool"] = token_pool
         store.set_meta("dimension", dimension)
+        store.set_meta(
+            "model_fingerprint", model_fingerprint
+        )  # a second record, for 'check' to compare the manifest with
         LexicalIndex(store).create()
         index.save(path / VECTORS, generation=store.generation)
         collection = cls(path, manifest, store, index)
@@ -389,23 +396,19 @@ class Collection:
                 f"{path / DOCUMENTS} fails SQLite's quick_check ({problems[0]}); nothing was rewritten: "
                 f"run 'twostage check {path}' to see what can be saved"
             )
-        collection.recovered = True
-        collection._save_if_free()
+        collection.recovered = True  # served from memory: an open never writes (a full disk, a reader's mount)
         return collection
 
-    def _save_if_free(self) -> None:
-        """Write a repaired index to disk when no other process is writing (else it lives in memory for this process)."""
-        if self.read_only:
+    def _save_repair(self) -> None:
+        """On the first write after an open that rebuilt the index in memory: have the commit write it, and remove the
+        temp files an interrupted atomic write left behind (none is being written: this process holds the lock)."""
+        if not self.recovered or self._repair_saved:
             return
-        try:
-            self._writer.acquire(wait=0)
-        except (LockBusy, ReadOnlyCollection):
-            return
-        for child in self.path.iterdir():  # temp files an interrupted atomic write left behind (none is being written)
+        self._repair_saved = True
+        for child in self.path.iterdir():
             if is_temp_file(child, OWN_FILES):
                 child.unlink(missing_ok=True)
         self._dirty = True
-        self.commit()
 
     def _catch_up(self) -> bool:
         """Bring the in-memory index in step with SQLite by content: remove vectors whose document is gone, add those
@@ -454,6 +457,7 @@ class Collection:
         if not self._writer.held:
             self._writer.acquire(self.lock_wait)
         self._follow()
+        self._save_repair()
 
     @staticmethod
     def _read_manifest(manifest_path: Path) -> Manifest:

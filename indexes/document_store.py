@@ -141,7 +141,13 @@ class DocumentStore:
     def get_meta(self, key: str, default: Any = None) -> Any:
         with self._lock:
             row = self._con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else default
+        try:
+            return json.loads(row[0]) if row else default
+        except (TypeError, ValueError):
+            raise StorageError(
+                f"{self.path}: its meta value {key!r} is not JSON ({str(row[0])[:40]!r}): the file was edited or "
+                f"damaged; run 'twostage check {self.path.parent}'"
+            ) from None
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable value under ``key``."""
@@ -399,7 +405,16 @@ def _row(doc: Document) -> tuple[str, str, str | None, str, str]:
 
 def _document(row: tuple) -> Document:
     doc_id, text, title, metadata = row
-    return Document(id=doc_id, text=text, title=title, metadata=json.loads(metadata))
+    try:
+        fields = json.loads(metadata)
+    except (TypeError, ValueError):
+        fields = None
+    if not isinstance(fields, dict):
+        raise StorageError(
+            f"document {doc_id!r}: its stored metadata is not a JSON object ({str(metadata)[:40]!r}): the documents "
+            f"file was edited or damaged; 'twostage check' lists such rows, 'twostage delete' removes one"
+        )
+    return Document(id=doc_id, text=text, title=title, metadata=fields)
 
 
 def _chunks(values: list[Any]) -> Iterator[list[Any]]:

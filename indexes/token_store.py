@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .document_store import DocumentStore
+from .errors import CollectionError
 from .product import ProductCodec
 from .residual import MAX_SAMPLE, ResidualCodec
 from .token_pooling import check_factor, pool_tokens, pooled_count
@@ -141,6 +142,11 @@ class TokenStore:
                 documents.set_meta("token_encoding", encoding)
                 if pool != 1.0:
                     documents.set_meta("token_pool", pool)
+        if recorded is not None and recorded not in ENCODINGS:
+            raise CollectionError(
+                f"{documents.path}: the token encoding recorded in its meta table is {recorded!r}, not one of "
+                f"{', '.join(ENCODINGS)} (edited or damaged); run 'twostage check {documents.path.parent}'"
+            )
         self.encoding: str = recorded or encoding
         self.pool: float = float(documents.get_meta("token_pool", 1.0))
         self._pq_table = bool(columns)  # False only for a read-only store from before pq

@@ -118,15 +118,20 @@ def test_crash_after_sqlite_commit_is_recovered_on_open(tmp_path):
     collection.store._con.close()  # simulate kill -9: no commit(), no close()
     collection._writer.release()  # ...and the OS drops a dead process's writer lock
 
+    stale = (tmp_path / "c" / "vectors.faiss").stat().st_mtime
     reopened = Collection.open(tmp_path / "c")
     assert reopened.recovered
     assert len(reopened) == 119 and reopened.stats()["vector_count"] == 119
     assert search_ids(reopened, vectors[100:101], 1) == [["late0"]]
     assert "d5" not in search_ids(reopened, vectors[5:6], 200)[0]
     reopened.close()
-    again = Collection.open(tmp_path / "c")  # the rebuilt index was saved: no second rebuild
-    assert not again.recovered and again.manifest.document_count == 119
+    again = Collection.open(tmp_path / "c")  # an open never writes: the index is rebuilt in memory again ...
+    assert again.recovered and (tmp_path / "c" / "vectors.faiss").stat().st_mtime == stale
+    again.hold_writer()  # ... until the next writer saves it
     again.close()
+    last = Collection.open(tmp_path / "c")
+    assert not last.recovered and last.manifest.document_count == 119
+    last.close()
 
 
 def test_crash_during_create_or_save(tmp_path):
@@ -137,11 +142,16 @@ def test_crash_during_create_or_save(tmp_path):
     (tmp_path / "c" / ".vectors.faiss.abc123.tmp").write_bytes(b"leftover")
     with Collection.open(tmp_path / "c") as collection:
         assert collection.recovered and len(collection.search(vectors[:1], 100)[0]) == 10
+    assert (tmp_path / "c" / ".vectors.faiss.abc123.tmp").exists()  # a reader writes nothing
+    with Collection.open(tmp_path / "c") as collection:
+        collection.delete(["d0"])  # the next writer saves the repaired index and sweeps the litter
     assert not (tmp_path / "c" / ".vectors.faiss.abc123.tmp").exists()
+    with Collection.open(tmp_path / "c") as collection:
+        assert not collection.recovered and len(collection) == 9
     # a collection that lost its manifest but still holds documents is not created over (only with overwrite)
     (tmp_path / "c" / "manifest.json").unlink()
     assert not Collection.exists(tmp_path / "c")
-    with pytest.raises(CollectionError, match="has no manifest.json but its documents.sqlite holds 10 documents"):
+    with pytest.raises(CollectionError, match="has no manifest.json but its documents.sqlite holds 9 documents"):
         create(tmp_path / "c")
     create(tmp_path / "c", overwrite=True).close()
     # a directory left by an interrupted create (no manifest yet, no documents, only our files) may be created over

@@ -563,15 +563,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from twostage.indexes.check import check_collection
-    from twostage.indexes.sharded import ShardedCollection, shard_name
+    from twostage.indexes.check_sharded import check_sharded
+    from twostage.indexes.sharded import ShardedCollection
 
     directory = Path(args.directory)
-    if ShardedCollection.exists(directory):  # each shard is an ordinary collection, checked (and locked) on its own
-        count = len([p for p in directory.iterdir() if p.name.startswith("shard-") and p.is_dir()])
-        parts = [directory / shard_name(i) for i in range(count)]
+    if ShardedCollection.exists(directory):  # shards.json, then each shard as an ordinary collection
+        reports = check_sharded(directory, repair=args.repair, wait=args.wait)
     else:
-        parts = [directory]
-    reports = [check_collection(part, repair=args.repair, wait=args.wait) for part in parts]
+        reports = [check_collection(directory, repair=args.repair, wait=args.wait)]
     status = max(report.status for report in reports)
     if args.json:
         print(json.dumps([{**r.__dict__, "status": r.status} for r in reports], indent=2))
