@@ -23,7 +23,9 @@ DOCS = [
     "the population of the city grew every year",
 ]
 # Score differences below these may swap places (bf16 and int8 round); larger ones must keep torch's order.
-TOLERANCE = {"onnx": 1e-4, "openvino": 2e-2, "onnx-int8": 8e-2, "openvino-int8": 1.5e-1}
+# The int8 bounds hold on the CPUs this runs on: Intel Xeon (0.08 / 0.15 sufficed) and AMD EPYC Zen 4, whose int8
+# kernels move the tiny random cross-encoder's scores by up to 0.106 (onnx-int8) and 0.164 (openvino-int8).
+TOLERANCE = {"onnx": 1e-4, "openvino": 2e-2, "onnx-int8": 1.2e-1, "openvino-int8": 2e-1}
 OTHER_BACKENDS = [b for b in BACKENDS if b != "torch"]
 
 
@@ -100,7 +102,8 @@ def test_second_load_reuses_the_cached_export(backend, tiny_bi_encoder_dir, tmp_
     second = BiEncoder(str(tiny_bi_encoder_dir), cache=None, backend=backend)
     assert builds == [backend]
     assert second.runtime.path == path and path.stat().st_mtime_ns == stamp
-    assert np.array_equal(first.encode_queries(QUERIES), second.encode_queries(QUERIES))
+    # the same compiled model; OpenVINO's threaded kernels may round the last bit differently between loads (AMD EPYC)
+    assert np.allclose(first.encode_queries(QUERIES), second.encode_queries(QUERIES), rtol=1e-5, atol=1e-6)
 
 
 def test_backends_cache_vectors_separately(tiny_bi_encoder_dir, tiny_torch):
@@ -117,11 +120,14 @@ def test_int8_collection_records_its_backend_and_is_searched_with_it(tiny_bi_enc
     docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(DOCS)]
     with Engine.create(path, model=str(tiny_bi_encoder_dir), reranker=None, backend="onnx-int8") as engine:
         engine.add(docs)
-        built = [h.doc_id for h in engine.search(QUERIES[0], k=6, rerank=False).hits]
+        built = {h.doc_id: h.score for h in engine.search(QUERIES[0], k=6, rerank=False).hits}
     with Engine.open(path, reranker=None, backend="torch") as engine:
         assert engine.collection.manifest.extra["backend"] == "onnx-int8"
         assert engine.encoder.backend == "onnx-int8"  # int8 vectors: queried with the same int8 model
-        assert [h.doc_id for h in engine.search(QUERIES[0], k=6, rerank=False).hits] == built
+        again = {h.doc_id: h.score for h in engine.search(QUERIES[0], k=6, rerank=False).hits}
+    # the same int8 model gives the same scores (to ONNX Runtime's threaded rounding), so near ties may swap
+    assert again.keys() == built.keys()
+    assert all(abs(again[doc] - built[doc]) < 1e-3 for doc in built)
     with Engine.create(tmp_path / "float", model=str(tiny_bi_encoder_dir), reranker=None, backend="torch") as engine:
         engine.add(docs)
     with Engine.open(tmp_path / "float", reranker=None, backend="onnx-int8") as engine:
