@@ -30,9 +30,7 @@ from twostage.eval.metrics import DEFAULT_MEASURES, evaluate, parse_measure
 from twostage.eval.significance import Comparison, compare
 from twostage.eval.systems import (
     SystemRun,
-    engine_options,
     engine_system,
-    parse_levers,
     rerank_run_system,
     rerank_texts_needed,
 )
@@ -41,6 +39,7 @@ from twostage.eval.trec import Run, read_run
 from twostage.reranker.resolve import DEFAULT_RERANKER
 from twostage.runtime.backends import FLOAT_BACKENDS
 from twostage.runtime.config import RuntimeConfig, cache_root, runtime_config
+from twostage.search_request import SearchRequest
 
 DEFAULT_DEPTHS = (10, 20, 50, 100)
 FIRST_STAGE_DEPTH = 1000
@@ -189,20 +188,11 @@ def resolve_systems(
 
 
 def _check_levers(name: str, levers: str) -> None:
-    """A system's lever options, checked as the engine will check them (before any model loads)."""
+    """A system's lever options, checked as the engine will take them (before any model loads)."""
     try:
-        options = parse_levers(levers)
-        if any(value != "none" for value in options.values()):
-            from twostage.engine import parse_levers as engine_levers
-
-            engine_levers(options.get("prf"), options.get("query_tokens"), options.get("fusion"))
-    except ValueError as err:
-        raise EvalInputError(f"system {name}/{levers}: {err}") from None
-    if name.startswith("bm25") and options.get("prf", "none") != "none":
-        raise EvalInputError(
-            f"system {name}/{levers}: pseudo-relevance feedback (prf) moves the query vector: it "
-            "needs a dense or hybrid first stage"
-        )
+        SearchRequest.from_system(f"{name}/{levers}", candidate_depth=FIRST_STAGE_DEPTH**2)
+    except UsageError as err:
+        raise EvalInputError(str(err)) from None
 
 
 def check_config(config: EvalConfig) -> list[SystemSpec]:
@@ -620,21 +610,13 @@ def _run_systems(
 ) -> dict[str, SystemRun]:
     """The run (and timings) of every system in `specs`: each engine configuration through the engine, a given run
     as it is, and its reranked forms through the engine's rerank step."""
-    from twostage.retriever.fusion import FirstStage
-
     out: dict[str, SystemRun] = {}
     for spec in specs:
         if spec.first_stage == "run":
             continue
-        stage = FirstStage(spec.first_stage, rrf_k=config.rrf_k).label
         log(f"{spec.name}: searching through the engine")
-        out[spec.name] = engine_system(
-            engine,
-            queries,
-            engine_options(stage, spec.depth, config.first_stage_depth, spec.levers),
-            progress=config.progress,
-            label=spec.name,
-        )
+        request = SearchRequest.from_system(spec.name, config.first_stage_depth, rrf_k=config.rrf_k)
+        out[spec.name] = engine_system(engine, queries, request, progress=config.progress, label=spec.name)
     if given is not None:
         out["run"] = SystemRun(given, None)
         run_depths = [s.depth for s in specs if s.first_stage == "run" and s.depth]

@@ -11,15 +11,12 @@ of a reranked system stay comparable with its first stage.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twostage.eval.timing import StageTimings
 from twostage.eval.trec import Queries, Run, ranked
-
-#: the lever options a system name may carry after "/" (``dense+rerank@100/prf=3:0.5/tokens=idf/fusion=rrf``),
-#: as the keyword arguments of ``Engine.search`` they become
-LEVER_OPTIONS = {"prf": "prf", "tokens": "query_tokens", "fusion": "fusion"}
+from twostage.search_request import SearchRequest
 
 
 @dataclass
@@ -36,43 +33,17 @@ def _progress(total: int, desc: str, show: bool):
     return tqdm(total=total, desc=desc, unit="query", disable=not show, leave=False)
 
 
-def parse_levers(text: str) -> dict[str, str]:
-    """``prf=K:B/tokens=SPEC/fusion=SPEC`` (any subset, "/"-separated) -> ``Engine.search`` keyword arguments, the
-    levers not named off (so ``dense+rerank@100`` is plain MaxSim); ``default`` starts from the engine's defaults
-    instead (``default/fusion=rrf``). ValueError naming the unknown or malformed part (the engine checks values)."""
-    parts = [p for p in text.split("/") if p]
-    out = {} if "default" in parts else {"prf": "none", "query_tokens": "none", "fusion": "none"}
-    for part in (p for p in parts if p != "default"):
-        key, eq, value = part.partition("=")
-        if not eq or key not in LEVER_OPTIONS or not value:
-            raise ValueError(f"lever option {part!r}: expected default, prf=K[:BETA], tokens=SPEC or fusion=SPEC")
-        out[LEVER_OPTIONS[key]] = value
-    return out
-
-
-def engine_options(first_stage: str, depth: int | None, k: int, levers: str = "") -> dict[str, Any]:
-    """The ``Engine.search`` options of one system: ``first_stage`` (a ``FirstStage`` spec) with ``k`` candidates,
-    the top ``depth`` reranked (none when None), plus its lever options."""
-    return {
-        "first_stage": first_stage,
-        "k": k,
-        "top_n": k,
-        "rerank": depth is not None,
-        "rerank_depth": depth,
-        **parse_levers(levers),
-    }
-
-
 def engine_system(
-    engine, queries: Queries, options: Mapping[str, Any], *, progress: bool = False, label: str = "search"
+    engine, queries: Queries, request: SearchRequest, *, progress: bool = False, label: str = "search"
 ) -> SystemRun:
-    """One system's run through ``Engine.search_queries`` (one query at a time), with the engine's stage timings."""
+    """One system's run through ``Engine.search_queries`` (one query at a time), with the engine's stage timings;
+    every candidate is returned (a collection smaller than the candidate depth gives all it has)."""
     qids = list(queries)
-    k = max(1, min(int(options["k"]), len(engine.collection)))
-    options = {**options, "k": k, "top_n": k}
-    engine.search(queries[qids[0]], **options)  # warm-up
+    k = max(1, min(request.candidate_depth, len(engine.collection)))
+    request = replace(request, candidate_depth=k, top_k=k)
+    engine.search(queries[qids[0]], request)  # warm-up
     with _progress(len(qids), label, progress) as bar:
-        results = engine.search_queries(queries, one_at_a_time=True, progress=bar.update, **options)
+        results = engine.search_queries(queries, request, one_at_a_time=True, progress=bar.update)
     return SystemRun({qid: results[qid].run() for qid in qids}, _timings(results[q] for q in qids))
 
 

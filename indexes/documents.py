@@ -22,7 +22,12 @@ class Document:
 
     def text_for_encoding(self) -> str:
         """The string the encoders see: title and text joined, as sentence-transformers' BEIR scripts do."""
-        return f"{self.title}. {self.text}" if self.title else self.text
+        return encoding_text(self.text, self.title)
+
+
+def encoding_text(text: str, title: str | None) -> str:
+    """Title and text joined, as sentence-transformers' BEIR scripts do: what both stages encode."""
+    return f"{title}. {text}" if title else text
 
 
 def text_hash(text: str) -> str:

@@ -34,11 +34,22 @@ class RerankerLoadError(RuntimeError):
 
 @dataclass
 class Candidate:
-    """A first-stage candidate handed to a reranker."""
+    """A first-stage candidate handed to a reranker. Rerankers read ``doc_id``, ``encoding_text`` and
+    ``retrieval_score`` only, so the engine hands them its own hits (``twostage.results.Hit``) as they are."""
 
     doc_id: str
     text: str
     score: float = 0.0
+
+    @property
+    def encoding_text(self) -> str:
+        """The text the second stage scores (title and text joined, as the encoders see it)."""
+        return self.text
+
+    @property
+    def retrieval_score(self) -> float:
+        """The first-stage score (score fusion reads it)."""
+        return self.score
 
 
 @dataclass
@@ -69,7 +80,9 @@ class Reranker(ABC):
         self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]]
     ) -> list[np.ndarray]:
         """:meth:`score_batch` over the candidates' texts; rerankers that can use doc ids (MaxSim's token store) override."""
-        return self.score_batch(queries, [[c.text for c in candidates] for candidates in candidates_per_query])
+        return self.score_batch(
+            queries, [[c.encoding_text for c in candidates] for candidates in candidates_per_query]
+        )
 
     def rerank(self, query: str, candidates: Sequence[Candidate], top_n: int | None = None) -> list[Reranked]:
         """Candidates sorted by second-stage score (stable on ties: first-stage order wins); scored through

@@ -167,7 +167,7 @@ class MaxSimReranker(Reranker):
         if light is not None:
             return light
         query_vectors = self._encode_queries(queries)
-        passages = self._passages([c.text for c in flat], [c.doc_id for c in flat])
+        passages = self._passages([c.encoding_text for c in flat], [c.doc_id for c in flat])
         out, start = [], 0
         for q, candidates in zip(query_vectors, candidates_per_query):
             out.append(_maxsim(q, passages[start : start + len(candidates)]))
@@ -184,7 +184,7 @@ class MaxSimReranker(Reranker):
             return None
         stored = self._lookup([c.doc_id for c in flat]) if self.token_store is not None else [None] * len(flat)
         missing = [i for i, array in enumerate(stored) if array is None]
-        for i, vectors in zip(missing, self._light_passages([flat[i].text for i in missing])):
+        for i, vectors in zip(missing, self._light_passages([flat[i].encoding_text for i in missing])):
             stored[i] = vectors
         out, start = [], 0
         for query, candidates in zip(self._light_queries(queries), candidates_per_query):

@@ -109,6 +109,6 @@ class FusedReranker(Reranker):
         """The inner reranker's scores, each query's fused with its candidates' first-stage ``score``."""
         second = self.inner.score_candidates(queries, candidates_per_query)
         return [
-            fuse_scores([c.score for c in candidates], scores, self.fusion)
+            fuse_scores([c.retrieval_score for c in candidates], scores, self.fusion)
             for candidates, scores in zip(candidates_per_query, second)
         ]

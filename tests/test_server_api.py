@@ -650,17 +650,8 @@ class _RecordingEngine:
         self.threads: set[int] = set()
         self._thread_id = threading.get_ident
 
-    def search_many(
-        self,
-        queries: list[str],
-        k: int,
-        top_n: int,
-        rerank: bool,
-        filter: Any,
-        ef_search: int | None = None,
-        nprobe: int | None = None,
-        first_stage: str = "dense",
-    ) -> list[tuple]:
+    def search_many(self, queries: list[str], request: Any) -> list[tuple]:
+        k, first_stage = request.candidate_depth, request.first_stage
         self.threads.add(self._thread_id())
         if "boom" in queries:
             raise ValueError("boom")

@@ -136,7 +136,7 @@ def mine(engine: Any, queries: dict[str, str], depth: int, log: Log, progress: b
     with tqdm(total=len(qids), desc="mining", unit="query", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(qids), 128):
             chunk = qids[start : start + 128]
-            results = engine.search_many([queries[q] for q in chunk], k=depth, top_n=depth, rerank=False)
+            results = engine.search_many([queries[q] for q in chunk], candidate_depth=depth, top_k=depth, rerank=False)
             for qid, result in zip(chunk, results):
                 hits = result.hits
                 out.append(

@@ -2,7 +2,7 @@
 
 The engine (and its SQLite connection) lives in a single dedicated thread. Requests become jobs on a queue:
 
-* search jobs that arrive within ``window_s`` of the first one, and share ``(k, top_n, rerank, filter)``,
+* search jobs that arrive within ``window_s`` of the first one, and share their search request's options,
   go through :meth:`Engine.search_many` together (at most ``max_batch_queries`` queries per pass);
 * write jobs (add, delete) end the current batch and run alone, so a search never runs concurrently
   with a write and always sees a consistent collection; a search submitted after a write was
@@ -14,16 +14,17 @@ Callers get a :class:`concurrent.futures.Future`; async code awaits it with :fun
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+from .search_request import SearchRequest
 
 log = logging.getLogger("twostage.batcher")
 
@@ -31,32 +32,14 @@ log = logging.getLogger("twostage.batcher")
 @dataclass
 class _SearchJob:
     queries: list[str]
-    k: int
-    top_n: int
-    rerank: bool
-    filter: dict[str, Any] | None
+    request: SearchRequest
     future: Future
-    ef_search: int | None = None
-    nprobe: int | None = None
-    first_stage: str = "dense"
-    #: the second-stage levers given (prf, query_tokens, fusion, rerank_depth); absent ones (or None) keep the
-    #: engine's defaults
-    levers: dict[str, Any] = field(default_factory=dict)
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
-    def key(self) -> tuple[int, int, bool, str, int | None, int | None, str, str]:
+    def key(self) -> str:
         """Jobs with equal keys can share one ``search_many`` pass."""
-        return (
-            self.k,
-            self.top_n,
-            self.rerank,
-            json.dumps(self.filter, sort_keys=True),
-            self.ef_search,
-            self.nprobe,
-            self.first_stage,
-            json.dumps(self.levers, sort_keys=True),
-        )
+        return self.request.key()
 
 
 @dataclass
@@ -143,32 +126,10 @@ class Batcher:
         self._thread = None
 
     # ----------------------------------------------------------------- submitting
-    def search(
-        self,
-        queries: Sequence[str],
-        *,
-        k: int,
-        top_n: int,
-        rerank: bool,
-        filter: Mapping[str, Any] | None = None,
-        ef_search: int | None = None,
-        nprobe: int | None = None,
-        first_stage: str = "dense",
-        levers: Mapping[str, Any] | None = None,
-    ) -> Future:
-        """A future for ``engine.search_many(queries, ...)``, possibly answered in a batch with other callers."""
-        job = _SearchJob(
-            list(queries),
-            k,
-            top_n,
-            rerank,
-            dict(filter) if filter else None,
-            Future(),
-            ef_search=ef_search,
-            nprobe=nprobe,
-            first_stage=first_stage,
-            levers={name: value for name, value in (levers or {}).items() if value is not None},
-        )
+    def search(self, queries: Sequence[str], request: SearchRequest | None = None, **options: Any) -> Future:
+        """A future for ``engine.search_many(queries, request)`` (keyword ``options`` over ``request``, as
+        ``Engine.search`` takes them), possibly answered in a batch with other callers."""
+        job = _SearchJob(list(queries), SearchRequest.from_options(request, **options), Future())
         self._put(job)
         return job.future
 
@@ -232,7 +193,7 @@ class Batcher:
             else:
                 searches.append(job)
                 total += len(job.queries)
-        groups: dict[tuple, list[_SearchJob]] = {}
+        groups: dict[str, list[_SearchJob]] = {}
         for job in searches:
             groups.setdefault(job.key, []).append(job)
         for jobs in groups.values():
@@ -257,17 +218,7 @@ class Batcher:
         first = jobs[0]
         queries = [q for job in jobs for q in job.queries]
         try:
-            results = self.engine.search_many(
-                queries,
-                k=first.k,
-                top_n=first.top_n,
-                rerank=first.rerank,
-                filter=first.filter,
-                ef_search=first.ef_search,
-                nprobe=first.nprobe,
-                first_stage=first.first_stage,
-                **first.levers,
-            )
+            results = self.engine.search_many(queries, first.request)
         except Exception as err:
             if len(jobs) == 1:
                 _fail(first.future, err)

@@ -9,6 +9,7 @@ import sqlite3
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ from twostage.indexes.token_store import ENCODINGS as TOKEN_ENCODINGS
 from twostage.runtime.config import runtime_from_args
 
 from .errors import UsageError
-from .search_options import first_stage_spec, reranker_spec
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -260,60 +260,9 @@ def _encode_options(p: argparse.ArgumentParser) -> None:
 def _search_options(p: argparse.ArgumentParser) -> None:
     from twostage.runtime.config import add_runtime_arguments
 
-    from .search_options import add_search_arguments
+    from .search_request import add_search_arguments
 
     add_search_arguments(p)
-    p.add_argument(
-        "--filter",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="only documents whose metadata KEY equals VALUE (repeatable; all must match)",
-    )
-    p.add_argument(
-        "--ef-search",
-        type=int,
-        default=None,
-        metavar="N",
-        help="HNSW: candidates explored per query (default 128, at least --k); more = higher recall, slower",
-    )
-    p.add_argument(
-        "--nprobe",
-        type=int,
-        default=None,
-        metavar="N",
-        help="IVF: inverted lists scanned per query (default nlist/64, at least 16); more = higher recall, slower",
-    )
-    p.add_argument(
-        "--prf",
-        default=None,
-        metavar="K[:BETA]",
-        help="pseudo-relevance feedback: move the query vector towards its top K documents "
-        "(weight BETA, default 0.5) and search again; 'none' = off (unset: the engine's default "
-        "when maxsim reranks, see README 'Second-stage levers')",
-    )
-    p.add_argument(
-        "--query-tokens",
-        default=None,
-        metavar="SPEC",
-        help="maxsim query tokens: plain | idf (weighted by IDF in the collection) | special "
-        "([CLS]/[SEP] too) | idf+special (unset: the engine's default)",
-    )
-    p.add_argument(
-        "--fusion",
-        default=None,
-        metavar="SPEC",
-        help="final score from both stages: rrf | zscore:W | minmax:W (W = second stage's weight); "
-        "'none' = the second stage's score alone (unset: the engine's default when maxsim reranks)",
-    )
-    p.add_argument(
-        "--rerank-depth",
-        type=int,
-        default=None,
-        metavar="D",
-        help="rerank only the top D of the --k candidates; the rest follow in first-stage order "
-        "(default: all; what `twostage eval` calls rerank@D)",
-    )
     add_runtime_arguments(p)
 
 
@@ -336,17 +285,6 @@ def _train_options(p: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------- commands
-def parse_filters(pairs: Sequence[str]) -> dict[str, str] | None:
-    """``["lang=en", "year=2020"]`` → ``{"lang": "en", "year": "2020"}``; a pair without '=' is a usage error."""
-    filters: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--filter {pair!r}: expected KEY=VALUE")
-        filters[key.strip()] = value
-    return filters or None
-
-
 def _read_corpus(args: argparse.Namespace):
     from twostage.indexes.readers import read_corpus
 
@@ -702,41 +640,24 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     # every argument and input is checked before the engine (and a model) loads: a mistake costs no start-up time
+    from .search_request import SearchRequest
+
     if (args.query is None) == (args.queries is None):
         raise UsageError("give either a QUERY or --queries FILE")
     if args.run and not args.queries:
         raise UsageError("--run needs --queries FILE (batch mode)")
     if args.query is not None and not args.query.strip():
         raise UsageError("the query is empty; give some words to search for")
-    filters = parse_filters(args.filter)
-    first_stage_spec(args)
-    if args.rerank_depth is not None and args.rerank_depth < 1:
-        raise UsageError(f"--rerank-depth must be a positive integer (got {args.rerank_depth})")
-    if args.rerank_depth is not None and args.rerank_depth > args.k:
-        raise UsageError(
-            f"--rerank-depth {args.rerank_depth} is more than the --k {args.k} candidates there are to "
-            f"rerank; lower it or raise --k"
-        )
+    request = SearchRequest.from_args(args)
     queries = _read_queries(args.queries) if args.queries else None
     if args.run:
         writable_file(args.run, "--run")
     from .engine import Engine
 
-    with Engine.open(
-        args.directory, reranker=reranker_spec(args), runtime=runtime_from_args(args), ray=args.ray
-    ) as engine:
+    with Engine.open(args.directory, request=request, ray=args.ray) as engine:
         if queries is not None:
-            return _search_batch(engine, args, filters, queries)
-        result = engine.search(
-            args.query,
-            k=args.k,
-            top_n=args.top_n,
-            rerank=not args.no_rerank,
-            filter=filters,
-            ef_search=args.ef_search,
-            nprobe=args.nprobe,
-            **_lever_options(args),
-        )
+            return _search_batch(engine, args, request, queries)
+        result = engine.search(args.query, request)
         _print_notices(engine, result.notices)
         if args.json:
             print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
@@ -751,19 +672,6 @@ def _print_notices(engine: Any, notices: Sequence[str]) -> None:
         print(f"{notice} (pass --reranker PATH to use a cross-encoder)", file=sys.stderr)
     for notice in notices:
         print(notice, file=sys.stderr)
-
-
-def _lever_options(args: argparse.Namespace) -> dict[str, str]:
-    """``--prf``, ``--query-tokens``, ``--fusion``, ``--first-stage`` and ``--rerank-depth`` as given (absent ones keep
-    the engine's defaults)."""
-    given = {
-        "prf": args.prf,
-        "query_tokens": args.query_tokens,
-        "fusion": args.fusion,
-        "first_stage": first_stage_spec(args),
-        "rerank_depth": args.rerank_depth,
-    }
-    return {name: value for name, value in given.items() if value is not None}
 
 
 def writable_file(path: Path, option: str) -> None:
@@ -794,24 +702,15 @@ def _read_queries(path: Path) -> dict[str, str]:
     return queries
 
 
-def _search_batch(
-    engine: Any, args: argparse.Namespace, filters: dict[str, str] | None, queries: dict[str, str]
-) -> int:
+def _search_batch(engine: Any, args: argparse.Namespace, request: Any, queries: dict[str, str]) -> int:
     from twostage.eval.trec import write_run
 
     qids = list(queries)
-    # a TREC run holds every candidate (as Pyserini's do), so recall at any depth up to --k can be measured
-    top_n = max(args.k, args.top_n) if args.run else args.top_n
-    by_qid = engine.search_queries(
-        queries,
-        k=args.k,
-        top_n=top_n,
-        rerank=not args.no_rerank,
-        filter=filters,
-        ef_search=args.ef_search,
-        nprobe=args.nprobe,
-        **_lever_options(args),
-    )
+    # a TREC run holds every candidate (as Pyserini's do), so recall at any depth up to the candidate depth can be
+    # measured
+    if args.run:
+        request = replace(request, top_k=max(request.candidate_depth, request.top_k))
+    by_qid = engine.search_queries(queries, request)
     results = [by_qid[q] for q in qids]
     _print_notices(engine, results[0].notices if results else [])
     run = {qid: result.run() for qid, result in zip(qids, results)}

@@ -18,7 +18,7 @@ from twostage.indexes.collection import Collection
 from twostage.indexes.documents import Document, id_problem, unicode_problem
 from twostage.indexes.protocols import CollectionLike, ManifestLike
 from twostage.indexes.sharded import ShardedCollection, collection_exists, open_collection
-from twostage.reranker.base import Candidate, Reranker
+from twostage.reranker.base import Reranker
 from twostage.reranker.loading import RerankerFallbackWarning, load_reranker
 from twostage.reranker.maxsim import MaxSimReranker, QueryTokens, content_token_ids, encode_with_tokens
 from twostage.reranker.resolve import DEFAULT_RERANKER
@@ -33,12 +33,11 @@ from twostage.runtime.models import DEFAULT_BI_ENCODER
 
 from .errors import UsageError
 from .results import Hit, SearchResult, Timings
+from .search_request import SearchRequest
 from .writer import OrderedWriter
 
 #: documents encoded and committed to SQLite per step; a crash loses at most one step's work
 ADD_CHUNK = 256
-#: a search option left at this takes the engine's default for it
-DEFAULT = "default"
 #: the second-stage levers a MaxSim search uses unless it names others: Rocchio feedback from the top 10, [CLS]/[SEP]
 #: among the query tokens, and 0.8 x min-max(MaxSim) + 0.2 x min-max(first stage). Chosen on half of cacm and
 #: confirmed on msmarco-dl20 by benchmarks/bench_levers.py (README, "Second-stage levers").
@@ -151,6 +150,7 @@ class Engine:
         backend: str | None = None,
         runtime: RuntimeConfig | None = None,
         shards: int | None = None,
+        request: SearchRequest | None = None,
     ) -> Engine:
         """A new, empty collection at ``path`` (or the existing one there, resumed, when built by the same model).
 
@@ -162,8 +162,10 @@ class Engine:
         none). ``runtime`` says where and how both stages run (device,
         backend, batch size, threads); ``backend=`` and ``batch_size=`` are shorthands that override its fields. The
         backend (torch, onnx, onnx-int8, openvino, openvino-int8; auto = measured here, ``runtime.autotune``) is
-        recorded in the manifest."""
+        recorded in the manifest. ``request`` (a :class:`SearchRequest`) gives the reranker and runtime instead."""
         path = Path(path)
+        if request is not None:
+            reranker, runtime = request.reranker, request.runtime
         runtime = runtime_config(runtime, backend=backend, batch_size=batch_size)
         if collection_exists(path) and not overwrite:
             engine = cls.open(path, reranker=reranker, model=model, encoder=encoder, runtime=runtime)
@@ -237,13 +239,17 @@ class Engine:
         backend: str | None = None,
         runtime: RuntimeConfig | None = None,
         ray: str | None = None,
+        request: SearchRequest | None = None,
     ) -> Engine:
         """Open an existing collection (single or sharded) with the bi-encoder that built it; a different bi-encoder
         is refused. ``ray`` ("auto" or a cluster address) serves a sharded collection's shards from Ray actors.
 
         ``runtime`` (with the ``backend=``/``batch_size=`` shorthands) as in :meth:`create`. Queries are encoded with
         ``compatible_query_backend(<the collection's backend>, <the requested one>)``: an int8 collection keeps its
-        CPU-only backend, so it runs on the CPU under device ``auto`` and is refused under an explicit ``cuda``."""
+        CPU-only backend, so it runs on the CPU under device ``auto`` and is refused under an explicit ``cuda``.
+        ``request`` (a :class:`SearchRequest`, as the CLI and eval build it) gives the reranker and runtime instead."""
+        if request is not None:
+            reranker, runtime = request.reranker, request.runtime
         runtime = runtime_config(runtime, backend=backend, batch_size=batch_size)
         if ray is not None:
             from .distributed import RayShardedCollection  # imported only when asked: importing ray is slow
@@ -373,93 +379,38 @@ class Engine:
         return DeleteReport(deleted=list(result.deleted), missing=list(result.missing))
 
     # ----------------------------------------------------------------- reads
-    def search(
-        self,
-        query: str,
-        k: int = 100,
-        top_n: int = 10,
-        rerank: bool = True,
-        filter: Mapping[str, Any] | None = None,
-        *,
-        ef_search: int | None = None,
-        nprobe: int | None = None,
-        prf: PRF | str | None = DEFAULT,
-        query_tokens: QueryTokens | str | None = DEFAULT,
-        fusion: Fusion | str | None = DEFAULT,
-        first_stage: FirstStage | str | None = None,
-        rerank_depth: int | None = None,
-    ) -> SearchResult:
-        """Top ``top_n`` of ``k`` first-stage candidates, reranked by the second stage unless ``rerank`` is False.
-        ``first_stage``: "dense" (default), "bm25" (the collection's lexical index) or "hybrid" (both, by reciprocal
-        rank fusion; "hybrid:weighted:W" sums min-max normalised scores, W the dense weight; see
-        ``retriever.fusion.FirstStage``). ``rerank_depth`` reranks only the top that many candidates; the rest
-        follow beneath in first-stage order.
-        ``ef_search`` (HNSW) and ``nprobe`` (IVF) trade first-stage speed for recall in this search.
-        ``prf`` ("K:BETA") moves the query vector towards its top K documents and searches again (Rocchio);
-        ``query_tokens`` ("plain", "idf", "special", "idf+special") weighs MaxSim's query tokens; ``fusion`` ("rrf",
-        "zscore:W", "minmax:W") fuses both stages' scores into the final one. Each "default" is
-        ``MAXSIM_DEFAULTS``' setting when MaxSim reranks the search, else off; None or "none" is off."""
-        return self.search_many(
-            [query],
-            k=k,
-            top_n=top_n,
-            rerank=rerank,
-            filter=filter,
-            ef_search=ef_search,
-            nprobe=nprobe,
-            prf=prf,
-            query_tokens=query_tokens,
-            fusion=fusion,
-            first_stage=first_stage,
-            rerank_depth=rerank_depth,
-        )[0]
+    def search(self, query: str, request: SearchRequest | None = None, **options: Any) -> SearchResult:
+        """The top ``top_k`` of ``candidate_depth`` first-stage candidates, the top ``rerank_depth`` of them reranked
+        by the second stage unless ``rerank`` is False. ``request`` holds the options (:class:`SearchRequest`, which
+        documents each); keyword ``options`` override its fields (``k``/``top_n``, the old names, still work).
+        The levers ``prf``, ``query_tokens`` and ``fusion`` left at "default" take ``MAXSIM_DEFAULTS``' setting when
+        MaxSim reranks the search, else off."""
+        return self.search_many([query], request, **options)[0]
 
     def search_many(
-        self,
-        queries: Sequence[str],
-        k: int = 100,
-        top_n: int = 10,
-        rerank: bool = True,
-        filter: Mapping[str, Any] | None = None,
-        *,
-        ef_search: int | None = None,
-        nprobe: int | None = None,
-        prf: PRF | str | None = DEFAULT,
-        query_tokens: QueryTokens | str | None = DEFAULT,
-        fusion: Fusion | str | None = DEFAULT,
-        first_stage: FirstStage | str | None = None,
-        rerank_depth: int | None = None,
+        self, queries: Sequence[str], request: SearchRequest | None = None, **options: Any
     ) -> list[SearchResult]:
         """Several queries at once: one encoder pass, one index search, one batched rerank pass."""
+        request = SearchRequest.from_options(request, **options)
         queries = list(queries)
-        _check_request(queries, k, top_n, ef_search, nprobe)
-        if rerank_depth is not None and (not isinstance(rerank_depth, int) or rerank_depth < 1):
-            raise UsageError(f"rerank_depth must be a positive integer (got {rerank_depth!r})")
-        if rerank_depth is not None and rerank_depth > k:
-            raise UsageError(
-                f"rerank_depth {rerank_depth} is more than the k={k} candidates there are to rerank; "
-                f"lower it or raise k"
-            )
-        stage = _parse_first_stage(first_stage)
-        prf, query_tokens, fusion = self._levers(rerank, stage, prf, query_tokens, fusion)
-        if prf is not None and not stage.uses_dense:
-            raise UsageError(
-                f"pseudo-relevance feedback moves the query vector: it needs a dense or hybrid first "
-                f"stage, not {stage.label}"
-            )
+        _check_queries(queries)
+        stage = request.stage
+        maxsim = request.rerank and isinstance(self.reranker, MaxSimReranker)
+        prf, query_tokens, fusion = request.levers(MAXSIM_DEFAULTS if maxsim else None)
         notices = []
         size = len(self.collection)
+        k = request.candidate_depth
         if k > size:
             notices.append(f"k={k} is larger than the collection ({size} documents); searched all of them")
         n = len(queries)
 
         candidate_lists, encode_s, search_s = self._retrieve(
-            stage, queries, min(k, max(size, 1)), dict(filter) if filter else None, ef_search, nprobe, prf
+            stage, queries, min(k, max(size, 1)), request.filter, request.ef_search, request.nprobe, prf
         )
 
         docs = self._fetch(candidate_lists)
-        reranker = self._second_stage(query_tokens, fusion) if rerank else None
-        if rerank and reranker is None and self._reranker_spec is None and not self.notices:
+        reranker = self._second_stage(query_tokens, fusion) if request.rerank else None
+        if request.rerank and reranker is None and self._reranker_spec is None and not self.notices:
             notices.append("no reranker configured; showing first-stage order")
         hit_lists = [
             [hit_from(docs[doc_id], score, rank) for rank, (doc_id, score) in enumerate(cands, start=1)]
@@ -467,14 +418,14 @@ class Engine:
         ]
         rerank_s = 0.0
         if reranker is not None:
-            hit_lists, rerank_s = rerank_hits(reranker, queries, hit_lists, rerank_depth)
+            hit_lists, rerank_s = rerank_hits(reranker, queries, hit_lists, request.rerank_depth)
         results = []
         for query, cands, hits in zip(queries, candidate_lists, hit_lists):
             timings = Timings(encode_s=encode_s / n, search_s=search_s / n, rerank_s=rerank_s / n)
             results.append(
                 SearchResult(
                     query=query,
-                    hits=hits[:top_n],
+                    hits=hits[: request.top_k],
                     timings=timings,
                     candidates=len(cands),
                     reranker=getattr(getattr(reranker, "inner", reranker), "name", None),  # the model, not a fusion
@@ -486,22 +437,24 @@ class Engine:
     def search_queries(
         self,
         queries: Mapping[str, str],
+        request: SearchRequest | None = None,
         *,
         one_at_a_time: bool = False,
         progress: Callable[[int], None] | None = None,
         **options: Any,
     ) -> dict[str, SearchResult]:
-        """``qid -> query`` searched with ``search_many``'s options: what ``twostage search --queries Q --run OUT`` and
+        """``qid -> query`` searched with ``search_many``'s request: what ``twostage search --queries Q --run OUT`` and
         every ``twostage eval`` system run. ``one_at_a_time`` makes each query's timings its own latency."""
+        request = SearchRequest.from_options(request, **options)
         qids = list(queries)
         if not one_at_a_time:
-            results = dict(zip(qids, self.search_many([queries[q] for q in qids], **options)))
+            results = dict(zip(qids, self.search_many([queries[q] for q in qids], request)))
             if progress:
                 progress(len(qids))
             return results
         out = {}
         for qid in qids:
-            out[qid] = self.search_many([queries[qid]], **options)[0]
+            out[qid] = self.search_many([queries[qid]], request)[0]
             if progress:
                 progress(1)
         return out
@@ -535,20 +488,6 @@ class Engine:
         else:
             lists = stage.fuse(dense, lexical, k)
         return lists, encode_s, time.perf_counter() - started - encode_s
-
-    def _levers(
-        self, rerank: bool, stage: FirstStage, prf: Any, query_tokens: Any, fusion: Any
-    ) -> tuple[PRF | None, QueryTokens | None, Fusion | None]:
-        """The search's feedback, query-token and fusion settings: those given, and for each "default" the one in
-        ``MAXSIM_DEFAULTS`` when MaxSim reranks this search (feedback only with a dense first stage), else off."""
-        given = {"prf": prf, "query_tokens": query_tokens, "fusion": fusion}
-        if any(isinstance(value, str) and value == DEFAULT for value in given.values()):
-            maxsim = rerank and isinstance(self.reranker, MaxSimReranker)
-            for name, value in given.items():
-                if isinstance(value, str) and value == DEFAULT:
-                    use = maxsim and (name != "prf" or stage.uses_dense)
-                    given[name] = MAXSIM_DEFAULTS[name] if use else None
-        return parse_levers(given["prf"], given["query_tokens"], given["fusion"])
 
     def _feedback(self, vectors: Any, candidate_lists: list[list[tuple[str, float]]], prf: PRF) -> Any:
         """Each query vector moved towards its top ``prf.k`` candidates' stored vectors (``retriever.prf.rocchio``)."""
@@ -699,47 +638,13 @@ def query_placement(manifest: ManifestLike, runtime: RuntimeConfig, path: str | 
     return device, query_backend
 
 
-def parse_levers(
-    prf: PRF | str | None = None, query_tokens: QueryTokens | str | None = None, fusion: Fusion | str | None = None
-) -> tuple[PRF | None, QueryTokens | None, Fusion | None]:
-    """The search's feedback, query-token and fusion options from their specs ("none" = off); UsageError if malformed
-    (the server checks a request's fields with it before queueing the search)."""
-    try:
-        return (
-            None if _off(prf) else PRF.parse(prf),  # type: ignore[arg-type]
-            None if _off(query_tokens) else QueryTokens.parse(query_tokens),  # type: ignore[arg-type]
-            None if _off(fusion) else Fusion.parse(fusion),  # type: ignore[arg-type]
-        )
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-
-
-def _parse_first_stage(spec: FirstStage | str | None) -> FirstStage:
-    """The search's first stage from its spec (None = dense); UsageError if malformed."""
-    try:
-        return FirstStage.parse(spec)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-
-
-def _off(spec: object) -> bool:
-    return spec is None or (isinstance(spec, str) and spec.strip().lower() in ("none", "off", ""))
-
-
-def _check_request(queries: Sequence[str], k: int, top_n: int, ef_search: int | None, nprobe: int | None) -> None:
+def _check_queries(queries: Sequence[str]) -> None:
     if not queries:
         raise UsageError("no queries given")
     for i, query in enumerate(queries):
         if not isinstance(query, str) or not query.strip():
             where = f"query {i + 1}" if len(queries) > 1 else "the query"
             raise UsageError(f"{where} is empty; give some words to search for")
-    if not isinstance(k, int) or k < 1:
-        raise UsageError(f"k must be a positive integer (got {k!r})")
-    if not isinstance(top_n, int) or top_n < 1:
-        raise UsageError(f"top_n must be a positive integer (got {top_n!r})")
-    for name, value in (("ef_search", ef_search), ("nprobe", nprobe)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise UsageError(f"{name} must be a positive integer (got {value!r})")
 
 
 def hit_from(doc: Document, score: float, rank: int) -> Hit:
@@ -759,14 +664,8 @@ def rerank_hits(
 ) -> tuple[list[list[Hit]], float]:
     """The engine's second stage: each query's top ``depth`` hits (all when None) scored in one batched pass and
     sorted by it, the rest beneath in first-stage order; returns the hit lists and the seconds spent scoring.
-    Candidates go by doc id as well as text, so MaxSim reads stored token vectors instead of encoding passages."""
-    candidates = [
-        [
-            Candidate(h.doc_id, Document(h.doc_id, h.text, h.title).text_for_encoding(), h.retrieval_score)
-            for h in hits[:depth]
-        ]
-        for hits in hit_lists
-    ]
+    Hits go by doc id as well as text, so MaxSim reads stored token vectors instead of encoding passages."""
+    candidates = [hits[:depth] for hits in hit_lists]  # a Hit is the reranker's candidate: no other form
     started = time.perf_counter()
     score_lists = reranker.score_candidates(list(queries), candidates) if any(candidates) else [[] for _ in queries]
     seconds = time.perf_counter() - started

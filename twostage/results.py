@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from twostage.indexes.documents import encoding_text
+
 
 @dataclass
 class Hit:
-    """One result. ``retrieval_*`` come from the first stage; ``rerank_*`` are None when the second stage was skipped."""
+    """One result, in this one form from the first stage to the output (the reranker scores it as its candidate).
+    ``retrieval_*`` come from the first stage; ``rerank_*`` are None when the second stage was skipped."""
 
     doc_id: str
     text: str
@@ -18,6 +21,11 @@ class Hit:
     rerank_rank: int | None = None
     title: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def encoding_text(self) -> str:
+        """The text the encoders and the second stage see (``indexes.documents.encoding_text``)."""
+        return encoding_text(self.text, self.title)
 
     @property
     def score(self) -> float:

@@ -29,9 +29,10 @@ import logging
 import math
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,11 +56,10 @@ from pydantic import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twostage.indexes.documents import id_problem
-from twostage.retriever.fusion import FirstStage
 
 from .batcher import Batcher, WorkerStopped
-from .engine import parse_levers
 from .errors import UsageError
+from .search_request import SearchRequest as Search  # the pydantic body model below is named SearchRequest
 
 log = logging.getLogger("twostage.server")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -88,9 +88,10 @@ class ServerConfig:
     batch_window_ms: float = 5.0
     #: queries per encoder/rerank pass
     max_batch_queries: int = 32
-    #: search defaults for fields a request leaves out (the CLI's --k, --top, --no-rerank)
-    k: int = 100
-    top_n: int = 10
+    #: search defaults for fields a request leaves out (the CLI's --candidate-depth, --top-k, --no-rerank,
+    #: --first-stage)
+    candidate_depth: int = 100
+    top_k: int = 10
     rerank: bool = True
     first_stage: str = "dense"
     #: searches kept for the latency percentiles of ``/stats``
@@ -99,10 +100,34 @@ class ServerConfig:
     max_connections: int = 256
     #: Host header names served (DNS-rebinding protection); None serves any (``twostage serve`` always sets them)
     allowed_hosts: tuple[str, ...] | None = None
+    #: the old names of ``candidate_depth`` and ``top_k`` (deprecated)
+    k: InitVar[int | None] = None
+    top_n: InitVar[int | None] = None
+
+    def __post_init__(self, k: int | None, top_n: int | None) -> None:
+        for old, new, value in (("k", "candidate_depth", k), ("top_n", "top_k", top_n)):
+            if value is not None:
+                warnings.warn(f"ServerConfig({old}=) is deprecated; use {new}=", DeprecationWarning, stacklevel=3)
+                setattr(self, new, value)
 
     @property
     def read_only(self) -> bool:
         return not self.token
+
+    def defaults(self) -> Search:
+        """The search request a body's omitted fields take (UsageError if the defaults themselves are bad)."""
+        return Search(
+            candidate_depth=self.candidate_depth, top_k=self.top_k, rerank=self.rerank, first_stage=self.first_stage
+        )
+
+    def search_limits(self) -> dict[str, tuple[int, str]]:
+        """The abuse limits on search fields: field -> (largest value, the limit's name)."""
+        return {
+            "candidate_depth": (self.max_k, "max_k"),
+            "top_k": (self.max_top_n, "max_top_n"),
+            "ef_search": (self.max_ef_search, "max_ef_search"),
+            "nprobe": (self.max_nprobe, "max_nprobe"),
+        }
 
     def limits(self) -> dict[str, int]:
         keys = (
@@ -177,8 +202,15 @@ class _Strict(BaseModel):
 
 
 class SearchOptions(_Strict):
-    k: StrictInt | None = Field(None, description="first-stage candidate depth (CLI --k); omitted → server default")
-    top_n: StrictInt | None = Field(None, description="results returned (CLI --top); omitted → server default")
+    """The fields of ``twostage.search_request.SearchRequest`` (which checks their values); omitted or null fields
+    take the server's defaults (``twostage serve``'s options) or the engine's."""
+
+    top_k: StrictInt | None = Field(None, description="results returned (CLI --top-k); omitted → server default")
+    candidate_depth: StrictInt | None = Field(
+        None, description="first-stage candidates (CLI --candidate-depth); omitted → server default"
+    )
+    k: StrictInt | None = Field(None, description="deprecated name of candidate_depth")
+    top_n: StrictInt | None = Field(None, description="deprecated name of top_k")
     rerank: StrictBool | None = Field(None, description="run the second stage (CLI --no-rerank is false)")
     filter: dict[Text, Scalar | None] | None = Field(
         None,
@@ -208,7 +240,7 @@ class SearchOptions(_Strict):
         "the engine's default",
     )
     rerank_depth: StrictInt | None = Field(
-        None, description="rerank only the top this many candidates (CLI --rerank-depth); omitted → all k"
+        None, description="rerank only the top this many candidates (CLI --rerank-depth); omitted → all"
     )
 
 
@@ -249,8 +281,10 @@ class SearchResponse(BaseModel):
     candidates: int
     reranker: str | None
     notices: list[str]
-    k: int
-    top_n: int
+    top_k: int
+    candidate_depth: int
+    k: int = Field(..., description="deprecated name of candidate_depth")
+    top_n: int = Field(..., description="deprecated name of top_k")
     rerank: bool
     filter: dict[str, Any] | None
     ef_search: int | None
@@ -417,12 +451,13 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
             "documents": batcher.documents,
             "read_only": config.read_only,
             "reads_protected": bool(config.protect_reads and config.token),
-            "defaults": {
-                "k": config.k,
-                "top_n": config.top_n,
+            "defaults": {  # the old names, kept for clients that read them
+                "k": config.candidate_depth,
+                "top_n": config.top_k,
                 "rerank": config.rerank,
                 "first_stage": config.first_stage,
             },
+            "search_defaults": config.defaults().to_dict(),
             "limits": config.limits(),
         }
 
@@ -436,11 +471,11 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     async def search(req: SearchRequest) -> dict[str, Any]:
         """One query through both stages."""
         started = time.perf_counter()
-        opts = _options(req, config, [req.query])
-        results = await _await(batcher.search([req.query], **opts))
+        request = _request(req, config, [req.query])
+        results = await _await(batcher.search([req.query], request))
         elapsed = time.perf_counter() - started
         stats.record(elapsed, 1, batch=False)
-        return _result(results[0], opts, elapsed)
+        return _result(results[0], request, elapsed)
 
     @app.post("/search/batch", response_model=BatchSearchResponse, dependencies=reads)
     async def search_batch(req: BatchSearchRequest) -> dict[str, Any]:
@@ -450,11 +485,11 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
         if len(req.queries) > config.max_batch:
             raise ApiError(413, f"{len(req.queries)} queries in one batch; the limit is {config.max_batch} (max_batch)")
         started = time.perf_counter()
-        opts = _options(req, config, req.queries)
-        results = await _await(batcher.search(req.queries, **opts))
+        request = _request(req, config, req.queries)
+        results = await _await(batcher.search(req.queries, request))
         elapsed = time.perf_counter() - started
         stats.record(elapsed, len(req.queries), batch=True)
-        return {"results": [_result(r, opts, elapsed) for r in results], "latency_ms": elapsed * 1000}
+        return {"results": [_result(r, request, elapsed) for r in results], "latency_ms": elapsed * 1000}
 
     @app.get(
         "/documents/{doc_id:path}", response_model=DocumentOut, dependencies=reads, responses={404: {"model": ErrorOut}}
@@ -501,8 +536,8 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     return app
 
 
-def _options(req: SearchOptions, config: ServerConfig, queries: list[str]) -> dict[str, Any]:
-    """The request's search options with server defaults filled in, checked against the limits."""
+def _request(req: SearchOptions, config: ServerConfig, queries: list[str]) -> Search:
+    """The body's search request over the server's defaults, checked against the limits (422 naming the field)."""
     for i, query in enumerate(queries):
         where = "query" if len(queries) == 1 else f"queries[{i}]"
         if not query.strip():
@@ -511,54 +546,19 @@ def _options(req: SearchOptions, config: ServerConfig, queries: list[str]) -> di
             raise ApiError(
                 422, f"{where} has {len(query)} characters; the limit is {config.max_query_chars} (max_query_chars)"
             )
-    k = config.k if req.k is None else req.k
-    top_n = config.top_n if req.top_n is None else req.top_n
-    limits = [("k", k, config.max_k), ("top_n", top_n, config.max_top_n)]
-    limits += [
-        (name, value, limit)
-        for name, value, limit in (
-            ("ef_search", req.ef_search, config.max_ef_search),
-            ("nprobe", req.nprobe, config.max_nprobe),
-        )
-        if value is not None
-    ]
-    for name, value, limit in limits:
-        if value < 1:
-            raise ApiError(422, f"{name} must be a positive integer (got {value})")
-        if value > limit:
-            raise ApiError(422, f"{name}={value} is over the limit of {limit} (max_{name})")
-    rerank = config.rerank if req.rerank is None else req.rerank
     try:
-        first_stage = FirstStage.parse(config.first_stage if req.first_stage is None else req.first_stage).label
-    except ValueError as err:
-        raise ApiError(422, f"first_stage: {err}") from None
-    if req.rerank_depth is not None and not 1 <= req.rerank_depth <= k:
-        raise ApiError(422, f"rerank_depth must be between 1 and k={k} (got {req.rerank_depth}), as in Engine.search")
-    levers = {name: getattr(req, name) for name in ("prf", "query_tokens", "fusion")}
-    for name, spec in levers.items():
-        try:
-            parse_levers(**{name: spec})
-        except UsageError as err:
-            raise ApiError(422, f"{name}: {err}") from None
-    levers["rerank_depth"] = req.rerank_depth
-    return {
-        "k": k,
-        "top_n": top_n,
-        "rerank": rerank,
-        "filter": req.filter or None,
-        "ef_search": req.ef_search,
-        "nprobe": req.nprobe,
-        "first_stage": first_stage,
-        "levers": levers,
-    }
+        body = req.model_dump(exclude={"query", "queries"})
+        return Search.from_json(body, config.defaults(), limits=config.search_limits())
+    except UsageError as err:
+        raise ApiError(422, str(err)) from None
 
 
-def _result(result: Any, opts: dict[str, Any], elapsed: float) -> dict[str, Any]:
+def _result(result: Any, request: Search, elapsed: float) -> dict[str, Any]:
     out = result.to_dict()
-    if opts["filter"] and not result.hits:
+    if request.filter and not result.hits:
         out["notices"].append("no document matches the filter")
-    shown = {name: value for name, value in opts.items() if name != "levers"}
-    return {**out, **shown, **opts["levers"], "latency_ms": elapsed * 1000}
+    shown = {**request.to_dict(), "k": request.candidate_depth, "top_n": request.top_k}
+    return {**out, **shown, "latency_ms": elapsed * 1000}
 
 
 async def _await(future: Any) -> Any:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from .errors import UsageError
 
 if TYPE_CHECKING:
+    from .search_request import SearchRequest
     from .server import ServerConfig
 
 TOKEN_ENV = "TWOSTAGE_TOKEN"
@@ -60,7 +61,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``twostage serve`` (search options mirror ``twostage search`` and set the server defaults)."""
     from twostage.runtime.config import add_runtime_arguments
 
-    from .search_options import add_search_arguments
+    from .search_request import add_search_arguments
     from .server import ServerConfig
 
     defaults = ServerConfig()
@@ -74,7 +75,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "prefer the variable, a flag is visible to other users in the process list). Without one the server is read-only",
     )
     p.add_argument("--protect-reads", action="store_true", help="require the token for searches and reads too")
-    add_search_arguments(p, k=defaults.k, top_n=defaults.top_n, serve=True)
+    add_search_arguments(p, serve=True)
     add_runtime_arguments(p)
     limits = p.add_argument_group("limits against abuse (each answered with a 4xx error)")
     for flag, field, text in _LIMITS:
@@ -138,17 +139,15 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def server_config(args: argparse.Namespace) -> ServerConfig:
-    """The ServerConfig for parsed ``serve`` arguments (token from the flag, else the environment)."""
-    from .search_options import first_stage_spec
+def server_config(args: argparse.Namespace, defaults: SearchRequest) -> ServerConfig:
+    """The ServerConfig for parsed ``serve`` arguments (token from the flag, else the environment) and the search
+    defaults they give."""
     from .server import ServerConfig
 
     values = {field: getattr(args, field) for _, field, _ in _LIMITS}
     for name, value in [
         *values.items(),
         ("max_connections", args.max_connections),
-        ("k", args.k),
-        ("top_n", args.top_n),
         ("max_batch_queries", args.max_batch_queries),
     ]:
         if value < 1:
@@ -160,10 +159,10 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         protect_reads=args.protect_reads,
         batch_window_ms=args.batch_window_ms,
         max_batch_queries=args.max_batch_queries,
-        k=args.k,
-        top_n=args.top_n,
-        rerank=not args.no_rerank,
-        first_stage=first_stage_spec(args),
+        candidate_depth=defaults.candidate_depth,
+        top_k=defaults.top_k,
+        rerank=defaults.rerank,
+        first_stage=defaults.first_stage,
         max_connections=args.max_connections,
         allowed_hosts=_allowed_hosts(args),
         **values,
@@ -182,13 +181,13 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from twostage.indexes.sharded import collection_exists
-    from twostage.runtime.config import runtime_from_args
 
     from .engine import Engine
-    from .search_options import reranker_spec
+    from .search_request import SearchRequest
     from .server import create_app
 
-    config = server_config(args)
+    defaults = SearchRequest.from_args(args, search=False)
+    config = server_config(args, defaults)
     if config.protect_reads and config.read_only:
         raise UsageError(f"--protect-reads needs a token (--token or ${TOKEN_ENV})")
     if not collection_exists(args.directory):
@@ -196,8 +195,7 @@ def run_serve(args: argparse.Namespace) -> int:
             f"{args.directory} holds no collection; build one with 'twostage index CORPUS --index {args.directory}'"
         )
     check_listen_address(args.host, args.port)
-    spec = reranker_spec(args)
-    runtime = runtime_from_args(args)
+    spec, runtime = defaults.reranker, defaults.runtime
     if args.ray:
         if args.reranker_replicas < 1:
             raise UsageError(f"--reranker-replicas must be at least 1 (got {args.reranker_replicas})")
@@ -210,7 +208,7 @@ def run_serve(args: argparse.Namespace) -> int:
             config,
         )
     else:
-        app = create_app(lambda: Engine.open(args.directory, reranker=spec, runtime=runtime), config)
+        app = create_app(lambda: Engine.open(args.directory, request=defaults), config)
     engine = app.state.batcher.engine
     for notice in engine.notices:  # once, here and in /stats; never repeated in search responses
         print(notice, file=sys.stderr)
