@@ -80,9 +80,7 @@ class Reranker(ABC):
         self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]]
     ) -> list[np.ndarray]:
         """:meth:`score_batch` over the candidates' texts; rerankers that can use doc ids (MaxSim's token store) override."""
-        return self.score_batch(
-            queries, [[c.encoding_text for c in candidates] for candidates in candidates_per_query]
-        )
+        return self.score_batch(queries, [[c.encoding_text for c in candidates] for candidates in candidates_per_query])
 
     def rerank(self, query: str, candidates: Sequence[Candidate], top_n: int | None = None) -> list[Reranked]:
         """Candidates sorted by second-stage score (stable on ties: first-stage order wins); scored through
