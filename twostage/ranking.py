@@ -27,8 +27,9 @@ from twostage.runtime.autotune import measured
 from twostage.runtime.config import RuntimeConfig, runtime_config
 from twostage.runtime.models import DEFAULT_BI_ENCODER
 
-from .engine import MAXSIM_DEFAULTS, parse_levers
+from .engine import MAXSIM_DEFAULTS
 from .errors import UsageError
+from .search_request import SearchRequest
 
 #: first-stage candidates the second stage reorders, as in ``Engine.search``
 DEFAULT_CANDIDATE_DEPTH = 100
@@ -143,7 +144,7 @@ class Ranker:
 
 def _maxsim_levers() -> tuple[Any, Any, Any]:
     """The feedback, query-token and fusion settings ``Engine.search`` uses when MaxSim reranks."""
-    return parse_levers(MAXSIM_DEFAULTS["prf"], MAXSIM_DEFAULTS["query_tokens"], MAXSIM_DEFAULTS["fusion"])
+    return SearchRequest().levers(MAXSIM_DEFAULTS)
 
 
 def _warn_caller(notice: str) -> None:
