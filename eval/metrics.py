@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from twostage.eval.errors import EvalInputError
 from twostage.eval.trec import Qrels, Run, ranked
@@ -66,7 +67,7 @@ def parse_measure(text: str | Measure) -> Measure:
         return text
     match = _MEASURE_RE.match(text)
     name = _ALIASES.get(match.group(1).lower()) if match else None
-    if name is None:
+    if match is None or name is None:
         raise ValueError(f"unknown measure {text!r}; expected one of nDCG[@k], MRR[@k], R@k, P@k, MAP[@k]")
     cutoff = None if match.group(2) is None else int(match.group(2))
     if cutoff is not None and cutoff < 1:
@@ -109,7 +110,7 @@ def _score(measure: Measure, rels: Sequence[int], ideal: Sequence[int], num_rel:
     if measure.name == "MRR":
         return next((1.0 / (i + 1) for i, rel in enumerate(top) if rel >= threshold), 0.0)
     if measure.name == "P":
-        return sum(rel >= threshold for rel in top) / measure.cutoff
+        return sum(rel >= threshold for rel in top) / cast(int, measure.cutoff)  # P always has one (_NEEDS_CUTOFF)
     if num_rel == 0:
         return 0.0
     if measure.name == "R":

@@ -141,8 +141,11 @@ def plot_quality_vs_latency(report: EvalReport, path: Path) -> bool:
     """
     from twostage.eval.report import latency_ms
 
-    timed = [(r, *latency_ms(r)) for r in report.systems if r.first_stage != "run"]
-    timed = [(r, median, p95) for r, median, p95 in timed if median is not None and median > 0]
+    timed: list[tuple[SystemResult, float, float]] = []
+    for r in (r for r in report.systems if r.first_stage != "run"):
+        median, p95 = latency_ms(r)
+        if median is not None and median > 0:
+            timed.append((r, median, median if p95 is None else p95))
     if not timed:
         return False
     plt = _pyplot()

@@ -12,7 +12,7 @@ import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twostage.eval.errors import EvalInputError
 
@@ -31,7 +31,7 @@ def open_text(path: str | Path, mode: str = "r") -> IO[str]:
     else:
         options = {"encoding": "utf-8", "newline": ""}
     if path.suffix == ".gz":
-        return gzip.open(path, mode + "t", **options)
+        return cast(IO[str], gzip.open(path, mode + "t", **options))
     return open(path, mode, **options)
 
 

@@ -18,7 +18,7 @@ from .errors import CollectionError
 TEMP_SUFFIX = ".tmp"
 
 
-def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
+def atomic_write_with(path: str | Path, writer: Callable[[Path], object]) -> None:
     """Let ``writer`` fill a temp file in the target's directory, then durably rename it to ``path``."""
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)

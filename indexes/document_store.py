@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -185,7 +185,7 @@ class DocumentStore:
                     "INSERT INTO docs(doc_id, text, title, metadata, content_hash, embedding) VALUES (?, ?, ?, ?, ?, ?)",
                     (*row, vector.tobytes()),
                 )
-                new_ids[n] = cursor.lastrowid
+                new_ids[n] = cast(int, cursor.lastrowid)
             self._bump_generation()
         added = [int(i) for d, i in zip(doc_ids, new_ids) if d not in existing]
         return UpsertResult(added=added, replaced=existing, new_ids=new_ids)
@@ -441,7 +441,8 @@ def _match_clause(key: str, value: Any) -> tuple[str, list[Any]]:
             [path, path, value, path, path, _number_text(value)],
         )
     if isinstance(value, str):
-        parts, params = [f"({typ} = 'text' AND {val} = ?)"], [path, path, value]
+        parts = [f"({typ} = 'text' AND {val} = ?)"]
+        params: list[Any] = [path, path, value]
         number = _parse_number(value)
         if number is not None:
             parts.append(f"({typ} IN ('integer', 'real') AND {val} = ?)")

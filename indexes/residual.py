@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class ResidualCodec:
                 f"cutoffs/weights of shape {self.cutoffs.shape}/{self.weights.shape} do not fit "
                 f"{dim} dimensions at {self.bits} bits"
             )
-        self._index = None  # faiss inner-product index over the centroids, built on first encode
+        self._index: Any = None  # faiss inner-product index over the centroids, built on first encode
         self._set_table()
 
     @property

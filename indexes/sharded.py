@@ -98,7 +98,7 @@ class ShardedCollection:
             else None
         )
         self.token_df = (
-            ShardedTokenDF([s.token_df for s in shards])
+            ShardedTokenDF([s.token_df for s in shards if s.token_df is not None])
             if all(getattr(s, "token_df", None) is not None for s in shards)
             else None
         )

@@ -277,7 +277,7 @@ class TokenStore:
             return "float16", n, dim, None, np.ascontiguousarray(array, dtype=np.float16).tobytes()
         if isinstance(self.codec, ProductCodec) and dim == self.codec.dim:
             return "pq", n, dim, None, self.codec.encode(array).tobytes()
-        if self.codec is not None and dim == self.codec.dim:
+        if isinstance(self.codec, ResidualCodec) and dim == self.codec.dim:
             ids, packed = self.codec.encode(array)
             return f"{self.codec.bits}bit", n, dim, ids.astype("<u2").tobytes(), packed.tobytes()
         codes, scales = quantize_int8(array)  # int8, or a learned-codec store's row written before it has a codec

@@ -91,7 +91,7 @@ class MaxSimReranker(Reranker):
             encoder = load_sentence_transformer(resolve_model(encoder, kind="bi-encoder"), device=device)
         #: the bi-encoder's exported model without torch (``runtime.light``): encodes queries, and the candidates
         #: whose tokens are not stored, in ``score_candidates``; None when the encoder has none
-        self.light = getattr(encoder, "light", None)
+        self.light: Any = getattr(encoder, "light", None)
         if self.light is None:
             _sentence_transformer(encoder)  # a wrong encoder fails here, not at the first search
         self._encoder = encoder
@@ -182,7 +182,9 @@ class MaxSimReranker(Reranker):
         search; None without ``light`` (the torch path scores instead)."""
         if self.light is None:
             return None
-        stored = self._lookup([c.doc_id for c in flat]) if self.token_store is not None else [None] * len(flat)
+        stored: list[np.ndarray | None] = (
+            self._lookup([c.doc_id for c in flat]) if self.token_store is not None else [None] * len(flat)
+        )
         missing = [i for i, array in enumerate(stored) if array is None]
         for i, vectors in zip(missing, self._light_passages([flat[i].encoding_text for i in missing])):
             stored[i] = vectors
@@ -250,7 +252,7 @@ class MaxSimReranker(Reranker):
             self.truncated += hit_limit
             for i, v in zip(missing, vectors):
                 passages[i] = _from_half(v.half(), self.device)
-        return passages  # type: ignore[return-value]
+        return passages
 
     def _lookup(self, doc_ids: Sequence[str]) -> list[np.ndarray | None]:
         """The store's vectors for each of ``doc_ids``, in one call; None (encode instead) where absent or empty."""

@@ -58,7 +58,9 @@ class Fusion:
         return cls(method, k=number) if method == "rrf" else cls(method, weight=number)
 
 
-def fuse_scores(first: Sequence[float], second: Sequence[float], fusion: Fusion) -> np.ndarray:
+def fuse_scores(
+    first: Sequence[float] | np.ndarray, second: Sequence[float] | np.ndarray, fusion: Fusion
+) -> np.ndarray:
     """One query's fused scores (float64, candidate order kept) from its first- and second-stage scores."""
     a, b = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
     if a.shape != b.shape:

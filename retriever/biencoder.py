@@ -6,7 +6,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 
@@ -266,7 +266,8 @@ class BiEncoder:
         positions it found cut at the length limit are returned. None means "not counted" (the torch path)."""
         fast = self.runtime is not None and runtime_encode.supports(self.model, self.document_prompt)
         device = self.device_encoder
-        cut: list[int] | None = [] if fast or device is not None else None
+        counted: list[int] = []
+        cut = counted if fast or device is not None else None
         if not todo:
             return cut
         from tqdm.auto import tqdm
@@ -280,17 +281,17 @@ class BiEncoder:
                     vectors, chunk_cut = device.encode(
                         [texts[i] for i in idx], prompt=self.document_prompt, normalize=self.normalize
                     )
-                    cut.extend(idx[j] for j in chunk_cut)
+                    counted.extend(idx[j] for j in chunk_cut)
                 elif fast:
                     vectors, chunk_cut = runtime_encode.encode(
                         self.model,
-                        self.runtime,
+                        cast(Runtime, self.runtime),  # `fast` means there is one
                         [texts[i] for i in idx],
                         prompt=self.document_prompt,
                         batch_size=self.batch_size,
                         normalize=self.normalize,
                     )
-                    cut.extend(idx[j] for j in chunk_cut)
+                    counted.extend(idx[j] for j in chunk_cut)
                 else:
                     # SentenceTransformer re-sorts each call by length; the chunk is already sorted: a no-op order.
                     vectors = self.model.encode_document(

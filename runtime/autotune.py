@@ -87,7 +87,7 @@ def measured(requested: str | None, device: str) -> bool:
 def cache_key(stage: str, fingerprint: str) -> dict[str, Any]:
     """What a cached choice is valid for: stage, model, CPU model and ISA flags, threads, runtime versions."""
     cpu = cpu_info()
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in VERSIONED:
         try:
             versions[name] = version(name)
@@ -161,8 +161,8 @@ def calibrate(
             continue
         measure_s += perf_counter() - started
         reference = reference or scores
-        results[backend].ndcg = ndcg_against(reference, scores)
-        results[backend].passed = results[backend].ndcg >= 1.0 - GATE
+        results[backend].ndcg = ndcg = ndcg_against(reference, scores)
+        results[backend].passed = ndcg >= 1.0 - GATE
         if results[backend].passed:
             probes[backend] = probe
     best, elapsed = _throughput(probes, BUDGET_S if budget_s is None else budget_s, rounds)

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -260,7 +260,7 @@ def _openvino_pipeline(
                 state["queue"] = ov.AsyncInferQueue(
                     compiled, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
                 )
-            queue, results = state["queue"], {}
+            queue, results = state["queue"], cast(dict[int, Any], {})
             queue.set_callback(
                 lambda request, index: results.__setitem__(index, request.get_output_tensor(0).data.copy())
             )

@@ -9,6 +9,7 @@ import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -81,7 +82,7 @@ class RuntimeConfig:
         if self.threads is not None and self.threads < 1:
             raise RuntimeConfigError(f"threads must be at least 1, got {self.threads}")
 
-    def with_(self, **changes: object) -> RuntimeConfig:
+    def with_(self, **changes: Any) -> RuntimeConfig:
         """A copy with some fields changed (e.g. the backend a collection was built with)."""
         return replace(self, **changes)
 

@@ -21,7 +21,8 @@ class CpuInfo:
 
 def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> CpuInfo:
     """The first processor's model name and flags (``platform.processor()`` and no flags where unreadable)."""
-    model, flags = platform.processor() or platform.machine(), set()
+    model = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         for line in Path(cpuinfo).read_text().splitlines():
             key, _, value = line.partition(":")

@@ -77,7 +77,7 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")  # type: ignore[arg-type]
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def free_memory(device: torch.device) -> int:
@@ -158,7 +158,7 @@ class DeviceRunner:
         #: out-of-memory errors survived, and the batches run, since creation
         self.backoffs = 0
         self.batches = 0
-        self._copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self._copy_stream: Any = torch.cuda.Stream(self.device) if self.cuda else None
 
     @property
     def precision(self) -> str:

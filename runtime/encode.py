@@ -49,7 +49,9 @@ def token_ids(tokenizer: Any, texts: Sequence[str], limit: int | None) -> tuple[
     return ids, cut
 
 
-def pad(ids: Sequence[Sequence[int]], rows: Sequence[int], pad_id: int, left: bool = False) -> dict[str, np.ndarray]:
+def pad(
+    ids: Sequence[Sequence[int]], rows: Sequence[int] | np.ndarray, pad_id: int, left: bool = False
+) -> dict[str, np.ndarray]:
     """``input_ids`` and ``attention_mask`` for ``rows``, padded to the longest of them."""
     width = max(len(ids[i]) for i in rows)
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)

@@ -91,7 +91,7 @@ class LightEncoder:
         return vectors
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> Any:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -118,7 +118,7 @@ def _module_kinds(modules: list[dict[str, Any]]) -> list[str]:
 def _special_ids(root: Path, tokenizer: Any, tokenizer_config: dict[str, Any]) -> list[int]:
     """Ids of the tokenizer's special tokens, as transformers' ``all_special_ids`` lists them: the ``*_token`` and
     additional special tokens of ``special_tokens_map.json`` and ``tokenizer_config.json``."""
-    names: list[str] = []
+    names: list[Any] = []
     for mapping in (_read_json(root / "special_tokens_map.json") or {}, tokenizer_config):
         for key, value in mapping.items():
             if key.endswith("_token") or key in ("additional_special_tokens", "extra_special_tokens"):

@@ -250,5 +250,5 @@ def model_fingerprint(path_or_model: str | os.PathLike[str] | Any) -> str:
         if not root.is_dir():
             raise ModelLoadError(f"cannot fingerprint {os.fspath(path_or_model)!r}: not a model directory")
         return _directory_fingerprint(root)
-    root = _model_directory(path_or_model)
-    return _directory_fingerprint(root) if root else _weights_fingerprint(path_or_model)
+    source = _model_directory(path_or_model)
+    return _directory_fingerprint(source) if source else _weights_fingerprint(path_or_model)

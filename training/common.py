@@ -104,7 +104,9 @@ class RankingEvaluator:
         """This evaluator as a sentence-transformers ``BaseEvaluator`` (primary metric ``<name>_ndcg@10``)."""
         outer = self
 
-        class _Evaluator(self._base):
+        base: Any = self._base
+
+        class _Evaluator(base):
             def __init__(self) -> None:
                 super().__init__()
                 self.name = outer.name

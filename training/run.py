@@ -328,7 +328,7 @@ def prepare_data(opts: TrainOptions, log: Log) -> PreparedData:
         train = [by_qid[q] for q in train_ids]
         val = [_cut(by_qid[q], opts.val_depth) for q in val_ids]
         val_qrels = _val_qrels(val, qrels)
-        labels = "teacher " + opts.teacher + (" + judgments" if qrels else "")
+        labels = f"teacher {opts.teacher}" + (" + judgments" if qrels else "")
     else:
         train = judged_lists([by_qid[q] for q in train_ids], qrels, opts.unjudged)
         val = [_cut(by_qid[q], opts.val_depth) for q in val_ids]
@@ -416,9 +416,10 @@ def train(opts: TrainOptions, log: Log | None = None, *, evaluate_test: TestEval
     device = resolve_device(opts.runtime.device)  # the student trains in torch, whatever the inference backend
     if opts.kind == "reranker":
         from twostage.training.common import RankingEvaluator
-        from twostage.training.cross_encoder import cross_encoder_scores, load_student, train_cross_encoder
+        from twostage.training.cross_encoder import cross_encoder_scores, train_cross_encoder
+        from twostage.training.cross_encoder import load_student as load_cross_encoder
 
-        model = load_student(base, max_length=opts.max_length, device=device)
+        model = load_cross_encoder(base, max_length=opts.max_length, device=device)
         evaluator = RankingEvaluator(data.val, data.val_qrels, cross_encoder_scores, rel_threshold=rel)
         trainer_fn = train_cross_encoder
     else:
@@ -462,7 +463,7 @@ def _default_base() -> str:
     return DEFAULT_BI_ENCODER
 
 
-def _after(outcome: TrainOutcome, name: str) -> dict[str, float] | None:
+def _after(outcome: TrainOutcome, name: str) -> dict[str, float | None] | None:
     """Validation metrics of the kept (best) checkpoint, from the trainer's evaluation log."""
     key = f"eval_{name}_ndcg@10"
     for record in outcome.evaluations:
@@ -480,7 +481,7 @@ def _report(
     n_rows: int,
     outcome: TrainOutcome,
     before: dict[str, float],
-    after: dict[str, float] | None,
+    after: dict[str, float | None] | None,
     test: dict[str, Any],
     seconds: float,
 ) -> dict[str, Any]:

@@ -267,6 +267,7 @@ def evaluate_on_test(
     from twostage.eval.datasets import load_dataset
     from twostage.eval.harness import EvalConfig, run_evaluation
 
+    assert opts.test_dataset is not None  # called only when a test set was given
     dataset = load_dataset(opts.test_dataset)
     depths = sorted(set(opts.test_depths))
     measures = ("nDCG@10", "MRR@10")
