@@ -88,7 +88,8 @@ class Ranker:
                 self.notices.append(notice)
                 _warn_caller(notice)
         # MaxSim gets Engine.search's defaults: Rocchio feedback in the first stage, query tokens and score fusion
-        self._prf, query_tokens, fusion = _maxsim_levers() if isinstance(self.reranker, MaxSimReranker) else (None,) * 3
+        levers: tuple[Any, Any, Any] = _maxsim_levers() if isinstance(self.reranker, MaxSimReranker) else (None,) * 3
+        self._prf, query_tokens, fusion = levers
         second = self.reranker
         if query_tokens is not None:
             second = second.with_query_tokens(query_tokens)  # type: ignore[union-attr]
@@ -149,7 +150,8 @@ def _maxsim_levers() -> tuple[Any, Any, Any]:
 
 def _warn_caller(notice: str) -> None:
     """A RerankerFallbackWarning pointing at the caller's line (the first frame outside this module)."""
-    frame, level = sys._getframe(0), 1
+    frame: Any = sys._getframe(0)
+    level = 1
     while frame is not None and frame.f_code.co_filename == __file__:
         frame, level = frame.f_back, level + 1
     warnings.warn(notice, RerankerFallbackWarning, stacklevel=level)
