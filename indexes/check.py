@@ -114,7 +114,7 @@ def _inspect_sqlite(path: Path, con: sqlite3.Connection, manifest: Manifest, rep
     report.documents = len(stored)
     content = inspect_content(con, tables, manifest, manifest.dimension)
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
-    generation, dimension = _meta_int(meta, "generation", 0), _meta_int(meta, "dimension", None)
+    generation, dimension = _meta_int(meta, "generation", 0) or 0, _meta_int(meta, "dimension", None)
     if dimension is not None and int(dimension) != manifest.dimension:
         report.problems.append(
             f"{MANIFEST} says dimension {manifest.dimension} but the stored embeddings have {dimension}"

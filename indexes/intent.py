@@ -163,4 +163,5 @@ def load_upsert(root: Path) -> tuple[list[Document], np.ndarray, list | None, li
 
 def _write_spool(tmp: Path, spool: dict[str, Any]) -> None:
     with open(tmp, "wb") as fh:  # a file object: given a name, numpy would append ".npz" to it
-        np.savez(fh, **{k: np.asarray(v) for k, v in spool.items()})
+        arrays: dict[str, Any] = {k: np.asarray(v) for k, v in spool.items()}
+        np.savez(fh, **arrays)

@@ -582,7 +582,7 @@ class RerankerPool(Reranker):
 
 
 def open_ray_engine(
-    directory: str | Path, *, address: str, reranker: str | None, replicas: int, runtime: RuntimeConfig
+    directory: str | Path, *, address: str, reranker: str | None, replicas: int, runtime: RuntimeConfig | None
 ) -> Engine:
     """An engine over a Ray-served sharded collection. A cross-encoder reranks on ``replicas`` replica actors; MaxSim
     (named, or the offline fallback) runs in this process on the engine's own bi-encoder, since its only model work is

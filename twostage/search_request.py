@@ -135,8 +135,8 @@ class SearchRequest:
         for lever, parse in LEVERS.items():
             value = getattr(self, lever)
             if value == DEFAULT:
-                use = maxsim_defaults is not None and (lever != "prf" or self.stage.uses_dense)
-                value = maxsim_defaults[lever] if use else None
+                wanted = lever != "prf" or self.stage.uses_dense
+                value = maxsim_defaults[lever] if maxsim_defaults is not None and wanted else None
             out.append(None if _off(value) else parse(value))
         return out[0], out[1], out[2]  # type: ignore[return-value]
 

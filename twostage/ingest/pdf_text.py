@@ -24,7 +24,9 @@ def extract_pdf(data: bytes, label: str) -> Extracted:
     except pdfium.PdfiumError as err:
         raise FileProblem(label, _open_problem(str(err))) from None
     try:
-        parts, pages, offset = [], [], 0
+        parts: list[str] = []
+        pages: list[Page] = []
+        offset = 0
         for number in range(1, len(document) + 1):
             page = document[number - 1]
             textpage = page.get_textpage()

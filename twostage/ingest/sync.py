@@ -122,8 +122,8 @@ def scan(
                     continue
                 try:
                     _scan_file(found, known, max_size, result)
-                except FileProblem as problem:
-                    result.problems.append(problem)
+                except FileProblem as unreadable:
+                    result.problems.append(unreadable)
             result.gone.extend(sorted(set(known) - seen))
     except BaseException:
         result.spool.close()
