@@ -19,6 +19,7 @@ from typing import Any
 
 from .documents import Document, id_problem, unicode_problem
 from .errors import CorpusError
+from .limits import MAX_ID_CHARS, MAX_METADATA_CHARS, MAX_NESTING, MAX_TEXT_CHARS, MAX_TITLE_CHARS, deep_field, nesting
 
 ID_FIELDS = ("id", "_id", "doc_id", "docid", "pid", "passage_id")
 TEXT_FIELDS = ("text", "contents", "content", "passage", "body", "document")
@@ -221,10 +222,12 @@ class _Builder:
         title = record.get(f.title) if f.title else None
         if title is not None and not isinstance(title, str):
             raise self.error(f"title must be a string, got {_kind(title)}", line, f.title)
-        for name, value in ((f.text, text), (f.title, title)):
+        for name, value, limit in ((f.text, text, MAX_TEXT_CHARS), (f.title, title, MAX_TITLE_CHARS)):
+            if value is not None and len(value) > limit:
+                raise self.error(f"{len(value):,} characters, more than the limit of {limit:,}", line, name)
             if (problem := unicode_problem(value)) is not None:
                 raise self.error(problem, line, name)
-        metadata = self._metadata(record)
+        metadata = self._metadata(record, line)
         for key, value in metadata.items():
             if (problem := unicode_problem(key) or unicode_problem(value)) is not None:
                 raise self.error(problem, line, key)
@@ -242,11 +245,13 @@ class _Builder:
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise self.error(f"id must be a string or an integer, got {_kind(value)}", line, name)
         value = str(value)
+        if len(value) > MAX_ID_CHARS:
+            raise self.error(f"{len(value):,} characters, more than the limit of {MAX_ID_CHARS:,}", line, name)
         if (problem := id_problem(value)) is not None:
             raise self.error(problem, line, name)
         return value
 
-    def _metadata(self, record: dict[str, Any]) -> dict[str, Any]:
+    def _metadata(self, record: dict[str, Any], line: int) -> dict[str, Any]:
         f = self.fields
         if f.metadata is not None:
             items = [(k, record[k]) for k in f.metadata if k in record]
@@ -262,7 +267,11 @@ class _Builder:
                     items.append((key, value))
         metadata = {}
         for key, value in items:
+            if nesting(value) > MAX_NESTING:
+                raise self.error(f"nests deeper than the limit of {MAX_NESTING} levels", line, str(key))
             kept = _metadata_value(value)
+            if len(kept if isinstance(kept, str) else json.dumps(kept, default=str)) > MAX_METADATA_CHARS:
+                raise self.error(f"longer than the limit of {MAX_METADATA_CHARS:,} characters as JSON", line, str(key))
             if kept is not _DROP:
                 metadata[str(key)] = kept
         return metadata
@@ -285,6 +294,12 @@ def _metadata_value(value: Any) -> Any:
         except (TypeError, ValueError):
             return _DROP
     return _DROP
+
+
+def _too_deep(label: str, line: int | None, field: str | None) -> CorpusError:
+    return CorpusError(
+        f"JSON nested too deeply to read (metadata may nest {MAX_NESTING} levels)", path=label, line=line, field=field
+    )
 
 
 def _kind(value: Any) -> str:
@@ -360,6 +375,8 @@ def _read_jsonl(path: Path, label: str, compressed: bool, spec: _FieldSpec) -> I
                 continue
             try:
                 record = json.loads(line)
+            except RecursionError:
+                raise _too_deep(label, lineno, deep_field(line)) from None
             except json.JSONDecodeError as err:
                 if lineno in bad:
                     raise _utf8_error(label, lineno, bad[lineno], None) from None
@@ -382,6 +399,8 @@ def _read_json_array(path: Path, label: str, compressed: bool, spec: _FieldSpec)
         raw = fh.read()
     try:
         records = json.loads(raw.decode("utf-8").lstrip("\ufeff"))
+    except RecursionError:
+        raise _too_deep(label, None, None) from None
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise CorpusError(

@@ -9,27 +9,27 @@ exactly: the best k of the union, by score, ties broken by doc id.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import intent
-from .atomic import atomic_write_json, read_json
-from .collection import MANIFEST, Collection, DeleteResult, by_score
+from .atomic import atomic_write_json
+from .collection import DOCUMENTS, MANIFEST, Collection, DeleteResult, by_score
 from .document_store import UpsertResult
 from .documents import Document
 from .errors import CollectionError
+from .lock import ReadOnlyCollection
 from .routing import ROUTING, shard_name, shard_of
+from .shard_manifest import SHARD_FORMAT_VERSION, SHARDS_MANIFEST, ShardManifest
 from .sharded_tokens import ShardedTokenDF, ShardedTokenStore
 
 log = logging.getLogger(__name__)
-
-SHARDS_MANIFEST = "shards.json"
-SHARD_FORMAT_VERSION = 1
 
 
 def merge_top_k(lists: Sequence[Sequence[tuple[str, float]]], k: int) -> list[tuple[str, float]]:
@@ -37,52 +37,6 @@ def merge_top_k(lists: Sequence[Sequence[tuple[str, float]]], k: int) -> list[tu
 
     Exact: each shard returned its own top k, so the union holds the global top k."""
     return by_score([hit for hits in lists for hit in hits])[:k]
-
-
-@dataclass
-class ShardManifest:
-    """What a sharded collection is: its shard count and routing, and the model and index type of every shard."""
-
-    format_version: int
-    shard_count: int
-    routing: str
-    model_name: str
-    model_fingerprint: str
-    dimension: int
-    normalized: bool = True
-    index_type: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def read(cls, path: Path) -> ShardManifest:
-        """Parse and validate ``shards.json``; anything wrong is a CollectionError naming the file and field."""
-        data = read_json(path)
-        if not isinstance(data, dict):
-            raise CollectionError(f"{path}: expected a JSON object")
-        kinds = {
-            "format_version": int,
-            "shard_count": int,
-            "routing": str,
-            "model_name": str,
-            "model_fingerprint": str,
-            "dimension": int,
-        }
-        for name, kind in kinds.items():
-            if name not in data:
-                raise CollectionError(f"{path}: field {name!r} is missing")
-            if not isinstance(data[name], kind) or isinstance(data[name], bool):
-                raise CollectionError(f"{path}: field {name!r} should be {kind.__name__}, got {data[name]!r}")
-        if data["format_version"] > SHARD_FORMAT_VERSION:
-            raise CollectionError(
-                f"{path}: sharded format {data['format_version']} is newer than this version "
-                f"supports ({SHARD_FORMAT_VERSION}); upgrade twostage"
-            )
-        if data["shard_count"] < 1:
-            raise CollectionError(f"{path}: field 'shard_count' must be at least 1, got {data['shard_count']}")
-        if data["routing"] != ROUTING:
-            raise CollectionError(f"{path}: field 'routing' is {data['routing']!r}; this version knows {ROUTING!r}")
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class ShardedCollection:
@@ -461,6 +415,20 @@ def finish_interrupted(collection: Collection | ShardedCollection) -> intent.Int
         return None
     collection.hold_writers()
     return collection.finished
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse a collection (either kind) this process cannot write, before any slow work such as loading a model:
+    a read-only mount or files without write permission raise ReadOnlyCollection naming the place."""
+    path = Path(path)
+    if ShardedCollection.exists(path):
+        parts = [path, *(path / shard_name(i) for i in range(ShardManifest.read(path / SHARDS_MANIFEST).shard_count))]
+    else:
+        parts = [path]
+    for part in parts:
+        for target in (part, part / DOCUMENTS):
+            if target.exists() and not os.access(target, os.W_OK):
+                raise ReadOnlyCollection(f"{target} is read-only here: the collection can be searched but not changed")
 
 
 def read_manifest(path: str | Path) -> Any:

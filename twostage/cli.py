@@ -343,9 +343,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise UsageError("give one corpus file (JSONL, CSV, ...) at a time; files and folders may be several")
     args.corpus = args.inputs[0]
     if not args.overwrite and Path(args.directory).exists():
-        from twostage.indexes.sharded import collection_exists
+        from twostage.indexes.sharded import check_writable, collection_exists
 
         if collection_exists(args.directory):
+            check_writable(args.directory)
             print(
                 f"{args.directory} already holds a collection: resuming (unchanged documents are skipped)",
                 file=sys.stderr,
@@ -471,8 +472,11 @@ def _index_on_ray(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    from twostage.indexes.sharded import check_writable
+
     from .engine import Engine
 
+    check_writable(args.directory)  # a read-only collection is refused before the corpus is read or a model loads
     total = _validate_corpus(args)
     with Engine.open(args.directory, reranker=None, runtime=runtime_from_args(args)) as engine:
         report = _add_with_progress(engine, args, total)
