@@ -576,7 +576,8 @@ class Collection:
         except RuntimeError as err:  # FAISS's own write error (a full disk, a read-only place)
             raise StorageError(
                 f"{self.path}: cannot write {VECTORS} ({' '.join(str(err).split())[-160:]}); the "
-                f"documents are safe in {DOCUMENTS} and the next open rebuilds the index"
+                f"documents are safe in {DOCUMENTS}, searches rebuild the index in memory, and the next write (or "
+                f"'twostage check --repair') saves it"
             ) from None
         self.manifest.generation = generation
         self.manifest.factory = self.index.factory

@@ -24,7 +24,7 @@ from .collection import DOCUMENTS, MANIFEST, Collection, DeleteResult, by_score
 from .document_store import UpsertResult
 from .documents import Document
 from .errors import CollectionError
-from .lock import ReadOnlyCollection
+from .lock import LOCK_FILE, ReadOnlyCollection, WriterLock
 from .routing import ROUTING, shard_name, shard_of
 from .shard_manifest import SHARD_FORMAT_VERSION, SHARDS_MANIFEST, ShardManifest
 from .sharded_tokens import ShardedTokenDF, ShardedTokenStore
@@ -61,6 +61,8 @@ class ShardedCollection:
         #: the interrupted sharded write this process finished (``finish_interrupted``), if any
         self.finished: intent.Intent | None = None
         self._pool = ThreadPoolExecutor(max_workers=len(shards), thread_name_prefix="shard")
+        #: the root's own writer lock: whoever writes ``intent.json`` holds it (a Ray-served collection's driver too)
+        self._root_lock = WriterLock(path)
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -81,7 +83,8 @@ class ShardedCollection:
         if cls.exists(path) and not overwrite:
             raise CollectionError(f"{path} already holds a sharded collection: open it, or pass overwrite=True")
         if path.is_dir():
-            names = {SHARDS_MANIFEST, *(shard_name(i) for i in range(max(shards, _existing_count(path))))}
+            names = {SHARDS_MANIFEST, LOCK_FILE, intent.INTENT, intent.SPOOL}
+            names |= {shard_name(i) for i in range(max(shards, _existing_count(path)))}
             foreign = sorted(
                 p.name for p in path.iterdir() if p.name not in names and not p.name.startswith(f".{SHARDS_MANIFEST}.")
             )
@@ -166,6 +169,9 @@ class ShardedCollection:
         (or a read-only one) stops the write before any shard changed. Each lock goes with that shard's commit.
         Under them, a write another process left half done (its intent record) is first finished."""
         taken: list[Collection] = []
+        root_taken = not self._root_lock.held
+        if root_taken:
+            self._root_lock.acquire(Collection.lock_wait)
         try:
             for shard in self.shards:
                 if shard.hold_writer():
@@ -174,6 +180,8 @@ class ShardedCollection:
         except BaseException:
             for shard in taken:
                 shard.release_writer()
+            if root_taken:
+                self._root_lock.release()
             raise
 
     def _finish_interrupted(self) -> None:
@@ -286,7 +294,10 @@ class ShardedCollection:
         self._sharded_write(record, lambda i, shard: shard.convert_tokens(encoding, pool=pool))
 
     def commit(self) -> None:
-        self._each(lambda shard: shard.commit())
+        try:
+            self._each(lambda shard: shard.commit())
+        finally:
+            self._root_lock.release()
 
     # ------------------------------------------------------------------ reads
     def search(
@@ -392,6 +403,7 @@ class ShardedCollection:
         try:
             self._each(lambda shard: shard.close())
         finally:
+            self._root_lock.release()
             self._pool.shutdown(wait=True)
 
     def __enter__(self) -> ShardedCollection:

@@ -57,6 +57,7 @@ def _die_after(monkeypatch: pytest.MonkeyPatch, shards: int) -> None:
 
 def _abandon(c: ShardedCollection) -> None:
     """Drop a collection as a killed process would: no commit, locks let go by the OS."""
+    c._root_lock.release()
     for shard in c.shards:
         shard._writer.release()
         shard._writer.release()

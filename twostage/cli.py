@@ -167,7 +167,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         choices=TOKEN_ENCODINGS,
         metavar="2bit|pq|1bit|int8|float16",
         help="re-encode every stored passage's tokens (a 2bit/1bit/pq codec is learned afresh from the "
-        "collection); one SQLite transaction per shard, so a crash leaves them as they were",
+        "collection); every shard or none: a crash is finished by the next write or by running it again",
     )
     p.add_argument(
         "--pool",

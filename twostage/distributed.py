@@ -19,8 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from twostage.indexes import intent
+from twostage.indexes.collection import Collection
 from twostage.indexes.documents import Document
 from twostage.indexes.errors import CollectionError
+from twostage.indexes.lock import WriterLock
 from twostage.indexes.sharded import (
     SHARDS_MANIFEST,
     ShardedCollection,
@@ -438,31 +441,69 @@ class RayShardedCollection:
         tokens: Sequence[np.ndarray] | None = None,
         terms: Sequence[np.ndarray] | None = None,
     ) -> list[Any]:
-        """Each document to the actor that owns its shard."""
+        """Each document to the actor that owns its shard, in all of the shards or none (``indexes.intent``)."""
         docs = list(docs)
         embeddings = np.asarray(embeddings, dtype=np.float32)
-        calls = []
-        for index, positions in self._by_shard([d.id for d in docs]).items():
-            calls.append(
-                self.actors[index].call.remote(
-                    "upsert",
-                    [docs[p] for p in positions],
-                    embeddings[positions],
-                    tokens=None if tokens is None else [tokens[p] for p in positions],
-                )
+        groups = self._by_shard([d.id for d in docs])
+
+        def call(index: int) -> Any:
+            positions = groups[index]
+            return self.actors[index].call.remote(
+                "upsert",
+                [docs[p] for p in positions],
+                embeddings[positions],
+                tokens=None if tokens is None else [tokens[p] for p in positions],
             )
-        return self._ray.get(calls)
+
+        record = self._record("upsert", {"ids": [d.id for d in docs]}, groups)
+        spool = intent.spool_upsert(docs, embeddings, None if tokens is None else list(tokens), None)
+        return self._recorded(record, call, spool if len(groups) > 1 else None)
 
     def delete(self, doc_ids: Sequence[str]) -> Any:
         from twostage.indexes.collection import DeleteResult
 
         ids = list(dict.fromkeys(str(d) for d in doc_ids))
         groups = self._by_shard(ids)
-        results = self._ray.get(
-            [self.actors[i].call.remote("delete", [ids[p] for p in pos]) for i, pos in groups.items()]
+        results = self._recorded(
+            self._record("delete", {"ids": ids}, groups),
+            lambda i: self.actors[i].call.remote("delete", [ids[p] for p in groups[i]]),
         )
         missing = {d for r in results for d in r.missing}
         return DeleteResult(deleted=[d for d in ids if d not in missing], missing=[d for d in ids if d in missing])
+
+    def _record(self, operation: str, arguments: dict[str, Any], shards: Iterable[int]) -> intent.Intent:
+        involved = set(shards)
+        done = [i for i in range(len(self.actors)) if i not in involved]
+        return intent.Intent(operation, arguments, len(self.actors), done=done)
+
+    def _recorded(
+        self, record: intent.Intent, call: Callable[[int], Any], spool: dict[str, Any] | None = None
+    ) -> list[Any]:
+        """Send a write to the actors of the shards ``record`` names as pending, recorded first in ``intent.json``
+        when more than one takes part (as ``ShardedCollection`` does), marking each shard done as its actor answers.
+        The root's writer lock keeps this driver and any other process's sharded writer from interleaving records."""
+        with WriterLock(self.path).holding(Collection.lock_wait):
+            self._finish_interrupted()
+            pending = record.pending()
+            if len(pending) <= 1:
+                return self._ray.get([call(i) for i in pending])
+            intent.begin(self.path, record, spool)
+            shard_of_ref = {call(i): i for i in pending}
+            waiting, results = list(shard_of_ref), []
+            while waiting:
+                ready, waiting = self._ray.wait(waiting, num_returns=1)
+                results.append(self._ray.get(ready[0]))
+                intent.mark_done(self.path, record, shard_of_ref[ready[0]])
+            intent.finish(self.path)
+            return results
+
+    def _finish_interrupted(self) -> None:
+        """Roll forward a sharded write another process (or a failed call) left half done, through the actors."""
+        record = intent.read_intent(self.path)
+        if record is None:
+            return
+        step = intent.shard_step(self.path, record)
+        intent.carry_out(self.path, record, lambda i: step(i, _ActorShard(self._ray, self.actors[i])))
 
     def commit(self) -> None:
         self._all("commit")
@@ -524,6 +565,16 @@ class RayShardedCollection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _ActorShard:
+    """A shard actor seen as a collection: ``shard.delete(ids)`` is the actor's ``delete``, waited for."""
+
+    def __init__(self, ray: Any, actor: Any):
+        self._ray, self._actor = ray, actor
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        return lambda *args, **kwargs: self._ray.get(self._actor.call.remote(method, *args, **kwargs))
 
 
 # --------------------------------------------------------------------------- reranking
