@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from twostage.runtime.config import RuntimeConfig, runtime_config
 from twostage.runtime.models import DEFAULT_BI_ENCODER
 
 from .errors import UsageError
+from .memory import TemporaryHome, save_collection
 from .results import Hit, SearchResult, Timings
 from .search_request import SearchRequest
 from .writer import OrderedWriter
@@ -56,9 +58,12 @@ class AddReport:
     truncated: int = 0
     cache_hits: int = 0
     seconds: float = 0.0
+    #: every document's id, in input order (generated ones for documents given as plain strings)
+    ids: list[str] = field(default_factory=list)
 
     @property
     def seen(self) -> int:
+        """Documents read from the input: added, replaced or unchanged."""
         return self.added + self.replaced + self.unchanged
 
 
@@ -68,9 +73,15 @@ class DeleteReport:
     missing: list[str] = field(default_factory=list)
 
 
-def as_document(doc: Document | Mapping[str, Any]) -> Document:
-    """Accept ``Document`` objects or plain dicts with id/text (title and metadata optional); an id a TREC run cannot
-    hold, or a string UTF-8 cannot store, is refused before anything is written."""
+def as_document(doc: Document | Mapping[str, Any] | str) -> Document:
+    """Accept ``Document`` objects, plain dicts with id/text (title and metadata optional) or a bare text (given a new
+    random id); an id a TREC run cannot hold, or a string UTF-8 cannot store, is refused before anything is written."""
+    if isinstance(doc, str):
+        doc = Document(id=uuid.uuid4().hex, text=doc)
+    elif not isinstance(doc, (Document, Mapping)):
+        raise UsageError(
+            f"document {doc!r:.60}: expected a text, a dict with 'id' and 'text', or a Document, not {type(doc).__name__}"
+        )
     document = doc if isinstance(doc, Document) else _from_mapping(doc)
     if not isinstance(document.id, str):
         raise UsageError(f"document id {document.id!r}: must be a string, got {type(document.id).__name__}")
@@ -132,12 +143,20 @@ class Engine:
         #: one-line messages about the engine itself (a reranker fallback), in words of no interface: the CLI prints
         #: them once with its flag advice, the server in its banner and /stats, the Python API warns once per process
         self.notices: list[str] = []
+        #: the private directory of an in-memory collection (``create(None)``), deleted on close
+        self._home: TemporaryHome | None = None
 
     # ----------------------------------------------------------------- construction
     @classmethod
+    def in_memory(cls, **options: Any) -> Engine:
+        """A new collection that lives as long as this engine (``create(None, **options)``): for tests and
+        notebooks; :meth:`save` writes it to a directory."""
+        return cls.create(None, **options)
+
+    @classmethod
     def create(
         cls,
-        path: str | Path,
+        path: str | Path | None,
         *,
         model: str = DEFAULT_BI_ENCODER,
         reranker: Reranker | str | None = DEFAULT_RERANKER,
@@ -152,7 +171,8 @@ class Engine:
         shards: int | None = None,
         request: SearchRequest | None = None,
     ) -> Engine:
-        """A new, empty collection at ``path`` (or the existing one there, resumed, when built by the same model).
+        """A new, empty collection at ``path`` (or the existing one there, resumed, when built by the same model);
+        ``path`` None: in memory (a private temporary directory, deleted on :meth:`close`; see :meth:`save`).
 
         ``shards=N`` builds a sharded collection (``indexes.sharded``): N collections, documents routed by id hash.
 
@@ -163,6 +183,29 @@ class Engine:
         backend, batch size, threads); ``backend=`` and ``batch_size=`` are shorthands that override its fields. The
         backend (torch, onnx, onnx-int8, openvino, openvino-int8; auto = measured here, ``runtime.autotune``) is
         recorded in the manifest. ``request`` (a :class:`SearchRequest`) gives the reranker and runtime instead."""
+        if path is None:
+            if shards is not None:
+                raise UsageError("an in-memory collection is not sharded; give a directory to create shards in")
+            home = TemporaryHome()
+            try:
+                engine = cls.create(
+                    home.path,
+                    model=model,
+                    reranker=reranker,
+                    index_type=index_type,
+                    batch_size=batch_size,
+                    encoder=encoder,
+                    store_tokens=store_tokens,
+                    token_pool=token_pool,
+                    backend=backend,
+                    runtime=runtime,
+                    request=request,
+                )
+            except BaseException:
+                home.cleanup()
+                raise
+            engine._home = home
+            return engine
         path = Path(path)
         if request is not None:
             reranker, runtime = request.reranker, request.runtime
@@ -288,7 +331,23 @@ class Engine:
         return cls(collection, encoder, reranker, runtime=runtime)
 
     def close(self) -> None:
+        """Commit and close the collection (an in-memory one is deleted). Safe to call twice."""
         self.collection.close()
+        if self._home is not None:
+            self._home.cleanup()
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the collection, committed, to the directory ``path`` (new or empty; an existing collection only with
+        ``overwrite``), openable with :meth:`open`; this engine keeps working on its own copy."""
+        return save_collection(self.collection, path, overwrite=overwrite)
+
+    def __len__(self) -> int:
+        """The number of documents in the collection."""
+        return len(self.collection)
+
+    def count(self) -> int:
+        """The number of documents in the collection (``len(engine)``)."""
+        return len(self.collection)
 
     def __enter__(self) -> Engine:
         return self
@@ -321,11 +380,13 @@ class Engine:
     # ----------------------------------------------------------------- writes
     def add(
         self,
-        documents: Iterable[Document | Mapping[str, Any]],
+        documents: Iterable[Document | Mapping[str, Any] | str],
         *,
         progress: Callable[[int], None] | None = None,
     ) -> AddReport:
-        """Encode and store documents in committed steps; an id already present is replaced, an unchanged one skipped."""
+        """Encode and store documents (``Document``, dicts with id and text, or plain texts, which get new ids) in
+        committed steps; an id already present is replaced, an unchanged one skipped. ``report.ids`` lists every
+        document's id in input order."""
         report = AddReport()
         started = time.perf_counter()
         if isinstance(documents, Sequence):  # a list is checked whole first: bad input anywhere changes nothing
@@ -340,6 +401,7 @@ class Engine:
                     if doc.id in seen:
                         raise UsageError(f"document id {doc.id!r} appears twice in the input")
                     seen.add(doc.id)
+                    report.ids.append(doc.id)
                 self._add_chunk(chunk, report, write)
                 if progress:
                     progress(len(chunk))
@@ -370,6 +432,15 @@ class Engine:
         replaced = sum(1 for d in todo if d.id in existing)
         report.replaced += replaced
         report.added += len(todo) - replaced
+
+    def upsert(
+        self,
+        documents: Iterable[Document | Mapping[str, Any] | str],
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> AddReport:
+        """:meth:`add` by its other name: documents whose id is present replace the stored ones, new ids are added."""
+        return self.add(documents, progress=progress)
 
     def delete(self, ids: Sequence[str]) -> DeleteReport:
         """Remove documents by id; they never come back in results. Unknown ids are reported, not an error."""
@@ -529,8 +600,15 @@ class Engine:
         ids = list({doc_id for cands in candidate_lists for doc_id, _ in cands})
         return {doc.id: doc for doc in self.collection.get(ids) if doc is not None}
 
-    def get(self, ids: Sequence[str]) -> list[Document | None]:
-        return self.collection.get(list(ids))
+    @overload
+    def get(self, ids: str) -> Document | None: ...
+    @overload
+    def get(self, ids: Sequence[str]) -> list[Document | None]: ...
+    def get(self, ids: str | Sequence[str]) -> Document | None | list[Document | None]:
+        """The stored document of one id, or of each id in a list (None where there is none)."""
+        if isinstance(ids, str):
+            return self.collection.get([ids])[0]
+        return self.collection.get([str(i) for i in ids])
 
     def info(self) -> dict[str, Any]:
         """Manifest, counts and models, for ``twostage info`` and the server's ``/stats``."""

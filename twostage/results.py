@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -77,7 +78,29 @@ class SearchResult:
     reranker: str | None = None
     notices: list[str] = field(default_factory=list)
 
+    def __iter__(self) -> Iterator[Hit]:
+        """The hits, best first."""
+        return iter(self.hits)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __getitem__(self, index: int) -> Hit:
+        return self.hits[index]
+
+    def to_pandas(self) -> Any:
+        """The hits as a ``pandas.DataFrame``, one row per hit in :meth:`Hit.to_dict`'s columns, metadata fields as
+        ``metadata.NAME`` columns; ImportError in one line without pandas."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("SearchResult.to_pandas needs pandas: pip install pandas") from None
+        if not self.hits:
+            return pandas.DataFrame(columns=list(Hit("", "", 0.0, 0).to_dict()))
+        return pandas.json_normalize([hit.to_dict() for hit in self.hits])
+
     def to_dict(self) -> dict[str, Any]:
+        """The result as JSON values: hits in :meth:`Hit.to_dict`'s shape, timings with their total."""
         out = asdict(self)
         out["hits"] = [hit.to_dict() for hit in self.hits]
         out["timings"]["total_s"] = self.timings.total_s
