@@ -118,6 +118,18 @@ def test_training_needs_only_stages_engine_and_eval_metrics(graph):
     assert bad == []
 
 
+def test_integrations_use_only_the_public_api(graph):
+    """The framework adapters (``twostage.integrations``) import what a user imports: ``twostage`` itself."""
+    bad = [
+        f"{a} imports {b}"
+        for a, targets in graph.items()
+        if a.startswith("twostage.integrations")
+        for b in targets
+        if b != "twostage" and not b.startswith("twostage.integrations")
+    ]
+    assert bad == [] and "twostage.integrations.langchain" in graph
+
+
 def test_no_import_cycle_between_packages(graph):
     layers: dict[str, set[str]] = defaultdict(set)
     for la, lb, _, _ in edges(graph):

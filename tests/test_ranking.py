@@ -49,6 +49,16 @@ def test_rank_with_a_cross_encoder_path_uses_it(tiny_bi_encoder_dir, tiny_cross_
     assert [r["corpus_id"] for r in by_function] == [r["corpus_id"] for r in expected]
 
 
+def test_rerank_is_the_second_stage_alone(tiny_bi_encoder_dir, tiny_cross_encoder_dir):
+    ranker = Ranker(tiny_bi_encoder_dir, str(tiny_cross_encoder_dir), candidate_depth=2)  # depth: rank() only
+    expected = CrossEncoderReranker(str(tiny_cross_encoder_dir)).rank(QUERY, PASSAGES, top_k=5)
+    got = ranker.rerank(QUERY, PASSAGES, top_k=5)
+    assert [r["corpus_id"] for r in got] == [r["corpus_id"] for r in expected]
+    assert np.allclose([r["score"] for r in got], [r["score"] for r in expected], atol=1e-5)
+    with pytest.raises(UsageError, match="has no reranker"):
+        Ranker(tiny_bi_encoder_dir, None).rerank(QUERY, PASSAGES)
+
+
 def test_candidate_depth_bounds_what_is_reranked_and_returned(tiny_bi_encoder_dir, tiny_cross_encoder_dir):
     first_stage = Ranker(tiny_bi_encoder_dir, None).rank(QUERY, PASSAGES)
     ranker = Ranker(tiny_bi_encoder_dir, str(tiny_cross_encoder_dir), candidate_depth=4)

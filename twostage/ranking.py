@@ -22,7 +22,7 @@ from twostage.reranker.loading import DEFAULT_SPEC, RerankerFallbackWarning, loa
 from twostage.reranker.maxsim import MaxSimReranker
 from twostage.reranker.score_fusion import FusedReranker
 from twostage.retriever.biencoder import BiEncoder
-from twostage.retriever.prf import rocchio
+from twostage.retriever.prf import PRF, rocchio
 from twostage.runtime.autotune import measured
 from twostage.runtime.config import RuntimeConfig, runtime_config
 from twostage.runtime.models import DEFAULT_BI_ENCODER
@@ -88,12 +88,14 @@ class Ranker:
                 self.notices.append(notice)
                 _warn_caller(notice)
         # MaxSim gets Engine.search's defaults: Rocchio feedback in the first stage, query tokens and score fusion
-        levers: tuple[Any, Any, Any] = _maxsim_levers() if isinstance(self.reranker, MaxSimReranker) else (None,) * 3
-        self._prf, query_tokens, fusion = levers
-        second = self.reranker
-        if query_tokens is not None:
-            second = second.with_query_tokens(query_tokens)  # type: ignore[union-attr]
-        self._second_stage = FusedReranker(second, fusion) if fusion is not None and second is not None else second
+        levers = _maxsim_levers() if isinstance(self.reranker, MaxSimReranker) else (None, None, None)
+        self._prf: PRF | None = levers[0]
+        query_tokens, fusion = levers[1], levers[2]
+        #: the second stage alone (MaxSim with its query-token default), for texts with no first-stage score
+        self._alone: Reranker | None = self.reranker
+        if isinstance(self.reranker, MaxSimReranker) and query_tokens is not None:
+            self._alone = self.reranker.with_query_tokens(query_tokens)
+        self._second_stage = FusedReranker(self._alone, fusion) if fusion and self._alone else self._alone
 
     def rank(
         self,
@@ -121,13 +123,23 @@ class Ranker:
             raw = np.asarray(self._second_stage.score_candidates([query], [candidates])[0], dtype=np.float64)
             resort = np.argsort(-raw, kind="stable")  # ties keep first-stage order
             order, scores = order[resort], raw[resort]
-        rows = []
-        for i, score in list(zip(order, scores))[:top_k]:
-            row: dict[str, Any] = {"corpus_id": int(i), "score": float(score)}
-            if return_documents:
-                row["text"] = texts[i]
-            rows.append(row)
-        return rows
+        return _rows(texts, order, scores, top_k, return_documents)
+
+    def rerank(
+        self, query: str, texts: Sequence[str], top_k: int | None = None, return_documents: bool = False
+    ) -> list[dict[str, Any]]:
+        """The second stage alone: every one of ``texts`` (say, another retriever's results) scored by the reranker
+        and sorted, in :meth:`rank`'s shape. A ranker with no reranker refuses (UsageError)."""
+        texts = _checked_texts(query, texts)
+        if top_k is not None:
+            _check_depth("top_k", top_k)
+        if self._alone is None:
+            raise UsageError("this Ranker has no reranker (reranker=None); build it with one to rerank texts")
+        if not texts:
+            return []
+        scores = np.asarray(self._alone.score(query, texts), dtype=np.float64)
+        order = np.argsort(-scores, kind="stable")
+        return _rows(texts, order, scores[order], top_k, return_documents)
 
     def _first_stage(self, query: str, texts: list[str], depth: int) -> tuple[np.ndarray, np.ndarray]:
         """The top ``depth`` text indices by the bi-encoder's score and their scores, best first (exact: every text
@@ -141,6 +153,19 @@ class Ranker:
             scores = vectors @ rocchio(query_vector, vectors[top], self._prf)
         order = np.argsort(-scores, kind="stable")[:depth]
         return order, scores[order].astype(np.float64)
+
+
+def _rows(
+    texts: list[str], order: np.ndarray, scores: np.ndarray, top_k: int | None, return_documents: bool
+) -> list[dict[str, Any]]:
+    """``CrossEncoder.rank``'s rows for texts in ``order`` with their ``scores``, the first ``top_k``."""
+    rows = []
+    for i, score in list(zip(order, scores))[:top_k]:
+        row: dict[str, Any] = {"corpus_id": int(i), "score": float(score)}
+        if return_documents:
+            row["text"] = texts[i]
+        rows.append(row)
+    return rows
 
 
 def _maxsim_levers() -> tuple[Any, Any, Any]:
