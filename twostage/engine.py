@@ -69,6 +69,8 @@ class AddReport:
 
 @dataclass
 class DeleteReport:
+    """What a ``delete`` did: the ids removed, and those the collection did not hold."""
+
     deleted: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
 

@@ -13,14 +13,15 @@ import sys
 import threading
 import warnings
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import numpy as np
 
 from twostage.reranker.base import Candidate, Reranker
 from twostage.reranker.loading import DEFAULT_SPEC, RerankerFallbackWarning, load_reranker
-from twostage.reranker.maxsim import MaxSimReranker
-from twostage.reranker.score_fusion import FusedReranker
+from twostage.reranker.maxsim import MaxSimReranker, QueryTokens
+from twostage.reranker.score_fusion import FusedReranker, Fusion
 from twostage.retriever.biencoder import BiEncoder
 from twostage.retriever.prf import PRF, rocchio
 from twostage.runtime.autotune import measured
@@ -168,14 +169,14 @@ def _rows(
     return rows
 
 
-def _maxsim_levers() -> tuple[Any, Any, Any]:
+def _maxsim_levers() -> tuple[PRF | None, QueryTokens | None, Fusion | None]:
     """The feedback, query-token and fusion settings ``Engine.search`` uses when MaxSim reranks."""
     return SearchRequest().levers(MAXSIM_DEFAULTS)
 
 
 def _warn_caller(notice: str) -> None:
     """A RerankerFallbackWarning pointing at the caller's line (the first frame outside this module)."""
-    frame: Any = sys._getframe(0)
+    frame: FrameType | None = sys._getframe(0)
     level = 1
     while frame is not None and frame.f_code.co_filename == __file__:
         frame, level = frame.f_back, level + 1

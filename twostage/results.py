@@ -35,6 +35,7 @@ class Hit:
 
     @property
     def rank(self) -> int:
+        """The final rank (1 = best): the second stage's when it ran, else the first stage's."""
         return self.rerank_rank if self.rerank_rank is not None else self.retrieval_rank
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,6 +65,7 @@ class Timings:
 
     @property
     def total_s(self) -> float:
+        """Seconds for the whole search: encoding, first stage and reranking."""
         return self.encode_s + self.search_s + self.rerank_s
 
 
@@ -83,9 +85,11 @@ class SearchResult:
         return iter(self.hits)
 
     def __len__(self) -> int:
+        """The number of hits."""
         return len(self.hits)
 
     def __getitem__(self, index: int) -> Hit:
+        """The hit at ``index`` (0 = best)."""
         return self.hits[index]
 
     def to_pandas(self) -> Any:

@@ -57,6 +57,7 @@ class TwostagePostprocessor(BaseNodePostprocessor):
 
     @classmethod
     def class_name(cls) -> str:
+        """The name LlamaIndex serialises this postprocessor under."""
         return "TwostagePostprocessor"
 
     def _postprocess_nodes(
