@@ -29,7 +29,7 @@ def ranker(tiny_bi_encoder_dir, tiny_cross_encoder_dir):
 
 
 def expected_hits(engine, top_k):
-    return engine.search(QUERY, top_n=top_k).hits
+    return engine.search(QUERY, top_k=top_k).hits
 
 
 # ----------------------------------------------------------------------------------------------------- LangChain
@@ -95,7 +95,7 @@ def test_llamaindex_retriever_and_postprocessor_in_a_query_engine_with_a_mock_ll
     postprocessor = TwostagePostprocessor(ranker=ranker, top_n=2)
     query_engine = RetrieverQueryEngine.from_args(retriever, llm=MockLLM(), node_postprocessors=[postprocessor])
     response = query_engine.query(QUERY)
-    first_stage = engine.search(QUERY, top_n=3, rerank=False).hits
+    first_stage = engine.search(QUERY, top_k=3, rerank=False).hits
     reranked = ranker.rerank(QUERY, [hit.text for hit in first_stage], top_k=2)
     assert [n.node.node_id for n in response.source_nodes] == [first_stage[r["corpus_id"]].doc_id for r in reranked]
     assert [n.score for n in response.source_nodes] == [r["score"] for r in reranked]

@@ -52,7 +52,7 @@ def test_what_is_wrong_with_a_document_is_said_in_one_line(engine, bad, message)
 
 def test_results_iterate_and_convert_to_pandas(engine):
     engine.add([{"id": f"d{i}", "text": text, "year": 2020 + i} for i, text in enumerate(TEXTS)])
-    result = engine.search("Berlin population", top_n=2)
+    result = engine.search("Berlin population", top_k=2)
     assert len(result) == 2 and [hit.doc_id for hit in result] == [hit.doc_id for hit in result.hits]
     assert result[0] is result.hits[0]
     pytest.importorskip("pandas")

@@ -16,6 +16,7 @@ _EXPORTS = {
     "SearchResult": ".results",
     "Timings": ".results",
     "UsageError": ".errors",
+    "SearchRequest": ".search_request",
     "Ranker": ".ranking",
     "rank": ".ranking",
 }

@@ -48,7 +48,7 @@ class TwostageRetriever(BaseRetriever):
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        result = self.engine.search(query, top_n=self.top_k, **self.search_kwargs)
+        result = self.engine.search(query, top_k=self.top_k, **self.search_kwargs)
         return [hit_to_document(hit) for hit in result.hits]
 
 

@@ -43,7 +43,7 @@ class TwostageRetriever(BaseRetriever):
         self.search_kwargs = dict(search_kwargs or {})
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        result = self.engine.search(query_bundle.query_str, top_n=self.top_k, **self.search_kwargs)
+        result = self.engine.search(query_bundle.query_str, top_k=self.top_k, **self.search_kwargs)
         return [hit_to_node(hit) for hit in result.hits]
 
 
