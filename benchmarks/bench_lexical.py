@@ -1,5 +1,5 @@
 """Which lexical first stage a collection keeps: SQLite FTS5 bm25() inside documents.sqlite (``indexes.lexical``)
-against bm25s (``retriever.bm25``, what eval used), on msmarco-dl20 and cacm: nDCG@10, R@100, build time and per-query
+against bm25s (``benchmarks/bm25_baseline.py``, what eval used), on msmarco-dl20 and cacm: nDCG@10, R@100, build time and per-query
 latency, measured side by side in one run.
 
     python benchmarks/bench_lexical.py [--data DIR]   # writes benchmarks/results/lexical.json and lexical.md
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bm25_baseline import BM25Retriever  # noqa: E402
 from common import DATA_ROOT, RESULTS  # noqa: E402  (first: repo importable, hub off)
 
 from twostage.eval.datasets import load_dataset  # noqa: E402
@@ -28,7 +29,6 @@ from twostage.eval.metrics import evaluate  # noqa: E402
 from twostage.indexes.document_store import DocumentStore  # noqa: E402
 from twostage.indexes.documents import Document  # noqa: E402
 from twostage.indexes.lexical import LexicalIndex  # noqa: E402
-from twostage.retriever.bm25 import BM25Retriever  # noqa: E402
 
 DATASETS = ("msmarco-dl20", "cacm")
 DEPTH = 1000

@@ -94,9 +94,11 @@ def main() -> int:
     if not (DATA / "corpus.jsonl").is_file():
         print(f"{DATA} is not present; nothing to measure")
         return 0
+    # Ray advertises 127.0.0.1 for this machine, not its outward address: Ray reads this switch when it is imported
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
-    from twostage.distributed import _stay_on_loopback, index_distributed
+    from twostage.distributed import index_distributed
 
     model = minilm_path()
     docs = []
@@ -146,7 +148,6 @@ def main() -> int:
         "text_chars_mean": round(statistics.mean(len(d.text) for d in docs), 1),
     }
     print(report["indexing"][-1], flush=True)
-    _stay_on_loopback({})
     ray_dir = tempfile.mkdtemp(prefix="bsray-", dir="/tmp")  # short: Ray's socket paths live under it
     ray.init(
         num_cpus=4,

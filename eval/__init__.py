@@ -4,6 +4,5 @@ Standalone (no engine, no torch): `eval.datasets` (load_dataset, Dataset), `eval
 `eval.metrics` (evaluate, parse_measure, format_table), `eval.significance` (paired tests), `eval.treceval`
 (trec_eval names and output), `eval.errors` (EvalInputError).
 Harness (drives `twostage.Engine`): `eval.harness` (EvalConfig, run_evaluation), `eval.systems` (how each system
-runs and is timed), `eval.timing`, `eval.report` (table, JSON, runs, CSV), `eval.plots`, `eval.regression`
-(checked-in expected scores), `eval.cli` (`twostage eval`).
+runs and is timed), `eval.timing`, `eval.report` (table, JSON, runs, CSV), `eval.plots`, `eval.cli` (`twostage eval`).
 """

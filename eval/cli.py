@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from twostage.eval.errors import EvalInputError
+from twostage.runtime.optional import available, install_hint
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -278,7 +279,10 @@ def run_dataset_eval(args: argparse.Namespace) -> int:
     check_output_dir(out)
     log(f"dataset {dataset.name}: {len(dataset.queries)} judged queries ({dataset.source})")
     report = run_evaluation(dataset, config, log=log)
-    written = write_report(report, out)
+    plots = available("matplotlib")
+    if not plots:
+        log(f"plots skipped: they need matplotlib, which is not installed ({install_hint('plots')})")
+    written = write_report(report, out, plots=plots)
     print(format_report_table(report))
     print(f"\nwrote {', '.join(str(p) for p in written.values())}")
     return 0

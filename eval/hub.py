@@ -12,6 +12,7 @@ from typing import Any
 from twostage.eval.errors import DatasetError
 from twostage.eval.trec import Qrels, Queries
 from twostage.runtime.hub import hub_offline, hub_reachable, hub_unavailable_reason
+from twostage.runtime.optional import available, install_hint
 
 _LOCAL = "pass a local dataset folder (uniform, BEIR or MS MARCO layout) or a name found on the data search path"
 _ADVICE = _LOCAL + ", or set HF_HUB_OFFLINE=1 to use a copy already in the Hugging Face cache"
@@ -30,12 +31,13 @@ def load_hub_beir(name: str, split: str = "test") -> tuple[Queries, Qrels, Any]:
     Corpus and queries come from the `corpus` and `queries` configs of `name`; qrels from `<name>-qrels`
     for `BeIR/...` names, else from the `default` config of `name` (the MTEB layout).
     """
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a project dependency
+    if not available("datasets"):
         raise DatasetError(
-            f"could not load dataset {name!r}: the `datasets` package is not installed; " + _ADVICE
-        ) from None
+            f"could not load dataset {name!r}: loading from the Hugging Face hub needs datasets, which is not "
+            f"installed ({install_hint('hf')}); " + _ADVICE
+        )
+    import datasets
+
     offline = _offline_mode()
     if not offline and not hub_reachable():
         raise DatasetError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from twostage.eval.harness import EvalReport, SystemResult
+from twostage.runtime.optional import require
 
 PLOT_MEASURES = ("nDCG@10", "MRR@10")
 COLORS = {"bm25": "#7f7f7f", "dense": "#1f77b4", "hybrid": "#2ca02c", "run": "#9467bd"}
@@ -12,7 +13,7 @@ RERANK_COLORS = {"dense": "#d62728", "run": "#ff7f0e"}
 
 
 def _pyplot():
-    import matplotlib
+    matplotlib = require("matplotlib", "plots", "plotting an evaluation")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,7 +1,7 @@
-"""First stage of twostage: bi-encoder with embedding cache, dense and BM25 retrieval, RRF fusion.
+"""First stage of twostage: bi-encoder with embedding cache, dense retrieval, RRF fusion (BM25 is the collection's
+FTS5 index, `indexes.lexical`).
 
-Importing is cheap: names load on first use, and torch/sentence-transformers and bm25s only when a BiEncoder or
-BM25Retriever is built.
+Importing is cheap: names load on first use, and torch/sentence-transformers only when a BiEncoder is built.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any
 _EXPORTS = {
     "BiEncoder": ".biencoder",
     "EncodeResult": ".biencoder",
-    "BM25Retriever": ".bm25",
     "EmbeddingCache": ".cache",
     "default_cache_path": ".cache",
     "reciprocal_rank_fusion": ".fusion",

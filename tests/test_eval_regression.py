@@ -11,14 +11,18 @@ only with TWOSTAGE_FULL_REGRESSION=1. Skipped without ../shared/data.
 from __future__ import annotations
 
 import os
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import shared_dataset
 
 from twostage.eval.datasets import load_dataset
 from twostage.eval.harness import run_evaluation
-from twostage.eval.regression import check_report, config_from_expected, load_expected
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from regression import check_report, config_from_expected, load_expected  # noqa: E402
 
 FULL = os.environ.get("TWOSTAGE_FULL_REGRESSION") == "1"
 

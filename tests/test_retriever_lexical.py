@@ -1,13 +1,18 @@
-"""BM25 over bm25s on a toy corpus, and reciprocal rank fusion checked against hand computation."""
+"""BM25 over bm25s on a toy corpus (the lexical benchmark's baseline, benchmarks/bm25_baseline.py), and reciprocal rank
+fusion checked against hand computation."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from twostage.indexes.documents import Document
-from twostage.retriever.bm25 import BM25Retriever
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bm25_baseline import BM25Retriever  # noqa: E402
+
 from twostage.retriever.fusion import reciprocal_rank_fusion, trec_order
 
 DOCS = [

@@ -391,7 +391,9 @@ def train(opts: TrainOptions, log: Log | None = None, *, evaluate_test: TestEval
 
     With ``opts.test_dataset``, ``evaluate_test`` (``twostage train`` passes one that runs the eval harness) measures
     the result on it; training itself needs only the stages, the engine (mining) and eval's metrics."""
-    from datasets import Dataset
+    from twostage.runtime.optional import require
+
+    Dataset = require("datasets", "train", "twostage train").Dataset
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     if opts.kind not in ("reranker", "retriever"):

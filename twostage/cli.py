@@ -25,9 +25,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from twostage.reranker.base import RerankerLoadError
     from twostage.runtime.config import RuntimeConfigError
     from twostage.runtime.models import ModelLoadError
+    from twostage.runtime.optional import MissingExtra
 
     errors: list[type[BaseException]] = [
         UsageError,
+        MissingExtra,
         CorpusError,
         CollectionError,
         RerankerLoadError,

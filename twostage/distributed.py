@@ -62,7 +62,9 @@ LOOPBACK = ("127.0.0.1", "localhost")
 def connect(address: str) -> Any:
     """Join the Ray cluster at ``address`` (``host:port``), or with ``auto`` the one Ray finds on this machine, else a
     new single-node one. A loopback address, and a new local cluster, keep every Ray endpoint on 127.0.0.1."""
-    import ray
+    from twostage.runtime.optional import require
+
+    ray = require("ray", "ray", "--ray")
 
     if ray.is_initialized():
         return ray

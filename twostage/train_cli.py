@@ -243,8 +243,11 @@ def options_from_args(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, print where the model and report went; user errors become one line (handled by the main CLI)."""
+    from twostage.runtime.optional import require
     from twostage.training.run import train
 
+    for module in ("accelerate", "datasets"):  # before anything is read: transformers' Trainer, the training rows
+        require(module, "train", "twostage train")
     opts = options_from_args(args)
     if not Path(opts.collection).exists():
         raise UsageError(f"--collection {opts.collection}: no such collection (build one with twostage index)")

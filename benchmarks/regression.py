@@ -1,7 +1,7 @@
 """Reproducibility as code: checked-in expected scores per dataset and system (`eval/expected/<dataset>.yaml`,
 in the spirit of Pyserini's regression YAML) and the check of an `EvalReport` against them.
 
-Record after a deliberate change: run `twostage eval DATASET`, then `python -m twostage.eval.regression
+Record after a deliberate change: run `twostage eval DATASET`, then `python benchmarks/regression.py
 runs/eval-DATASET/results.json --ci-systems ...` (rewrites the file; review the diff before committing it).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from twostage.eval.harness import EvalConfig, EvalReport
 
-EXPECTED_DIR = Path(__file__).resolve().parent / "expected"
+EXPECTED_DIR = Path(__file__).resolve().parents[1] / "eval" / "expected"
 DEFAULT_TOLERANCE = 0.002
 REGRESSION_MEASURES = ("nDCG@10", "MRR@10", "R@100", "R@1000", "MAP")
 
@@ -113,7 +113,7 @@ HEADER = """\
 # Expected scores of `twostage eval {dataset}` (Pyserini regression-YAML style): per system, metric -> value,
 # each to be reproduced within +- tolerance. Produced by a real run of the full default configuration on CPU:
 #   twostage eval {dataset} --rerank-run <data>/{dataset}/runs/{run}.trec
-#   python -m twostage.eval.regression runs/eval-{dataset}/results.json --ci-systems {ci}
+#   python benchmarks/regression.py runs/eval-{dataset}/results.json --ci-systems {ci}
 # tests/test_eval_regression.py re-runs ci_systems (all systems with TWOSTAGE_FULL_REGRESSION=1) and compares.
 # The reranker is MaxSim over the bi-encoder (the offline fallback of the default cross-encoder); the tests ask
 # for it explicitly, so a machine that has the cross-encoder still checks these numbers.
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    parser = argparse.ArgumentParser(prog="python -m twostage.eval.regression", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python benchmarks/regression.py", description=main.__doc__)
     parser.add_argument("results", type=Path, help="results.json written by `twostage eval DATASET`")
     parser.add_argument("--ci-systems", required=True, help="comma-separated systems the CI test re-runs")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
