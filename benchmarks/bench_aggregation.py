@@ -21,9 +21,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np  # noqa: E402
-from bench_levers import FUSION_GRID, markdown  # noqa: E402
-from bench_special_tokens import token_sets, torch_minilm  # noqa: E402
-from common import THRESHOLDS, cacm_split, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import (  # noqa: E402  (first: repo importable, hub off)
+    FUSION_GRID,
+    THRESHOLDS,
+    cacm_split,
+    levers_arguments,
+    machine,
+    markdown,
+    minilm_path,
+    token_sets,
+    torch_minilm,
+)
 
 from twostage.engine import Engine  # noqa: E402
 from twostage.eval.datasets import load_folder  # noqa: E402

@@ -23,8 +23,16 @@ import sys
 import time
 
 import numpy as np  # noqa: E402
-from bench_levers import build_collection, markdown, metrics  # noqa: E402
-from common import THRESHOLDS, cacm_split, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import (  # noqa: E402  (first: repo importable, hub off)
+    THRESHOLDS,
+    build_collection,
+    cacm_split,
+    levers_arguments,
+    machine,
+    markdown,
+    metrics,
+    minilm_path,
+)
 
 from twostage.engine import MAXSIM_DEFAULTS, Engine  # noqa: E402
 from twostage.eval.datasets import load_folder  # noqa: E402

@@ -28,24 +28,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np  # noqa: E402
-from common import THRESHOLDS, cacm_order, cacm_split, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import (  # noqa: E402  (first: repo importable, hub off)
+    FUSION_GRID,
+    THRESHOLDS,
+    build_collection,
+    cacm_order,
+    cacm_split,
+    levers_arguments,
+    machine,
+    markdown,
+    metrics,
+    minilm_path,
+)
 
 from twostage.engine import Engine  # noqa: E402
-from twostage.eval.datasets import Dataset, load_folder  # noqa: E402
-from twostage.eval.metrics import evaluate  # noqa: E402
+from twostage.eval.datasets import load_folder  # noqa: E402
 from twostage.eval.significance import compare  # noqa: E402
-from twostage.indexes.documents import Document  # noqa: E402
 from twostage.reranker.score_fusion import Fusion, fuse_scores  # noqa: E402
 from twostage.retriever.biencoder import BiEncoder  # noqa: E402
 
-MEASURES = ("nDCG@10", "MRR@10", "R@100")
 K = 100
 PRF_GRID = [None] + [f"{k}:{b:g}" for k in (1, 3, 5, 10) for b in (0.25, 0.5, 1.0)]
 TOKEN_GRID = ["plain", "idf", "special", "idf+special"]
 #: hybrid first stages are tried with feedback off and at the dense grid's best feedback (the grid stays affordable)
 HYBRID_GRID = ["hybrid", "hybrid:weighted:0.5", "hybrid:weighted:0.7"]
 HYBRID_PRF_GRID = [None, "10:0.5"]
-FUSION_GRID = [None, "rrf"] + [f"{m}:{w:g}" for m in ("zscore", "minmax") for w in np.arange(0.1, 1.0, 0.1).round(1)]
 
 
 @dataclass(frozen=True)
@@ -79,31 +86,9 @@ class Measured:
     ms: list[float] = field(default_factory=list)
 
 
-def build_collection(dataset: Dataset, encoder: BiEncoder, path: Path) -> dict:
-    """The dataset's collection with int8 tokens, built once (its build record is reused on later runs)."""
-    docs = [Document(r["id"], r["text"], r.get("title") or None) for r in dataset.iter_corpus()]
-    record = path / "build.json"
-    if record.is_file() and json.loads(record.read_text()).get("documents") == len(docs):
-        return json.loads(record.read_text())
-    print(f"building {path} ({len(docs)} documents, int8 tokens; once)", file=sys.stderr)
-    started = time.perf_counter()
-    with Engine.create(
-        path, encoder=encoder, reranker=None, index_type="flat", overwrite=True, store_tokens="int8"
-    ) as engine:
-        engine.add(docs)
-    info = {"documents": len(docs), "seconds": round(time.perf_counter() - started, 1)}
-    record.write_text(json.dumps(info))
-    return info
-
-
 def ordered_run(hits) -> dict[str, float]:
     """The engine's order as scores trec_eval sorts the same way (ties in fused scores keep the engine's order)."""
     return {hit.doc_id: float(len(hits) - i) for i, hit in enumerate(hits)}
-
-
-def metrics(run: dict, qrels: dict, threshold: int) -> tuple[dict, dict]:
-    result = evaluate(run, {q: qrels[q] for q in run}, MEASURES, rel_threshold=threshold, complete=True)
-    return result.aggregate, result.per_query
 
 
 # ------------------------------------------------------------------ tuning grid
@@ -220,17 +205,6 @@ def report(measured: dict[str, Measured], qrels: dict, threshold: int, qids: lis
         row["p95 ms"] = round(float(np.percentile(ms, 95)), 1)
         rows.append(row)
     return rows
-
-
-TABLE_COLUMNS = ["system", "nDCG@10", "MRR@10", "R@100", "p nDCG@10", "p MRR@10", "median ms", "p95 ms"]
-
-
-def markdown(table: list[dict], title: str, cols: list[str] = TABLE_COLUMNS) -> str:
-    """``table``'s rows under a bold ``title`` as a markdown table of ``cols`` ("-" where a row has no value)."""
-    lines = [f"**{title}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in table:
-        lines.append("| " + " | ".join(str(row.get(c, "-")) for c in cols) + " |")
-    return "\n".join(lines)
 
 
 def main() -> int:

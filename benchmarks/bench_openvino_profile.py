@@ -19,8 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np  # noqa: E402
-from bench_speed import DATA, benchmark_cross_encoder, read_data  # noqa: E402
-from common import RESULTS, machine, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import (  # noqa: E402  (first: repo importable, hub off)
+    RESULTS,
+    benchmark_cross_encoder,
+    machine,
+    minilm_path,
+    read_data,
+)
+from common import SPEED_DATA as DATA  # noqa: E402
 
 from twostage.runtime.backends import configure_threads  # noqa: E402
 from twostage.runtime.config import cache_root  # noqa: E402

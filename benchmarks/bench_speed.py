@@ -32,9 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np  # noqa: E402
-from common import DATA_ROOT, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import (  # noqa: E402  (first: repo importable, hub off)
+    RESULTS,
+    benchmark_cross_encoder,
+    minilm_path,
+    read_data,
+)
+from common import SPEED_DATA as DATA  # noqa: E402
 
-DATA = DATA_ROOT / "msmarco-dl20"
 TARGETS = {"encode": 3.0, "rerank": 2.5, "latency100": 0.4, "ndcg_delta": 0.01}
 #: issue 13: the auto choice against the baseline, per stage
 AUTO_TARGETS = {"encoding": 4.0, "reranking": 3.0}
@@ -47,36 +52,6 @@ def log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- set-up
-def benchmark_cross_encoder(directory: Path) -> Path:
-    """all-MiniLM-L6-v2 + a seeded fresh single-logit head, saved once: ms-marco-MiniLM-L6-v2's shape and cost."""
-    if (directory / "config.json").is_file():
-        return directory
-    import torch
-    from sentence_transformers import CrossEncoder
-
-    torch.manual_seed(0)
-    model = CrossEncoder(minilm_path(), num_labels=1, local_files_only=True)
-    model.save_pretrained(str(directory))
-    return directory
-
-
-def read_data(limit_queries: int | None) -> dict[str, Any]:
-    """Passages, judged queries, qrels and the shipped BM25 top-100 of msmarco-dl20."""
-    from twostage.eval.trec import read_qrels, read_queries_tsv, read_run
-
-    passages: dict[str, str] = {}
-    with (DATA / "corpus.jsonl").open(encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            passages[str(row["id"])] = row["text"]
-    qrels = read_qrels(DATA / "qrels.txt")
-    queries = {q: t for q, t in read_queries_tsv(DATA / "queries.tsv").items() if q in qrels}
-    bm25 = read_run(DATA / "runs" / "bm25.trec")
-    top = {q: [d for d, _ in sorted(bm25[q].items(), key=lambda kv: -kv[1])[:100] if d in passages] for q in queries}
-    qids = [q for q in queries if top.get(q)][: limit_queries or None]
-    return {"passages": passages, "queries": queries, "qrels": qrels, "top": top, "qids": qids}
-
-
 def rotate(names: Sequence[str], i: int) -> list[str]:
     return list(names[i % len(names) :]) + list(names[: i % len(names)])
 

@@ -19,8 +19,16 @@ import time
 from pathlib import Path
 
 import numpy as np  # noqa: E402
-from bench_special_tokens import Candidates, dense_candidates, maxsim, torch_minilm  # noqa: E402
-from common import THRESHOLDS, cacm_split, levers_arguments, machine  # noqa: E402  (first: repo importable, hub off)
+from common import (  # noqa: E402  (first: repo importable, hub off)
+    THRESHOLDS,
+    Candidates,
+    cacm_split,
+    dense_candidates,
+    levers_arguments,
+    machine,
+    maxsim,
+    torch_minilm,
+)
 
 from twostage.eval.metrics import evaluate  # noqa: E402
 from twostage.eval.significance import compare  # noqa: E402

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twostage.runtime.optional import available, install_hint, require
-
 from .documents import Document, id_problem, unicode_problem
 from .errors import CorpusError
 from .limits import MAX_ID_CHARS, MAX_METADATA_CHARS, MAX_NESTING, MAX_TEXT_CHARS, MAX_TITLE_CHARS, deep_field, nesting
@@ -526,7 +524,12 @@ def _check_bad_utf8(
 
 # ---------------------------------------------------------------------------- columnar sources
 def _read_parquet(path: Path, label: str, spec: _FieldSpec) -> Iterator[Document]:
-    pq = require("pyarrow.parquet", "parquet", f"reading the Parquet file {label}")
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # the parquet extra (indexes imports nothing above it, so not runtime.optional's require)
+        raise CorpusError(
+            'reading Parquet needs pyarrow, which is not installed: pip install "twostage[parquet]"', path=label
+        ) from None
 
     try:
         parquet = pq.ParquetFile(path)
@@ -545,15 +548,15 @@ def _parquet_rows(parquet: Any, label: str) -> Iterator[dict[str, Any]]:
 
 def _read_hf(name: str, spec: _FieldSpec, split: str, config: str | None) -> Iterator[Document]:
     """A Hugging Face dataset by name; failure to load is one CorpusError line, not the library's traceback."""
-    if not available("datasets"):
-        raise CorpusError(
-            "no such file or directory (to read it as a Hugging Face dataset name instead, install datasets: "
-            f"{install_hint('hf')})",
-            path=name,
-        )
     try:
         import datasets
-
+    except ImportError:  # the hf extra
+        raise CorpusError(
+            "no such file or directory (to read it as a Hugging Face dataset name instead, install datasets: "
+            'pip install "twostage[hf]")',
+            path=name,
+        ) from None
+    try:
         dataset = datasets.load_dataset(name, config, split=split)
     except Exception as err:
         raise CorpusError(
