@@ -240,7 +240,7 @@ def test_permission_denied(tmp_path):
 def test_a_missing_extra_is_named(tmp_path, monkeypatch):
     folder = _folder_with(tmp_path, "a.pdf", b"%PDF-1.4")
     monkeypatch.setitem(sys.modules, "pypdfium2", None)  # as if twostage[documents] were not installed
-    done = twostage("index", str(folder), "--index", str(tmp_path / "c"))
+    done = twostage("index", str(folder), "--index", str(tmp_path / "c"), "--quiet")
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (
         f"twostage index: error: {folder / 'a.pdf'}: reading this kind of file needs the module 'pypdfium2', "

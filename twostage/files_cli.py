@@ -93,7 +93,12 @@ def index_files(args: argparse.Namespace, inputs: list[str], encode: Any) -> int
             f"or --overwrite to start over"
         )
     selection = default_selection(args.include, args.exclude, args.hidden)
-    result = scan(roots, selection, stored, max_size=args.max_file_size, skip=[Path(args.directory)])
+    from tqdm.auto import tqdm
+
+    with tqdm(unit="file", desc="reading", disable=args.quiet, file=sys.stderr) as bar:
+        result = scan(
+            roots, selection, stored, max_size=args.max_file_size, skip=[Path(args.directory)], progress=bar.update
+        )
     with result.spool:
         if result.problems and not args.skip_bad:
             raise UsageError(_refusal(result.problems))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pickle
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,8 +103,10 @@ def scan(
     *,
     max_size: int,
     skip: Sequence[Path] = (),
+    progress: Callable[[int], object] | None = None,
 ) -> Scan:
-    """Walk ``roots``; extract each new or changed file into the spool; note unchanged, gone and bad files."""
+    """Walk ``roots``; extract each new or changed file into the spool; note unchanged, gone and bad files.
+    ``progress(1)`` is called after each file."""
     result = Scan(spool=DocumentSpool())
     taken: dict[str, str] = {}
     try:
@@ -124,6 +126,8 @@ def scan(
                     _scan_file(found, known, max_size, result)
                 except FileProblem as unreadable:
                     result.problems.append(unreadable)
+                if progress is not None:
+                    progress(1)
             result.gone.extend(sorted(set(known) - seen))
     except BaseException:
         result.spool.close()
