@@ -140,6 +140,10 @@ def measure_extractors(folder: Path) -> list[dict]:
     for old, new in (("header", "div"), ("nav", "div"), ("aside", "div"), ("footer", "div"), ("main", "div")):
         soup = soup.replace(f"<{old}>", f"<{new}>").replace(f"</{old}>", f"</{new}>")
     soup = soup.replace("<article>", "<div>").replace("</article>", "</div>")
+    named = page
+    for old, new in (("header", "header"), ("nav", "menu"), ("aside", "sidebar"), ("footer", "footer")):
+        named = named.replace(f"<{old}>", f'<div class="{new}">').replace(f"</{old}>", "</div>")
+    named = named.replace("<main><article>", '<div id="content">').replace("</article></main>", "</div>")
     html_words = set().union(*(words(p) for p in made.filler_paragraphs(60, seed=2)))
     boilerplate = (
         words(
@@ -155,7 +159,8 @@ def measure_extractors(folder: Path) -> list[dict]:
     cases = [
         ("pdf", "40-page PDF (fpdf2)", pdf_candidates(), pdf, pdf_words, None),
         ("html", "web page, semantic tags", html_candidates(), page, html_words, boilerplate),
-        ("html", "same page as <div> soup", html_candidates(), soup, html_words, boilerplate),
+        ("html", "same page, <div>s with class names", html_candidates(), named, html_words, boilerplate),
+        ("html", "same page, bare <div>s", html_candidates(), soup, html_words, boilerplate),
         ("docx", "200-paragraph DOCX (python-docx)", docx_candidates(), docx_path, docx_words, None),
     ]
     for kind, file, candidates, source, expected, boiler in cases:
@@ -207,21 +212,27 @@ def write_corpus_folder(folder: Path, files: int) -> int:
 
 
 SCAN = """
-import json, resource, sys, time
+import json, resource, sys, time, tracemalloc
 from pathlib import Path
+from twostage.ingest.files import Source
 from twostage.ingest.sync import StoredFiles, default_selection, scan
+import pypdfium2, trafilatura, docx  # imported before measuring: their size is not the scan's
+if sys.argv[2] == "trace":
+    tracemalloc.start()
 started = time.perf_counter()
-result = scan([Path(sys.argv[1])], default_selection(), StoredFiles(), max_size=1 << 30)
+result = scan([Source(Path(sys.argv[1]))], default_selection(), StoredFiles(), max_size=1 << 30)
 seconds = time.perf_counter() - started
+traced = tracemalloc.get_traced_memory()[1] / 2**20 if tracemalloc.is_tracing() else None
 chars = sum(len(d.text) for d in result.spool)
 print(json.dumps({"seconds": seconds, "documents": len(result.spool), "characters": chars,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "problems": [str(p) for p in result.problems]}))
+                  "python_peak_mb": traced, "problems": [str(p) for p in result.problems]}))
 """
 
 
-def run_scan(folder: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", SCAN, str(folder)], capture_output=True, text=True, check=True)
+def run_scan(folder: Path, trace: bool = False) -> dict:
+    command = [sys.executable, "-c", SCAN, str(folder), "trace" if trace else "time"]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -255,11 +266,13 @@ def measure_memory(work: Path, files: int) -> list[dict]:
         folder = work / f"memory-{n}"
         size = write_corpus_folder(folder, n)
         scanned = run_scan(folder)
+        traced = run_scan(folder, trace=True)
         rows.append(
             {
                 "files": n,
                 "bytes": size,
                 "scan_peak_rss_mb": round(scanned["peak_rss_mb"], 1),
+                "scan_python_peak_mb": round(traced["python_peak_mb"], 1),
                 "scan_seconds": round(scanned["seconds"], 2),
             }
         )
@@ -317,11 +330,14 @@ def markdown(result: dict) -> str:
         f"{share['characters']:,} characters of text): {share['scan_seconds']} s; the whole `twostage index` "
         f"process: {share['index_process_seconds']} s; share {share['scan_share_of_index']:.1%}.",
         "",
-        "| files | bytes | scan peak RSS MB | scan s |",
-        "| ---: | ---: | ---: | ---: |",
+        "| files | bytes | scan peak RSS MB (process) | scan peak MB (Python allocations, tracemalloc) | scan s |",
+        "| ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in result["memory"]:
-        lines.append(f"| {row['files']} | {row['bytes']:,} | {row['scan_peak_rss_mb']} | {row['scan_seconds']} |")
+        lines.append(
+            f"| {row['files']} | {row['bytes']:,} | {row['scan_peak_rss_mb']} | {row['scan_python_peak_mb']} | "
+            f"{row['scan_seconds']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -15,7 +15,7 @@ from document_files import FACTS, write_docx, write_folder, write_html, write_la
 from test_cli import twostage
 
 from twostage.ingest import files as files_module
-from twostage.ingest.files import FoundFile
+from twostage.ingest.files import FoundFile, Source
 from twostage.ingest.formats import FORMATS
 from twostage.ingest.sync import StoredFiles, default_selection, scan
 from twostage.ingest.text_formats import decode_text
@@ -92,7 +92,7 @@ def test_large_text_and_encodings(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- walking
 def _ids(root: Path, **selection) -> list[str]:
-    result = scan([root], default_selection(**selection), StoredFiles(), max_size=1 << 30)
+    result = scan([Source.of(str(root))], default_selection(**selection), StoredFiles(), max_size=1 << 30)
     with result.spool:
         assert not result.problems, result.problems
         return sorted(d.id for d in result.spool)
@@ -109,11 +109,15 @@ def test_walk_ids_globs_and_hidden_files(tmp_path):
     assert _ids(tmp_path, exclude=["b"]) == ["a/one.txt", "top.md"]
     assert _ids(tmp_path, exclude=["a/b/*"]) == ["a/one.txt", "top.md"]
     assert _ids(tmp_path, include=["*.log"]) == ["notes.log"]  # an --include'd unknown suffix is read as text
+    # a quoted glob (the shell left it): its literal folder is the root, ids are paths under it
+    assert _ids(tmp_path / "**" / "*.txt") == ["a/b/two.txt", "a/one.txt"]
+    assert _ids(tmp_path / "a" / "*") == ["b/two.txt", "one.txt"]
+    assert Source.of(str(tmp_path / "a" / "*.txt")) == Source(tmp_path / "a", "*.txt")
 
 
 def test_file_metadata_is_complete(tmp_path):
     (tmp_path / "doc.md").write_text("# Title here\n\nBody text.\n", encoding="utf-8")
-    result = scan([tmp_path], default_selection(), StoredFiles(), max_size=1 << 20)
+    result = scan([Source(tmp_path)], default_selection(), StoredFiles(), max_size=1 << 20)
     with result.spool:
         (doc,) = list(result.spool)
     meta = doc.metadata
@@ -323,6 +327,14 @@ def test_index_into_a_collection_from_other_inputs_needs_add(tmp_path, tiny):
     done = twostage("index", str(folder), "--index", str(index), "--add", "--sync", *tiny)
     assert done.returncode == 0, done.stderr
     assert "2 new, 0 changed, 0 unchanged, 0 removed (4 documents)" in done.stdout  # --sync leaves others alone
+    # and the other way round: a corpus into a collection that holds files
+    files_only = tmp_path / "files-only"
+    assert twostage("index", str(folder), "--index", str(files_only), *tiny).returncode == 0
+    done = twostage("index", str(corpus), "--index", str(files_only), *tiny)
+    assert done.returncode == 2 and "holds 2 document(s) indexed from files" in done.stderr, done.stderr
+    assert "2 added" in twostage("index", str(corpus), "--index", str(files_only), "--add", *tiny).stdout
+    done = twostage("index", str(corpus), "--index", str(tmp_path / "x"), "--sync")
+    assert done.returncode == 2 and "--sync applies to files and folders" in done.stderr
 
 
 def test_real_files_folder_is_indexed_with_metadata(tmp_path, tiny):
@@ -340,3 +352,27 @@ def test_real_files_folder_is_indexed_with_metadata(tmp_path, tiny):
     for kind, (name, _, fact) in made.items():
         assert squeeze(fact) in squeeze(docs[name].text), kind
     assert FACTS  # the questions are used by the rank test of the splitting
+
+
+def test_real_files_are_found_at_rank_one_with_their_passage(tmp_path, minilm_path):
+    """The issue's target: a folder of real files with a known sentence deep inside each; a paraphrased question finds
+    each at rank 1, and the hit's passage holds the sentence, at the right offsets and (PDF) page."""
+    pytest.importorskip("twostage.ingest.passages", reason="splitting into passages (h26-passages) not here yet")
+    made = write_folder(tmp_path / "docs")
+    index = tmp_path / "c"
+    done = twostage("index", str(tmp_path / "docs"), "--index", str(index), "--model", str(minilm_path), "--quiet")
+    assert done.returncode == 0, done.stderr
+    from twostage.indexes.sharded import open_collection
+
+    with open_collection(index) as collection:
+        texts = {d.id: d.text for d in collection.iter_documents()}
+    for kind, (name, _, fact) in made.items():
+        question = FACTS[kind][1]
+        found = twostage("search", str(index), question, "--json", "--top", "3")
+        assert found.returncode == 0, found.stderr
+        hit = json.loads(found.stdout)["hits"][0]
+        assert hit["doc_id"] == name, (kind, question, [h["doc_id"] for h in json.loads(found.stdout)["hits"]])
+        passage = hit["passage"]
+        assert squeeze(fact) in squeeze(passage["text"]), (kind, passage)
+        assert texts[name][passage["start"] : passage["end"]] == passage["text"]
+        assert passage["page"] == (4 if kind == "pdf" else None), (kind, passage["page"])

@@ -332,7 +332,7 @@ def _print_truncated(report: Any, engine: Any) -> None:
 def cmd_index(args: argparse.Namespace) -> int:
     if args.token_pool is not None and not args.store_tokens:
         raise UsageError("--token-pool pools stored token vectors: give --store-tokens too")
-    from .files_cli import index_files, is_document_input
+    from .files_cli import check_corpus_index, index_files, is_document_input
 
     documents = [is_document_input(path, args.include) for path in args.inputs]
     if any(documents):
@@ -344,6 +344,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if len(args.inputs) > 1:
         raise UsageError("give one corpus file (JSONL, CSV, ...) at a time; files and folders may be several")
     args.corpus = args.inputs[0]
+    check_corpus_index(args)
     if not args.overwrite and Path(args.directory).exists():
         from twostage.indexes.sharded import check_writable, collection_exists
 

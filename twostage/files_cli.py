@@ -6,13 +6,14 @@ remove the documents whose files are gone. Corpus files (JSONL, CSV, ...) keep t
 from __future__ import annotations
 
 import argparse
+import glob
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .ingest.files import DEFAULT_MAX_FILE_SIZE, FileProblem
+from .ingest.files import DEFAULT_MAX_FILE_SIZE, FileProblem, Source
 
 #: suffixes the corpus readers take (a file with one of these is a corpus, not a document)
 _CORPUS_SUFFIXES = (".jsonl", ".ndjson", ".json", ".tsv", ".csv", ".parquet", ".gz")
@@ -69,6 +70,8 @@ def is_document_input(path_text: str, include: Sequence[str]) -> bool:
     from .ingest.formats import FORMATS
 
     path = Path(path_text).expanduser()
+    if not path.exists() and glob.has_magic(path_text):
+        return True  # a glob (quoted, so the shell left it): expanded here
     if path.is_dir():
         return not any((path / name).is_file() for name in DIRECTORY_CORPORA)
     suffix = path.suffix.lower()
@@ -80,12 +83,13 @@ def is_document_input(path_text: str, include: Sequence[str]) -> bool:
 
 
 def index_files(args: argparse.Namespace, inputs: list[str], encode: Any) -> int:
-    """Scan the inputs against the collection, refuse or skip bad files, then ``encode(documents, total)`` the new and
-    changed ones (the caller's engine and progress bar) and remove or list the gone ones."""
+    """Scan the inputs against the collection, refuse or skip bad files, then ``encode(documents, total, remove)`` the
+    new and changed ones (the caller's engine and progress bar), removing the gone ones with ``--sync`` (else listing
+    them)."""
     from .ingest.sync import default_selection, scan
 
-    roots = _roots(inputs)
-    stored = _stored(args, roots)
+    sources = _sources(inputs)
+    stored = _stored(args, [source.root for source in sources])
     if stored.others and not args.add:
         raise UsageError(
             f"{args.directory} holds {stored.others} document(s) that did not come from "
@@ -97,11 +101,11 @@ def index_files(args: argparse.Namespace, inputs: list[str], encode: Any) -> int
 
     with tqdm(unit="file", desc="reading", disable=args.quiet, file=sys.stderr) as bar:
         result = scan(
-            roots, selection, stored, max_size=args.max_file_size, skip=[Path(args.directory)], progress=bar.update
+            sources, selection, stored, max_size=args.max_file_size, skip=[Path(args.directory)], progress=bar.update
         )
     with result.spool:
-        if result.problems and not args.skip_bad:
-            raise UsageError(_refusal(result.problems))
+        if result.problems and (not args.skip_bad or not (result.files or result.gone)):
+            raise UsageError(_refusal(result.problems, skip_bad=args.skip_bad))
         if not result.files and not result.gone and not _collection_exists(args.directory):
             passed = _passed_over(result.walked)
             raise UsageError(f"no files to index in {', '.join(inputs)}" + (f"; {passed}" if passed else ""))
@@ -116,14 +120,44 @@ def index_files(args: argparse.Namespace, inputs: list[str], encode: Any) -> int
     return 0
 
 
-def _roots(inputs: list[str]) -> list[Path]:
-    roots = []
+def check_corpus_index(args: argparse.Namespace) -> None:
+    """``index CORPUS``: the file options do not apply, and a collection of files is not merged into silently."""
+    given = [
+        flag
+        for flag, on in (
+            ("--include", args.include),
+            ("--exclude", args.exclude),
+            ("--hidden", args.hidden),
+            ("--sync", args.sync),
+            ("--skip-bad", args.skip_bad),
+        )
+        if on
+    ]
+    if given:
+        raise UsageError(f"{given[0]} applies to files and folders, not to a corpus file")
+    if args.add or args.overwrite or not _collection_exists(args.directory):
+        return
+    stored = _stored(args, [])
+    if stored.root_of:
+        example = next(iter(stored.root_of))
+        raise UsageError(
+            f"{args.directory} holds {len(stored.root_of)} document(s) indexed from files (such as {example!r}): "
+            f"pass --add to add this corpus beside them, or --overwrite to start over"
+        )
+
+
+def _sources(inputs: list[str]) -> list[Source]:
+    """Each PATH as a Source; a path that does not exist, or a glob that matches nothing, is a usage error."""
+    sources = []
     for text in inputs:
-        path = Path(text).expanduser()
-        if not path.exists() and not path.is_symlink():
+        source = Source.of(text)
+        if source.pattern is not None:
+            if not glob.glob(str(source.root / source.pattern), recursive=True):
+                raise UsageError(f"{text}: matches no file or folder")
+        elif not source.root.exists() and not source.root.is_symlink():
             raise UsageError(f"{text}: no such file or folder")
-        roots.append(path)
-    return roots
+        sources.append(source)
+    return sources
 
 
 def _collection_exists(directory: str) -> bool:
@@ -151,10 +185,10 @@ def _size(directory: str) -> int:
         return len(collection)
 
 
-def _refusal(problems: list[FileProblem]) -> str:
+def _refusal(problems: list[FileProblem], skip_bad: bool) -> str:
     """One line per bad file, then what happened: nothing was written."""
     lines = [str(p) for p in problems]
-    tail = "nothing was written (--skip-bad indexes the other files)"
+    tail = "no file could be indexed" if skip_bad else "nothing was written (--skip-bad indexes the other files)"
     if len(lines) == 1:
         return f"{lines[0]}; {tail}"
     return "\n".join(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import glob
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
@@ -79,17 +80,64 @@ class WalkReport:
     hidden: int = 0
 
 
+@dataclass(frozen=True)
+class Source:
+    """One path given: a folder or a file (``pattern`` None), or a glob as its literal folder and the pattern under it
+    (``docs/**/*.md`` is ``docs`` and ``**/*.md``), so that its files' ids are paths under that folder."""
+
+    root: Path
+    pattern: str | None = None
+
+    @classmethod
+    def of(cls, text: str) -> Source:
+        path = Path(text).expanduser()
+        if path.exists() or path.is_symlink() or not glob.has_magic(text):
+            return cls(path)
+        parts = path.parts
+        first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+        return cls(Path(*parts[:first]) if first else Path("."), "/".join(parts[first:]))
+
+    def in_scope(self, doc_id: str) -> bool:
+        """Whether a document of this root is one this source would take (all of them for a folder)."""
+        return self.pattern is None or fnmatch.fnmatchcase(doc_id, self.pattern)
+
+
 def find_files(
-    root: Path, selection: Selection, report: WalkReport, skip: Sequence[Path] = ()
+    source: Source, selection: Selection, report: WalkReport, skip: Sequence[Path] = ()
 ) -> Iterator[FoundFile | FileProblem]:
-    """The files under ``root`` (a directory, or one file) that ``selection`` takes, in sorted order, and a
-    :class:`FileProblem` for each place that cannot be walked (a symlink loop, a folder that cannot be listed).
-    ``skip`` names directories never entered (the collection being written, when it lies inside the folder)."""
+    """The files of ``source`` that ``selection`` takes, in sorted order, and a :class:`FileProblem` for each place
+    that cannot be walked (a symlink loop, a folder that cannot be listed). ``skip`` names directories never entered
+    (the collection being written, when it lies inside the folder). A glob's matches are taken whatever their suffix
+    (a file that no reader knows is read as text), hidden ones only when the pattern names them (``.*``); a folder it
+    matches is walked."""
+    root = source.root
+    if source.pattern is not None:
+        yield from _glob(source, selection, report, skip)
+        return
     if not root.is_dir():
         yield FoundFile(root=root, path=root, doc_id=root.name)
         return
     skipped = {_identity(p) for p in skip if p.exists()}
     yield from _walk(root, root, PurePosixPath(), selection, report, {_identity(root)}, skipped)
+
+
+def _glob(
+    source: Source, selection: Selection, report: WalkReport, skip: Sequence[Path]
+) -> Iterator[FoundFile | FileProblem]:
+    assert source.pattern is not None
+    base = str(source.root / "x")[:-1]  # the root with its trailing separator, to cut it off each match
+    for match in sorted(glob.glob(str(source.root / source.pattern), recursive=True)):
+        relative = PurePosixPath(Path(match[len(base) :]).as_posix())
+        path = Path(match)
+        if selection.excluded(relative):
+            continue
+        if path.is_dir():
+            for found in find_files(Source(path), selection, report, skip):
+                if isinstance(found, FoundFile):
+                    found = FoundFile(source.root, found.path, f"{relative.as_posix()}/{found.doc_id}")
+                yield found
+        else:
+            yield FoundFile(root=source.root, path=path, doc_id=relative.as_posix())
 
 
 def _identity(path: Path) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .extract import StructuredDocument
-from .files import FileProblem, FoundFile, Selection, WalkReport, find_files, read_file
+from .files import FileProblem, FoundFile, Selection, Source, WalkReport, find_files, read_file
 from .formats import FORMATS, PLAIN, file_document, format_of
 from .requirements import MissingExtra
 
@@ -97,7 +97,7 @@ def default_selection(include: Sequence[str] = (), exclude: Sequence[str] = (), 
 
 
 def scan(
-    roots: Sequence[Path],
+    sources: Sequence[Source],
     selection: Selection,
     stored: StoredFiles,
     *,
@@ -105,15 +105,15 @@ def scan(
     skip: Sequence[Path] = (),
     progress: Callable[[int], object] | None = None,
 ) -> Scan:
-    """Walk ``roots``; extract each new or changed file into the spool; note unchanged, gone and bad files.
+    """Walk ``sources``; extract each new or changed file into the spool; note unchanged, gone and bad files.
     ``progress(1)`` is called after each file."""
     result = Scan(spool=DocumentSpool())
     taken: dict[str, str] = {}
     try:
-        for root in roots:
+        for source in sources:
             seen: set[str] = set()
-            known = stored.by_root.get(str(root.absolute()), {})
-            for found in find_files(root, selection, result.walked, skip):
+            known = stored.by_root.get(str(source.root.absolute()), {})
+            for found in find_files(source, selection, result.walked, skip):
                 if isinstance(found, FileProblem):
                     result.problems.append(found)
                     continue
@@ -128,11 +128,16 @@ def scan(
                     result.problems.append(unreadable)
                 if progress is not None:
                     progress(1)
-            result.gone.extend(sorted(set(known) - seen))
+            result.gone.extend(sorted(d for d in set(known) - seen if source.in_scope(d) and _gone(source, d)))
     except BaseException:
         result.spool.close()
         raise
     return result
+
+
+def _gone(source: Source, doc_id: str) -> bool:
+    """A document of a folder is gone when the walk did not meet its file; one of a glob, when its file is missing."""
+    return source.pattern is None or not (source.root / doc_id).exists()
 
 
 def _taken_elsewhere(found: FoundFile, taken: dict[str, str], stored: StoredFiles) -> FileProblem | None:
