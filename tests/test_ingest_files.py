@@ -260,6 +260,10 @@ def test_mixed_inputs_and_missing_paths_are_refused(tmp_path):
     assert done.returncode == 2 and "either files and folders" in done.stderr
     done = twostage("index", str(tmp_path / "nope.pdf"), "--index", str(tmp_path / "c"))
     assert done.returncode == 2 and "nope.pdf: no such file" in done.stderr
+    done = twostage("index", str(tmp_path / "nothing-*.md"), "--index", str(tmp_path / "c"))
+    assert done.returncode == 2 and "nothing-*.md: matches no file or folder" in done.stderr
+    done = twostage("add", str(tmp_path / "c"), str(folder))
+    assert done.returncode == 2 and f"twostage index {folder} --index {tmp_path / 'c'} --add" in done.stderr
 
 
 # ----------------------------------------------------------------------------------------------- indexing, sync

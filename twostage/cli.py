@@ -478,7 +478,13 @@ def cmd_add(args: argparse.Namespace) -> int:
     from twostage.indexes.sharded import check_writable
 
     from .engine import Engine
+    from .files_cli import is_document_input
 
+    if is_document_input(args.corpus, []):
+        raise UsageError(
+            f"add reads a corpus file; to add files and folders: twostage index {args.corpus} --index "
+            f"{args.directory} --add"
+        )
     check_writable(args.directory)  # a read-only collection is refused before the corpus is read or a model loads
     total = _validate_corpus(args)
     with Engine.open(args.directory, reranker=None, runtime=runtime_from_args(args)) as engine:

@@ -234,7 +234,7 @@ def read_file(found: FoundFile, max_size: int) -> FileBytes:
                 label, f"{before.st_size:,} bytes, over the limit of {max_size:,} (raise it with --max-file-size)"
             )
         with open(found.path, "rb") as fh:
-            data = fh.read(max_size + 1)
+            data = fh.read(before.st_size + 1)  # one byte more than stat said: a file that grew is caught below
         after = os.stat(found.path)
     except OSError as err:
         raise FileProblem(label, _os_reason(err)) from None
