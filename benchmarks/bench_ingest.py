@@ -158,7 +158,14 @@ def measure_extractors(folder: Path) -> list[dict]:
 
     cases = [
         ("pdf", "40-page PDF (fpdf2)", pdf_candidates(), pdf, pdf_words, None),
-        ("html", "web page with semantic tags (header, nav, main, aside, footer)", html_candidates(), page, html_words, boilerplate),
+        (
+            "html",
+            "web page with semantic tags (header, nav, main, aside, footer)",
+            html_candidates(),
+            page,
+            html_words,
+            boilerplate,
+        ),
         ("html", "same page, div elements with class names", html_candidates(), named, html_words, boilerplate),
         ("html", "same page, bare div elements", html_candidates(), soup, html_words, boilerplate),
         ("docx", "200-paragraph DOCX (python-docx)", docx_candidates(), docx_path, docx_words, None),
