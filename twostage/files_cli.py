@@ -89,6 +89,10 @@ def index_files(args: argparse.Namespace, inputs: list[str], encode: Any) -> int
     from .ingest.sync import default_selection, scan
 
     sources = _sources(inputs)
+    if not args.overwrite and _collection_exists(args.directory):
+        from twostage.indexes.sharded import check_writable
+
+        check_writable(args.directory)  # a read-only collection is refused before any file is read
     stored = _stored(args, [source.root for source in sources])
     if stored.others and not args.add:
         raise UsageError(
