@@ -246,7 +246,16 @@ class DocumentStore:
         dimension = int(self.get_meta("dimension", 0))
         if not ids:
             return np.empty((0, dimension), dtype=np.float32)
-        return np.frombuffer(b"".join(rows[i][0] for i in ids), dtype=np.float32).reshape(len(ids), -1).copy()
+        return self._vectors([rows[i][0] for i in ids], dimension)
+
+    def _vectors(self, blobs: Sequence[Any], dimension: int) -> np.ndarray:
+        """Embedding blobs as one float32 matrix; a blob that is not ``dimension`` floats is a StorageError."""
+        if any(not isinstance(b, bytes) or len(b) != 4 * dimension for b in blobs):
+            raise StorageError(
+                f"{self.path}: a stored embedding is not {dimension} float32 values (the file was edited or "
+                f"damaged); run 'twostage check {self.path.parent}'"
+            )
+        return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1).copy()
 
     def embeddings_by_doc_id(self, doc_ids: Sequence[str]) -> np.ndarray:
         """Stored vectors for the given doc ids, in order (KeyError for a doc id not stored)."""
@@ -283,8 +292,7 @@ class DocumentStore:
             if not rows:
                 return
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1).copy()
-            yield ids, vectors
+            yield ids, self._vectors([r[1] for r in rows], int(self.get_meta("dimension", 0)))
             last = int(ids[-1])
 
     def filter_ids(self, filter: Mapping[str, Any]) -> np.ndarray:

@@ -403,7 +403,9 @@ def _decode_rows(rows: Sequence[tuple], codec: ResidualCodec | ProductCodec | No
         decoded = codec.decode(np.frombuffer(b"".join(rows[i][4] for i in coded), dtype=np.uint8))
     elif coded:
         if not isinstance(codec, ResidualCodec) or any(f"{codec.bits}bit" != rows[i][0] for i in coded):
-            raise ValueError("compressed token rows without their codec: the token store is damaged")
+            raise CollectionError(
+                "compressed token rows without their codec: the token store is damaged ('twostage check' says more)"
+            )
         ids = np.frombuffer(b"".join(rows[i][3] for i in coded), dtype="<u2")
         packed = np.frombuffer(b"".join(rows[i][4] for i in coded), dtype=np.uint8).reshape(len(ids), -1)
         decoded = codec.decode(ids, packed)
