@@ -16,3 +16,12 @@ def test_page_and_heading_path_by_offset():
     assert doc.heading_path(30) == ["A", "C"]
     assert doc.page_at(0) == 1 and doc.page_at(14) == 1 and doc.page_at(15) == 2
     assert Extracted("plain").to_document("p").page_at(3) is None
+
+
+def test_markdown_front_matter_title_without_a_yaml_parser():
+    from twostage.ingest.text_formats import extract_markdown
+
+    got = extract_markdown(b'---\nauthor: me\ntitle: "Quoted: a title"\n---\n# Heading\n\nbody\n', "a.md")
+    assert got.title == "Quoted: a title" and got.sections[0].title == "Heading"
+    assert got.text.index("# Heading") == got.sections[0].start
+    assert extract_markdown(b"---\ntitle: >\n  folded\n---\nplain body\n", "b.md").title is None

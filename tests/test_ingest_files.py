@@ -247,8 +247,8 @@ def test_a_missing_extra_is_named(tmp_path, monkeypatch):
     done = twostage("index", str(folder), "--index", str(tmp_path / "c"), "--quiet")
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (
-        f"twostage index: error: {folder / 'a.pdf'}: reading this kind of file needs the module 'pypdfium2', "
-        "which is not installed: pip install 'twostage[documents]'"
+        f"twostage index: error: {folder / 'a.pdf'}: reading PDF files needs pypdfium2, which is not installed: "
+        'pip install "twostage[documents]"'
     )
 
 

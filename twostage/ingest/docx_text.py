@@ -10,16 +10,17 @@ from __future__ import annotations
 import re
 import zipfile
 
+from twostage.runtime.optional import require
+
 from .extract import Extracted, close_sections
 from .files import FileProblem
-from .requirements import require
 from .text_formats import checked, first_title
 
 _HEADING_STYLE = re.compile(r"^heading\s*(\d)$", re.IGNORECASE)
 
 
 def extract_docx(data: bytes, label: str) -> Extracted:
-    docx = require("docx", "documents")
+    docx = require("docx", "documents", "reading DOCX files")
     import io
 
     try:

@@ -9,14 +9,15 @@ boilerplate on both a page with semantic tags and the same page as ``<div>`` sou
 
 from __future__ import annotations
 
+from twostage.runtime.optional import require
+
 from .extract import Extracted, close_sections
 from .files import FileProblem
-from .requirements import require
 from .text_formats import checked, first_title, markdown_headings, refuse_binary
 
 
 def extract_html(data: bytes, label: str) -> Extracted:
-    trafilatura = require("trafilatura", "documents")
+    trafilatura = require("trafilatura", "documents", "reading HTML pages")
     refuse_binary(data, label)
     tree = trafilatura.load_html(data)
     if tree is None:

@@ -8,9 +8,10 @@ pdfminer.six 3.9 s, all three recovering every word; PyMuPDF was not considered 
 
 from __future__ import annotations
 
+from twostage.runtime.optional import require
+
 from .extract import Extracted, Page
 from .files import FileProblem
-from .requirements import require
 from .text_formats import checked
 
 #: between two pages' texts in the document text
@@ -18,7 +19,7 @@ PAGE_BREAK = "\n\n"
 
 
 def extract_pdf(data: bytes, label: str) -> Extracted:
-    pdfium = require("pypdfium2", "documents")
+    pdfium = require("pypdfium2", "documents", "reading PDF files")
     try:
         document = pdfium.PdfDocument(data)
     except pdfium.PdfiumError as err:

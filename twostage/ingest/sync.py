@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twostage.runtime.optional import MissingExtra
+
 from .extract import StructuredDocument
 from .files import FileProblem, FoundFile, Selection, Source, WalkReport, find_files, read_file
 from .formats import FORMATS, PLAIN, file_document, format_of
-from .requirements import MissingExtra
 
 
 @dataclass

@@ -6,6 +6,7 @@ or the first heading. A Markdown document's text is its source as written: offse
 from __future__ import annotations
 
 import codecs
+import re
 
 from .extract import Extracted, close_sections
 from .files import FileProblem
@@ -15,6 +16,7 @@ from .files import FileProblem
 _CONTROL_SHARE = 0.05
 _TEXT_CONTROLS = {9, 10, 12, 13, 27}
 _MOST_COMMON = "cp1252"
+_TITLE_LINE = re.compile(r"^title:[ \t]*(.*?)[ \t]*$", re.MULTILINE)
 
 
 def decode_text(data: bytes, label: str) -> tuple[str, str]:
@@ -110,22 +112,19 @@ def first_title(headings: list[tuple[int, str, int]]) -> str | None:
 
 
 def _front_matter(text: str) -> tuple[int, str | None]:
-    """Where the Markdown body starts after a YAML front-matter block (``---`` ... ``---``), and its ``title``."""
+    """Where the Markdown body starts after a YAML front-matter block (``---`` ... ``---``), and its ``title``. Only
+    that one key is read, by a line match rather than a YAML parser (no dependency for one scalar): a ``title:``
+    line, its value unquoted; a block title (``title: >``) is not read."""
     if not text.startswith("---\n"):
         return 0, None
-    end = text.find("\n---", 4)
+    end = text.find("\n---", 3)
     if end < 0:
         return 0, None
     body_start = text.find("\n", end + 4)
     body_start = len(text) if body_start < 0 else body_start + 1
-    import yaml
-
-    try:
-        meta = yaml.safe_load(text[4:end])
-    except yaml.YAMLError:
-        return 0, None
-    title = meta.get("title") if isinstance(meta, dict) else None
-    return body_start, " ".join(title.split()) if isinstance(title, str) and title.strip() else None
+    found = _TITLE_LINE.search(text[4:end])
+    title = found.group(1).strip().strip("'\"").strip() if found else ""
+    return body_start, " ".join(title.split()) if title and title not in (">", "|") else None
 
 
 def _encoding_metadata(encoding: str) -> dict[str, str]:
