@@ -15,7 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10: mypy brings tomli there
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = ROOT / ".mypy_cache" / "layout"

@@ -33,3 +33,22 @@ def test_ruff_format_would_change_nothing():
 def test_mypy_finds_nothing():
     done = _run("mypy", str(ROOT / ".ci" / "typecheck.py"))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_version_comes_from_one_place():
+    """twostage/__init__.py's __version__ is the package's version (setuptools reads it) and `twostage --version`'s."""
+    import contextlib
+    import io
+    from importlib.metadata import version
+
+    import twostage
+    from twostage.cli import main
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert version("twostage") == twostage.__version__
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main(["--version"])
+    assert out.getvalue().strip() == f"twostage {twostage.__version__}"
