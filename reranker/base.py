@@ -100,15 +100,25 @@ class Reranker(ABC):
         ``"text"`` with ``return_documents=True``; scores are raw (the library's with ``activation_fn=Identity()``)."""
         scores = self.score(query, list(documents)) if documents else np.zeros(0)
         order = np.argsort(-scores, kind="stable")
-        if top_k is not None:
-            order = order[:top_k]
-        out = []
-        for i in order:
-            row: dict[str, Any] = {"corpus_id": int(i), "score": float(scores[i])}
-            if return_documents:
-                row["text"] = documents[i]
-            out.append(row)
-        return out
+        return rank_rows(documents, order, scores[order], top_k, return_documents)
+
+
+def rank_rows(
+    documents: Sequence[str],
+    order: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    top_k: int | None = None,
+    return_documents: bool = False,
+) -> list[dict[str, Any]]:
+    """``CrossEncoder.rank``'s rows: the first ``top_k`` of ``order`` (indices into ``documents``, best first) with
+    their ``scores`` (in the same order), and each text with ``return_documents``."""
+    rows = []
+    for i, score in list(zip(order, scores))[:top_k]:
+        row: dict[str, Any] = {"corpus_id": int(i), "score": float(score)}
+        if return_documents:
+            row["text"] = documents[i]
+        rows.append(row)
+    return rows
 
 
 def _sorted(candidates: Sequence[Candidate], scores: np.ndarray, top_n: int | None) -> list[Reranked]:

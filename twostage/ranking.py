@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from twostage.reranker.base import Candidate, Reranker
+from twostage.reranker.base import Candidate, Reranker, rank_rows
 from twostage.reranker.loading import DEFAULT_SPEC, RerankerFallbackWarning, load_reranker
 from twostage.reranker.maxsim import MaxSimReranker, QueryTokens
 from twostage.reranker.score_fusion import FusedReranker, Fusion
@@ -124,7 +124,7 @@ class Ranker:
             raw = np.asarray(self._second_stage.score_candidates([query], [candidates])[0], dtype=np.float64)
             resort = np.argsort(-raw, kind="stable")  # ties keep first-stage order
             order, scores = order[resort], raw[resort]
-        return _rows(texts, order, scores, top_k, return_documents)
+        return rank_rows(texts, order, scores, top_k, return_documents)
 
     def rerank(
         self, query: str, texts: Sequence[str], top_k: int | None = None, return_documents: bool = False
@@ -136,11 +136,7 @@ class Ranker:
             _check_depth("top_k", top_k)
         if self._alone is None:
             raise UsageError("this Ranker has no reranker (reranker=None); build it with one to rerank texts")
-        if not texts:
-            return []
-        scores = np.asarray(self._alone.score(query, texts), dtype=np.float64)
-        order = np.argsort(-scores, kind="stable")
-        return _rows(texts, order, scores[order], top_k, return_documents)
+        return self._alone.rank(query, texts, top_k, return_documents)
 
     def _first_stage(self, query: str, texts: list[str], depth: int) -> tuple[np.ndarray, np.ndarray]:
         """The top ``depth`` text indices by the bi-encoder's score and their scores, best first (exact: every text
@@ -154,19 +150,6 @@ class Ranker:
             scores = vectors @ rocchio(query_vector, vectors[top], self._prf)
         order = np.argsort(-scores, kind="stable")[:depth]
         return order, scores[order].astype(np.float64)
-
-
-def _rows(
-    texts: list[str], order: np.ndarray, scores: np.ndarray, top_k: int | None, return_documents: bool
-) -> list[dict[str, Any]]:
-    """``CrossEncoder.rank``'s rows for texts in ``order`` with their ``scores``, the first ``top_k``."""
-    rows = []
-    for i, score in list(zip(order, scores))[:top_k]:
-        row: dict[str, Any] = {"corpus_id": int(i), "score": float(score)}
-        if return_documents:
-            row["text"] = texts[i]
-        rows.append(row)
-    return rows
 
 
 def _maxsim_levers() -> tuple[PRF | None, QueryTokens | None, Fusion | None]:

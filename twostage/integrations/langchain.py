@@ -23,13 +23,12 @@ except ImportError:  # pragma: no cover - the extra is installed in the test env
 
 from twostage import Engine, Hit, Ranker
 
+from .common import hit_metadata
+
 
 def hit_to_document(hit: Hit) -> Document:
     """One search hit as a LangChain ``Document`` (see the module's docstring for the metadata keys)."""
-    metadata: dict[str, Any] = dict(hit.metadata)
-    if hit.title is not None:
-        metadata["title"] = hit.title
-    metadata.update(relevance_score=hit.score, retrieval_score=hit.retrieval_score, rerank_score=hit.rerank_score)
+    metadata = {**hit_metadata(hit), "relevance_score": hit.score}
     return Document(id=hit.doc_id, page_content=hit.text, metadata=metadata)
 
 

@@ -21,14 +21,12 @@ except ImportError:  # pragma: no cover - the extra is installed in the test env
 
 from twostage import Engine, Hit
 
+from .common import hit_metadata
+
 
 def hit_to_node(hit: Hit) -> NodeWithScore:
     """One search hit as a LlamaIndex ``NodeWithScore`` (see the module's docstring for the metadata keys)."""
-    metadata: dict[str, Any] = dict(hit.metadata)
-    if hit.title is not None:
-        metadata["title"] = hit.title
-    metadata.update(retrieval_score=hit.retrieval_score, rerank_score=hit.rerank_score)
-    return NodeWithScore(node=TextNode(id_=hit.doc_id, text=hit.text, metadata=metadata), score=hit.score)
+    return NodeWithScore(node=TextNode(id_=hit.doc_id, text=hit.text, metadata=hit_metadata(hit)), score=hit.score)
 
 
 class TwostageRetriever(BaseRetriever):

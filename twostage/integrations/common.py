@@ -1,0 +1,17 @@
+"""What both framework adapters attach to a result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twostage import Hit
+
+
+def hit_metadata(hit: Hit) -> dict[str, Any]:
+    """A hit's document metadata with ``title`` (when it has one), ``retrieval_score`` and ``rerank_score`` added;
+    these win over metadata fields of the same name."""
+    metadata: dict[str, Any] = dict(hit.metadata)
+    if hit.title is not None:
+        metadata["title"] = hit.title
+    metadata.update(retrieval_score=hit.retrieval_score, rerank_score=hit.rerank_score)
+    return metadata
