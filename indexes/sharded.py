@@ -94,6 +94,7 @@ class ShardedCollection:
                     f"{', '.join(foreign[:3])}); choose a new or empty directory"
                 )
             (path / SHARDS_MANIFEST).unlink(missing_ok=True)  # first: a half-replaced directory is not a collection
+            intent.finish(path)  # an old collection's interrupted write must not be rolled into the new one
             for i in range(shards, _existing_count(path)):
                 _remove_shard(path / shard_name(i))
         path.mkdir(parents=True, exist_ok=True)

@@ -145,3 +145,17 @@ def test_an_open_for_reading_writes_nothing_and_the_next_writer_saves_the_index(
     assert _cli("check", str(path), "--repair").returncode == 0
     with Collection.open(path) as c:
         assert not c.recovered and len(c) == 10
+
+
+def test_overwriting_a_sharded_collection_drops_its_interrupted_write(tmp_path, monkeypatch):
+    path = _sharded(tmp_path / "s")
+    c = ShardedCollection.open(path)
+    _die_after(monkeypatch, 1)
+    with pytest.raises(Killed):
+        c.delete(["d1", "d2", "d3", "d4", "d5", "d6"])
+    _abandon(c)
+    monkeypatch.undo()
+    ShardedCollection.create(
+        path, shards=3, overwrite=True, model_name="m", model_fingerprint="f", dimension=DIM
+    ).close()
+    assert not (path / intent.INTENT).exists() and _ids(path) == set()
