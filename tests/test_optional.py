@@ -103,6 +103,17 @@ def test_train_without_the_train_extra(tmp_path, monkeypatch, module):
     )
 
 
+def test_ray_without_the_ray_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "a", "text": "one passage"}\n', encoding="utf-8")
+    code, err = twostage("index", str(corpus), "--index", str(tmp_path / "c"), "--shards", "2", "--ray", "auto", "-q")
+    assert code == 2
+    assert (
+        one_line(err) == 'twostage index: error: --ray needs ray, which is not installed: pip install "twostage[ray]"'
+    )
+
+
 def test_console_script_without_an_extra_exits_2(tmp_path):
     """The real entry point in a fresh process, with pyarrow hidden the way a lean install lacks it."""
     corpus = tmp_path / "corpus.parquet"
