@@ -236,3 +236,26 @@ def test_aggregation_variants_and_the_gate_before_the_test_set():
     assert not aggregation.passes_gate(other, {default: 0.56, other: 0.53})
     assert aggregation.passes_gate(other, {default: 0.56, other: 0.57})
     assert not aggregation.passes_gate(default, {default: 0.56})
+
+
+def test_benchmarks_share_common_and_import_no_other_benchmark():
+    """What several benchmarks need lives in benchmarks/common.py: no bench_*.py imports another, and none takes a
+    private (underscored) name from twostage."""
+    import ast
+
+    scripts = {path.stem for path in BENCHMARKS.glob("bench_*.py")}
+    bad = []
+    for path in sorted(BENCHMARKS.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [(alias.name, alias.name) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [(node.module, alias.name) for alias in node.names]
+            else:
+                continue
+            for module, name in names:
+                if module.split(".")[0] in scripts:
+                    bad.append(f"{path.name} imports {module}")
+                elif module.startswith("twostage") and name.startswith("_"):
+                    bad.append(f"{path.name} takes {module}.{name}")
+    assert bad == []
