@@ -205,12 +205,13 @@ class MaxSimReranker(Reranker):
     def _light_passages(self, texts: Sequence[str]) -> list[np.ndarray]:
         """:meth:`passage_token_embeddings` in numpy on ``light``: content tokens, unit length, float16; texts that
         reach the length limit are counted in ``truncated``."""
+        from twostage.runtime.light_encode import content_tokens
+
         special_ids = np.asarray(self.light.special_ids, dtype=np.int64)
         vectors = []
         for output in self.light.token_outputs(list(texts), "", self.batch_size) if texts else []:
-            content = ~np.isin(output.input_ids, special_ids)
             self.truncated += len(output.input_ids) >= self.max_length
-            vectors.append(_unit(output.token_embeddings[content if content.any() else slice(None)]).astype(np.float16))
+            vectors.append(content_tokens(output.input_ids, output.token_embeddings, special_ids)[0])
         return vectors
 
     def _light_queries(self, queries: Sequence[str]) -> list[np.ndarray]:
@@ -295,15 +296,54 @@ class MaxSimReranker(Reranker):
         return _content_tokens(outputs, self._special_ids, self.max_length)
 
 
+@dataclass
+class StoreEncoding:
+    """What indexing with a token store needs per passage, in input order: the document vector, the MaxSim token
+    vectors (float16), the content token ids (for the collection's token statistics) and how many were cut."""
+
+    embeddings: np.ndarray
+    tokens: list[np.ndarray]
+    token_ids: list[np.ndarray] | None
+    truncated: int
+
+
+def encode_for_store(encoder: Any, texts: Sequence[str], *, token_ids: bool = True) -> StoreEncoding:
+    """Document vectors and MaxSim tokens of ``texts`` from one forward pass (``token_ids`` too, when asked), on the
+    collection's ``BiEncoder``: on an exported backend through its torch-free model (``encoder.light``), so the
+    tokens and the vector come from the backend the collection records; else through sentence-transformers."""
+    texts = list(texts)
+    light = getattr(encoder, "light", None)
+    if light is not None:
+        from twostage.runtime.light_encode import encode_passages
+
+        encoded = encode_passages(
+            light,
+            texts,
+            prompt=encoder.document_prompt,
+            batch_size=encoder.batch_size,
+            normalize=encoder.normalize,
+            tokens=True,
+        )
+        ids = encoded.token_ids if token_ids else None
+        return StoreEncoding(encoded.vectors, encoded.tokens or [], ids, len(encoded.cut))
+    embeddings, tokens = encode_with_tokens(encoder, texts)
+    ids = content_token_ids(encoder, texts) if token_ids else None
+    return StoreEncoding(embeddings, tokens, ids, encoder.count_truncated(texts))
+
+
 def encode_with_tokens(encoder: Any, texts: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
     """Document vectors as ``encoder.encode_documents`` makes them, and the passages' MaxSim token vectors (float16),
     from one forward pass: what indexing with a token store needs. ``encoder`` is the collection's ``BiEncoder``.
 
-    A model with a document prompt takes two passes, as MaxSim encodes passages without the prompt."""
+    A model with a document prompt takes two passes, as MaxSim encodes passages without the prompt. On an exported
+    backend this is :func:`encode_for_store`'s torch-free pass."""
+    texts = list(texts)
+    if getattr(encoder, "light", None) is not None:
+        encoded = encode_for_store(encoder, texts, token_ids=False)
+        return encoded.embeddings, encoded.tokens
     import torch
     import torch.nn.functional as F
 
-    texts = list(texts)
     reranker = MaxSimReranker(encoder, batch_size=encoder.batch_size)
     if encoder.document_prompt:
         return encoder.encode_documents(texts).embeddings, reranker.passage_token_embeddings(texts)
@@ -320,6 +360,11 @@ def encode_with_tokens(encoder: Any, texts: Sequence[str]) -> tuple[np.ndarray, 
 def content_token_ids(encoder: Any, texts: Sequence[str]) -> list[np.ndarray]:
     """Per text, the token ids MaxSim keeps for it (truncated as encoding truncates, special tokens dropped): what
     a collection counts for its token document frequencies. Tokenises only; no forward pass."""
+    light = getattr(encoder, "light", None)
+    if light is not None:
+        from twostage.runtime.light_encode import content_token_ids as light_token_ids
+
+        return light_token_ids(light, texts)
     model = _sentence_transformer(encoder)
     limit = int(getattr(model, "max_seq_length", None) or 512)
     special = set(model.tokenizer.all_special_ids)

@@ -47,3 +47,25 @@ def bi_encoder_choice(
     return found or calibrate(
         STAGE, fingerprint, lambda backend: bi_encoder_probe(model, backend, batch_size=batch_size, threads=threads)
     )
+
+
+def first_run_notice(model: str, device: str = "cpu") -> str | None:
+    """What ``--backend auto`` is about to do for ``model`` when it has not run here before (no measured choice,
+    no export yet): the backend it takes and the export it builds; None once that is done, or for a hub model."""
+    from twostage.runtime.autotune import read_choice
+    from twostage.runtime.backends import PREFERENCE, default_backend
+    from twostage.runtime.export import _complete, model_file
+
+    fingerprint = fingerprint_of(model)
+    if not fingerprint:
+        return None
+    found = read_choice(STAGE, fingerprint)
+    backend = found.choice if found else default_backend(device)
+    target = model_file(fingerprint, backend, "feature-extraction")
+    if backend == "torch" or _complete(target.with_suffix(".json"), target):
+        return None
+    how = "measured here" if found else f"the first installed of {', '.join(PREFERENCE)}, not measured"
+    return (
+        f"--backend auto: {backend} ({how}; 'twostage info --backends --calibrate' measures this machine's "
+        f"fastest); exporting the model for it once, in a child process (seconds) ..."
+    )

@@ -13,6 +13,7 @@ import numpy as np
 from twostage.indexes.documents import text_hash
 from twostage.retriever.cache import EmbeddingCache
 from twostage.runtime import encode as runtime_encode
+from twostage.runtime import light_encode
 from twostage.runtime.autotune import stage_backend
 from twostage.runtime.backends import Runtime, configure_threads, resolve_backend, use_backend
 from twostage.runtime.models import (
@@ -102,7 +103,7 @@ class BiEncoder:
         if local_dir and self.backend != "torch":
             from twostage.runtime.light import load_light
 
-            self.light = load_light(resolved.source, self.backend, self.fingerprint)
+            self.light = load_light(resolved.source, self.backend, self.fingerprint, export=True)
         if self.light is not None:
             self.runtime = self.light.runtime
             dimension: int | None = self.light.dimension
@@ -186,6 +187,11 @@ class BiEncoder:
         if not limit or not texts:
             return 0
         prefix = self.document_prompt if prompt is None else prompt
+        if self.light is not None:  # the torch-free tokenizer says where it cut
+            return sum(
+                light_encode.count_cut(self.light, texts[i : i + _TOKENIZE_CHUNK], prefix)
+                for i in range(0, len(texts), _TOKENIZE_CHUNK)
+            )
         tokenizer = self.model.tokenizer
         total = 0
         for start in range(0, len(texts), _TOKENIZE_CHUNK):
@@ -264,10 +270,11 @@ class BiEncoder:
 
         On an exported runtime (and a transformer + pooling model) texts skip ST's loop: see ``runtime_encode``; the
         positions it found cut at the length limit are returned. None means "not counted" (the torch path)."""
-        fast = self.runtime is not None and runtime_encode.supports(self.model, self.document_prompt)
+        light = self.light
+        fast = light is None and self.runtime is not None and runtime_encode.supports(self.model, self.document_prompt)
         device = self.device_encoder
         counted: list[int] = []
-        cut = counted if fast or device is not None else None
+        cut = counted if light is not None or fast or device is not None else None
         if not todo:
             return cut
         from tqdm.auto import tqdm
@@ -277,7 +284,17 @@ class BiEncoder:
         with tqdm(total=len(todo), desc="Encoding documents", unit="doc", disable=not show) as bar:
             for start in range(0, len(todo), chunk_size):
                 idx = todo[start : start + chunk_size]
-                if device is not None:
+                if light is not None:  # the exported model without torch or sentence-transformers
+                    encoded = light_encode.encode_passages(
+                        light,
+                        [texts[i] for i in idx],
+                        prompt=self.document_prompt,
+                        batch_size=self.batch_size,
+                        normalize=self.normalize,
+                    )
+                    vectors = encoded.vectors
+                    counted.extend(idx[j] for j in encoded.cut)
+                elif device is not None:
                     vectors, chunk_cut = device.encode(
                         [texts[i] for i in idx], prompt=self.document_prompt, normalize=self.normalize
                     )

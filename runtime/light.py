@@ -128,9 +128,10 @@ def _special_ids(root: Path, tokenizer: Any, tokenizer_config: dict[str, Any]) -
     return sorted(i for i in ids if i is not None)
 
 
-def load_light(model_dir: str | Path, backend: str, fingerprint: str) -> LightEncoder | None:
+def load_light(model_dir: str | Path, backend: str, fingerprint: str, *, export: bool = False) -> LightEncoder | None:
     """The model in ``model_dir`` on its cached ``backend`` export, or None when this path does not apply;
-    ModelLoadError naming the extra when the backend's runtime is not installed."""
+    ModelLoadError naming the extra when the backend's runtime is not installed. With ``export``, a missing export
+    is built first, in a child process (``runtime.export_process``), so this process still imports no torch."""
     require(backend)
     root = Path(model_dir)
     modules = _read_json(root / "modules.json")
@@ -143,8 +144,7 @@ def load_light(model_dir: str | Path, backend: str, fingerprint: str) -> LightEn
         return None
     pooling_config = _read_json(root / modules[1]["path"] / "config.json")
     mode = _pooling_mode(pooling_config) if isinstance(pooling_config, dict) else None
-    target = model_file(fingerprint, backend, "feature-extraction")
-    if mode is None or not (root / "tokenizer.json").is_file() or not _complete(target.with_suffix(".json"), target):
+    if mode is None or not (root / "tokenizer.json").is_file():
         return None
     prompts_config = _read_json(root / "config_sentence_transformers.json") or {}
     if prompts_config.get("prompts") and pooling_config.get("include_prompt") is False:
@@ -159,6 +159,13 @@ def load_light(model_dir: str | Path, backend: str, fingerprint: str) -> LightEn
         limits = [model_config.get("max_position_embeddings"), tokenizer_config.get("model_max_length")]
         known = [int(v) for v in limits if isinstance(v, (int, float)) and v > 0]
         max_length = min(known) if known else 512
+    target = model_file(fingerprint, backend, "feature-extraction")
+    if not _complete(target.with_suffix(".json"), target):
+        if not export:
+            return None
+        from twostage.runtime.export_process import export_in_child
+
+        export_in_child(root, backend, fingerprint, int(max_length))
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))

@@ -206,30 +206,23 @@ def test_info_needs_a_directory_or_backends(capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_index_says_so_before_measuring_and_is_quiet_once_cached(
-    clock, tiny_bi_encoder_dir, tmp_path, capsys, monkeypatch
-):
-    """The first ``twostage index`` on a machine announces the measuring (it takes up to a minute), later ones not."""
+def test_first_index_exports_once_and_measures_nothing(clock, tiny_bi_encoder_dir, tmp_path, capsys, monkeypatch):
+    """The first ``twostage index`` of a model on a machine takes the preference order without measuring (that is
+    ``info --backends``' job) and says so while it exports; a later one is silent; a measured choice is used."""
+    monkeypatch.setenv("TWOSTAGE_CACHE_DIR", str(tmp_path / "fresh"))  # no export of the model yet
+    monkeypatch.setattr(backend_choice, "calibrate", lambda *a, **k: pytest.fail("index measured backends"))
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"id": "a", "text": "one passage"}\n{"id": "b", "text": "another passage"}\n')
-    timings = dict.fromkeys(autotune.BACKENDS, 1.0) | {"torch": 0.1}  # fake timings, torch's own scores
-    monkeypatch.setattr(
-        backend_choice,
-        "calibrate",
-        lambda stage, fp, load: calibrate(stage, fp, fake_loader(clock, timings), budget_s=0),
-    )
     for run, announced in (("first", True), ("second", False)):
-        code = main(
-            [
-                "index",
-                str(corpus),
-                "--index",
-                str(tmp_path / run),
-                "--model",
-                str(tiny_bi_encoder_dir),
-                "--index-type",
-                "flat",
-            ]
-        )
-        assert code == 0 and ("measuring this machine's backends" in capsys.readouterr().err) is announced
-    assert read_choice("bi-encoder", model_fingerprint(str(tiny_bi_encoder_dir))).choice == "torch"
+        args = ["index", str(corpus), "--index", str(tmp_path / run), "--model", str(tiny_bi_encoder_dir)]
+        code = main([*args, "--index-type", "flat"])
+        err = capsys.readouterr().err
+        assert code == 0 and ("exporting the model for it once" in err) is announced, err
+        with Engine.open(tmp_path / run, reranker=None) as engine:
+            assert engine.collection.manifest.extra["backend"] == default_backend()
+    fingerprint = model_fingerprint(str(tiny_bi_encoder_dir))
+    timings = dict.fromkeys(autotune.BACKENDS, 1.0) | {"onnx": 0.1}
+    calibrate("bi-encoder", fingerprint, fake_loader(clock, timings), budget_s=0)  # as info --backends would
+    assert main(["index", str(corpus), "--index", str(tmp_path / "measured"), "--model", str(tiny_bi_encoder_dir)]) == 0
+    with Engine.open(tmp_path / "measured", reranker=None) as engine:
+        assert engine.collection.manifest.extra["backend"] == "onnx"

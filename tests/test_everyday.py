@@ -43,7 +43,7 @@ def tiny_index(tmp_path_factory, tiny_bi_encoder_dir: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- fast start
-def _run_cli_counting_imports(*args: str) -> dict:
+def _run_cli_counting_imports(*args: str, env: dict[str, str] | None = None) -> dict:
     """``twostage ARGS`` in a fresh interpreter, as a user runs it (no TWOSTAGE_BACKEND): its exit code and which
     heavy modules it imported."""
     code = (
@@ -51,8 +51,10 @@ def _run_cli_counting_imports(*args: str) -> dict:
         "print(json.dumps({'code': code, 'loaded': sorted(m for m in ('torch', 'sentence_transformers', "
         "'transformers', 'openvino', 'faiss') if m in sys.modules)}), file=sys.stderr)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TWOSTAGE_BACKEND"}
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
+    environment = {k: v for k, v in os.environ.items() if k != "TWOSTAGE_BACKEND"} | (env or {})
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=environment, timeout=300
+    )
     return json.loads(done.stderr.strip().splitlines()[-1]) | {"stdout": done.stdout, "stderr": done.stderr}
 
 
@@ -62,6 +64,51 @@ def test_search_on_the_default_backend_imports_no_torch(tiny_index: Path) -> Non
         assert done["code"] == 0, done["stderr"]
         assert "cities-" in done["stdout"]
         assert {"torch", "sentence_transformers", "transformers"}.isdisjoint(done["loaded"]), done["loaded"]
+
+
+def test_index_and_add_on_the_default_backend_import_no_torch(tmp_path: Path, tiny_bi_encoder_dir: Path) -> None:
+    """The write path on an exported backend: a first ``index`` on a fresh cache exports the model in a child
+    process and encodes without torch, sentence-transformers or transformers; so does a later ``add``; the stored
+    tokens come from that backend's forward pass, so they equal MaxSim's own encoding there."""
+    env_cache = {"TWOSTAGE_CACHE_DIR": str(tmp_path / "cache")}
+    directory = tmp_path / "index"
+    model = ("--model", str(tiny_bi_encoder_dir))
+    done = _run_cli_counting_imports(
+        "index",
+        str(EXAMPLES / "corpus.jsonl"),
+        "-i",
+        str(directory),
+        *model,
+        "--store-tokens",
+        "float16",
+        env=env_cache,
+    )
+    assert done["code"] == 0, done["stderr"]
+    assert "exporting the model for it once" in done["stderr"]
+    assert {"torch", "sentence_transformers", "transformers"}.isdisjoint(done["loaded"]), done["loaded"]
+    extra = tmp_path / "more.jsonl"
+    extra.write_text('{"id": "new-1", "text": "A violin maker works in Cremona."}\n', encoding="utf-8")
+    done = _run_cli_counting_imports("add", str(directory), str(extra), env=env_cache)
+    assert done["code"] == 0, done["stderr"]
+    assert {"torch", "sentence_transformers", "transformers"}.isdisjoint(done["loaded"]), done["loaded"]
+    assert "exporting" not in done["stderr"]  # exported once
+
+    from twostage import Engine
+
+    os.environ["TWOSTAGE_CACHE_DIR"], previous = env_cache["TWOSTAGE_CACHE_DIR"], os.environ["TWOSTAGE_CACHE_DIR"]
+    try:
+        with Engine.open(directory, reranker="maxsim", backend="auto") as engine:
+            assert engine.collection.manifest.extra["backend"] == engine.encoder.backend != "torch"
+            texts = {d.id: d.text_for_encoding() for d in engine.collection.iter_documents()}
+            stored = engine.collection.token_store
+            ids = sorted(texts)[:5] + ["new-1"]
+            fresh = engine.reranker._light_passages([texts[i] for i in ids])
+            for doc_id, tokens in zip(ids, fresh):
+                np.testing.assert_allclose(stored.get(doc_id), tokens.astype(np.float32), atol=0.01)
+            vectors = engine.collection.embeddings_of(ids)
+            np.testing.assert_allclose(vectors, engine.encoder.encode_queries([texts[i] for i in ids]), atol=1e-5)
+    finally:
+        os.environ["TWOSTAGE_CACHE_DIR"] = previous
 
 
 def test_bad_input_is_refused_before_any_model_loads(tiny_index: Path, tmp_path: Path) -> None:

@@ -110,10 +110,10 @@ def test_compressed_tokens_score_maxsim_close_to_float16_on_real_passages(tmp_pa
 
 
 class _Candidate:
-    """The two fields MaxSim reads from a first-stage candidate: doc id (for the store) and text (unused here)."""
+    """The fields MaxSim reads from a first-stage candidate: doc id (for the store) and text (unused here)."""
 
     def __init__(self, doc_id: str):
-        self.doc_id, self.text = doc_id, ""
+        self.doc_id, self.text, self.encoding_text = doc_id, "", ""
 
 
 def test_codec_is_learned_on_commit_and_conversion_is_all_or_nothing(tmp_path, monkeypatch):

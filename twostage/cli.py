@@ -421,20 +421,14 @@ def _create_engine(args: argparse.Namespace) -> Any:
 
 
 def _announce_calibration(model: str, runtime: Any) -> None:
-    """Say so before ``--backend auto`` measures this machine's backends (once per machine and model; exports and
-    measuring take up to a minute on 2 cores), so the first ``index`` does not look stuck."""
-    from twostage.retriever.backend_choice import STAGE, fingerprint_of
-    from twostage.runtime.autotune import measured, read_choice
+    """Say what ``--backend auto`` does on a model's first ``index`` here (which backend, and that it exports the
+    model once), so the first run does not look stuck; silent afterwards."""
+    from twostage.retriever.backend_choice import first_run_notice
+    from twostage.runtime.autotune import measured
 
     device, _ = runtime.placement()
-    if measured(runtime.backend, device):
-        fingerprint = fingerprint_of(model)
-        if fingerprint and read_choice(STAGE, fingerprint) is None:
-            print(
-                "--backend auto: measuring this machine's backends for this model (once; see twostage info "
-                "--backends) ...",
-                file=sys.stderr,
-            )
+    if measured(runtime.backend, device) and (notice := first_run_notice(model, device)):
+        print(notice, file=sys.stderr)
 
 
 def _index_on_ray(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from twostage.indexes.protocols import CollectionLike, ManifestLike
 from twostage.indexes.sharded import ShardedCollection, collection_exists, open_collection
 from twostage.reranker.base import Reranker
 from twostage.reranker.loading import RerankerFallbackWarning, load_reranker
-from twostage.reranker.maxsim import MaxSimReranker, QueryTokens, content_token_ids, encode_with_tokens
+from twostage.reranker.maxsim import MaxSimReranker, QueryTokens, content_token_ids, encode_for_store
 from twostage.reranker.resolve import DEFAULT_RERANKER
 from twostage.reranker.score_fusion import FusedReranker, Fusion
 from twostage.retriever.biencoder import BiEncoder, EncodeResult
@@ -248,12 +248,10 @@ class Engine:
                     "into a new directory (or with --overwrite) to change it"
                 )
             return engine
+        # auto: the measured choice where 'twostage info --backends' cached one, else the preference order (a first
+        # run costs one export, not a minute of measuring every backend)
         device, chosen = runtime.placement()
-        if encoder is None and measured(runtime.backend, device):  # auto: measured here once per machine and model
-            from twostage.retriever.backend_choice import bi_encoder_choice
-
-            calibration = bi_encoder_choice(model, batch_size=runtime.batch_size, threads=runtime.threads)
-            chosen = calibration.choice if calibration else chosen
+        chosen = "auto" if measured(runtime.backend, device) else chosen
         encoder = encoder or BiEncoder(
             model, device=device, batch_size=runtime.batch_size, backend=chosen, threads=runtime.threads
         )
@@ -420,14 +418,14 @@ class Engine:
         if not todo:
             return
         texts = [d.text_for_encoding() for d in todo]
-        tokens = None
+        tokens = terms = None
         if self.collection.token_store is None:
             encoded = self.encoder.encode_documents(texts)
         else:  # one forward pass gives both the document vectors and the MaxSim token vectors
-            embeddings, tokens = encode_with_tokens(self.encoder, texts)
-            hits = self.encoder.through_cache(texts, embeddings)
-            encoded = EncodeResult(embeddings, truncated=self.encoder.count_truncated(texts), cache_hits=hits)
-        terms = content_token_ids(self.encoder, texts) if self.collection.token_df is not None else None
+            store = encode_for_store(self.encoder, texts, token_ids=self.collection.token_df is not None)
+            hits = self.encoder.through_cache(texts, store.embeddings)
+            encoded = EncodeResult(store.embeddings, truncated=store.truncated, cache_hits=hits)
+            tokens, terms = store.tokens, store.token_ids
         write(partial(self.collection.upsert, todo, encoded.embeddings, tokens=tokens, terms=terms))
         report.truncated += encoded.truncated
         report.cache_hits += encoded.cache_hits
