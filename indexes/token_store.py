@@ -53,6 +53,9 @@ LEARNED = (*RESIDUAL, "pq")
 TRAIN_AT = 65_536
 #: ...or, on :meth:`TokenStore.train_pending` (a collection's commit), once at least this many are stored
 MIN_TRAIN = 1_024
+#: k-means iterations of a residual codec's centroids: ColBERTv2's own default (``kmeans_niters``), a fifth of
+#: faiss's 20; the residual buckets learned after them absorb what more iterations would refine
+TRAIN_ITERATIONS = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -261,7 +264,9 @@ class TokenStore:
         sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
         if encoding == "pq":
             return ProductCodec.train(sample[:MAX_SAMPLE], seed=seed)
-        return ResidualCodec.train(sample[:MAX_SAMPLE], RESIDUAL[encoding], n_tokens=total, seed=seed)
+        return ResidualCodec.train(
+            sample[:MAX_SAMPLE], RESIDUAL[encoding], n_tokens=total, seed=seed, niter=TRAIN_ITERATIONS
+        )
 
     def _encode(self, doc_id: str, array: np.ndarray, pool: float) -> tuple[str, int, int, bytes | None, bytes]:
         """One row: ``array`` checked, pooled by ``pool`` when it is above 1, in the store's encoding."""

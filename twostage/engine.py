@@ -392,31 +392,39 @@ class Engine:
         if isinstance(documents, Sequence):  # a list is checked whole first: bad input anywhere changes nothing
             documents = _checked(documents)
         seen: set[str] = set()
-        # on a GPU a chunk is large enough to keep the device busy; the writer thread stores chunk i (its own SQLite
-        # transaction, in order) while chunk i+1 is encoded
+        # on a GPU a chunk is large enough to keep the device busy. A bounded pipeline (twostage/writer.py): while
+        # this thread reads and checks chunk i+2, the encoder thread encodes chunk i+1 and the writer thread stores
+        # chunk i (its own SQLite transaction, in order)
         size = ADD_CHUNK if getattr(self.encoder, "device_encoder", None) is None else DEVICE_ADD_CHUNK
-        with _committed_even_on_error(self.collection), OrderedWriter() as write:
+        with (
+            _committed_even_on_error(self.collection),
+            OrderedWriter() as write,
+            OrderedWriter(name="twostage-encoder") as encode,
+        ):
             for chunk in _chunks((as_document(d) for d in documents), size):
                 for doc in chunk:
                     if doc.id in seen:
                         raise UsageError(f"document id {doc.id!r} appears twice in the input")
                     seen.add(doc.id)
                     report.ids.append(doc.id)
-                self._add_chunk(chunk, report, write)
+                existing = {doc.id: doc for doc in self.collection.get([d.id for d in chunk]) if doc is not None}
+                todo = [d for d in chunk if not _same(existing.get(d.id), d)]
+                report.unchanged += len(chunk) - len(todo)
+                replaced = sum(1 for d in todo if d.id in existing)
+                report.replaced += replaced
+                report.added += len(todo) - replaced
+                if todo:
+                    encode(partial(self._encode_chunk, todo, report, write))
                 if progress:
                     progress(len(chunk))
         self.collection.commit()
         report.seconds = time.perf_counter() - started
         return report
 
-    def _add_chunk(
-        self, chunk: list[Document], report: AddReport, write: Callable[[Callable[[], object]], None]
+    def _encode_chunk(
+        self, todo: list[Document], report: AddReport, write: Callable[[Callable[[], object]], None]
     ) -> None:
-        existing = {doc.id: doc for doc in self.collection.get([d.id for d in chunk]) if doc is not None}
-        todo = [d for d in chunk if not _same(existing.get(d.id), d)]
-        report.unchanged += len(chunk) - len(todo)
-        if not todo:
-            return
+        """The encoder thread's step: vectors (and tokens) of the changed documents, handed to the writer thread."""
         texts = [d.text_for_encoding() for d in todo]
         tokens = terms = None
         if self.collection.token_store is None:
@@ -429,9 +437,6 @@ class Engine:
         write(partial(self.collection.upsert, todo, encoded.embeddings, tokens=tokens, terms=terms))
         report.truncated += encoded.truncated
         report.cache_hits += encoded.cache_hits
-        replaced = sum(1 for d in todo if d.id in existing)
-        report.replaced += replaced
-        report.added += len(todo) - replaced
 
     def upsert(
         self,

@@ -1,5 +1,10 @@
-"""Writes off the encoder's critical path: one thread runs the SQLite/FAISS writes of encoded chunks, in order,
-while the caller encodes the next chunk.
+"""The write path's bounded pipeline: ordered worker threads, one per stage, each with a queue of one step.
+
+``Engine.add`` runs three stages at once: the caller reads and checks chunk i+2 and looks up what the collection
+already holds, an encoder :class:`OrderedWriter` tokenises and encodes chunk i+1 (the runtime's own threads do the
+arithmetic, outside the GIL), and a writer :class:`OrderedWriter` compresses chunk i's tokens and runs its
+SQLite/FAISS write. Each queue holds one step, so a fast stage blocks instead of piling up encoded chunks: memory is
+a few chunks whatever the collection's size.
 
 Crash safety is the caller's unchanged: each write is one committed step, and steps run strictly in submission order.
 After a failed write no later write runs; the error is raised to the caller at its next submit or on leaving the
@@ -20,10 +25,10 @@ class OrderedWriter:
     """``with OrderedWriter() as write: write(step)`` — steps run one at a time in a background thread, in order;
     at most ``depth`` wait, so a fast producer blocks instead of piling up encoded chunks in memory."""
 
-    def __init__(self, depth: int = 1):
+    def __init__(self, depth: int = 1, name: str = "twostage-writer"):
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="twostage-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         #: steps finished, in order (for reports and tests)
         self.done = 0
 
