@@ -47,7 +47,8 @@ def pool_tokens(vectors: np.ndarray, factor: float) -> np.ndarray:
 
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     labels = fcluster(linkage(unit.astype(np.float64), method="ward"), t=k, criterion="maxclust")
-    _, first = np.unique(labels, return_index=True)
-    groups = labels[np.sort(first)]  # in passage order
-    means = np.stack([unit[labels == g].mean(axis=0) for g in groups])
+    values, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    order = np.argsort(labels, kind="stable")  # members of each group together, groups by label
+    sums = np.add.reduceat(unit[order], np.concatenate(([0], np.cumsum(counts)[:-1])), axis=0)
+    means = (sums / counts[:, None])[np.argsort(first, kind="stable")]  # groups in passage order
     return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
