@@ -16,8 +16,8 @@ all of them (median of the rounds reported):
   memory at a quarter of that size and at the full size (flat = the pipeline holds no more for more passages);
 - the first ``twostage index`` of examples/corpus.jsonl on an empty cache (no export, no choice): wall and peak memory.
 
-Peak memory is the process tree's resident memory (children included: a first run exports in a child), sampled every
-20 ms. Results go to benchmarks/results/index.json and index.md with the CPU and the load average.
+Peak memory is the process tree's proportional set size (children included: a first run exports in a child; shared
+pages counted once), sampled every 50 ms. Results go to benchmarks/results/index.json and index.md with the CPU and the load average.
 """
 
 from __future__ import annotations
@@ -85,10 +85,10 @@ def run_measured(command: list[str], env: dict[str, str]) -> dict:
     while proc.poll() is None:
         try:
             tree = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            peak = max(peak, sum(_pss(p) for p in tree))
         except psutil.Error:
             pass
-        time.sleep(0.02)
+        time.sleep(0.05)
     wall = time.perf_counter() - started
     out, err = proc.communicate()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the tree's CPU time: children reap their own children
@@ -102,6 +102,15 @@ def run_measured(command: list[str], env: dict[str, str]) -> dict:
         "stdout": out,
         "stderr": err,
     }
+
+
+def _pss(process: psutil.Process) -> int:
+    """A process's proportional set size: pages shared with its parent (a fork not yet exec'd, as a library's helper
+    starts) count once across the tree, which resident size would count in every process."""
+    try:
+        return process.memory_full_info().pss
+    except (psutil.Error, AttributeError):
+        return 0
 
 
 def write_corpus(source: Path, path: Path, size: int) -> Path:
