@@ -172,8 +172,10 @@ class ResidualCodec:
 def _bucket_means(residuals: np.ndarray, cutoffs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Per dimension, the mean residual in each bucket the cutoffs make (the old weight where a bucket is empty)."""
     dim, levels = weights.shape
-    buckets = (residuals[:, :, None] > cutoffs[None, :, :]).sum(axis=2)  # (n, dim)
-    flat = (np.arange(dim) * levels)[None, :] + buckets
+    buckets = np.zeros(residuals.shape, dtype=np.intp)
+    for level in range(levels - 1):  # as encode counts them: how many cutoffs lie below, one comparison at a time
+        buckets += residuals > cutoffs[:, level]
+    flat = buckets + (np.arange(dim) * levels)[None, :]
     sums = np.bincount(flat.ravel(), weights=residuals.ravel(), minlength=dim * levels).reshape(dim, levels)
     counts = np.bincount(flat.ravel(), minlength=dim * levels).reshape(dim, levels)
     return np.where(counts > 0, sums / np.maximum(counts, 1), weights)

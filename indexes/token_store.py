@@ -171,7 +171,7 @@ class TokenStore:
             raise ValueError(f"{len(doc_ids)} doc ids but {len(arrays)} token arrays")
         with self.documents.transaction() as con:
             self._refresh()
-            _write(con, [(doc_id, *self._encode(doc_id, array, self.pool)) for doc_id, array in zip(doc_ids, arrays)])
+            _write(con, self._encode_many(doc_ids, arrays, self.pool))
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         """Forget the tokens of these docs (unknown ids are ignored), in one transaction."""
@@ -240,7 +240,7 @@ class TokenStore:
                         break
                     last = batch[-1][0]
                     arrays = _decode_rows([row[1:] for row in batch], old_codec)
-                    _write(con, [(row[0], *self._encode(row[0], a, extra_pool)) for row, a in zip(batch, arrays)])
+                    _write(con, self._encode_many([row[0] for row in batch], arrays, extra_pool))
             except BaseException:  # the transaction rolls back: the store is as it was
                 self.encoding, self.codec, self._version, self.pool = old_encoding, old_codec, old_version, old_pool
                 raise
@@ -268,15 +268,39 @@ class TokenStore:
             sample[:MAX_SAMPLE], RESIDUAL[encoding], n_tokens=total, seed=seed, niter=TRAIN_ITERATIONS
         )
 
-    def _encode(self, doc_id: str, array: np.ndarray, pool: float) -> tuple[str, int, int, bytes | None, bytes]:
-        """One row: ``array`` checked, pooled by ``pool`` when it is above 1, in the store's encoding."""
+    def _encode_many(self, doc_ids: Sequence[str], arrays: Sequence[np.ndarray], pool: float) -> list[tuple]:
+        """Rows for ``arrays`` (each checked and pooled as :meth:`_encode` does); with a learned codec, all passages
+        are encoded in one call (one nearest-centroid search for the whole batch: a search per passage spends more
+        on the search library's thread start-up than on the search)."""
+        arrays = [self._checked(doc_id, array, pool) for doc_id, array in zip(doc_ids, arrays)]
+        codec = self.codec
+        if self.encoding == "float16" or codec is None or not arrays or any(a.shape[1] != codec.dim for a in arrays):
+            return [(doc_id, *self._encode(doc_id, array, 1.0)) for doc_id, array in zip(doc_ids, arrays)]
+        cuts = np.cumsum([len(a) for a in arrays])[:-1]
+        if isinstance(codec, ProductCodec):
+            codes = np.split(codec.encode(np.concatenate(arrays)), cuts)
+            return [(d, "pq", len(a), a.shape[1], None, c.tobytes()) for d, a, c in zip(doc_ids, arrays, codes)]
+        ids, packed = codec.encode(np.concatenate(arrays))
+        name = f"{codec.bits}bit"
+        return [
+            (d, name, len(a), a.shape[1], i.astype("<u2").tobytes(), p.tobytes())
+            for d, a, i, p in zip(doc_ids, arrays, np.split(ids, cuts), np.split(packed, cuts))
+        ]
+
+    @staticmethod
+    def _checked(doc_id: str, array: np.ndarray, pool: float) -> np.ndarray:
+        """``array`` as a ``(n >= 1, dim)`` finite array, pooled by ``pool`` when it is above 1; ValueError naming
+        the doc otherwise."""
         array = np.asarray(array)
         if array.ndim != 2 or array.shape[0] == 0:
             raise ValueError(f"tokens of {doc_id!r} must have shape (n_tokens >= 1, dim), got {array.shape}")
         if not np.isfinite(array).all():
             raise ValueError(f"tokens of {doc_id!r} contain NaN or infinite values")
-        if pool != 1.0:
-            array = pool_tokens(array, pool)
+        return pool_tokens(array, pool) if pool != 1.0 else array
+
+    def _encode(self, doc_id: str, array: np.ndarray, pool: float) -> tuple[str, int, int, bytes | None, bytes]:
+        """One row: ``array`` checked, pooled by ``pool`` when it is above 1, in the store's encoding."""
+        array = self._checked(doc_id, array, pool)
         n, dim = array.shape
         if self.encoding == "float16":
             return "float16", n, dim, None, np.ascontiguousarray(array, dtype=np.float16).tobytes()
