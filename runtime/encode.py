@@ -50,7 +50,7 @@ def token_ids(tokenizer: Any, texts: Sequence[str], limit: int | None) -> tuple[
 
 
 def pad(
-    ids: Sequence[Sequence[int]], rows: Sequence[int] | np.ndarray, pad_id: int, left: bool = False
+    ids: Sequence[Sequence[int] | np.ndarray], rows: Sequence[int] | np.ndarray, pad_id: int, left: bool = False
 ) -> dict[str, np.ndarray]:
     """``input_ids`` and ``attention_mask`` for ``rows``, padded to the longest of them."""
     width = max(len(ids[i]) for i in rows)
