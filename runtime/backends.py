@@ -224,17 +224,24 @@ def _openvino(path: Path, backend: str, cores: int) -> Runtime:
     if backend.endswith("int8"):
         # int8 layers run in int8 either way; the rest stays fp32, since bf16 on top of int8 ranges loses too much
         config["INFERENCE_PRECISION_HINT"] = "f32"
-    compiled = _OV_CORE.compile_model(str(path), "CPU", config)
-    hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # what float ops run in: bf16 on AMX CPUs, else f32
-    name = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(hint.get_type_name(), hint.get_type_name())
+    # what float ops run in (bf16 on CPUs with bf16 units, else f32), as the device reports it for this config: no
+    # compiled model needed, so a process that only streams documents (run_many) never compiles the latency copy
+    hint = config.get("INFERENCE_PRECISION_HINT") or _OV_CORE.get_property("CPU", "INFERENCE_PRECISION_HINT")
+    hint = hint if isinstance(hint, str) else hint.get_type_name()
+    name = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(hint, hint)
     precision = f"int8+{name}" if backend.endswith("int8") else name
-    names = tuple(port.get_any_name() for port in compiled.inputs)
+    names = tuple(port.get_any_name() for port in _OV_CORE.read_model(str(path)).inputs)
     local = threading.local()  # an infer request serves one thread at a time
+    compiled: list[Any] = []  # the LATENCY-compiled model, made on the first single call
+    lock = threading.Lock()
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
         request = getattr(local, "request", None)
         if request is None:
-            request = local.request = compiled.create_infer_request()
+            with lock:
+                if not compiled:
+                    compiled.append(_OV_CORE.compile_model(str(path), "CPU", config))
+            request = local.request = compiled[0].create_infer_request()
         return request.infer(feed)[0]
 
     return Runtime(backend, path, names, precision, run, _openvino_pipeline(path, config))
