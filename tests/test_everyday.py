@@ -142,6 +142,35 @@ def test_light_path_matches_sentence_transformers(tiny_index: Path, tiny_bi_enco
         np.testing.assert_allclose([h.rerank_score for h in a.hits], [h.rerank_score for h in b.hits], atol=1e-4)
 
 
+def test_light_write_path_matches_sentence_transformers(tiny_bi_encoder_dir: Path) -> None:
+    """Documents encoded without torch equal sentence-transformers driving the same export (vectors and cut counts),
+    and one pass gives the tokens MaxSim encodes: the same vectors as the torch path's tokens on that backend."""
+    from twostage.reranker.maxsim import MaxSimReranker, encode_for_store
+    from twostage.retriever.biencoder import BiEncoder
+
+    texts = [*TEXTS, "word " * 600]  # the last is cut at the model's limit
+    encoder = BiEncoder(str(tiny_bi_encoder_dir), backend="openvino", cache=None)
+    assert encoder.light is not None
+    light = encoder.encode_documents(texts)
+    store = encode_for_store(encoder, texts)
+    reranker = MaxSimReranker(encoder)
+    light_tokens = reranker._light_passages(texts)
+    assert "torch" not in sys.modules or encoder._model is None  # nothing above loaded sentence-transformers
+    st = encoder.model.encode_document(texts, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(light.embeddings, st, atol=1e-5)
+    np.testing.assert_allclose(store.embeddings, st, atol=1e-5)
+    assert light.truncated == store.truncated == encoder.count_truncated(texts) == 1
+    reranker.light = None  # the sentence-transformers path on the same export
+    torch_tokens = reranker.passage_token_embeddings(texts)
+    for ours, one_pass, theirs in zip(light_tokens, store.tokens, torch_tokens):
+        np.testing.assert_allclose(one_pass.astype(np.float32), theirs.astype(np.float32), atol=2e-3)
+        np.testing.assert_allclose(one_pass.astype(np.float32), ours.astype(np.float32), atol=2e-3)
+    from twostage.reranker.maxsim import content_token_ids
+
+    expected = content_token_ids(encoder.model, texts)
+    assert all(np.array_equal(a, b) for a, b in zip(store.token_ids, expected))
+
+
 # --------------------------------------------------------------------------- defects
 def test_stats_reports_the_encoders_backend() -> None:
     from twostage.server import _engine_info
