@@ -97,7 +97,7 @@ def test_index_and_add_on_the_default_backend_import_no_torch(tmp_path: Path, ti
 
     os.environ["TWOSTAGE_CACHE_DIR"], previous = env_cache["TWOSTAGE_CACHE_DIR"], os.environ["TWOSTAGE_CACHE_DIR"]
     try:
-        with Engine.open(directory, reranker="maxsim", backend="auto") as engine:
+        with Engine.open(directory, reranker="maxsim", backend="openvino") as engine:
             assert engine.collection.manifest.extra["backend"] == engine.encoder.backend != "torch"
             texts = {d.id: d.text_for_encoding() for d in engine.collection.iter_documents()}
             stored = engine.collection.token_store
