@@ -20,7 +20,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-MARKER = re.compile(r"\{\{\s*(results\((?P<args>[^)]*)\)|cli_reference|http_reference|benchmarks_index)\s*\}\}")
+MARKER = re.compile(
+    r'\{\{\s*(results\((?P<args>(?:"[^"]*"|[^)"])*)\)|cli_reference|http_reference|benchmarks_index)\s*\}\}'
+)
 #: a list of records longer than this is summarised, not printed (the JSON file has it all)
 MAX_ROWS = 60
 #: keys whose value names the machine a result was measured on
@@ -39,27 +41,32 @@ def on_page_markdown(markdown: str, **_: Any) -> str:
             return benchmarks_index()
         return http_reference()
 
-    return MARKER.sub(replace, markdown)
+    markdown = MARKER.sub(replace, markdown)
+    if "{{ results(" in markdown:
+        raise ValueError("a results marker the build could not read is left in the page (quote its arguments)")
+    return markdown
 
 
-def parse_results_args(args: str) -> tuple[str, str]:
-    """``"NAME.json", command="..."`` -> (name, command)."""
+def parse_results_args(args: str) -> tuple[str, str, str | None]:
+    """``"NAME.json", command="..."[, machine="..."]`` -> (name, command, machine). ``machine`` is only for files
+    written before benchmarks recorded their machine: it says what is known of it."""
     name = re.match(r'\s*"([^"]+)"', args)
     command = re.search(r'command\s*=\s*"([^"]+)"', args)
+    machine = re.search(r'machine\s*=\s*"([^"]+)"', args)
     if not name or not command:
         raise ValueError(
             f'results marker needs a file and a command: results("NAME.json", command="..."), got {args!r}'
         )
-    return name.group(1), command.group(1)
+    return name.group(1), command.group(1), machine.group(1) if machine else None
 
 
-def results_markdown(name: str, command: str) -> str:
+def results_markdown(name: str, command: str, stated_machine: str | None = None) -> str:
     """The tables of one results file, headed by its machine and the command that wrote it."""
     path = RESULTS / name
     if not path.is_file():
         raise FileNotFoundError(f"results marker names {path}, which does not exist")
     data = json.loads(path.read_text(encoding="utf-8"))
-    machine = describe_machine(data)
+    machine = describe_machine(data) or stated_machine
     if machine is None:
         raise ValueError(f"{path} names no machine (one of {', '.join(MACHINE_KEYS)}): every figure needs its machine")
     lines = [

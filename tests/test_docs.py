@@ -48,6 +48,8 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     assert "twostage search" in cli and "--rerank-depth" in cli  # generated from the parser, not copied
     http = (tmp_path / "site" / "reference" / "http" / "index.html").read_text(encoding="utf-8")
     assert "/search/batch" in http  # generated from the OpenAPI schema
+    benchmarks = (tmp_path / "site" / "benchmarks" / "index.html").read_text(encoding="utf-8")
+    assert "(no page yet)" not in benchmarks, "a benchmarks/results/*.json file is shown on no benchmark page"
 
 
 def test_readme_marks_its_commands_runnable() -> None:
