@@ -17,7 +17,7 @@ from . import intent
 from .check import CheckReport, check_collection
 from .collection import DOCUMENTS, MANIFEST, Collection
 from .errors import CollectionError
-from .routing import shard_name
+from .routing import shard_name, shard_of
 from .sharded import SHARDS_MANIFEST, ShardedCollection, ShardManifest
 
 
@@ -52,8 +52,34 @@ def check_sharded(path: str | Path, *, repair: bool = False, wait: float | None 
     top.documents = sum(r.documents for r in reports)
     if manifest is not None:
         _same_model(manifest, checked, top)
+        _routed(parts, checked, top)
         _roll_forward(path, checked, reports, top, repair)
     return [top, *reports]
+
+
+def _routed(parts: list[Path], checked: list[Path], top: CheckReport) -> None:
+    """Every document in the shard its id routes to: one elsewhere is found by search but not by get, replace or
+    delete (a shard copied into the wrong folder, or ``shard_count`` edited)."""
+    for part in checked:
+        index = parts.index(part)
+        try:
+            con = sqlite3.connect(f"{(part / DOCUMENTS).resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                stray = [r[0] for r in con.execute("SELECT doc_id FROM docs") if shard_of(r[0], len(parts)) != index]
+            finally:
+                con.close()
+        except sqlite3.Error:
+            continue  # that shard's own report says so
+        if stray:
+            shown = ", ".join(map(repr, stray[:3])) + (f" and {len(stray) - 3} more" if len(stray) > 3 else "")
+            top.problems.append(
+                f"{part.name} holds {len(stray)} document(s) that route to another shard ({shown}): search finds "
+                f"them, but get, replace and delete look for them elsewhere"
+            )
+            top.unrepairable.append(
+                f"{part.name} is not the shard its folder name says (or {SHARDS_MANIFEST}'s shard_count was edited): "
+                f"restore the shard or {SHARDS_MANIFEST} from a backup"
+            )
 
 
 def _shard_folders(path: Path) -> list[Path]:

@@ -181,6 +181,10 @@ def _damage(path: Path, damage: str) -> None:
     elif damage == "shards in different token encodings":
         with open_collection(path / "shard-000") as shard:
             shard.convert_tokens("int8")
+    elif damage == "two shard folders swapped":
+        (path / "shard-000").rename(path / "swap")
+        (path / "shard-001").rename(path / "shard-000")
+        (path / "swap").rename(path / "shard-001")
     elif damage == "a damaged intent record":
         (path / intent.INTENT).write_text("{}")
 
@@ -192,6 +196,7 @@ DAMAGES = [
     "fewer shards in shards.json",
     "zeroed fingerprint",
     "shards in different token encodings",
+    "two shard folders swapped",
     "a damaged intent record",
 ]
 
