@@ -207,3 +207,16 @@ def test_maxsim_by_bi_encoder_name_needs_no_collection(tiny_bi_encoder_dir):
     texts = ["berlin has a population of 3 million", "paris museum"]
     assert by_path.score("berlin people", texts).tolist() == by_model.score("berlin people", texts).tolist()
     assert [row["corpus_id"] for row in by_path.rank("berlin people", texts)] in ([0, 1], [1, 0])
+
+
+def test_the_command_line_advises_in_its_flags(tiny_bi_encoder_dir, tmp_path, capsys):
+    """The same error through ``twostage search`` names the flags to pass, one line, exit status 2."""
+    from twostage import Engine
+    from twostage.cli import main
+
+    with Engine.create(tmp_path / "index", model=str(tiny_bi_encoder_dir), reranker=None) as engine:
+        engine.add(["berlin has 3 million people", "paris museum"])
+    missing = tmp_path / "no-such-cross-encoder"
+    assert main(["search", str(tmp_path / "index"), "berlin", "--reranker", str(missing)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not the load progress bars
+    assert len(errors) == 1 and "--reranker PATH" in errors[0] and "reranker=None" not in errors[0]
