@@ -386,6 +386,7 @@ class ShardedCollection:
             "index_type": m.index_type,
             **totals,
             "extra": dict(m.extra),
+            **self._interrupted(),
             "shards": [
                 {
                     "shard": shard_name(i),
@@ -397,6 +398,16 @@ class ShardedCollection:
                 for i, s in enumerate(per_shard)
             ],
         }
+
+    def _interrupted(self) -> dict[str, str]:
+        """For ``info``: a sharded write left half done, which the next write or ``check --repair`` finishes."""
+        try:
+            record = intent.read_intent(self.path)
+        except CollectionError as err:
+            return {"interrupted_write": str(err)}
+        if record is None:
+            return {}
+        return {"interrupted_write": f"{record.describe()} (the next write or 'twostage check --repair' finishes it)"}
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:

@@ -104,6 +104,7 @@ def test_an_interrupted_add_is_rolled_forward_from_its_spool_by_the_next_writer(
     assert (path / intent.SPOOL).exists()
     check = _cli("check", str(path))
     assert check.returncode == 1 and "an interrupted write: an add of 30" in check.stdout, check.stdout
+    assert "interrupted_write  an add of 30 document(s), finished in 1 of 3" in _cli("info", str(path)).stdout
     with ShardedCollection.open(path) as c:  # any write finishes it first
         c.delete(["d0"])
         assert c.finished is not None and c.finished.operation == "upsert"
