@@ -48,7 +48,13 @@ def check_sharded(path: str | Path, *, repair: bool = False, wait: float | None 
             )
             top.unrepairable.append(f"move {part.name} away, or restore the {SHARDS_MANIFEST} that names it")
     checked = [p for p in (parts if manifest else present) if Collection.exists(p)]
-    reports = [check_collection(part, repair=repair, wait=wait) for part in checked]
+    reports = []
+    for part in checked:
+        try:
+            reports.append(check_collection(part, repair=repair, wait=wait))
+        except CollectionError as err:  # not even a collection to check (its documents file is gone)
+            top.problems.append(str(err))
+            top.unrepairable.append(f"{part.name} cannot be checked: restore it from a backup")
     top.documents = sum(r.documents for r in reports)
     if manifest is not None:
         _same_model(manifest, checked, top)
