@@ -32,8 +32,8 @@ from .engine import MAXSIM_DEFAULTS
 from .errors import UsageError
 from .search_request import SearchRequest
 
-#: first-stage candidates the second stage reorders, as in ``Engine.search``
-DEFAULT_CANDIDATE_DEPTH = 100
+#: first-stage candidates the second stage reorders: ``Engine.search``'s default
+DEFAULT_CANDIDATE_DEPTH: int = SearchRequest.candidate_depth
 
 
 class Ranker:
