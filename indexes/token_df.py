@@ -9,6 +9,7 @@ whatever crashes. A document written without its token ids (or a collection buil
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
@@ -75,7 +76,7 @@ class TokenDF:
             if chunk:
                 self.put_many([d for d, _ in chunk], term_ids([t for _, t in chunk]))
 
-    def _take_back(self, con, doc_ids: list[str]) -> None:
+    def _take_back(self, con: sqlite3.Connection, doc_ids: list[str]) -> None:
         old: Counter[int] = Counter()
         for chunk in _chunks(doc_ids):
             marks = ",".join("?" * len(chunk))

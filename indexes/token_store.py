@@ -28,6 +28,7 @@ never served, whatever crashes. :meth:`TokenStore.open` makes a standalone store
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -414,7 +415,7 @@ def _check_encoding(encoding: str) -> None:
         raise ValueError(f"token encoding must be one of {', '.join(ENCODINGS)} (got {encoding!r})")
 
 
-def _write(con, rows: list[tuple]) -> None:
+def _write(con: sqlite3.Connection, rows: list[tuple]) -> None:
     con.executemany(
         "INSERT OR REPLACE INTO tokens(doc_id, encoding, n_tokens, dim, scales, vectors) VALUES (?, ?, ?, ?, ?, ?)",
         rows,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import Any, overload
 
 DictRun = Mapping[str, Mapping[str, float]]  # {qid: {docid: score}}
 ListRun = Sequence[Sequence[tuple[str, float]]]  # per query: [(docid, score), ...] best first
@@ -50,7 +50,9 @@ def reciprocal_rank_fusion(
 def reciprocal_rank_fusion(
     runs: Sequence[ListRun], k: float = 60, weights: Sequence[float] | None = None, depth: int | None = None
 ) -> list[list[tuple[str, float]]]: ...
-def reciprocal_rank_fusion(runs, k=60, weights=None, depth=None):
+def reciprocal_rank_fusion(
+    runs: Sequence[Any], k: float = 60, weights: Sequence[float] | None = None, depth: int | None = None
+) -> Any:  # the overloads above say which kind goes with which
     """Fuse runs of one kind: dict runs give {qid: {docid: rrf}}; per-query list runs give ranked lists.
 
     ``weights`` scale each run's contribution (default 1 each); ``depth`` keeps only each run's top-``depth``.
