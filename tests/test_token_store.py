@@ -222,7 +222,9 @@ def offline_collection(tmp_path, monkeypatch, tiny_bi_encoder_dir) -> Path:
 
 
 def test_offline_default_reranker_falls_back_to_maxsim_in_one_line(offline_collection):
-    code, out, err = twostage("search", str(offline_collection), "how many people live in berlin", "--k", "5")
+    code, out, err = twostage(
+        "search", str(offline_collection), "how many people live in berlin", "--candidate-depth", "5"
+    )
     assert code == 0, err
     notices = [line for line in err.splitlines() if line.strip() and "Loading weights" not in line]  # transformers' bar
     assert len(notices) == 1 and "maxsim" in notices[0].lower() and "not available offline" in notices[0], err
