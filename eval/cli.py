@@ -241,8 +241,8 @@ def run_dataset_eval(args: argparse.Namespace) -> int:
     from twostage.eval.metrics import DEFAULT_MEASURES
     from twostage.eval.report import format_report_table, write_report
     from twostage.eval.treceval import expand_measures
-    from twostage.reranker.resolve import DEFAULT_RERANKER
     from twostage.runtime.config import runtime_from_args
+    from twostage.stages import DEFAULT_RERANKER
 
     if args.no_rerank and args.reranker:
         raise EvalInputError("--reranker and --no-rerank contradict each other")

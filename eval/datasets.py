@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from twostage.eval.beir import read_beir_qrels, read_beir_queries
-from twostage.eval.corpus import iter_jsonl_corpus, iter_tsv_corpus
-from twostage.eval.errors import DatasetError
+from twostage.eval.errors import DatasetError, EvalInputError
 from twostage.eval.trec import Qrels, Queries, read_qrels, read_queries_tsv
 
 
@@ -50,9 +49,22 @@ class Dataset:
             return iter_hub_corpus(self.hub_corpus)
         if self.corpus_path is None:
             raise DatasetError(f"dataset {self.name!r} ({self.source}) has no corpus")
-        if self.corpus_path.name.endswith((".tsv", ".tsv.gz")):
-            return iter_tsv_corpus(self.corpus_path)
-        return iter_jsonl_corpus(self.corpus_path)
+        return _corpus_rows(self.corpus_path)
+
+
+def _corpus_rows(path: Path) -> Iterator[dict[str, str]]:
+    """The corpus file read by the one corpus reader (``indexes.readers``: JSONL with ``_id``/``id``, MS MARCO's
+    ``pid<TAB>text``, gzipped or not) as ``{"id", "title", "text"}`` rows; a bad record is an EvalInputError naming
+    the file, line and field."""
+    from twostage.indexes.errors import CorpusError
+    from twostage.indexes.readers import read_corpus
+
+    try:
+        for doc in read_corpus(path):
+            yield {"id": doc.id, "title": doc.title or "", "text": doc.text}
+    except CorpusError as err:
+        reason = err.reason.replace("malformed JSON", "invalid JSON", 1)  # eval's word for it since its first reader
+        raise EvalInputError(reason, path=err.path, line=err.line, field=err.field) from None
 
 
 def dataset_search_path(data_dir: str | Path | None = None) -> list[Path]:

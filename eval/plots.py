@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from twostage.eval.harness import EvalReport, SystemResult
+from twostage.eval.timing import latency_ms
 from twostage.runtime.optional import require
 
 PLOT_MEASURES = ("nDCG@10", "MRR@10")
@@ -140,11 +141,9 @@ def plot_quality_vs_latency(report: EvalReport, path: Path) -> bool:
 
     Systems reranking a given run are left out: their first stage was not timed here.
     """
-    from twostage.eval.report import latency_ms
-
     timed: list[tuple[SystemResult, float, float]] = []
     for r in (r for r in report.systems if r.first_stage != "run"):
-        median, p95 = latency_ms(r)
+        median, p95 = latency_ms(r.timings)
         if median is not None and median > 0:
             timed.append((r, median, median if p95 is None else p95))
     if not timed:

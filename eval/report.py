@@ -16,6 +16,7 @@ from twostage.eval.errors import EvalInputError
 from twostage.eval.harness import EvalReport, SystemResult
 from twostage.eval.metrics import format_table
 from twostage.eval.textio import os_reason
+from twostage.eval.timing import latency_ms as timing_latency_ms
 from twostage.eval.trec import write_run
 
 TABLE_MEASURES = ("nDCG@10", "MRR@10", "R@100", "R@1000", "MAP")
@@ -34,10 +35,7 @@ def _finite(value: float | None) -> float | None:
 
 def latency_ms(result: SystemResult) -> tuple[float | None, float | None]:
     """Median and p95 end-to-end latency per query in ms, or (None, None) where it was not measured."""
-    if result.timings is None or not result.timings.stages:
-        return None, None
-    total = result.timings.summary()["total"]
-    return _finite(total["median_ms"]), _finite(total["p95_ms"])
+    return timing_latency_ms(result.timings)
 
 
 def table_rows(report: EvalReport) -> list[dict[str, Any]]:

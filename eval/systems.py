@@ -59,8 +59,8 @@ def rerank_run_system(
 ) -> SystemRun:
     """A given run's top ``depth`` per query reranked by the engine's rerank step (texts from ``documents``,
     doc id -> ``Document``), the rest beneath in the run's order; "rerank" timed (the run's own first stage was not)."""
-    from twostage.engine import hit_from, rerank_hits
     from twostage.indexes.documents import Document
+    from twostage.rerank_step import hit_from, rerank_hits
     from twostage.results import SearchResult, Timings
 
     qids = list(queries)

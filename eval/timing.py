@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,18 @@ def summarize(seconds: list[float]) -> dict[str, float]:
         return {"median_ms": float("nan"), "p95_ms": float("nan")}
     ms = np.asarray(seconds, dtype=float) * 1000.0
     return {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}
+
+
+def latency_ms(timings: StageTimings | None) -> tuple[float | None, float | None]:
+    """Median and p95 end-to-end latency per query in ms, or (None, None) where it was not measured."""
+    if timings is None or not timings.stages:
+        return None, None
+    total = timings.summary()["total"]
+    return _finite(total["median_ms"]), _finite(total["p95_ms"])
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else value
 
 
 def combine(*parts: StageTimings) -> StageTimings:

@@ -12,115 +12,43 @@ it holds 100k documents, and HNSW as IVF-PQ at 2M (pass ``expected_size`` to ``c
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import closing
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write_json, is_temp_file, read_json
-from .document_store import DocumentStore, UpsertResult, open_store, storage_errors
+from .atomic import is_temp_file
+from .collection_lifecycle import create_collection, open_collection_dir
+from .collection_manifest import (
+    DOCUMENTS,
+    MANIFEST,
+    OWN_FILES,
+    VECTORS,
+    Manifest,
+    read_manifest,
+    utc_now,
+    write_manifest,
+)
+from .document_store import DocumentStore, UpsertResult, storage_errors
 from .documents import Document
 from .errors import CollectionError, StorageError
 from .lexical import LexicalIndex
-from .lock import DEFAULT_WAIT, LOCK_FILE, ReadOnlyCollection, WriterLock
+from .lock import DEFAULT_WAIT, ReadOnlyCollection, WriterLock
 from .protocols import VectorIndexLike
 from .token_df import TokenDF
-from .token_pooling import check_factor
-from .token_store import DEFAULT_ENCODING as DEFAULT_TOKEN_ENCODING
-from .token_store import ENCODINGS as TOKEN_ENCODINGS
-from .token_store import TRAIN_AT, TokenStore, default_pool
-from .vector_index import resolve_factory, vector_index_class
+from .token_store import TRAIN_AT, TokenStore
+from .vector_store import VectorStore, named
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-VECTORS = "vectors.faiss"
-DOCUMENTS = "documents.sqlite"
-#: every file a collection directory may hold; ``create`` only ever deletes these
-OWN_FILES = {
-    MANIFEST,
-    VECTORS,
-    VECTORS + ".json",
-    DOCUMENTS,
-    DOCUMENTS + "-wal",
-    DOCUMENTS + "-shm",
-    DOCUMENTS + "-journal",
-    LOCK_FILE,
-}
-#: ``commit`` compacts an HNSW index when more than this share of its vectors are tombstones
-COMPACT_ABOVE = 0.2
-#: a metadata filter matching at most this many documents is scored exactly from the stored embeddings
-EXACT_FILTER_MAX = 4096
-
-
-@dataclass
-class Manifest:
-    """What the collection is: the model that made its vectors and how they are indexed."""
-
-    format_version: int
-    model_name: str
-    model_fingerprint: str
-    dimension: int
-    metric: str = "inner_product"
-    normalized: bool = True
-    index_type: str = "auto"
-    factory: str = "Flat"
-    vector_index: str = "faiss"  # the implementation (indexes.vector_index.VECTOR_INDEXES); absent in old manifests
-    document_count: int = 0
-    vector_count: int = 0
-    generation: int = 0
-    created_at: str = ""
-    updated_at: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: Any, source: Path) -> Manifest:
-        """Validate a parsed ``manifest.json``; anything missing or mistyped is a CollectionError naming the field."""
-        if not isinstance(data, dict):
-            raise CollectionError(f"{source}: expected a JSON object")
-        kinds = {"format_version": int, "model_name": str, "model_fingerprint": str, "dimension": int}
-        for name, kind in kinds.items():
-            if name not in data:
-                raise CollectionError(f"{source}: field {name!r} is missing")
-            if not isinstance(data[name], kind) or isinstance(data[name], bool):
-                raise CollectionError(f"{source}: field {name!r} should be {kind.__name__}, got {data[name]!r}")
-        optional = {
-            "normalized": bool,
-            "index_type": str,
-            "factory": str,
-            "document_count": int,
-            "vector_count": int,
-            "generation": int,
-            "extra": dict,
-        }
-        for name, kind in optional.items():
-            if name in data and not isinstance(data[name], kind):
-                raise CollectionError(f"{source}: field {name!r} should be {kind.__name__}, got {data[name]!r}")
-        token_record = data.get("extra", {}).get("token_store")
-        if token_record is not None and not isinstance(token_record, dict):
-            raise CollectionError(f"{source}: field 'extra.token_store' should be an object, got {token_record!r}")
-        known = {f.name for f in fields(cls)}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as err:
-            raise CollectionError(f"{source}: {err}") from None
 
 
 @dataclass
 class DeleteResult:
     deleted: list[str] = field(default_factory=list)  #: doc ids removed, in the order given
     missing: list[str] = field(default_factory=list)  #: doc ids that were not in the collection
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class Collection:
@@ -132,8 +60,10 @@ class Collection:
     def __init__(self, path: Path, manifest: Manifest, store: DocumentStore, index: VectorIndexLike):
         self.path = path
         self.manifest = manifest
+        #: the documents, their embeddings and every per-document table (SQLite: the source of truth)
         self.store = store
-        self.index = index
+        #: the vector index over the stored embeddings (``vector_store.VectorStore``)
+        self.vectors = VectorStore(index, store, kind=manifest.vector_index, dimension=manifest.dimension)
         #: True when :meth:`open` found the FAISS file behind SQLite (an interrupted run) and rebuilt it
         self.recovered = False
         self._repair_saved = False  # the first write saves an index an open rebuilt in memory (``_save_repair``)
@@ -161,243 +91,29 @@ class Collection:
         #: BM25 over the documents (SQLite FTS5 in the same file), kept in step by upsert/delete in their transaction
         self.lexical = LexicalIndex(store)
 
+    @classmethod
+    def create(cls, path: str | Path, **settings: Any) -> Collection:
+        """A new, empty collection (``collection_lifecycle.create_collection``: its settings, its refusals)."""
+        return create_collection(cls, path, **settings)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Collection:
+        """Open an existing collection, repaired in memory if a crash left its index behind
+        (``collection_lifecycle.open_collection_dir``)."""
+        return open_collection_dir(cls, path)
+
+    _read_manifest = staticmethod(read_manifest)
+
+    @property
+    def index(self) -> VectorIndexLike:
+        """The vector index itself (``self.vectors.index``)."""
+        return self.vectors.index
+
     # ------------------------------------------------------------------ construction
     @staticmethod
     def exists(path: str | Path) -> bool:
         """True when ``path`` is a directory holding a collection manifest."""
         return (Path(path) / MANIFEST).is_file()
-
-    @classmethod
-    def create(
-        cls,
-        path: str | Path,
-        *,
-        model_name: str,
-        model_fingerprint: str,
-        dimension: int,
-        normalized: bool = True,
-        index_type: str = "auto",
-        expected_size: int | None = None,
-        extra: dict[str, Any] | None = None,
-        overwrite: bool = False,
-        store_tokens: bool | str = False,
-        token_pool: float | None = None,
-        vector_index: str = "faiss",
-    ) -> Collection:
-        """A new, empty collection. Refuses a directory holding other files, and an existing collection unless overwrite.
-        ``token_pool`` (with ``store_tokens``) merges each passage's stored tokens ``token_pool`` to one
-        (``indexes.token_pooling``); None: the encoding's default (``token_store.DEFAULT_POOL``: 2.5 for 2bit)."""
-        path = Path(path)
-        token_encoding = DEFAULT_TOKEN_ENCODING if store_tokens is True else str(store_tokens)
-        if store_tokens and token_encoding not in TOKEN_ENCODINGS:
-            raise CollectionError(
-                f"token encoding must be one of {', '.join(TOKEN_ENCODINGS)} (got {token_encoding!r})"
-            )
-        if token_pool is not None and not store_tokens:
-            raise CollectionError("a token pool factor needs stored tokens (store_tokens / --store-tokens)")
-        try:
-            token_pool = (
-                check_factor(token_pool)
-                if token_pool is not None
-                else default_pool(token_encoding)
-                if store_tokens
-                else 1.0
-            )
-        except ValueError as err:
-            raise CollectionError(str(err)) from None
-        if path.exists() and not path.is_dir():
-            raise CollectionError(f"{path} exists and is not a directory")
-        if cls.exists(path) and not overwrite:
-            raise CollectionError(f"{path} already holds a collection: open it, or pass overwrite=True to replace it")
-        cls._check_own_files(path)
-        if not overwrite:
-            cls._check_no_orphan_documents(path)
-        try:
-            index = vector_index_class(vector_index).create(dimension, index_type, expected_size)
-        except ValueError as err:
-            raise CollectionError(str(err)) from None
-        with storage_errors(path / DOCUMENTS):
-            path.mkdir(parents=True, exist_ok=True)
-            with WriterLock(path).holding(cls.lock_wait):
-                return cls._create_locked(
-                    path,
-                    index,
-                    model_name=model_name,
-                    model_fingerprint=model_fingerprint,
-                    dimension=dimension,
-                    normalized=normalized,
-                    index_type=index_type,
-                    vector_index=vector_index,
-                    extra=extra,
-                    overwrite=overwrite,
-                    store_tokens=store_tokens,
-                    token_encoding=token_encoding,
-                    token_pool=token_pool,
-                )
-
-    @staticmethod
-    def _check_own_files(path: Path) -> None:
-        """Refuse a directory holding anything but a collection's own files (or temp files of an interrupted write)."""
-        if path.is_dir():
-            foreign = sorted(
-                p.name for p in path.iterdir() if p.name not in OWN_FILES and not is_temp_file(p, OWN_FILES)
-            )
-            if foreign:
-                raise CollectionError(
-                    f"{path} is not empty and is not a collection (it holds {', '.join(foreign[:3])}"
-                    f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory"
-                )
-
-    @staticmethod
-    def _check_no_orphan_documents(path: Path) -> None:
-        """Refuse a directory whose documents.sqlite holds documents but whose manifest is gone: a damaged collection
-        to check or restore, never one to create over (an interrupted create leaves no documents and passes)."""
-        database = path / DOCUMENTS
-        if not database.is_file() or (path / MANIFEST).is_file():
-            return
-        try:
-            with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as con:
-                tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                count = con.execute("SELECT count(*) FROM docs").fetchone()[0] if "docs" in tables else 0
-        except sqlite3.Error:
-            count = None
-        if count != 0:
-            held = f"{count} documents" if count is not None else "an unreadable database"
-            raise CollectionError(
-                f"{path} has no {MANIFEST} but its {DOCUMENTS} holds {held}: run 'twostage check "
-                f"{path}' (or restore the manifest), or replace it with --overwrite (overwrite=True)"
-            )
-
-    @classmethod
-    def _create_locked(
-        cls,
-        path: Path,
-        index: VectorIndexLike,
-        *,
-        model_name: str,
-        model_fingerprint: str,
-        dimension: int,
-        normalized: bool,
-        index_type: str,
-        vector_index: str,
-        extra: dict[str, Any] | None,
-        overwrite: bool,
-        store_tokens: bool | str,
-        token_encoding: str,
-        token_pool: float = 1.0,
-    ) -> Collection:
-        """The file-writing part of :meth:`create`, under the writer lock so two creators cannot interleave."""
-        if cls.exists(path) and not overwrite:
-            raise CollectionError(f"{path} already holds a collection: open it, or pass overwrite=True to replace it")
-        cls._check_own_files(path)
-        # Our own files only: an old collection being overwritten, or one whose creation was interrupted.
-        for child in path.iterdir():
-            if child.name != LOCK_FILE:
-                child.unlink()
-        store = DocumentStore(path / DOCUMENTS)
-        now = _now()
-        manifest = Manifest(
-            format_version=FORMAT_VERSION,
-            model_name=model_name,
-            model_fingerprint=model_fingerprint,
-            dimension=dimension,
-            normalized=normalized,
-            index_type=index_type,
-            factory=index.factory,
-            vector_index=vector_index,
-            generation=store.generation,
-            created_at=now,
-            updated_at=now,
-            extra=dict(extra or {}),
-        )
-        if store_tokens:  # True (= "2bit"), or the encoding: "2bit", "pq", "1bit", "int8" or "float16"
-            manifest.extra["token_store"] = {"encoding": token_encoding}
-            if token_pool != 1.0:
-                manifest.extra["token_store"]["pool"] = token_pool
-        store.set_meta("dimension", dimension)
-        store.set_meta(
-            "model_fingerprint", model_fingerprint
-        )  # a second record, for 'check' to compare the manifest with
-        LexicalIndex(store).create()
-        index.save(path / VECTORS, generation=store.generation)
-        collection = cls(path, manifest, store, index)
-        collection._write_manifest()  # last: a directory with a manifest is a complete collection
-        return collection
-
-    @classmethod
-    def open(cls, path: str | Path) -> Collection:
-        """Open an existing collection. A vector index behind SQLite (a crash) is brought up to date from the stored
-        embeddings, compared by ids; documents behind the index, or a damaged SQLite file, are refused untouched."""
-        path = Path(path)
-        if not path.is_dir():
-            raise CollectionError(
-                f"collection directory {path} " + ("is a file, not a directory" if path.exists() else "does not exist")
-            )
-        manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
-            raise CollectionError(f"{path} is not a collection: {MANIFEST} is missing")
-        manifest = cls._read_manifest(manifest_path)
-        try:
-            index_class = vector_index_class(manifest.vector_index)
-        except CollectionError as err:
-            raise CollectionError(f"{manifest_path}: field 'vector_index': {err}") from None
-        if not (path / DOCUMENTS).is_file():
-            raise CollectionError(f"{path} is damaged: {DOCUMENTS} is missing")
-        with storage_errors(path / DOCUMENTS):
-            store = open_store(path / DOCUMENTS)
-            try:
-                collection = cls._open_with(path, manifest, store, index_class)
-            except BaseException:
-                store.close()
-                raise
-        return collection
-
-    @classmethod
-    def _open_with(cls, path: Path, manifest: Manifest, store: DocumentStore, index_class: Any) -> Collection:
-        """The checks and the repair of :meth:`open` once the store is open."""
-        generation = store.generation
-        stored_dimension = store.get_meta("dimension")
-        if stored_dimension is not None and int(stored_dimension) != manifest.dimension:
-            raise StorageError(
-                f"{path / MANIFEST} says dimension {manifest.dimension} but {DOCUMENTS} holds {stored_dimension}-"
-                f"dimensional embeddings: the manifest was edited or comes from another collection; nothing was changed"
-            )
-        reason = None
-        try:
-            index = index_class.load(path / VECTORS)
-            if index.dimension != manifest.dimension:
-                index, reason = (
-                    None,
-                    f"index dimension {index.dimension} differs from the manifest's {manifest.dimension}",
-                )
-        except CollectionError as err:
-            index, reason = None, str(err)
-        ahead = max(manifest.generation, getattr(index, "generation", None) or 0)
-        if generation < ahead:
-            raise StorageError(
-                f"{path}: {DOCUMENTS} is at generation {generation} but the vector index was written at generation "
-                f"{ahead}: the documents file was truncated, replaced or restored from an older copy. Nothing was "
-                f"changed. Restore the newer {DOCUMENTS}, or run 'twostage check {path} --repair' to rebuild the index "
-                f"from the {store.count()} documents it holds"
-            )
-        collection = cls(path, manifest, store, index)  # type: ignore[arg-type]
-        if index is None:
-            collection._rebuild_index(manifest.factory)
-        elif not collection._catch_up():
-            return collection
-        log.warning(
-            "%s: the vector index was behind the documents (%s); brought up to date from the stored embeddings",
-            path,
-            reason or "its ids differ from the stored documents'",
-        )
-        problems = store.check()
-        if problems:
-            raise StorageError(
-                f"{path / DOCUMENTS} fails SQLite's quick_check ({problems[0]}); nothing was rewritten: "
-                f"run 'twostage check {path}' to see what can be saved"
-            )
-        collection.recovered = True  # served from memory: an open never writes (a full disk, a reader's mount)
-        return collection
 
     def _save_repair(self) -> None:
         """On the first write after an open that rebuilt the index in memory: have the commit write it, and remove the
@@ -411,23 +127,12 @@ class Collection:
         self._dirty = True
 
     def _catch_up(self) -> bool:
-        """Bring the in-memory index in step with SQLite by content: remove vectors whose document is gone, add those
-        of documents it lacks (internal ids are never reused, so equal ids mean equal vectors). True if it changed."""
+        """Bring the in-memory index in step with SQLite by content (``VectorStore.catch_up``); True if it changed."""
         with self._lock:
             generation = self.store.generation
-            stored, live = self.store.internal_ids(), self.index.ids()
-            self._count = len(stored)
+            self._count = self.store.count()
             self._seen_generation = generation
-            if len(stored) == len(live) and np.array_equal(stored, live):
-                return False
-            gone = np.setdiff1d(live, stored, assume_unique=True)
-            new = np.setdiff1d(stored, live, assume_unique=True)
-            if len(gone):
-                self.index.remove(gone)
-            for start in range(0, len(new), 10_000):
-                part = new[start : start + 10_000]
-                self.index.add(part, self.store.embeddings(part))
-            return True
+            return self.vectors.catch_up()
 
     def _follow(self) -> None:
         """Before answering: if another process committed a change since, catch up with it (a cheap check otherwise)."""
@@ -458,17 +163,6 @@ class Collection:
             self._writer.acquire(self.lock_wait)
         self._follow()
         self._save_repair()
-
-    @staticmethod
-    def _read_manifest(manifest_path: Path) -> Manifest:
-        data = read_json(manifest_path)
-        manifest = Manifest.from_dict(data, manifest_path)
-        if manifest.format_version > FORMAT_VERSION:
-            raise CollectionError(
-                f"{manifest_path}: collection format {manifest.format_version} is newer than this version supports "
-                f"({FORMAT_VERSION}); upgrade twostage"
-            )
-        return manifest
 
     # ------------------------------------------------------------------ writes
     def upsert(
@@ -563,14 +257,14 @@ class Collection:
         if self.token_store is not None:  # the end of an add: a small residual store learns its codec here
             self.token_store.train_pending()
         generation = self.store.generation
-        upgrade = self._auto_upgrade()
+        upgrade = self.vectors.upgrade_due(self.manifest.index_type, self._count)
         if upgrade is not None:
             log.info("%s: %d documents, switching the 'auto' index to %s", self.path, self._count, upgrade)
             self._rebuild_index(upgrade)
         elif self._index_stale:
             self._rebuild_index(self.index.factory)
-        elif self.index.tombstone_ratio > COMPACT_ABOVE:
-            self.index.compact(self.store.iter_embeddings())
+        else:
+            self.vectors.compact_if_due()
         try:
             self.index.save(self.path / VECTORS, generation=generation)
         except RuntimeError as err:  # FAISS's own write error (a full disk, a read-only place)
@@ -583,7 +277,7 @@ class Collection:
         self.manifest.factory = self.index.factory
         self.manifest.document_count = self._count
         self.manifest.vector_count = len(self.index)
-        self.manifest.updated_at = _now()
+        self.manifest.updated_at = utc_now()
         self._write_manifest()
         self._dirty = False
 
@@ -601,7 +295,7 @@ class Collection:
                 raise CollectionError(f"{self.path}: cannot convert its tokens to {encoding}: {err}") from None
             else:
                 self.manifest.extra["token_store"] = self._token_record()
-                self.manifest.updated_at = _now()
+                self.manifest.updated_at = utc_now()
                 self._write_manifest()
                 self.store.vacuum()
             finally:
@@ -612,14 +306,7 @@ class Collection:
         with self._lock:
             self._begin_write()
             if index_type is not None:
-                try:
-                    factory = (
-                        vector_index_class(self.manifest.vector_index)
-                        .create(self.manifest.dimension, index_type, self.store.count())
-                        .factory
-                    )
-                except ValueError as err:
-                    raise CollectionError(str(err)) from None
+                factory = self.vectors.factory_for(index_type, self.store.count())
                 self.manifest.index_type = index_type
             else:
                 factory = self.index.factory
@@ -628,26 +315,13 @@ class Collection:
             self.commit()
 
     def _rebuild_index(self, factory: str) -> None:
-        try:
-            index = vector_index_class(self.manifest.vector_index).create(self.manifest.dimension, factory)
-        except ValueError as err:
-            raise CollectionError(f"{self.path}: {err}") from None
-        index.index_type = self.manifest.index_type
         generation = self.store.generation
-        index.rebuild(self.store.iter_embeddings())
-        self.index = index
+        self.vectors.rebuild(factory, self.manifest.index_type, self.path)
         self._index_stale = False
         self._seen_generation = generation
 
-    def _auto_upgrade(self) -> str | None:
-        """For ``index_type="auto"``: the bigger index type the collection has grown into (flat → HNSW → IVF-PQ), if any."""
-        if self.manifest.index_type.strip().lower() != "auto":
-            return None
-        wanted = resolve_factory(self.manifest.dimension, "auto", self._count)
-        return wanted if _auto_rank(wanted) > _auto_rank(self.index.factory) else None
-
     def _write_manifest(self) -> None:
-        atomic_write_json(self.path / MANIFEST, asdict(self.manifest))
+        write_manifest(self.path, self.manifest)
 
     # ------------------------------------------------------------------ reads
     def search(
@@ -666,22 +340,7 @@ class Collection:
             raise ValueError(f"k must be at least 1 (got {k})")
         with self._lock:
             self._follow()
-            if filter:
-                allowed = self.store.filter_ids(filter)
-                if len(allowed) == 0:
-                    return [[] for _ in queries]
-                if len(allowed) <= EXACT_FILTER_MAX:
-                    hits = _exact_search(queries, self.store.embeddings(allowed), allowed, k)
-                else:
-                    hits = self.index.search_lists(
-                        queries, k, allowed_ids=allowed, exact=self.store.embeddings, ef_search=ef_search, nprobe=nprobe
-                    )
-            else:
-                hits = self.index.search_lists(
-                    queries, k, exact=self.store.embeddings, ef_search=ef_search, nprobe=nprobe
-                )
-            names = self.store.doc_ids({i for row in hits for i, _ in row})
-        return [by_score([(names[i], score) for i, score in row if i in names]) for row in hits]
+            return self.vectors.search(queries, k, filter, ef_search=ef_search, nprobe=nprobe)
 
     def lexical_search(
         self, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
@@ -705,9 +364,7 @@ class Collection:
                 finally:
                     if not held:
                         self._writer.release()
-            hits = self.lexical.search(list(queries), k, filter)
-            names = self.store.doc_ids({i for row in hits for i, _ in row})
-        return [by_score([(names[i], score) for i, score in row if i in names]) for row in hits]
+            return named(self.store, self.lexical.search(list(queries), k, filter))
 
     def get(self, doc_ids: Sequence[str]) -> list[Document | None]:
         """Documents in the order asked; None for an id not in the collection."""
@@ -746,12 +403,8 @@ class Collection:
                 "metric": m.metric,
                 "normalized": m.normalized,
                 "index_type": m.index_type,
-                "factory": self.index.factory,
-                "trained": self.index.is_trained,
+                **self.vectors.stats(),
                 "document_count": documents,
-                "vector_count": len(self.index),
-                "tombstones": self.index.tombstone_count,
-                "tombstone_ratio": round(self.index.tombstone_ratio, 4),
                 "generation": self.store.generation,
                 "created_at": m.created_at,
                 "updated_at": m.updated_at,
@@ -810,24 +463,3 @@ class Collection:
         if vectors.ndim != 2 or vectors.shape[1] != self.manifest.dimension:
             raise ValueError(f"{what} must have shape (n, {self.manifest.dimension}), got {np.shape(vectors)}")
         return np.ascontiguousarray(vectors)
-
-
-def by_score(hits: list[tuple[str, float]]) -> list[tuple[str, float]]:
-    """``(doc_id, score)`` pairs best first, equal scores in doc id order: one deterministic order, which a sharded
-    collection's merge (``indexes.sharded``) reproduces exactly."""
-    return sorted(hits, key=lambda hit: (-hit[1], hit[0]))
-
-
-def _auto_rank(factory: str) -> int:
-    return 2 if factory.startswith("IVF") else 1 if factory.startswith("HNSW") else 0
-
-
-def _exact_search(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-    """Brute-force inner product over a small filtered set: exact where a graph or IVF search could miss."""
-    scores = queries @ vectors.T
-    k = min(k, len(ids))
-    out = []
-    for row in scores:
-        top = np.argsort(-row, kind="stable")[:k]
-        out.append([(int(ids[j]), float(row[j])) for j in top])
-    return out

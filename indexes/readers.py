@@ -7,23 +7,28 @@ the 1-based data row; for a JSON array the item) and the field at fault.
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import gzip
 import json
-import math
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .documents import Document, id_problem, unicode_problem
+from .documents import Document
 from .errors import CorpusError
-from .limits import MAX_ID_CHARS, MAX_METADATA_CHARS, MAX_NESTING, MAX_TEXT_CHARS, MAX_TITLE_CHARS, deep_field, nesting
+from .limits import deep_field
+from .reader_records import (
+    ID_FIELDS,
+    TEXT_FIELDS,
+    FieldSpec,
+    RecordBuilder,
+    finish,
+    kind,
+    looks_like_header,
+    resolve_fields,
+    too_deep,
+)
 
-ID_FIELDS = ("id", "_id", "doc_id", "docid", "pid", "passage_id")
-TEXT_FIELDS = ("text", "contents", "content", "passage", "body", "document")
-TITLE_FIELDS = ("title",)
 #: suffixes read as files (each may end in .gz except .parquet)
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".tsv": "tsv", ".csv": "csv", ".parquet": "parquet"}
 #: names a BEIR-style corpus directory may hold
@@ -47,7 +52,7 @@ def read_corpus(
     body/document, title: title); the remaining fields become metadata unless ``metadata_fields`` names them.
     The path, format and (for a dataset) the download are checked at once; each record as it is read.
     """
-    spec = _FieldSpec(id_field, text_field, title_field, list(metadata_fields) if metadata_fields is not None else None)
+    spec = FieldSpec(id_field, text_field, title_field, list(metadata_fields) if metadata_fields is not None else None)
     path = _resolve_path(source)
     if path is None:
         return _read_hf(str(source), spec, split, config)
@@ -93,7 +98,7 @@ def count_corpus(source: str | Path) -> int | None:
             cells = (
                 first.decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r\n").split("\t" if fmt == "tsv" else ",")
             )
-            lines -= 1 if _looks_like_header(cells, _FieldSpec()) else 0
+            lines -= 1 if looks_like_header(cells, FieldSpec()) else 0
         return lines
     except Exception:  # only a progress-bar hint: any trouble means 'unknown'
         return None
@@ -137,182 +142,6 @@ def _format_of(path: Path) -> tuple[str, bool]:
     return found
 
 
-# ---------------------------------------------------------------------------- fields
-@dataclass
-class _FieldSpec:
-    id: str | None = None
-    text: str | None = None
-    title: str | None = None
-    metadata: list[str] | None = None
-
-
-@dataclass
-class _Fields:
-    id: str
-    text: str
-    title: str | None
-    metadata: list[str] | None
-
-
-def _find(keys: Sequence[str], candidates: Sequence[str]) -> str | None:
-    """The first candidate present among ``keys``: exact spelling first, then ignoring case."""
-    for name in candidates:
-        if name in keys:
-            return name
-    folded = {k.casefold(): k for k in keys if isinstance(k, str)}
-    for name in candidates:
-        if name.casefold() in folded:
-            return folded[name.casefold()]
-    return None
-
-
-def _looks_like_header(row: Sequence[str], spec: _FieldSpec) -> bool:
-    known = {n.casefold() for n in (*ID_FIELDS, *TEXT_FIELDS, *TITLE_FIELDS)}
-    known |= {n.casefold() for n in (spec.id, spec.text, spec.title) if n}
-    return any(cell.strip().casefold() in known for cell in row)
-
-
-def _resolve_fields(keys: Sequence[str], spec: _FieldSpec, label: str, line: int | None) -> _Fields:
-    """Pick the id/text/title fields from the first record's keys (or the header), or say what is missing."""
-    shown = ", ".join(map(str, keys)) or "none"
-
-    def pick(given: str | None, candidates: Sequence[str], role: str, required: bool) -> str | None:
-        if given is not None:
-            found = _find(keys, [given])
-            if found is None and required:
-                raise CorpusError(
-                    f"{role} field {given!r} not found (fields: {shown})", path=label, line=line, field=given
-                )
-            return found
-        found = _find(keys, candidates)
-        if found is None and required:
-            raise CorpusError(
-                f"no {role} field: looked for {', '.join(candidates)} (fields: {shown}); name it with {role}_field",
-                path=label,
-                line=line,
-            )
-        return found
-
-    id_name = pick(spec.id, ID_FIELDS, "id", True)
-    text_name = pick(spec.text, TEXT_FIELDS, "text", True)
-    title_name = pick(spec.title, TITLE_FIELDS, "title", spec.title is not None)
-    return _Fields(id_name, text_name, title_name, spec.metadata)  # type: ignore[arg-type]
-
-
-class _Builder:
-    """Turns one record (a dict) into a Document, checking types and duplicate ids across the file."""
-
-    def __init__(self, label: str, fields: _Fields):
-        self.label, self.fields = label, fields
-        self.seen: dict[str, int] = {}
-
-    def error(self, message: str, line: int | None, field: str | None = None) -> CorpusError:
-        return CorpusError(message, path=self.label, line=line, field=field)
-
-    def __call__(self, record: dict[str, Any], line: int) -> Document:
-        f = self.fields
-        doc_id = self._id(record, line)
-        text = record.get(f.text)
-        if f.text not in record or text is None:
-            raise self.error("missing text", line, f.text)
-        if not isinstance(text, str):
-            raise self.error(f"text must be a string, got {_kind(text)}", line, f.text)
-        if not text.strip():
-            raise self.error("empty text", line, f.text)
-        title = record.get(f.title) if f.title else None
-        if title is not None and not isinstance(title, str):
-            raise self.error(f"title must be a string, got {_kind(title)}", line, f.title)
-        for name, value, limit in ((f.text, text, MAX_TEXT_CHARS), (f.title, title, MAX_TITLE_CHARS)):
-            if value is not None and len(value) > limit:
-                raise self.error(f"{len(value):,} characters, more than the limit of {limit:,}", line, name)
-            if (problem := unicode_problem(value)) is not None:
-                raise self.error(problem, line, name)
-        metadata = self._metadata(record, line)
-        for key, value in metadata.items():
-            if (problem := unicode_problem(key) or unicode_problem(value)) is not None:
-                raise self.error(problem, line, key)
-        previous = self.seen.get(doc_id)
-        if previous is not None:
-            raise self.error(f"duplicate id {doc_id!r} (first seen on line {previous})", line, f.id)
-        self.seen[doc_id] = line
-        return Document(id=doc_id, text=text, title=title if title and title.strip() else None, metadata=metadata)
-
-    def _id(self, record: dict[str, Any], line: int) -> str:
-        name = self.fields.id
-        value = record.get(name)
-        if value is None:
-            raise self.error("missing id", line, name)
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise self.error(f"id must be a string or an integer, got {_kind(value)}", line, name)
-        value = str(value)
-        if len(value) > MAX_ID_CHARS:
-            raise self.error(f"{len(value):,} characters, more than the limit of {MAX_ID_CHARS:,}", line, name)
-        if (problem := id_problem(value)) is not None:
-            raise self.error(problem, line, name)
-        return value
-
-    def _metadata(self, record: dict[str, Any], line: int) -> dict[str, Any]:
-        f = self.fields
-        if f.metadata is not None:
-            items = [(k, record[k]) for k in f.metadata if k in record]
-        else:
-            skip = {f.id, f.text, f.title}
-            items = []
-            for key, value in record.items():
-                if key in skip:
-                    continue
-                if key == "metadata" and isinstance(value, dict):  # {"metadata": {...}} is flattened
-                    items.extend(value.items())
-                else:
-                    items.append((key, value))
-        metadata = {}
-        for key, value in items:
-            if nesting(value) > MAX_NESTING:
-                raise self.error(f"nests deeper than the limit of {MAX_NESTING} levels", line, str(key))
-            kept = _metadata_value(value)
-            if len(kept if isinstance(kept, str) else json.dumps(kept, default=str)) > MAX_METADATA_CHARS:
-                raise self.error(f"longer than the limit of {MAX_METADATA_CHARS:,} characters as JSON", line, str(key))
-            if kept is not _DROP:
-                metadata[str(key)] = kept
-        return metadata
-
-
-_DROP = object()
-
-
-def _metadata_value(value: Any) -> Any:
-    """Scalars as they are; dates as ISO strings; lists/dicts if JSON-serialisable; anything else is dropped."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (_dt.date, _dt.time)):
-        return value.isoformat()
-    if isinstance(value, (list, tuple, dict)):
-        try:
-            return json.loads(json.dumps(value, allow_nan=False))
-        except (TypeError, ValueError):
-            return _DROP
-    return _DROP
-
-
-def _too_deep(label: str, line: int | None, field: str | None) -> CorpusError:
-    return CorpusError(
-        f"JSON nested too deeply to read (metadata may nest {MAX_NESTING} levels)", path=label, line=line, field=field
-    )
-
-
-def _kind(value: Any) -> str:
-    return {list: "a list", dict: "an object", bool: "a boolean", int: "a number", float: "a number"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _finish(count: int, label: str) -> None:
-    if count == 0:
-        raise CorpusError("no documents found: the corpus is empty", path=label)
-
-
 # ---------------------------------------------------------------------------- text formats
 def _open_lines(path: Path, compressed: bool) -> Any:
     return gzip.open(path, "rb") if compressed else path.open("rb")
@@ -352,7 +181,7 @@ def _has_surrogates(value: Any) -> bool:
     return False
 
 
-def _read_text(path: Path, label: str, fmt: str, compressed: bool, spec: _FieldSpec) -> Iterator[Document]:
+def _read_text(path: Path, label: str, fmt: str, compressed: bool, spec: FieldSpec) -> Iterator[Document]:
     if fmt == "jsonl":
         try:
             with _open_lines(path, compressed) as fh:
@@ -365,8 +194,8 @@ def _read_text(path: Path, label: str, fmt: str, compressed: bool, spec: _FieldS
     return _read_delimited(path, label, compressed, spec, delimiter="\t" if fmt == "tsv" else ",")
 
 
-def _read_jsonl(path: Path, label: str, compressed: bool, spec: _FieldSpec) -> Iterator[Document]:
-    builder: _Builder | None = None
+def _read_jsonl(path: Path, label: str, compressed: bool, spec: FieldSpec) -> Iterator[Document]:
+    builder: RecordBuilder | None = None
     count = 0
     bad: dict[int, UnicodeDecodeError] = {}
     with _open_lines(path, compressed) as fh:
@@ -376,31 +205,31 @@ def _read_jsonl(path: Path, label: str, compressed: bool, spec: _FieldSpec) -> I
             try:
                 record = json.loads(line)
             except RecursionError:
-                raise _too_deep(label, lineno, deep_field(line)) from None
+                raise too_deep(label, lineno, deep_field(line)) from None
             except json.JSONDecodeError as err:
                 if lineno in bad:
                     raise _utf8_error(label, lineno, bad[lineno], None) from None
                 raise CorpusError(f"malformed JSON: {err.msg} (column {err.colno})", path=label, line=lineno) from None
             if not isinstance(record, dict):
-                raise CorpusError(f"expected a JSON object, got {_kind(record)}", path=label, line=lineno)
+                raise CorpusError(f"expected a JSON object, got {kind(record)}", path=label, line=lineno)
             if lineno in bad:
                 field = next((k for k, v in record.items() if _has_surrogates(k) or _has_surrogates(v)), None)
                 raise _utf8_error(label, lineno, bad[lineno], field)
             if builder is None:
-                builder = _Builder(label, _resolve_fields(list(record), spec, label, lineno))
+                builder = RecordBuilder(label, resolve_fields(list(record), spec, label, lineno))
             yield builder(record, lineno)
             count += 1
-    _finish(count, label)
+    finish(count, label)
 
 
-def _read_json_array(path: Path, label: str, compressed: bool, spec: _FieldSpec) -> Iterator[Document]:
+def _read_json_array(path: Path, label: str, compressed: bool, spec: FieldSpec) -> Iterator[Document]:
     """A ``.json`` file holding one array of objects (loaded whole; JSON lines stream). Items count as lines."""
     with _open_lines(path, compressed) as fh:
         raw = fh.read()
     try:
         records = json.loads(raw.decode("utf-8").lstrip("\ufeff"))
     except RecursionError:
-        raise _too_deep(label, None, None) from None
+        raise too_deep(label, None, None) from None
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise CorpusError(
@@ -408,17 +237,17 @@ def _read_json_array(path: Path, label: str, compressed: bool, spec: _FieldSpec)
         ) from None
     except json.JSONDecodeError as err:
         raise CorpusError(f"malformed JSON: {err.msg} (column {err.colno})", path=label, line=err.lineno) from None
-    builder: _Builder | None = None
+    builder: RecordBuilder | None = None
     for item, record in enumerate(records, start=1):
         if not isinstance(record, dict):
-            raise CorpusError(f"expected a JSON object, got {_kind(record)}", path=label, line=item)
+            raise CorpusError(f"expected a JSON object, got {kind(record)}", path=label, line=item)
         if builder is None:
-            builder = _Builder(label, _resolve_fields(list(record), spec, label, item))
+            builder = RecordBuilder(label, resolve_fields(list(record), spec, label, item))
         yield builder(record, item)
-    _finish(len(records), label)
+    finish(len(records), label)
 
 
-def _read_delimited(path: Path, label: str, compressed: bool, spec: _FieldSpec, delimiter: str) -> Iterator[Document]:
+def _read_delimited(path: Path, label: str, compressed: bool, spec: FieldSpec, delimiter: str) -> Iterator[Document]:
     """TSV (no quoting, MS MARCO style; a header is detected by known field names) or CSV (RFC 4180 quoting and a
     header line naming the fields)."""
     bad: dict[int, UnicodeDecodeError] = {}
@@ -427,13 +256,13 @@ def _read_delimited(path: Path, label: str, compressed: bool, spec: _FieldSpec, 
         lines = _decoded(fh, label, bad)
         rows = _tsv_rows(lines) if delimiter == "\t" else _csv_rows(lines, label)
         columns: list[str] | None = None
-        builder: _Builder | None = None
+        builder: RecordBuilder | None = None
         for first_line, last_line, row in rows:
             if not any(cell.strip() for cell in row):
                 continue
             if builder is None:
                 columns, has_header = _columns(row, spec, label, first_line, delimiter)
-                builder = _Builder(label, _resolve_fields(columns, spec, label, first_line))
+                builder = RecordBuilder(label, resolve_fields(columns, spec, label, first_line))
                 if has_header:
                     _check_bad_utf8(bad, first_line, last_line, row, columns, label)
                     continue
@@ -448,12 +277,12 @@ def _read_delimited(path: Path, label: str, compressed: bool, spec: _FieldSpec, 
                 )
             yield builder(dict(zip(columns, row)), first_line)
             count += 1
-    _finish(count, label)
+    finish(count, label)
 
 
-def _columns(row: list[str], spec: _FieldSpec, label: str, line: int, delimiter: str) -> tuple[list[str], bool]:
+def _columns(row: list[str], spec: FieldSpec, label: str, line: int, delimiter: str) -> tuple[list[str], bool]:
     """Column names from a header row, or the MS MARCO layout (id, text / id, title, text) for a headerless file."""
-    if _looks_like_header(row, spec):
+    if looks_like_header(row, spec):
         return [cell.strip() for cell in row], True
     given = [n for n in (spec.id, spec.text, spec.title) if n]
     if given:
@@ -523,7 +352,7 @@ def _check_bad_utf8(
 
 
 # ---------------------------------------------------------------------------- columnar sources
-def _read_parquet(path: Path, label: str, spec: _FieldSpec) -> Iterator[Document]:
+def _read_parquet(path: Path, label: str, spec: FieldSpec) -> Iterator[Document]:
     try:
         import pyarrow.parquet as pq
     except ImportError:  # the parquet extra (indexes imports nothing above it, so not runtime.optional's require)
@@ -546,7 +375,7 @@ def _parquet_rows(parquet: Any, label: str) -> Iterator[dict[str, Any]]:
         raise CorpusError(f"cannot read Parquet: {_one_line(err)}", path=label) from None
 
 
-def _read_hf(name: str, spec: _FieldSpec, split: str, config: str | None) -> Iterator[Document]:
+def _read_hf(name: str, spec: FieldSpec, split: str, config: str | None) -> Iterator[Document]:
     """A Hugging Face dataset by name; failure to load is one CorpusError line, not the library's traceback."""
     try:
         import datasets
@@ -567,13 +396,13 @@ def _read_hf(name: str, spec: _FieldSpec, split: str, config: str | None) -> Ite
     return _read_rows(iter(dataset), list(dataset.column_names), name, spec)
 
 
-def _read_rows(rows: Iterator[dict[str, Any]], columns: list[str], label: str, spec: _FieldSpec) -> Iterator[Document]:
+def _read_rows(rows: Iterator[dict[str, Any]], columns: list[str], label: str, spec: FieldSpec) -> Iterator[Document]:
     """Rows of a columnar source; errors name the 1-based data row as the line."""
-    builder = _Builder(label, _resolve_fields(columns, spec, label, None))
+    builder = RecordBuilder(label, resolve_fields(columns, spec, label, None))
     count = 0
     for count, row in enumerate(rows, start=1):
         yield builder(row, count)
-    _finish(count, label)
+    finish(count, label)
 
 
 def _one_line(err: BaseException) -> str:

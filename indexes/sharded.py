@@ -20,7 +20,7 @@ import numpy as np
 
 from . import intent
 from .atomic import atomic_write_json
-from .collection import DOCUMENTS, MANIFEST, Collection, DeleteResult, by_score
+from .collection import DOCUMENTS, MANIFEST, Collection, DeleteResult
 from .document_store import UpsertResult
 from .documents import Document
 from .errors import CollectionError
@@ -28,6 +28,7 @@ from .lock import LOCK_FILE, ReadOnlyCollection, WriterLock
 from .routing import ROUTING, shard_name, shard_of
 from .shard_manifest import SHARD_FORMAT_VERSION, SHARDS_MANIFEST, ShardManifest
 from .sharded_tokens import ShardedTokenDF, ShardedTokenStore
+from .vector_store import by_score
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import numpy as np
 MAX_FACTOR = 16.0
 
 
-def check_factor(factor: float) -> float:
+def check_factor(factor: float | str) -> float:
     """``factor`` as a float in [1, MAX_FACTOR] (1 = no pooling), else ValueError naming the range."""
     try:
         value = float(factor)

@@ -11,7 +11,6 @@ a search fetches ``REFINE_FACTOR`` times k and re-scores those exactly, as FAISS
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -20,13 +19,16 @@ import numpy as np
 
 from .atomic import atomic_write_json, atomic_write_with
 from .errors import CollectionError
+from .faiss_factory import (
+    HNSW_EF_SEARCH,
+    faiss_reason,
+    innermost,
+    new_buffer,
+    new_faiss_index,
+    resolve_factory,
+)
 
 FORMAT_VERSION = 1
-FLAT_BELOW = 100_000  #: ``auto`` picks exact search below this many vectors
-HNSW_BELOW = 2_000_000  #: ... HNSW below this many, IVF-PQ from here on
-HNSW_M = 32
-HNSW_EF_SEARCH = 128
-NAMED_TYPES = ("auto", "flat", "hnsw", "ivfpq")
 #: compressed-code indexes fetch this many times k for exact re-scoring (PQ64 on 384-d: recall@10 0.71 -> 0.99)
 REFINE_FACTOR = 4
 
@@ -34,61 +36,6 @@ REFINE_FACTOR = 4
 Batch = tuple[np.ndarray, np.ndarray]
 #: ids -> their exact float32 vectors in that order, as ``DocumentStore.embeddings`` returns them
 ExactVectors = Callable[[np.ndarray], np.ndarray]
-
-
-def resolve_factory(dimension: int, index_type: str = "auto", expected_size: int | None = None) -> str:
-    """The FAISS factory string for a named index type (``auto``/``flat``/``hnsw``/``ivfpq``); others pass through."""
-    kind = index_type.strip()
-    if kind.lower() == "auto":
-        n = expected_size or 0
-        kind = "flat" if n < FLAT_BELOW else "hnsw" if n < HNSW_BELOW else "ivfpq"
-    kind_lower = kind.lower()
-    if kind_lower == "flat":
-        return "Flat"
-    if kind_lower == "hnsw":
-        return f"HNSW{HNSW_M}"
-    if kind_lower == "ivfpq":
-        n = expected_size or FLAT_BELOW
-        nlist = max(1, int(round(4 * math.sqrt(n))))
-        return f"IVF{nlist},PQ{_pq_subquantizers(dimension)}"
-    return kind
-
-
-def _pq_subquantizers(dimension: int) -> int:
-    """The largest divisor of ``dimension`` that is at most min(64, dimension/2): 64 bytes a vector for 384 or 768-d."""
-    limit = max(1, min(64, dimension // 2))
-    return max(m for m in range(1, limit + 1) if dimension % m == 0)
-
-
-def _new_faiss_index(dimension: int, factory: str) -> faiss.Index:
-    """An empty inner-product index for ``factory`` that accepts external ids (IVF natively, others via IDMap2)."""
-    try:
-        base = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as err:
-        reason = _faiss_reason(err)
-        raise ValueError(
-            f"unknown index type {factory!r}: expected one of {', '.join(NAMED_TYPES)} or a FAISS factory string ({reason})"
-        ) from None
-    if not (isinstance(base, (faiss.IndexIDMap, faiss.IndexIDMap2)) or faiss.try_extract_index_ivf(base) is not None):
-        # IVF stores external ids itself and removes by them; wrapping it in IDMap would break remove_ids.
-        base = faiss.index_factory(dimension, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
-    for part in (_innermost(base), faiss.try_extract_index_ivf(base)):
-        if part is not None and hasattr(part, "do_polysemous_training"):
-            # Polysemous training only serves Hamming-filtered search (off by default) and is 10x slower.
-            part.do_polysemous_training = False
-    return base
-
-
-def _innermost(index: faiss.Index) -> faiss.Index:
-    """The index under IDMap / PreTransform wrappers, downcast to its concrete class."""
-    index = faiss.downcast_index(index)
-    while isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)):
-        index = faiss.downcast_index(index.index)
-    return index
-
-
-def _new_buffer(dimension: int) -> faiss.Index:
-    return faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
 
 
 class VectorIndex:
@@ -103,7 +50,7 @@ class VectorIndex:
         self._buffer = buffer  # exact flat buffer while ``_main`` is untrained, else None
         self._tombstones: set[int] = set()
         self._tombstone_selector: tuple[faiss.IDSelector, faiss.IDSelector] | None = None
-        inner = _innermost(main)
+        inner = innermost(main)
         self._is_hnsw = isinstance(inner, faiss.IndexHNSW)
         self._ivf = faiss.try_extract_index_ivf(main)
         self.nlist = int(self._ivf.nlist) if self._ivf is not None else 0
@@ -124,8 +71,8 @@ class VectorIndex:
         if dimension < 1:
             raise ValueError(f"dimension must be positive (got {dimension})")
         factory = resolve_factory(dimension, index_type, expected_size)
-        main = _new_faiss_index(dimension, factory)
-        buffer = None if main.is_trained else _new_buffer(dimension)
+        main = new_faiss_index(dimension, factory)
+        buffer = None if main.is_trained else new_buffer(dimension)
         return cls(dimension, index_type, factory, main, buffer)
 
     def empty_copy(self) -> VectorIndex:
@@ -138,7 +85,7 @@ class VectorIndex:
 
     def _apply_search_settings(self) -> None:
         if self._is_hnsw:
-            _innermost(self._main).hnsw.efSearch = int(self.ef_search)
+            innermost(self._main).hnsw.efSearch = int(self.ef_search)
         if self._ivf is not None:
             self._ivf.nprobe = int(self.nprobe)
 
@@ -158,7 +105,7 @@ class VectorIndex:
     @property
     def is_lossy(self) -> bool:
         """True when the trained index ranks by compressed codes (PQ, SQ, ...) rather than the vectors themselves."""
-        inner = _innermost(self._main)
+        inner = innermost(self._main)
         if isinstance(inner, faiss.IndexHNSW):
             inner = faiss.downcast_index(inner.storage)
         if isinstance(inner, faiss.IndexIVF):
@@ -429,13 +376,13 @@ class VectorIndex:
         try:
             stored = faiss.read_index(str(path))
         except RuntimeError as err:
-            raise CollectionError(f"{path}: cannot read FAISS index ({_faiss_reason(err)})") from None
+            raise CollectionError(f"{path}: cannot read FAISS index ({faiss_reason(err)})") from None
         if stored.ntotal != meta.get("ntotal") or stored.d != dimension:
             raise CollectionError(f"{path}: does not match {sidecar.name} (interrupted save?)")
         if meta.get("trained", True):
             main, buffer = stored, None
         else:
-            main, buffer = _new_faiss_index(dimension, factory), stored
+            main, buffer = new_faiss_index(dimension, factory), stored
         index = cls(dimension, str(meta.get("index_type", factory)), factory, main, buffer)
         index.uses_tombstones = bool(meta.get("uses_tombstones", index.uses_tombstones))
         index._tombstones = {int(i) for i in meta.get("tombstones", [])}
@@ -492,12 +439,6 @@ def _ivf_ids(ivf: faiss.IndexIVF | None) -> np.ndarray:
         if invlists.list_size(list_no)
     ]
     return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
-
-
-def _faiss_reason(err: BaseException) -> str:
-    """The useful tail of a FAISS C++ error ("Error in <signature> at <file>:<line>: Error: 'x' failed")."""
-    text = " ".join(str(err).split())
-    return text.rsplit("Error: ", 1)[-1] if "Error: " in text else text.rsplit(": ", 1)[-1] or type(err).__name__
 
 
 #: vector index implementations by the name a collection's manifest records (``vector_index``); FAISS is the one

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,6 +30,19 @@ class RerankerLoadError(RuntimeError):
     def cli_message(self) -> str:
         """The message with the command line's advice (``--reranker ...``) instead of Python's."""
         return f"{self.detail}; {INSTEAD_CLI}" if self.advise else self.detail
+
+
+class CandidateLike(Protocol):
+    """What a reranker reads of a candidate: a :class:`Candidate`, or the engine's own hit as it is."""
+
+    @property
+    def doc_id(self) -> str: ...
+
+    @property
+    def encoding_text(self) -> str: ...
+
+    @property
+    def retrieval_score(self) -> float: ...
 
 
 @dataclass
@@ -77,12 +90,12 @@ class Reranker(ABC):
         return [self.score(q, t) for q, t in zip(queries, texts_per_query)]
 
     def score_candidates(
-        self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]]
+        self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[CandidateLike]]
     ) -> list[np.ndarray]:
         """:meth:`score_batch` over the candidates' texts; rerankers that can use doc ids (MaxSim's token store) override."""
         return self.score_batch(queries, [[c.encoding_text for c in candidates] for candidates in candidates_per_query])
 
-    def rerank(self, query: str, candidates: Sequence[Candidate], top_n: int | None = None) -> list[Reranked]:
+    def rerank(self, query: str, candidates: Sequence[CandidateLike], top_n: int | None = None) -> list[Reranked]:
         """Candidates sorted by second-stage score (stable on ties: first-stage order wins); scored through
         :meth:`score_candidates`, so rerankers that use doc ids or first-stage scores need not override this."""
         if not candidates:
@@ -121,7 +134,7 @@ def rank_rows(
     return rows
 
 
-def _sorted(candidates: Sequence[Candidate], scores: np.ndarray, top_n: int | None) -> list[Reranked]:
+def _sorted(candidates: Sequence[CandidateLike], scores: np.ndarray, top_n: int | None) -> list[Reranked]:
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     if top_n is not None:
         order = order[:top_n]

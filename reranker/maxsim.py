@@ -24,7 +24,7 @@ from twostage.runtime.models import DEFAULT_BI_ENCODER, load_sentence_transforme
 if TYPE_CHECKING:  # torch is imported where a model runs: scoring stored tokens on an exported backend needs none
     import torch
 
-from .base import Candidate, Reranker
+from .base import CandidateLike, Reranker
 
 #: doc ids -> each passage's token vectors (float16 as :meth:`MaxSimReranker.passage_token_embeddings` makes them, or
 #: float32 from a compressed store such as ``indexes.token_store.TokenStore.get_many``), None where none are stored;
@@ -157,7 +157,7 @@ class MaxSimReranker(Reranker):
         return out
 
     def score_candidates(
-        self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]]
+        self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[CandidateLike]]
     ) -> list[np.ndarray]:
         """Like :meth:`score_batch`, but passages found in ``token_store`` (by doc id) are not re-encoded."""
         if len(queries) != len(candidates_per_query):
@@ -175,7 +175,7 @@ class MaxSimReranker(Reranker):
         return out
 
     def _score_light(
-        self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]], flat: list[Candidate]
+        self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[CandidateLike]], flat: list[CandidateLike]
     ) -> list[np.ndarray] | None:
         """Scores in numpy on ``light`` (the bi-encoder's exported model): queries encoded now, passages read from
         ``token_store`` or, where it has none, encoded now as a store would keep them. The torch-free path of a

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Candidate, Reranker
+from .base import CandidateLike, Reranker
 
 METHODS = ("zscore", "minmax", "rrf")
 DEFAULT_WEIGHT = 0.5
@@ -106,7 +106,7 @@ class FusedReranker(Reranker):
         return self.inner.score(query, texts)
 
     def score_candidates(
-        self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[Candidate]]
+        self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[CandidateLike]]
     ) -> list[np.ndarray]:
         """The inner reranker's scores, each query's fused with its candidates' first-stage ``score``."""
         second = self.inner.score_candidates(queries, candidates_per_query)

@@ -8,16 +8,11 @@ import glob
 import os
 import sys
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
+from twostage.runtime.cache_dir import cache_root as cache_root  # re-exported: its old home
+
 DEVICES = ("cpu", "cuda", "auto")
-
-
-def cache_root() -> Path:
-    """``$TWOSTAGE_CACHE_DIR``, else ``~/.cache/twostage``: where exported models, cached embeddings and eval's
-    collections live (read at call time, so tests can point it elsewhere)."""
-    return Path(os.environ.get("TWOSTAGE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "twostage"))
 
 
 class RuntimeConfigError(ValueError):

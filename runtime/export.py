@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from twostage.runtime.config import cache_root
+from twostage.runtime.cache_dir import cache_root
 
 #: bump when the export recipe changes, so older cached exports are rebuilt
 EXPORT_FORMAT = 1

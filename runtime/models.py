@@ -196,7 +196,7 @@ def _remembered(key: tuple[Any, ...], compute: Any) -> str:
     """The fingerprint stored under ``key`` (path, and every file's size and modification time) in
     ``<cache root>/fingerprints/``, else ``compute()``, stored there. A changed file changes its size or mtime and so
     the key; an unwritable cache only costs the recomputation."""
-    from twostage.runtime.config import cache_root
+    from twostage.runtime.cache_dir import cache_root
 
     memo = cache_root() / "fingerprints" / hashlib.sha256(json.dumps(key).encode()).hexdigest()
     try:

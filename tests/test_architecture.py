@@ -26,8 +26,10 @@ FOLDERS = {
     "training": "twostage.training",
 }
 STAGES = ("retriever", "reranker")
-#: the front ends: what sits above the engine and may import anything
-APP_MODULES = ("cli", "server", "server_cli", "train_cli", "search_options", "__main__")
+#: the front ends: what sits above the engine and may import anything (the CLI's and the server's modules)
+APP_MODULES = ("cli", "server", "server_cli", "train_cli", "search_options", "__main__", "files_cli")
+#: the longest a product file may be
+MAX_LINES = 500
 
 
 def layer(module: str) -> str:
@@ -36,7 +38,8 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if len(parts) > 1 and parts[1] in {name for name in FOLDERS if name != "twostage"}:
         return parts[1]
-    return "app" if len(parts) > 1 and parts[1] in APP_MODULES else "engine"
+    front_end = len(parts) > 1 and (parts[1] in APP_MODULES or parts[1].startswith(("cli_", "server_")))
+    return "app" if front_end else "engine"
 
 
 def modules() -> dict[str, Path]:
@@ -152,6 +155,45 @@ def test_no_import_cycle_between_packages(graph):
     for start in sorted(layers):
         if start not in state and (cycle := visit(start)):
             pytest.fail("import cycle between packages: " + " -> ".join(cycle))
+
+
+def test_no_import_circle_between_modules(graph):
+    """Module by module (lazy imports inside functions count too): no module reaches itself through its imports."""
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == node:
+                continue
+            if state.get(nxt) == "open":
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = "done"
+        path.pop()
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            pytest.fail("import circle: " + " -> ".join(cycle))
+
+
+def test_eval_and_training_import_neither_stage(graph):
+    """eval and training build everything through the engine (``Engine.open``/``create`` with a search request)."""
+    bad = [f"{a} imports {b}" for la, lb, a, b in edges(graph) if la in ("eval", "training") and lb in STAGES]
+    assert bad == []
+
+
+def test_no_product_file_over_500_lines():
+    long = {
+        str(path.relative_to(REPO)): n
+        for path in modules().values()
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert long == {}, f"split these into smaller modules (at most {MAX_LINES} lines each): {long}"
 
 
 def test_collections_and_the_vector_index_meet_the_protocols(tmp_path):

@@ -268,8 +268,8 @@ def test_writer_runs_steps_in_order_and_nothing_after_a_failure():
 
 def test_engine_add_commits_each_chunk_before_the_next(tmp_path, tiny_bi_encoder_dir, monkeypatch):
     from twostage import Engine
-    from twostage import engine as engine_module
     from twostage.indexes.collection import Collection
+    from twostage.ingest import writes as engine_module  # Engine.add's chunked writes live in twostage.ingest
     from twostage.retriever.biencoder import BiEncoder
 
     monkeypatch.setattr(engine_module, "ADD_CHUNK", 4)

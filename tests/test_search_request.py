@@ -97,9 +97,8 @@ def test_eval_system_names():
 
 #: files that take search options from users, and what would mean they parse an option themselves
 FRONT_ENDS = [
-    "twostage/cli.py",
-    "twostage/server.py",
-    "twostage/server_cli.py",
+    *sorted(str(p.relative_to(REPO)) for p in (REPO / "twostage").glob("cli*.py")),
+    *sorted(str(p.relative_to(REPO)) for p in (REPO / "twostage").glob("server*.py")),
     "twostage/batcher.py",
     "twostage/engine.py",
     *sorted(str(p.relative_to(REPO)) for p in (REPO / "eval").glob("*.py")),

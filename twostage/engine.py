@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, overload
@@ -16,107 +12,35 @@ from typing import Any, overload
 import numpy as np
 
 from twostage.indexes.collection import Collection
-from twostage.indexes.documents import Document, id_problem, unicode_problem
-from twostage.indexes.protocols import CollectionLike, ManifestLike
+from twostage.indexes.documents import Document
+from twostage.indexes.protocols import CollectionLike
 from twostage.indexes.sharded import ShardedCollection, collection_exists, open_collection
 from twostage.reranker.base import Reranker
 from twostage.reranker.loading import RerankerFallbackWarning, load_reranker
-from twostage.reranker.maxsim import MaxSimReranker, QueryTokens, content_token_ids, encode_for_store
+from twostage.reranker.maxsim import MaxSimReranker, QueryTokens, content_token_ids
 from twostage.reranker.resolve import DEFAULT_RERANKER
 from twostage.reranker.score_fusion import FusedReranker, Fusion
-from twostage.retriever.biencoder import BiEncoder, EncodeResult
+from twostage.retriever.biencoder import BiEncoder
 from twostage.retriever.fusion import FirstStage
 from twostage.retriever.prf import PRF, rocchio
-from twostage.runtime.autotune import measured, stage_backend
-from twostage.runtime.backends import FLOAT_BACKENDS, compatible_query_backend
+from twostage.runtime.autotune import measured
+from twostage.runtime.backends import compatible_query_backend
 from twostage.runtime.config import RuntimeConfig, runtime_config
 from twostage.runtime.models import DEFAULT_BI_ENCODER
 
 from .errors import UsageError
+from .ingest.writes import AddReport, DeleteReport, add_documents, delete_documents
 from .memory import TemporaryHome, save_collection
-from .results import Hit, SearchResult, Timings
-from .search_request import SearchRequest
-from .writer import OrderedWriter
+from .placement import query_placement
+from .rerank_step import hit_from, rerank_hits
+from .results import SearchResult, Timings
+from .resume import check_resumed
+from .search_request import SearchRequest, check_queries
 
-#: documents encoded and committed to SQLite per step; a crash loses at most one step's work
-ADD_CHUNK = 256
 #: the second-stage levers a MaxSim search uses unless it names others: Rocchio feedback from the top 10, [CLS]/[SEP]
 #: among the query tokens, and 0.8 x min-max(MaxSim) + 0.2 x min-max(first stage). Chosen on half of cacm and
 #: confirmed on msmarco-dl20 by benchmarks/bench_levers.py (README, "Second-stage levers").
 MAXSIM_DEFAULTS = {"prf": "10:0.5", "query_tokens": "special", "fusion": "minmax:0.8"}
-#: the same on the device encode path (a GPU), where a step must hold many large batches
-DEVICE_ADD_CHUNK = 32768
-
-
-@dataclass
-class AddReport:
-    """What an ``add``/``index`` run did, for the CLI to print and tests to check."""
-
-    added: int = 0
-    replaced: int = 0
-    unchanged: int = 0
-    truncated: int = 0
-    cache_hits: int = 0
-    seconds: float = 0.0
-    #: every document's id, in input order (generated ones for documents given as plain strings)
-    ids: list[str] = field(default_factory=list)
-
-    @property
-    def seen(self) -> int:
-        """Documents read from the input: added, replaced or unchanged."""
-        return self.added + self.replaced + self.unchanged
-
-
-@dataclass
-class DeleteReport:
-    """What a ``delete`` did: the ids removed, and those the collection did not hold."""
-
-    deleted: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-
-
-def as_document(doc: Document | Mapping[str, Any] | str) -> Document:
-    """Accept ``Document`` objects, plain dicts with id/text (title and metadata optional) or a bare text (given a new
-    random id); an id a TREC run cannot hold, or a string UTF-8 cannot store, is refused before anything is written."""
-    if isinstance(doc, str):
-        doc = Document(id=uuid.uuid4().hex, text=doc)
-    elif not isinstance(doc, (Document, Mapping)):
-        raise UsageError(
-            f"document {doc!r:.60}: expected a text, a dict with 'id' and 'text', or a Document, not {type(doc).__name__}"
-        )
-    document = doc if isinstance(doc, Document) else _from_mapping(doc)
-    if not isinstance(document.id, str):
-        raise UsageError(f"document id {document.id!r}: must be a string, got {type(document.id).__name__}")
-    if (problem := id_problem(document.id)) is not None:
-        raise UsageError(f"document id {document.id!r}: {problem}")
-    if not isinstance(document.text, str) or not document.text.strip():
-        raise UsageError(f"document {document.id!r}: field 'text' must be a non-empty string")
-    if document.title is not None and not isinstance(document.title, str):
-        raise UsageError(f"document {document.id!r}: field 'title' must be a string or None")
-    if not isinstance(document.metadata, dict):
-        raise UsageError(f"document {document.id!r}: metadata must be a dict")
-    try:  # as the document store will write it: JSON, no NaN or infinity
-        json.dumps(document.metadata, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"document {document.id!r}: metadata is not JSON (no NaN or infinity): {err}") from None
-    for field_name, value in (("text", document.text), ("title", document.title), ("metadata", document.metadata)):
-        if (problem := unicode_problem(value)) is not None:
-            raise UsageError(f"document {document.id!r}, field {field_name!r}: {problem}")
-    return document
-
-
-def _from_mapping(doc: Mapping[str, Any]) -> Document:
-    """A dict's fields as a Document (every field but id, text, title and metadata is metadata); ``as_document``
-    checks the values."""
-    missing = [key for key in ("id", "text") if key not in doc]
-    if missing:
-        raise UsageError(f"document {dict(doc)!r:.80} has no {missing[0]!r} field")
-    metadata = dict(doc.get("metadata") or {})
-    metadata.update({k: v for k, v in doc.items() if k not in ("id", "text", "title", "metadata")})
-    doc_id = doc["id"]
-    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):  # as the corpus readers take ids
-        raise UsageError(f"document id {doc_id!r}: must be a string or an integer, got {type(doc_id).__name__}")
-    return Document(id=str(doc_id), text=doc["text"], title=doc.get("title"), metadata=metadata)
 
 
 class Engine:
@@ -214,39 +138,11 @@ class Engine:
         runtime = runtime_config(runtime, backend=backend, batch_size=batch_size)
         if collection_exists(path) and not overwrite:
             engine = cls.open(path, reranker=reranker, model=model, encoder=encoder, runtime=runtime)
-            found = len(engine.collection.shards) if isinstance(engine.collection, ShardedCollection) else None
-            if shards is not None and found != shards:
+            try:
+                check_resumed(engine.collection, path, shards, store_tokens, index_type, token_pool)
+            except UsageError:
                 engine.close()
-                raise UsageError(
-                    f"collection {path} {f'has {found} shards' if found else 'is not sharded'}, but "
-                    f"--shards {shards} was given; index into a new directory (or with --overwrite)"
-                )
-            if store_tokens and engine.collection.token_store is None:
-                engine.close()
-                raise UsageError(
-                    f"collection {path} was built without token storage; "
-                    "re-index with --overwrite to store tokens (or drop --store-tokens)"
-                )
-            stored = engine.collection.token_store
-            factory = _factory_of(engine.collection)
-            if not _same_index_type(index_type, engine.collection.manifest.index_type, factory):
-                engine.close()
-                raise UsageError(
-                    f"collection {path} has a {factory} index, not {index_type}; index into a new "
-                    "directory (or with --overwrite) to change it"
-                )
-            if isinstance(store_tokens, str) and stored is not None and stored.encoding != store_tokens:
-                engine.close()
-                raise UsageError(
-                    f"collection {path} stores {stored.encoding} tokens, not {store_tokens}; convert them "
-                    f"with 'twostage tokens {path} --convert {store_tokens}' (or name no encoding)"
-                )
-            if token_pool is not None and stored is not None and stored.pool != token_pool:
-                engine.close()
-                raise UsageError(
-                    f"collection {path} pools its tokens by {stored.pool:g}, not {token_pool:g}; index "
-                    "into a new directory (or with --overwrite) to change it"
-                )
+                raise
             return engine
         # auto: the measured choice where 'twostage info --backends' cached one, else the preference order (a first
         # run costs one export, not a minute of measuring every backend)
@@ -295,7 +191,7 @@ class Engine:
             reranker, runtime = request.reranker, request.runtime
         runtime = runtime_config(runtime, backend=backend, batch_size=batch_size)
         if ray is not None:
-            from .distributed import RayShardedCollection  # imported only when asked: importing ray is slow
+            from .shards.collection import RayShardedCollection  # imported only when asked: importing ray is slow
 
             collection = RayShardedCollection.open(path, address=ray)
         else:
@@ -377,6 +273,13 @@ class Engine:
                 self._reranker_spec = None
         return self._reranker
 
+    def set_reranker(self, reranker: Reranker | str | None, *, explicit: bool | None = None) -> None:
+        """Use ``reranker`` (a Reranker, a spec loaded on first use, or None for none) as the second stage from now
+        on: how a Ray engine swaps in its replica pool."""
+        self._reranker_spec = reranker
+        self._reranker_explicit = explicit
+        self._reranker = reranker if isinstance(reranker, Reranker) else None
+
     # ----------------------------------------------------------------- writes
     def add(
         self,
@@ -385,58 +288,10 @@ class Engine:
         progress: Callable[[int], None] | None = None,
     ) -> AddReport:
         """Encode and store documents (``Document``, dicts with id and text, or plain texts, which get new ids) in
-        committed steps; an id already present is replaced, an unchanged one skipped. ``report.ids`` lists every
-        document's id in input order."""
-        report = AddReport()
-        started = time.perf_counter()
-        if isinstance(documents, Sequence):  # a list is checked whole first: bad input anywhere changes nothing
-            documents = _checked(documents)
-        seen: set[str] = set()
-        # on a GPU a chunk is large enough to keep the device busy. A bounded pipeline (twostage/writer.py): while
-        # this thread reads and checks chunk i+2, the encoder thread encodes chunk i+1 and the writer thread stores
-        # chunk i (its own SQLite transaction, in order)
-        size = ADD_CHUNK if getattr(self.encoder, "device_encoder", None) is None else DEVICE_ADD_CHUNK
-        with (
-            _committed_even_on_error(self.collection),
-            OrderedWriter() as write,
-            OrderedWriter(name="twostage-encoder") as encode,
-        ):
-            for chunk in _chunks((as_document(d) for d in documents), size):
-                for doc in chunk:
-                    if doc.id in seen:
-                        raise UsageError(f"document id {doc.id!r} appears twice in the input")
-                    seen.add(doc.id)
-                    report.ids.append(doc.id)
-                existing = {doc.id: doc for doc in self.collection.get([d.id for d in chunk]) if doc is not None}
-                todo = [d for d in chunk if not _same(existing.get(d.id), d)]
-                report.unchanged += len(chunk) - len(todo)
-                replaced = sum(1 for d in todo if d.id in existing)
-                report.replaced += replaced
-                report.added += len(todo) - replaced
-                if todo:
-                    encode(partial(self._encode_chunk, todo, report, write))
-                if progress:
-                    progress(len(chunk))
-        self.collection.commit()
-        report.seconds = time.perf_counter() - started
-        return report
-
-    def _encode_chunk(
-        self, todo: list[Document], report: AddReport, write: Callable[[Callable[[], object]], None]
-    ) -> None:
-        """The encoder thread's step: vectors (and tokens) of the changed documents, handed to the writer thread."""
-        texts = [d.text_for_encoding() for d in todo]
-        tokens = terms = None
-        if self.collection.token_store is None:
-            encoded = self.encoder.encode_documents(texts)
-        else:  # one forward pass gives both the document vectors and the MaxSim token vectors
-            store = encode_for_store(self.encoder, texts, token_ids=self.collection.token_df is not None)
-            hits = self.encoder.through_cache(texts, store.embeddings)
-            encoded = EncodeResult(store.embeddings, truncated=store.truncated, cache_hits=hits)
-            tokens, terms = store.tokens, store.token_ids
-        write(partial(self.collection.upsert, todo, encoded.embeddings, tokens=tokens, terms=terms))
-        report.truncated += encoded.truncated
-        report.cache_hits += encoded.cache_hits
+        committed steps (``twostage.ingest.writes``); an id already present is replaced, an unchanged one skipped. A list
+        is checked whole first: bad input anywhere changes nothing. ``report.ids`` lists every document's id in input
+        order."""
+        return add_documents(self.collection, self.encoder, documents, progress)
 
     def upsert(
         self,
@@ -449,10 +304,7 @@ class Engine:
 
     def delete(self, ids: Sequence[str]) -> DeleteReport:
         """Remove documents by id; they never come back in results. Unknown ids are reported, not an error."""
-        with _committed_even_on_error(self.collection):
-            result = self.collection.delete([str(i) for i in ids])
-        self.collection.commit()
-        return DeleteReport(deleted=list(result.deleted), missing=list(result.missing))
+        return delete_documents(self.collection, ids)
 
     # ----------------------------------------------------------------- reads
     def search(self, query: str, request: SearchRequest | None = None, **options: Any) -> SearchResult:
@@ -469,7 +321,7 @@ class Engine:
         """Several queries at once: one encoder pass, one index search, one batched rerank pass."""
         request = SearchRequest.from_options(request, **options)
         queries = list(queries)
-        _check_queries(queries)
+        check_queries(queries)
         stage = request.stage
         maxsim = request.rerank and isinstance(self.reranker, MaxSimReranker)
         prf, query_tokens, fusion = request.levers(MAXSIM_DEFAULTS if maxsim else None)
@@ -638,130 +490,3 @@ def _warn_once(notice: str) -> None:
     if notice not in _WARNED:
         _WARNED.add(notice)
         warnings.warn(notice, RerankerFallbackWarning, stacklevel=4)
-
-
-@contextmanager
-def _committed_even_on_error(collection: CollectionLike) -> Iterator[None]:
-    """After a failed write, commit what SQLite already holds (best effort) so that the writer lock is let go:
-    a long-running server must not keep other writers out after one bad request."""
-    try:
-        yield
-    except BaseException:
-        try:
-            collection.commit()
-        except Exception:  # the write's own error is the one to report
-            pass
-        raise
-
-
-def _checked(documents: Sequence[Document | Mapping[str, Any]]) -> list[Document]:
-    """Every document converted and its id checked for repeats before the first is stored (all-or-nothing adds)."""
-    docs, seen = [as_document(d) for d in documents], set()
-    for doc in docs:
-        if doc.id in seen:
-            raise UsageError(f"document id {doc.id!r} appears twice in the input")
-        seen.add(doc.id)
-    return docs
-
-
-def _factory_of(collection: CollectionLike) -> str:
-    """The FAISS factory string a collection's vectors are indexed with (a sharded one's first shard's: all alike)."""
-    shards = getattr(collection, "shards", None)
-    return (shards[0] if shards else collection).manifest.factory
-
-
-def _same_index_type(given: str, recorded: str, factory: str) -> bool:
-    """Whether ``index_type`` as given to a resumed ``create`` names the index the collection has: ``auto``, the name
-    it was built with, the kind its factory string is (flat, hnsw, ivfpq) or the factory string itself."""
-    wanted = given.strip().lower()
-    kind = (
-        "flat"
-        if factory == "Flat"
-        else "hnsw"
-        if factory.startswith("HNSW")
-        else "ivfpq"
-        if factory.startswith("IVF") and ",PQ" in factory
-        else factory.lower()
-    )
-    return wanted in ("auto", recorded.strip().lower(), kind, factory.lower())
-
-
-def _same(old: Document | None, new: Document) -> bool:
-    return old is not None and (old.text, old.title, old.metadata) == (new.text, new.title, new.metadata)
-
-
-def _chunks(items: Iterable[Document], size: int) -> Iterator[list[Document]]:
-    chunk: list[Document] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def query_placement(manifest: ManifestLike, runtime: RuntimeConfig, path: str | Path) -> tuple[str, str]:
-    """The device and backend that encode queries for the collection ``manifest`` describes (at ``path``, for the
-    message): ``compatible_query_backend`` of its backend and the requested one, ``auto`` being this machine's cached
-    choice for its model (never measured at query time). An int8 collection's CPU-only backend runs on the CPU under
-    device ``auto`` and is refused under an explicit ``cuda``."""
-    stored_backend = manifest.extra.get("backend")
-    device, wanted = runtime.placement()
-    if measured(runtime.backend, device):
-        wanted = stage_backend("auto", device, "bi-encoder", manifest.model_fingerprint)
-    query_backend = compatible_query_backend(stored_backend, wanted)
-    if query_backend not in FLOAT_BACKENDS and device != "cpu":
-        if runtime.device != "auto":
-            raise UsageError(
-                f"collection {path} was built with the {stored_backend} backend, which runs on the CPU "
-                f"only; search it with --device cpu (or auto)"
-            )
-        device = "cpu"
-    return device, query_backend
-
-
-def _check_queries(queries: Sequence[str]) -> None:
-    if not queries:
-        raise UsageError("no queries given")
-    for i, query in enumerate(queries):
-        if not isinstance(query, str) or not query.strip():
-            where = f"query {i + 1}" if len(queries) > 1 else "the query"
-            raise UsageError(f"{where} is empty; give some words to search for")
-
-
-def hit_from(doc: Document, score: float, rank: int) -> Hit:
-    """A first-stage hit for a stored document at ``rank`` with ``score`` (no rerank score yet)."""
-    return Hit(
-        doc_id=doc.id,
-        text=doc.text,
-        title=doc.title,
-        metadata=dict(doc.metadata),
-        retrieval_score=float(score),
-        retrieval_rank=rank,
-    )
-
-
-def rerank_hits(
-    reranker: Reranker, queries: Sequence[str], hit_lists: Sequence[list[Hit]], depth: int | None = None
-) -> tuple[list[list[Hit]], float]:
-    """The engine's second stage: each query's top ``depth`` hits (all when None) scored in one batched pass and
-    sorted by it, the rest beneath in first-stage order; returns the hit lists and the seconds spent scoring.
-    Hits go by doc id as well as text, so MaxSim reads stored token vectors instead of encoding passages."""
-    candidates = [hits[:depth] for hits in hit_lists]  # a Hit is the reranker's candidate: no other form
-    started = time.perf_counter()
-    score_lists = reranker.score_candidates(list(queries), candidates) if any(candidates) else [[] for _ in queries]
-    seconds = time.perf_counter() - started
-    return [_apply_rerank(hits, scores) if hits else hits for hits, scores in zip(hit_lists, score_lists)], seconds
-
-
-def _apply_rerank(hits: list[Hit], scores: Sequence[float]) -> list[Hit]:
-    """Attach second-stage scores to the first ``len(scores)`` hits and sort those by them (ties keep first-stage
-    order); hits beyond the rerank depth follow in first-stage order, without a rerank score."""
-    head, rest = hits[: len(scores)], hits[len(scores) :]
-    for hit, score in zip(head, scores):
-        hit.rerank_score = float(score)
-    ordered = sorted(head, key=lambda h: -h.rerank_score) + rest  # sorted() is stable
-    for rank, hit in enumerate(ordered, start=1):
-        hit.rerank_rank = rank
-    return ordered

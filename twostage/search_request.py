@@ -14,10 +14,11 @@ import contextvars
 import json
 import sys
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from functools import cached_property
+from types import FrameType
 from typing import Any
 
 from twostage.reranker.maxsim import QueryTokens
@@ -263,6 +264,16 @@ class SearchRequest:
             raise UsageError(f"system {name}: {err}") from None
 
 
+def check_queries(queries: Sequence[str]) -> None:
+    """The queries of one search: at least one, none empty (UsageError naming the one at fault)."""
+    if not queries:
+        raise UsageError("no queries given")
+    for i, query in enumerate(queries):
+        if not isinstance(query, str) or not query.strip():
+            where = f"query {i + 1}" if len(queries) > 1 else "the query"
+            raise UsageError(f"{where} is empty; give some words to search for")
+
+
 def system_levers(text: str) -> dict[str, str]:
     """``prf=K:B/tokens=SPEC/fusion=SPEC`` (any subset, "/"-separated) -> request fields, the levers not named off;
     ``default`` starts from the engine's defaults instead (``default/fusion=rrf``). ValueError naming a bad part."""
@@ -412,6 +423,15 @@ def _json_fields() -> set[str]:
     return {f.name for f in fields(SearchRequest) if f.name not in ENGINE_FIELDS} | set(RENAMED)
 
 
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside twostage (the user's line)."""
+    level = 1
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("twostage"):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _renamed(options: Mapping[str, Any], *, warn: bool) -> dict[str, Any]:
     """``options`` with old names under their new ones (a DeprecationWarning each when ``warn``); a field given
     under both names, or a name that is no field, is a UsageError."""
@@ -425,9 +445,9 @@ def _renamed(options: Mapping[str, Any], *, warn: bool) -> dict[str, Any]:
             if new in options:
                 raise UsageError(f"give {new} or {name}, not both")
             if warn:
-                warnings.warn(f"{name} is deprecated; use {new}", DeprecationWarning, stacklevel=4)
+                warnings.warn(f"{name} is deprecated; use {new}", DeprecationWarning, stacklevel=_caller_level())
         out[new] = value
     return out
 
 
-__all__ = ["DEFAULT", "SearchRequest", "add_search_arguments", "parse_filters", "system_levers"]
+__all__ = ["DEFAULT", "SearchRequest", "add_search_arguments", "check_queries", "parse_filters", "system_levers"]

@@ -26,15 +26,13 @@ import asyncio
 import hmac
 import json
 import logging
-import math
-import threading
 import time
 import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
@@ -42,24 +40,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainValidator,
-    StrictBool,
-    StrictInt,
-    StrictStr,
-    WithJsonSchema,
-)
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from twostage.indexes.documents import id_problem
 
 from .batcher import Batcher, WorkerStopped
 from .errors import UsageError
-from .search_request import SearchRequest as Search  # the pydantic body model below is named SearchRequest
+from .search_request import SearchRequest as Search  # server_models.SearchRequest is the HTTP body
+from .server_http import BodyLimit, HostCheck, RequestBudget, ServerThread, redact_access_log
+from .server_models import (
+    AddRequest,
+    AddResponse,
+    BatchSearchRequest,
+    BatchSearchResponse,
+    DeleteResponse,
+    DocumentOut,
+    ErrorOut,
+    SearchOptions,
+    SearchRequest,
+    SearchResponse,
+)
 
 log = logging.getLogger("twostage.server")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -151,200 +149,6 @@ class ApiError(Exception):
         self.status, self.error, self.detail, self.headers = status, error, detail, headers
 
 
-# --------------------------------------------------------------------------- request and response models
-def _utf8(value: str) -> str:
-    """Reject strings JSON can carry but UTF-8 cannot (lone surrogates such as ``"\\ud800"``)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text contains invalid Unicode (a lone surrogate); send valid UTF-8") from None
-    return value
-
-
-def _doc_id(value: str) -> str:
-    """A document id as every write path takes it (``indexes.documents.id_problem``): no whitespace or control
-    characters, which TREC runs and the URL routes could not hold."""
-    problem = id_problem(value)
-    if problem is not None:
-        raise ValueError(problem)
-    return value
-
-
-def _int64(value: int) -> int:
-    if not -(2**63) <= value < 2**63:
-        raise ValueError("integer out of the 64-bit range")
-    return value
-
-
-def _scalar(value: Any) -> str | int | float | bool:
-    """A metadata value: a string, a 64-bit integer, a finite number or a boolean."""
-    if isinstance(value, str):
-        return _utf8(value)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return _int64(value)
-    if isinstance(value, float) and math.isfinite(value):
-        return value
-    raise ValueError("must be a string, a finite number or a boolean")
-
-
-Text = Annotated[StrictStr, AfterValidator(_utf8)]
-Scalar = Annotated[
-    Any,
-    PlainValidator(_scalar),
-    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}),
-]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class SearchOptions(_Strict):
-    """The fields of ``twostage.search_request.SearchRequest`` (which checks their values); omitted or null fields
-    take the server's defaults (``twostage serve``'s options) or the engine's."""
-
-    top_k: StrictInt | None = Field(None, description="results returned (CLI --top-k); omitted → server default")
-    candidate_depth: StrictInt | None = Field(
-        None, description="first-stage candidates (CLI --candidate-depth); omitted → server default"
-    )
-    k: StrictInt | None = Field(None, description="deprecated name of candidate_depth")
-    top_n: StrictInt | None = Field(None, description="deprecated name of top_k")
-    rerank: StrictBool | None = Field(None, description="run the second stage (CLI --no-rerank is false)")
-    filter: dict[Text, Scalar | None] | None = Field(
-        None,
-        description='metadata KEY → VALUE, all must match (CLI --filter KEY=VALUE; "2020" matches 2020, null matches null); '
-        "an unknown key matches nothing",
-    )
-    ef_search: StrictInt | None = Field(
-        None, description="HNSW search effort (CLI --ef-search); omitted → the index's own"
-    )
-    nprobe: StrictInt | None = Field(None, description="IVF lists scanned (CLI --nprobe); omitted → the index's own")
-    first_stage: Text | None = Field(
-        None,
-        description="dense | bm25 | hybrid | hybrid:rrf:K | hybrid:weighted:W (CLI --first-stage); omitted → "
-        "server default",
-    )
-    prf: Text | None = Field(
-        None, description='pseudo-relevance feedback K[:BETA] (CLI --prf); "none" off; omitted → the engine\'s default'
-    )
-    query_tokens: Text | None = Field(
-        None,
-        description="MaxSim query-token weighting plain | idf | special | idf+special (CLI --query-tokens); "
-        "omitted → the engine's default",
-    )
-    fusion: Text | None = Field(
-        None,
-        description='fuse both stages\' scores: rrf | zscore:W | minmax:W (CLI --fusion); "none" off; omitted → '
-        "the engine's default",
-    )
-    rerank_depth: StrictInt | None = Field(
-        None, description="rerank only the top this many candidates (CLI --rerank-depth); omitted → all"
-    )
-
-
-class SearchRequest(SearchOptions):
-    query: Text = Field(..., description="the query text (CLI QUERY)")
-
-
-class BatchSearchRequest(SearchOptions):
-    queries: list[Text] = Field(..., description="the queries (CLI --queries FILE)")
-
-
-class HitOut(BaseModel):
-    """``Hit.to_dict()``: the hit shape of the CLI's ``--json`` and the Python API too."""
-
-    doc_id: str
-    rank: int = Field(..., description="final rank (rerank rank when reranked, else first-stage rank)")
-    score: float = Field(..., description="the score that decided the final order")
-    retrieval_score: float
-    retrieval_rank: int
-    rerank_score: float | None
-    rerank_rank: int | None
-    title: str | None
-    text: str
-    metadata: dict[str, Any]
-
-
-class TimingsOut(BaseModel):
-    encode_s: float
-    search_s: float
-    rerank_s: float
-    total_s: float
-
-
-class SearchResponse(BaseModel):
-    query: str
-    hits: list[HitOut]
-    timings: TimingsOut = Field(..., description="seconds per stage for this query (batched stages split evenly)")
-    candidates: int
-    reranker: str | None
-    notices: list[str]
-    top_k: int
-    candidate_depth: int
-    k: int = Field(..., description="deprecated name of candidate_depth")
-    top_n: int = Field(..., description="deprecated name of top_k")
-    rerank: bool
-    filter: dict[str, Any] | None
-    ef_search: int | None
-    nprobe: int | None
-    first_stage: str
-    prf: str | None = Field(..., description="as asked; null = the engine's default")
-    query_tokens: str | None
-    fusion: str | None
-    rerank_depth: int | None
-    latency_ms: float = Field(..., description="time in the server, queueing and batching included")
-
-
-class BatchSearchResponse(BaseModel):
-    results: list[SearchResponse]
-    latency_ms: float
-
-
-class DocumentIn(BaseModel):
-    """The document shape of corpus files: id, text, optional title; every other field is metadata (as are the
-    entries of an explicit ``metadata`` object)."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-    __pydantic_extra__: dict[Text, Scalar | None] = Field(init=False)
-
-    id: Annotated[Text, AfterValidator(_doc_id)] = Field(..., min_length=1, max_length=512)
-    text: Text = Field(..., min_length=1)
-    title: Text | None = None
-    metadata: dict[Text, Scalar | None] = Field(default_factory=dict)
-
-
-class AddRequest(_Strict):
-    documents: list[DocumentIn] = Field(..., min_length=1)
-
-
-class DocumentOut(BaseModel):
-    id: str
-    text: str
-    title: str | None
-    metadata: dict[str, Any]
-
-
-class AddResponse(BaseModel):
-    added: int
-    replaced: int
-    unchanged: int
-    truncated: int
-    seconds: float
-    documents: int = Field(..., description="documents in the collection afterwards")
-
-
-class DeleteResponse(BaseModel):
-    deleted: str
-    documents: int
-
-
-class ErrorOut(BaseModel):
-    error: str
-    detail: Any = None
-
-
 # --------------------------------------------------------------------------- statistics
 class QueryStats:
     """Counters and a rolling window of search latencies (seconds), safe to update from the event loop."""
@@ -412,7 +216,7 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     app.add_middleware(RequestBudget, limit=config.max_connections)
     if config.allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed=config.allowed_hosts)
-    _redact_access_log()
+    redact_access_log()
     _install_error_handlers(app, stats)
     bearer = HTTPBearer(auto_error=False, description="the server's token (twostage serve --token)")
 
@@ -674,185 +478,6 @@ def _clean(error: dict[str, Any]) -> dict[str, Any]:
         "msg": str(error.get("msg", "")),
         "type": str(error.get("type", "")),
     }
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over ``max_bytes`` gets 413 before any endpoint reads it.
-
-    A declared Content-Length over the limit is refused without keeping a byte of the body: the rest is read and
-    dropped (up to ``drain_factor`` times the limit, at least 256 MB) before answering, so that the client sees the
-    413 instead of a connection reset.
-    """
-
-    def __init__(self, app: Any, max_bytes: int, drain_factor: int = 64):
-        self.app, self.max_bytes, self.drain_bytes = app, max_bytes, max(max_bytes * drain_factor, 256 << 20)
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and not declared.isdigit():
-            await _send_error(send, 400, "invalid Content-Length header")
-            return
-        if declared is not None and int(declared) > self.max_bytes:
-            if int(declared) <= self.drain_bytes:
-                await _drain(receive, self.drain_bytes)
-            await _send_error(send, 413, self._message(int(declared)))
-            return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.max_bytes:
-                if more:
-                    size += await _drain(receive, self.drain_bytes - size)
-                await _send_error(send, 413, self._message(size))
-                return
-            if not more:
-                break
-        body, replayed = b"".join(chunks), False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    def _message(self, size: int) -> str:
-        return f"request body of {size} bytes is over the limit of {self.max_bytes} bytes (max_body_bytes)"
-
-
-class RequestBudget:
-    """ASGI middleware: at most ``limit`` requests in progress, the rest 503; ``/health`` always answers.
-    Counting requests rather than sockets keeps idle connections from starving the server."""
-
-    def __init__(self, app: Any, limit: int):
-        self.app, self.limit, self.active = app, limit, 0
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope.get("path") == "/health":
-            await self.app(scope, receive, send)
-            return
-        if self.active >= self.limit:
-            await _send_error(send, 503, f"the server is busy ({self.limit} requests in progress); try again shortly")
-            return
-        self.active += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.active -= 1
-
-
-class HostCheck:
-    """ASGI middleware: a Host header not among the served names gets 400 (a DNS-rebinding page cannot reach us)."""
-
-    def __init__(self, app: Any, allowed: tuple[str, ...]):
-        self.app, self.allowed = app, {h.strip().lower().strip("[]") for h in allowed}
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and "*" not in self.allowed:
-            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
-            if _host_name(host) not in self.allowed:
-                await _send_error(send, 400, f"Host {host!r} is not served here (twostage serve --allowed-hosts)")
-                return
-        await self.app(scope, receive, send)
-
-
-def _host_name(host: str) -> str:
-    """The name of a Host header without its port: ``[::1]:8000`` → ``::1``, ``example.org:80`` → ``example.org``."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-class _RedactQuery(logging.Filter):
-    """Drops query strings from uvicorn's access log: a token sent as ``?token=...`` must not land in a log file."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
-            record.args = (*args[:2], args[2].split("?", 1)[0] + "?[query redacted]", *args[3:])
-        return True
-
-
-def _redact_access_log() -> None:
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, _RedactQuery) for f in access.filters):
-        access.addFilter(_RedactQuery())
-
-
-async def _drain(receive: Callable, budget: int) -> int:
-    """Read and drop the rest of a request body, at most ``budget`` bytes; returns the bytes read."""
-    read = 0
-    while read <= budget:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        read += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return read
-
-
-async def _send_error(send: Callable, status: int, error: str) -> None:
-    body = json.dumps({"error": error, "detail": None}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-# --------------------------------------------------------------------------- running
-class ServerThread:
-    """Run an app on uvicorn in a background thread (tests, notebooks); ``port=0`` picks a free port."""
-
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
-        import socket
-
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
-        self.app, self.host, self.port = app, host, self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.02)
-        return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout)
-        self.sock.close()
-
-    def __enter__(self) -> ServerThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 __all__ = ["ApiError", "ServerConfig", "ServerThread", "create_app"]

@@ -100,7 +100,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="Host header names to serve, comma-separated, '*' for any (default: the --host address, "
         "localhost, 127.0.0.1 and ::1); other names get 400, so a web page cannot rebind to this server",
     )
-    from .cli import add_wait_argument
+    from .cli_args import add_wait_argument
 
     add_wait_argument(p)
     batching = p.add_argument_group("batching")
@@ -199,7 +199,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.ray:
         if args.reranker_replicas < 1:
             raise UsageError(f"--reranker-replicas must be at least 1 (got {args.reranker_replicas})")
-        from .distributed import open_ray_engine  # imported only with --ray: importing ray is slow
+        from .shards.replicas import open_ray_engine  # imported only with --ray: importing ray is slow
 
         app = create_app(
             lambda: open_ray_engine(

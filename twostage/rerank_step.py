@@ -1,0 +1,54 @@
+"""The engine's second-stage step over hits: each query's top hits scored in one batched pass and sorted by it;
+a hit keeps its one form (``results.Hit``) from the first stage to the output."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from twostage.indexes.documents import Document
+from twostage.reranker.base import Reranker
+
+from .results import Hit
+
+
+def hit_from(doc: Document, score: float, rank: int) -> Hit:
+    """A first-stage hit for a stored document at ``rank`` with ``score`` (no rerank score yet)."""
+    return Hit(
+        doc_id=doc.id,
+        text=doc.text,
+        title=doc.title,
+        metadata=dict(doc.metadata),
+        retrieval_score=float(score),
+        retrieval_rank=rank,
+    )
+
+
+def rerank_hits(
+    reranker: Reranker, queries: Sequence[str], hit_lists: Sequence[list[Hit]], depth: int | None = None
+) -> tuple[list[list[Hit]], float]:
+    """The engine's second stage: each query's top ``depth`` hits (all when None) scored in one batched pass and
+    sorted by it, the rest beneath in first-stage order; returns the hit lists and the seconds spent scoring.
+    Hits go by doc id as well as text, so MaxSim reads stored token vectors instead of encoding passages."""
+    candidates = [hits[:depth] for hits in hit_lists]  # a Hit is the reranker's candidate: no other form
+    started = time.perf_counter()
+    score_lists: list[Any] = (
+        reranker.score_candidates(list(queries), candidates) if any(candidates) else [[] for _ in queries]
+    )
+    seconds = time.perf_counter() - started
+    return [_apply_rerank(hits, scores) if hits else hits for hits, scores in zip(hit_lists, score_lists)], seconds
+
+
+def _apply_rerank(hits: list[Hit], scores: Sequence[float] | np.ndarray) -> list[Hit]:
+    """Attach second-stage scores to the first ``len(scores)`` hits and sort those by them (ties keep first-stage
+    order); hits beyond the rerank depth follow in first-stage order, without a rerank score."""
+    head, rest = hits[: len(scores)], hits[len(scores) :]
+    for hit, score in zip(head, scores):
+        hit.rerank_score = float(score)
+    ordered = sorted(head, key=lambda h: -(h.rerank_score or 0.0)) + rest  # sorted() is stable
+    for rank, hit in enumerate(ordered, start=1):
+        hit.rerank_rank = rank
+    return ordered
