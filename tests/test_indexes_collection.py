@@ -96,7 +96,7 @@ def test_metadata_filter(tmp_path):
 
 
 def test_filter_on_large_sets_uses_index_selector(tmp_path, monkeypatch):
-    import twostage.indexes.collection as module
+    import twostage.indexes.vector_store as module  # the collection's vector store searches filtered sets
 
     monkeypatch.setattr(module, "EXACT_FILTER_MAX", 5)  # force the FAISS IDSelectorBatch path
     vectors = unit_vectors(100)
@@ -254,7 +254,7 @@ def test_document_store_basics(tmp_path):
 
 
 def test_auto_index_grows_with_the_collection(tmp_path, monkeypatch):
-    import twostage.indexes.vector_index as vector_index
+    import twostage.indexes.faiss_factory as vector_index  # where the auto index type's thresholds live
 
     monkeypatch.setattr(vector_index, "FLAT_BELOW", 50)
     vectors = unit_vectors(60)
