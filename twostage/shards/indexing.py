@@ -84,7 +84,7 @@ def index_distributed(
     store_tokens: bool | str = False,
     token_pool: float | None = None,
     runtime: RuntimeConfig | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> tuple[AddReport, int]:
     """Build (or resume) a sharded collection, encoding on ``actors`` Ray actors (default: one per cluster CPU, or per
     GPU with ``--device cuda``). Returns the report and the collection's final size."""
@@ -132,7 +132,7 @@ def _index_window(
     actors: int,
     batch_size: int,
     report: AddReport,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int], object] | None,
 ) -> None:
     """Encode and write the window's new or changed documents; a failed pipeline is rerun on what is still missing."""
     collection = engine.collection
@@ -166,7 +166,7 @@ def _encode_and_write(
     batch_size: int,
     report: AddReport,
     replacing: set[str],
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int], object] | None,
 ) -> None:
     from twostage.reranker.maxsim import content_token_ids
 
