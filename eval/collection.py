@@ -8,11 +8,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twostage.errors import UsageError
 from twostage.eval.datasets import Dataset
 from twostage.eval.errors import EvalInputError
+
+if TYPE_CHECKING:
+    from twostage.engine import Engine
 from twostage.runtime.backends import FLOAT_BACKENDS
 from twostage.runtime.config import RuntimeConfig, cache_root, runtime_config
 
@@ -90,7 +93,7 @@ def check_index_dir(path: Path, docs: list) -> None:
 
 def open_collection(
     path: Path, docs: list, encoder: Any, config: Any, log: Callable[[str], None], *, owned: bool = False
-):
+) -> tuple[Engine, dict[str, Any]]:
     """An engine over exactly `docs` at `path`, storing MaxSim token vectors: resumed when eval built it for these
     documents (unchanged ones skipped). A collection that is not that (`collection_mismatch`) is replaced only with
     `config.overwrite`, or when `owned` (eval's own cache folder, `default_index_dir`; there changed texts are

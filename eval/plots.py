@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from twostage.eval.harness import EvalReport, SystemResult
 from twostage.eval.timing import latency_ms
@@ -13,7 +14,7 @@ COLORS = {"bm25": "#7f7f7f", "dense": "#1f77b4", "hybrid": "#2ca02c", "run": "#9
 RERANK_COLORS = {"dense": "#d62728", "run": "#ff7f0e"}
 
 
-def _pyplot():
+def _pyplot() -> Any:
     matplotlib = require("matplotlib", "plots", "plotting an evaluation")
 
     matplotlib.use("Agg")

@@ -10,13 +10,16 @@ of a reranked system stay comparable with its first stage.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twostage.eval.timing import StageTimings
 from twostage.eval.trec import Queries, Run, ranked
 from twostage.search_request import SearchRequest
+
+if TYPE_CHECKING:
+    from twostage.engine import Engine
 
 
 @dataclass
@@ -27,14 +30,14 @@ class SystemRun:
     timings: StageTimings | None
 
 
-def _progress(total: int, desc: str, show: bool):
+def _progress(total: int, desc: str, show: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="query", disable=not show, leave=False)
 
 
 def engine_system(
-    engine, queries: Queries, request: SearchRequest, *, progress: bool = False, label: str = "search"
+    engine: Engine, queries: Queries, request: SearchRequest, *, progress: bool = False, label: str = "search"
 ) -> SystemRun:
     """One system's run through ``Engine.search_queries`` (one query at a time), with the engine's stage timings;
     every candidate is returned (a collection smaller than the candidate depth gives all it has)."""
@@ -48,7 +51,7 @@ def engine_system(
 
 
 def rerank_run_system(
-    reranker,
+    reranker: Any,  # a twostage.reranker Reranker (eval imports no stage)
     queries: Queries,
     given: Run,
     documents: Mapping[str, Any],
@@ -93,7 +96,7 @@ def rerank_run_system(
     return SystemRun(run, timings)
 
 
-def _timings(results) -> StageTimings:
+def _timings(results: Iterable[Any]) -> StageTimings:
     """Per-query encode / search / rerank seconds of engine results (a stage that never ran is left out)."""
     timings = StageTimings()
     results = list(results)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +24,7 @@ Queries = dict[str, str]
 OnDuplicate = Literal["error", "first", "max"]
 
 
-def _records(path: str | Path):
+def _records(path: str | Path) -> Iterator[tuple[int, list[str]]]:
     """Yield (line number, whitespace-split fields) for each line that is not blank or a `#` comment."""
     for number, line in iter_lines(path):
         fields = line.split()

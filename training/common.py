@@ -112,7 +112,9 @@ class RankingEvaluator:
                 self.name = outer.name
                 self.primary_metric = PRIMARY_METRIC
 
-            def __call__(self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1):
+            def __call__(
+                self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1
+            ) -> dict[str, float]:
                 was_training = model.training
                 model.eval()
                 try:
@@ -137,10 +139,10 @@ def trainer_callbacks() -> tuple[type, type]:
             self.started = time.monotonic()
             self.fired = False
 
-        def on_train_begin(self, args, state, control, **kwargs):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.started = time.monotonic()
 
-        def on_step_end(self, args, state, control, **kwargs):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             if self.budget_s is not None and time.monotonic() - self.started >= self.budget_s:
                 self.fired = True
                 control.should_training_stop = True
@@ -155,7 +157,9 @@ def trainer_callbacks() -> tuple[type, type]:
             self.path = path
             self.log = log
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+        ) -> None:
             record = {
                 "step": state.global_step,
                 **{k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))},

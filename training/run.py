@@ -137,7 +137,9 @@ def _data_key(opts: TrainOptions, info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _save_lists(path: Path, key: dict[str, Any], lists: Sequence[ScoredList], teacher: list[list[float]] | None):
+def _save_lists(
+    path: Path, key: dict[str, Any], lists: Sequence[ScoredList], teacher: list[list[float]] | None
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as handle:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from twostage.runtime.config import runtime_from_args
 from .errors import UsageError
 
 
-def _read_corpus(args: argparse.Namespace):
+def _read_corpus(args: argparse.Namespace) -> Iterator[Any]:
     from twostage.indexes.readers import read_corpus
 
     return read_corpus(

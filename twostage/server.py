@@ -197,7 +197,7 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     batcher.start()
     stats = QueryStats(config.latency_window)
 
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> Any:  # an async generator, which Starlette wraps as the lifespan context
         yield
         await asyncio.to_thread(batcher.close)
 

@@ -176,7 +176,7 @@ def _check_recipe(args: argparse.Namespace, budget: float | None) -> None:
             raise UsageError(message)
 
 
-def options_from_args(args: argparse.Namespace):
+def options_from_args(args: argparse.Namespace) -> TrainOptions:
     """Command-line arguments → ``TrainOptions``."""
     from twostage.runtime.config import runtime_from_args
     from twostage.training.common import TrainSettings
