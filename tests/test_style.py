@@ -52,3 +52,17 @@ def test_version_comes_from_one_place():
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
         main(["--version"])
     assert out.getvalue().strip() == f"twostage {twostage.__version__}"
+
+
+def test_every_package_folder_is_in_the_wheel():
+    """pyproject.toml lists the packages by hand (the folders are mapped under ``twostage.``): a package folder left
+    off the list installs everywhere but in a wheel, where importing it fails."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    roots = {"twostage": "twostage", **setuptools["package-dir"]}
+    found = set()
+    for package, folder in roots.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join([package, *parts]))
+    assert sorted(found - set(setuptools["packages"])) == []
