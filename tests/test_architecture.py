@@ -133,32 +133,8 @@ def test_integrations_use_only_the_public_api(graph):
     assert bad == [] and "twostage.integrations.langchain" in graph
 
 
-def test_no_import_cycle_between_packages(graph):
-    layers: dict[str, set[str]] = defaultdict(set)
-    for la, lb, _, _ in edges(graph):
-        layers[la].add(lb)
-    state: dict[str, str] = {}
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = "open"
-        path.append(node)
-        for nxt in sorted(layers[node]):
-            if state.get(nxt) == "open":
-                return path[path.index(nxt) :] + [nxt]
-            if nxt not in state and (cycle := visit(nxt)):
-                return cycle
-        state[node] = "done"
-        path.pop()
-        return None
-
-    for start in sorted(layers):
-        if start not in state and (cycle := visit(start)):
-            pytest.fail("import cycle between packages: " + " -> ".join(cycle))
-
-
-def test_no_import_circle_between_modules(graph):
-    """Module by module (lazy imports inside functions count too): no module reaches itself through its imports."""
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """The first cycle a depth-first walk of ``graph`` meets (a node importing itself aside), or None."""
     state: dict[str, str] = {}
     path: list[str] = []
 
@@ -178,7 +154,27 @@ def test_no_import_circle_between_modules(graph):
 
     for start in sorted(graph):
         if start not in state and (cycle := visit(start)):
-            pytest.fail("import circle: " + " -> ".join(cycle))
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_planted_circle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a", "c"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"a", "b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_between_packages(graph):
+    layers: dict[str, set[str]] = defaultdict(set)
+    for la, lb, _, _ in edges(graph):
+        layers[la].add(lb)
+    if cycle := find_cycle(layers):
+        pytest.fail("import cycle between packages: " + " -> ".join(cycle))
+
+
+def test_no_import_circle_between_modules(graph):
+    """Module by module (lazy imports inside functions count too): no module reaches itself through its imports."""
+    if cycle := find_cycle(graph):
+        pytest.fail("import circle: " + " -> ".join(cycle))
 
 
 def test_eval_and_training_import_neither_stage(graph):
