@@ -121,7 +121,9 @@ def _tokens(
         found.problems.append(f"token rows name encodings no version knows: {', '.join(map(repr, unknown))}")
         found.unrepairable.append("token rows in an unknown encoding cannot be decoded: re-index the collection")
     recorded = meta.get("token_encoding")
-    if (recorded is not None and recorded not in ENCODINGS) or ("token_encoding" not in meta and used):
+    if (recorded is not None and recorded not in ENCODINGS) or (
+        "token_encoding" not in meta and (used or _manifest_encoding(manifest))
+    ):
         found.problems.append(
             f"the token encoding recorded in the meta table is {recorded!r}, not one of {', '.join(ENCODINGS)}"
         )
