@@ -143,11 +143,11 @@ def resolve_systems(
     depths = sorted(set(int(d) for d in depths))
     if requested is None:
         stages = ["bm25", "dense", "hybrid"] + (["run"] if have_run else [])
-        specs = [SystemSpec(s) for s in stages]
+        specs: list[SystemSpec] = [SystemSpec(s) for s in stages]
         if have_reranker:
             specs += [SystemSpec(s, d) for s in RERANKED_BY_DEFAULT if s != "run" or have_run for d in depths]
         return _table_order(specs)
-    specs: list[SystemSpec] = []
+    specs = []
     if not [name for name in requested if name.strip()]:
         raise EvalInputError(
             "--systems names no system; expected bm25, dense, hybrid or run, each alone or +rerank[@D]"
@@ -316,7 +316,7 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
     stages = {s.first_stage for s in specs}
     need_collection = bool(stages - {"run"})
     need_reranker = any(s.depth for s in specs)
-    given = _given_run(config.rerank_run, qids, notices) if "run" in stages else None
+    given = _given_run(config.rerank_run, qids, notices) if "run" in stages and config.rerank_run is not None else None
 
     if need_collection:
         docs = _documents(dataset)
@@ -383,10 +383,10 @@ def run_evaluation(dataset: Dataset, config: EvalConfig, *, log: Callable[[str],
             )
         )
     base = next(r for r in results if r.name == baseline)
-    for result in results:
-        if result is not base:
-            result.vs_baseline = {
-                m: compare(base.per_query, result.per_query, m, n_resamples=config.n_resamples) for m in measures
+    for other in results:
+        if other is not base:
+            other.vs_baseline = {
+                m: compare(base.per_query, other.per_query, m, n_resamples=config.n_resamples) for m in measures
             }
     config_record = {
         f.name: getattr(config, f.name) for f in fields(config) if f.name not in ("encoder", "batch_size", "backend")
