@@ -372,7 +372,7 @@ def test_real_files_are_found_at_rank_one_with_their_passage(tmp_path, minilm_pa
         texts = {d.id: d.text for d in collection.iter_documents()}
     for kind, (name, _, fact) in made.items():
         question = FACTS[kind][1]
-        found = twostage("search", str(index), question, "--json", "--top", "3")
+        found = twostage("search", str(index), question, "--json", "--top-k", "3")
         assert found.returncode == 0, found.stderr
         hit = json.loads(found.stdout)["hits"][0]
         assert hit["doc_id"] == name, (kind, question, [h["doc_id"] for h in json.loads(found.stdout)["hits"]])
