@@ -32,8 +32,8 @@ FILLER = [
 #: the known sentences and the paraphrased questions that must find them, one per generated file
 FACTS = {
     "markdown": (
-        "The lighthouse keeper on Skellig Rock polished the copper reflector of the lamp every Sunday before dusk.",
-        "How often did the Skellig lighthouse keeper clean the lamp's reflector?",
+        "The lighthouse keeper on Skellig Rock rowed to the mainland for fresh drinking water every second Tuesday.",
+        "How often did the Skellig lighthouse keeper fetch water from the mainland?",
     ),
     "html": (
         "Our greenhouse tomatoes are grafted onto wild rootstock, which makes them resistant to soil fungus.",
@@ -153,7 +153,7 @@ def write_large_text(path: Path, megabytes: float = 2.0) -> tuple[None, str]:
     return None, fact
 
 
-def write_folder(folder: Path) -> dict[str, tuple[str, str | None, str]]:
+def write_folder(folder: Path, text_megabytes: float = 2.0) -> dict[str, tuple[str, str | None, str]]:
     """All five kinds in ``folder``: {kind: (file name, title, fact)}."""
     folder.mkdir(parents=True, exist_ok=True)
     made = {}
@@ -162,7 +162,7 @@ def write_folder(folder: Path) -> dict[str, tuple[str, str | None, str]]:
         ("html", "diary.html", write_html),
         ("pdf", "staff.pdf", write_pdf),
         ("docx", "roads.docx", write_docx),
-        ("text", "archive/observatory.txt", write_large_text),
+        ("text", "archive/observatory.txt", lambda path: write_large_text(path, text_megabytes)),
     ):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         title, fact = writer(folder / name)

@@ -362,7 +362,7 @@ def test_real_files_are_found_at_rank_one_with_their_passage(tmp_path, minilm_pa
     """The issue's target: a folder of real files with a known sentence deep inside each; a paraphrased question finds
     each at rank 1, and the hit's passage holds the sentence, at the right offsets and (PDF) page."""
     pytest.importorskip("twostage.ingest.passages", reason="splitting into passages (h26-passages) not here yet")
-    made = write_folder(tmp_path / "docs")
+    made = write_folder(tmp_path / "docs", text_megabytes=0.5)  # 0.5 MB of text: ~1,700 passages to encode
     index = tmp_path / "c"
     done = twostage("index", str(tmp_path / "docs"), "--index", str(index), "--model", str(minilm_path), "--quiet")
     assert done.returncode == 0, done.stderr
