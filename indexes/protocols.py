@@ -28,15 +28,27 @@ class TokenVectors(Protocol):
 
     def get(self, doc_id: str) -> np.ndarray | None: ...
 
+    def get_many(self, doc_ids: Sequence[str]) -> list[np.ndarray | None]: ...
+
 
 @runtime_checkable
 class CollectionLike(Protocol):
     """Search, get, token vectors and writes: what ``Engine`` uses of ``indexes.collection.Collection`` (one
     directory) and ``indexes.sharded.ShardedCollection`` (many)."""
 
-    path: Path
-    manifest: ManifestLike
-    token_store: TokenVectors | None
+    # read-only in the protocol (so a collection's own Manifest or TokenStore type fits)
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def manifest(self) -> ManifestLike: ...
+
+    @property
+    def token_store(self) -> TokenVectors | None: ...
+
+    @property
+    def token_df(self) -> Any:
+        """Token document frequencies for IDF weighting (``indexes.token_df``), or None."""
 
     def __len__(self) -> int: ...
 
@@ -66,7 +78,11 @@ class CollectionLike(Protocol):
         """Every document."""
 
     def upsert(
-        self, docs: Sequence[Document], embeddings: np.ndarray, tokens: Sequence[np.ndarray] | None = None, **extra: Any
+        self,
+        docs: Sequence[Document],
+        embeddings: np.ndarray,
+        tokens: Sequence[np.ndarray] | None = None,
+        terms: Sequence[np.ndarray] | None = None,
     ) -> Any:
         """Store documents with their vectors (and token vectors); an existing id is replaced."""
 

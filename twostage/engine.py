@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import numpy as np
 
@@ -193,7 +193,9 @@ class Engine:
         if ray is not None:
             from .shards.collection import RayShardedCollection  # imported only when asked: importing ray is slow
 
-            collection = RayShardedCollection.open(path, address=ray)
+            # no iter_documents through Ray (IDF recounting and folder sync are not served there): not quite a
+            # CollectionLike, and said so here rather than in the protocol
+            collection = cast(CollectionLike, RayShardedCollection.open(path, address=ray))
         else:
             collection = open_collection(path)
         manifest = collection.manifest
@@ -392,7 +394,7 @@ class Engine:
         stage: FirstStage,
         queries: list[str],
         k: int,
-        filter: dict[str, Any] | None,
+        filter: Mapping[str, Any] | None,
         ef_search: int | None,
         nprobe: int | None,
         prf: PRF | None,
@@ -412,7 +414,7 @@ class Engine:
         if stage.uses_lexical:
             lexical = self.collection.lexical_search(queries, k, filter)
         if dense is None or lexical is None:
-            lists = dense if lexical is None else lexical
+            lists = cast(list[list[tuple[str, float]]], dense if lexical is None else lexical)  # every stage has one
         else:
             lists = stage.fuse(dense, lexical, k)
         return lists, encode_s, time.perf_counter() - started - encode_s
@@ -458,7 +460,7 @@ class Engine:
         return {doc.id: doc for doc in self.collection.get(ids) if doc is not None}
 
     @overload
-    def get(self, ids: str) -> Document | None: ...
+    def get(self, ids: str) -> Document | None: ...  # type: ignore[overload-overlap]  # a str is not a list of ids
     @overload
     def get(self, ids: Sequence[str]) -> list[Document | None]: ...
     def get(self, ids: str | Sequence[str]) -> Document | None | list[Document | None]:
