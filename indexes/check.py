@@ -112,9 +112,10 @@ def _inspect_sqlite(path: Path, con: sqlite3.Connection, manifest: Manifest, rep
         (r[0] for r in con.execute("SELECT internal_id FROM docs ORDER BY internal_id")), dtype=np.int64
     )
     report.documents = len(stored)
-    content = inspect_content(con, tables, manifest, manifest.dimension)
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
     generation, dimension = _meta_int(meta, "generation", 0) or 0, _meta_int(meta, "dimension", None)
+    # embeddings are measured against SQLite's own record (a manifest whose dimension differs is a finding below)
+    content = inspect_content(con, tables, manifest, manifest.dimension if dimension is None else int(dimension))
     if dimension is not None and int(dimension) != manifest.dimension:
         report.problems.append(
             f"{MANIFEST} says dimension {manifest.dimension} but the stored embeddings have {dimension}"
