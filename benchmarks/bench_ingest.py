@@ -352,9 +352,13 @@ def markdown(result: dict) -> str:
         "",
         f"Scan (walk, read, hash, extract) of {share['files']} files ({share['bytes']:,} bytes, "
         f"{share['characters']:,} characters of text): {share['scan_seconds']} s; the whole `twostage index` "
-        f"process: {share['index_process_seconds']} s; share {share['scan_share_of_index']:.1%}. Splitting into "
-        f"passages: {share['split_seconds']} s for {share['passages']} passages (None: not in this checkout); scan and "
-        f"split together: {share['scan_and_split_share_of_index']:.1%} of the index process.",
+        f"process: {share['index_process_seconds']} s; share {share['scan_share_of_index']:.1%}. "
+        + (
+            "Splitting into passages: not in this checkout."
+            if share["split_seconds"] is None
+            else f"Splitting into passages: {share['split_seconds']} s for {share['passages']} passages; scan and "
+            f"split together: {share['scan_and_split_share_of_index']:.1%} of the index process."
+        ),
         "",
         "| files | bytes | scan peak RSS MB (process) | scan peak MB (Python allocations, tracemalloc) | scan s |",
         "| ---: | ---: | ---: | ---: | ---: |",
