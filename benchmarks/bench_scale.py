@@ -98,7 +98,7 @@ def main() -> int:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
-    from twostage.distributed import index_distributed
+    from twostage.shards.indexing import index_distributed
 
     model = minilm_path()
     docs = []
@@ -194,7 +194,7 @@ def main() -> int:
         row["speedup_vs_1_actor"] = round(row["passages_per_s"] / base, 2)
 
     # ---- query latency at depth 100: one collection, N shards in threads, N shard actors, taking turns per query
-    from twostage.distributed import RayShardedCollection
+    from twostage.shards.collection import RayShardedCollection
 
     engines = {"one collection, in process": Engine.open(args.work / "single", reranker=None, runtime=one_thread)}
     for n in COUNTS:
