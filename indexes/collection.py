@@ -33,10 +33,11 @@ from .collection_manifest import (
     write_manifest,
 )
 from .document_store import DocumentStore, UpsertResult, storage_errors
-from .documents import Document
+from .documents import Document, Passage
 from .errors import CollectionError, StorageError
 from .lexical import LexicalIndex
 from .lock import DEFAULT_WAIT, ReadOnlyCollection, WriterLock
+from .passage_store import StoredPassage
 from .protocols import VectorIndexLike
 from .token_df import TokenDF
 from .token_store import TRAIN_AT, TokenStore
@@ -75,7 +76,8 @@ class Collection:
         self._index_stale = False  # the in-memory index missed a change SQLite committed: rebuild before saving
         self._lock = threading.RLock()
         self._closed = False
-        self._count = store.count()  # kept in step by upsert/delete so len() needs no COUNT(*)
+        self._count = store.count()  # passages (stored rows), kept in step by upsert/delete: len() needs no COUNT(*)
+        self._documents = store.document_count()
         #: per-passage token vectors for MaxSim (``create(store_tokens=True)``), kept in step by upsert/delete
         self.token_store: TokenStore | None = None
         if manifest.extra.get("token_store"):
@@ -131,6 +133,7 @@ class Collection:
         with self._lock:
             generation = self.store.generation
             self._count = self.store.count()
+            self._documents = self.store.document_count()
             self._seen_generation = generation
             return self.vectors.catch_up()
 
@@ -171,44 +174,50 @@ class Collection:
         embeddings: np.ndarray,
         tokens: Sequence[np.ndarray] | None = None,
         terms: Sequence[np.ndarray] | None = None,
+        splits: Sequence[Sequence[Passage]] | None = None,
     ) -> UpsertResult:
-        """Store documents and their vectors (committed to SQLite at once); an existing id is replaced.
+        """Store documents and their vectors (committed to SQLite at once); an existing id is replaced, all of its old
+        passages with it. ``splits`` gives each document's passages (``twostage.ingest.passages``); ``embeddings``,
+        ``tokens`` and ``terms`` then hold one row per passage, in order. Without it each document is one passage.
 
-        With a token store, ``tokens`` (one array per document) are written in the same transaction; without them the
-        documents' old tokens are dropped, so MaxSim encodes them on the fly rather than reading stale ones. ``terms``
-        (each document's content token ids) update the token document frequencies in that transaction too."""
+        With a token store, ``tokens`` are written in the same transaction; without them the rows' old tokens are
+        dropped, so MaxSim encodes them on the fly rather than reading stale ones. ``terms`` (each row's content token
+        ids) update the token document frequencies in that transaction too."""
         docs = list(docs)
         embeddings = self._check_vectors(embeddings, "embeddings")
-        if len(embeddings) != len(docs):
-            raise ValueError(f"{len(docs)} documents but {len(embeddings)} embeddings")
+        rows = len(docs) if splits is None else sum(max(len(split), 1) for split in splits)
+        if len(embeddings) != rows:
+            raise ValueError(f"{rows} passages but {len(embeddings)} embeddings")
         if not np.isfinite(embeddings).all():
             raise ValueError("embeddings contain NaN or infinite values")
         if not docs:
             return UpsertResult()
-        if tokens is not None and len(tokens) != len(docs):
-            raise ValueError(f"{len(docs)} documents but {len(tokens)} token arrays")
-        if terms is not None and len(terms) != len(docs):
-            raise ValueError(f"{len(docs)} documents but {len(terms)} token id arrays")
+        if tokens is not None and len(tokens) != rows:
+            raise ValueError(f"{rows} passages but {len(tokens)} token arrays")
+        if terms is not None and len(terms) != rows:
+            raise ValueError(f"{rows} passages but {len(terms)} token id arrays")
         with self._lock, storage_errors(self.path / DOCUMENTS):
             self._begin_write()
             with self.store.transaction():
-                self.lexical.remove([d.id for d in docs])  # the old versions' terms, while their rows still exist
-                result = self.store.upsert(docs, embeddings)
-                self.lexical.add(result.new_ids, [d.text_for_encoding() for d in docs])
-                if self.token_store is not None and tokens is not None:
-                    self.token_store.put_many([d.id for d in docs], tokens)
-                elif self.token_store is not None:
-                    self.token_store.delete([d.id for d in docs])
-                if self.token_df is not None and terms is not None:
-                    self.token_df.put_many([d.id for d in docs], terms)
-                elif self.token_df is not None:  # counted again by TokenDF.rebuild when next needed
-                    self.token_df.delete([d.id for d in docs])
+                old_keys = self.store.keys_of([d.id for d in docs])
+                self.lexical.remove(old_keys)  # the old versions' terms, while their rows still exist
+                result = self.store.upsert(docs, embeddings, splits)
+                self.lexical.add(result.new_ids, result.bodies)
+                if self.token_store is not None:
+                    self.token_store.delete(old_keys)
+                    if tokens is not None:
+                        self.token_store.put_many(result.keys, tokens)
+                if self.token_df is not None:  # without terms: counted again by TokenDF.rebuild when next needed
+                    self.token_df.delete(old_keys)
+                    if terms is not None:
+                        self.token_df.put_many(result.keys, terms)
                 self._seen_generation = self.store.generation
             self._dirty = True
-            self._count += len(result.added)
+            self._count += len(result.new_ids) - len(result.removed_ids)
+            self._documents += len(result.added)
             try:
-                if result.replaced:
-                    self.index.remove(np.fromiter(result.replaced.values(), dtype=np.int64))
+                if result.removed_ids:
+                    self.index.remove(np.asarray(result.removed_ids, dtype=np.int64))
                 self.index.add(result.new_ids, embeddings)
             except BaseException:
                 self._index_stale = True
@@ -222,15 +231,17 @@ class Collection:
         with self._lock, storage_errors(self.path / DOCUMENTS):
             self._begin_write()
             with self.store.transaction():
-                self.lexical.remove(list(doc_ids))
+                keys = self.store.keys_of(list(doc_ids))
+                self.lexical.remove(keys)
                 internal_ids, missing = self.store.delete(doc_ids)
                 if self.token_store is not None:
-                    self.token_store.delete(doc_ids)
+                    self.token_store.delete(keys)
                 if self.token_df is not None:
-                    self.token_df.delete(doc_ids)
+                    self.token_df.delete(keys)
                 self._seen_generation = self.store.generation
             self._dirty = self._dirty or bool(internal_ids)
             self._count -= len(internal_ids)
+            self._documents -= len({str(d) for d in doc_ids}) - len(missing)
             try:
                 self.index.remove(np.asarray(internal_ids, dtype=np.int64))
             except BaseException:
@@ -275,7 +286,8 @@ class Collection:
             ) from None
         self.manifest.generation = generation
         self.manifest.factory = self.index.factory
-        self.manifest.document_count = self._count
+        self.manifest.document_count = self._documents
+        self.manifest.passage_count = self._count
         self.manifest.vector_count = len(self.index)
         self.manifest.updated_at = utc_now()
         self._write_manifest()
@@ -384,15 +396,29 @@ class Collection:
         return self.store.hashes(list(doc_ids))
 
     def __len__(self) -> int:
-        """Documents in the collection (every one has exactly one live vector), as committed by any process."""
+        """Documents in the collection, as committed by any process."""
+        self._follow()
+        return self._documents
+
+    def passage_count(self) -> int:
+        """Passages (stored rows, each with one live vector): what the first stage searches."""
         self._follow()
         return self._count
+
+    def passages(self, keys: Sequence[str]) -> dict[str, StoredPassage]:
+        """The passages that search results name (their keys), with their documents' ids, titles and places."""
+        with storage_errors(self.path / DOCUMENTS):
+            return self.store.passages(list(keys))
+
+    def iter_passages(self) -> Iterator[Document]:
+        """Every passage as stored (key, text, encoded context as title), for recounting what passages hold."""
+        return self.store.iter_passages()
 
     def stats(self) -> dict[str, Any]:
         """Counts, index and model settings and sizes on disk, for ``twostage info``."""
         with self._lock:
             self._follow()
-            documents = self._count
+            documents = self._documents
             files = {p.name: p.stat().st_size for p in self.path.iterdir() if p.name in OWN_FILES and p.is_file()}
             m = self.manifest
             return {
@@ -405,6 +431,7 @@ class Collection:
                 "index_type": m.index_type,
                 **self.vectors.stats(),
                 "document_count": documents,
+                "passage_count": self._count,
                 "generation": self.store.generation,
                 "created_at": m.created_at,
                 "updated_at": m.updated_at,

@@ -43,6 +43,7 @@ class Manifest:
     factory: str = "Flat"
     vector_index: str = "faiss"  # the implementation (indexes.vector_index.VECTOR_INDEXES); absent in old manifests
     document_count: int = 0
+    passage_count: int = 0  # absent in manifests written before passages (then one per document)
     vector_count: int = 0
     generation: int = 0
     created_at: str = ""
@@ -65,6 +66,7 @@ class Manifest:
             "index_type": str,
             "factory": str,
             "document_count": int,
+            "passage_count": int,
             "vector_count": int,
             "generation": int,
             "extra": dict,

@@ -19,8 +19,11 @@ from typing import Any, cast
 
 import numpy as np
 
-from .documents import Document, text_hash
+from . import passage_store
+from .documents import Document, Passage, passage_key, text_hash
 from .errors import StorageError
+from .metadata_filter import _match_clause
+from .passage_store import StoredPassage
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -44,11 +47,14 @@ CHUNK = 900
 
 @dataclass
 class UpsertResult:
-    """What an upsert did: ``new_ids`` are the fresh internal ids, aligned with the documents given."""
+    """What an upsert did: ``new_ids`` are the fresh internal ids, aligned with the stored rows (one per passage)."""
 
-    added: list[int] = field(default_factory=list)  #: internal ids of documents whose doc_id was new
-    replaced: dict[str, int] = field(default_factory=dict)  #: doc_id -> the internal id its old version had
+    added: list[int] = field(default_factory=list)  #: first-row internal ids of documents whose doc_id was new
+    replaced: dict[str, int] = field(default_factory=dict)  #: doc_id -> the internal id its old first row had
     new_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    removed_ids: list[int] = field(default_factory=list)  #: every row (passage) the old versions had
+    keys: list[str] = field(default_factory=list)  #: the stored rows' keys, aligned with ``new_ids``
+    bodies: list[str] = field(default_factory=list)  #: what each row's encoders (and BM25) read: context and text
 
 
 def content_hash(doc: Document) -> str:
@@ -69,6 +75,7 @@ class DocumentStore:
         self._depth = 0
         if read_only:
             self._con = _connect_read_only(self.path)
+            self._passages = passage_store.has_tables(self._con)  # False: written before passages existed
             return
         self._con = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
         if not create and not self._has_docs_table():
@@ -84,6 +91,8 @@ class DocumentStore:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self._con.execute(statement)
+            passage_store.create_tables(self._con)
+        self._passages = True
 
     def _has_docs_table(self) -> bool:
         return (
@@ -158,14 +167,24 @@ class DocumentStore:
             )
 
     # ------------------------------------------------------------------ writes
-    def upsert(self, docs: Sequence[Document], embeddings: np.ndarray) -> UpsertResult:
-        """Insert documents with their embeddings in one transaction; an existing doc_id is replaced (fresh internal id)."""
+    def upsert(
+        self, docs: Sequence[Document], embeddings: np.ndarray, splits: Sequence[Sequence[Passage]] | None = None
+    ) -> UpsertResult:
+        """Insert documents with their embeddings in one transaction; an existing doc_id is replaced, every passage of
+        its old version with it (fresh internal ids). ``splits`` gives each document's passages, one embedding row per
+        passage in order (``indexes.passage_store``); without it every document is one row, as before passages."""
         docs = list(docs)
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        if embeddings.ndim != 2 or len(embeddings) != len(docs):
-            raise ValueError(f"expected embeddings of shape ({len(docs)}, dim), got {embeddings.shape}")
         rows = [_row(doc) for doc in docs]
         doc_ids = [row[0] for row in rows]
+        if splits is not None and len(splits) != len(docs):
+            raise ValueError(f"{len(docs)} documents but {len(splits)} splits")
+        units = [
+            _units(doc, row, None if splits is None else splits[n]) for n, (doc, row) in enumerate(zip(docs, rows))
+        ]
+        total = sum(len(u) for u in units)
+        if embeddings.ndim != 2 or len(embeddings) != total:
+            raise ValueError(f"expected embeddings of shape ({total}, dim), got {embeddings.shape}")
         if len(set(doc_ids)) != len(doc_ids):
             dup = next(d for d in doc_ids if doc_ids.count(d) > 1)
             raise ValueError(f"document id {dup!r} appears twice in one upsert")
@@ -177,28 +196,59 @@ class DocumentStore:
                 self.set_meta("dimension", int(embeddings.shape[1]))
             elif dimension != embeddings.shape[1]:
                 raise ValueError(f"embeddings have dimension {embeddings.shape[1]}, the store holds {dimension}")
-            existing = self._internal_ids_of(doc_ids)
-            self._con.executemany("DELETE FROM docs WHERE internal_id = ?", [(i,) for i in existing.values()])
-            new_ids = np.empty(len(docs), dtype=np.int64)
-            for n, (row, vector) in enumerate(zip(rows, embeddings)):
-                cursor = self._con.execute(
-                    "INSERT INTO docs(doc_id, text, title, metadata, content_hash, embedding) VALUES (?, ?, ?, ?, ?, ?)",
-                    (*row, vector.tobytes()),
-                )
-                new_ids[n] = cast(int, cursor.lastrowid)
+            existing = passage_store.unit_ids(self._con, doc_ids)
+            removed = [i for found in existing.values() for i, _ in found]
+            self._con.executemany("DELETE FROM docs WHERE internal_id = ?", [(i,) for i in removed])
+            passage_store.remove(self._con, list(existing), removed)
+            new_ids = np.empty(total, dtype=np.int64)
+            keys: list[str] = []
+            bodies: list[str] = []
+            at = 0
+            for n, (doc, row) in enumerate(zip(docs, rows)):
+                first = at
+                for unit in units[n]:
+                    cursor = self._con.execute(
+                        "INSERT INTO docs(doc_id, text, title, metadata, content_hash, embedding) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (*unit, embeddings[at].tobytes()),
+                    )
+                    new_ids[at] = cast(int, cursor.lastrowid)
+                    keys.append(unit[0])
+                    bodies.append(f"{unit[2]}. {unit[1]}" if unit[2] else unit[1])
+                    at += 1
+                if splits is not None:
+                    passage_store.write(self._con, doc, row, splits[n], new_ids[first:at])
             self._bump_generation()
-        added = [int(i) for d, i in zip(doc_ids, new_ids) if d not in existing]
-        return UpsertResult(added=added, replaced=existing, new_ids=new_ids)
+        starts = np.cumsum([0] + [len(u) for u in units[:-1]])
+        added = [int(new_ids[s]) for d, s in zip(doc_ids, starts) if d not in existing]
+        replaced = {d: found[0][0] for d, found in existing.items()}
+        return UpsertResult(
+            added=added, replaced=replaced, new_ids=new_ids, removed_ids=removed, keys=keys, bodies=bodies
+        )
 
     def delete(self, doc_ids: Sequence[str]) -> tuple[list[int], list[str]]:
-        """Delete by doc_id in one transaction; returns (deleted internal ids, doc_ids that were not there)."""
+        """Delete by doc_id, every passage with its document, in one transaction; returns (deleted rows' internal ids,
+        doc_ids that were not there)."""
         unique = list(dict.fromkeys(str(d) for d in doc_ids))
         with self.transaction():
-            existing = self._internal_ids_of(unique)
+            existing = passage_store.unit_ids(self._con, unique)
+            removed = [i for found in existing.values() for i, _ in found]
             if existing:
-                self._con.executemany("DELETE FROM docs WHERE internal_id = ?", [(i,) for i in existing.values()])
+                self._con.executemany("DELETE FROM docs WHERE internal_id = ?", [(i,) for i in removed])
+                passage_store.remove(self._con, list(existing), removed)
                 self._bump_generation()
-        return [existing[d] for d in unique if d in existing], [d for d in unique if d not in existing]
+        return removed, [d for d in unique if d not in existing]
+
+    def keys_of(self, doc_ids: Sequence[str]) -> list[str]:
+        """The stored row keys (the document's own id, then its passages') of these documents."""
+        with self._lock:
+            found = passage_store.unit_ids(self._con, [str(d) for d in doc_ids])
+        return [key for rows in found.values() for _, key in rows]
+
+    def passages(self, keys: Sequence[str]) -> dict[str, StoredPassage]:
+        """Stored row key -> the passage it holds, with its document's id, title and place (``passage_store``)."""
+        with self._lock:
+            return passage_store.passages_of(self._con, [str(k) for k in keys], self._passages)
 
     # ------------------------------------------------------------------ reads
     def _internal_ids_of(self, doc_ids: Sequence[str]) -> dict[str, int]:
@@ -223,8 +273,16 @@ class DocumentStore:
 
     def get(self, doc_ids: Sequence[str]) -> list[Document | None]:
         """Documents in the order asked; None where a doc_id is not stored."""
-        rows = self._select("doc_id, text, title, metadata", "doc_id", [str(d) for d in doc_ids])
-        return [_document(rows[str(d)]) if str(d) in rows else None for d in doc_ids]
+        ids = [str(d) for d in doc_ids]
+        rows = {k: (k, *v[:3]) for k, v in self._split_documents(ids).items()}
+        rows.update(self._select("doc_id, text, title, metadata", "doc_id", [d for d in ids if d not in rows]))
+        return [_document(rows[d]) if d in rows else None for d in ids]
+
+    def _split_documents(self, doc_ids: Sequence[str]) -> dict[str, tuple]:
+        if not self._passages:
+            return {}
+        with self._lock:
+            return passage_store.split_documents(self._con, doc_ids)
 
     def doc_ids(self, internal_ids: Sequence[int]) -> dict[int, str]:
         """internal id -> doc_id for the ids still stored (deleted ones are simply absent)."""
@@ -233,8 +291,10 @@ class DocumentStore:
 
     def hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         """doc_id -> :func:`content_hash` for the stored ones, to skip unchanged documents on a re-run."""
-        rows = self._select("content_hash", "doc_id", [str(d) for d in doc_ids])
-        return {d: row[0] for d, row in rows.items()}
+        ids = [str(d) for d in doc_ids]
+        found = {d: row[3] for d, row in self._split_documents(ids).items()}
+        rows = self._select("content_hash", "doc_id", [d for d in ids if d not in found])
+        return found | {d: row[0] for d, row in rows.items()}
 
     def embeddings(self, internal_ids: Sequence[int]) -> np.ndarray:
         """Stored vectors for the given internal ids, in order (KeyError for an id not stored)."""
@@ -266,7 +326,12 @@ class DocumentStore:
         return self.embeddings([found[str(d)] for d in doc_ids])
 
     def iter_documents(self, batch: int = 1_000) -> Iterator[Document]:
-        """Every document in internal-id order, ``batch`` rows per read."""
+        """Every document (a split one whole, once) in storage order, ``batch`` rows per read."""
+        for row in passage_store.iter_document_rows(self.reading, self._passages, batch):
+            yield _document(row)
+
+    def iter_passages(self, batch: int = 1_000) -> Iterator[Document]:
+        """Every stored row as a Document: its key, the passage's text and what is encoded before it as ``title``."""
         last = -1
         while True:
             with self._lock:
@@ -310,8 +375,15 @@ class DocumentStore:
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def count(self) -> int:
+        """Stored rows: passages (a document written before passages existed, or a short one, is one)."""
         with self._lock:
             return int(self._con.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+
+    def document_count(self) -> int:
+        """Documents: rows less every split document's second and later passages."""
+        with self._lock:
+            extra = passage_store.extra_passages(self._con) if self._passages else 0
+            return int(self._con.execute("SELECT COUNT(*) FROM docs").fetchone()[0]) - extra
 
     def vacuum(self) -> None:
         """Rewrite the file without its free pages (SQLite ``VACUUM``, atomic): gives back the space a large rewrite,
@@ -411,6 +483,19 @@ def _row(doc: Document) -> tuple[str, str, str | None, str, str]:
     return doc.id, doc.text, doc.title, metadata, content_hash(doc)
 
 
+def _units(doc: Document, row: tuple, passages: Sequence[Passage] | None) -> list[tuple]:
+    """The ``docs`` rows of one document: itself, or (split) one per passage holding the passage's text, the title and
+    heading path it is encoded with, and the document's metadata (for filters)."""
+    if passages is None or len(passages) <= 1:
+        return [row]
+    _, _, title, metadata, _ = row
+    units = []
+    for n, passage in enumerate(passages):
+        unit = Document(passage_key(doc.id, n), passage.text, passage.context(title), doc.metadata)
+        units.append((unit.id, unit.text, unit.title, metadata, content_hash(unit)))
+    return units
+
+
 def _document(row: tuple) -> Document:
     doc_id, text, title, metadata = row
     try:
@@ -428,52 +513,3 @@ def _document(row: tuple) -> Document:
 def _chunks(values: list[Any]) -> Iterator[list[Any]]:
     for start in range(0, len(values), CHUNK):
         yield values[start : start + CHUNK]
-
-
-def _match_clause(key: str, value: Any) -> tuple[str, list[Any]]:
-    """SQL for "metadata[key] equals value", comparing text with text and numbers with numbers."""
-    if '"' in key or "\\" in key:  # no JSON path can name such a key in SQLite: find it by exact name instead
-        path = key
-        typ = "(SELECT type FROM json_each(metadata) WHERE key = ?)"
-        val = "(SELECT value FROM json_each(metadata) WHERE key = ?)"
-    else:
-        path = '$."' + key + '"'
-        typ, val = "json_type(metadata, ?)", "json_extract(metadata, ?)"
-    if value is None:
-        return f"{typ} = 'null'", [path]
-    if isinstance(value, bool):
-        return f"{typ} = ?", [path, "true" if value else "false"]
-    if isinstance(value, (int, float)):
-        return (
-            f"({typ} IN ('integer', 'real') AND {val} = ?) OR ({typ} = 'text' AND {val} = ?)",
-            [path, path, value, path, path, _number_text(value)],
-        )
-    if isinstance(value, str):
-        parts = [f"({typ} = 'text' AND {val} = ?)"]
-        params: list[Any] = [path, path, value]
-        number = _parse_number(value)
-        if number is not None:
-            parts.append(f"({typ} IN ('integer', 'real') AND {val} = ?)")
-            params += [path, path, number]
-        if value.strip().lower() in ("true", "false"):
-            parts.append(f"{typ} = ?")
-            params += [path, value.strip().lower()]
-        return " OR ".join(parts), params
-    # lists / dicts: compare the minified JSON text SQLite itself produces
-    return f"{typ} IN ('array', 'object') AND {val} = json(?)", [path, path, json.dumps(value)]
-
-
-def _parse_number(text: str) -> int | float | None:
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    return number if np.isfinite(number) else None
-
-
-def _number_text(value: int | float) -> str:
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)

@@ -63,3 +63,36 @@ def unicode_problem(value: Any) -> str | None:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+#: joins a document id and a passage number into the key of that passage's stored row (``doc\x1f3``); ids can never
+#: hold a control character (:func:`id_problem`), so a passage key never equals or prefixes another document's id
+PASSAGE_SEPARATOR = "\x1f"
+
+
+@dataclass
+class Passage:
+    """One passage of a document: ``text`` is the document's ``text[start:end]``; ``page`` is its (1-based) page in a
+    paged format (PDF), ``headings`` the titles of the sections it lies in, outermost first."""
+
+    start: int
+    end: int
+    text: str
+    page: int | None = None
+    headings: list[str] = field(default_factory=list)
+
+    def context(self, title: str | None) -> str | None:
+        """What the encoders read before the passage: the document's title and the passage's heading path."""
+        parts = [p for p in (title, *self.headings) if p]
+        return " › ".join(dict.fromkeys(parts)) or None
+
+
+def passage_key(doc_id: str, number: int) -> str:
+    """The stored key of passage ``number`` (0-based) of ``doc_id``: the id itself for the first, so a one-passage
+    document is stored exactly as before passages existed."""
+    return doc_id if number == 0 else f"{doc_id}{PASSAGE_SEPARATOR}{number}"
+
+
+def document_of(key: str) -> str:
+    """The document id a stored key (a document id or a passage key) belongs to."""
+    return key.split(PASSAGE_SEPARATOR, 1)[0]
