@@ -21,6 +21,7 @@ import numpy as np
 from .atomic import atomic_write_json, atomic_write_with, fsync_dir, read_json
 from .documents import Document
 from .errors import CollectionError
+from .passage_store import passage_rows, splits_from_json, splits_to_json
 from .routing import shard_of
 
 INTENT = "intent.json"
@@ -115,28 +116,36 @@ def shard_step(root: Path, intent: Intent) -> Callable[[int, Any], None]:
         return delete
     if intent.operation == "convert_tokens":
         return lambda i, shard: shard.convert_tokens(args["encoding"], pool=args.get("pool"))
-    docs, embeddings, tokens, terms = load_upsert(root)
+    docs, embeddings, tokens, terms, splits = load_upsert(root)
+    rows_of = passage_rows(splits, len(docs))
 
     def upsert(i: int, shard: Any) -> None:
         mine = [p for p, d in enumerate(docs) if shard_of(d.id, count) == i]
+        rows = [r for p in mine for r in rows_of[p]]
         if mine:
             shard.upsert(
                 [docs[p] for p in mine],
-                embeddings[mine],
-                tokens=None if tokens is None else [tokens[p] for p in mine],
-                terms=None if terms is None else [terms[p] for p in mine],
+                embeddings[rows],
+                tokens=None if tokens is None else [tokens[r] for r in rows],
+                terms=None if terms is None else [terms[r] for r in rows],
+                splits=None if splits is None else [splits[p] for p in mine],
             )
 
     return upsert
 
 
 # ---------------------------------------------------------------------------- the spool of an add
-def spool_upsert(docs: list[Document], embeddings: np.ndarray, tokens: list | None, terms: list | None) -> dict:
-    """An add's chunk as arrays and JSON (no pickle): documents, vectors, and ragged token / term arrays."""
+def spool_upsert(
+    docs: list[Document], embeddings: np.ndarray, tokens: list | None, terms: list | None, splits: Any = None
+) -> dict:
+    """An add's chunk as arrays and JSON (no pickle): documents, their passages, vectors, and ragged token / term
+    arrays (one row per passage)."""
     spool: dict[str, Any] = {
         "documents": json.dumps([[d.id, d.text, d.title, d.metadata] for d in docs], ensure_ascii=False),
         "embeddings": np.asarray(embeddings, dtype=np.float32),
     }
+    if splits is not None:
+        spool["splits"] = splits_to_json(splits)
     for name, arrays in (("tokens", tokens), ("terms", terms)):
         if arrays is not None:
             spool[name] = np.concatenate([np.asarray(a) for a in arrays]) if len(arrays) else np.zeros(0)
@@ -144,8 +153,8 @@ def spool_upsert(docs: list[Document], embeddings: np.ndarray, tokens: list | No
     return spool
 
 
-def load_upsert(root: Path) -> tuple[list[Document], np.ndarray, list | None, list | None]:
-    """The chunk :func:`spool_upsert` wrote: documents, embeddings, tokens and terms (None where not given)."""
+def load_upsert(root: Path) -> tuple[list[Document], np.ndarray, list | None, list | None, list | None]:
+    """The chunk :func:`spool_upsert` wrote: documents, embeddings, tokens, terms and splits (None where not given)."""
     try:
         with np.load(root / SPOOL, allow_pickle=False) as data:
             docs = [Document(id=i, text=t, title=ti, metadata=m) for i, t, ti, m in json.loads(str(data["documents"]))]
@@ -154,7 +163,8 @@ def load_upsert(root: Path) -> tuple[list[Document], np.ndarray, list | None, li
                 if name in data:
                     flat, lengths = data[name], data[f"{name}_lengths"]
                     ragged[name] = np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
-            return docs, data["embeddings"], ragged.get("tokens"), ragged.get("terms")
+            splits = splits_from_json(str(data["splits"]), docs) if "splits" in data else None
+            return docs, data["embeddings"], ragged.get("tokens"), ragged.get("terms"), splits
     except (OSError, ValueError, KeyError) as err:
         raise CollectionError(
             f"{root / SPOOL}: cannot be read ({err}); the interrupted add cannot be finished"

@@ -55,10 +55,34 @@ class StoredPassage:
     start: int
     end: int
     text: str
-    title: str | None = None
+    title: str | None = None  #: the document's title
     metadata: dict[str, Any] = field(default_factory=dict)
     page: int | None = None
     headings: list[str] = field(default_factory=list)
+    context: str | None = None  #: what the encoders read before the text (the title, and a split one's headings)
+
+
+def passage_rows(splits: Sequence[Sequence[Passage]] | None, documents: int) -> list[range]:
+    """Per document, the rows (passages) it has among an upsert's embeddings, tokens and terms: one each without
+    ``splits``."""
+    sizes = [1] * documents if splits is None else [max(len(split), 1) for split in splits]
+    starts = [0]
+    for size in sizes:
+        starts.append(starts[-1] + size)
+    return [range(starts[i], starts[i + 1]) for i in range(documents)]
+
+
+def splits_to_json(splits: Sequence[Sequence[Passage]]) -> str:
+    """Splits as JSON (offsets, page and headings; each passage's text is its document's slice)."""
+    return json.dumps([[[p.start, p.end, p.page, p.headings] for p in split] for split in splits], ensure_ascii=False)
+
+
+def splits_from_json(text: str, docs: Sequence[Document]) -> list[list[Passage]]:
+    """The splits :func:`splits_to_json` wrote, for the same documents."""
+    return [
+        [Passage(start, end, doc.text[start:end], page, list(headings)) for start, end, page, headings in split]
+        for split, doc in zip(json.loads(text), docs)
+    ]
 
 
 def create_tables(con: sqlite3.Connection) -> None:
@@ -167,6 +191,7 @@ def passages_of(con: sqlite3.Connection, keys: Sequence[str], present: bool) -> 
                 metadata=json.loads(metadata),
                 page=page,
                 headings=json.loads(headings) if headings else [],
+                context=title,
             )
     return out
 

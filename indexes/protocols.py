@@ -77,6 +77,15 @@ class CollectionLike(Protocol):
     def iter_documents(self) -> Iterator[Document]:
         """Every document."""
 
+    def iter_passages(self) -> Iterator[Document]:
+        """Every stored passage (key, text, the context encoded before it as title)."""
+
+    def passages(self, keys: Sequence[str]) -> Mapping[str, Any]:
+        """Stored passages by key (``indexes.passage_store.StoredPassage``)."""
+
+    def passage_count(self) -> int:
+        """Passages: what the first stage searches (one per document written before passages existed)."""
+
     def upsert(
         self,
         docs: Sequence[Document],

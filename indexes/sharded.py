@@ -22,9 +22,10 @@ from . import intent
 from .atomic import atomic_write_json
 from .collection import DOCUMENTS, MANIFEST, Collection, DeleteResult
 from .document_store import UpsertResult
-from .documents import Document
+from .documents import Document, Passage
 from .errors import CollectionError
 from .lock import LOCK_FILE, ReadOnlyCollection, WriterLock
+from .passage_store import StoredPassage, passage_rows
 from .routing import ROUTING, shard_name, shard_of
 from .shard_manifest import SHARD_FORMAT_VERSION, SHARDS_MANIFEST, ShardManifest
 from .sharded_tokens import ShardedTokenDF, ShardedTokenStore
@@ -233,33 +234,42 @@ class ShardedCollection:
         embeddings: np.ndarray,
         tokens: Sequence[np.ndarray] | None = None,
         terms: Sequence[np.ndarray] | None = None,
+        splits: Sequence[Sequence[Passage]] | None = None,
     ) -> list[UpsertResult]:
-        """Store each document (with its vector, tokens and token ids) in its owning shard, in all of the shards or
-        none (``indexes.intent``: an add's chunk is spooled first); one result per shard changed."""
+        """Store each document (with its passages' vectors, tokens and token ids: ``splits`` as in
+        ``Collection.upsert``) in its owning shard, in all of the shards or none (``indexes.intent``: an add's chunk
+        is spooled first); one result per shard changed."""
         docs = list(docs)
         embeddings = np.asarray(embeddings, dtype=np.float32)
-        if len(embeddings) != len(docs):
-            raise ValueError(f"{len(docs)} documents but {len(embeddings)} embeddings")
+        rows_of = passage_rows(splits, len(docs))
+        if len(embeddings) != sum(len(r) for r in rows_of):
+            raise ValueError(f"{sum(len(r) for r in rows_of)} passages but {len(embeddings)} embeddings")
         self.hold_writers()
         groups = self._by_shard([d.id for d in docs])
         results: list[UpsertResult] = []
 
         def step(i: int, shard: Collection) -> None:
             positions = groups[i]
-            part = None if terms is None else {"terms": [terms[p] for p in positions]}
+            rows = [r for p in positions for r in rows_of[p]]
+            part = None if terms is None else {"terms": [terms[r] for r in rows]}
             results.append(
                 shard.upsert(
                     [docs[p] for p in positions],
-                    embeddings[positions],
-                    tokens=None if tokens is None else [tokens[p] for p in positions],
+                    embeddings[rows],
+                    tokens=None if tokens is None else [tokens[r] for r in rows],
                     **(part or {}),
+                    **({} if splits is None else {"splits": [splits[p] for p in positions]}),
                 )
             )
 
         record = self._record("upsert", {"ids": [d.id for d in docs]}, groups)
         spool = (
             intent.spool_upsert(
-                docs, embeddings, None if tokens is None else list(tokens), None if terms is None else list(terms)
+                docs,
+                embeddings,
+                None if tokens is None else list(tokens),
+                None if terms is None else list(terms),
+                splits,
             )
             if len(groups) > 1
             else None
@@ -314,7 +324,11 @@ class ShardedCollection:
         """Every shard's top-``k`` per query, merged exactly (see :func:`merge_top_k`)."""
         per_shard = self._each(
             lambda shard: shard.search(
-                query_vectors, min(k, max(len(shard), 1)), filter=filter, ef_search=ef_search, nprobe=nprobe
+                query_vectors,
+                min(k, max(shard.passage_count(), 1)),
+                filter=filter,
+                ef_search=ef_search,
+                nprobe=nprobe,
             )
         )
         return [merge_top_k([hits[q] for hits in per_shard], k) for q in range(len(per_shard[0]))]
@@ -350,6 +364,22 @@ class ShardedCollection:
         for shard in self.shards:
             yield from shard.iter_documents()
 
+    def iter_passages(self) -> Iterator[Document]:
+        """Every stored passage, shard by shard."""
+        for shard in self.shards:
+            yield from shard.iter_passages()
+
+    def passages(self, keys: Sequence[str]) -> dict[str, StoredPassage]:
+        """Stored passages by key, each read from its document's shard."""
+        found: dict[str, StoredPassage] = {}
+        ids = [str(k) for k in keys]
+        for index, positions in self._by_shard(ids).items():
+            found.update(self.shards[index].passages([ids[p] for p in positions]))
+        return found
+
+    def passage_count(self) -> int:
+        return sum(shard.passage_count() for shard in self.shards)
+
     def hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         """doc_id -> content hash for the ids stored (what a resumed run skips)."""
         found: dict[str, str] = {}
@@ -369,6 +399,7 @@ class ShardedCollection:
             key: sum(s[key] for s in per_shard)
             for key in (
                 "document_count",
+                "passage_count",
                 "vector_count",
                 "tombstones",
                 "vectors_bytes",
@@ -392,6 +423,7 @@ class ShardedCollection:
                 {
                     "shard": shard_name(i),
                     "document_count": s["document_count"],
+                    "passage_count": s["passage_count"],
                     "factory": s["factory"],
                     "generation": s["generation"],
                     "disk_bytes": s["disk_bytes"],

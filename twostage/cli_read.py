@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .hit_text import emphasis, format_hits
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -122,7 +123,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
         else:
-            print(format_hits(result))
+            print(format_hits(result, emphasis=emphasis()))
     return 0
 
 
@@ -181,26 +182,7 @@ def _search_batch(engine: Any, args: argparse.Namespace, request: Any, queries: 
         print(json.dumps({qid: r.to_dict() for qid, r in zip(qids, results)}, indent=2, ensure_ascii=False))
     elif not args.run:
         for qid, result in zip(qids, results):
-            print(f"\n[{qid}] {result.query}\n{format_hits(result)}")
+            print(f"\n[{qid}] {result.query}\n{format_hits(result, emphasis=emphasis())}")
     return 0
 
 
-def format_hits(result: Any, snippet_width: int = 72) -> str:
-    """A readable table: rank, doc id, rerank score, first-stage score (and rank), text snippet."""
-    if not result.hits:
-        return "no results"
-    id_width = min(max(6, *(len(h.doc_id) for h in result.hits)), 24)
-    lines = [f"{'rank':>4}  {'doc id':<{id_width}}  {'rerank':>8}  {'1st stage':>14}  text"]
-    for hit in result.hits:
-        rerank = f"{hit.rerank_score:8.3f}" if hit.rerank_score is not None else f"{'-':>8}"
-        first = f"{hit.retrieval_score:.3f} (#{hit.retrieval_rank})"
-        text = (f"{hit.title}: " if hit.title else "") + " ".join(hit.text.split())
-        snippet = text if len(text) <= snippet_width else text[: snippet_width - 1] + "…"
-        lines.append(f"{hit.rank:>4}  {hit.doc_id[:id_width]:<{id_width}}  {rerank}  {first:>14}  {snippet}")
-    t = result.timings
-    stage = f"reranked by {result.reranker}" if result.reranker else "first stage only"
-    lines.append(
-        f"{result.candidates} candidates, {stage}; encode {t.encode_s * 1000:.0f} ms, "
-        f"search {t.search_s * 1000:.0f} ms, rerank {t.rerank_s * 1000:.0f} ms"
-    )
-    return "\n".join(lines)

@@ -41,17 +41,22 @@ def _add_with_progress(engine: Any, args: argparse.Namespace, total: int | None)
 def _print_add_report(report: Any, directory: str, engine: Any) -> None:
     print(
         f"{directory}: {report.added} added, {report.replaced} replaced, {report.unchanged} unchanged "
-        f"({len(engine.collection)} documents) in {report.seconds:.1f}s; "
+        f"({len(engine.collection)} documents, {engine.collection.passage_count()} passages) in {report.seconds:.1f}s; "
         f"{report.cache_hits} embeddings from cache"
     )
     _print_truncated(report, engine)
 
 
 def _print_truncated(report: Any, engine: Any) -> None:
+    if report.split:
+        print(
+            f"{report.split} document(s) longer than the model's window of {engine.encoder.max_seq_length} tokens "
+            f"were split: {report.passages} passages written"
+        )
     if report.truncated:
         print(
-            f"note: {report.truncated} document(s) were longer than the model's limit of "
-            f"{engine.encoder.max_seq_length} tokens and were truncated for encoding",
+            f"note: {report.truncated} passage(s) were still longer than the model's limit of "
+            f"{engine.encoder.max_seq_length} tokens (one word longer than the window) and were truncated for encoding",
             file=sys.stderr,
         )
 

@@ -29,10 +29,12 @@ from twostage.runtime.config import RuntimeConfig, runtime_config
 from twostage.runtime.models import DEFAULT_BI_ENCODER
 
 from .errors import UsageError
+from .grouping import best_passages, group_by_document, passage_depth, passage_hit
+from .ingest.passages import Splitter, splitter_for
 from .ingest.writes import AddReport, DeleteReport, add_documents, delete_documents
 from .memory import TemporaryHome, save_collection
 from .placement import query_placement
-from .rerank_step import hit_from, rerank_hits
+from .rerank_step import rerank_hits
 from .results import SearchResult, Timings
 from .resume import check_resumed
 from .search_request import SearchRequest, check_queries
@@ -71,6 +73,19 @@ class Engine:
         self.notices: list[str] = []
         #: the private directory of an in-memory collection (``create(None)``), deleted on close
         self._home: TemporaryHome | None = None
+        self._splitter: Splitter | None = None
+
+    @property
+    def splitter(self) -> Splitter:
+        """Cuts documents into passages that fit the bi-encoder's window, in its own tokens (made on first use)."""
+        if self._splitter is None:
+            self._splitter = splitter_for(self.encoder)
+        return self._splitter
+
+    @splitter.setter
+    def splitter(self, splitter: Splitter) -> None:
+        """Another splitter (another overlap, or a window so large that every document stays whole, as before)."""
+        self._splitter = splitter
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -293,7 +308,7 @@ class Engine:
         committed steps (``twostage.ingest.writes``); an id already present is replaced, an unchanged one skipped. A list
         is checked whole first: bad input anywhere changes nothing. ``report.ids`` lists every document's id in input
         order."""
-        return add_documents(self.collection, self.encoder, documents, progress)
+        return add_documents(self.collection, self.encoder, documents, progress, self.splitter)
 
     def upsert(
         self,
@@ -333,22 +348,36 @@ class Engine:
         if k > size:
             notices.append(f"k={k} is larger than the collection ({size} documents); searched all of them")
         n = len(queries)
+        depth = passage_depth(k, size, self.collection.passage_count(), request.group_by)
 
         candidate_lists, encode_s, search_s = self._retrieve(
-            stage, queries, min(k, max(size, 1)), request.filter, request.ef_search, request.nprobe, prf
+            stage, queries, depth, request.filter, request.ef_search, request.nprobe, prf
         )
-
-        docs = self._fetch(candidate_lists)
+        stored = self.collection.passages(list({key for cands in candidate_lists for key, _ in cands}))
+        if request.group_by == "document":
+            candidate_lists = [group_by_document(cands, stored, k) for cands in candidate_lists]
         reranker = self._second_stage(query_tokens, fusion) if request.rerank else None
         if request.rerank and reranker is None and self._reranker_spec is None and not self.notices:
             notices.append("no reranker configured; showing first-stage order")
         hit_lists = [
-            [hit_from(docs[doc_id], score, rank) for rank, (doc_id, score) in enumerate(cands, start=1)]
+            [
+                passage_hit(stored[key], score, rank)
+                for rank, (key, score) in enumerate((c for c in cands if c[0] in stored), start=1)
+            ]
             for cands in candidate_lists
         ]
         rerank_s = 0.0
         if reranker is not None:
             hit_lists, rerank_s = rerank_hits(reranker, queries, hit_lists, request.rerank_depth)
+        for hits in hit_lists:
+            for hit in hits:
+                if hit.passage is not None:
+                    hit.passage.score = hit.score
+        if request.explain:
+            from .explain import explain_hits
+
+            for query, hits in zip(queries, hit_lists):
+                explain_hits(self.encoder, query, hits[: request.top_k])
         results = []
         for query, cands, hits in zip(queries, candidate_lists, hit_lists):
             timings = Timings(encode_s=encode_s / n, search_s=search_s / n, rerank_s=rerank_s / n)
@@ -420,10 +449,12 @@ class Engine:
         return lists, encode_s, time.perf_counter() - started - encode_s
 
     def _feedback(self, vectors: Any, candidate_lists: list[list[tuple[str, float]]], prf: PRF) -> Any:
-        """Each query vector moved towards its top ``prf.k`` candidates' stored vectors (``retriever.prf.rocchio``)."""
+        """Each query vector moved towards its top ``prf.k`` documents' best passages' stored vectors
+        (``retriever.prf.rocchio``): one passage per document, so a long document's many passages cannot pull the
+        query towards themselves."""
         return np.stack(
             [
-                rocchio(vector, self.collection.embeddings_of([doc_id for doc_id, _ in cands[: prf.k]]), prf)
+                rocchio(vector, self.collection.embeddings_of(best_passages(cands, prf.k)), prf)
                 for vector, cands in zip(vectors, candidate_lists)
             ]
         )
@@ -448,18 +479,13 @@ class Engine:
             raise UsageError(
                 f"IDF query weighting needs a collection built with --store-tokens ({self.collection.path} was not)"
             )
-        if len(table) != len(self.collection):
+        if len(table) != self.collection.passage_count():
             table.rebuild(
-                ((d.id, d.text_for_encoding()) for d in self.collection.iter_documents()),
+                ((d.id, d.text_for_encoding()) for d in self.collection.iter_passages()),
                 lambda texts: content_token_ids(self.encoder, texts),
             )
         return table.idf
 
-    def _fetch(self, candidate_lists: list[list[tuple[str, float]]]) -> dict[str, Document]:
-        ids = list({doc_id for cands in candidate_lists for doc_id, _ in cands})
-        return {doc.id: doc for doc in self.collection.get(ids) if doc is not None}
-
-    @overload
     def get(self, ids: str) -> Document | None: ...  # type: ignore[overload-overlap]  # a str is not a list of ids
     @overload
     def get(self, ids: Sequence[str]) -> list[Document | None]: ...

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from twostage.indexes.documents import Document
-from twostage.reranker.base import Reranker
+from twostage.reranker.base import Candidate, Reranker
 
 from .results import Hit
 
@@ -33,13 +33,21 @@ def rerank_hits(
     """The engine's second stage: each query's top ``depth`` hits (all when None) scored in one batched pass and
     sorted by it, the rest beneath in first-stage order; returns the hit lists and the seconds spent scoring.
     Hits go by doc id as well as text, so MaxSim reads stored token vectors instead of encoding passages."""
-    candidates = [hits[:depth] for hits in hit_lists]  # a Hit is the reranker's candidate: no other form
+    candidates = [[_candidate(h) for h in hits[:depth]] for hits in hit_lists]
     started = time.perf_counter()
     score_lists: list[Any] = (
         reranker.score_candidates(list(queries), candidates) if any(candidates) else [[] for _ in queries]
     )
     seconds = time.perf_counter() - started
     return [_apply_rerank(hits, scores) if hits else hits for hits, scores in zip(hit_lists, score_lists)], seconds
+
+
+def _candidate(hit: Hit) -> Hit | Candidate:
+    """A hit as the reranker's candidate: itself, or for a passage of a longer document, that passage under its stored
+    key (so MaxSim reads the passage's stored tokens, not the document's first passage's)."""
+    if hit.passage is None or hit.passage.key == hit.doc_id:
+        return hit
+    return Candidate(hit.passage.key, hit.encoding_text, hit.retrieval_score)
 
 
 def _apply_rerank(hits: list[Hit], scores: Sequence[float] | np.ndarray) -> list[Hit]:

@@ -10,9 +10,46 @@ from twostage.indexes.documents import encoding_text
 
 
 @dataclass
+class PassageMatch:
+    """The passage of a hit's document that matched: passage ``number`` (0-based) of ``count``, its characters
+    ``start:end`` in the document, its page (PDF) and heading path, and its score (the hit's, under best-passage
+    grouping). ``key`` names its stored row (what MaxSim's stored tokens are read by); ``context`` is the title and
+    heading path the encoders read before it."""
+
+    key: str
+    number: int
+    count: int
+    start: int
+    end: int
+    text: str
+    score: float = 0.0
+    page: int | None = None
+    headings: list[str] = field(default_factory=list)
+    context: str | None = None
+    explain: dict[str, Any] | None = None  #: with ``explain``: which query words matched which passage words
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "number": self.number,
+            "count": self.count,
+            "start": self.start,
+            "end": self.end,
+            "page": self.page,
+            "headings": list(self.headings),
+            "score": self.score,
+            "text": self.text,
+        }
+        if self.explain is not None:
+            out["explain"] = self.explain
+        return out
+
+
+@dataclass
 class Hit:
-    """One result, in this one form from the first stage to the output (the reranker scores it as its candidate).
-    ``retrieval_*`` come from the first stage; ``rerank_*`` are None when the second stage was skipped."""
+    """One result, in this one form from the first stage to the output (the reranker scores it as its candidate): a
+    document and (``passage``) the passage of it that matched. ``text`` is that passage's text (the whole document
+    when it is one passage: a hit never carries the whole of a long document). ``retrieval_*`` come from the first
+    stage; ``rerank_*`` are None when the second stage was skipped."""
 
     doc_id: str
     text: str
@@ -22,11 +59,13 @@ class Hit:
     rerank_rank: int | None = None
     title: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    passage: PassageMatch | None = None
 
     @property
     def encoding_text(self) -> str:
-        """The text the encoders and the second stage see (``indexes.documents.encoding_text``)."""
-        return encoding_text(self.text, self.title)
+        """The text the encoders and the second stage see (``indexes.documents.encoding_text``): a passage after its
+        context (the title and, in a long document, its heading path)."""
+        return encoding_text(self.text, self.passage.context if self.passage is not None else self.title)
 
     @property
     def score(self) -> float:
@@ -52,6 +91,7 @@ class Hit:
             "title": self.title,
             "text": self.text,
             "metadata": dict(self.metadata),
+            "passage": self.passage.to_dict() if self.passage is not None else None,
         }
 
 

@@ -38,6 +38,8 @@ RENAMED = {"k": "candidate_depth", "top_n": "top_k"}
 LEVERS = {"prf": PRF.parse, "query_tokens": QueryTokens.parse, "fusion": Fusion.parse}
 #: the lever options an eval system name may carry after "/" (``dense+rerank@100/prf=3:0.5/tokens=idf``)
 SYSTEM_LEVERS = {"prf": "prf", "tokens": "query_tokens", "fusion": "fusion"}
+#: what a hit can be (``group_by``)
+GROUP_BY = ("document", "passage")
 #: fields that say how the engine runs (Engine.open/create take them), not what one search does
 ENGINE_FIELDS = ("reranker", "runtime")
 
@@ -81,6 +83,10 @@ class SearchRequest:
     query_tokens: Any = DEFAULT
     #: both stages' scores fused: rrf | zscore:W | minmax:W; "default" / None as for prf
     fusion: Any = DEFAULT
+    #: what a hit is: "document" (the document, with the passage that matched it best) or "passage"
+    group_by: str = "document"
+    #: with each returned hit's passage, which query words matched which passage words (``twostage.explain``)
+    explain: bool = False
     #: the second stage an engine opened with this request loads (a spec, a Reranker, or None); not per search
     reranker: Any = DEFAULT_RERANKER
     #: device, backend, batch size and threads of an engine opened with this request; not per search
@@ -93,8 +99,11 @@ class SearchRequest:
         for field_name in ("rerank_depth", "ef_search", "nprobe"):
             if getattr(self, field_name) is not None:
                 _check_positive(field_name, getattr(self, field_name))
-        if not isinstance(self.rerank, bool):
-            raise UsageError(f"{name('rerank')} must be true or false (got {self.rerank!r})")
+        for flag in ("rerank", "explain"):
+            if not isinstance(getattr(self, flag), bool):
+                raise UsageError(f"{name(flag)} must be true or false (got {getattr(self, flag)!r})")
+        if self.group_by not in GROUP_BY:
+            raise UsageError(f"{name('group_by')} must be one of {', '.join(GROUP_BY)} (got {self.group_by!r})")
         if self.rerank_depth is not None and self.rerank_depth > self.candidate_depth:
             raise UsageError(
                 f"{name('rerank_depth')} {self.rerank_depth} is more than the {name('candidate_depth')} "
@@ -221,8 +230,11 @@ class SearchRequest:
         values["first_stage"] = args.first_stage
         values["reranker"] = None if args.no_rerank else (args.reranker or DEFAULT_RERANKER)
         values["runtime"] = runtime_from_args(args)
+        if getattr(args, "group_by", None) is not None:
+            values["group_by"] = args.group_by
         if search:
             values["filter"] = parse_filters(args.filter)
+            values["explain"] = bool(getattr(args, "explain", False))
             for name in ("rerank_depth", "ef_search", "nprobe", "prf", "query_tokens", "fusion"):
                 if getattr(args, name) is not None:
                     values[name] = getattr(args, name)
@@ -335,8 +347,20 @@ def add_search_arguments(p: argparse.ArgumentParser, *, serve: bool = False) -> 
         "directory is a cross-encoder too); default cross-encoder/ms-marco-MiniLM-L6-v2, falling back to maxsim "
         "when it cannot be loaded",
     )
+    p.add_argument(
+        "--group-by",
+        choices=GROUP_BY,
+        default=None,
+        help=f"{default}what a hit is: a document with the passage that matched it best (default), or a passage",
+    )
     if serve:
         return
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="under each hit, which query words matched which words of its passage (MaxSim's token alignment; "
+        "BM25's matching terms)",
+    )
     p.add_argument(
         "--filter",
         action="append",

@@ -113,6 +113,14 @@ class SearchOptions(_Strict):
     rerank_depth: StrictInt | None = Field(
         None, description="rerank only the top this many candidates (CLI --rerank-depth); omitted → all"
     )
+    group_by: Text | None = Field(
+        None,
+        description="document (each hit a document, with the passage that matched it best) | passage (CLI "
+        "--group-by); omitted → server default",
+    )
+    explain: StrictBool | None = Field(
+        None, description="with each hit's passage, which query words matched which passage words (CLI --explain)"
+    )
 
 
 class SearchRequest(SearchOptions):
@@ -123,8 +131,25 @@ class BatchSearchRequest(SearchOptions):
     queries: list[Text] = Field(..., description="the queries (CLI --queries FILE)")
 
 
+class PassageOut(BaseModel):
+    """The passage of a hit's document that matched (``results.PassageMatch``): where it is in the document."""
+
+    number: int = Field(..., description="0-based passage number in its document")
+    count: int = Field(..., description="passages the document was split into (1: a short document, whole)")
+    start: int = Field(..., description="first character of the passage in the document's text")
+    end: int = Field(..., description="character after its last")
+    page: int | None = Field(..., description="its page (PDF)")
+    headings: list[str] = Field(..., description="the headings of the sections it lies in, outermost first")
+    score: float
+    text: str
+    explain: dict[str, Any] | None = Field(
+        None, description="with explain: MaxSim's query word → passage word alignment and BM25's matching terms"
+    )
+
+
 class HitOut(BaseModel):
-    """``Hit.to_dict()``: the hit shape of the CLI's ``--json`` and the Python API too."""
+    """``Hit.to_dict()``: the hit shape of the CLI's ``--json`` and the Python API too; ``text`` is the passage that
+    matched (a whole short document); GET /documents/{id} returns a document whole."""
 
     doc_id: str
     rank: int = Field(..., description="final rank (rerank rank when reranked, else first-stage rank)")
@@ -136,6 +161,7 @@ class HitOut(BaseModel):
     title: str | None
     text: str
     metadata: dict[str, Any]
+    passage: PassageOut | None = None
 
 
 class TimingsOut(BaseModel):
@@ -165,6 +191,8 @@ class SearchResponse(BaseModel):
     query_tokens: str | None
     fusion: str | None
     rerank_depth: int | None
+    group_by: str
+    explain: bool
     latency_ms: float = Field(..., description="time in the server, queueing and batching included")
 
 
@@ -201,7 +229,9 @@ class AddResponse(BaseModel):
     added: int
     replaced: int
     unchanged: int
-    truncated: int
+    passages: int = Field(..., description="passages the added and replaced documents were split into")
+    split: int = Field(..., description="documents longer than the bi-encoder's window, split into passages")
+    truncated: int = Field(..., description="passages still cut at the window (one word longer than it)")
     seconds: float
     documents: int = Field(..., description="documents in the collection afterwards")
 

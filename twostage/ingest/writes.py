@@ -17,6 +17,7 @@ from twostage.retriever.biencoder import EncodeResult
 
 from ..writer import OrderedWriter
 from .documents import checked_stream, same_document
+from .passages import Splitter, encoding_texts, splitter_for
 
 #: documents encoded and committed to SQLite per step; a crash loses at most one step's work
 ADD_CHUNK = 256
@@ -33,7 +34,9 @@ class AddReport:
     added: int = 0
     replaced: int = 0
     unchanged: int = 0
-    truncated: int = 0
+    passages: int = 0  #: passages the added and replaced documents were split into (one per short document)
+    split: int = 0  #: documents longer than the bi-encoder's window, split into several passages
+    truncated: int = 0  #: passages still cut at the window (a single word longer than it)
     cache_hits: int = 0
     seconds: float = 0.0
     #: every document's id, in input order (generated ones for documents given as plain strings)
@@ -58,9 +61,12 @@ def add_documents(
     encoder: Any,
     documents: Iterable[Document | Mapping[str, Any] | str],
     progress: Callable[[int], None] | None = None,
+    splitter: Splitter | None = None,
 ) -> AddReport:
-    """Encode (with ``encoder``, a ``BiEncoder``) and store documents in committed steps; an id already present is
+    """Encode (with ``encoder``, a ``BiEncoder``) and store documents in committed steps, each split into passages
+    that fit its window (``splitter``, else the encoder's own: ``ingest.passages``); an id already present is
     replaced, an unchanged one skipped. A list is checked whole before the first is stored."""
+    splitter = splitter or splitter_for(encoder)
     report = AddReport()
     started = time.perf_counter()
     # on a GPU a chunk is large enough to keep the device busy. A bounded pipeline (twostage/writer.py): while this
@@ -81,7 +87,7 @@ def add_documents(
             report.replaced += replaced
             report.added += len(todo) - replaced
             if todo:
-                encode(partial(_encode_chunk, collection, encoder, todo, report, write))
+                encode(partial(_encode_chunk, collection, encoder, splitter, todo, report, write))
             if progress:
                 progress(len(chunk))
     collection.commit()
@@ -92,21 +98,26 @@ def add_documents(
 def _encode_chunk(
     collection: CollectionLike,
     encoder: Any,
+    splitter: Splitter,
     todo: list[Document],
     report: AddReport,
     write: Callable[[Callable[[], object]], None],
 ) -> None:
-    """The encoder thread's step: vectors (and tokens) of the changed documents, handed to the writer thread."""
-    texts = [d.text_for_encoding() for d in todo]
+    """The encoder thread's step: the changed documents split into passages, the passages' vectors (and tokens),
+    handed to the writer thread."""
+    splits = splitter.split_many(todo)
+    texts = [text for doc, split in zip(todo, splits) for text in encoding_texts(doc, split)]
     tokens = terms = None
     if collection.token_store is None:
         encoded = encoder.encode_documents(texts)
-    else:  # one forward pass gives both the document vectors and the MaxSim token vectors
+    else:  # one forward pass gives both the passage vectors and the MaxSim token vectors
         store = encode_for_store(encoder, texts, token_ids=getattr(collection, "token_df", None) is not None)
         hits = encoder.through_cache(texts, store.embeddings)
         encoded = EncodeResult(store.embeddings, truncated=store.truncated, cache_hits=hits)
         tokens, terms = store.tokens, store.token_ids
-    write(partial(collection.upsert, todo, encoded.embeddings, tokens=tokens, terms=terms))
+    write(partial(collection.upsert, todo, encoded.embeddings, tokens=tokens, terms=terms, splits=splits))
+    report.passages += len(texts)
+    report.split += sum(len(split) > 1 for split in splits)
     report.truncated += encoded.truncated
     report.cache_hits += encoded.cache_hits
 

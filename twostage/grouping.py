@@ -1,0 +1,84 @@
+"""From passage hits to document hits: the first stage ranks passages; a document ranks by its best passage (MaxP).
+
+Best passage is what Pyserini's MS MARCO document runs and Elasticsearch's chunked reranking do; on
+benchmarks/bench_documents.py it comes within 0.03 nDCG@10 of the passage run's own upper bound, so no other
+aggregation (sum, top-k mean) is offered.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from twostage.indexes.documents import document_of
+from twostage.indexes.passage_store import StoredPassage
+
+from .results import Hit, PassageMatch
+
+#: a document search reads at most this many passages per document wanted (the mean passages per document, rounded up)
+MAX_PASSAGES_PER_DOCUMENT = 8
+
+
+def passage_depth(k: int, documents: int, passages: int, group_by: str) -> int:
+    """How many passages the first stage fetches for ``k`` hits: ``k`` when every document is one passage (the
+    search is then exactly what it was before passages) or hits are passages; else ``k`` times the mean passages per
+    document, rounded up and capped, so that grouping still leaves about ``k`` documents."""
+    if group_by == "passage" or passages <= documents or documents == 0:
+        return max(1, min(k, max(passages, 1)))
+    factor = min(MAX_PASSAGES_PER_DOCUMENT, math.ceil(passages / documents))
+    return max(1, min(k * factor, passages))
+
+
+def group_by_document(
+    candidates: Sequence[tuple[str, float]], passages: Mapping[str, StoredPassage], k: int
+) -> list[tuple[str, float]]:
+    """Each document's best passage, in the order of the (best-first) passage list, at most ``k`` documents."""
+    seen: set[str] = set()
+    out = []
+    for key, score in candidates:
+        passage = passages.get(key)
+        if passage is None or passage.doc_id in seen:
+            continue
+        seen.add(passage.doc_id)
+        out.append((key, score))
+        if len(out) == k:
+            break
+    return out
+
+
+def best_passages(candidates: Sequence[tuple[str, float]], k: int) -> list[str]:
+    """The keys of the top ``k`` documents' best passages in a best-first passage list (documents told by key)."""
+    seen: set[str] = set()
+    out = []
+    for key, _ in candidates:
+        doc_id = document_of(key)
+        if doc_id not in seen:
+            seen.add(doc_id)
+            out.append(key)
+            if len(out) == k:
+                break
+    return out
+
+
+def passage_hit(passage: StoredPassage, score: float, rank: int) -> Hit:
+    """A first-stage hit: the passage's document, with the passage (no rerank score yet)."""
+    return Hit(
+        doc_id=passage.doc_id,
+        text=passage.text,
+        title=passage.title,
+        metadata=dict(passage.metadata),
+        retrieval_score=float(score),
+        retrieval_rank=rank,
+        passage=PassageMatch(
+            key=passage.key,
+            number=passage.number,
+            count=passage.count,
+            start=passage.start,
+            end=passage.end,
+            text=passage.text,
+            score=float(score),
+            page=passage.page,
+            headings=list(passage.headings),
+            context=passage.context,
+        ),
+    )

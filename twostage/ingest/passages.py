@@ -1,0 +1,192 @@
+"""Splitting documents into passages that fit the bi-encoder's window, counted in the model's own tokens.
+
+A document that fits (with its title) stays one passage. A longer one is tokenised once (a fast tokenizer gives each
+token's character offsets) and cut greedily: each passage takes as many tokens as the window leaves after the special
+tokens, the document prompt and its context (title and heading path), ending at the strongest boundary in its last
+two thirds: a section start, then a paragraph, a line, a sentence, a clause, a space between words. A cut never falls
+inside a word unless one word alone overflows the window. The next passage starts up to ``overlap`` tokens back, at
+the strongest boundary there. Why our own rather than a library (docs/guides/documents.md): it reads each document's
+tokens once and is several times faster than semantic-text-splitter, which re-tokenises while it searches, and the
+two rank alike on benchmarks/bench_documents.py.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from twostage.indexes.documents import Document, Passage
+
+#: tokens a passage repeats from the end of the one before it: chosen on benchmarks/bench_documents.py (0 vs 32 vs 64)
+DEFAULT_OVERLAP = 32
+#: a passage ends at a boundary in its window's last two thirds (so no passage is cut short by a weak boundary)
+MIN_FILL = 1 / 3
+#: boundaries, strongest first: (priority, pattern whose match end is a place to cut)
+BOUNDARIES = (
+    (4, re.compile(r"\n[ \t]*\n\s*")),  # a paragraph break
+    (3, re.compile(r"\n\s*")),  # a line break
+    (2, re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+")),  # a sentence end
+    (1, re.compile(r"[;:,]\s+")),  # a clause
+    (0, re.compile(r"\s+")),  # a space between words
+)
+#: a section (heading) start outranks every other boundary
+SECTION = 5
+_MARKDOWN_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)  # fenced code: its "#" lines are comments
+
+
+@dataclass(frozen=True)
+class _Section:
+    level: int
+    title: str
+    start: int
+    end: int
+
+
+class Splitter:
+    """Cuts documents into passages of at most ``window`` model tokens (special tokens, prompt and context included)."""
+
+    def __init__(self, tokenizer: Any, window: int, *, overlap: int = DEFAULT_OVERLAP, prompt: str = ""):
+        """``tokenizer``: a ``tokenizers.Tokenizer`` (copied: truncation and padding are turned off in the copy)."""
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.window = int(window)
+        self.overlap = max(0, int(overlap))
+        self.prompt = prompt
+        self._fixed = len(self.tokenizer.encode(prompt).ids)  # special tokens and the document prompt
+        self._context_sizes: dict[str | None, int] = {}
+
+    def split(self, doc: Document) -> list[Passage]:
+        return self.split_many([doc])[0]
+
+    def split_many(self, docs: Sequence[Document]) -> list[list[Passage]]:
+        """Each document's passages, in order; a document that fits is one passage spanning its whole text."""
+        bare = self.tokenizer.encode_batch([d.text for d in docs], add_special_tokens=False)
+        out: list[list[Passage]] = []
+        for doc, encoding in zip(docs, bare):
+            size = len(encoding.ids) + self._fixed + self._context_size(doc.title)
+            if size > self.window - 2 and (size > self.window + 8 or not self._fits(doc)):
+                out.append(self._cut(doc, encoding.offsets))
+            else:
+                out.append([Passage(0, len(doc.text), doc.text, page=_page_at(doc, 0))])
+        return out
+
+    def _fits(self, doc: Document) -> bool:
+        """Whether the document as the encoders read it (prompt, title, text) fits the window: exact, for the few
+        near the limit, where joining title and text can tokenise a little differently than each alone."""
+        return len(self.tokenizer.encode(self.prompt + doc.text_for_encoding()).ids) <= self.window
+
+    def _context_size(self, context: str | None) -> int:
+        if context not in self._context_sizes:
+            self._context_sizes[context] = (
+                len(self.tokenizer.encode(f"{context}. ", add_special_tokens=False).ids) if context else 0
+            )
+        return self._context_sizes[context]
+
+    def _cut(self, doc: Document, offsets: list[tuple[int, int]]) -> list[Passage]:
+        text = doc.text
+        starts = [start for start, _ in offsets]
+        n = len(offsets)
+        sections = _sections(doc)
+        priority = _boundaries(text, starts, sections)
+        passages: list[Passage] = []
+        first = 0
+        while first < n:
+            headings = _heading_path(sections, starts[first])
+            context = Passage(0, 0, "", headings=headings).context(doc.title)
+            if self._context_size(context) > self.window // 4:  # a long heading path: the title alone
+                headings, context = [], doc.title
+            budget = max(16, self.window - self._fixed - self._context_size(context) - 2)  # 2: joins re-tokenised
+            last = min(n, first + budget)  # exclusive
+            low = first + max(1, int(budget * MIN_FILL))
+            window = priority[low + 1 : last + 1] if last < n else priority[low + 1 : n]
+            if window.size and (last < n and window.max() >= 0 or window.max() == SECTION):  # the tail: at sections
+                last = low + 1 + int(np.flatnonzero(window == window.max())[-1])
+            start, end = starts[first], offsets[last - 1][1]
+            passages.append(Passage(start, end, text[start:end], page=_page_at(doc, start), headings=headings))
+            if last >= n:
+                break
+            following = last
+            if self.overlap and priority[last] < SECTION:  # a new section starts afresh
+                back = priority[max(first + 1, last - self.overlap) : last]
+                if back.size and back.max() >= 0:
+                    following = max(first + 1, last - self.overlap) + int(np.flatnonzero(back == back.max())[0])
+            first = following
+        return passages
+
+
+def _boundaries(text: str, starts: list[int], sections: list[_Section]) -> np.ndarray:
+    """Per token index t: the strength of cutting just before token t (-1: inside a word)."""
+    priority = np.full(len(starts) + 1, -1, dtype=np.int8)
+    token_starts = np.asarray(starts, dtype=np.int64)
+    for strength, pattern in BOUNDARIES:
+        ends = np.fromiter((m.end() for m in pattern.finditer(text)), dtype=np.int64)
+        np.maximum.at(priority, np.searchsorted(token_starts, ends, side="left"), strength)
+    for section in sections:
+        priority[int(np.searchsorted(token_starts, section.start, side="left"))] = SECTION
+    return priority
+
+
+def _sections(doc: Document) -> list[_Section]:
+    """The document's sections: those its extraction found (``ingest.extract.StructuredDocument``), else its Markdown
+    headings (``#`` lines), each running to the next heading of the same or a higher level."""
+    given = getattr(doc, "sections", None)
+    if given:
+        return [_Section(s.level, s.title, s.start, s.end) for s in given]
+    fences = [(m.start(), m.end()) for m in _FENCE.finditer(doc.text)]
+    headings = [
+        (len(m.group(1)), m.group(2).strip(), m.start())
+        for m in _MARKDOWN_HEADING.finditer(doc.text)
+        if not any(start < m.start() < end for start, end in fences)
+    ]
+    return [
+        _Section(level, title, start, next((s for lv, _, s in headings[i + 1 :] if lv <= level), len(doc.text)))
+        for i, (level, title, start) in enumerate(headings)
+    ]
+
+
+def _heading_path(sections: list[_Section], offset: int) -> list[str]:
+    holding = [s for s in sections if s.start <= offset < s.end]
+    return [s.title for s in sorted(holding, key=lambda s: (s.level, s.start))]
+
+
+def _page_at(doc: Document, offset: int) -> int | None:
+    pages = getattr(doc, "pages", None)
+    if not pages:
+        return None
+    index = bisect.bisect_right([p.start for p in pages], offset) - 1
+    return int(pages[max(index, 0)].number)
+
+
+def splitter_for(encoder: Any, overlap: int = DEFAULT_OVERLAP) -> Splitter:
+    """The splitter for a bi-encoder: its own (fast) tokenizer, window and document prompt."""
+    light = getattr(encoder, "light", None)
+    if light is not None and getattr(encoder, "_model", None) is None:
+        tokenizer = light.tokenizer
+    else:
+        backend = getattr(encoder.model.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ValueError(f"bi-encoder {encoder.name!r} has no fast tokenizer to split documents with")
+        tokenizer = backend
+    window = int(encoder.max_seq_length or 512)
+    return Splitter(tokenizer, window, overlap=overlap, prompt=getattr(encoder, "document_prompt", "") or "")
+
+
+def encoding_texts(doc: Document, passages: Sequence[Passage]) -> list[str]:
+    """What the encoders read for each passage: the document as before when it is one passage, else each passage
+    after its context (title and heading path)."""
+    if len(passages) <= 1:
+        return [doc.text_for_encoding()]
+    texts = []
+    for passage in passages:
+        context = passage.context(doc.title)
+        texts.append(f"{context}. {passage.text}" if context else passage.text)
+    return texts
