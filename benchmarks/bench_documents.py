@@ -1,0 +1,288 @@
+"""Long documents: cutting each at the bi-encoder's window (the old behaviour) against splitting it into passages,
+ranking documents by their best passage and reranking that passage; and the upper bound of scoring the original
+passages themselves and keeping each document's best.
+
+The set (issue 26): a dataset's passage pool, shuffled with a fixed seed and joined 12 at a time into documents, so a
+document is relevant only through the few passages inside it; its label is the highest of its passages'. Built from
+``msmarco-dl20`` (graded, relevant at 2) and confirmed on ``cacm``. ``--fraction`` builds from a seeded share of the
+pool (the same shuffle, cut short) where the full pool cannot be encoded in the time there is: every figure says it.
+
+    python benchmarks/bench_documents.py                 # full pools; writes benchmarks/results/documents.json + .md
+    python benchmarks/bench_documents.py --fraction 0.1  # a tenth of each pool
+
+Systems (document-level nDCG@10 and MRR@10, trec_eval's definitions): dense and hybrid first stages with and without
+the second stage (MaxSim with the engine's default levers, the reranker a collection without a cross-encoder gets);
+each on the truncated documents, on passages (our splitter, best passage per document) and on the original passages
+(the upper bound). The splitter rows compare overlaps (0 and 32 tokens) and semantic-text-splitter (if installed) on
+dense retrieval, with the seconds each spent splitting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from common import DATA_ROOT, RESULTS, THRESHOLDS, machine, minilm_path  # noqa: I001  (first: repo importable, hub off)
+
+from twostage.engine import Engine  # noqa: E402
+from twostage.eval.datasets import load_folder  # noqa: E402
+from twostage.eval.metrics import evaluate  # noqa: E402
+from twostage.indexes.documents import Document, Passage  # noqa: E402
+from twostage.ingest.passages import Splitter, splitter_for  # noqa: E402
+from twostage.retriever.biencoder import BiEncoder  # noqa: E402
+
+PER_DOCUMENT = 12
+SEED = 0
+K = 100
+MEASURES = ("nDCG@10", "MRR@10")
+SYSTEMS = {  # name -> search options
+    "dense": {"rerank": False, "first_stage": "dense"},
+    "hybrid": {"rerank": False, "first_stage": "hybrid"},
+    "dense + maxsim": {"rerank": True, "first_stage": "dense"},
+    "hybrid + maxsim": {"rerank": True, "first_stage": "hybrid"},
+}
+OVERLAPS = (0, 32)
+
+
+def build(folder: Path, fraction: float) -> tuple[dict, dict, dict, dict]:
+    """(passages pid -> Document, documents id -> Document, pid -> document id, document qrels) of one dataset."""
+    data = load_folder(folder)
+    passages = {r["id"]: Document(r["id"], r["text"], r.get("title") or None) for r in data.iter_corpus()}
+    ids = sorted(passages)
+    random.Random(SEED).shuffle(ids)
+    ids = ids[: max(PER_DOCUMENT, int(len(ids) * fraction))]
+    documents, owner = {}, {}
+    for n in range(0, len(ids), PER_DOCUMENT):
+        doc_id = f"D{n // PER_DOCUMENT:05d}"
+        members = ids[n : n + PER_DOCUMENT]
+        documents[doc_id] = Document(doc_id, "\n\n".join(passages[p].text_for_encoding() for p in members))
+        owner.update({p: doc_id for p in members})
+    qrels: dict[str, dict[str, int]] = {}
+    for qid, labels in data.qrels.items():
+        for pid, label in labels.items():
+            if pid in owner:
+                doc = qrels.setdefault(qid, {})
+                doc[owner[pid]] = max(doc.get(owner[pid], 0), label)
+    kept = {p: passages[p] for p in ids}
+    return kept, documents, owner, {q: labels for q, labels in qrels.items() if any(v > 0 for v in labels.values())}
+
+
+def collection(
+    path: Path, encoder: BiEncoder, docs: list[Document], splitter: Splitter | None, tokens: bool
+) -> tuple[Engine, dict]:
+    """A collection of ``docs`` (tokens stored for MaxSim when asked) and what indexing it cost."""
+    engine = Engine.create(path, reranker="maxsim", encoder=encoder, store_tokens="float16" if tokens else False)
+    if splitter is not None:
+        engine.splitter = splitter
+    split_s = _split_seconds(engine.splitter, docs)
+    report = engine.add(docs)
+    return engine, {
+        "documents": len(engine.collection),
+        "passages": engine.collection.passage_count(),
+        "split_documents": report.split,
+        "truncated": report.truncated,
+        "index_s": round(report.seconds, 1),
+        "split_s": round(split_s, 2),
+    }
+
+
+def _split_seconds(splitter: Splitter, docs: list[Document]) -> float:
+    started = time.perf_counter()
+    for start in range(0, len(docs), 256):
+        splitter.split_many(docs[start : start + 256])
+    return time.perf_counter() - started
+
+
+def run_of(engine: Engine, queries: dict[str, str], options: dict, owner: dict | None = None) -> dict:
+    """Each query's document run; with ``owner`` (pid -> document) a passage run scored by best passage per document."""
+    k = K * PER_DOCUMENT // 4 if owner else K
+    results = engine.search_queries(queries, k=k, top_n=k, **options)
+    run = {}
+    for qid, result in results.items():
+        scores: dict[str, float] = {}
+        for doc_id, score in result.run().items():
+            doc = owner[doc_id] if owner else doc_id
+            scores[doc] = max(scores.get(doc, float("-inf")), score)
+        run[qid] = scores
+    return run
+
+
+def measure(run: dict, qrels: dict, threshold: int) -> dict:
+    result = evaluate(run, qrels, MEASURES, rel_threshold=threshold, complete=True)
+    return {m: round(result.aggregate[m], 4) for m in MEASURES}
+
+
+def semantic_text_splitter(encoder: BiEncoder) -> Splitter | None:
+    """semantic-text-splitter's TextSplitter over the same tokenizer and window, wrapped as a Splitter, if installed."""
+    try:
+        from semantic_text_splitter import TextSplitter
+    except ImportError:
+        return None
+    ours = splitter_for(encoder, overlap=32)
+    library = TextSplitter.from_huggingface_tokenizer(ours.tokenizer, capacity=ours.window - 2, overlap=32)
+
+    class Library(Splitter):
+        def split_many(self, docs):  # type: ignore[override]
+            return [
+                [Passage(start, start + len(chunk), chunk) for start, chunk in library.chunk_indices(doc.text)]
+                for doc in docs
+            ]
+
+    wrapped = Library.__new__(Library)
+    wrapped.__dict__.update(ours.__dict__)
+    return wrapped
+
+
+def bench_dataset(name: str, folder: Path, work: Path, encoder: BiEncoder, fraction: float) -> dict:
+    passages, documents, owner, qrels = build(folder, fraction)
+    data = load_folder(folder)
+    queries = {q: t for q, t in data.queries.items() if q in qrels}
+    threshold = THRESHOLDS.get(name, 1)
+    docs = list(documents.values())
+    out: dict = {
+        "pool_passages": len(passages),
+        "documents": len(docs),
+        "queries": len(queries),
+        "fraction": fraction,
+        "collections": {},
+        "systems": {},
+        "splitters": {},
+    }
+    builds = {
+        "truncated": (docs, Splitter(encoder_tokenizer(encoder), 10**9), True),  # one passage each: the model cuts
+        "passages": (docs, splitter_for(encoder), True),
+        "original passages": (list(passages.values()), None, True),
+    }
+    for label, (items, splitter, tokens) in builds.items():
+        engine, stats = collection(work / name / label.replace(" ", "-"), encoder, items, splitter, tokens)
+        out["collections"][label] = stats
+        print(f"{name} {label}: {stats}", flush=True)
+        for system, options in SYSTEMS.items():
+            run = run_of(engine, queries, options, owner if label == "original passages" else None)
+            out["systems"].setdefault(system, {})[label] = measure(run, qrels, threshold)
+            print(f"  {system}: {out['systems'][system][label]}", flush=True)
+        engine.close()
+    variants = {f"ours, overlap {o}": splitter_for(encoder, overlap=o) for o in OVERLAPS if o != 32}
+    library = semantic_text_splitter(encoder)
+    if library is not None:
+        variants["semantic-text-splitter, overlap 32"] = library
+    out["splitters"]["ours, overlap 32"] = {
+        **out["systems"]["dense"]["passages"],
+        "split_s": out["collections"]["passages"]["split_s"],
+        "passages": out["collections"]["passages"]["passages"],
+    }
+    for label, splitter in variants.items():
+        engine, stats = collection(work / name / f"split-{len(out['splitters'])}", encoder, docs, splitter, False)
+        run = run_of(engine, queries, SYSTEMS["dense"])
+        out["splitters"][label] = {
+            **measure(run, qrels, threshold),
+            "split_s": stats["split_s"],
+            "passages": stats["passages"],
+        }
+        print(f"  splitter {label}: {out['splitters'][label]}", flush=True)
+        engine.close()
+    return out
+
+
+def encoder_tokenizer(encoder: BiEncoder):
+    return splitter_for(encoder).tokenizer
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "# Long documents: truncation, passages with best-passage grouping, and the upper bound",
+        "",
+        f"Machine: {results['machine']}; load average {results['load_average']} (8 helpers shared 2 cores: timings are "
+        "noisy, ratios in one run only). Command: `python benchmarks/bench_documents.py "
+        + " ".join(results["arguments"])
+        + "`.",
+        "",
+    ]
+    for name, data in results["datasets"].items():
+        lines += [
+            f"## {name}",
+            "",
+            f"{data['documents']} documents of {PER_DOCUMENT} passages from {data['pool_passages']} pool passages "
+            f"(fraction {data['fraction']:g} of the pool, seed {SEED}); {data['queries']} queries with a relevant "
+            f"document.",
+            "",
+            "| system | truncated | passages (best passage) | upper bound (original passages) |",
+            "|---|---|---|---|",
+        ]
+        for system, cells in data["systems"].items():
+            row = [
+                f"{cells[c]['nDCG@10']:.3f} / {cells[c]['MRR@10']:.3f}"
+                for c in ("truncated", "passages", "original passages")
+            ]
+            lines.append(f"| {system} | " + " | ".join(row) + " |")
+        lines += [
+            "",
+            "nDCG@10 / MRR@10. Collections:",
+            "",
+            "| collection | documents | passages | split | seconds splitting | seconds indexing |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, c in data["collections"].items():
+            lines.append(
+                f"| {label} | {c['documents']} | {c['passages']} | {c['split_documents']} | {c['split_s']} | {c['index_s']} |"
+            )
+        lines += [
+            "",
+            "Splitters (dense, nDCG@10 / MRR@10):",
+            "",
+            "| splitter | nDCG@10 | MRR@10 | passages | seconds splitting |",
+            "|---|---|---|---|---|",
+        ]
+        for label, s in data["splitters"].items():
+            lines.append(
+                f"| {label} | {s['nDCG@10']:.3f} | {s['MRR@10']:.3f} | {s['passages']} | {s['split_s']} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("TWOSTAGE_DATA", DATA_ROOT)))
+    parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parents[1] / "runs" / "bench-documents")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--fraction", type=float, default=1.0, help="share of each pool to build documents from")
+    parser.add_argument("--datasets", default="msmarco-dl20,cacm")
+    args = parser.parse_args()
+
+    names = [n for n in args.datasets.split(",") if (args.data / n).is_dir()]
+    if not names:
+        print(f"no dataset under {args.data}; nothing measured")
+        return 0
+    for name in names:
+        shutil.rmtree(args.work / name, ignore_errors=True)
+    encoder = BiEncoder(minilm_path())
+    results = {
+        "machine": machine(),
+        "load_average": round(os.getloadavg()[0], 1),
+        "arguments": sys.argv[1:],
+        "model": "sentence-transformers/all-MiniLM-L6-v2 (window 256 tokens)",
+        "datasets": {},
+    }
+    for name in names:
+        results["datasets"][name] = bench_dataset(name, args.data / name, args.work, encoder, args.fraction)
+    results["load_average_end"] = round(os.getloadavg()[0], 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    earlier = args.out / "documents.json"
+    if earlier.is_file():  # datasets measured by an earlier run (another --datasets) are kept beside this run's
+        kept = json.loads(earlier.read_text()).get("datasets", {})
+        results["datasets"] = {**{k: v for k, v in kept.items() if k not in results["datasets"]}, **results["datasets"]}
+    (args.out / "documents.json").write_text(json.dumps(results, indent=1))
+    (args.out / "documents.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
