@@ -102,7 +102,7 @@ def _split_seconds(splitter: Splitter, docs: list[Document]) -> float:
 def run_of(engine: Engine, queries: dict[str, str], options: dict, owner: dict | None = None) -> dict:
     """Each query's document run; with ``owner`` (pid -> document) a passage run scored by best passage per document."""
     k = K * PER_DOCUMENT // 4 if owner else K
-    results = engine.search_queries(queries, k=k, top_n=k, **options)
+    results = engine.search_queries(queries, candidate_depth=k, top_k=k, **options)
     run = {}
     for qid, result in results.items():
         scores: dict[str, float] = {}
