@@ -240,9 +240,7 @@ def markdown(results: dict) -> str:
             "|---|---|---|---|---|",
         ]
         for label, s in data["splitters"].items():
-            lines.append(
-                f"| {label} | {s['nDCG@10']:.3f} | {s['MRR@10']:.3f} | {s['passages']} | {s['split_s']} |"
-            )
+            lines.append(f"| {label} | {s['nDCG@10']:.3f} | {s['MRR@10']:.3f} | {s['passages']} | {s['split_s']} |")
         lines.append("")
     return "\n".join(lines)
 

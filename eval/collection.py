@@ -152,6 +152,8 @@ def open_collection(
         "added": report.added,
         "replaced": report.replaced,
         "unchanged": report.unchanged,
+        "passages": engine.collection.passage_count(),  # a long document is split into several; ranked by its best
+        "split": report.split,
         "truncated": report.truncated,
         "seconds": round(report.seconds, 3),
         "factory": engine.collection.index.factory,

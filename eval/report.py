@@ -58,6 +58,10 @@ def format_report_table(report: EvalReport) -> str:
     encoder = models.get("bi_encoder", {}).get("name", "-")
     reranker = models.get("reranker", {}).get("name") or "none"
     docs = f"{report.n_documents} documents, " if report.n_documents else ""
+    passages = (report.indexing or {}).get("passages")
+    if report.n_documents and passages and passages != report.n_documents:  # long documents: split, ranked by best
+        truncated = report.indexing.get("truncated") or 0
+        docs = f"{report.n_documents} documents in {passages} passages ({truncated} truncated), "
     header = (
         f"{report.dataset}: {report.n_queries} queries, {docs}relevant = label >= {report.rel_threshold} "
         f"(nDCG graded)\nbi-encoder {encoder}; reranker {reranker}"

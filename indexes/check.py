@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from . import passage_store
 from .check_content import inspect_content, repair_content
 from .collection import DOCUMENTS, MANIFEST, VECTORS, Collection, Manifest
 from .document_store import DocumentStore, storage_errors
@@ -126,10 +127,9 @@ def _inspect_sqlite(path: Path, con: sqlite3.Connection, manifest: Manifest, rep
             f"{manifest.generation}: documents were lost (a truncated or older copy); repair "
             f"rebuilds the index from the {len(stored)} that remain"
         )
-    if manifest.document_count != len(stored):
-        report.problems.append(
-            f"{MANIFEST} counts {manifest.document_count} documents, {DOCUMENTS} holds {len(stored)}"
-        )
+    documents = len(stored) - (passage_store.extra_passages(con) if "passages" in tables else 0)
+    if manifest.document_count != documents:
+        report.problems.append(f"{MANIFEST} counts {manifest.document_count} documents, {DOCUMENTS} holds {documents}")
     _inspect_index(path, manifest, stored, report)
     _inspect_tables(con, tables, report)
     report.problems.extend(content.problems)

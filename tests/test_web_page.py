@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES, REPO
+from test_passages import handbook
 
 from twostage import Engine
+from twostage.indexes.documents import Document
 from twostage.indexes.readers import read_corpus
 from twostage.reranker.cross_encoder import CrossEncoderReranker
 from twostage.server import ServerConfig, ServerThread, create_app
@@ -45,6 +47,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, minilm, tiny_cross_encoder_
     path = tmp_path_factory.mktemp("web-page") / "collection"
     with Engine.create(path, encoder=minilm, reranker=None) as engine:
         engine.add(read_corpus(EXAMPLES / "corpus.jsonl"))
+        engine.add([Document("handbook", handbook(), "Staff handbook")])  # a long document: split into passages
     reranker = CrossEncoderReranker(str(tiny_cross_encoder_dir))
     app = create_app(lambda: Engine.open(path, encoder=minilm, reranker=reranker), ServerConfig(k=20, top_n=5))
     running = ServerThread(app).start()
@@ -66,7 +69,7 @@ def page(server: ServerThread) -> Iterator[sync_api.Page]:
 def test_search_page_end_to_end(server: ServerThread, page: sync_api.Page) -> None:
     expect = sync_api.expect
     page.goto(server.url + "/")
-    expect(page.locator("#server-status")).to_contain_text("connected · 100 documents · read-only")
+    expect(page.locator("#server-status")).to_contain_text("connected · 101 documents · read-only")
     expect(page.locator("#k")).to_have_value("20")
 
     # Type a query and wait for the results a user would see.
@@ -121,6 +124,18 @@ def test_search_page_end_to_end(server: ServerThread, page: sync_api.Page) -> No
     expect(message).to_contain_text("The server returned an error (422)")
     expect(message).to_contain_text("max_k")
     page.screenshot(path=str(ARTIFACTS / "web-page-error.png"), full_page=True)
+
+    # A long document: the hit is the passage that matched, placed in its document, the matching words marked.
+    page.fill("#k", "20")
+    page.fill("#query", "parking spaces for bicycles")
+    page.press("#query", "Enter")
+    expect(first.locator(".title")).to_have_text("Staff handbook")
+    expect(first.locator(".where")).to_contain_text(re.compile(r"passage \d+ of \d+ · Staff handbook › Facilities"))
+    expect(first.locator(".snippet")).to_contain_text("forty spaces reserved for bicycles")
+    marked = first.locator(".snippet mark").all_inner_texts()
+    assert {"parking", "spaces", "bicycles"} <= {m.lower() for m in marked}, marked
+    assert "Office hours" not in first.locator(".snippet").inner_text()  # the passage, not the whole handbook
+    page.screenshot(path=str(ARTIFACTS / "web-page-passage.png"), full_page=True)
 
     # The server goes away: the page says it is unreachable.
     server.stop()

@@ -184,5 +184,3 @@ def _search_batch(engine: Any, args: argparse.Namespace, request: Any, queries: 
         for qid, result in zip(qids, results):
             print(f"\n[{qid}] {result.query}\n{format_hits(result, emphasis=emphasis())}")
     return 0
-
-

@@ -486,6 +486,7 @@ class Engine:
             )
         return table.idf
 
+    @overload
     def get(self, ids: str) -> Document | None: ...  # type: ignore[overload-overlap]  # a str is not a list of ids
     @overload
     def get(self, ids: Sequence[str]) -> list[Document | None]: ...

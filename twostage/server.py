@@ -318,7 +318,10 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
         report = await _await(batcher.call(lambda engine: engine.add(docs), write=True))
         stats.counts["adds"] += 1
         return {
-            **{k: getattr(report, k) for k in ("added", "replaced", "unchanged", "passages", "split", "truncated", "seconds")},
+            **{
+                k: getattr(report, k)
+                for k in ("added", "replaced", "unchanged", "passages", "split", "truncated", "seconds")
+            },
             "documents": batcher.documents,
         }
 

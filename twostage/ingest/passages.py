@@ -190,3 +190,48 @@ def encoding_texts(doc: Document, passages: Sequence[Passage]) -> list[str]:
         context = passage.context(doc.title)
         texts.append(f"{context}. {passage.text}" if context else passage.text)
     return texts
+
+
+class SplitBatch:
+    """Documents split into passages to be encoded elsewhere (Ray actors, rows back in any order), and put back
+    together: a document is ready to store once every one of its passages has its vector."""
+
+    def __init__(self, docs: Sequence[Document], splitter: Splitter):
+        self.docs = list(docs)
+        self.splits = splitter.split_many(self.docs)
+        self.texts: list[str] = []
+        self.owner: list[int] = []
+        for i, (doc, split) in enumerate(zip(self.docs, self.splits)):
+            for text in encoding_texts(doc, split):
+                self.texts.append(text)
+                self.owner.append(i)
+        self.rows: list[list[int]] = [[] for _ in self.docs]
+        for row, i in enumerate(self.owner):
+            self.rows[i].append(row)
+        self._vectors: dict[int, np.ndarray] = {}
+        self._tokens: dict[int, Any] = {}
+
+    def arrived(self, rows: Sequence[int], vectors: np.ndarray, tokens: Sequence[Any] | None) -> list[int]:
+        """Take encoded rows; return the documents (indexes) whose passages are now all in, each once."""
+        touched = set()
+        for n, row in enumerate(rows):
+            self._vectors[int(row)] = vectors[n]
+            if tokens is not None:
+                self._tokens[int(row)] = tokens[n]
+            touched.add(self.owner[int(row)])
+        return sorted(i for i in touched if all(r in self._vectors for r in self.rows[i]) and self.rows[i])
+
+    def ready(self, indexes: Sequence[int]) -> tuple[list[Document], np.ndarray, list | None, list, list[str]]:
+        """Those documents, their passages' vectors and tokens (None if none came) in order, splits and texts."""
+        rows = [r for i in indexes for r in self.rows[i]]
+        tokens = [self._tokens.pop(r) for r in rows] if self._tokens else None
+        vectors = np.stack([self._vectors.pop(r) for r in rows]).astype(np.float32)
+        for i in indexes:
+            self.rows[i] = []  # given out: never ready again
+        return (
+            [self.docs[i] for i in indexes],
+            vectors,
+            tokens,
+            [self.splits[i] for i in indexes],
+            [self.texts[r] for r in rows],
+        )

@@ -38,8 +38,16 @@ class ShardActor:
     def search(
         self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None, ef_search: int | None, nprobe: int | None
     ) -> list[list[tuple[str, float]]]:
-        size = max(len(self.collection), 1)
+        size = max(self.collection.passage_count(), 1)
         return self.collection.search(vectors, min(k, size), filter=filter, ef_search=ef_search, nprobe=nprobe)
+
+    def passages(self, keys: list[str], tokens: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Stored passages by key, and with ``tokens`` their MaxSim token vectors, in one round trip."""
+        store = self.collection.token_store
+        found = {}
+        if tokens and store is not None:
+            found = {k: t for k, t in zip(keys, store.get_many(keys)) if t is not None}
+        return self.collection.passages(keys), found
 
     def get(self, doc_ids: list[str], tokens: bool) -> tuple[list[Document | None], dict[str, np.ndarray]]:
         """Documents, and with ``tokens`` their stored MaxSim token vectors, in one round trip."""
@@ -152,6 +160,26 @@ class RayShardedCollection:
             self.token_store.latest = tokens
         return out
 
+    def passages(self, keys: Sequence[str]) -> dict[str, Any]:
+        """Stored passages by key, from their documents' shards; their token vectors are kept for the reranker."""
+        ids = [str(k) for k in keys]
+        groups = self._by_shard(ids)
+        want_tokens = self.token_store is not None
+        replies = self._ray.get(
+            [self.actors[i].passages.remote([ids[p] for p in pos], want_tokens) for i, pos in groups.items()]
+        )
+        out: dict[str, Any] = {}
+        tokens: dict[str, np.ndarray] = {}
+        for found, vectors in replies:
+            out.update(found)
+            tokens.update(vectors)
+        if self.token_store is not None:
+            self.token_store.latest = tokens
+        return out
+
+    def passage_count(self) -> int:
+        return sum(self._all("passage_count"))
+
     def tokens_of(self, doc_id: str) -> np.ndarray | None:
         """One document's stored token vectors, from its shard's actor."""
         _, found = self._ray.get(self.actors[shard_of(doc_id, len(self.actors))].get.remote([doc_id], True))
@@ -163,23 +191,33 @@ class RayShardedCollection:
         embeddings: np.ndarray,
         tokens: Sequence[np.ndarray] | None = None,
         terms: Sequence[np.ndarray] | None = None,
+        splits: Sequence[Any] | None = None,
     ) -> list[Any]:
-        """Each document to the actor that owns its shard, in all of the shards or none (``indexes.intent``)."""
+        """Each document, with its passages' rows (``Collection.upsert``'s ``splits``), to the actor that owns its
+        shard, in all of the shards or none (``indexes.intent``)."""
+        from twostage.indexes.passage_store import passage_rows
+
         docs = list(docs)
         embeddings = np.asarray(embeddings, dtype=np.float32)
+        rows_of = passage_rows(splits, len(docs))
         groups = self._by_shard([d.id for d in docs])
 
         def call(index: int) -> Any:
             positions = groups[index]
+            rows = [r for p in positions for r in rows_of[p]]
             return self.actors[index].call.remote(
                 "upsert",
                 [docs[p] for p in positions],
-                embeddings[positions],
-                tokens=None if tokens is None else [tokens[p] for p in positions],
+                embeddings[rows],
+                tokens=None if tokens is None else [tokens[r] for r in rows],
+                terms=None if terms is None else [terms[r] for r in rows],
+                splits=None if splits is None else [splits[p] for p in positions],
             )
 
         record = self._record("upsert", {"ids": [d.id for d in docs]}, groups)
-        spool = intent.spool_upsert(docs, embeddings, None if tokens is None else list(tokens), None)
+        spool = intent.spool_upsert(
+            docs, embeddings, None if tokens is None else list(tokens), None if terms is None else list(terms), splits
+        )
         return self._recorded(record, call, spool if len(groups) > 1 else None)
 
     def delete(self, doc_ids: Sequence[str]) -> Any:

@@ -19,6 +19,7 @@ from twostage.engine import Engine
 from twostage.indexes.documents import Document
 from twostage.indexes.errors import CollectionError
 from twostage.ingest.documents import checked_stream, same_document
+from twostage.ingest.passages import SplitBatch
 from twostage.ingest.writes import AddReport, chunks
 from twostage.runtime.config import RuntimeConfig
 
@@ -175,8 +176,10 @@ def _encode_and_write(
     collection = engine.collection
     # longest first, as the single-process path sorts: a batch of similar lengths pads little (in corpus order an
     # actor's batches padded to their longest passage and ran at 0.65x of one process on the same single thread)
-    texts = [d.text_for_encoding() for d in todo]
-    rows = [{"row": i, "text": texts[i]} for i in sorted(range(len(todo)), key=lambda i: -len(texts[i]))]
+    # documents split as the single-process path splits them; their passages are what the actors encode
+    split = SplitBatch(todo, engine.splitter)
+    texts = split.texts
+    rows = [{"row": i, "text": texts[i]} for i in sorted(range(len(texts)), key=lambda i: -len(texts[i]))]
     blocks = max(1, min(len(rows) // batch_size, 4 * actors))
     encoded = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
         EncoderActor,
@@ -189,29 +192,30 @@ def _encode_and_write(
     )
     dim = collection.manifest.dimension
     for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
-        docs = [todo[int(i)] for i in batch["row"]]
         tokens = None
         if "tokens" in batch:
             tokens = [
                 np.frombuffer(b, dtype=np.float16).reshape(int(n), dim)
                 for b, n in zip(batch["tokens"], batch["n_tokens"])
             ]
+        # rows come back in any order: a document is written once all of its passages are in
+        complete = split.arrived(batch["row"], np.asarray(batch["embedding"], dtype=np.float32), tokens)
+        report.truncated += int(batch["truncated"].sum())
+        report.cache_hits += int(batch["cache_hits"].sum())
+        if not complete:
+            continue
+        docs, vectors, tokens, splits, passage_texts = split.ready(complete)
         # token ids for MaxSim's IDF weights: tokenising only, done here with the driver's own tokenizer
         terms = (
-            content_token_ids(engine.encoder, [d.text_for_encoding() for d in docs])
+            content_token_ids(engine.encoder, passage_texts)
             if getattr(collection, "token_df", None) is not None
             else None
         )
-        collection.upsert(
-            docs,
-            np.asarray(batch["embedding"], dtype=np.float32),
-            tokens=tokens,
-            **({} if terms is None else {"terms": terms}),
-        )
+        collection.upsert(docs, vectors, tokens=tokens, terms=terms, splits=splits)
+        report.passages += len(passage_texts)
+        report.split += sum(len(s) > 1 for s in splits)
         replaced = sum(1 for d in docs if d.id in replacing)
         report.replaced += replaced
         report.added += len(docs) - replaced
-        report.truncated += int(batch["truncated"].sum())
-        report.cache_hits += int(batch["cache_hits"].sum())
         if progress:
             progress(len(docs))

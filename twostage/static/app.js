@@ -3,6 +3,8 @@
 
 const $ = (id) => document.getElementById(id);
 const SNIPPET_CHARS = 280;
+// a MaxSim-aligned passage word is marked when its token is at least this similar to a query word's
+const MARK_SIMILARITY = 0.6;
 const TIMEOUT_MS = 30000;
 
 function el(tag, className, text) {
@@ -104,8 +106,9 @@ function renderHit(hit) {
   head.appendChild(el("span", "title", hit.title || hit.doc_id));
   head.appendChild(el("span", "doc-id", hit.doc_id));
   body.appendChild(head);
-  const text = hit.text.length > SNIPPET_CHARS ? hit.text.slice(0, SNIPPET_CHARS - 1) + "…" : hit.text;
-  body.appendChild(el("p", "snippet", text));
+  const where = placeOf(hit.passage);
+  if (where) body.appendChild(el("div", "where", where));
+  body.appendChild(passageView(hit));
   const scores = el("div", "scores");
   if (hit.rerank_score !== null) {
     scores.appendChild(el("span", "rerank-score", `rerank score ${hit.rerank_score.toFixed(3)} (rank ${hit.rerank_rank})`));
@@ -120,6 +123,55 @@ function renderHit(hit) {
   body.appendChild(scores);
   li.appendChild(body);
   return li;
+}
+
+// Where the passage that matched lies in its document: "passage 3 of 12 · page 4 · Install › From source".
+function placeOf(passage) {
+  if (!passage) return "";
+  const parts = passage.count > 1 ? [`passage ${passage.number + 1} of ${passage.count}`] : [];
+  if (passage.page !== null) parts.push(`page ${passage.page}`);
+  if (passage.headings.length) parts.push(passage.headings.join(" › "));
+  return parts.join(" · ");
+}
+
+// The words that matched (BM25's terms and MaxSim's closely aligned words), as [start, end) offsets into the text.
+function matchedSpans(passage) {
+  const explain = passage && passage.explain;
+  if (!explain) return [];
+  const spans = [];
+  for (const term of explain.bm25 || []) for (const w of term.words) spans.push([w.start, w.end]);
+  for (const m of explain.maxsim || []) {
+    if (m.start !== null && m.similarity >= MARK_SIMILARITY) spans.push([m.start, m.end]);
+  }
+  spans.sort((a, b) => a[0] - b[0] || b[1] - a[1]);
+  return spans;
+}
+
+// The passage in context: a window of it around its first match, each matched word in a <mark>.
+function passageView(hit) {
+  const text = hit.text;
+  const spans = matchedSpans(hit.passage);
+  let from = 0;
+  let to = text.length;
+  if (text.length > SNIPPET_CHARS) {
+    const first = spans.length ? spans[0][0] : 0;
+    from = first > SNIPPET_CHARS / 3 ? text.lastIndexOf(" ", first - SNIPPET_CHARS / 4) + 1 : 0;
+    to = Math.min(text.length, from + SNIPPET_CHARS);
+  }
+  const p = el("p", "snippet");
+  const before = from > 0 || (hit.passage && hit.passage.number > 0);
+  const after = to < text.length || (hit.passage && hit.passage.number + 1 < hit.passage.count);
+  if (before) p.append("…");
+  let at = from;
+  for (const [start, end] of spans) {
+    if (start < at || end > to) continue;
+    p.append(text.slice(at, start));
+    p.appendChild(el("mark", null, text.slice(start, end)));
+    at = end;
+  }
+  p.append(text.slice(at, to));
+  if (after) p.append("…");
+  return p;
 }
 
 function render(result) {
@@ -157,6 +209,7 @@ async function search() {
       top_n: parseInt($("top-n").value, 10) || undefined,
       rerank: $("rerank").checked,
       first_stage: $("first-stage").value,
+      explain: true,
     };
     const result = await call("/search", { method: "POST", body: JSON.stringify(body) });
     if (ticket !== latest) return;  // a newer search already answered
