@@ -115,9 +115,7 @@ def remove(con: sqlite3.Connection, doc_ids: Sequence[str], internal_ids: Sequen
     con.executemany("DELETE FROM passages WHERE internal_id = ?", [(int(i),) for i in internal_ids])
 
 
-def write(
-    con: sqlite3.Connection, doc: Document, row: tuple, passages: Sequence[Passage], internal_ids: Sequence[int]
-) -> None:
+def write(con: sqlite3.Connection, doc: Document, row: tuple, passages: Sequence[Passage], internal_ids: Any) -> None:
     """Record a split document: its whole-text row when it has several passages, and every passage's place."""
     if len(passages) > 1:
         doc_id, text, title, metadata, content_hash = row

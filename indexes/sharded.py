@@ -251,14 +251,13 @@ class ShardedCollection:
         def step(i: int, shard: Collection) -> None:
             positions = groups[i]
             rows = [r for p in positions for r in rows_of[p]]
-            part = None if terms is None else {"terms": [terms[r] for r in rows]}
             results.append(
                 shard.upsert(
                     [docs[p] for p in positions],
                     embeddings[rows],
                     tokens=None if tokens is None else [tokens[r] for r in rows],
-                    **(part or {}),
-                    **({} if splits is None else {"splits": [splits[p] for p in positions]}),
+                    terms=None if terms is None else [terms[r] for r in rows],
+                    splits=None if splits is None else [splits[p] for p in positions],
                 )
             )
 

@@ -29,7 +29,7 @@ class PassageMatch:
     explain: dict[str, Any] | None = None  #: with ``explain``: which query words matched which passage words
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "number": self.number,
             "count": self.count,
             "start": self.start,
