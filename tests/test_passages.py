@@ -234,3 +234,23 @@ def test_cli_shows_the_passage_with_query_words_emphasised(handbook_engine, caps
     assert re.search(r"\[passage \d+/\d+, Staff handbook › Facilities\]", table)
     assert "*garage*" in table and "*bicycles*" in table
     assert "maxsim: " in table and "bm25: " in table
+
+
+def test_split_batch_gives_documents_back_once_all_their_passages_are_encoded(tokenizer):
+    """What Ray indexing does with actors' rows arriving in any order (twostage.distributed)."""
+    from twostage.ingest.passages import SplitBatch
+
+    docs = [Document("long", handbook(1), "Handbook"), Document("short", "A short note.")]
+    batch = SplitBatch(docs, Splitter(tokenizer, 128))
+    rows = len(batch.texts)
+    assert rows == len(batch.splits[0]) + 1 and batch.owner[-1] == 1
+    vectors = np.arange(rows * 2, dtype=np.float32).reshape(rows, 2)
+    assert batch.arrived([rows - 1], vectors[[rows - 1]], None) == [1]  # the short one is complete at once
+    got, got_vectors, tokens, splits, texts = batch.ready([1])
+    assert [d.id for d in got] == ["short"] and tokens is None and got_vectors.tolist() == [vectors[-1].tolist()]
+    later = list(range(rows - 2, -1, -1))  # the long one's rows, last first
+    assert batch.arrived(later[:-1], vectors[later[:-1]], None) == []
+    assert batch.arrived(later[-1:], vectors[later[-1:]], None) == [0]
+    got, got_vectors, _, splits, texts = batch.ready([0])
+    assert got_vectors.tolist() == vectors[: rows - 1].tolist()  # in passage order
+    assert splits == [batch.splits[0]] and texts == encoding_texts(docs[0], batch.splits[0])
