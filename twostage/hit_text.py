@@ -64,7 +64,7 @@ def format_hits(result: Any, snippet_width: int = 72, emphasis: tuple[str, str] 
         rerank = f"{hit.rerank_score:8.3f}" if hit.rerank_score is not None else f"{'-':>8}"
         first = f"{hit.retrieval_score:.3f} (#{hit.retrieval_rank})"
         passage = hit.passage
-        whole = passage is None or (passage.count == 1 and not hit.title)  # a short untitled document: one line
+        whole = passage is None or passage.count == 1  # a short document: one line, as it always was
         if whole:
             text = (f"{hit.title}: " if hit.title else "") + " ".join(hit.text.split())
             head = text if len(text) <= snippet_width else text[: snippet_width - 1] + "…"
