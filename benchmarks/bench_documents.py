@@ -199,14 +199,16 @@ def markdown(results: dict) -> str:
         "# Long documents: truncation, passages with best-passage grouping, and the upper bound",
         "",
         f"Machine: {results['machine']}; load average {results['load_average']} (8 helpers shared 2 cores: timings are "
-        "noisy, ratios in one run only). Command: `python benchmarks/bench_documents.py "
-        + " ".join(results["arguments"])
-        + "`.",
+        "noisy, ratios in one run only).",
         "",
     ]
+    if results.get("note"):
+        lines += [results["note"], ""]
     for name, data in results["datasets"].items():
         lines += [
             f"## {name}",
+            "",
+            f"Command: `{data.get('command') or 'python benchmarks/bench_documents.py ' + ' '.join(results['arguments'])}`.",
             "",
             f"{data['documents']} documents of {PER_DOCUMENT} passages from {data['pool_passages']} pool passages "
             f"(fraction {data['fraction']:g} of the pool, seed {SEED}); {data['queries']} queries with a relevant "
@@ -217,7 +219,7 @@ def markdown(results: dict) -> str:
         ]
         for system, cells in data["systems"].items():
             row = [
-                f"{cells[c]['nDCG@10']:.3f} / {cells[c]['MRR@10']:.3f}"
+                f"{cells[c]['nDCG@10']:.3f} / {cells[c]['MRR@10']:.3f}" if c in cells else "not reached"
                 for c in ("truncated", "passages", "original passages")
             ]
             lines.append(f"| {system} | " + " | ".join(row) + " |")
