@@ -20,7 +20,7 @@ from typing import Any, cast
 import numpy as np
 
 from . import passage_store
-from .documents import Document, Passage, passage_key, text_hash
+from .documents import Document, Passage, text_hash
 from .errors import StorageError
 from .metadata_filter import _match_clause
 from .passage_store import StoredPassage
@@ -180,7 +180,8 @@ class DocumentStore:
         if splits is not None and len(splits) != len(docs):
             raise ValueError(f"{len(docs)} documents but {len(splits)} splits")
         units = [
-            _units(doc, row, None if splits is None else splits[n]) for n, (doc, row) in enumerate(zip(docs, rows))
+            passage_store.units(doc, row, None if splits is None else splits[n], content_hash)
+            for n, (doc, row) in enumerate(zip(docs, rows))
         ]
         total = sum(len(u) for u in units)
         if embeddings.ndim != 2 or len(embeddings) != total:
@@ -332,18 +333,8 @@ class DocumentStore:
 
     def iter_passages(self, batch: int = 1_000) -> Iterator[Document]:
         """Every stored row as a Document: its key, the passage's text and what is encoded before it as ``title``."""
-        last = -1
-        while True:
-            with self._lock:
-                rows = self._con.execute(
-                    "SELECT internal_id, doc_id, text, title, metadata FROM docs WHERE internal_id > ? "
-                    "ORDER BY internal_id LIMIT ?",
-                    (last, batch),
-                ).fetchall()
-            if not rows:
-                return
-            yield from (_document(row[1:]) for row in rows)
-            last = int(rows[-1][0])
+        for row in passage_store.iter_rows(self.reading, batch):
+            yield _document(row)
 
     def iter_embeddings(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All ``(internal_ids, vectors)`` in id order, ``batch`` at a time, without holding a read open between batches."""
@@ -481,19 +472,6 @@ def _row(doc: Document) -> tuple[str, str, str | None, str, str]:
     except (TypeError, ValueError) as err:
         raise ValueError(f"document {doc.id!r}: metadata is not JSON-serialisable ({err})") from None
     return doc.id, doc.text, doc.title, metadata, content_hash(doc)
-
-
-def _units(doc: Document, row: tuple, passages: Sequence[Passage] | None) -> list[tuple]:
-    """The ``docs`` rows of one document: itself, or (split) one per passage holding the passage's text, the title and
-    heading path it is encoded with, and the document's metadata (for filters)."""
-    if passages is None or len(passages) <= 1:
-        return [row]
-    _, _, title, metadata, _ = row
-    units = []
-    for n, passage in enumerate(passages):
-        unit = Document(passage_key(doc.id, n), passage.text, passage.context(title), doc.metadata)
-        units.append((unit.id, unit.text, unit.title, metadata, content_hash(unit)))
-    return units
 
 
 def _document(row: tuple) -> Document:

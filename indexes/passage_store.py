@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .documents import PASSAGE_SEPARATOR, Document, Passage
+from .documents import PASSAGE_SEPARATOR, Document, Passage, passage_key
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -83,6 +83,35 @@ def splits_from_json(text: str, docs: Sequence[Document]) -> list[list[Passage]]
         [Passage(start, end, doc.text[start:end], page, list(headings)) for start, end, page, headings in split]
         for split, doc in zip(json.loads(text), docs)
     ]
+
+
+def units(doc: Document, row: tuple, passages: Sequence[Passage] | None, content_hash: Any) -> list[tuple]:
+    """The ``docs`` rows of one document: itself (``row``), or (split) one per passage holding the passage's text, the
+    title and heading path it is encoded with, and the document's metadata (for filters)."""
+    if passages is None or len(passages) <= 1:
+        return [row]
+    _, _, title, metadata, _ = row
+    out = []
+    for n, passage in enumerate(passages):
+        unit = Document(passage_key(doc.id, n), passage.text, passage.context(title), doc.metadata)
+        out.append((unit.id, unit.text, unit.title, metadata, content_hash(unit)))
+    return out
+
+
+def iter_rows(con_reader: Any, batch: int = 1_000) -> Iterator[tuple]:
+    """``(key, text, title, metadata)`` of every stored row (passage) in storage order, ``batch`` rows per read."""
+    last = -1
+    while True:
+        with con_reader() as con:
+            rows = con.execute(
+                "SELECT internal_id, doc_id, text, title, metadata FROM docs WHERE internal_id > ? "
+                "ORDER BY internal_id LIMIT ?",
+                (last, batch),
+            ).fetchall()
+        if not rows:
+            return
+        yield from (row[1:] for row in rows)
+        last = int(rows[-1][0])
 
 
 def create_tables(con: sqlite3.Connection) -> None:

@@ -68,6 +68,7 @@ def page(server: ServerThread) -> Iterator[sync_api.Page]:
 
 def test_search_page_end_to_end(server: ServerThread, page: sync_api.Page) -> None:
     expect = sync_api.expect
+    expect.set_options(timeout=60_000)  # the page asks for explain: its first search loads the token model
     page.goto(server.url + "/")
     expect(page.locator("#server-status")).to_contain_text("connected · 101 documents · read-only")
     expect(page.locator("#k")).to_have_value("20")
