@@ -68,7 +68,6 @@ def page(server: ServerThread) -> Iterator[sync_api.Page]:
 
 def test_search_page_end_to_end(server: ServerThread, page: sync_api.Page) -> None:
     expect = sync_api.expect
-    expect.set_options(timeout=60_000)  # the page asks for explain: its first search loads the token model
     page.goto(server.url + "/")
     expect(page.locator("#server-status")).to_contain_text("connected · 101 documents · read-only")
     expect(page.locator("#k")).to_have_value("20")
@@ -126,17 +125,23 @@ def test_search_page_end_to_end(server: ServerThread, page: sync_api.Page) -> No
     expect(message).to_contain_text("max_k")
     page.screenshot(path=str(ARTIFACTS / "web-page-error.png"), full_page=True)
 
-    # A long document: the hit is the passage that matched, placed in its document, the matching words marked.
+    # A long document: the hit is the passage that matched, placed in its document, the query's words marked.
     page.fill("#k", "20")
     page.fill("#query", "parking spaces for bicycles")
     page.press("#query", "Enter")
     expect(first.locator(".title")).to_have_text("Staff handbook")
     expect(first.locator(".where")).to_contain_text(re.compile(r"passage \d+ of \d+ · Staff handbook › Facilities"))
     expect(first.locator(".snippet")).to_contain_text("forty spaces reserved for bicycles")
-    marked = first.locator(".snippet mark").all_inner_texts()
-    assert {"parking", "spaces", "bicycles"} <= {m.lower() for m in marked}, marked
+    assert {"parking", "spaces", "bicycles"} <= {m.lower() for m in first.locator(".snippet mark").all_inner_texts()}
     assert "Office hours" not in first.locator(".snippet").inner_text()  # the passage, not the whole handbook
+    # Explain: the server says which passage words matched (BM25's terms, MaxSim's aligned words); the page marks them.
+    page.check("#explain")
+    expect(first.locator(".snippet mark").first).to_be_visible(timeout=60_000)
+    expect(first.locator(".title")).to_have_text("Staff handbook", timeout=60_000)
+    marked = {m.lower() for m in first.locator(".snippet mark").all_inner_texts()}
+    assert {"parking", "spaces", "bicycles"} <= marked, marked
     page.screenshot(path=str(ARTIFACTS / "web-page-passage.png"), full_page=True)
+    page.uncheck("#explain")
 
     # The server goes away: the page says it is unreachable.
     server.stop()

@@ -43,8 +43,12 @@ def maxsim_alignment(encoder: Any, query: str, texts: Sequence[str], skips: Sequ
     its tokens, its offsets (``skips[i]`` characters, the title and headings, are taken off; None where the word is in
     them) and the cosine. Tokens and vectors are MaxSim's: content tokens, unit length."""
     reranker = MaxSimReranker(encoder)
-    vectors = reranker.passage_token_embeddings([query, *texts])
-    offsets = _content_offsets(reranker.model, [query, *texts], reranker.max_length)
+    if reranker.light is not None:  # the exported model: no torch to load for an explanation
+        vectors = reranker._light_passages([query, *texts])
+        offsets = _light_offsets(reranker.light, [query, *texts])
+    else:
+        vectors = reranker.passage_token_embeddings([query, *texts])
+        offsets = _content_offsets(reranker.model, [query, *texts], reranker.max_length)
     query_vectors, query_offsets = vectors[0].astype(np.float32), offsets[0]
     words = _token_words(query, query_offsets)
     out = []
@@ -110,6 +114,15 @@ def _content_offsets(model: Any, texts: Sequence[str], limit: int) -> list[list[
     return [
         [tuple(o) for i, o in zip(ids, offs) if i not in special]
         for ids, offs in zip(encoded["input_ids"], encoded["offset_mapping"])
+    ]
+
+
+def _light_offsets(light: Any, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+    """:func:`_content_offsets` from the exported model's own tokenizer (truncating at its window already)."""
+    special = set(light.special_ids)
+    return [
+        [tuple(o) for i, o in zip(e.ids, e.offsets) if i not in special]
+        for e in light.tokenizer.encode_batch(list(texts))
     ]
 
 

@@ -97,7 +97,7 @@ async function checkHealth() {
 
 function ms(seconds) { return (seconds * 1000).toFixed(1) + " ms"; }
 
-function renderHit(hit) {
+function renderHit(hit, query) {
   const li = el("li", "hit");
   li.dataset.docId = hit.doc_id;
   li.appendChild(el("div", "rank", String(hit.rank)));
@@ -108,7 +108,7 @@ function renderHit(hit) {
   body.appendChild(head);
   const where = placeOf(hit.passage);
   if (where) body.appendChild(el("div", "where", where));
-  body.appendChild(passageView(hit));
+  body.appendChild(passageView(hit, query));
   const scores = el("div", "scores");
   if (hit.rerank_score !== null) {
     scores.appendChild(el("span", "rerank-score", `rerank score ${hit.rerank_score.toFixed(3)} (rank ${hit.rerank_rank})`));
@@ -134,10 +134,25 @@ function placeOf(passage) {
   return parts.join(" · ");
 }
 
-// The words that matched (BM25's terms and MaxSim's closely aligned words), as [start, end) offsets into the text.
-function matchedSpans(passage) {
-  const explain = passage && passage.explain;
-  if (!explain) return [];
+const STOPWORDS = new Set("a an and are as at be but by for if in into is it no not of on or such that the their then there these they this to was will with how what when where which who why do does".split(" "));
+
+// Without explain: the words of the text that begin with a query word's stem (its first letters, suffixes off).
+function queryWordSpans(text, query) {
+  const stems = query.toLowerCase().match(/[\p{L}\p{N}]+/gu)?.filter((w) => !STOPWORDS.has(w))
+    .map((w) => w.replace(/(ations|ation|ings|ing|ies|es|ed|s)$/, "") || w) || [];
+  const spans = [];
+  for (const m of text.matchAll(/[\p{L}\p{N}]+/gu)) {
+    const word = m[0].toLowerCase();
+    if (stems.some((s) => (s.length >= 3 ? word.startsWith(s) : word === s))) spans.push([m.index, m.index + m[0].length]);
+  }
+  return spans;
+}
+
+// The words that matched, as [start, end) offsets into the text: with explain, BM25's terms and MaxSim's closely
+// aligned words; without, the query's words.
+function matchedSpans(hit, query) {
+  const explain = hit.passage && hit.passage.explain;
+  if (!explain) return queryWordSpans(hit.text, query);
   const spans = [];
   for (const term of explain.bm25 || []) for (const w of term.words) spans.push([w.start, w.end]);
   for (const m of explain.maxsim || []) {
@@ -148,9 +163,9 @@ function matchedSpans(passage) {
 }
 
 // The passage in context: a window of it around its first match, each matched word in a <mark>.
-function passageView(hit) {
+function passageView(hit, query) {
   const text = hit.text;
-  const spans = matchedSpans(hit.passage);
+  const spans = matchedSpans(hit, query);
   let from = 0;
   let to = text.length;
   if (text.length > SNIPPET_CHARS) {
@@ -176,7 +191,7 @@ function passageView(hit) {
 
 function render(result) {
   const list = $("results");
-  list.replaceChildren(...result.hits.map(renderHit));
+  list.replaceChildren(...result.hits.map((hit) => renderHit(hit, result.query)));
   const t = result.timings;
   const summary = $("summary");
   const stage = result.reranker ? `reranked by ${result.reranker}` : "first stage only";
@@ -209,7 +224,7 @@ async function search() {
       top_n: parseInt($("top-n").value, 10) || undefined,
       rerank: $("rerank").checked,
       first_stage: $("first-stage").value,
-      explain: true,
+      explain: $("explain").checked,
     };
     const result = await call("/search", { method: "POST", body: JSON.stringify(body) });
     if (ticket !== latest) return;  // a newer search already answered
@@ -227,7 +242,7 @@ async function search() {
 }
 
 $("search-form").addEventListener("submit", (event) => { event.preventDefault(); search(); });
-for (const id of ["first-stage", "rerank", "k", "top-n"]) {
+for (const id of ["first-stage", "rerank", "k", "top-n", "explain"]) {
   $(id).addEventListener("change", () => { if ($("query").value.trim()) search(); });
 }
 checkHealth();
