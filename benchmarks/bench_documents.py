@@ -80,7 +80,7 @@ def collection(
     engine = Engine.create(path, reranker="maxsim", encoder=encoder, store_tokens="float16" if tokens else False)
     if splitter is not None:
         engine.splitter = splitter
-    split_s = _split_seconds(engine.splitter, docs)
+    split_s = _split_seconds(engine.splitter or splitter_for(encoder), docs)
     report = engine.add(docs)
     return engine, {
         "documents": len(engine.collection),

@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .documents import Document
+from .documents import Document, Passage
 
 
 @runtime_checkable
@@ -92,8 +92,9 @@ class CollectionLike(Protocol):
         embeddings: np.ndarray,
         tokens: Sequence[np.ndarray] | None = None,
         terms: Sequence[np.ndarray] | None = None,
+        splits: Sequence[Sequence[Passage]] | None = None,
     ) -> Any:
-        """Store documents with their vectors (and token vectors); an existing id is replaced."""
+        """Store documents with their (passages') vectors (and token vectors); an existing id is replaced."""
 
     def delete(self, doc_ids: Sequence[str]) -> Any:
         """Remove documents; the result says which were deleted and which were missing."""

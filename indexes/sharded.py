@@ -25,9 +25,10 @@ from .document_store import UpsertResult
 from .documents import Document, Passage
 from .errors import CollectionError
 from .lock import LOCK_FILE, ReadOnlyCollection, WriterLock
-from .passage_store import StoredPassage, passage_rows
+from .passage_store import passage_rows
 from .routing import ROUTING, shard_name, shard_of
 from .shard_manifest import SHARD_FORMAT_VERSION, SHARDS_MANIFEST, ShardManifest
+from .sharded_passages import ShardedPassages
 from .sharded_tokens import ShardedTokenDF, ShardedTokenStore
 from .vector_store import by_score
 
@@ -41,7 +42,7 @@ def merge_top_k(lists: Sequence[Sequence[tuple[str, float]]], k: int) -> list[tu
     return by_score([hit for hits in lists for hit in hits])[:k]
 
 
-class ShardedCollection:
+class ShardedCollection(ShardedPassages):
     """N collections behind the methods the engine uses on one: routed writes, merged searches, summed counts."""
 
     def __init__(self, path: Path, manifest: ShardManifest, shards: list[Collection]):
@@ -236,9 +237,8 @@ class ShardedCollection:
         terms: Sequence[np.ndarray] | None = None,
         splits: Sequence[Sequence[Passage]] | None = None,
     ) -> list[UpsertResult]:
-        """Store each document (with its passages' vectors, tokens and token ids: ``splits`` as in
-        ``Collection.upsert``) in its owning shard, in all of the shards or none (``indexes.intent``: an add's chunk
-        is spooled first); one result per shard changed."""
+        """Store each document, with its passages' rows (``splits`` as in ``Collection.upsert``), in its owning shard,
+        in all of the shards or none (``indexes.intent``: an add's chunk is spooled first); one result per shard."""
         docs = list(docs)
         embeddings = np.asarray(embeddings, dtype=np.float32)
         rows_of = passage_rows(splits, len(docs))
@@ -262,17 +262,8 @@ class ShardedCollection:
             )
 
         record = self._record("upsert", {"ids": [d.id for d in docs]}, groups)
-        spool = (
-            intent.spool_upsert(
-                docs,
-                embeddings,
-                None if tokens is None else list(tokens),
-                None if terms is None else list(terms),
-                splits,
-            )
-            if len(groups) > 1
-            else None
-        )
+        listed = (None if tokens is None else list(tokens), None if terms is None else list(terms))
+        spool = intent.spool_upsert(docs, embeddings, *listed, splits) if len(groups) > 1 else None
         self._sharded_write(record, step, spool)
         return results
 
@@ -362,22 +353,6 @@ class ShardedCollection:
         """Every document, shard by shard."""
         for shard in self.shards:
             yield from shard.iter_documents()
-
-    def iter_passages(self) -> Iterator[Document]:
-        """Every stored passage, shard by shard."""
-        for shard in self.shards:
-            yield from shard.iter_passages()
-
-    def passages(self, keys: Sequence[str]) -> dict[str, StoredPassage]:
-        """Stored passages by key, each read from its document's shard."""
-        found: dict[str, StoredPassage] = {}
-        ids = [str(k) for k in keys]
-        for index, positions in self._by_shard(ids).items():
-            found.update(self.shards[index].passages([ids[p] for p in positions]))
-        return found
-
-    def passage_count(self) -> int:
-        return sum(shard.passage_count() for shard in self.shards)
 
     def hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         """doc_id -> content hash for the ids stored (what a resumed run skips)."""

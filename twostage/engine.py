@@ -29,8 +29,8 @@ from twostage.runtime.config import RuntimeConfig, runtime_config
 from twostage.runtime.models import DEFAULT_BI_ENCODER
 
 from .errors import UsageError
-from .grouping import best_passages, group_by_document, passage_depth, passage_hit
-from .ingest.passages import Splitter, splitter_for
+from .grouping import best_passages, passage_depth, passage_hits, settle
+from .ingest.passages import Splitter
 from .ingest.writes import AddReport, DeleteReport, add_documents, delete_documents
 from .memory import TemporaryHome, save_collection
 from .placement import query_placement
@@ -73,19 +73,8 @@ class Engine:
         self.notices: list[str] = []
         #: the private directory of an in-memory collection (``create(None)``), deleted on close
         self._home: TemporaryHome | None = None
-        self._splitter: Splitter | None = None
-
-    @property
-    def splitter(self) -> Splitter:
-        """Cuts documents into passages that fit the bi-encoder's window, in its own tokens (made on first use)."""
-        if self._splitter is None:
-            self._splitter = splitter_for(self.encoder)
-        return self._splitter
-
-    @splitter.setter
-    def splitter(self, splitter: Splitter) -> None:
-        """Another splitter (another overlap, or a window so large that every document stays whole, as before)."""
-        self._splitter = splitter
+        #: cuts documents into passages that fit the bi-encoder's window (None: the encoder's own, ``ingest.passages``)
+        self.splitter: Splitter | None = None
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -353,31 +342,14 @@ class Engine:
         candidate_lists, encode_s, search_s = self._retrieve(
             stage, queries, depth, request.filter, request.ef_search, request.nprobe, prf
         )
-        stored = self.collection.passages(list({key for cands in candidate_lists for key, _ in cands}))
-        if request.group_by == "document":
-            candidate_lists = [group_by_document(cands, stored, k) for cands in candidate_lists]
+        candidate_lists, hit_lists = passage_hits(self.collection, candidate_lists, request.group_by, k)
         reranker = self._second_stage(query_tokens, fusion) if request.rerank else None
         if request.rerank and reranker is None and self._reranker_spec is None and not self.notices:
             notices.append("no reranker configured; showing first-stage order")
-        hit_lists = [
-            [
-                passage_hit(stored[key], score, rank)
-                for rank, (key, score) in enumerate((c for c in cands if c[0] in stored), start=1)
-            ]
-            for cands in candidate_lists
-        ]
         rerank_s = 0.0
         if reranker is not None:
             hit_lists, rerank_s = rerank_hits(reranker, queries, hit_lists, request.rerank_depth)
-        for hits in hit_lists:
-            for hit in hits:
-                if hit.passage is not None:
-                    hit.passage.score = hit.score
-        if request.explain:
-            from .explain import explain_hits
-
-            for query, hits in zip(queries, hit_lists):
-                explain_hits(self.encoder, query, hits[: request.top_k])
+        settle(hit_lists, queries, self.encoder if request.explain else None, request.top_k)
         results = []
         for query, cands, hits in zip(queries, candidate_lists, hit_lists):
             timings = Timings(encode_s=encode_s / n, search_s=search_s / n, rerank_s=rerank_s / n)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from twostage.indexes.documents import document_of
 from twostage.indexes.passage_store import StoredPassage
@@ -44,6 +45,38 @@ def group_by_document(
         if len(out) == k:
             break
     return out
+
+
+def passage_hits(
+    collection: Any, candidate_lists: list[list[tuple[str, float]]], group_by: str, k: int
+) -> tuple[list[list[tuple[str, float]]], list[list[Hit]]]:
+    """The first stage's passage lists as hits: grouped into each document's best passage ("document", at most ``k``
+    documents) or kept as passages; returns the (grouped) candidate lists and their hits."""
+    stored = collection.passages(list({key for cands in candidate_lists for key, _ in cands}))
+    if group_by == "document":
+        candidate_lists = [group_by_document(cands, stored, k) for cands in candidate_lists]
+    hit_lists = [
+        [
+            passage_hit(stored[key], score, rank)
+            for rank, (key, score) in enumerate((c for c in cands if c[0] in stored), 1)
+        ]
+        for cands in candidate_lists
+    ]
+    return candidate_lists, hit_lists
+
+
+def settle(hit_lists: Sequence[list[Hit]], queries: Sequence[str], explain_with: Any, top_k: int) -> None:
+    """Each hit's passage takes the hit's final score; with ``explain_with`` (the bi-encoder), the returned hits'
+    passages say which query words matched which of their words (``twostage.explain``)."""
+    for hits in hit_lists:
+        for hit in hits:
+            if hit.passage is not None:
+                hit.passage.score = hit.score
+    if explain_with is not None:
+        from .explain import explain_hits
+
+        for query, hits in zip(queries, hit_lists):
+            explain_hits(explain_with, query, hits[:top_k])
 
 
 def best_passages(candidates: Sequence[tuple[str, float]], k: int) -> list[str]:

@@ -19,7 +19,7 @@ from twostage.engine import Engine
 from twostage.indexes.documents import Document
 from twostage.indexes.errors import CollectionError
 from twostage.ingest.documents import checked_stream, same_document
-from twostage.ingest.passages import SplitBatch
+from twostage.ingest.passages import SplitBatch, splitter_for
 from twostage.ingest.writes import AddReport, chunks
 from twostage.runtime.config import RuntimeConfig
 
@@ -177,7 +177,7 @@ def _encode_and_write(
     # longest first, as the single-process path sorts: a batch of similar lengths pads little (in corpus order an
     # actor's batches padded to their longest passage and ran at 0.65x of one process on the same single thread)
     # documents split as the single-process path splits them; their passages are what the actors encode
-    split = SplitBatch(todo, engine.splitter)
+    split = SplitBatch(todo, engine.splitter or splitter_for(engine.encoder))
     texts = split.texts
     rows = [{"row": i, "text": texts[i]} for i in sorted(range(len(texts)), key=lambda i: -len(texts[i]))]
     blocks = max(1, min(len(rows) // batch_size, 4 * actors))
