@@ -1,8 +1,8 @@
 """From passage hits to document hits: the first stage ranks passages; a document ranks by its best passage (MaxP).
 
-Best passage is what Pyserini's MS MARCO document runs and Elasticsearch's chunked reranking do; on
-benchmarks/bench_documents.py it comes within 0.03 nDCG@10 of the passage run's own upper bound, so no other
-aggregation (sum, top-k mean) is offered.
+Best passage is what Pyserini's MS MARCO document runs and Elasticsearch's chunked reranking do; no other
+aggregation (sum, top-k mean) is offered, as none was measured better (none was measured: see
+benchmarks/bench_documents.py and docs/guides/passages.md).
 """
 
 from __future__ import annotations
