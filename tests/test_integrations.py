@@ -117,3 +117,35 @@ def test_llamaindex_retriever_round_trips_metadata_and_scores(engine):
     berlin = next(n for n in nodes if n.node.node_id == "berlin")
     assert berlin.node.metadata["title"] == "Population of Berlin" and berlin.node.metadata["year"] == 2023
     assert berlin.node.get_content() == "Berlin has 3.8 million inhabitants."
+
+
+# ----------------------------------------------------------------------------------------------------- passages
+LONG = " ".join(
+    [f"The museum in Paris opened in year {i} with paintings and books." for i in range(40)]
+    + ["Berlin has a population of 3.8 million people."]
+    + [f"The river in Rome flows past bridge {i} and the old tower." for i in range(40)]
+)
+
+
+@pytest.fixture(scope="module")
+def long_engine(tiny_bi_encoder_dir):
+    with Engine.in_memory(model=str(tiny_bi_encoder_dir), reranker=None) as engine:
+        engine.add([{"id": "long", "text": LONG, "topic": "cities"}, *DOCS])
+        yield engine
+
+
+def test_both_retrievers_carry_the_passage_that_matched(long_engine):
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from twostage.integrations.langchain import TwostageRetriever as LangChainRetriever
+    from twostage.integrations.llamaindex import TwostageRetriever as LlamaIndexRetriever
+
+    hit = next(h for h in long_engine.search(QUERY, top_k=4) if h.doc_id == "long")
+    assert hit.passage is not None and hit.passage.count > 1  # the document was split
+    document = next(d for d in LangChainRetriever(engine=long_engine).invoke(QUERY) if d.id == "long")
+    node = next(n for n in LlamaIndexRetriever(long_engine).retrieve(QUERY) if n.node.node_id == "long")
+    for text, metadata in ((document.page_content, document.metadata), (node.node.get_content(), node.node.metadata)):
+        passage = metadata["passage"]
+        assert text == hit.text and LONG[passage["start"] : passage["end"]] == text and len(text) < len(LONG)
+        assert (passage["number"], passage["count"]) == (hit.passage.number, hit.passage.count)
+        assert metadata["topic"] == "cities"

@@ -1,9 +1,10 @@
 """LangChain adapters: a retriever over a twostage collection and a document compressor over any twostage reranker.
 
-A hit becomes a ``langchain_core`` ``Document`` with ``id`` = the doc id, ``page_content`` = the text, and metadata =
-the document's own metadata plus ``title`` (when it has one) and the scores: ``relevance_score`` (the final one, the
-key LangChain's rerankers use), ``retrieval_score`` and ``rerank_score``. These keys win over metadata fields of the
-same name.
+A hit becomes a ``langchain_core`` ``Document`` with ``id`` = the doc id, ``page_content`` = the text (of the passage
+that matched, in a document split into passages), and metadata = the document's own metadata plus ``title`` (when it
+has one), the scores: ``relevance_score`` (the final one, the key LangChain's rerankers use), ``retrieval_score`` and
+``rerank_score``, and for a passage of a longer document ``passage`` (number, count, character span, page, headings).
+These keys win over metadata fields of the same name.
 """
 
 from __future__ import annotations

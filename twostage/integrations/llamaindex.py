@@ -1,8 +1,9 @@
 """LlamaIndex adapters: a retriever over a twostage collection and a node postprocessor over any twostage reranker.
 
-A hit becomes a ``NodeWithScore``: a ``TextNode`` with ``id_`` = the doc id, ``text`` = the text, ``metadata`` = the
-document's own metadata plus ``title`` (when it has one), ``retrieval_score`` and ``rerank_score`` (these win over
-metadata fields of the same name), and ``score`` = the final score.
+A hit becomes a ``NodeWithScore``: a ``TextNode`` with ``id_`` = the doc id, ``text`` = the text (of the passage that
+matched, in a document split into passages), ``metadata`` = the document's own metadata plus ``title`` (when it has
+one), ``retrieval_score``, ``rerank_score`` and, for a passage of a longer document, ``passage`` (number, count,
+character span, page, headings); these win over metadata fields of the same name. ``score`` is the final score.
 """
 
 from __future__ import annotations
