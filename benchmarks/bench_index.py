@@ -17,7 +17,7 @@ all of them (median of the rounds reported):
 - the first ``twostage index`` of examples/corpus.jsonl on an empty cache (no export, no choice): wall and peak memory.
 
 Peak memory is the process tree's proportional set size (children included: a first run exports in a child; shared
-pages counted once), sampled every 50 ms. Results go to benchmarks/results/index.json and index.md with the CPU and the load average.
+pages counted once), sampled every 100 ms. Results go to benchmarks/results/index.json and index.md with the CPU and the load average.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def run_measured(command: list[str], env: dict[str, str]) -> dict:
             peak = max(peak, sum(_pss(p) for p in tree))
         except psutil.Error:
             pass
-        time.sleep(0.05)
+        time.sleep(0.1)
     wall = time.perf_counter() - started
     out, err = proc.communicate()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the tree's CPU time: children reap their own children
