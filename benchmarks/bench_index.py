@@ -323,7 +323,7 @@ def markdown(report: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     targets = {"twostage index": TARGETS["index"], "twostage index --store-tokens": TARGETS["index --store-tokens"]}
-    for name, row in report["small"].items():
+    for name, row in report.get("small", {}).items():
         target = f"≥ {targets[name]}x" if name in targets else "–"
         cpu = statistics.median(row["cpu_s"])
         lines.append(
