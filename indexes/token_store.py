@@ -54,9 +54,6 @@ LEARNED = (*RESIDUAL, "pq")
 TRAIN_AT = 65_536
 #: ...or, on :meth:`TokenStore.train_pending` (a collection's commit), once at least this many are stored
 MIN_TRAIN = 1_024
-#: k-means iterations of a residual codec's centroids: ColBERTv2's own default (``kmeans_niters``), a fifth of
-#: faiss's 20; the residual buckets learned after them absorb what more iterations would refine
-TRAIN_ITERATIONS = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -265,9 +262,7 @@ class TokenStore:
         sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
         if encoding == "pq":
             return ProductCodec.train(sample[:MAX_SAMPLE], seed=seed)
-        return ResidualCodec.train(
-            sample[:MAX_SAMPLE], RESIDUAL[encoding], n_tokens=total, seed=seed, niter=TRAIN_ITERATIONS
-        )
+        return ResidualCodec.train(sample[:MAX_SAMPLE], RESIDUAL[encoding], n_tokens=total, seed=seed)
 
     def _encode_many(self, doc_ids: Sequence[str], arrays: Sequence[np.ndarray], pool: float) -> list[tuple]:
         """Rows for ``arrays`` (each checked and pooled as :meth:`_encode` does); with a learned codec, all passages
