@@ -198,7 +198,7 @@ def main() -> int:
         save(report, args.out, started)
 
     corpus = write_corpus(source, work / "corpus-small.jsonl", args.passages)
-    warm_cache(cache, env, corpus, work)
+    warm_cache(cache, env, write_corpus(source, work / "corpus-warm.jsonl", 50), work)
     cases = {
         "twostage index": lambda n: twostage_index(corpus, work / "idx", []),
         "twostage index --store-tokens": lambda n: twostage_index(corpus, work / "idx-tok", ["--store-tokens"]),
