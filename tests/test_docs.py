@@ -52,6 +52,14 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     assert "(no page yet)" not in benchmarks, "a benchmarks/results/*.json file is shown on no benchmark page"
 
 
+def test_readme_is_short_and_its_links_resolve() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 250, "README.md is over 250 lines: move the detail into docs/"
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if "://" not in target:
+            assert (REPO / target).exists(), f"README.md links to {target}, which does not exist"
+
+
 def test_readme_marks_its_commands_runnable() -> None:
     assert runnable_blocks(REPO / "README.md"), "README.md marks no block <!-- runnable -->"
 
