@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results"
 #: the lowest label counted relevant by binary measures (MRR, recall): cacm's judgements are 1, MS MARCO's graded 0-3
-THRESHOLDS = {"cacm": 1, "msmarco-dl20": 2}
+THRESHOLDS = {"cacm": 1, "msmarco-dl20": 2, "cranfield": 1, "cisi": 1}  # the last two: build_sets.py
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))

@@ -117,6 +117,24 @@ class MaxSimReranker(Reranker):
         other.query_tokens, other.token_weights = query_tokens, token_weights
         return other
 
+    def query_token_counts(self, queries: Sequence[str]) -> list[int]:
+        """How many query tokens MaxSim sums over for each query (their weights' total, as IDF weights average 1):
+        what divides a raw MaxSim score into a mean best cosine, comparable across query lengths. Tokenises only."""
+        if self.light is not None:
+            prompt = self.light.prompts.get(self.light.default_prompt_name or "", "")
+            rows = [e.ids for e in self.light.tokenizer.encode_batch([prompt + q for q in queries])]
+            special = set(self.light.special_ids)
+        else:
+            prompt = self.model.prompts.get(self.model.default_prompt_name or "", "")
+            tokenizer = self.model.tokenizer
+            rows = tokenizer([prompt + q for q in queries], truncation=True, max_length=self.max_length)["input_ids"]
+            special = set(tokenizer.all_special_ids)
+        counts = []
+        for ids in rows:
+            content = sum(1 for i in ids if i not in special)
+            counts.append(len(ids) if self.query_tokens.special or content == 0 else content)
+        return counts
+
     @property
     def model(self) -> Any:
         """The bi-encoder's ``SentenceTransformer`` (loaded on first use where ``light`` serves the queries)."""

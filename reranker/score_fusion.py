@@ -109,8 +109,15 @@ class FusedReranker(Reranker):
         self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[CandidateLike]]
     ) -> list[np.ndarray]:
         """The inner reranker's scores, each query's fused with its candidates' first-stage ``score``."""
+        return self.score_candidates_with_inner(queries, candidates_per_query)[0]
+
+    def score_candidates_with_inner(
+        self, queries: Sequence[str], candidates_per_query: Sequence[Sequence[CandidateLike]]
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The fused scores and the inner reranker's own, from one scoring pass."""
         second = self.inner.score_candidates(queries, candidates_per_query)
-        return [
+        fused = [
             fuse_scores([c.retrieval_score for c in candidates], scores, self.fusion)
             for candidates, scores in zip(candidates_per_query, second)
         ]
+        return fused, second

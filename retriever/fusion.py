@@ -104,6 +104,8 @@ def weighted_fusion(runs: Sequence[Sequence[tuple[str, float]]], weights: Sequen
 
 
 FIRST_STAGES = ("dense", "bm25", "hybrid")
+#: the first stage of a search that names none (chosen by benchmarks/bench_defaults.py; docs/benchmarks/defaults.md)
+DEFAULT_FIRST_STAGE = "dense"
 FUSIONS = ("rrf", "weighted")
 DEFAULT_RRF_K = 60.0
 DEFAULT_DENSE_WEIGHT = 0.5
@@ -149,12 +151,12 @@ class FirstStage:
 
     @classmethod
     def parse(cls, spec: str | FirstStage | None) -> FirstStage:
-        """``dense`` | ``bm25`` | ``hybrid`` | ``hybrid:rrf[:K]`` | ``hybrid:weighted[:W]`` (W the dense weight);
-        ValueError naming the spec."""
+        """``dense`` | ``bm25`` | ``hybrid`` | ``hybrid:rrf[:K]`` | ``hybrid:weighted[:W]`` (W the dense weight), None
+        the default (``DEFAULT_FIRST_STAGE``); ValueError naming the spec."""
         if isinstance(spec, FirstStage):
             return spec
         if spec is None:
-            return cls()
+            return cls.parse(DEFAULT_FIRST_STAGE)
         parts = str(spec).strip().lower().split(":")
         kind, fusion, value = (parts + ["", ""])[:3]
         if len(parts) > 3 or (kind != "hybrid" and len(parts) > 1):

@@ -11,6 +11,7 @@ import numpy as np
 
 from twostage.indexes.documents import Document
 from twostage.reranker.base import Candidate, Reranker
+from twostage.reranker.score_fusion import FusedReranker
 
 from .results import Hit
 
@@ -35,11 +36,17 @@ def rerank_hits(
     Hits go by doc id as well as text, so MaxSim reads stored token vectors instead of encoding passages."""
     candidates = [[_candidate(h) for h in hits[:depth]] for hits in hit_lists]
     started = time.perf_counter()
-    score_lists: list[Any] = (
-        reranker.score_candidates(list(queries), candidates) if any(candidates) else [[] for _ in queries]
-    )
+    score_lists: list[Any] = [[] for _ in queries]
+    inner_lists: list[Any] = score_lists
+    if any(candidates) and isinstance(reranker, FusedReranker):  # the fused score orders; the own one calibrates
+        score_lists, inner_lists = reranker.score_candidates_with_inner(list(queries), candidates)
+    elif any(candidates):
+        score_lists = inner_lists = reranker.score_candidates(list(queries), candidates)
     seconds = time.perf_counter() - started
-    return [_apply_rerank(hits, scores) if hits else hits for hits, scores in zip(hit_lists, score_lists)], seconds
+    return [
+        _apply_rerank(hits, scores, inner) if hits else hits
+        for hits, scores, inner in zip(hit_lists, score_lists, inner_lists)
+    ], seconds
 
 
 def _candidate(hit: Hit) -> Hit | Candidate:
@@ -50,12 +57,16 @@ def _candidate(hit: Hit) -> Hit | Candidate:
     return Candidate(hit.passage.key, hit.encoding_text, hit.retrieval_score)
 
 
-def _apply_rerank(hits: list[Hit], scores: Sequence[float] | np.ndarray) -> list[Hit]:
-    """Attach second-stage scores to the first ``len(scores)`` hits and sort those by them (ties keep first-stage
-    order); hits beyond the rerank depth follow in first-stage order, without a rerank score."""
+def _apply_rerank(
+    hits: list[Hit], scores: Sequence[float] | np.ndarray, inner: Sequence[float] | np.ndarray
+) -> list[Hit]:
+    """Attach second-stage scores (and the reranker's own, before fusion) to the first ``len(scores)`` hits and
+    sort those by them (ties keep first-stage order); hits beyond the rerank depth follow in first-stage order,
+    without a rerank score."""
     head, rest = hits[: len(scores)], hits[len(scores) :]
-    for hit, score in zip(head, scores):
+    for hit, score, own in zip(head, scores, inner):
         hit.rerank_score = float(score)
+        hit.second_stage_score = float(own)
     ordered = sorted(head, key=lambda h: -(h.rerank_score or 0.0)) + rest  # sorted() is stable
     for rank, hit in enumerate(ordered, start=1):
         hit.rerank_rank = rank

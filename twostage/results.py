@@ -60,6 +60,12 @@ class Hit:
     title: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     passage: PassageMatch | None = None
+    #: P(relevant), calibrated (``twostage.relevance``): one scale for every query and collection, what ``min_score``
+    #: thresholds; None where no fit exists (another bi-encoder, a cross-encoder, IDF query tokens, a BM25 first
+    #: stage without a second stage)
+    relevance: float | None = None
+    #: the second stage's own score before fusion with the first stage's (what the relevance is computed from)
+    second_stage_score: float | None = field(default=None, repr=False)
 
     @property
     def encoding_text(self) -> str:
@@ -84,6 +90,7 @@ class Hit:
             "doc_id": self.doc_id,
             "rank": self.rank,
             "score": self.score,
+            "relevance": self.relevance,
             "retrieval_score": self.retrieval_score,
             "retrieval_rank": self.retrieval_rank,
             "rerank_score": self.rerank_score,

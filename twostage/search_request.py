@@ -24,7 +24,7 @@ from typing import Any
 from twostage.reranker.maxsim import QueryTokens
 from twostage.reranker.resolve import DEFAULT_RERANKER
 from twostage.reranker.score_fusion import Fusion
-from twostage.retriever.fusion import FirstStage
+from twostage.retriever.fusion import DEFAULT_FIRST_STAGE, FirstStage
 from twostage.retriever.prf import PRF
 from twostage.runtime.config import RuntimeConfig
 
@@ -70,7 +70,7 @@ class SearchRequest:
     #: rerank only the top this many candidates (None: all); the rest follow in first-stage order
     rerank_depth: int | None = None
     #: dense | bm25 | hybrid | hybrid:rrf:K | hybrid:weighted[:W] (``retriever.fusion.FirstStage``); stored as its label
-    first_stage: str = "dense"
+    first_stage: str = DEFAULT_FIRST_STAGE
     #: metadata KEY -> VALUE, all must match
     filter: Mapping[str, Any] | None = None
     #: HNSW candidates explored per query; None: the index's own
@@ -87,6 +87,8 @@ class SearchRequest:
     group_by: str = "document"
     #: with each returned hit's passage, which query words matched which passage words (``twostage.explain``)
     explain: bool = False
+    #: only hits whose ``relevance`` (a calibrated P(relevant), ``twostage.relevance``) is at least this; None: all
+    min_score: float | None = None
     #: the second stage an engine opened with this request loads (a spec, a Reranker, or None); not per search
     reranker: Any = DEFAULT_RERANKER
     #: device, backend, batch size and threads of an engine opened with this request; not per search
@@ -104,6 +106,14 @@ class SearchRequest:
                 raise UsageError(f"{name(flag)} must be true or false (got {getattr(self, flag)!r})")
         if self.group_by not in GROUP_BY:
             raise UsageError(f"{name('group_by')} must be one of {', '.join(GROUP_BY)} (got {self.group_by!r})")
+        if self.min_score is not None and (
+            isinstance(self.min_score, bool)
+            or not isinstance(self.min_score, (int, float))
+            or not 0.0 <= self.min_score <= 1.0
+        ):
+            raise UsageError(
+                f"{name('min_score')} must be a number from 0 to 1, a calibrated probability (got {self.min_score!r})"
+            )
         if self.rerank_depth is not None and self.rerank_depth > self.candidate_depth:
             raise UsageError(
                 f"{name('rerank_depth')} {self.rerank_depth} is more than the {name('candidate_depth')} "
@@ -235,7 +245,7 @@ class SearchRequest:
         if search:
             values["filter"] = parse_filters(args.filter)
             values["explain"] = bool(getattr(args, "explain", False))
-            for name in ("rerank_depth", "ef_search", "nprobe", "prf", "query_tokens", "fusion"):
+            for name in ("rerank_depth", "ef_search", "nprobe", "prf", "query_tokens", "fusion", "min_score"):
                 if getattr(args, name) is not None:
                     values[name] = getattr(args, name)
         with _named(names):
@@ -333,11 +343,11 @@ def add_search_arguments(p: argparse.ArgumentParser, *, serve: bool = False) -> 
     p.add_argument("--no-rerank", action="store_true", help="no second stage: first-stage order")
     p.add_argument(
         "--first-stage",
-        default="dense",
+        default=None,
         metavar="SPEC",
-        help=f"{default}first stage: dense (the bi-encoder, default) | bm25 (the collection's lexical index) | hybrid "
+        help=f"{default}first stage: dense (the bi-encoder) | bm25 (the collection's lexical index) | hybrid "
         "(both by reciprocal rank fusion, k 60; hybrid:rrf:K another k) | hybrid:weighted[:W] (W x dense + (1 - W) x "
-        "BM25, each min-max normalised; W default 0.5)",
+        f"BM25, each min-max normalised; W default 0.5); default {DEFAULT_FIRST_STAGE}",
     )
     p.add_argument(
         "--reranker",
@@ -405,6 +415,14 @@ def add_search_arguments(p: argparse.ArgumentParser, *, serve: bool = False) -> 
         metavar="SPEC",
         help="maxsim query tokens: plain | idf (weighted by IDF in the collection) | special "
         "([CLS]/[SEP] too) | idf+special (unset: the engine's default)",
+    )
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        metavar="P",
+        help="only hits whose relevance (a calibrated probability of being relevant, 0-1, the same scale for every "
+        "query) is at least P; e.g. 0.5 to get nothing rather than a poor answer",
     )
     p.add_argument(
         "--fusion",

@@ -13,6 +13,7 @@ from pydantic import (
     Field,
     PlainValidator,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     WithJsonSchema,
@@ -121,6 +122,11 @@ class SearchOptions(_Strict):
     explain: StrictBool | None = Field(
         None, description="with each hit's passage, which query words matched which passage words (CLI --explain)"
     )
+    min_score: StrictFloat | StrictInt | None = Field(
+        None,
+        description="only hits whose relevance (a calibrated probability, 0-1) is at least this (CLI --min-score); "
+        "omitted → no threshold",
+    )
 
 
 class SearchRequest(SearchOptions):
@@ -158,6 +164,9 @@ class HitOut(BaseModel):
     retrieval_rank: int
     rerank_score: float | None
     rerank_rank: int | None
+    relevance: float | None = Field(
+        None, description="calibrated P(relevant), one scale for every query; null where no calibration applies"
+    )
     title: str | None
     text: str
     metadata: dict[str, Any]
@@ -193,6 +202,7 @@ class SearchResponse(BaseModel):
     rerank_depth: int | None
     group_by: str
     explain: bool
+    min_score: float | None = None
     latency_ms: float = Field(..., description="time in the server, queueing and batching included")
 
 
