@@ -89,13 +89,13 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--sets", type=Path, default=Path.home() / ".cache" / "twostage" / "sets")
     parser.add_argument("--fit-on", default="cranfield", help="the set whose candidates the shipped fit is fitted on")
-    parser.add_argument("--stage", default="hybrid", help="the default first stage (its top 10 is checked)")
+    parser.add_argument("--stage", default="dense", help="the default first stage (its top 10 is checked)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     data = {}
     for name in THRESHOLDS:
         files = sorted((args.cache / name / "passes").glob("*.json"))
-        if len(files) < 4:
+        if not {"dense-plain", "dense-levers"} <= {f.stem for f in files}:
             continue
         folder = (args.data if name in SHARED else args.sets) / name
         qrels = load_folder(folder).qrels
