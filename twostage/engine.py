@@ -450,14 +450,20 @@ class Engine:
         return fit
 
     def _score_relevance(
-        self, fit: RelevanceFit, queries: list[str], vectors: Any, reranker: Reranker | None, hit_lists, top_k: int
+        self,
+        fit: RelevanceFit,
+        queries: list[str],
+        vectors: Any,
+        reranker: Reranker | None,
+        hit_lists: Sequence[list[Any]],
+        top_k: int,
     ) -> float:
         """Each shown hit's ``relevance`` from its stage scores; returns the seconds spent encoding queries (a BM25
         first stage encoded none)."""
         started = time.perf_counter()
         if vectors is None and "cosine" in fit.features:
             vectors = self.encoder.encode_queries(queries)
-        inner = getattr(reranker, "inner", reranker)
+        inner: Any = getattr(reranker, "inner", reranker)
         counts = inner.query_token_counts(queries) if "maxsim_mean" in fit.features else [1] * len(queries)
         for hits, vector, count in zip(hit_lists, vectors if vectors is not None else [None] * len(queries), counts):
             shown = [h for h in hits[:top_k] if reranker is None or h.second_stage_score is not None]

@@ -86,7 +86,7 @@ def calibrated_models() -> list[str]:
     return [m.model for m in _shipped()]
 
 
-def relevance_scores(fit: RelevanceFit, maxsim_mean: Sequence[float], cosine: Sequence[float]) -> list[float]:
+def relevance_scores(fit: RelevanceFit, maxsim_mean: Sequence[float], cosine: Any) -> list[float]:
     """P(relevant) per hit from its features, rounded to 4 places (more would be false precision)."""
     rows = np.column_stack([np.asarray(maxsim_mean, dtype=np.float64), np.asarray(cosine, dtype=np.float64)])
     return [round(float(p), 4) for p in fit.probability(rows)]
@@ -94,13 +94,13 @@ def relevance_scores(fit: RelevanceFit, maxsim_mean: Sequence[float], cosine: Se
 
 def expected_calibration_error(p: Sequence[float], y: Sequence[float], bins: int = 10) -> float:
     """Mean |predicted - observed rate| over ``bins`` equal-width probability bins, weighted by their sizes."""
-    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if p.size == 0:
+    probs, labels = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if probs.size == 0:
         return 0.0
-    which = np.minimum((p * bins).astype(int), bins - 1)
+    which = np.minimum((probs * bins).astype(int), bins - 1)
     total = 0.0
     for b in range(bins):
         mask = which == b
         if mask.any():
-            total += mask.sum() * abs(p[mask].mean() - y[mask].mean())
-    return float(total / p.size)
+            total += float(mask.sum()) * abs(float(probs[mask].mean()) - float(labels[mask].mean()))
+    return total / probs.size
