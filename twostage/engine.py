@@ -34,7 +34,7 @@ from .ingest.passages import Splitter
 from .ingest.writes import AddReport, DeleteReport, add_documents, delete_documents
 from .memory import TemporaryHome, save_collection
 from .placement import query_placement
-from .relevance import NO_RERANK, RelevanceFit, calibrated_models, relevance_model, relevance_scores
+from .relevance import relevance_fit, score_relevance
 from .rerank_step import rerank_hits
 from .results import SearchResult, Timings
 from .resume import check_resumed
@@ -350,16 +350,13 @@ class Engine:
         rerank_s = 0.0
         if reranker is not None:
             hit_lists, rerank_s = rerank_hits(reranker, queries, hit_lists, request.rerank_depth)
-        fit = self._relevance_fit(reranker, request.min_score)
-        if fit is not None:  # every reranked hit: grouping into documents may show any of them
-            encode_s += self._score_relevance(fit, queries, vectors, reranker, hit_lists, request.candidate_depth)
+        if (fit := relevance_fit(self.encoder, reranker, request.min_score)) is not None:  # every reranked hit:
+            encode_s += score_relevance(fit, self, queries, vectors, reranker, hit_lists, k)  # grouping may show any
         settle(hit_lists, queries, self.encoder if request.explain else None, request.top_k)
         results = []
         for query, cands, hits in zip(queries, candidate_lists, hit_lists):
             if request.min_score is not None:
-                hits = [
-                    h for h in hits[: request.top_k] if h.relevance is not None and h.relevance >= request.min_score
-                ]
+                hits = [h for h in hits[: request.top_k] if (h.relevance or 0.0) >= request.min_score]
             timings = Timings(encode_s=encode_s / n, search_s=search_s / n, rerank_s=rerank_s / n)
             results.append(
                 SearchResult(
@@ -428,57 +425,6 @@ class Engine:
         else:
             lists = stage.fuse(dense, lexical, k)
         return lists, vectors, encode_s, time.perf_counter() - started - encode_s
-
-    def _relevance_fit(self, reranker: Reranker | None, min_score: float | None) -> RelevanceFit | None:
-        """The calibration that applies to this search (``twostage.relevance``): this bi-encoder's fit for MaxSim
-        with its query-token setting, or for no second stage; None where there is none, and then a ``min_score``
-        is refused, since nothing could pass it."""
-        inner = getattr(reranker, "inner", reranker)
-        model = relevance_model(self.encoder.fingerprint)
-        fit = None
-        if model is not None and inner is None:
-            fit = model.fit_for(NO_RERANK)
-        elif model is not None and isinstance(inner, MaxSimReranker) and inner.query_tokens.weighting is None:
-            fit = model.fit_for("special" if inner.query_tokens.special else "plain")
-        if fit is None and min_score is not None:
-            why = f"the bi-encoder {self.encoder.name} has none" if model is None else "this reranker has none"
-            raise UsageError(
-                f"min_score needs a calibrated relevance score and {why}: it exists for "
-                f"{', '.join(calibrated_models()) or 'no model'} with the maxsim reranker (plain or special query "
-                f"tokens) or no reranker"
-            )
-        return fit
-
-    def _score_relevance(
-        self,
-        fit: RelevanceFit,
-        queries: list[str],
-        vectors: Any,
-        reranker: Reranker | None,
-        hit_lists: Sequence[list[Any]],
-        top_k: int,
-    ) -> float:
-        """Each shown hit's ``relevance`` from its stage scores; returns the seconds spent encoding queries (a BM25
-        first stage encoded none)."""
-        started = time.perf_counter()
-        if vectors is None and "cosine" in fit.features:
-            vectors = self.encoder.encode_queries(queries)
-        inner: Any = getattr(reranker, "inner", reranker)
-        counts = inner.query_token_counts(queries) if "maxsim_mean" in fit.features else [1] * len(queries)
-        for hits, vector, count in zip(hit_lists, vectors if vectors is not None else [None] * len(queries), counts):
-            shown = [h for h in hits[:top_k] if reranker is None or h.second_stage_score is not None]
-            if not shown:
-                continue
-            cosine = (
-                self.collection.embeddings_of([h.passage.key if h.passage else h.doc_id for h in shown])
-                @ np.asarray(vector, dtype=np.float32)
-                if vector is not None
-                else np.zeros(len(shown))
-            )
-            maxsim = [(h.second_stage_score or 0.0) / max(count, 1) for h in shown]
-            for hit, p in zip(shown, relevance_scores(fit, maxsim, cosine)):
-                hit.relevance = p
-        return time.perf_counter() - started
 
     def _feedback(self, vectors: Any, candidate_lists: list[list[tuple[str, float]]], prf: PRF) -> Any:
         """Each query vector moved towards its top ``prf.k`` documents' best passages' stored vectors

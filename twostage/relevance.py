@@ -14,6 +14,7 @@ relevance is None (``min_score`` is then refused with a message saying so).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -21,6 +22,11 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+
+from twostage.reranker.base import Reranker
+from twostage.reranker.maxsim import MaxSimReranker
+
+from .errors import UsageError
 
 FEATURES = ("maxsim_mean", "cosine")
 #: the fit for a search without a second stage (dense first stage: the cosine alone)
@@ -104,3 +110,55 @@ def expected_calibration_error(p: Sequence[float], y: Sequence[float], bins: int
         if mask.any():
             total += float(mask.sum()) * abs(float(probs[mask].mean()) - float(labels[mask].mean()))
     return total / probs.size
+
+
+def relevance_fit(encoder: Any, reranker: Reranker | None, min_score: float | None) -> RelevanceFit | None:
+    """The calibration that applies to a search: the bi-encoder's fit for MaxSim with its query-token setting, or for
+    no second stage; None where there is none, and then a ``min_score`` is refused, since nothing could pass it."""
+    inner = getattr(reranker, "inner", reranker)
+    model = relevance_model(encoder.fingerprint)
+    fit = None
+    if model is not None and inner is None:
+        fit = model.fit_for(NO_RERANK)
+    elif model is not None and isinstance(inner, MaxSimReranker) and inner.query_tokens.weighting is None:
+        fit = model.fit_for("special" if inner.query_tokens.special else "plain")
+    if fit is None and min_score is not None:
+        why = f"the bi-encoder {encoder.name} has none" if model is None else "this reranker has none"
+        raise UsageError(
+            f"min_score needs a calibrated relevance score and {why}: it exists for "
+            f"{', '.join(calibrated_models()) or 'no model'} with the maxsim reranker (plain or special query "
+            f"tokens) or no reranker"
+        )
+    return fit
+
+
+def score_relevance(
+    fit: RelevanceFit,
+    engine: Any,
+    queries: list[str],
+    vectors: Any,
+    reranker: Reranker | None,
+    hit_lists: Sequence[list[Any]],
+    top_k: int,
+) -> float:
+    """Each of the top ``top_k`` hits' ``relevance`` from its stage scores (``engine``'s encoder and collection);
+    returns the seconds spent encoding queries (a BM25 first stage encoded none)."""
+    started = time.perf_counter()
+    if vectors is None and "cosine" in fit.features:
+        vectors = engine.encoder.encode_queries(queries)
+    inner: Any = getattr(reranker, "inner", reranker)
+    counts = inner.query_token_counts(queries) if "maxsim_mean" in fit.features else [1] * len(queries)
+    for hits, vector, count in zip(hit_lists, vectors if vectors is not None else [None] * len(queries), counts):
+        shown = [h for h in hits[:top_k] if reranker is None or h.second_stage_score is not None]
+        if not shown:
+            continue
+        keys = [h.passage.key if getattr(h, "passage", None) else h.doc_id for h in shown]
+        cosine = (
+            engine.collection.embeddings_of(keys) @ np.asarray(vector, dtype=np.float32)
+            if vector is not None
+            else np.zeros(len(shown))
+        )
+        maxsim = [(h.second_stage_score or 0.0) / max(count, 1) for h in shown]
+        for hit, p in zip(shown, relevance_scores(fit, maxsim, cosine)):
+            hit.relevance = p
+    return time.perf_counter() - started
