@@ -41,6 +41,7 @@ def test_require_imports_what_is_there():
 
 def test_require_names_the_feature_and_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # an earlier test may have imported it
     assert not available("matplotlib")
     with pytest.raises(MissingExtra) as caught:
         require("matplotlib.pyplot", "plots", "plotting an evaluation")

@@ -350,8 +350,9 @@ class Engine:
         rerank_s = 0.0
         if reranker is not None:
             hit_lists, rerank_s = rerank_hits(reranker, queries, hit_lists, request.rerank_depth)
-        if (fit := relevance_fit(self.encoder, reranker, request.min_score)) is not None:  # every reranked hit:
-            encode_s += score_relevance(fit, self, queries, vectors, reranker, hit_lists, k)  # grouping may show any
+        fit = relevance_fit(self.encoder, reranker, request.min_score)  # BM25 encodes a query for it only on min_score
+        if fit is not None and (vectors is not None or request.min_score is not None):
+            encode_s += score_relevance(fit, self, queries, vectors, reranker, hit_lists, k)
         settle(hit_lists, queries, self.encoder if request.explain else None, request.top_k)
         results = []
         for query, cands, hits in zip(queries, candidate_lists, hit_lists):
