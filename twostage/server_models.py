@@ -160,13 +160,13 @@ class HitOut(BaseModel):
     doc_id: str
     rank: int = Field(..., description="final rank (rerank rank when reranked, else first-stage rank)")
     score: float = Field(..., description="the score that decided the final order")
+    relevance: float | None = Field(
+        None, description="calibrated P(relevant), one scale for every query; null where no calibration applies"
+    )
     retrieval_score: float
     retrieval_rank: int
     rerank_score: float | None
     rerank_rank: int | None
-    relevance: float | None = Field(
-        None, description="calibrated P(relevant), one scale for every query; null where no calibration applies"
-    )
     title: str | None
     text: str
     metadata: dict[str, Any]
