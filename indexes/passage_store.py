@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .documents import PASSAGE_SEPARATOR, Document, Passage, passage_key
 
 SCHEMA = """
@@ -247,3 +249,26 @@ def iter_document_rows(con_reader: Any, present: bool, batch: int = 1_000) -> It
 def _chunks(values: list[Any]) -> Iterator[list[Any]]:
     for start in range(0, len(values), _CHUNK):
         yield values[start : start + _CHUNK]
+
+
+def shard_upsert_arguments(
+    positions: Sequence[int],
+    rows_of: Sequence[Sequence[int]],
+    docs: Sequence[Document],
+    embeddings: np.ndarray,
+    tokens: Sequence[np.ndarray] | None,
+    terms: Sequence[np.ndarray] | None,
+    splits: Sequence[Any] | None,
+) -> tuple[list[Document], np.ndarray, dict[str, Any]]:
+    """One shard's part of an upsert: its documents (``positions``), their passages' embedding rows, and the
+    ``tokens``/``terms``/``splits`` keywords of ``Collection.upsert`` cut to them (the local and the Ray collection)."""
+    rows = [r for p in positions for r in rows_of[p]]
+    return (
+        [docs[p] for p in positions],
+        embeddings[rows],
+        {
+            "tokens": None if tokens is None else [tokens[r] for r in rows],
+            "terms": None if terms is None else [terms[r] for r in rows],
+            "splits": None if splits is None else [splits[p] for p in positions],
+        },
+    )

@@ -25,7 +25,7 @@ from .document_store import UpsertResult
 from .documents import Document, Passage
 from .errors import CollectionError
 from .lock import LOCK_FILE, ReadOnlyCollection, WriterLock
-from .passage_store import passage_rows
+from .passage_store import passage_rows, shard_upsert_arguments
 from .routing import ROUTING, shard_name, shard_of
 from .shard_manifest import SHARD_FORMAT_VERSION, SHARDS_MANIFEST, ShardManifest
 from .sharded_passages import ShardedPassages
@@ -249,17 +249,8 @@ class ShardedCollection(ShardedPassages):
         results: list[UpsertResult] = []
 
         def step(i: int, shard: Collection) -> None:
-            positions = groups[i]
-            rows = [r for p in positions for r in rows_of[p]]
-            results.append(
-                shard.upsert(
-                    [docs[p] for p in positions],
-                    embeddings[rows],
-                    tokens=None if tokens is None else [tokens[r] for r in rows],
-                    terms=None if terms is None else [terms[r] for r in rows],
-                    splits=None if splits is None else [splits[p] for p in positions],
-                )
-            )
+            part, vectors, rows = shard_upsert_arguments(groups[i], rows_of, docs, embeddings, tokens, terms, splits)
+            results.append(shard.upsert(part, vectors, **rows))
 
         record = self._record("upsert", {"ids": [d.id for d in docs]}, groups)
         listed = (None if tokens is None else list(tokens), None if terms is None else list(terms))

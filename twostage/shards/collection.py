@@ -195,7 +195,7 @@ class RayShardedCollection:
     ) -> list[Any]:
         """Each document, with its passages' rows (``Collection.upsert``'s ``splits``), to the actor that owns its
         shard, in all of the shards or none (``indexes.intent``)."""
-        from twostage.indexes.passage_store import passage_rows
+        from twostage.indexes.passage_store import passage_rows, shard_upsert_arguments
 
         docs = list(docs)
         embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -203,16 +203,10 @@ class RayShardedCollection:
         groups = self._by_shard([d.id for d in docs])
 
         def call(index: int) -> Any:
-            positions = groups[index]
-            rows = [r for p in positions for r in rows_of[p]]
-            return self.actors[index].call.remote(
-                "upsert",
-                [docs[p] for p in positions],
-                embeddings[rows],
-                tokens=None if tokens is None else [tokens[r] for r in rows],
-                terms=None if terms is None else [terms[r] for r in rows],
-                splits=None if splits is None else [splits[p] for p in positions],
+            part, vectors, rows = shard_upsert_arguments(
+                groups[index], rows_of, docs, embeddings, tokens, terms, splits
             )
+            return self.actors[index].call.remote("upsert", part, vectors, **rows)
 
         record = self._record("upsert", {"ids": [d.id for d in docs]}, groups)
         spool = intent.spool_upsert(
