@@ -14,7 +14,6 @@ a local cluster on 127.0.0.1 with 4 logical CPUs (on this 2-core machine 4 actor
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -24,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATA_ROOT, REPO, RESULTS, minilm_path  # noqa: E402  (first: repo importable, hub off)
+from common import DATA_ROOT, REPO, RESULTS, minilm_path, save_results  # noqa: E402  (first: repo importable, hub off)
 
 CACHE_DIR = Path(tempfile.mkdtemp(prefix="bench-scale-cache-"))
 os.environ["TWOSTAGE_CACHE_DIR"] = str(CACHE_DIR)  # private, emptied before each indexing run
@@ -222,10 +221,7 @@ def main() -> int:
     shutil.rmtree(CACHE_DIR, ignore_errors=True)
     shutil.rmtree(ray_dir, ignore_errors=True)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.out / "scale.md").write_text(markdown(report), encoding="utf-8")
-    print(markdown(report))
+    save_results(args.out, "scale", report, markdown(report))
     return 0
 
 

@@ -6,6 +6,7 @@ tables, token-level MaxSim over their candidates, and the msmarco-dl20 data the 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -42,6 +43,14 @@ def machine() -> str:
 
     cpu = cpu_info()
     return f"{cpu.model} ({', '.join(cpu.isa) or 'no AVX-512'}), {os.cpu_count()} cores"
+
+
+def save_results(out: Path, name: str, result: dict, markdown_text: str) -> None:
+    """``out/NAME.json`` (the figures the docs quote) and ``out/NAME.md`` (their page), and the page on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (out / f"{name}.md").write_text(markdown_text, encoding="utf-8")
+    print(markdown_text)
 
 
 def cacm_order(qids) -> list[str]:
