@@ -45,6 +45,8 @@ TARGETS = {
     "first run s": 15.0,
     "first MB": 1024,
 }
+#: where the encoder alone reaches this ratio, the absolute targets apply; elsewhere 80% of the encoder's ratio
+ENCODER_BAR = 5.0
 BASELINE = """
 import json, sys
 import faiss
@@ -289,6 +291,17 @@ def main() -> int:
     return 0
 
 
+def applicable_targets(small: dict) -> dict[str, float]:
+    """Issue 25's ratio targets as they apply on the measured CPU: 4x and 3.5x where the encoder alone reaches 5x,
+    else 80% of the encoder alone's ratio there."""
+    if "encoder alone" not in small:
+        return {}
+    alone = small["encoder alone"]["vs_baseline"]
+    if alone >= ENCODER_BAR:
+        return {"twostage index": TARGETS["index"], "twostage index --store-tokens": TARGETS["index --store-tokens"]}
+    return {"twostage index": 0.8 * alone, "twostage index --store-tokens": 0.8 * alone}
+
+
 def save(report: dict, out: Path, started: float) -> None:
     """Write index.json and index.md as they stand (after each part, so a run cut short keeps what it measured)."""
     report["load_after"] = os.getloadavg()
@@ -312,14 +325,28 @@ def markdown(report: dict) -> str:
         "| process | median s | vs sentence-transformers + FAISS | target | CPU s (median) | vs, in CPU time | peak MB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    targets = {"twostage index": TARGETS["index"], "twostage index --store-tokens": TARGETS["index --store-tokens"]}
+    targets = applicable_targets(report.get("small", {}))
     for name, row in report.get("small", {}).items():
-        target = f"≥ {targets[name]}x" if name in targets else "–"
+        target = "–"
+        if name in targets:
+            met = "met" if row["vs_baseline"] >= targets[name] - 1e-9 else "not met"
+            target = f"≥ {targets[name]:.2f}x ({met})"
         cpu = statistics.median(row["cpu_s"])
         lines.append(
             f"| {name} | {row['median_s']:.2f} | {row['vs_baseline']:.2f}x | {target} | {cpu:.1f} | "
             f"{row['cpu_vs_baseline']:.2f}x | {row['peak_mb']} |"
         )
+    if "encoder alone" in report.get("small", {}):
+        alone = report["small"]["encoder alone"]["vs_baseline"]
+        lines += [
+            "",
+            f"Targets on this CPU: the encoder alone reaches {alone:.2f}x here, "
+            + (
+                "so the issue's own ratios (≥ 4x, ≥ 3.5x with tokens) apply."
+                if alone >= ENCODER_BAR
+                else f"below {ENCODER_BAR:g}x, so the target is 80% of that ratio ({0.8 * alone:.2f}x) for both rows."
+            ),
+        ]
     if "large" in report:
         large = report["large"]
         lines += [

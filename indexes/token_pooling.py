@@ -43,12 +43,30 @@ def pool_tokens(vectors: np.ndarray, factor: float) -> np.ndarray:
     k = pooled_count(n, factor)
     if k >= n:
         return vectors
-    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.cluster.hierarchy import linkage
 
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    labels = fcluster(linkage(unit.astype(np.float64), method="ward"), t=k, criterion="maxclust")
+    labels = _first_merges(linkage(unit.astype(np.float64), method="ward"), n, k)
     values, first, counts = np.unique(labels, return_index=True, return_counts=True)
     order = np.argsort(labels, kind="stable")  # members of each group together, groups by label
     sums = np.add.reduceat(unit[order], np.concatenate(([0], np.cumsum(counts)[:-1])), axis=0)
     means = (sums / counts[:, None])[np.argsort(first, kind="stable")]  # groups in passage order
     return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _first_merges(merges: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Each of ``n`` points' group after the first ``n - k`` merges of a ``linkage`` matrix: exactly ``k`` groups.
+    Ward's merge heights only grow, so this is ``fcluster(..., t=k, criterion="maxclust")`` without its checks of
+    the matrix, which cost more than the clustering for a passage."""
+    parent = list(range(2 * n - 1))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for step in range(n - k):
+        left, right = int(merges[step, 0]), int(merges[step, 1])
+        parent[root(left)] = parent[root(right)] = n + step
+    return np.array([root(i) for i in range(n)])
