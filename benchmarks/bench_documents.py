@@ -139,7 +139,9 @@ def semantic_text_splitter(encoder: BiEncoder) -> Splitter | None:
     return wrapped
 
 
-def bench_dataset(name: str, folder: Path, work: Path, encoder: BiEncoder, fraction: float) -> dict:
+def bench_dataset(
+    name: str, folder: Path, work: Path, encoder: BiEncoder, fraction: float, sizes: list[int], splitters: bool
+) -> dict:
     passages, documents, owner, qrels = build(folder, fraction)
     data = load_folder(folder)
     queries = {q: t for q, t in data.queries.items() if q in qrels}
@@ -157,6 +159,7 @@ def bench_dataset(name: str, folder: Path, work: Path, encoder: BiEncoder, fract
     builds = {
         "truncated": (docs, Splitter(encoder_tokenizer(encoder), 10**9), True),  # one passage each: the model cuts
         "passages": (docs, splitter_for(encoder), True),
+        **{f"passages, {w} tokens": (docs, splitter_for(encoder, passage_tokens=w), True) for w in sizes},
         "original passages": (list(passages.values()), None, True),
     }
     for label, (items, splitter, tokens) in builds.items():
@@ -168,6 +171,8 @@ def bench_dataset(name: str, folder: Path, work: Path, encoder: BiEncoder, fract
             out["systems"].setdefault(system, {})[label] = measure(run, qrels, threshold)
             print(f"  {system}: {out['systems'][system][label]}", flush=True)
         engine.close()
+    if not splitters:
+        return out
     variants = {f"ours, overlap {o}": splitter_for(encoder, overlap=o) for o in OVERLAPS if o != 32}
     library = semantic_text_splitter(encoder)
     if library is not None:
@@ -198,8 +203,8 @@ def markdown(results: dict) -> str:
     lines = [
         "# Long documents: truncation, passages with best-passage grouping, and the upper bound",
         "",
-        f"Machine: {results['machine']}; load average {results['load_average']} (8 helpers shared 2 cores: timings are "
-        "noisy, ratios in one run only).",
+        f"Machine: {results['machine']}; load average {results['load_average']} (timings are noisy; "
+        "quality figures are not).",
         "",
     ]
     if results.get("note"):
@@ -214,13 +219,15 @@ def markdown(results: dict) -> str:
             f"(fraction {data['fraction']:g} of the pool, seed {SEED}); {data['queries']} queries with a relevant "
             f"document.",
             "",
-            "| system | truncated | passages (best passage) | upper bound (original passages) |",
-            "|---|---|---|---|",
         ]
+        windows = [c for c in data["collections"] if c.startswith("passages, ")]
+        columns = ["truncated", "passages", *windows, "original passages"]
+        heads = ["truncated", "passages (default, best passage)", *windows, "upper bound (original passages)"]
+        lines += ["| system | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
         for system, cells in data["systems"].items():
             row = [
                 f"{cells[c]['nDCG@10']:.3f} / {cells[c]['MRR@10']:.3f}" if c in cells else "not reached"
-                for c in ("truncated", "passages", "original passages")
+                for c in columns
             ]
             lines.append(f"| {system} | " + " | ".join(row) + " |")
         lines += [
@@ -234,6 +241,17 @@ def markdown(results: dict) -> str:
             lines.append(
                 f"| {label} | {c['documents']} | {c['passages']} | {c['split_documents']} | {c['split_s']} | {c['index_s']} |"
             )
+        splitters, earlier = data["splitters"], data.get("earlier_splitters")
+        if not splitters and not earlier:
+            lines.append("")
+            continue
+        if not splitters:
+            splitters = earlier["rows"]
+            lines += [
+                "",
+                f"Splitters: from an earlier run on {earlier['fraction']:g} of the pool (load average "
+                f"{earlier['load_average']}), not rerun here.",
+            ]
         lines += [
             "",
             "Splitters (dense, nDCG@10 / MRR@10):",
@@ -241,7 +259,7 @@ def markdown(results: dict) -> str:
             "| splitter | nDCG@10 | MRR@10 | passages | seconds splitting |",
             "|---|---|---|---|---|",
         ]
-        for label, s in data["splitters"].items():
+        for label, s in splitters.items():
             lines.append(f"| {label} | {s['nDCG@10']:.3f} | {s['MRR@10']:.3f} | {s['passages']} | {s['split_s']} |")
         lines.append("")
     return "\n".join(lines)
@@ -254,7 +272,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--fraction", type=float, default=1.0, help="share of each pool to build documents from")
     parser.add_argument("--datasets", default="msmarco-dl20,cacm")
+    parser.add_argument(
+        "--sizes", default="", help="also passages of at most these many tokens, comma-separated (e.g. 256)"
+    )
+    parser.add_argument(
+        "--no-splitters", action="store_true", help="skip the splitter comparison (dense, overlap and library)"
+    )
     args = parser.parse_args()
+    sizes = [int(w) for w in args.sizes.split(",") if w.strip()]
 
     names = [n for n in args.datasets.split(",") if (args.data / n).is_dir()]
     if not names:
@@ -271,7 +296,9 @@ def main() -> int:
         "datasets": {},
     }
     for name in names:
-        results["datasets"][name] = bench_dataset(name, args.data / name, args.work, encoder, args.fraction)
+        results["datasets"][name] = bench_dataset(
+            name, args.data / name, args.work, encoder, args.fraction, sizes, not args.no_splitters
+        )
     results["load_average_end"] = round(os.getloadavg()[0], 1)
     args.out.mkdir(parents=True, exist_ok=True)
     earlier = args.out / "documents.json"

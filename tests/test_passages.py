@@ -254,3 +254,30 @@ def test_split_batch_gives_documents_back_once_all_their_passages_are_encoded(to
     got, got_vectors, _, splits, texts = batch.ready([0])
     assert got_vectors.tolist() == vectors[: rows - 1].tolist()  # in passage order
     assert splits == [batch.splits[0]] and texts == encoding_texts(docs[0], batch.splits[0])
+
+
+def test_passage_tokens_caps_a_cut_documents_passages_while_a_document_that_fits_stays_whole(tokenizer):
+    """``passage_tokens`` (bench_documents.py --sizes) caps a cut document's passages; a document that fits the window
+    stays one passage whatever the cap, so a collection of short passages is stored exactly as without it."""
+    from twostage.ingest.passages import PASSAGE_TOKENS
+
+    assert PASSAGE_TOKENS is None  # the default: passages fill the window
+    capped = Splitter(tokenizer, 256, passage_tokens=128)
+    copy = capped.tokenizer
+    fits = Document("fits", "Words about apples and orchards in the valley. " * 18)  # about 170 tokens
+    assert 128 < len(copy.encode(fits.text).ids) <= 256
+    assert len(capped.split(fits)) == 1
+    long = Document("long", handbook(), "Handbook")
+    passages = capped.split(long)
+    assert max(len(copy.encode(t).ids) for t in encoding_texts(long, passages)) <= 128
+    window_sized = Splitter(tokenizer, 256).split(long)
+    assert len(window_sized) < len(passages)
+    assert max(len(copy.encode(t).ids) for t in encoding_texts(long, window_sized)) > 128
+
+
+def test_query_words_are_emphasised_in_their_forms_not_as_any_prefix():
+    from twostage.hit_text import query_word_spans
+
+    text = "The canteen indexes bicycles; a writer waited while the index was indexing."
+    found = [text[a:b] for a, b in query_word_spans(text, "can a bicycle index wait")]
+    assert found == ["indexes", "bicycles", "waited", "index", "indexing"]  # "can" does not find "canteen"

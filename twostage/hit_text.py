@@ -20,11 +20,17 @@ def query_word_spans(text: str, query: str) -> list[tuple[int, int]]:
     stems = [_stem(t) for t in query_terms(query)]
     if not stems:
         return []
-    return [
-        (m.start(), m.end())
-        for m in _WORD.finditer(text)
-        if any(m.group().lower().startswith(stem) for stem in stems if len(stem) >= 3 or m.group().lower() == stem)
-    ]
+    return [(m.start(), m.end()) for m in _WORD.finditer(text) if any(_inflects(m.group().lower(), s) for s in stems)]
+
+
+#: what may follow a query word's stem in a word of the passage for the word to count as one of its forms ("index" ->
+#: "indexing", "indexes"; "can" does not find "canteen")
+_ENDINGS = ("", "s", "es", "ed", "d", "ing", "ings", "er", "ers", "ies", "y", "ly", "ion", "ions", "ation", "ations")
+
+
+def _inflects(word: str, stem: str) -> bool:
+    """Whether ``word`` is ``stem`` (at least 3 letters, or the whole word) followed by a common English ending."""
+    return word.startswith(stem) and (len(stem) >= 3 or word == stem) and word[len(stem) :] in _ENDINGS
 
 
 def snippet(text: str, query: str, width: int = 160, emphasis: tuple[str, str] = ("*", "*")) -> str:
@@ -54,14 +60,16 @@ def emphasise(text: str, spans: Sequence[tuple[int, int]], start: int, end: int,
 
 
 def format_hits(result: Any, snippet_width: int = 72, emphasis: tuple[str, str] = ("*", "*")) -> str:
-    """A readable table: rank, doc id, rerank score, first-stage score (and rank), title; under each row the passage
-    that matched (where in the document it is, and its text around the first query word, query words emphasised)."""
+    """A readable table: rank, doc id, relevance (calibrated P(relevant), ``-`` where none), rerank score, first-stage
+    score (and rank), title; under each row the passage that matched (where in the document it is, and its text
+    around the first query word, query words emphasised)."""
     if not result.hits:
         return "no results"
     id_width = min(max(6, *(len(h.doc_id) for h in result.hits)), 24)
-    lines = [f"{'rank':>4}  {'doc id':<{id_width}}  {'rerank':>8}  {'1st stage':>14}  text"]
+    lines = [f"{'rank':>4}  {'doc id':<{id_width}}  {'rel.':>5}  {'rerank':>8}  {'1st stage':>14}  text"]
     for hit in result.hits:
         rerank = f"{hit.rerank_score:8.3f}" if hit.rerank_score is not None else f"{'-':>8}"
+        relevance = f"{hit.relevance:5.2f}" if hit.relevance is not None else f"{'-':>5}"
         first = f"{hit.retrieval_score:.3f} (#{hit.retrieval_rank})"
         passage = hit.passage
         whole = passage is None or passage.count == 1  # a short document: one line, as it always was
@@ -70,7 +78,9 @@ def format_hits(result: Any, snippet_width: int = 72, emphasis: tuple[str, str] 
             head = text if len(text) <= snippet_width else text[: snippet_width - 1] + "…"
         else:
             head = hit.title or ""
-        lines.append(f"{hit.rank:>4}  {hit.doc_id[:id_width]:<{id_width}}  {rerank}  {first:>14}  {head}".rstrip())
+        lines.append(
+            f"{hit.rank:>4}  {hit.doc_id[:id_width]:<{id_width}}  {relevance}  {rerank}  {first:>14}  {head}".rstrip()
+        )
         if not whole:
             where = [f"passage {passage.number + 1}/{passage.count}"] if passage.count > 1 else []
             where += [f"page {passage.page}"] if passage.page is not None else []

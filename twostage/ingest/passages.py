@@ -1,10 +1,10 @@
 """Splitting documents into passages that fit the bi-encoder's window, counted in the model's own tokens.
 
 A document that fits (with its title) stays one passage. A longer one is tokenised once (a fast tokenizer gives each
-token's character offsets) and cut greedily: each passage takes as many tokens as the window leaves after the special
-tokens, the document prompt and its context (title and heading path), ending at the strongest boundary in its last
-two thirds: a section start, then a paragraph, a line, a sentence, a clause, a space between words. A cut never falls
-inside a word unless one word alone overflows the window. The next passage starts up to ``overlap`` tokens back, at
+token's character offsets) and cut greedily: each passage takes as many tokens as the window (or a smaller
+``passage_tokens``) leaves after the special tokens, the document prompt and its context (title and heading path),
+ending at the strongest boundary in its last two thirds: a section start, then a paragraph, a line, a sentence, a
+clause, a space between words. A cut never falls inside a word unless one word alone overflows the window. The next passage starts up to ``overlap`` tokens back, at
 the strongest boundary there. Why our own rather than a library (docs/guides/documents.md): it reads each document's
 tokens once and is several times faster than semantic-text-splitter, which re-tokenises while it searches, and the
 two rank alike on benchmarks/bench_documents.py.
@@ -24,6 +24,10 @@ from twostage.indexes.documents import Document, Passage
 
 #: tokens a passage repeats from the end of the one before it: chosen on benchmarks/bench_documents.py (0 vs 32 vs 64)
 DEFAULT_OVERLAP = 32
+#: the most model tokens in a passage of a document cut because it overflows the window (None: the window). 128 (the
+#: sequence length all-MiniLM-L6-v2 was trained at) was measured against the window on benchmarks/bench_documents.py:
+#: better on the msmarco-dl20 set, worse on the cacm one (docs/benchmarks/documents.md), so passages fill the window.
+PASSAGE_TOKENS: int | None = None
 #: a passage ends at a boundary in its window's last two thirds (so no passage is cut short by a weak boundary)
 MIN_FILL = 1 / 3
 #: boundaries, strongest first: (priority, pattern whose match end is a place to cut)
@@ -49,9 +53,18 @@ class _Section:
 
 
 class Splitter:
-    """Cuts documents into passages of at most ``window`` model tokens (special tokens, prompt and context included)."""
+    """Keeps a document that fits ``window`` model tokens whole, and cuts a longer one into passages of at most
+    ``passage_tokens`` (or ``window``, if fewer) model tokens, special tokens, prompt and context included."""
 
-    def __init__(self, tokenizer: Any, window: int, *, overlap: int = DEFAULT_OVERLAP, prompt: str = ""):
+    def __init__(
+        self,
+        tokenizer: Any,
+        window: int,
+        *,
+        overlap: int = DEFAULT_OVERLAP,
+        prompt: str = "",
+        passage_tokens: int | None = PASSAGE_TOKENS,
+    ):
         """``tokenizer``: a ``tokenizers.Tokenizer`` (copied: truncation and padding are turned off in the copy)."""
         from tokenizers import Tokenizer
 
@@ -59,6 +72,7 @@ class Splitter:
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self.window = int(window)
+        self.size = min(self.window, int(passage_tokens or self.window))  # a cut document's passages
         self.overlap = max(0, int(overlap))
         self.prompt = prompt
         self._fixed = len(self.tokenizer.encode(prompt).ids)  # special tokens and the document prompt
@@ -102,9 +116,9 @@ class Splitter:
         while first < n:
             headings = _heading_path(sections, starts[first])
             context = Passage(0, 0, "", headings=headings).context(doc.title)
-            if self._context_size(context) > self.window // 4:  # a long heading path: the title alone
+            if self._context_size(context) > self.size // 4:  # a long heading path: the title alone
                 headings, context = [], doc.title
-            budget = max(16, self.window - self._fixed - self._context_size(context) - 2)  # 2: joins re-tokenised
+            budget = max(16, self.size - self._fixed - self._context_size(context) - 2)  # 2: joins re-tokenised
             last = min(n, first + budget)  # exclusive
             low = first + max(1, int(budget * MIN_FILL))
             window = priority[low + 1 : last + 1] if last < n else priority[low + 1 : n]
@@ -166,8 +180,9 @@ def _page_at(doc: Document, offset: int) -> int | None:
     return int(pages[max(index, 0)].number)
 
 
-def splitter_for(encoder: Any, overlap: int = DEFAULT_OVERLAP) -> Splitter:
-    """The splitter for a bi-encoder: its own (fast) tokenizer, window and document prompt."""
+def splitter_for(encoder: Any, overlap: int = DEFAULT_OVERLAP, passage_tokens: int | None = PASSAGE_TOKENS) -> Splitter:
+    """The splitter for a bi-encoder: its own (fast) tokenizer, window and document prompt; a cut document's passages
+    hold at most ``passage_tokens`` tokens (None: as many as the window)."""
     light = getattr(encoder, "light", None)
     if light is not None and getattr(encoder, "_model", None) is None:
         tokenizer = light.tokenizer
@@ -177,7 +192,8 @@ def splitter_for(encoder: Any, overlap: int = DEFAULT_OVERLAP) -> Splitter:
             raise ValueError(f"bi-encoder {encoder.name!r} has no fast tokenizer to split documents with")
         tokenizer = backend
     window = int(encoder.max_seq_length or 512)
-    return Splitter(tokenizer, window, overlap=overlap, prompt=getattr(encoder, "document_prompt", "") or "")
+    prompt = getattr(encoder, "document_prompt", "") or ""
+    return Splitter(tokenizer, window, overlap=overlap, prompt=prompt, passage_tokens=passage_tokens)
 
 
 def encoding_texts(doc: Document, passages: Sequence[Passage]) -> list[str]:
