@@ -245,6 +245,9 @@ def _open_with(cls: Any, path: Path, manifest: Manifest, store: DocumentStore, i
     if index is None:
         collection._rebuild_index(manifest.factory)
     elif not collection._catch_up():
+        # a crash between the index's save and the manifest's leaves only the manifest behind (its counts stale): the
+        # next write's commit rewrites it, as after a repair in memory
+        collection.recovered = manifest.generation < generation
         return collection
     log.warning(
         "%s: the vector index was behind the documents (%s); brought up to date from the stored embeddings",
