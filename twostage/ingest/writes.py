@@ -80,8 +80,7 @@ def add_documents(
     ):
         for chunk in chunks(checked_stream(documents), size):
             report.ids.extend(doc.id for doc in chunk)
-            existing = {doc.id: doc for doc in collection.get([d.id for d in chunk]) if doc is not None}
-            todo = [d for d in chunk if not same_document(existing.get(d.id), d)]
+            todo, existing = changed_documents(collection, chunk)
             report.unchanged += len(chunk) - len(todo)
             replaced = sum(1 for d in todo if d.id in existing)
             report.replaced += replaced
@@ -93,6 +92,13 @@ def add_documents(
     collection.commit()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def changed_documents(collection: CollectionLike, docs: list[Document]) -> tuple[list[Document], dict[str, Document]]:
+    """The documents of ``docs`` the collection does not hold as they are (new or changed: what a write encodes), and
+    what it holds of ``docs``, by id."""
+    existing = {doc.id: doc for doc in collection.get([d.id for d in docs]) if doc is not None}
+    return [d for d in docs if not same_document(existing.get(d.id), d)], existing
 
 
 def _encode_chunk(

@@ -18,9 +18,9 @@ import numpy as np
 from twostage.engine import Engine
 from twostage.indexes.documents import Document
 from twostage.indexes.errors import CollectionError
-from twostage.ingest.documents import checked_stream, same_document
+from twostage.ingest.documents import checked_stream
 from twostage.ingest.passages import SplitBatch, splitter_for
-from twostage.ingest.writes import AddReport, chunks
+from twostage.ingest.writes import AddReport, changed_documents, chunks
 from twostage.runtime.config import RuntimeConfig
 
 from .cluster import connect
@@ -137,9 +137,8 @@ def _index_window(
 ) -> None:
     """Encode and write the window's new or changed documents; a failed pipeline is rerun on what is still missing."""
     collection = engine.collection
-    existing = {doc.id: doc for doc in collection.get([d.id for d in window]) if doc is not None}
-    replacing = {d.id for d in window if d.id in existing and not same_document(existing[d.id], d)}
-    todo = [d for d in window if not same_document(existing.get(d.id), d)]
+    todo, existing = changed_documents(collection, window)
+    replacing = {d.id for d in todo if d.id in existing}
     report.unchanged += len(window) - len(todo)
     if progress and len(window) > len(todo):
         progress(len(window) - len(todo))
@@ -153,8 +152,7 @@ def _index_window(
             if attempt == WINDOW_ATTEMPTS:
                 raise
             log.warning("indexing pipeline failed (%s); retrying what is not yet committed", type(err).__name__)
-            written = {doc.id: doc for doc in collection.get([d.id for d in todo]) if doc is not None}
-            todo = [d for d in todo if not (d.id in written and same_document(written[d.id], d))]
+            todo, _ = changed_documents(collection, todo)
 
 
 def _encode_and_write(
