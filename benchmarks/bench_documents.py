@@ -30,6 +30,7 @@ from pathlib import Path
 
 from common import DATA_ROOT, RESULTS, THRESHOLDS, machine, minilm_path  # noqa: I001  (first: repo importable, hub off)
 
+from twostage import grouping  # noqa: E402
 from twostage.engine import Engine  # noqa: E402
 from twostage.eval.datasets import load_folder  # noqa: E402
 from twostage.eval.metrics import evaluate  # noqa: E402
@@ -48,6 +49,8 @@ SYSTEMS = {  # name -> search options
     "hybrid + maxsim": {"rerank": True, "first_stage": "hybrid"},
 }
 OVERLAPS = (0, 32)
+#: the second stage's passages per document the default row uses (``twostage.grouping.RERANK_PASSAGES``)
+DEFAULT_RERANK_PASSAGES = grouping.RERANK_PASSAGES
 
 
 def build(folder: Path, fraction: float) -> tuple[dict, dict, dict, dict]:
@@ -74,9 +77,24 @@ def build(folder: Path, fraction: float) -> tuple[dict, dict, dict, dict]:
 
 
 def collection(
-    path: Path, encoder: BiEncoder, docs: list[Document], splitter: Splitter | None, tokens: bool
+    path: Path, encoder: BiEncoder, docs: list[Document], splitter: Splitter | None, tokens: bool, reuse: bool = False
 ) -> tuple[Engine, dict]:
-    """A collection of ``docs`` (tokens stored for MaxSim when asked) and what indexing it cost."""
+    """A collection of ``docs`` (tokens stored for MaxSim when asked) and what indexing it cost; with ``reuse``, the
+    one an earlier run left at ``path`` when it holds as many documents and passages (no seconds then)."""
+    if reuse and (path / "manifest.json").is_file():
+        engine = Engine.open(path, reranker="maxsim", encoder=encoder)
+        split = splitter or engine.splitter or splitter_for(encoder)
+        passages = sum(
+            len(p) for start in range(0, len(docs), 256) for p in split.split_many(docs[start : start + 256])
+        )
+        if (len(engine.collection), engine.collection.passage_count()) == (len(docs), passages):
+            return engine, {
+                "documents": len(engine.collection),
+                "passages": engine.collection.passage_count(),
+                "reused": True,
+            }
+        engine.close()
+        shutil.rmtree(path)
     engine = Engine.create(path, reranker="maxsim", encoder=encoder, store_tokens="float16" if tokens else False)
     if splitter is not None:
         engine.splitter = splitter
@@ -140,7 +158,15 @@ def semantic_text_splitter(encoder: BiEncoder) -> Splitter | None:
 
 
 def bench_dataset(
-    name: str, folder: Path, work: Path, encoder: BiEncoder, fraction: float, sizes: list[int], splitters: bool
+    name: str,
+    folder: Path,
+    work: Path,
+    encoder: BiEncoder,
+    fraction: float,
+    sizes: list[int],
+    splitters: bool,
+    rerank_passages: list[int],
+    reuse: bool,
 ) -> dict:
     passages, documents, owner, qrels = build(folder, fraction)
     data = load_folder(folder)
@@ -159,17 +185,27 @@ def bench_dataset(
     builds = {
         "truncated": (docs, Splitter(encoder_tokenizer(encoder), 10**9), True),  # one passage each: the model cuts
         "passages": (docs, splitter_for(encoder), True),
-        **{f"passages, {w} tokens": (docs, splitter_for(encoder, passage_tokens=w), True) for w in sizes},
+        "passages filling the window": (docs, splitter_for(encoder, paragraph_share=None), True),
+        **{
+            f"passages, {w} tokens": (docs, splitter_for(encoder, passage_tokens=w, paragraph_share=None), True)
+            for w in sizes
+        },
         "original passages": (list(passages.values()), None, True),
     }
     for label, (items, splitter, tokens) in builds.items():
-        engine, stats = collection(work / name / label.replace(" ", "-"), encoder, items, splitter, tokens)
+        engine, stats = collection(work / name / label.replace(" ", "-"), encoder, items, splitter, tokens, reuse)
         out["collections"][label] = stats
         print(f"{name} {label}: {stats}", flush=True)
+        split = label not in ("truncated", "original passages")
         for system, options in SYSTEMS.items():
-            run = run_of(engine, queries, options, owner if label == "original passages" else None)
-            out["systems"].setdefault(system, {})[label] = measure(run, qrels, threshold)
-            print(f"  {system}: {out['systems'][system][label]}", flush=True)
+            counts = rerank_passages if split and options["rerank"] else [DEFAULT_RERANK_PASSAGES]
+            for count in counts:
+                grouping.RERANK_PASSAGES = count
+                row = system if count == DEFAULT_RERANK_PASSAGES else f"{system}, {count} per document"
+                run = run_of(engine, queries, options, owner if label == "original passages" else None)
+                out["systems"].setdefault(row, {})[label] = measure(run, qrels, threshold)
+                print(f"  {row}: {out['systems'][row][label]}", flush=True)
+        grouping.RERANK_PASSAGES = DEFAULT_RERANK_PASSAGES
         engine.close()
     if not splitters:
         return out
@@ -220,7 +256,7 @@ def markdown(results: dict) -> str:
             f"document.",
             "",
         ]
-        windows = [c for c in data["collections"] if c.startswith("passages, ")]
+        windows = [c for c in data["collections"] if c not in ("truncated", "passages", "original passages")]
         columns = ["truncated", "passages", *windows, "original passages"]
         heads = ["truncated", "passages (default, best passage)", *windows, "upper bound (original passages)"]
         lines += ["| system | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
@@ -239,7 +275,8 @@ def markdown(results: dict) -> str:
         ]
         for label, c in data["collections"].items():
             lines.append(
-                f"| {label} | {c['documents']} | {c['passages']} | {c['split_documents']} | {c['split_s']} | {c['index_s']} |"
+                f"| {label} | {c['documents']} | {c['passages']} | {c.get('split_documents', '')} | "
+                f"{c.get('split_s', '')} | {c.get('index_s', 'reused')} |"
             )
         splitters, earlier = data["splitters"], data.get("earlier_splitters")
         if not splitters and not earlier:
@@ -278,14 +315,21 @@ def main() -> int:
     parser.add_argument(
         "--no-splitters", action="store_true", help="skip the splitter comparison (dense, overlap and library)"
     )
+    parser.add_argument(
+        "--rerank-passages",
+        default="1",
+        help="also rows whose second stage scores this many passages per document, comma-separated (e.g. 1,8)",
+    )
+    parser.add_argument("--reuse", action="store_true", help="open the collections an earlier run left in --work")
     args = parser.parse_args()
     sizes = [int(w) for w in args.sizes.split(",") if w.strip()]
+    rerank_passages = sorted({DEFAULT_RERANK_PASSAGES, *(int(n) for n in args.rerank_passages.split(",") if n.strip())})
 
     names = [n for n in args.datasets.split(",") if (args.data / n).is_dir()]
     if not names:
         print(f"no dataset under {args.data}; nothing measured")
         return 0
-    for name in names:
+    for name in names if not args.reuse else []:
         shutil.rmtree(args.work / name, ignore_errors=True)
     encoder = BiEncoder(minilm_path())
     results = {
@@ -296,14 +340,34 @@ def main() -> int:
         "datasets": {},
     }
     for name in names:
-        results["datasets"][name] = bench_dataset(
-            name, args.data / name, args.work, encoder, args.fraction, sizes, not args.no_splitters
+        results["datasets"][name] = {"command": " ".join(["python benchmarks/bench_documents.py", *sys.argv[1:]])}
+        results["datasets"][name] |= bench_dataset(
+            name,
+            args.data / name,
+            args.work,
+            encoder,
+            args.fraction,
+            sizes,
+            not args.no_splitters,
+            rerank_passages,
+            args.reuse,
         )
     results["load_average_end"] = round(os.getloadavg()[0], 1)
     args.out.mkdir(parents=True, exist_ok=True)
     earlier = args.out / "documents.json"
     if earlier.is_file():  # datasets measured by an earlier run (another --datasets) are kept beside this run's
         kept = json.loads(earlier.read_text()).get("datasets", {})
+        for name, data in results["datasets"].items():  # a reused collection keeps the figures of the run that built it
+            before = kept.get(name, {})
+            if not data["splitters"] and (before.get("splitters") or before.get("earlier_splitters")):
+                data["earlier_splitters"] = before.get("earlier_splitters") or {
+                    "fraction": before["fraction"],
+                    "rows": before["splitters"],
+                    "load_average": "not recorded",
+                }
+            for label, stats in data["collections"].items():
+                if stats.get("reused"):
+                    stats.update({**kept.get(name, {}).get("collections", {}).get(label, {}), **stats})
         results["datasets"] = {**{k: v for k, v in kept.items() if k not in results["datasets"]}, **results["datasets"]}
     (args.out / "documents.json").write_text(json.dumps(results, indent=1))
     (args.out / "documents.md").write_text(markdown(results))

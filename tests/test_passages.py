@@ -63,10 +63,37 @@ def test_split_fits_the_window_on_structure_with_offsets(tokenizer):
     assert all(passage.text.count("\n## ") == 0 for passage in passages[1:])
     answer = next(p for p in passages if ANSWER in p.text)
     assert answer.headings == ["Staff handbook", "Facilities"]
-    plain = Document("plain", re.sub(r"#+ .*\n", "", doc.text))  # no headings: passages overlap
-    cut = Splitter(tokenizer, 128, overlap=16).split(plain)
-    assert all(b.start < a.end for a, b in zip(cut, cut[1:]))
     assert passages[-1].end == len(doc.text.rstrip())
+
+
+def test_passages_are_whole_paragraphs_packed_to_half_the_window_and_overlap_only_inside_one(tokenizer):
+    """Paragraphs are packed while they hold at most half the window, never cut or overlapped; a paragraph longer than
+    the window is cut inside, and only those cuts repeat ``overlap`` tokens of the passage before."""
+    sentences = [sentence for _, sentence in TOPICS]
+    paragraphs = [" ".join(sentences[i % 6 : i % 6 + 2]) for i in range(12)]  # ~40 tokens each
+    doc = Document("plain", "\n\n".join(paragraphs))
+    splitter = Splitter(tokenizer, 128, overlap=16)
+    passages = splitter.split(doc)
+    size = [len(splitter.tokenizer.encode(text).ids) for text in paragraphs]  # 17 to 38 tokens, specials included
+    starts = [doc.text.index(text, sum(len(t) + 2 for t in paragraphs[:i])) for i, text in enumerate(paragraphs)]
+    runs = [[i for i, at in enumerate(starts) if p.start <= at < p.end] for p in passages]
+    assert all(p.text == "\n\n".join(paragraphs[run[0] : run[-1] + 1]) for p, run in zip(passages, runs))
+    assert [i for run in runs for i in run] == list(range(12))  # each paragraph once, whole, in order: no overlap
+    assert all(a.end <= b.start for a, b in zip(passages, passages[1:]))
+    for run, following in zip(runs, runs[1:]):  # packed greedily: the next paragraph would pass half the window
+        assert sum(size[i] for i in run) <= 64 and sum(size[i] for i in run) + size[following[0]] > 64 - 4
+    assert any(len(run) > 1 for run in runs)
+    long_one = Document("long", " ".join(sentences * 4))  # one paragraph of ~400 tokens: cut inside, overlapping
+    cut = splitter.split(long_one)
+    assert len(cut) > 2 and all(b.start < a.end for a, b in zip(cut, cut[1:]))
+    filled = Splitter(tokenizer, 128, overlap=16, paragraph_share=None).split(doc)  # the old way: fill the window
+    assert len(filled) < len(passages)
+    # a PDF's page break (a blank line in its text) is no paragraph: a sentence running across it is overlapped
+    page = "Words about apples and orchards. " * 20 + "The parking garage beneath the north wing has forty"
+    text = page + "\n\n" + "spaces for bicycles. " + "Words about pears and orchards. " * 20
+    pdf = StructuredDocument("pdf", text, pages=(Page(1, 0, len(page)), Page(2, len(page) + 2, len(text))))
+    across = splitter.split(pdf)
+    assert any("garage beneath the north wing has forty\n\nspaces for bicycles" in p.text for p in across)
 
 
 def test_short_documents_stay_whole_and_pages_and_sections_come_from_extraction(tokenizer):

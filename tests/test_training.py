@@ -360,3 +360,35 @@ def test_cli_rejects_a_bad_recipe_before_any_model_loads(tmp_path, capsys, optio
     )
     err = capsys.readouterr().err
     assert rc == 2 and expected in err and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_a_long_documents_candidate_is_the_passage_that_matched(tmp_path, tiny_bi_encoder_dir):
+    """Mining keeps each candidate's stored passage key; the teacher scores a long document's candidate from that
+    passage's stored tokens (as MaxSim computes them from its text, not the first passage's), and cached lists read
+    the same passage texts back by key."""
+    from twostage.engine import Engine
+    from twostage.indexes.documents import document_of
+    from twostage.stages import maxsim
+    from twostage.training.run import _load_lists, _save_lists, load_teacher, mine, teacher_scores
+
+    rng = random.Random(1)
+    paragraphs = [" ".join([topic, *rng.sample(FILLER, 10), facet]) for topic in TOPICS[:6] for facet in FACETS]
+    docs = [{"id": "guide", "text": "\n\n".join(paragraphs)}]
+    docs += [{"id": f"s{i}", "text": f"{topic} {FACETS[i % 6]} of the city"} for i, topic in enumerate(TOPICS[6:])]
+    with Engine.create(tmp_path / "c", model=str(tiny_bi_encoder_dir), reranker=None, store_tokens="float16") as engine:
+        engine.add(docs)
+        assert engine.collection.passage_count() > len(engine.collection) + 2
+        queries = {f"q{i}": f"{FACETS[i % 6]} of {topic}" for i, topic in enumerate(TOPICS[:6])}
+        lists = mine(engine, queries, len(docs), quiet, False)  # every document: the guide among them
+        found = [(item, i) for item in lists for i, d in enumerate(item.doc_ids) if d == "guide"]
+        assert found and all(document_of(item.passage_keys[i]) == "guide" for item, i in found)
+        assert any(item.passage_keys[i] != "guide" for item, i in found)  # some match beyond the first passage
+        got = teacher_scores(load_teacher("maxsim", engine, lists, quiet, False), lists, False)
+        fresh = maxsim(engine.encoder)
+        for item, scores in zip(lists, got):
+            np.testing.assert_allclose(scores, fresh.score(item.query, item.texts), rtol=2e-3, atol=2e-3)
+        cache = tmp_path / "lists.jsonl"
+        _save_lists(cache, {"k": 1}, lists, got)
+        loaded, teacher = _load_lists(cache, {"k": 1}, engine)
+    assert [x.texts for x in loaded] == [x.texts for x in lists] and teacher == got
+    assert [x.passage_keys for x in loaded] == [x.passage_keys for x in lists]

@@ -19,13 +19,32 @@ PRIMARY_METRIC = "ndcg@10"
 
 @dataclass
 class ScoredList:
-    """One query's candidates (first-stage order) with a relevance score each: teacher scores or judged labels."""
+    """One query's candidates (first-stage order) with a relevance score each: teacher scores or judged labels.
+    ``keys`` name each candidate's stored passage (a long document's passage that matched; empty: the doc ids), which
+    MaxSim's stored tokens and the cached lists' texts are read by; judgments go by ``doc_ids``."""
 
     qid: str
     query: str
     doc_ids: list[str]
     texts: list[str]
     scores: list[float]
+    keys: list[str] = field(default_factory=list)
+
+    @property
+    def passage_keys(self) -> list[str]:
+        """Each candidate's stored passage key (its doc id when it is a one-passage document)."""
+        return self.keys or self.doc_ids
+
+    def subset(self, indexes: Sequence[int], scores: Sequence[float] | None = None) -> ScoredList:
+        """The candidates at ``indexes``, in that order, with ``scores`` (default: theirs)."""
+        return ScoredList(
+            self.qid,
+            self.query,
+            [self.doc_ids[i] for i in indexes],
+            [self.texts[i] for i in indexes],
+            list(scores) if scores is not None else [self.scores[i] for i in indexes],
+            [self.keys[i] for i in indexes] if self.keys else [],
+        )
 
 
 @dataclass

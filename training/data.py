@@ -46,9 +46,7 @@ def judged_lists(lists: Sequence[ScoredList], qrels: dict[str, dict[str, int]], 
         keep = [i for i, d in enumerate(item.doc_ids) if d in labels or unjudged == "negative"]
         scores = [float(max(labels.get(item.doc_ids[i], 0), 0)) for i in keep]
         if any(s > 0 for s in scores) and any(s <= 0 for s in scores):
-            out.append(
-                ScoredList(item.qid, item.query, [item.doc_ids[i] for i in keep], [item.texts[i] for i in keep], scores)
-            )
+            out.append(item.subset(keep, scores))
     return out
 
 

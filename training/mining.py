@@ -33,6 +33,7 @@ def mine(engine: Any, queries: dict[str, str], depth: int, log: Log, progress: b
                         [h.doc_id for h in hits],
                         [h.encoding_text for h in hits],
                         [float(h.retrieval_score) for h in hits],
+                        [h.passage.key if h.passage is not None else h.doc_id for h in hits],
                     )
                 )
             bar.update(len(chunk))
@@ -53,7 +54,7 @@ def load_teacher(spec: str, engine: Any, lists: Sequence[ScoredList], log: Log, 
         return maxsim(engine.encoder, token_store=stored.get_many)
     texts: dict[str, str] = {}
     for item in lists:
-        texts.update(zip(item.doc_ids, item.texts))
+        texts.update(zip(item.passage_keys, item.texts))
     teacher = maxsim(engine.encoder)
     store: dict[str, Any] = {}
     ids = list(texts)
@@ -79,7 +80,7 @@ def teacher_scores(teacher: Any, lists: Sequence[ScoredList], progress: bool, ch
     with tqdm(total=len(lists), desc="teacher", unit="query", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(lists), chunk):
             part = lists[start : start + chunk]
-            candidates = [[Candidate(d, t) for d, t in zip(x.doc_ids, x.texts)] for x in part]
+            candidates = [[Candidate(key, t) for key, t in zip(x.passage_keys, x.texts)] for x in part]
             rows = teacher.score_candidates([x.query for x in part], candidates)
             scores.extend([float(v) for v in row] for row in rows)
             bar.update(len(part))
@@ -105,5 +106,5 @@ def combine_labels(lists: Sequence[ScoredList], qrels: dict[str, dict[str, int]]
                 new.append(high + spread * labels[doc])
             else:
                 new.append(low - spread)
-        out.append(ScoredList(item.qid, item.query, item.doc_ids, item.texts, new))
+        out.append(item.subset(range(len(item.doc_ids)), new))
     return out

@@ -151,6 +151,7 @@ def _save_lists(
                         "qid": item.qid,
                         "query": item.query,
                         "doc_ids": item.doc_ids,
+                        "keys": item.keys,
                         "dense": item.scores,
                         "teacher": teacher[i] if teacher else None,
                     }
@@ -163,8 +164,9 @@ def _save_lists(
 def _load_lists(
     path: Path, key: dict[str, Any], engine: Any
 ) -> tuple[list[ScoredList], list[list[float]] | None] | None:
-    """Cached lists when they were made with the same settings (texts re-read from the collection), else None."""
-    from twostage.indexes.documents import Document
+    """Cached lists when they were made with the same settings (each candidate's passage text re-read from the
+    collection by its stored key), else None."""
+    from twostage.indexes.documents import encoding_text
 
     if not path.is_file():
         return None
@@ -174,11 +176,12 @@ def _load_lists(
         rows = [json.loads(line) for line in handle]
     lists, teacher = [], []
     for row in rows:
-        docs = engine.get(row["doc_ids"])
-        if any(d is None for d in docs):
+        keys = row.get("keys") or row["doc_ids"]
+        stored = engine.collection.passages(keys)
+        if any(key not in stored for key in keys):
             return None
-        texts = [Document(d.id, d.text, d.title).text_for_encoding() for d in docs]
-        lists.append(ScoredList(row["qid"], row["query"], row["doc_ids"], texts, row["dense"]))
+        texts = [encoding_text(stored[key].text, stored[key].context) for key in keys]
+        lists.append(ScoredList(row["qid"], row["query"], row["doc_ids"], texts, row["dense"], row.get("keys") or []))
         teacher.append(row["teacher"])
     return lists, (teacher if all(t is not None for t in teacher) else None)
 
@@ -244,7 +247,7 @@ def prepare_data(opts: TrainOptions, log: Log) -> PreparedData:
 
 
 def _cut(item: ScoredList, depth: int) -> ScoredList:
-    return ScoredList(item.qid, item.query, item.doc_ids[:depth], item.texts[:depth], item.scores[:depth])
+    return item.subset(range(min(depth, len(item.doc_ids))))
 
 
 def _val_qrels(val: Sequence[ScoredList], qrels: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
@@ -267,7 +270,7 @@ def _rows(opts: TrainOptions, lists: Sequence[ScoredList], loss: str) -> dict[st
         return train_data.listwise_rows(lists, opts.list_size, opts.temperature, seed)
     if loss == "bce":
         if opts.teacher is not None:
-            lists = [ScoredList(x.qid, x.query, x.doc_ids, x.texts, _top_binary(x.scores)) for x in lists]
+            lists = [x.subset(range(len(x.doc_ids)), _top_binary(x.scores)) for x in lists]
         return train_data.pointwise_rows(lists, seed, negatives=opts.negatives)
     if loss == "mnrl":
         return train_data.contrastive_rows(lists, seed)

@@ -339,17 +339,17 @@ class Engine:
             notices.append(f"k={k} is larger than the collection ({size} documents); searched all of them")
         n = len(queries)
         depth = passage_depth(k, size, self.collection.passage_count(), request.group_by)
-
         candidate_lists, vectors, encode_s, search_s = self._retrieve(
             stage, queries, depth, request.filter, request.ef_search, request.nprobe, prf
         )
-        candidate_lists, hit_lists = passage_hits(self.collection, candidate_lists, request.group_by, k)
+        grouped = passage_hits(self.collection, candidate_lists, request.group_by, k)
+        candidate_lists, hit_lists, runners_up = grouped.candidate_lists, grouped.hit_lists, grouped.runners_up
         reranker = self._second_stage(query_tokens, fusion) if request.rerank else None
         if request.rerank and reranker is None and self._reranker_spec is None and not self.notices:
             notices.append("no reranker configured; showing first-stage order")
         rerank_s = 0.0
         if reranker is not None:
-            hit_lists, rerank_s = rerank_hits(reranker, queries, hit_lists, request.rerank_depth)
+            hit_lists, rerank_s = rerank_hits(reranker, queries, hit_lists, request.rerank_depth, runners_up)
         fit = relevance_fit(self.encoder, reranker, request.min_score)  # BM25 encodes a query for it only on min_score
         if fit is not None and (vectors is not None or request.min_score is not None):
             encode_s += score_relevance(fit, self, queries, vectors, reranker, hit_lists, k)

@@ -1,14 +1,16 @@
 """From passage hits to document hits: the first stage ranks passages; a document ranks by its best passage (MaxP).
 
 Best passage is what Pyserini's MS MARCO document runs and Elasticsearch's chunked reranking do; no other
-aggregation (sum, top-k mean) is offered, as none was measured better (none was measured: see
-benchmarks/bench_documents.py and docs/guides/passages.md).
+aggregation (sum, top-k mean) is offered. The second stage scores each document's best few first-stage passages
+(``RERANK_PASSAGES``) and the document takes the best of them, so a passage the first stage ranked second in its
+document can still be the one shown (benchmarks/bench_documents.py, docs/guides/passages.md).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from twostage.indexes.documents import document_of
@@ -18,6 +20,8 @@ from .results import Hit, PassageMatch
 
 #: a document search reads at most this many passages per document wanted (the mean passages per document, rounded up)
 MAX_PASSAGES_PER_DOCUMENT = 8
+#: the second stage scores each document's best this many first-stage passages (measured: bench_documents.py)
+RERANK_PASSAGES = 2
 
 
 def passage_depth(k: int, documents: int, passages: int, group_by: str) -> int:
@@ -47,13 +51,49 @@ def group_by_document(
     return out
 
 
+def runners_up(
+    candidates: Sequence[tuple[str, float]], passages: Mapping[str, StoredPassage], per_document: int
+) -> dict[str, list[tuple[str, float]]]:
+    """Each document's second to ``per_document``-th best passages in a best-first passage list: doc id -> passages."""
+    out: dict[str, list[tuple[str, float]]] = {}
+    for key, score in candidates:
+        passage = passages.get(key)
+        if passage is None:
+            continue
+        more = out.setdefault(passage.doc_id, [])
+        if len(more) < per_document:  # the first is the document's best, the hit itself
+            more.append((key, score))
+    return {doc_id: more[1:] for doc_id, more in out.items() if len(more) > 1}
+
+
+@dataclass
+class PassageHits:
+    """The first stage's passages as hits: the (grouped) candidate lists, their hits, and per query each hit's
+    further passages for the second stage (doc id -> hits of the same document; empty when hits are passages)."""
+
+    candidate_lists: list[list[tuple[str, float]]]
+    hit_lists: list[list[Hit]]
+    runners_up: list[dict[str, list[Hit]]]
+
+
 def passage_hits(
-    collection: Any, candidate_lists: list[list[tuple[str, float]]], group_by: str, k: int
-) -> tuple[list[list[tuple[str, float]]], list[list[Hit]]]:
+    collection: Any,
+    candidate_lists: list[list[tuple[str, float]]],
+    group_by: str,
+    k: int,
+    per_document: int | None = None,
+) -> PassageHits:
     """The first stage's passage lists as hits: grouped into each document's best passage ("document", at most ``k``
-    documents) or kept as passages; returns the (grouped) candidate lists and their hits."""
+    documents, each with up to ``per_document`` - 1 runners-up for the second stage; None: ``RERANK_PASSAGES``) or
+    kept as passages."""
+    per_document = RERANK_PASSAGES if per_document is None else per_document
     stored = collection.passages(list({key for cands in candidate_lists for key, _ in cands}))
+    more: list[dict[str, list[Hit]]] = [{} for _ in candidate_lists]
     if group_by == "document":
+        more = [
+            {doc: [passage_hit(stored[key], score, 0) for key, score in keys] for doc, keys in found.items()}
+            for found in (runners_up(cands, stored, per_document) for cands in candidate_lists)
+        ]
         candidate_lists = [group_by_document(cands, stored, k) for cands in candidate_lists]
     hit_lists = [
         [
@@ -62,7 +102,7 @@ def passage_hits(
         ]
         for cands in candidate_lists
     ]
-    return candidate_lists, hit_lists
+    return PassageHits(candidate_lists, hit_lists, more)
 
 
 def settle(hit_lists: Sequence[list[Hit]], queries: Sequence[str], explain_with: Any, top_k: int) -> None:

@@ -1,13 +1,16 @@
 """Splitting documents into passages that fit the bi-encoder's window, counted in the model's own tokens.
 
 A document that fits (with its title) stays one passage. A longer one is tokenised once (a fast tokenizer gives each
-token's character offsets) and cut greedily: each passage takes as many tokens as the window (or a smaller
-``passage_tokens``) leaves after the special tokens, the document prompt and its context (title and heading path),
-ending at the strongest boundary in its last two thirds: a section start, then a paragraph, a line, a sentence, a
-clause, a space between words. A cut never falls inside a word unless one word alone overflows the window. The next passage starts up to ``overlap`` tokens back, at
-the strongest boundary there. Why our own rather than a library (docs/guides/documents.md): it reads each document's
-tokens once and is several times faster than semantic-text-splitter, which re-tokenises while it searches, and the
-two rank alike on benchmarks/bench_documents.py.
+token's character offsets) and cut into whole paragraphs (blocks between blank lines), packed while a passage holds at
+most ``PARAGRAPH_SHARE`` of the window (half: 128 tokens for all-MiniLM-L6-v2); a longer paragraph stays whole within
+the window, and a section start always begins a new passage. A paragraph longer than the window is cut greedily: each
+passage takes as many tokens as the window (or a smaller ``passage_tokens``) leaves after the special tokens, the
+document prompt and its context (title and heading path), ending at the strongest boundary in its last two thirds: a
+line, a sentence, a clause, a space between words; never inside a word unless one word alone overflows the window.
+Only such a cut overlaps: the next passage starts up to ``overlap`` tokens back, at the strongest boundary there. Why
+our own rather than a library (docs/guides/passages.md): it reads each document's tokens once and is several times
+faster than semantic-text-splitter, which re-tokenises while it searches, and the two rank alike on
+benchmarks/bench_documents.py.
 """
 
 from __future__ import annotations
@@ -24,10 +27,17 @@ from twostage.indexes.documents import Document, Passage
 
 #: tokens a passage repeats from the end of the one before it: chosen on benchmarks/bench_documents.py (0 vs 32 vs 64)
 DEFAULT_OVERLAP = 32
-#: the most model tokens in a passage of a document cut because it overflows the window (None: the window). 128 (the
-#: sequence length all-MiniLM-L6-v2 was trained at) was measured against the window on benchmarks/bench_documents.py:
-#: better on the msmarco-dl20 set, worse on the cacm one (docs/benchmarks/documents.md), so passages fill the window.
+#: the most model tokens in a passage of a document cut because it overflows the window (None: the window). A hard 128
+#: cap was measured against the window on benchmarks/bench_documents.py: better on the msmarco-dl20 set, worse on the
+#: cacm one, whose paragraphs it cuts mid-text (docs/benchmarks/documents.md)
 PASSAGE_TOKENS: int | None = None
+#: a cut document's passages are whole paragraphs, packed while they hold at most this share of the window (a longer
+#: paragraph that fits the window stays whole; one that does not is cut inside); None: passages fill the window.
+#: Measured against filling the window on both long-document sets of bench_documents.py: +0.07 nDCG@10 on
+#: msmarco-dl20's, +0.005 on cacm's (hybrid + MaxSim)
+PARAGRAPH_SHARE: float | None = 0.5
+#: a paragraph break: the strength at which a cut takes whole paragraphs and repeats nothing of the one before
+PARAGRAPH = 4
 #: a passage ends at a boundary in its window's last two thirds (so no passage is cut short by a weak boundary)
 MIN_FILL = 1 / 3
 #: boundaries, strongest first: (priority, pattern whose match end is a place to cut)
@@ -64,6 +74,7 @@ class Splitter:
         overlap: int = DEFAULT_OVERLAP,
         prompt: str = "",
         passage_tokens: int | None = PASSAGE_TOKENS,
+        paragraph_share: float | None = PARAGRAPH_SHARE,
     ):
         """``tokenizer``: a ``tokenizers.Tokenizer`` (copied: truncation and padding are turned off in the copy)."""
         from tokenizers import Tokenizer
@@ -73,6 +84,7 @@ class Splitter:
         self.tokenizer.no_padding()
         self.window = int(window)
         self.size = min(self.window, int(passage_tokens or self.window))  # a cut document's passages
+        self.paragraph_size = int(self.size * paragraph_share) if paragraph_share else None
         self.overlap = max(0, int(overlap))
         self.prompt = prompt
         self._fixed = len(self.tokenizer.encode(prompt).ids)  # special tokens and the document prompt
@@ -110,7 +122,7 @@ class Splitter:
         starts = [start for start, _ in offsets]
         n = len(offsets)
         sections = _sections(doc)
-        priority = _boundaries(text, starts, sections)
+        priority = _boundaries(text, starts, sections, getattr(doc, "pages", None) or [])
         passages: list[Passage] = []
         first = 0
         while first < n:
@@ -118,32 +130,60 @@ class Splitter:
             context = Passage(0, 0, "", headings=headings).context(doc.title)
             if self._context_size(context) > self.size // 4:  # a long heading path: the title alone
                 headings, context = [], doc.title
-            budget = max(16, self.size - self._fixed - self._context_size(context) - 2)  # 2: joins re-tokenised
+            taken = self._fixed + self._context_size(context) + 2  # 2: joins re-tokenised
+            budget = max(16, self.size - taken)
             last = min(n, first + budget)  # exclusive
             low = first + max(1, int(budget * MIN_FILL))
             window = priority[low + 1 : last + 1] if last < n else priority[low + 1 : n]
-            if window.size and (last < n and window.max() >= 0 or window.max() == SECTION):  # the tail: at sections
+            whole = self._paragraphs_end(priority, first, last, n, taken)
+            if whole is not None:
+                last = whole
+            elif window.size and (last < n and window.max() >= 0 or window.max() == SECTION):  # the tail: at sections
                 last = low + 1 + int(np.flatnonzero(window == window.max())[-1])
             start, end = starts[first], offsets[last - 1][1]
             passages.append(Passage(start, end, text[start:end], page=_page_at(doc, start), headings=headings))
             if last >= n:
                 break
             following = last
-            if self.overlap and priority[last] < SECTION:  # a new section starts afresh
+            if self.overlap and priority[last] < PARAGRAPH:  # a new paragraph or section starts afresh
                 back = priority[max(first + 1, last - self.overlap) : last]
                 if back.size and back.max() >= 0:
                     following = max(first + 1, last - self.overlap) + int(np.flatnonzero(back == back.max())[0])
             first = following
         return passages
 
+    def _paragraphs_end(self, priority: np.ndarray, first: int, last: int, n: int, taken: int) -> int | None:
+        """Where a passage of whole paragraphs from token ``first`` ends (None: no paragraph ends by ``last``, the
+        window's end): after the most paragraphs that fit ``paragraph_size``, else after the first paragraph (longer,
+        but within the window); never across a section start; a short run takes the next paragraph too."""
+        if self.paragraph_size is None:
+            return None
+        ends = (first + 1 + np.flatnonzero(priority[first + 1 : last + 1] >= PARAGRAPH)).tolist()
+        if last == n and (not ends or ends[-1] != n):
+            ends.append(n)
+        sections = [end for end in ends if end < n and priority[end] == SECTION]
+        ends = [end for end in ends if not sections or end <= sections[0]]
+        if not ends:
+            return None
+        target = max(16, self.paragraph_size - taken)
+        within = [end for end in ends if end - first <= target]
+        beyond = [end for end in ends if end - first > target]
+        if within and within[-1] - first >= target * MIN_FILL:
+            return within[-1]
+        return beyond[0] if beyond else None  # None: short paragraphs, then one past the window: cut as before
 
-def _boundaries(text: str, starts: list[int], sections: list[_Section]) -> np.ndarray:
-    """Per token index t: the strength of cutting just before token t (-1: inside a word)."""
+
+def _boundaries(text: str, starts: list[int], sections: list[_Section], pages: Sequence[Any]) -> np.ndarray:
+    """Per token index t: the strength of cutting just before token t (-1: inside a word). A page break is a line
+    break, not a paragraph: a PDF's sentences run on across pages."""
     priority = np.full(len(starts) + 1, -1, dtype=np.int8)
     token_starts = np.asarray(starts, dtype=np.int64)
     for strength, pattern in BOUNDARIES:
         ends = np.fromiter((m.end() for m in pattern.finditer(text)), dtype=np.int64)
         np.maximum.at(priority, np.searchsorted(token_starts, ends, side="left"), strength)
+    for page in pages[1:]:
+        at = int(np.searchsorted(token_starts, page.start, side="left"))
+        priority[at] = min(int(priority[at]), PARAGRAPH - 1)
     for section in sections:
         priority[int(np.searchsorted(token_starts, section.start, side="left"))] = SECTION
     return priority
@@ -180,9 +220,15 @@ def _page_at(doc: Document, offset: int) -> int | None:
     return int(pages[max(index, 0)].number)
 
 
-def splitter_for(encoder: Any, overlap: int = DEFAULT_OVERLAP, passage_tokens: int | None = PASSAGE_TOKENS) -> Splitter:
+def splitter_for(
+    encoder: Any,
+    overlap: int = DEFAULT_OVERLAP,
+    passage_tokens: int | None = PASSAGE_TOKENS,
+    paragraph_share: float | None = PARAGRAPH_SHARE,
+) -> Splitter:
     """The splitter for a bi-encoder: its own (fast) tokenizer, window and document prompt; a cut document's passages
-    hold at most ``passage_tokens`` tokens (None: as many as the window)."""
+    hold at most ``passage_tokens`` tokens (None: as many as the window), whole paragraphs up to ``paragraph_share``
+    of that where paragraphs allow (None: fill it)."""
     light = getattr(encoder, "light", None)
     if light is not None and getattr(encoder, "_model", None) is None:
         tokenizer = light.tokenizer
@@ -193,7 +239,14 @@ def splitter_for(encoder: Any, overlap: int = DEFAULT_OVERLAP, passage_tokens: i
         tokenizer = backend
     window = int(encoder.max_seq_length or 512)
     prompt = getattr(encoder, "document_prompt", "") or ""
-    return Splitter(tokenizer, window, overlap=overlap, prompt=prompt, passage_tokens=passage_tokens)
+    return Splitter(
+        tokenizer,
+        window,
+        overlap=overlap,
+        prompt=prompt,
+        passage_tokens=passage_tokens,
+        paragraph_share=paragraph_share,
+    )
 
 
 def encoding_texts(doc: Document, passages: Sequence[Passage]) -> list[str]:
