@@ -239,8 +239,8 @@ def markdown(results: dict) -> str:
     lines = [
         "# Long documents: truncation, passages with best-passage grouping, and the upper bound",
         "",
-        f"Machine: {results['machine']}; load average {results['load_average']} (timings are noisy; "
-        "quality figures are not).",
+        f"Machine of the latest run: {results['machine']}; load average {results['load_average']} (timings are noisy; "
+        "quality figures are not). Each dataset names the machine that measured it.",
         "",
     ]
     if results.get("note"):
@@ -249,7 +249,8 @@ def markdown(results: dict) -> str:
         lines += [
             f"## {name}",
             "",
-            f"Command: `{data.get('command') or 'python benchmarks/bench_documents.py ' + ' '.join(results['arguments'])}`.",
+            f"Command: `{data.get('command') or 'python benchmarks/bench_documents.py ' + ' '.join(results['arguments'])}`"
+            f"; machine: {data.get('machine') or results['machine']}.",
             "",
             f"{data['documents']} documents of {PER_DOCUMENT} passages from {data['pool_passages']} pool passages "
             f"(fraction {data['fraction']:g} of the pool, seed {SEED}); {data['queries']} queries with a relevant "
@@ -340,7 +341,10 @@ def main() -> int:
         "datasets": {},
     }
     for name in names:
-        results["datasets"][name] = {"command": " ".join(["python benchmarks/bench_documents.py", *sys.argv[1:]])}
+        results["datasets"][name] = {
+            "command": " ".join(["python benchmarks/bench_documents.py", *sys.argv[1:]]),
+            "machine": results["machine"],
+        }
         results["datasets"][name] |= bench_dataset(
             name,
             args.data / name,
@@ -356,7 +360,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     earlier = args.out / "documents.json"
     if earlier.is_file():  # datasets measured by an earlier run (another --datasets) are kept beside this run's
-        kept = json.loads(earlier.read_text()).get("datasets", {})
+        previous = json.loads(earlier.read_text())
+        kept = previous.get("datasets", {})
+        for data in kept.values():  # each dataset names the machine that measured it
+            data.setdefault("machine", previous.get("machine"))
         for name, data in results["datasets"].items():  # a reused collection keeps the figures of the run that built it
             before = kept.get(name, {})
             if not data["splitters"] and (before.get("splitters") or before.get("earlier_splitters")):

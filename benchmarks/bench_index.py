@@ -162,9 +162,18 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=100_000, help="passages of the large run (0: skip it)")
     parser.add_argument("--large-tokens", action="store_true", help="also run the large size with --store-tokens")
     parser.add_argument("--skip-first-run", action="store_true")
+    parser.add_argument(
+        "--only-large",
+        action="store_true",
+        help="the large run alone (no first run, no 1,000-passage rounds), written to index-large.json / .md",
+    )
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--stem", default=None, help="results file name (default: index, or index-large with --only-large)"
+    )
     args = parser.parse_args()
+    stem = args.stem or ("index-large" if args.only_large else "index")
     source = args.data / "msmarco-dl20" / "corpus.jsonl"
     if not source.is_file():
         print(f"no {source}: nothing to measure", file=sys.stderr)
@@ -179,11 +188,12 @@ def main() -> int:
         "machine": machine(),
         "load_before": os.getloadavg(),
         "passages": args.passages,
-        "rounds": args.runs,
+        "rounds": 0 if args.only_large else args.runs,
+        "command": " ".join(["python benchmarks/bench_index.py", *sys.argv[1:]]),
     }
     started = time.time()
 
-    if not args.skip_first_run:  # first: nothing in any cache
+    if not args.skip_first_run and not args.only_large:  # first: nothing in any cache
         first_cache = work / "first-cache"
         shutil.rmtree(first_cache, ignore_errors=True)
         result = run_measured(
@@ -197,7 +207,7 @@ def main() -> int:
             "notice": [line for line in result["stderr"].splitlines() if line.startswith("--backend auto")],
         }
         print(f"first run: {result['seconds']} s, {result['peak_mb']} MB", file=sys.stderr)
-        save(report, args.out, started)
+        save(report, args.out, started, stem)
 
     corpus = write_corpus(source, work / "corpus-small.jsonl", args.passages)
     warm_cache(cache, env, write_corpus(source, work / "corpus-warm.jsonl", 50), work)
@@ -218,7 +228,7 @@ def main() -> int:
     peaks: dict[str, list[int]] = {name: [] for name in cases}
     cpus: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
-    for r in range(args.runs):
+    for r in range(0 if args.only_large else args.runs):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             result = run_measured(cases[name](r), {**env, **fresh_embeddings(cache, work, f"{r}-{len(times[name])}")})
             times[name].append(result["seconds"])
@@ -227,9 +237,9 @@ def main() -> int:
             if name == "encoder alone":
                 report["backend"] = json.loads(result["stdout"].strip().splitlines()[-1])["backend"]
             print(f"round {r + 1}: {name}: {result['seconds']} s, {result['peak_mb']} MB", file=sys.stderr)
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = {name: statistics.median(values) for name, values in times.items() if values}
     base_name = "sentence-transformers + IndexFlatIP"
-    base = median[base_name]
+    base = median.get(base_name, 0.0)
     report["small"] = {
         name: {
             "seconds": times[name],
@@ -240,8 +250,9 @@ def main() -> int:
             "peak_mb": max(peaks[name]),
         }
         for name in names
+        if name in median
     }
-    save(report, args.out, started)
+    save(report, args.out, started, stem)
 
     if args.large:
         big = write_corpus(source, work / "corpus-large.jsonl", args.large)
@@ -262,6 +273,8 @@ def main() -> int:
         for name, command in runs:
             n = args.large // 4 if "quarter" in name else args.large
             result = run_measured(command, {**env, **fresh_embeddings(cache, work, name.replace(" ", "_"))})
+            if name == "encoder alone":
+                report["backend"] = json.loads(result["stdout"].strip().splitlines()[-1])["backend"]
             large[name] = {
                 "passages": n,
                 "seconds": result["seconds"],
@@ -272,7 +285,7 @@ def main() -> int:
             }
             print(f"large: {name}: {result['seconds']} s, {result['peak_mb']} MB", file=sys.stderr)
             report["large"] = large
-            save(report, args.out, started)
+            save(report, args.out, started, stem)
         alone = large["encoder alone"]["per_second"]
         large["share_of_encoder"] = round(large["twostage index"]["per_second"] / alone, 3)
         large["share_of_encoder_cpu"] = round(
@@ -284,7 +297,7 @@ def main() -> int:
             large["share_of_token_encoder"] = round(tokens_rate / large["encoder alone, tokens"]["per_second"], 3)
         report["large"] = large
 
-    save(report, args.out, started)
+    save(report, args.out, started, stem)
     print(markdown(report))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
@@ -302,13 +315,13 @@ def applicable_targets(small: dict) -> dict[str, float]:
     return {"twostage index": 0.8 * alone, "twostage index --store-tokens": 0.8 * alone}
 
 
-def save(report: dict, out: Path, started: float) -> None:
-    """Write index.json and index.md as they stand (after each part, so a run cut short keeps what it measured)."""
+def save(report: dict, out: Path, started: float, stem: str = "index") -> None:
+    """Write STEM.json and STEM.md as they stand (after each part, so a run cut short keeps what it measured)."""
     report["load_after"] = os.getloadavg()
     report["minutes"] = round((time.time() - started) / 60, 1)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "index.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "index.md").write_text(markdown(report), encoding="utf-8")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / f"{stem}.md").write_text(markdown(report), encoding="utf-8")
 
 
 def markdown(report: dict) -> str:
@@ -319,12 +332,17 @@ def markdown(report: dict) -> str:
         "",
         f"CPU: {report['machine']}; twostage's backend: {report.get('backend', '?')}; load average before "
         f"{load(report['load_before'])}, after {load(report['load_after'])}; {report['minutes']} min.",
-        "",
-        f"## {report['passages']:,} msmarco-dl20 passages, median of {report['rounds']} rounds (model cache warm, embedding cache fresh)",
-        "",
-        "| process | median s | vs sentence-transformers + FAISS | target | CPU s (median) | vs, in CPU time | peak MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    if report.get("small"):
+        lines += [
+            "",
+            f"## {report['passages']:,} msmarco-dl20 passages, median of {report['rounds']} rounds (model cache warm, "
+            "embedding cache fresh)",
+            "",
+            "| process | median s | vs sentence-transformers + FAISS | target | CPU s (median) | vs, in CPU time | "
+            "peak MB |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
     targets = applicable_targets(report.get("small", {}))
     for name, row in report.get("small", {}).items():
         target = "–"
