@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from twostage.indexes.token_store import ENCODINGS as TOKEN_ENCODINGS
+from twostage.runtime.allocator import return_large_buffers
 
 from .cli_args import (
     add_wait_argument,
@@ -280,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"twostage: error: the argument {shown!r} is not valid UTF-8", file=sys.stderr)
         return 2
     args = build_parser(next((a for a in given if a in COMMANDS), None)).parse_args(given)
+    return_large_buffers()  # a long index run's memory otherwise grows with glibc's fragmented arenas
     # the CLI prints the engine's notices itself, with its own advice (Python API users get them as warnings)
     warnings.filterwarnings("ignore", message="reranker: ", category=UserWarning)
     if args.command in ("index", "add", "search", "serve", "train") or (args.command == "eval" and not args.run):
