@@ -33,8 +33,8 @@ DEFAULT_OVERLAP = 32
 PASSAGE_TOKENS: int | None = None
 #: a cut document's passages are whole paragraphs, packed while they hold at most this share of the window (a longer
 #: paragraph that fits the window stays whole; one that does not is cut inside); None: passages fill the window.
-#: Measured against filling the window on both long-document sets of bench_documents.py: +0.134 nDCG@10 on
-#: msmarco-dl20's, -0.006 on cacm's (dense + MaxSim, the default search; hybrid + MaxSim +0.087 and +0.005)
+#: Measured against filling the window on both long-document sets of bench_documents.py: +0.132 nDCG@10 on
+#: msmarco-dl20's, -0.017 on cacm's (dense + MaxSim, the default search; hybrid + MaxSim +0.093 and +0.003)
 PARAGRAPH_SHARE: float | None = 0.5
 #: a paragraph break: the strength at which a cut takes whole paragraphs and repeats nothing of the one before
 PARAGRAPH = 4
