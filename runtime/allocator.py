@@ -1,10 +1,10 @@
 """glibc's malloc told to return large buffers to the system when they are freed, for the CLI's own processes.
 
 glibc raises its mmap threshold each time a large mmapped block is freed (up to 32 MiB); from then on the encoder's
-per-batch arrays come from the heap arenas of the threads that made them, and a long ``twostage index`` fragments
-them, and its memory grew in steps long after the encoder had met its input shapes. A fixed threshold (setting it also turns the
-adjustment off) keeps every block from 128 KiB up in its own mapping, returned when freed; the measurement is on the
-Indexing benchmark page. A Python program that embeds twostage keeps its allocator as it is: this is process-wide.
+per-batch arrays come from the heap arenas of the threads that made them, which a long ``twostage index`` fragments:
+its memory grew in steps long after the encoder had met its input shapes. A fixed threshold (setting it also turns
+the adjustment off) keeps every block from 128 KiB up in its own mapping, returned when freed; the measurement is on
+the Indexing benchmark page. A Python program that embeds twostage keeps its allocator as it is: this is process-wide.
 """
 
 from __future__ import annotations
