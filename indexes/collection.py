@@ -264,9 +264,7 @@ class Collection:
                 self._writer.release()
 
     def _commit_locked(self) -> None:
-        """The body of :meth:`commit`: train, upgrade or compact the index if due, then save it and the manifest."""
-        if self.token_store is not None:  # the end of an add: a small residual store learns its codec here
-            self.token_store.train_pending()
+        """The body of :meth:`commit`: upgrade or compact the index if due, then save it and the manifest."""
         generation = self.store.generation
         upgrade = self.vectors.upgrade_due(self.manifest.index_type, self._count)
         if upgrade is not None:
@@ -328,7 +326,11 @@ class Collection:
 
     def _rebuild_index(self, factory: str) -> None:
         generation = self.store.generation
-        self.vectors.rebuild(factory, self.manifest.index_type, self.path)
+        try:
+            self.vectors.rebuild(factory, self.manifest.index_type, self.path)
+        except BaseException:  # the old kind of index was caught up from SQLite, unless that failed too: check again
+            self._index_stale = True
+            raise
         self._index_stale = False
         self._seen_generation = generation
 

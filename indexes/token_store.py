@@ -14,8 +14,10 @@ returns): only the tokens MaxSim reads, no padding, no special tokens. Five enco
 
 Each row names its own encoding, so a store may hold several while it changes: a learned-codec store (2bit, 1bit,
 pq) writes int8 rows until it has a codec, and :meth:`TokenStore.train_pending` learns one from them (then
-re-encodes them): a collection calls it after each write, where it acts from :data:`TRAIN_AT` stored tokens, and on
-commit (the end of an ``add``), where it acts from :data:`MIN_TRAIN`.
+re-encodes them): a collection calls it after each write, where it acts from :data:`TRAIN_AT` stored tokens. A
+smaller store keeps its int8 rows (about 25 MB at most for a 384-d model): they score closer to float16 than a codec
+learned from so few tokens, and learning one at the end of every small ``add`` was the largest cost of indexing
+with tokens (docs/benchmarks/indexing.md); ``twostage tokens C --convert 2bit`` compresses such a store anyway.
 :meth:`TokenStore.convert` re-encodes every row into another encoding, learning a fresh codec from the whole store.
 The store's encoding is kept in the file's ``meta`` table, so it changes in the same transaction as the rows.
 So is its token pool factor (:mod:`.token_pooling`): above 1, each passage's tokens are merged into ``n / factor``
@@ -50,9 +52,9 @@ DEFAULT_POOL = {"2bit": 2.5}
 RESIDUAL = {"2bit": 2, "1bit": 1}
 #: encodings whose codec is learned from the store's own tokens
 LEARNED = (*RESIDUAL, "pq")
-#: a learned-codec store learns its codec inside the write that brings this many int8 tokens...
+#: a collection's learned-codec store learns its codec inside the write that brings this many int8 tokens
 TRAIN_AT = 65_536
-#: ...or, on :meth:`TokenStore.train_pending` (a collection's commit), once at least this many are stored
+#: the fewest stored tokens :meth:`TokenStore.train_pending` learns a codec from when asked directly
 MIN_TRAIN = 1_024
 
 SCHEMA = """

@@ -35,6 +35,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
             vectors,
             tokens=[rng.standard_normal((32, DIM)).astype("float32") for _ in range(100)],
         )
+        c.commit()
+        c.convert_tokens("2bit")  # 1,280 pooled tokens: a collection this small keeps int8 rows until told
     return path
 
 

@@ -272,6 +272,34 @@ def test_auto_index_grows_with_the_collection(tmp_path, monkeypatch):
     big.close()
 
 
+def test_an_upgrade_lets_the_old_index_go_first_and_a_failed_one_leaves_it_searchable(tmp_path, monkeypatch):
+    """The 'auto' upgrade drops the flat index before filling the HNSW one (never both in memory); if the build
+    fails, the collection still answers from an index of the old kind, and the next commit upgrades."""
+    import twostage.indexes.faiss_factory as vector_index
+    from twostage.indexes.vector_index import VectorIndex
+
+    monkeypatch.setattr(vector_index, "FLAT_BELOW", 50)
+    vectors = unit_vectors(60)
+    real_rebuild, seen = VectorIndex.rebuild, []
+
+    def failing_rebuild(self, batches, **kwargs):
+        seen.append(len(collection.index))  # what the collection holds while the new index fills
+        raise MemoryError("no room for the new index")
+
+    with create(tmp_path / "c", "auto") as collection:
+        collection.upsert(docs(60), vectors)
+        monkeypatch.setattr(VectorIndex, "rebuild", failing_rebuild)
+        with pytest.raises(MemoryError):
+            collection.commit()
+        assert seen == [0]  # the flat index was let go before the HNSW one filled
+        assert collection.index.factory == "Flat" and len(collection.index) == 60
+        assert collection.search(vectors[:1], 1)[0][0][0] == "d0"
+        monkeypatch.setattr(VectorIndex, "rebuild", real_rebuild)
+        collection.upsert(docs(1), vectors[:1])
+        collection.commit()
+        assert collection.index.factory == "HNSW32" and len(collection.index) == 60
+
+
 def test_lossy_index_scores_are_exact(tmp_path):
     """A collection searches a PQ index with an exact re-score from its SQLite vectors: scores are true inner products."""
     vectors = unit_vectors(600)

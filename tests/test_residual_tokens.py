@@ -116,10 +116,13 @@ class _Candidate:
         self.doc_id, self.text, self.encoding_text = doc_id, "", ""
 
 
-def test_codec_is_learned_on_commit_and_conversion_is_all_or_nothing(tmp_path, monkeypatch):
+def test_codec_is_learned_in_the_write_that_brings_enough_tokens_and_conversion_is_all_or_nothing(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr("twostage.indexes.collection.TRAIN_AT", MIN_TRAIN)  # TRAIN_AT (65,536) in a real collection
     rng = np.random.default_rng(3)
     docs = [Document(f"d{i}", f"text {i}") for i in range(40)]
-    tokens = [unit(rng, 30, 16) for _ in docs]  # 1,200 tokens: enough to learn a codec at commit
+    tokens = [unit(rng, 30, 16) for _ in docs]  # 1,200 tokens: enough to learn a codec
     embeddings = unit(rng, len(docs), 8)
     with Collection.create(
         tmp_path / "c",
@@ -132,11 +135,12 @@ def test_codec_is_learned_on_commit_and_conversion_is_all_or_nothing(tmp_path, m
     ) as collection:
         store = collection.token_store
         collection.upsert(docs[:1], embeddings[:1], tokens=tokens[:1])
-        collection.commit()  # 30 tokens < MIN_TRAIN: kept as int8 for now
+        collection.commit()  # 30 tokens: kept as int8 for now
         assert store.codec is None and store.encoding == "2bit" and store.bytes_per_passage() == 30 * (16 + 4)
-        collection.upsert(docs, embeddings, tokens=tokens)
-        assert sum(len(t) for t in tokens) >= MIN_TRAIN and store.codec is None
-        collection.commit()
+        collection.upsert(docs[:20], embeddings[:20], tokens=tokens[:20])
+        collection.commit()  # 600 tokens: a commit learns nothing (a small store stays int8)
+        assert store.codec is None and store.stats().tokens == 600
+        collection.upsert(docs, embeddings, tokens=tokens)  # 1,200 tokens: learned inside this write
         assert store.codec is not None and store.bytes_per_passage() == 30 * (2 + 16 * 2 // 8)
         before = store.get_many([d.id for d in docs])
         assert all(
@@ -190,6 +194,16 @@ def test_tokens_command_converts_in_place_and_refuses_collections_without_tokens
     code, out, err = twostage("tokens", str(tmp_path / "c"), "--convert", "pq")  # 1 sub-vector x 4 bits: 1 byte
     assert code == 0, err
     assert "pq tokens, 40 passages, 30.0 tokens and 180 -> 30 bytes per passage" in out and "codec" in out
+    with Collection.create(
+        tmp_path / "small", model_name="m", model_fingerprint="f", dimension=8, store_tokens="2bit", token_pool=1
+    ) as small:
+        small.upsert(docs, unit(rng, 40, 8), tokens=[unit(rng, 30, 16) for _ in docs])
+        small.commit()
+    code, out, err = twostage("tokens", str(tmp_path / "small"))  # too few tokens for a codec: says so
+    assert code == 0 and "2bit tokens, 40 passages, 30.0 tokens and 600 bytes per passage" in out
+    assert "(kept as int8 until 65,536 tokens are stored, 1,200 so far; --convert 2bit compresses them now)" in out
+    code, out, err = twostage("tokens", str(tmp_path / "small"), "--convert", "2bit")
+    assert code == 0 and "600 -> 180 bytes per passage" in out and "kept as int8" not in out
     with Collection.create(tmp_path / "plain", model_name="m", model_fingerprint="f", dimension=8) as plain:
         plain.commit()
     code, out, err = twostage("tokens", str(tmp_path / "plain"), "--convert", "1bit")

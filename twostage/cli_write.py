@@ -271,6 +271,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_tokens(args: argparse.Namespace) -> int:
     from twostage.indexes.sharded import open_collection
+    from twostage.indexes.token_store import LEARNED, TRAIN_AT
+    from twostage.runtime.blas import numpy_blas_single_threaded
 
     if args.pool is not None and not args.convert:
         raise UsageError("--pool pools while converting: give --convert ENCODING too (e.g. --convert 2bit --pool 2)")
@@ -281,14 +283,22 @@ def cmd_tokens(args: argparse.Namespace) -> int:
             raise UsageError(f"collection {args.directory} stores no token vectors (build it with --store-tokens)")
         sizes = [shard.token_store.stats() for shard in shards]
         if args.convert:  # a sharded collection converts every shard or none (an intent record finishes it)
-            collection.convert_tokens(args.convert, pool=args.pool)
+            with numpy_blas_single_threaded():  # --pool's small products run faster on one BLAS thread
+                collection.convert_tokens(args.convert, pool=args.pool)
         for shard, before in zip(shards, sizes):
             after = shard.token_store.stats()
             change = f"{before.bytes_per_passage:,.0f} -> " if args.convert else ""
-            pooled = f" pooled by {shard.token_store.pool:g}" if shard.token_store.pool != 1.0 else ""
+            store = shard.token_store
+            pooled = f" pooled by {store.pool:g}" if store.pool != 1.0 else ""
             print(
-                f"{shard.path}: {shard.token_store.encoding} tokens{pooled}, {after.passages} passages, "
+                f"{shard.path}: {store.encoding} tokens{pooled}, {after.passages} passages, "
                 f"{after.tokens_per_passage:.1f} tokens and {change}{after.bytes_per_passage:,.0f} bytes per passage"
                 + (f", codec {after.codec_bytes:,} bytes" if after.codec_bytes else "")
+                + (
+                    f" (kept as int8 until {TRAIN_AT:,} tokens are stored, {after.tokens:,} so far; "
+                    f"--convert {store.encoding} compresses them now)"
+                    if store.encoding in LEARNED and store.codec is None and after.tokens
+                    else ""
+                )
             )
     return 0

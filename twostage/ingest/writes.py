@@ -14,6 +14,7 @@ from twostage.indexes.documents import Document
 from twostage.indexes.protocols import CollectionLike
 from twostage.reranker.maxsim import encode_for_store
 from twostage.retriever.biencoder import EncodeResult
+from twostage.runtime.blas import numpy_blas_single_threaded
 
 from ..writer import OrderedWriter
 from .documents import checked_stream, same_document
@@ -74,6 +75,7 @@ def add_documents(
     # (its own SQLite transaction, in order)
     size = ADD_CHUNK if getattr(encoder, "device_encoder", None) is None else DEVICE_ADD_CHUNK
     with (
+        numpy_blas_single_threaded(),  # the writer's token pooling beside the encoder: runtime/blas.py
         committed_even_on_error(collection),
         OrderedWriter() as write,
         OrderedWriter(name="twostage-encoder") as encode,
