@@ -137,6 +137,9 @@ class VectorIndexLike(Protocol):
 
     def ids(self) -> np.ndarray: ...
 
+    def empty_copy(self) -> VectorIndexLike:
+        """A new, empty index of the same type, factory and search settings."""
+
     def rebuild(self, vectors_by_id: Iterable[Batch], *, retrain: bool = False) -> None: ...
 
     def compact(self, vectors_by_id: Iterable[Batch]) -> None: ...

@@ -77,20 +77,15 @@ class VectorStore:
         except ValueError as err:
             raise CollectionError(f"{where}: {err}") from None
         index.index_type = index_type
-        old = self.index
-        if old is None:  # opening a collection whose index file is missing or stale
-            index.rebuild(self.documents.iter_embeddings())
-            self.index = index
-            return
-        # the old index goes before the new one fills, so that an 'auto' upgrade (flat to HNSW at 100,000 passages)
-        # never holds both; should the build fail, an empty one of the old kind catches up from the store
-        self.index = vector_index_class(self.kind).create(self.dimension, old.factory)
-        self.index.index_type = old.index_type
-        del old
+        if self.index is not None:  # None: opening a collection whose index file is missing or stale
+            # the old index goes before the new one fills, so that an 'auto' upgrade (flat to HNSW at 100,000
+            # passages) never holds both; should the build fail, its empty copy catches up from the store
+            self.index = self.index.empty_copy()
         try:
             index.rebuild(self.documents.iter_embeddings())
         except BaseException:
-            self.catch_up()
+            if self.index is not None:
+                self.catch_up()
             raise
         self.index = index
 

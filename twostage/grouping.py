@@ -93,12 +93,12 @@ def passage_hits(
     per_document = RERANK_PASSAGES if per_document is None else per_document
     stored = collection.passages(list({key for cands in candidate_lists for key, _ in cands}))
     more: list[dict[str, list[Hit]]] = [{} for _ in candidate_lists]
-    if group_by == "document" and per_document > 1:  # one passage per document (the default): no runners-up
-        more = [
-            {doc: [passage_hit(stored[key], score, 0) for key, score in keys] for doc, keys in found.items()}
-            for found in (runners_up(cands, stored, per_document) for cands in candidate_lists)
-        ]
     if group_by == "document":
+        if per_document > 1:  # one passage per document (the default): no runners-up
+            more = [
+                {doc: [passage_hit(stored[key], score, 0) for key, score in keys] for doc, keys in found.items()}
+                for found in (runners_up(cands, stored, per_document) for cands in candidate_lists)
+            ]
         candidate_lists = [group_by_document(cands, stored, k) for cands in candidate_lists]
     hit_lists = [
         [
