@@ -4,8 +4,8 @@ unit-length mean.
 
 MaxSim reads, per query token, only the best-matching passage token, so near-duplicate passage tokens add bytes and
 little score; merging them stores ``factor`` times fewer vectors. The clustering is Ward's hierarchical clustering
-(``scipy.cluster.hierarchy``), as in the paper: deterministic, and under a millisecond of one core for an 83-token
-MS MARCO passage.
+(``scipy.cluster.hierarchy``), as in the paper: deterministic, and cheap beside encoding the passage
+(docs/benchmarks/indexing.md).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def pool_tokens(vectors: np.ndarray, factor: float) -> np.ndarray:
 
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     # Ward's linkage of the pairwise distances, taken from one Gram matrix (|a - b|^2 = 2 - 2 a.b for unit vectors):
-    # with numpy's BLAS on one thread, as a write holds it (runtime/blas.py), twice as fast as scipy's pair-by-pair
-    # loop, and the same groups on real passages
+    # with numpy's BLAS on one thread, as a write holds it (runtime/blas.py), faster than scipy's pair-by-pair loop,
+    # and the same groups (tests/test_token_pooling.py)
     as64 = unit.astype(np.float64)
     rows, cols = _upper_triangle(n)
     distances = np.sqrt(np.maximum(2.0 - 2.0 * (as64 @ as64.T)[rows, cols], 0.0))

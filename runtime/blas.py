@@ -2,8 +2,8 @@
 
 A write pools each passage's tokens (``indexes.token_pooling``) in the writer thread while the encoder thread runs
 the model on every core. The pooling's products are small (a passage's tokens against themselves), and numpy's
-OpenBLAS spreads them over its own threads, which then busy-wait on the cores the encoder needs: one thread does the
-same product in half the time and leaves the encoder alone (docs/benchmarks/indexing.md). The setting is the
+OpenBLAS spreads them over its own threads, which then busy-wait on the cores the encoder needs: on one thread the
+same products leave the encoder alone (docs/benchmarks/indexing.md). The setting is the
 process's, so it is taken while any write runs and given back when the last one ends (a search running beside a
 write in the same process, as the server may, gets one BLAS thread meanwhile too); other libraries' thread pools
 (FAISS's, the model backend's) are left as they are. Without ``threadpoolctl``'s view of numpy's BLAS (a numpy

@@ -34,6 +34,26 @@ def test_pooling_keeps_floor_n_over_factor_unit_vectors_and_merges_duplicates_fi
             check_factor(bad)
 
 
+def test_pooling_groups_as_scipys_own_ward_clustering_does():
+    """The Gram-matrix distances and the pointer-jumping cut give scipy's groups: Ward's linkage of the vectors
+    themselves cut by ``fcluster(maxclust)``, each group's unit mean, groups in order of their first token."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    rng = np.random.default_rng(5)
+    for n in rng.integers(2, 160, 40):
+        vectors = rng.standard_normal((n, 384)).astype(np.float32)
+        for factor in (1.5, 2.5, 4.0):
+            k = pooled_count(int(n), factor)
+            if k >= n:
+                continue
+            unit_rows = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+            labels = fcluster(linkage(unit_rows.astype(np.float64), method="ward"), t=k, criterion="maxclust")
+            groups = sorted(set(labels), key=lambda g: int(np.argmax(labels == g)))
+            means = np.stack([unit_rows[labels == g].mean(axis=0) for g in groups])
+            expected = means / np.linalg.norm(means, axis=1, keepdims=True)
+            np.testing.assert_allclose(pool_tokens(vectors, factor), expected, atol=1e-5)
+
+
 def test_a_pooling_store_records_its_factor_and_pools_every_write(tmp_path):
     rng = np.random.default_rng(1)
     ids, arrays = [f"d{i}" for i in range(40)], [unit(rng, 30, 16) for _ in range(40)]
