@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import THRESHOLDS, build_collection, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable)
+from common import SETS_ROOT, THRESHOLDS, build_collection, levers_arguments, machine, minilm_path  # noqa: E402  (first: repo importable)
 
 from twostage.engine import Engine  # noqa: E402
 from twostage.eval.datasets import Dataset, load_folder  # noqa: E402
@@ -51,7 +51,6 @@ FUSION = "minmax:0.8"
 SHARED = ("msmarco-dl20", "cacm")
 BUILT = ("cranfield", "cisi")
 MEASURES = ("nDCG@10", "MRR@10", "R@100")
-DEFAULT_SETS = Path(os.environ.get("TWOSTAGE_SETS", Path.home() / ".cache" / "twostage" / "sets"))
 
 
 @dataclass(frozen=True)
@@ -348,7 +347,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     levers_arguments(parser, "where the collections and passes are cached")
     parser.set_defaults(cache=Path(__file__).resolve().parents[1] / "runs" / "bench-defaults")
-    parser.add_argument("--sets", type=Path, default=DEFAULT_SETS, help="where build_sets.py wrote its sets")
+    parser.add_argument("--sets", type=Path, default=SETS_ROOT, help="where build_sets.py wrote its sets")
     parser.add_argument(
         "--passes-only", action="store_true", help="only run and cache the passes (no set is scored: not a look)"
     )

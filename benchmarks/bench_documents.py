@@ -4,17 +4,20 @@ passages themselves and keeping each document's best.
 
 The set (issue 26): a dataset's passage pool, shuffled with a fixed seed and joined 12 at a time into documents, so a
 document is relevant only through the few passages inside it; its label is the highest of its passages'. Built from
-``msmarco-dl20`` (graded, relevant at 2) and confirmed on ``cacm``. ``--fraction`` builds from a seeded share of the
+``msmarco-dl20`` (graded, relevant at 2) and confirmed on ``cacm``, and on ``cranfield`` and ``cisi`` where
+benchmarks/build_sets.py has built them (``--sets``). ``--fraction`` builds from a seeded share of the
 pool (the same shuffle, cut short) where the full pool cannot be encoded in the time there is: every figure says it.
 
     python benchmarks/bench_documents.py                 # full pools; writes benchmarks/results/documents.json + .md
     python benchmarks/bench_documents.py --fraction 0.1  # a tenth of each pool
+    python benchmarks/bench_documents.py --datasets msmarco-dl20,cacm,cranfield,cisi  # the built sets too
 
 Systems (document-level nDCG@10 and MRR@10, trec_eval's definitions): dense and hybrid first stages with and without
 the second stage (MaxSim with the engine's default levers, the reranker a collection without a cross-encoder gets);
 each on the truncated documents, on passages (our splitter, best passage per document) and on the original passages
-(the upper bound). The splitter rows compare overlaps (0 and 32 tokens) and semantic-text-splitter (if installed) on
-dense retrieval, with the seconds each spent splitting.
+(the upper bound); and the other paragraph packing (``ingest.passages.PACKING``: fill half the window, or the fewest
+paragraphs that make a passage). The splitter rows compare overlaps (0 and 32 tokens) and semantic-text-splitter (if
+installed) on dense retrieval, with the seconds each spent splitting.
 """
 
 from __future__ import annotations
@@ -28,14 +31,14 @@ import sys
 import time
 from pathlib import Path
 
-from common import DATA_ROOT, RESULTS, THRESHOLDS, machine, minilm_path  # noqa: I001  (first: repo importable, hub off)
+from common import DATA_ROOT, RESULTS, SETS_ROOT, THRESHOLDS, machine, minilm_path  # noqa: I001  (first: repo importable, hub off)
 
 from twostage import grouping  # noqa: E402
 from twostage.engine import Engine  # noqa: E402
 from twostage.eval.datasets import load_folder  # noqa: E402
 from twostage.eval.metrics import evaluate  # noqa: E402
 from twostage.indexes.documents import Document, Passage  # noqa: E402
-from twostage.ingest.passages import Splitter, splitter_for  # noqa: E402
+from twostage.ingest.passages import PACKING, Splitter, splitter_for  # noqa: E402
 from twostage.retriever.biencoder import BiEncoder  # noqa: E402
 
 PER_DOCUMENT = 12
@@ -51,6 +54,8 @@ SYSTEMS = {  # name -> search options
 OVERLAPS = (0, 32)
 #: the second stage's passages per document the default row uses (``twostage.grouping.RERANK_PASSAGES``)
 DEFAULT_RERANK_PASSAGES = grouping.RERANK_PASSAGES
+#: the paragraph packing the default does not use, measured beside it
+OTHER_PACKING = "fewest" if PACKING == "fill" else "fill"
 
 
 def build(folder: Path, fraction: float) -> tuple[dict, dict, dict, dict]:
@@ -185,6 +190,7 @@ def bench_dataset(
     builds = {
         "truncated": (docs, Splitter(encoder_tokenizer(encoder), 10**9), True),  # one passage each: the model cuts
         "passages": (docs, splitter_for(encoder), True),
+        f"passages, packing {OTHER_PACKING}": (docs, splitter_for(encoder, packing=OTHER_PACKING), True),
         "passages filling the window": (docs, splitter_for(encoder, paragraph_share=None), True),
         **{
             f"passages, {w} tokens": (docs, splitter_for(encoder, passage_tokens=w, paragraph_share=None), True)
@@ -309,6 +315,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parents[1] / "runs" / "bench-documents")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--fraction", type=float, default=1.0, help="share of each pool to build documents from")
+    parser.add_argument("--sets", type=Path, default=SETS_ROOT, help="where build_sets.py wrote cranfield and cisi")
     parser.add_argument("--datasets", default="msmarco-dl20,cacm")
     parser.add_argument(
         "--sizes", default="", help="also passages of at most these many tokens, comma-separated (e.g. 256)"
@@ -326,7 +333,8 @@ def main() -> int:
     sizes = [int(w) for w in args.sizes.split(",") if w.strip()]
     rerank_passages = sorted({DEFAULT_RERANK_PASSAGES, *(int(n) for n in args.rerank_passages.split(",") if n.strip())})
 
-    names = [n for n in args.datasets.split(",") if (args.data / n).is_dir()]
+    folders = {n: root / n for n in args.datasets.split(",") for root in (args.sets, args.data) if (root / n).is_dir()}
+    names = list(folders)
     if not names:
         print(f"no dataset under {args.data}; nothing measured")
         return 0
@@ -347,7 +355,7 @@ def main() -> int:
         }
         results["datasets"][name] |= bench_dataset(
             name,
-            args.data / name,
+            folders[name],
             args.work,
             encoder,
             args.fraction,

@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: evaluation sets beside the repository (never committed); benchmarks say so and exit 0 without them
 DATA_ROOT = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results"
+#: where benchmarks/build_sets.py writes the sets it builds from fetched public repositories (cranfield, cisi)
+SETS_ROOT = Path(os.environ.get("TWOSTAGE_SETS", Path.home() / ".cache" / "twostage" / "sets"))
 #: the lowest label counted relevant by binary measures (MRR, recall): cacm's judgements are 1, MS MARCO's graded 0-3
 THRESHOLDS = {"cacm": 1, "msmarco-dl20": 2, "cranfield": 1, "cisi": 1}  # the last two: build_sets.py
 

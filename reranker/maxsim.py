@@ -28,7 +28,7 @@ from .base import CandidateLike, Reranker
 
 #: doc ids -> each passage's token vectors (float16 as :meth:`MaxSimReranker.passage_token_embeddings` makes them, or
 #: float32 from a compressed store such as ``indexes.token_store.TokenStore.get_many``), None where none are stored;
-#: called once per rerank, so a store reads and decodes all candidates together
+#: called once per scoring pass (``PASS_PASSAGES``), so a store reads and decodes its candidates together
 TokenStore = Callable[[Sequence[str]], "Sequence[np.ndarray | None]"]
 
 
@@ -41,7 +41,24 @@ def mapping_lookup(tokens: Mapping[str, np.ndarray]) -> TokenStore:
 TokenWeights = Callable[[np.ndarray], np.ndarray]
 
 _CHUNK = 256  # passages scored per padded matmul
+#: the most candidate passages one scoring pass holds (their token vectors, float32 on the torch path): many queries
+#: at a deep candidate depth (a query file, an evaluation) are scored a few queries at a time, so memory stays flat in
+#: the number of queries (225 queries x 300 candidates in one pass took 24 GB)
+PASS_PASSAGES = 1024
 WEIGHTINGS = ("idf",)
+
+
+def _passes(counts: Sequence[int], limit: int | None = None) -> list[slice]:
+    """Consecutive query ranges whose candidates add up to at most ``limit`` (``PASS_PASSAGES``; a query with more is
+    a range alone)."""
+    limit = PASS_PASSAGES if limit is None else limit
+    out, start, total = [], 0, 0
+    for i, count in enumerate(counts):
+        if i > start and total + count > limit:
+            out.append(slice(start, i))
+            start, total = i, 0
+        total += count
+    return [*out, slice(start, len(counts))]
 
 
 @dataclass(frozen=True)
@@ -166,6 +183,8 @@ class MaxSimReranker(Reranker):
         """Scores for several queries: all queries in one encode call, all passages in another."""
         if len(queries) != len(texts_per_query):
             raise ValueError("score_batch needs one list of texts per query")
+        if len(passes := _passes([len(texts) for texts in texts_per_query])) > 1:
+            return [s for part in passes for s in self.score_batch(queries[part], texts_per_query[part])]
         query_vectors = self._encode_queries(queries)
         passages = self._passages([t for texts in texts_per_query for t in texts], None)
         out, start = [], 0
@@ -180,6 +199,8 @@ class MaxSimReranker(Reranker):
         """Like :meth:`score_batch`, but passages found in ``token_store`` (by doc id) are not re-encoded."""
         if len(queries) != len(candidates_per_query):
             raise ValueError("score_candidates needs one list of candidates per query")
+        if len(passes := _passes([len(candidates) for candidates in candidates_per_query])) > 1:
+            return [s for part in passes for s in self.score_candidates(queries[part], candidates_per_query[part])]
         flat = [c for candidates in candidates_per_query for c in candidates]
         light = self._score_light(queries, candidates_per_query, flat)
         if light is not None:

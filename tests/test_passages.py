@@ -67,12 +67,13 @@ def test_split_fits_the_window_on_structure_with_offsets(tokenizer):
 
 
 def test_passages_are_whole_paragraphs_packed_to_half_the_window_and_overlap_only_inside_one(tokenizer):
-    """Paragraphs are packed while they hold at most half the window, never cut or overlapped; a paragraph longer than
-    the window is cut inside, and only those cuts repeat ``overlap`` tokens of the passage before."""
+    """With "fill" packing, paragraphs are packed while they hold at most half the window, never cut or overlapped; a
+    paragraph longer than the window is cut inside, and only those cuts repeat ``overlap`` tokens of the passage
+    before."""
     sentences = [sentence for _, sentence in TOPICS]
     paragraphs = [" ".join(sentences[i % 6 : i % 6 + 2]) for i in range(12)]  # ~40 tokens each
     doc = Document("plain", "\n\n".join(paragraphs))
-    splitter = Splitter(tokenizer, 128, overlap=16)
+    splitter = Splitter(tokenizer, 128, overlap=16, packing="fill")
     passages = splitter.split(doc)
     size = [len(splitter.tokenizer.encode(text).ids) for text in paragraphs]  # 17 to 38 tokens, specials included
     starts = [doc.text.index(text, sum(len(t) + 2 for t in paragraphs[:i])) for i, text in enumerate(paragraphs)]
@@ -94,6 +95,23 @@ def test_passages_are_whole_paragraphs_packed_to_half_the_window_and_overlap_onl
     pdf = StructuredDocument("pdf", text, pages=(Page(1, 0, len(page)), Page(2, len(page) + 2, len(text))))
     across = splitter.split(pdf)
     assert any("garage beneath the north wing has forty\n\nspaces for bicycles" in p.text for p in across)
+
+
+def test_fewest_packing_keeps_each_paragraph_of_a_third_of_half_the_window_alone(tokenizer):
+    """The "fewest" packing closes a passage once it holds a third of half the window: such a paragraph is a passage
+    of its own, shorter ones are joined until they reach it; "fill" packs as many as half the window holds."""
+    sentences = [sentence for _, sentence in TOPICS]
+    long_ones = [" ".join(sentences[i % 6 : i % 6 + 2]) for i in range(6)]  # 30 to 38 tokens: over a third of 64
+    short = "See the intranet."  # 5 tokens: joined with the next
+    paragraphs = [*long_ones[:3], short, *long_ones[3:]]
+    doc = Document("plain", "\n\n".join(paragraphs))
+    fewest = Splitter(tokenizer, 128, packing="fewest").split(doc)
+    assert [p.text for p in fewest] == [*long_ones[:3], short + "\n\n" + long_ones[3], *long_ones[4:]]
+    assert Splitter(tokenizer, 128).split(doc) == fewest  # the default
+    filled = Splitter(tokenizer, 128, packing="fill").split(doc)
+    assert len(filled) < len(fewest) and all(p.text.count("\n\n") <= 1 for p in filled)
+    with pytest.raises(ValueError, match="packing must be"):
+        Splitter(tokenizer, 128, packing="most")
 
 
 def test_short_documents_stay_whole_and_pages_and_sections_come_from_extraction(tokenizer):
