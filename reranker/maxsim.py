@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,24 +41,26 @@ def mapping_lookup(tokens: Mapping[str, np.ndarray]) -> TokenStore:
 TokenWeights = Callable[[np.ndarray], np.ndarray]
 
 _CHUNK = 256  # passages scored per padded matmul
-#: the most candidate passages one scoring pass holds (their token vectors, float32 on the torch path): many queries
-#: at a deep candidate depth (a query file, an evaluation) are scored a few queries at a time, so memory stays flat in
-#: the number of queries (225 queries x 300 candidates in one pass took 24 GB)
-PASS_PASSAGES = 1024
+#: the most distinct candidate passages one scoring pass holds (their token vectors as float32): many queries at a deep
+#: candidate depth (a query file) are scored a few queries at a time, so memory stays flat in the number of queries
+#: (225 queries x 300 candidates in one pass took 24 GB); a passage the queries of a pass share is read and scaled once
+PASS_PASSAGES = 2048
 WEIGHTINGS = ("idf",)
 
 
-def _passes(counts: Sequence[int], limit: int | None = None) -> list[slice]:
-    """Consecutive query ranges whose candidates add up to at most ``limit`` (``PASS_PASSAGES``; a query with more is
-    a range alone)."""
+def _passes(keys: Sequence[Sequence[Hashable]], limit: int | None = None) -> list[slice]:
+    """Consecutive query ranges whose candidates (``keys``: per query, one key per candidate passage) hold at most
+    ``limit`` (``PASS_PASSAGES``) distinct passages; a query with more is a range alone."""
     limit = PASS_PASSAGES if limit is None else limit
-    out, start, total = [], 0, 0
-    for i, count in enumerate(counts):
-        if i > start and total + count > limit:
+    out: list[slice] = []
+    start, seen = 0, set[Hashable]()
+    for i, query_keys in enumerate(keys):
+        grown = seen.union(query_keys)
+        if i > start and len(grown) > limit:
             out.append(slice(start, i))
-            start, total = i, 0
-        total += count
-    return [*out, slice(start, len(counts))]
+            start, grown = i, set(query_keys)
+        seen = grown
+    return [*out, slice(start, len(keys))]
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ class MaxSimReranker(Reranker):
         """Scores for several queries: all queries in one encode call, all passages in another."""
         if len(queries) != len(texts_per_query):
             raise ValueError("score_batch needs one list of texts per query")
-        if len(passes := _passes([len(texts) for texts in texts_per_query])) > 1:
+        if len(passes := _passes(texts_per_query)) > 1:
             return [s for part in passes for s in self.score_batch(queries[part], texts_per_query[part])]
         query_vectors = self._encode_queries(queries)
         passages = self._passages([t for texts in texts_per_query for t in texts], None)
@@ -199,7 +201,7 @@ class MaxSimReranker(Reranker):
         """Like :meth:`score_batch`, but passages found in ``token_store`` (by doc id) are not re-encoded."""
         if len(queries) != len(candidates_per_query):
             raise ValueError("score_candidates needs one list of candidates per query")
-        if len(passes := _passes([len(candidates) for candidates in candidates_per_query])) > 1:
+        if len(passes := _passes([[c.doc_id for c in cs] for cs in candidates_per_query])) > 1:
             return [s for part in passes for s in self.score_candidates(queries[part], candidates_per_query[part])]
         flat = [c for candidates in candidates_per_query for c in candidates]
         light = self._score_light(queries, candidates_per_query, flat)
@@ -227,12 +229,16 @@ class MaxSimReranker(Reranker):
         missing = [i for i, array in enumerate(stored) if array is None]
         for i, vectors in zip(missing, self._light_passages([flat[i].encoding_text for i in missing])):
             stored[i] = vectors
+        units: dict[int, np.ndarray] = {}  # a passage several queries share (one stored array) is scaled once
+        for array in stored:
+            if id(array) not in units:
+                units[id(array)] = _unit(np.asarray(array, dtype=np.float32))
         out, start = [], 0
         for query, candidates in zip(self._light_queries(queries), candidates_per_query):
             out.append(
                 np.array(
                     [
-                        float((_unit(np.asarray(p, dtype=np.float32)) @ query.T).max(axis=0).sum())
+                        float((units[id(p)] @ query.T).max(axis=0).sum())
                         for p in stored[start : start + len(candidates)]
                     ],
                     dtype=np.float32,
@@ -282,11 +288,13 @@ class MaxSimReranker(Reranker):
         found = [i for i, array in enumerate(stored) if array is not None]
         missing = [i for i, array in enumerate(stored) if array is None]
         passages: list[torch.Tensor | None] = [None] * len(texts)
-        if found:  # one conversion for all stored passages
-            flat = torch.from_numpy(np.concatenate([np.asarray(stored[i]) for i in found]))
-            parts = torch.split(_from_half(flat, self.device), [len(stored[i]) for i in found])  # type: ignore[arg-type]
-            for i, part in zip(found, parts):
-                passages[i] = part
+        if found:  # one conversion for all stored passages, each distinct array (several queries may share it) once
+            distinct = {id(stored[i]): np.asarray(stored[i]) for i in found}
+            flat = torch.from_numpy(np.concatenate(list(distinct.values())))
+            sizes = [len(array) for array in distinct.values()]
+            converted = dict(zip(distinct, torch.split(_from_half(flat, self.device), sizes)))
+            for i in found:
+                passages[i] = converted[id(stored[i])]
         if missing:
             vectors, hit_limit = self._encode([texts[i] for i in missing])
             self.truncated += hit_limit

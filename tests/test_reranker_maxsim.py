@@ -90,32 +90,37 @@ def test_score_batch_equals_per_query_score_and_truncation_is_counted(tiny):
 
 
 def test_many_queries_are_scored_in_passes_of_bounded_size_with_the_same_scores(tiny, monkeypatch):
-    """A query file at a deep candidate depth is scored a few queries at a time (at most ``PASS_PASSAGES`` passages
-    per store read, a query with more alone), with the scores one pass gives."""
+    """A query file at a deep candidate depth is scored a few queries at a time (at most ``PASS_PASSAGES`` distinct
+    passages per store read; a query with more alone; a passage the queries of a pass share read once), with the
+    scores one pass gives, on the torch path too."""
     from twostage.reranker import maxsim
 
-    stored = dict(zip(["d0", "d1", "d2"], MaxSimReranker(tiny).passage_token_embeddings(PASSAGES)))
-    reads: list[int] = []
+    ids = [f"d{i}" for i in range(6)]
+    texts = dict(zip(ids, [*PASSAGES, "berlin river", "museum of paris", "france and germany"]))
+    stored = dict(zip(ids, MaxSimReranker(tiny).passage_token_embeddings(list(texts.values()))))
+    reads: list[list[str]] = []
 
     def store(doc_ids: list[str]) -> list[np.ndarray | None]:
-        reads.append(len(doc_ids))
+        reads.append(list(doc_ids))
         return mapping_lookup(stored)(doc_ids)
 
     reranker = MaxSimReranker(tiny, token_store=store)
     queries = [QUERY, "famous museum in paris", "capital of france", "berlin art"]
-    candidates = [[Candidate(f"d{i}", t) for i, t in enumerate(PASSAGES)][:n] for n in (3, 2, 3, 1)]
+    picks = [["d0", "d1", "d2"], ["d0", "d1"], ["d3", "d4", "d5"], ["d5"]]
+    candidates = [[Candidate(i, texts[i]) for i in pick] for pick in picks]
     whole = reranker.score_candidates(queries, candidates)
-    assert reads == [9]
-    monkeypatch.setattr(maxsim, "PASS_PASSAGES", 4)
-    assert maxsim._passes([3, 2, 3, 1]) == [slice(0, 1), slice(1, 2), slice(2, 4)]
-    assert maxsim._passes([5]) == [slice(0, 1)] and maxsim._passes([]) == [slice(0, 0)]
+    assert [len(r) for r in reads] == [9]
+    monkeypatch.setattr(maxsim, "PASS_PASSAGES", 3)
+    assert maxsim._passes(picks) == [slice(0, 2), slice(2, 4)]  # the second query adds no new passage
+    assert maxsim._passes([["a", "b", "c", "d"], ["e"]]) == [slice(0, 1), slice(1, 2)]
+    assert maxsim._passes([]) == [slice(0, 0)]
     reads.clear()
     in_passes = reranker.score_candidates(queries, candidates)
-    assert reads == [3, 2, 4]
+    assert reads == [["d0", "d1", "d2", "d0", "d1"], ["d3", "d4", "d5", "d5"]]
     for got, want in zip(in_passes, whole):  # equal up to float32 rounding (passes pad their matmuls differently)
         np.testing.assert_allclose(got, want, rtol=1e-6)
-    texts = [[c.text for c in group] for group in candidates]
-    for got, want in zip(reranker.score_batch(queries, texts), MaxSimReranker(tiny).score_batch(queries, texts)):
+    plain = [[texts[i] for i in pick] for pick in picks]
+    for got, want in zip(reranker.score_batch(queries, plain), MaxSimReranker(tiny).score_batch(queries, plain)):
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
