@@ -38,7 +38,7 @@ from twostage.engine import Engine  # noqa: E402
 from twostage.eval.datasets import load_folder  # noqa: E402
 from twostage.eval.metrics import evaluate  # noqa: E402
 from twostage.indexes.documents import Document, Passage  # noqa: E402
-from twostage.ingest.passages import PACKING, Splitter, splitter_for  # noqa: E402
+from twostage.ingest.passages import PACKING, PACKINGS, Splitter, splitter_for  # noqa: E402
 from twostage.retriever.biencoder import BiEncoder  # noqa: E402
 
 PER_DOCUMENT = 12
@@ -55,7 +55,7 @@ OVERLAPS = (0, 32)
 #: the second stage's passages per document the default row uses (``twostage.grouping.RERANK_PASSAGES``)
 DEFAULT_RERANK_PASSAGES = grouping.RERANK_PASSAGES
 #: the paragraph packing the default does not use, measured beside it
-OTHER_PACKING = "fewest" if PACKING == "fill" else "fill"
+OTHER_PACKING = next(packing for packing in PACKINGS if packing != PACKING)
 
 
 def build(folder: Path, fraction: float) -> tuple[dict, dict, dict, dict]:
@@ -336,7 +336,7 @@ def main() -> int:
     folders = {n: root / n for n in args.datasets.split(",") for root in (args.sets, args.data) if (root / n).is_dir()}
     names = list(folders)
     if not names:
-        print(f"no dataset under {args.data}; nothing measured")
+        print(f"none of {args.datasets} under {args.data} or {args.sets}; nothing measured")
         return 0
     for name in names if not args.reuse else []:
         shutil.rmtree(args.work / name, ignore_errors=True)

@@ -94,7 +94,7 @@ def passage_hits(
     stored = collection.passages(list({key for cands in candidate_lists for key, _ in cands}))
     more: list[dict[str, list[Hit]]] = [{} for _ in candidate_lists]
     if group_by == "document":
-        if per_document > 1:  # one passage per document (the default): no runners-up
+        if per_document > 1:  # the runners-up too (one passage per document, the default, has none)
             more = [
                 {doc: [passage_hit(stored[key], score, 0) for key, score in keys] for doc, keys in found.items()}
                 for found in (runners_up(cands, stored, per_document) for cands in candidate_lists)
