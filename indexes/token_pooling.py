@@ -57,9 +57,11 @@ def pool_tokens(vectors: np.ndarray, factor: float) -> np.ndarray:
     _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
     rank = np.empty(len(first), dtype=np.intp)
     rank[np.argsort(first, kind="stable")] = np.arange(len(first))  # groups numbered in passage order
-    group = rank[inverse]
-    order = np.argsort(group, kind="stable")  # members of each group together, groups in passage order
-    sums = np.add.reduceat(unit[order], np.searchsorted(group[order], np.arange(k)), axis=0)
+    # each group's sum as one product with its membership matrix: a third of the time ``np.add.reduceat`` over sorted
+    # rows took (on one BLAS thread, beside the encoder)
+    members = np.zeros((k, n), dtype=np.float32)
+    members[rank[inverse], np.arange(n)] = 1.0
+    sums = members @ unit
     return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
