@@ -265,7 +265,7 @@ class MaxSimReranker(Reranker):
         special_ids = np.asarray(self.light.special_ids, dtype=np.int64)
         prompt = self.light.prompts.get(self.light.default_prompt_name or "", "")  # what ``model.encode`` prepends
         vectors = []
-        for output in self.light.token_outputs(queries, prompt, self.batch_size):
+        for output in self.light.token_outputs(queries, prompt, self.batch_size, remember=True):  # one pass per query
             special = np.isin(output.input_ids, special_ids)
             keep = np.ones_like(special) if self.query_tokens.special or special.all() else ~special
             tokens = _unit(output.token_embeddings[keep])

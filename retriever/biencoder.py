@@ -332,7 +332,8 @@ class BiEncoder:
         if not queries:
             return np.empty((0, self.dimension), dtype=np.float32)
         if self.light is not None:
-            return self.light.encode(queries, self.query_prompt, self.batch_size, self.normalize)
+            # remembered: MaxSim asks the same query's token vectors next (runtime.light.RecentOutputs)
+            return self.light.encode(queries, self.query_prompt, self.batch_size, self.normalize, remember=True)
         vectors = self.model.encode_query(
             queries,
             prompt=self.query_prompt,

@@ -11,6 +11,8 @@ caller then loads the model through sentence-transformers as before.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +28,57 @@ _MODES = ("mean", "cls", "max")
 _LEGACY_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
 
 
+#: texts of at most this many tokens (queries, not passages) are remembered by ``token_outputs(..., remember=True)``
+RECENT_TOKENS = 64
+#: and the remembered outputs take at most this many bytes (the least recently used go first): about 1,500 queries of
+#: 12 tokens for a 384-d model, more than an evaluation's query file at once in most sets
+RECENT_BYTES = 32 * 2**20
+
+
 @dataclass
 class TokenOutput:
     """One text's unpadded transformer outputs: token vectors ``(n, dim)`` float32 and their token ids."""
 
     token_embeddings: np.ndarray
     input_ids: np.ndarray
+
+
+class RecentOutputs:
+    """The latest short texts' outputs, so that a query is run through the model once per search: the first stage
+    asks for its pooled vector and MaxSim for its token vectors, one call apart. Thread-safe (a server searches from
+    several threads); the arrays kept are read-only, as callers share them."""
+
+    def __init__(self, max_bytes: int | None = None):
+        self.max_bytes = RECENT_BYTES if max_bytes is None else max_bytes  # read here: a benchmark sets it to 0
+        self._outputs: OrderedDict[str, TokenOutput] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> TokenOutput | None:
+        with self._lock:
+            output = self._outputs.get(key)
+            if output is not None:
+                self._outputs.move_to_end(key)
+            return output
+
+    def put(self, key: str, output: TokenOutput) -> None:
+        output.token_embeddings.flags.writeable = False
+        output.input_ids.flags.writeable = False
+        with self._lock:
+            old = self._outputs.pop(key, None)
+            self._bytes += _size(output) - (0 if old is None else _size(old))
+            self._outputs[key] = output
+            while self._bytes > self.max_bytes and self._outputs:
+                self._bytes -= _size(self._outputs.popitem(last=False)[1])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._outputs.clear()
+            self._bytes = 0
+
+
+def _size(output: TokenOutput) -> int:
+    return output.token_embeddings.nbytes + output.input_ids.nbytes
 
 
 @dataclass
@@ -48,18 +95,26 @@ class LightEncoder:
     special_ids: list[int]
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    recent: RecentOutputs = field(default_factory=RecentOutputs, repr=False)
 
     def set_max_seq_length(self, value: int) -> None:
         """Cut inputs at ``value`` tokens (special tokens included), as ``SentenceTransformer.max_seq_length`` does."""
         self.max_seq_length = int(value)
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
+        self.recent.clear()  # outputs of another cut
 
-    def token_outputs(self, texts: Sequence[str], prompt: str = "", batch_size: int = 32) -> list[TokenOutput]:
-        """Per text (with ``prompt`` prepended), its token ids and contextual token vectors, in input order."""
-        encodings = self.tokenizer.encode_batch([prompt + t for t in texts])
-        ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # length-sorted batches pad little
-        out: list[TokenOutput | None] = [None] * len(ids)
+    def token_outputs(
+        self, texts: Sequence[str], prompt: str = "", batch_size: int = 32, *, remember: bool = False
+    ) -> list[TokenOutput]:
+        """Per text (with ``prompt`` prepended), its token ids and contextual token vectors, in input order.
+        ``remember``: short texts' outputs are taken from, and kept in, :attr:`recent` (read-only arrays): what
+        queries ask, so that the first stage and MaxSim share one forward pass."""
+        keys = [prompt + t for t in texts]
+        out: list[TokenOutput | None] = [self.recent.get(k) if remember else None for k in keys]
+        todo = [i for i, output in enumerate(out) if output is None]
+        encodings = self.tokenizer.encode_batch([keys[i] for i in todo]) if todo else []
+        ids = {i: np.asarray(e.ids, dtype=np.int64) for i, e in zip(todo, encodings)}
+        order = sorted(todo, key=lambda i: -len(ids[i]))  # length-sorted batches pad little
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             width = max(len(ids[i]) for i in rows)
@@ -71,14 +126,23 @@ class LightEncoder:
             hidden = self.runtime({"input_ids": input_ids, "attention_mask": mask})
             for j, i in enumerate(rows):
                 out[i] = TokenOutput(hidden[j, : len(ids[i])].astype(np.float32, copy=True), ids[i])
+                if remember and len(ids[i]) <= RECENT_TOKENS:
+                    self.recent.put(keys[i], out[i])  # type: ignore[arg-type]
         return out  # type: ignore[return-value]
 
     def encode(
-        self, texts: Sequence[str], prompt: str = "", batch_size: int = 32, normalize: bool = True
+        self,
+        texts: Sequence[str],
+        prompt: str = "",
+        batch_size: int = 32,
+        normalize: bool = True,
+        *,
+        remember: bool = False,
     ) -> np.ndarray:
-        """Sentence vectors ``(n, dimension)`` float32: pooled as the model's Pooling module pools, then normalised."""
+        """Sentence vectors ``(n, dimension)`` float32: pooled as the model's Pooling module pools, then normalised
+        (``remember``: as :meth:`token_outputs`)."""
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for i, out in enumerate(self.token_outputs(texts, prompt, batch_size)):
+        for i, out in enumerate(self.token_outputs(texts, prompt, batch_size, remember=remember)):
             tokens = out.token_embeddings
             if self.pooling == "cls":
                 vectors[i] = tokens[0]
