@@ -2,7 +2,7 @@
 pass (``runtime.light.RecentOutputs``) against a pass each, side by side in one run.
 
     python benchmarks/bench_query_latency.py                 # msmarco-dl20's pool and 54 queries
-    python benchmarks/bench_query_latency.py --passages 5000
+    python benchmarks/bench_query_latency.py --passages 5000     # the first 5,000 documents
 
 The collection is built once with ``twostage index --store-tokens`` (the default 2bit tokens). Two measurements, the
 two settings taking turns:
@@ -93,8 +93,8 @@ def top10(run: dict[str, dict[str, float]]) -> dict[str, list[str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA_ROOT / "msmarco-dl20")
-    parser.add_argument("--passages", type=int, default=0, help="the first N passages (0: all)")
-    parser.add_argument("--rounds", type=int, default=3, help="whole-process rounds per setting")
+    parser.add_argument("--passages", type=int, default=0, help="the first N documents of the corpus (0: all)")
+    parser.add_argument("--rounds", type=int, default=7, help="whole-process rounds per setting")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-query-latency")
     args = parser.parse_args()
     if not (args.data / "corpus.jsonl").is_file():
@@ -123,8 +123,9 @@ def main() -> int:
         "machine": machine(),
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
-        "passages": sum(1 for _ in open(corpus, encoding="utf-8")) if corpus.is_file() else None,
+        "documents": len(corpus.read_text(encoding="utf-8").splitlines()) if corpus.is_file() else None,
         "queries": len(queries),
+        "collection": json.loads((collection / "manifest.json").read_text(encoding="utf-8")).get("extra", {}),
         "per_query_ms": {
             s: {"median": round(statistics.median(t), 2), "p95": round(sorted(t)[int(0.95 * (len(t) - 1))], 2)}
             for s, t in times.items()
@@ -142,7 +143,8 @@ def main() -> int:
         "# Query latency: one forward pass per query (benchmarks/bench_query_latency.py)",
         "",
         f"CPU: {report['machine']}; load average before {report['load_before']}, after {report['load_after']}.",
-        f"msmarco-dl20, {report['passages']} passages, 2bit tokens; {len(queries)} queries; MaxSim at depth 100.",
+        f"msmarco-dl20, {report['documents']} documents, collection {report['collection']}; {len(queries)} queries; "
+        "MaxSim at depth 100.",
         "",
         "| setting | per query, median ms | p95 ms | `twostage search --queries`, median s | nDCG@10 |",
         "| --- | ---: | ---: | ---: | ---: |",
