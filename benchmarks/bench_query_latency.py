@@ -55,13 +55,13 @@ def per_query(collection: Path, queries: list[str]) -> dict[str, list[float]]:
     if recent is None:
         raise SystemExit("the collection's backend has no torch-free model: nothing to compare")
     times: dict[str, list[float]] = {s: [] for s in SETTINGS}
-    engine.search("a first query to warm the model up", k=100)
+    engine.search("a first query to warm the model up", candidate_depth=100)
     for i, query in enumerate(queries):
         for setting in SETTINGS if i % 2 == 0 else SETTINGS[::-1]:
             recent.clear()
             recent.max_bytes = RECENT_BYTES if setting == "one pass" else 0
             started = time.perf_counter()
-            engine.search(query, k=100)
+            engine.search(query, candidate_depth=100)
             times[setting].append((time.perf_counter() - started) * 1000)
     engine.close()
     return times
