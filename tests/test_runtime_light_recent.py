@@ -101,3 +101,25 @@ def test_long_texts_are_not_kept_and_a_new_length_limit_forgets_what_was(exporte
     assert encoder.light.recent.get(long_query) is None and encoder.light.recent.get(QUERIES[0]) is not None
     encoder.max_seq_length = 32  # outputs of another cut: what was kept is dropped
     assert encoder.light.recent.get(QUERIES[0]) is None
+
+
+def test_threads_searching_at_once_get_each_their_own_query_outputs(exported):
+    """A server searches from several threads: each query's remembered outputs are its own, equal to a lone pass."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    encoder = fresh_encoder(exported)
+    reranker = MaxSimReranker(encoder, token_store=None)
+    queries = [f"{word} population of the city" for word in ("berlin", "paris", "tokyo", "rome", "oslo", "lima")]
+    candidates = [Candidate(f"d{i}", t) for i, t in enumerate(TEXTS)]
+
+    def search(query: str) -> tuple[np.ndarray, np.ndarray]:
+        vector = encoder.encode_queries([query])[0]
+        return vector, reranker.score_candidates([query], [candidates])[0]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(search, queries * 3))
+    alone = fresh_encoder(exported, keep=False)
+    lone = MaxSimReranker(alone, token_store=None)
+    for query, (vector, scores) in zip(queries * 3, together):
+        np.testing.assert_allclose(vector, alone.encode_queries([query])[0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(scores, lone.score_candidates([query], [candidates])[0], rtol=1e-6)
