@@ -30,7 +30,7 @@ from pathlib import Path
 
 from common import DATA_ROOT, REPO, RESULTS, THRESHOLDS, machine, metrics, save_results  # first: repo importable
 
-from twostage.eval.trec import read_qrels, read_run  # noqa: E402
+from twostage.eval.trec import ranked, read_qrels, read_run  # noqa: E402
 
 SETTINGS = ("one pass", "two passes")
 CHILD = """
@@ -86,8 +86,8 @@ def whole_processes(collection: Path, queries_file: Path, work: Path, rounds: in
 
 
 def top10(run: dict[str, dict[str, float]]) -> dict[str, list[str]]:
-    """Each query's ten best documents, in order."""
-    return {q: sorted(scores, key=lambda d: -scores[d])[:10] for q, scores in run.items()}
+    """Each query's ten best documents, in trec_eval's order."""
+    return {q: [doc for doc, _ in ranked(scores)[:10]] for q, scores in run.items()}
 
 
 def main() -> int:
